@@ -1,0 +1,30 @@
+"""models/model_card.json: read, and update one section at a time (atomically)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def load_card(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def update_card(path: str | Path, section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``values`` into ``card[section]`` (shallow) and write the card back."""
+    path = Path(path)
+    card = load_card(path)
+    card.setdefault(section, {}).update(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(card, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return card

@@ -1,0 +1,22 @@
+"""The interface between training (which exports) and inference (which only needs ONNX Runtime).
+
+Both ONNX models take grayscale images in [0, 1] and do their own normalisation inside the graph,
+so the serving side never needs to know a backbone's mean and standard deviation.
+
+Segmenter: ``image`` float32 [N, 1, S, S] (the letterboxed image, see busdx.data.preprocess)
+    -> ``mask_logits`` float32 [N, 1, S, S]; sigmoid > 0.5 is lesion.
+Classifier: ``image`` float32 [N, 1, C, C] (the lesion crop, see busdx.data.crop)
+    -> ``logit`` float32 [N, 1], the uncalibrated malignancy logit,
+    -> ``cam`` float32 [N, 1, h, w], the class-activation map: each position's contribution to
+       the logit (the head is global average pooling then linear, so the mean of ``cam`` plus
+       the bias is the logit).
+Calibration (temperature), the operating threshold and the crop settings live in
+models/model_card.json, written by the evaluation code.
+"""
+
+SEGMENTER_FILE = "segmenter.onnx"
+CLASSIFIER_FILE = "classifier.onnx"
+MODEL_CARD_FILE = "model_card.json"
+INPUT_NAME = "image"
+SEGMENTER_OUTPUT = "mask_logits"
+CLASSIFIER_OUTPUTS = ("logit", "cam")

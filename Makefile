@@ -1,0 +1,56 @@
+# busdx: `make run` serves the web app with the bundled models; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+DATA   ?= ../shared/data/busbra
+
+.PHONY: install install-train run test lint chromium check preview report benchmark clean
+
+# The serving set only: numpy, pillow, onnxruntime, fastapi... no torch.
+install: $(VENV)/.serve
+$(VENV)/.serve: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# Training, evaluation and development: adds torch (CPU use is fine), timm, smp, pytest...
+install-train: $(VENV)/.train
+$(VENV)/.train: $(VENV)/.serve
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	touch $@
+
+run: install
+	$(BIN)/busdx serve --host $(HOST) --port $(PORT)
+
+# Debian's chromium drives the browser test; installed here when missing (needs root and apt).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium with apt"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "chromium could not be installed: the browser test will be skipped"; \
+	  else echo "chromium missing and cannot be installed here: the browser test will be skipped"; fi; }
+
+lint: install-train
+	$(BIN)/ruff check src tests benchmarks
+
+test: install-train chromium lint
+	$(BIN)/python -m pytest -q -ra
+
+check: install
+	$(BIN)/busdx data check --data $(DATA)
+
+preview: install
+	$(BIN)/busdx data preview --data $(DATA) --out reports/data_preview.png
+
+report: install
+	$(BIN)/busdx report --data $(DATA) --out reports/
+
+benchmark: install-train
+	$(BIN)/python benchmarks/run.py --data $(DATA)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-output

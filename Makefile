@@ -46,7 +46,7 @@ check: install
 preview: install
 	$(BIN)/busdx data preview --data $(DATA) --out reports/data_preview.png
 
-report: install
+report: install-train
 	$(BIN)/busdx report --data $(DATA) --out reports/
 
 benchmark: install-train

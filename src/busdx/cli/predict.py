@@ -1,0 +1,205 @@
+"""``busdx predict INPUT [INPUT ...] --csv OUT.csv [--masks-dir DIR] [--overlays-dir DIR]``.
+
+One CSV row per image file. A file that cannot be analysed gets a row with ``error`` filled and
+the batch goes on (exit code 0); only usage errors (nothing to analyse, an unwritable CSV,
+missing models) stop the command with exit code 2. Lengths are in ``units`` (mm when the file
+carries a calibration, else px), areas in ``units`` squared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from pathlib import Path
+
+from busdx.errors import BusdxError
+
+log = logging.getLogger(__name__)
+
+MEASUREMENT_COLUMNS = (
+    "units",
+    "area",
+    "perimeter",
+    "longest_diameter",
+    "width",
+    "height",
+    "orientation",
+    "circularity",
+    "solidity",
+    "ellipse_major",
+    "ellipse_minor",
+    "ellipse_angle_deg",
+    "area_px",
+)
+COLUMNS = (
+    ("path", "probability", "label", "threshold", "risk_band", "risk_text", "lesion_found")
+    + MEASUREMENT_COLUMNS
+    + ("image_width", "image_height", "pixel_spacing_mm", "model_version", "time_ms", "note")
+    + ("error",)
+)
+
+
+def register(subparsers, groups) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="analyse images (files or folders) and write one CSV row per image",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", type=Path,
+                        help="image files (PNG, JPEG, BMP, TIFF, DICOM) or folders (recursed)")
+    parser.add_argument("--csv", required=True, type=Path, metavar="OUT.csv",
+                        help="results, one row per image file")
+    parser.add_argument("--masks-dir", type=Path, metavar="DIR",
+                        help="write <stem>.png masks (input size, values 0 and 255)")
+    parser.add_argument("--overlays-dir", type=Path, metavar="DIR",
+                        help="write <stem>_overlay.png (outline) and <stem>_heatmap.png")
+    parser.add_argument("--models", type=Path, metavar="DIR",
+                        help="models folder (default: $BUSDX_MODELS, else the bundled models/)")
+    parser.set_defaults(func=run)
+
+
+def _wanted(path: Path) -> bool:
+    """Inside a folder: known image suffixes, and files of any other name that are DICOM."""
+    from busdx.inference.decode import SUPPORTED_SUFFIXES, looks_like_dicom
+
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in SUPPORTED_SUFFIXES or looks_like_dicom(path)
+
+
+def collect(inputs: list[Path]) -> list[Path]:
+    """Files given by name are always tried; folders contribute the images they hold."""
+    found: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found.extend(p for p in sorted(item.rglob("*")) if p.is_file() and _wanted(p))
+        else:
+            found.append(item)
+    seen: set[Path] = set()
+    unique = []
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
+
+
+def _fmt(value) -> str | float | int:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+def row_for(path: Path, analysis) -> dict:
+    row = {
+        "path": str(path),
+        "probability": analysis.probability,
+        "label": analysis.label,
+        "threshold": analysis.threshold,
+        "risk_band": analysis.risk.name,
+        "risk_text": analysis.risk.text,
+        "lesion_found": analysis.lesion_found,
+        "image_width": analysis.width,
+        "image_height": analysis.height,
+        "pixel_spacing_mm": (
+            " ".join(f"{v:.6g}" for v in analysis.pixel_spacing_mm)
+            if analysis.pixel_spacing_mm
+            else ""
+        ),
+        "model_version": analysis.model_version,
+        "time_ms": analysis.timings_ms.get("total"),
+        "note": analysis.note,
+        "error": "",
+    }
+    if analysis.measurements is not None:
+        row.update(analysis.measurements.as_dict())
+    return {key: _fmt(row.get(key)) for key in COLUMNS}
+
+
+class _Namer:
+    """Output file stems; a stem seen before gets -2, -3... rather than overwriting a file."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, path: Path) -> str:
+        n = self.counts.get(path.stem, 0) + 1
+        self.counts[path.stem] = n
+        if n > 1:
+            log.warning("two inputs are named %s: the second gets the suffix -%d", path.stem, n)
+        return path.stem if n == 1 else f"{path.stem}-{n}"
+
+
+def _write_outputs(stem: str, analysis, masks_dir: Path | None, overlays_dir: Path | None):
+    from PIL import Image
+
+    from busdx.inference import overlay as ov
+
+    if masks_dir is not None:
+        Image.fromarray(ov.mask_png_array(analysis.mask)).save(masks_dir / f"{stem}.png")
+    if overlays_dir is not None:
+        base = ov.gray_rgb(analysis.image)
+        Image.fromarray(ov.composite(base, ov.outline_layer(analysis.mask))).save(
+            overlays_dir / f"{stem}_overlay.png"
+        )
+        Image.fromarray(ov.composite(base, ov.heatmap_layer(analysis.heatmap))).save(
+            overlays_dir / f"{stem}_heatmap.png"
+        )
+
+
+def _make_dir(path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BusdxError(f"cannot create {path}: {err.strerror or err}") from err
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from busdx.data.preprocess import ImageError
+    from busdx.inference import Models, analyze
+
+    files = collect(args.inputs)
+    if not files:
+        raise BusdxError("no image files found in the inputs")
+    missing = [str(p) for p in args.inputs if not p.exists()]
+    if missing:
+        log.warning("not found (error rows written): %s", ", ".join(missing))
+    models = Models.load(args.models)
+    _make_dir(args.masks_dir)
+    _make_dir(args.overlays_dir)
+    try:
+        if args.csv.parent != Path(""):
+            args.csv.parent.mkdir(parents=True, exist_ok=True)
+        out = args.csv.open("w", newline="", encoding="utf-8")
+    except OSError as err:
+        raise BusdxError(f"cannot write {args.csv}: {err.strerror or err}") from err
+    name = _Namer()
+    failed = 0
+    with out, tqdm(files, desc="predict", unit="image", file=sys.stderr) as bar:
+        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer.writeheader()
+        for path in bar:
+            try:
+                analysis = analyze(path, models, render_overlays=False)
+                row = row_for(path, analysis)
+                _write_outputs(name(path), analysis, args.masks_dir, args.overlays_dir)
+            except (ImageError, BusdxError, OSError, ValueError) as err:
+                failed += 1
+                message = str(err) or type(err).__name__
+                row = {key: "" for key in COLUMNS} | {"path": str(path), "error": message}
+                log.debug("failed: %s: %s", path, message)
+            writer.writerow(row)
+            out.flush()
+    log.info("%d images analysed, %d failed; results in %s", len(files) - failed, failed, args.csv)
+    return 0

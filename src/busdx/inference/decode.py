@@ -1,0 +1,117 @@
+"""Any supported input (bytes, a path, or an array) -> grayscale float image + pixel size.
+
+Raster formats go through Pillow (PNG, JPEG, BMP, TIFF; 8 or 16 bit; gray, RGB or RGBA), DICOM
+through pydicom (busdx.inference.dicom). The pixel limit is checked from the header, before any
+pixel is decoded, so a small file that claims a huge image (a decompression bomb) costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from busdx.data.preprocess import MAX_PIXELS, pil_to_array, to_gray_float
+from busdx.inference.dicom import is_dicom, read_dicom
+from busdx.inference.errors import (
+    CorruptImage,
+    EmptyInput,
+    InputError,
+    TooLarge,
+    UnsupportedFormat,
+)
+
+RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+SUPPORTED_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: np.ndarray  # float32 HxW in [0, 1]
+    format: str  # "PNG", "JPEG", "BMP", "TIFF", "DICOM" or "array"
+    pixel_spacing_mm: tuple[float, float] | None = None  # (row, column); None: unknown
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Decode an in-memory file; raises an InputError subclass with a user-safe message."""
+    if not data:
+        raise EmptyInput("the file is empty (zero bytes)")
+    if is_dicom(data[:132]):
+        dcm = read_dicom(data, max_pixels)
+        return DecodedImage(dcm.image, "DICOM", dcm.pixel_spacing_mm)
+    return _decode_raster(data, max_pixels)
+
+
+def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
+    supported = "PNG, JPEG, BMP, TIFF or DICOM"
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns between MAX_IMAGE_PIXELS and twice that; the check below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
+    except Image.DecompressionBombError as err:
+        raise TooLarge(f"the image is over the limit of {max_pixels} pixels") from err
+    except UnidentifiedImageError as err:
+        raise UnsupportedFormat(f"not a supported image: expected {supported}") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise CorruptImage(f"the image header is damaged: {err}") from err
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise TooLarge(
+                f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels"
+            )
+        fmt = str(img.format)
+        try:
+            img.load()
+            array = pil_to_array(img)
+        except Image.DecompressionBombError as err:
+            raise TooLarge(f"the image is over the limit of {max_pixels} pixels") from err
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise CorruptImage(f"the {fmt} data is truncated or damaged") from err
+    return DecodedImage(to_gray_float(array), fmt)
+
+
+def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError as err:
+        raise InputError("is a directory, not an image file") from err
+    except OSError as err:
+        raise InputError(f"cannot read the file: {err.strerror or err}") from err
+    return decode_bytes(data, max_pixels)
+
+
+def decode(source: bytes | str | Path | np.ndarray, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Bytes (an uploaded file), a path, or an already loaded array (gray, RGB or RGBA)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_bytes(bytes(source), max_pixels)
+    if isinstance(source, np.ndarray):
+        if source.size > max_pixels:
+            raise TooLarge(f"the image is over the limit of {max_pixels} pixels")
+        return DecodedImage(to_gray_float(source), "array")
+    return decode_file(source, max_pixels)
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """Whether a file with an unknown suffix starts like a DICOM Part 10 file."""
+    try:
+        with path.open("rb") as fh:
+            return is_dicom(fh.read(132))
+    except OSError:
+        return False

@@ -1,0 +1,34 @@
+"""Input errors with the HTTP status each deserves; their messages are safe to show a user
+(they never contain file names or image content)."""
+
+from __future__ import annotations
+
+from busdx.data.preprocess import ImageError
+
+
+class InputError(ImageError):
+    """An upload or file that cannot be analysed. ``status`` is the HTTP answer."""
+
+    status = 422
+
+
+class EmptyInput(InputError):
+    status = 400
+
+
+class TooLarge(InputError):
+    """Over the byte limit or the pixel limit (decompression bombs)."""
+
+    status = 413
+
+
+class UnsupportedFormat(InputError):
+    """Not an image we read, or a DICOM we cannot decode."""
+
+    status = 415
+
+
+class CorruptImage(InputError):
+    """A known format whose data is damaged or truncated."""
+
+    status = 422

@@ -1,0 +1,151 @@
+"""The exported models and their card, loaded once: two ONNX Runtime sessions (no torch)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import busdx
+from busdx.data.crop import CropConfig
+from busdx.errors import BusdxError
+from busdx.evaluation.model_card import load_card
+from busdx.models.contract import (
+    CLASSIFIER_FILE,
+    CLASSIFIER_OUTPUTS,
+    INPUT_NAME,
+    MODEL_CARD_FILE,
+    SEGMENTER_FILE,
+    SEGMENTER_OUTPUT,
+)
+
+log = logging.getLogger(__name__)
+
+MODELS_ENV = "BUSDX_MODELS"
+INPUTS = ("crop", "image")
+
+
+def default_models_dir() -> Path:
+    """$BUSDX_MODELS, else the repository's models/ folder (next to src/)."""
+    env = os.environ.get(MODELS_ENV)
+    if env:
+        return Path(env)
+    return Path(busdx.__file__).resolve().parents[2] / "models"
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """What the card's ``classifier`` section says about using the classifier."""
+
+    temperature: float
+    threshold: float
+    input: str  # "crop" (the lesion crop) or "image" (the whole letterboxed image)
+    crop: CropConfig
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any]) -> ClassifierSettings:
+        section = card.get("classifier")
+        if not isinstance(section, dict):
+            raise BusdxError("the model card has no 'classifier' section: export and evaluate it")
+        if "threshold" not in section:
+            raise BusdxError("the model card's classifier section has no validated 'threshold'")
+        threshold = float(section["threshold"])
+        temperature = float(section.get("temperature", 1.0))
+        if "temperature" not in section:
+            log.warning("the model card has no temperature: probabilities are uncalibrated")
+        if not 0.0 < threshold < 1.0 or temperature <= 0:
+            raise BusdxError(f"bad classifier settings: threshold {threshold}, T {temperature}")
+        kind = str(section.get("input", "crop"))
+        if kind not in INPUTS:
+            raise BusdxError(f"classifier input {kind!r} is not one of {INPUTS}")
+        crop = section.get("crop") or {}
+        config = CropConfig(
+            size=int(crop.get("size", 224)), context=float(crop.get("context", 0.3))
+        )
+        return cls(temperature, threshold, kind, config)
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise BusdxError(f"cannot load {path.name}: {err}") from err
+
+
+def _check_io(session, name: str, outputs: tuple[str, ...]) -> None:
+    inputs = [i.name for i in session.get_inputs()]
+    have = [o.name for o in session.get_outputs()]
+    if INPUT_NAME not in inputs or any(o not in have for o in outputs):
+        raise BusdxError(
+            f"{name} does not follow busdx.models.contract: inputs {inputs}, outputs {have}"
+        )
+
+
+def _static_size(session, default: int) -> int:
+    shape = session.get_inputs()[0].shape
+    return shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else default
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+@dataclass
+class Models:
+    directory: Path
+    segmenter: Any  # onnxruntime.InferenceSession
+    classifier: Any
+    card: dict[str, Any]
+    settings: ClassifierSettings
+    segmenter_size: int
+    version: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: str | Path | None = None, threads: int | None = None) -> Models:
+        directory = Path(directory) if directory is not None else default_models_dir()
+        files = [directory / SEGMENTER_FILE, directory / CLASSIFIER_FILE]
+        missing = [p.name for p in files + [directory / MODEL_CARD_FILE] if not p.is_file()]
+        if missing:
+            raise BusdxError(
+                f"models missing in {directory}: {', '.join(missing)} "
+                f"(set ${MODELS_ENV} or train and export the models)"
+            )
+        card = load_card(directory / MODEL_CARD_FILE)
+        settings = ClassifierSettings.from_card(card)
+        # Two cores are typical for the laptops this serves; more threads only add contention.
+        threads = threads or max(1, min(4, os.cpu_count() or 1))
+        segmenter = _session(files[0], threads)
+        classifier = _session(files[1], threads)
+        _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
+        _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)
+        version = str(card.get("version") or card.get("model_version") or "")
+        fingerprint = _fingerprint(files)
+        version = f"{version}+{fingerprint}" if version else fingerprint
+        log.info("models loaded from %s (version %s)", directory, version)
+        return cls(
+            directory=directory,
+            segmenter=segmenter,
+            classifier=classifier,
+            card=card,
+            settings=settings,
+            segmenter_size=_static_size(segmenter, 224),
+            version=version,
+        )

@@ -1,0 +1,208 @@
+"""One analysis of one image, shared by the CLI, the API and the tests.
+
+decode -> letterbox -> segmenter -> sigmoid -> back to the original grid (bilinear) -> > 0.5 ->
+largest connected component, holes filled -> lesion crop (busdx.data.crop, the card's settings)
+-> classifier -> calibrated probability sigmoid(logit / T), label at the card's threshold, risk
+band -> heatmap (the classifier's CAM, ReLU, scaled to [0, 1], mapped back onto the image) ->
+measurements -> overlays.
+
+When the segmenter finds no lesion, the classifier still sees the whole image (letterboxed, as
+busdx.data.crop does without a mask), measurements are None and ``note`` says so: the user gets
+a probability with a clear warning rather than nothing, and can judge the image themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from busdx import DISCLAIMER, __version__
+from busdx.data.crop import CropBox, lesion_crop
+from busdx.data.preprocess import MAX_PIXELS, Letterbox, _resize, prepare
+from busdx.inference.components import fill_holes, largest_component
+from busdx.inference.decode import DecodedImage, decode
+from busdx.inference.measure import Measurements, measure
+from busdx.inference.models import Models
+from busdx.inference.overlay import Overlays, render
+from busdx.inference.risk import RiskBand, risk_band
+from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
+
+MASK_THRESHOLD = 0.5
+NO_LESION_NOTE = (
+    "no lesion found by the segmenter: the probability is from the whole image and is less "
+    "reliable; no measurements"
+)
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
+    """Logistic function without overflow for large |x|."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    out = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return out if out.ndim else float(out)
+
+
+@dataclass
+class Analysis:
+    probability: float  # calibrated probability of malignancy
+    label: str  # "benign" or "malignant" at ``threshold``
+    threshold: float
+    risk: RiskBand
+    logit: float
+    temperature: float
+    lesion_found: bool
+    note: str
+    measurements: Measurements | None
+    width: int
+    height: int
+    format: str
+    pixel_spacing_mm: tuple[float, float] | None
+    model_version: str
+    image: np.ndarray = field(repr=False)  # float32 HxW in [0, 1]
+    mask: np.ndarray = field(repr=False)  # uint8 HxW {0, 1}
+    heatmap: np.ndarray = field(repr=False)  # float32 HxW in [0, 1]
+    crop_box: CropBox | None = None
+    overlays: Overlays | None = field(default=None, repr=False)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self, images: bool = True) -> dict[str, Any]:
+        """The API's answer: plain JSON types, the PNGs base64-encoded."""
+        out: dict[str, Any] = {
+            "probability": self.probability,
+            "label": self.label,
+            "threshold": self.threshold,
+            "risk_band": {
+                "name": self.risk.name,
+                "text": self.risk.text,
+                "low": self.risk.low,
+                "high": self.risk.high,
+            },
+            "lesion_found": self.lesion_found,
+            "note": self.note,
+            "measurements": self.measurements.as_dict() if self.measurements else None,
+            "image": {
+                "width": self.width,
+                "height": self.height,
+                "format": self.format,
+                "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+            },
+            "timings_ms": self.timings_ms,
+            "model_version": self.model_version,
+            "busdx_version": __version__,
+            "disclaimer": DISCLAIMER,
+        }
+        if images and self.overlays is not None:
+            out["png"] = {
+                name: base64.b64encode(data).decode("ascii")
+                for name, data in self.overlays.as_dict().items()
+            }
+        return out
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round((now - self._last) * 1000.0, 2)
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        self.timings["total"] = round((time.perf_counter() - self._start) * 1000.0, 2)
+        return self.timings
+
+
+def segment(image: np.ndarray, models: Models) -> np.ndarray:
+    """The lesion mask (uint8 {0, 1}, the image's size): one component, no holes."""
+    x, box = prepare(image, models.segmenter_size)
+    (logits,) = models.segmenter.run([SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None]})
+    prob = sigmoid(logits[0, 0]).astype(np.float32)
+    full = box.invert(prob)
+    return fill_holes(largest_component(full > MASK_THRESHOLD))
+
+
+def classify(
+    image: np.ndarray, mask: np.ndarray, models: Models
+) -> tuple[float, np.ndarray, np.ndarray, CropBox | None]:
+    """(logit, cam, the classifier's input, crop window or None when the whole image is used)."""
+    settings = models.settings
+    if settings.input == "crop" and mask.any():
+        x, box = lesion_crop(image, mask, settings.crop)
+    else:
+        x, box = lesion_crop(image, None, settings.crop)
+    logit, cam = models.classifier.run(None, {INPUT_NAME: x[None, None].astype(np.float32)})[:2]
+    return float(np.asarray(logit).reshape(-1)[0]), np.asarray(cam)[0, 0], x, box
+
+
+def heatmap(
+    cam: np.ndarray, box: CropBox | None, height: int, width: int, size: int
+) -> np.ndarray:
+    """The CAM's positive evidence scaled to [0, 1] on the original image's grid."""
+    positive = np.maximum(np.nan_to_num(cam.astype(np.float32)), 0.0)
+    peak = float(positive.max()) if positive.size else 0.0
+    scaled = positive / peak if peak > 0 else np.zeros_like(positive)
+    if box is not None:
+        full = box.paste(scaled, height, width)
+    else:
+        full = Letterbox(height, width, size).invert(_resize(scaled, size, size, nearest=False))
+    return np.clip(full, 0.0, 1.0).astype(np.float32)
+
+
+def analyze(
+    source: bytes | str | np.ndarray | DecodedImage | Any,
+    models: Models,
+    *,
+    render_overlays: bool = True,
+    max_pixels: int = MAX_PIXELS,
+) -> Analysis:
+    """Analyse one image: bytes of a file, a path, an array, or an already decoded image."""
+    clock = _Clock()
+    decoded = source if isinstance(source, DecodedImage) else decode(source, max_pixels)
+    image = decoded.image
+    h, w = image.shape
+    clock.lap("decode")
+    mask = segment(image, models)
+    clock.lap("segment")
+    settings = models.settings
+    logit, cam, _, box = classify(image, mask, models)
+    probability = float(sigmoid(logit / settings.temperature))
+    if not math.isfinite(probability):
+        raise ValueError("the classifier returned a non-finite logit")
+    clock.lap("classify")
+    heat = heatmap(cam, box, h, w, settings.crop.size)
+    clock.lap("heatmap")
+    lesion_found = bool(mask.any())
+    measurements = measure(mask, decoded.pixel_spacing_mm) if lesion_found else None
+    clock.lap("measure")
+    overlays = render(image, mask, heat) if render_overlays else None
+    if render_overlays:
+        clock.lap("render")
+    return Analysis(
+        probability=probability,
+        label="malignant" if probability >= settings.threshold else "benign",
+        threshold=settings.threshold,
+        risk=risk_band(min(max(probability, 0.0), 1.0)),
+        logit=logit,
+        temperature=settings.temperature,
+        lesion_found=lesion_found,
+        note="" if lesion_found else NO_LESION_NOTE,
+        measurements=measurements,
+        width=w,
+        height=h,
+        format=decoded.format,
+        pixel_spacing_mm=decoded.pixel_spacing_mm,
+        model_version=models.version,
+        image=image,
+        mask=mask,
+        heatmap=heat,
+        crop_box=box,
+        overlays=overlays,
+        timings_ms=clock.total(),
+    )

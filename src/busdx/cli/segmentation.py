@@ -1,0 +1,70 @@
+"""``busdx train|export|evaluate segmentation``. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers, groups) -> None:
+    _register_train(groups["train"])
+    _register_export(groups["export"])
+    _register_evaluate(groups["evaluate"])
+
+
+def _register_train(group) -> None:
+    p = group.add_parser("segmentation", help="train the lesion segmentation U-Net",
+                         description="Train the lesion segmentation U-Net on BUS-BRA.")
+    p.add_argument("--data", help="BUS-BRA root (default: $BUSDX_DATA)")
+    p.add_argument("--test-fold", type=int, default=5, help="official fold held out (default 5)")
+    p.add_argument("--out", default="runs/segmentation", help="run folder")
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--loss", choices=("dice", "dice_bce"), default="dice_bce")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget: stop gracefully (the schedule anneals to fit)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--architecture", choices=("lite_unet", "plain_unet"), default="lite_unet",
+                   help="pretrained EfficientNet-Lite0 U-Net, or the recipe's plain U-Net")
+    p.add_argument("--no-pretrained", action="store_true", help="random encoder initialisation")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--limit-train", type=int, default=None, help="use the first N images only")
+    p.add_argument("--limit-val", type=int, default=None)
+    p.add_argument("--cache-dir", default="cache", help="letterboxed-image cache ('' for none)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from busdx.models.segmentation import SegmenterConfig
+    from busdx.training.segmentation import SegTrainConfig, train_segmenter
+
+    config = SegTrainConfig(
+        data=args.data, out=args.out, test_fold=args.test_fold, seed=args.seed,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+        patience=args.patience, max_minutes=args.max_minutes, threads=args.threads,
+        device=args.device, augment=not args.no_augment, limit_train=args.limit_train,
+        limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
+        model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained),
+    )
+    command = "busdx " + shlex.join(sys.argv[1:]) if sys.argv else None
+    result = train_segmenter(config, command=command)
+    print(f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
+          f"({result.epochs_run} epochs, {result.seconds / 60:.1f} min, stopped: {result.stopped})"
+          f"; checkpoint {result.out / 'best.pt'}")
+    return 0
+
+
+def _register_export(group) -> None:
+    pass
+
+
+def _register_evaluate(group) -> None:
+    pass

@@ -1,0 +1,129 @@
+"""Lesion segmentation networks and their ONNX wrapper.
+
+Two architectures:
+- ``lite_unet``: segmentation-models-pytorch's U-Net on timm's EfficientNet-Lite0 encoder, with
+  the offline ImageNet weights loaded into the encoder (the bundled model);
+- ``plain_unet``: the original recipe's plain U-Net (four down / four up double-conv blocks),
+  randomly initialised, kept for comparison.
+
+Both take 3-channel input normalised with mean/std 0.5. :class:`SegmenterExport` wraps either so
+that the exported graph takes the contract's grayscale [N, 1, S, S] image in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from busdx.models.pretrained import LITE_MEAN, LITE_STD, load_lite_weights
+
+ARCHITECTURES = ("lite_unet", "plain_unet")
+LITE_ENCODER = "tf_efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    architecture: str = "lite_unet"
+    encoder: str = LITE_ENCODER
+    pretrained: bool = True
+    # Narrow decoder: the encoder carries the capacity, and CPU time is the constraint.
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
+    plain_width: int = 32  # first-level channels of the plain U-Net
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SegmenterConfig:
+        d = dict(d)
+        if "decoder_channels" in d:
+            d["decoder_channels"] = tuple(d["decoder_channels"])
+        return cls(**d)
+
+
+def build_lite_unet(config: SegmenterConfig) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    model = smp.Unet(
+        encoder_name=f"tu-{config.encoder}",
+        encoder_weights=None,  # smp would download; the weights come from the offline package
+        in_channels=3,
+        classes=1,
+        decoder_channels=config.decoder_channels,
+    )
+    if config.pretrained:
+        load_lite_weights(model.encoder.model, config.encoder)
+    return model
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class PlainUNet(nn.Module):
+    """The classic U-Net (Ronneberger et al.) with batch norm and same-padding."""
+
+    def __init__(self, in_channels: int = 3, width: int = 32, depth: int = 4):
+        super().__init__()
+        widths = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for w in widths:
+            self.down.append(_double_conv(cin, w))
+            cin = w
+        self.up = nn.ModuleList()
+        self.fuse = nn.ModuleList()
+        for w in reversed(widths[:-1]):
+            self.up.append(nn.ConvTranspose2d(w * 2, w, 2, stride=2))
+            self.fuse.append(_double_conv(w * 2, w))
+        self.head = nn.Conv2d(widths[0], 1, 1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else self.pool(x))
+            skips.append(x)
+        skips.pop()
+        for up, fuse in zip(self.up, self.fuse, strict=True):
+            x = fuse(torch.cat([up(x), skips.pop()], dim=1))
+        return self.head(x)
+
+
+def build_segmenter(config: SegmenterConfig | None = None) -> nn.Module:
+    """The network that maps normalised 3-channel images to mask logits."""
+    config = config or SegmenterConfig()
+    if config.architecture == "lite_unet":
+        return build_lite_unet(config)
+    if config.architecture == "plain_unet":
+        return PlainUNet(width=config.plain_width)
+    raise ValueError(f"unknown architecture {config.architecture!r}; choose from {ARCHITECTURES}")
+
+
+def normalise(gray: torch.Tensor) -> torch.Tensor:
+    """[N, 1, S, S] in [0, 1] -> [N, 3, S, S] normalised as the encoder's weights expect."""
+    mean = torch.tensor(LITE_MEAN, dtype=gray.dtype, device=gray.device).view(1, 3, 1, 1)
+    std = torch.tensor(LITE_STD, dtype=gray.dtype, device=gray.device).view(1, 3, 1, 1)
+    return (gray.repeat(1, 3, 1, 1) - mean) / std
+
+
+class SegmenterExport(nn.Module):
+    """The contract's segmenter: grayscale ``image`` [N, 1, S, S] -> ``mask_logits``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(normalise(image))

@@ -1,0 +1,101 @@
+"""Helpers shared by the training loops: seeding, device, hardware description, checkpoints,
+and the cache of letterboxed images."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from busdx.data.index import Record
+from busdx.data.preprocess import load_gray, load_mask, prepare_pair
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_description(device: torch.device, threads: int) -> dict:
+    info = {
+        "device": device.type,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically, so an interrupted run never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _cache_key(records: Sequence[Record], size: int) -> str:
+    h = hashlib.sha1(f"{size}".encode())
+    for r in records:
+        h.update(f"{Path(r.image_path).resolve()}|{Path(r.mask_path).resolve()}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def letterboxed_arrays(
+    records: Sequence[Record], size: int = 224, cache_dir: Path | None = Path("cache")
+) -> tuple[np.ndarray, np.ndarray]:
+    """All images and masks letterboxed to ``size``: (float16 [N,S,S] in [0,1], uint8 [N,S,S]).
+
+    Decoding and resizing ~1,900 PNGs takes a minute; epochs read the cached compressed arrays.
+    """
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"seg{size}_{_cache_key(records, size)}.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                return data["images"], data["masks"]
+    images = np.zeros((len(records), size, size), dtype=np.float16)
+    masks = np.zeros((len(records), size, size), dtype=np.uint8)
+    for i, r in enumerate(records):
+        image, mask, _ = prepare_pair(load_gray(r.image_path), load_mask(r.mask_path), size)
+        images[i], masks[i] = image, mask
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez_compressed(tmp, images=images, masks=masks)
+        os.replace(tmp, path)
+        log.info("cached %d letterboxed images in %s", len(records), path)
+    return images, masks

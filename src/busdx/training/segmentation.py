@@ -1,0 +1,301 @@
+"""Training the lesion segmenter.
+
+Images are letterboxed once and cached; every epoch augments them on the fly with
+:class:`busdx.data.augment.Augmenter`, seeded by (seed, epoch, sample) so a run is repeatable and
+a resumed run sees the same augmentations it would have seen. The best checkpoint by validation
+Dice is kept (``best.pt``); ``last.pt`` holds everything needed to resume.
+
+The learning rate follows a cosine decay after a short warm-up. Its progress is the larger of the
+fraction of planned steps done and the fraction of the wall-clock budget used, so a run stopped by
+``max_minutes`` has still annealed its learning rate instead of stopping at a high one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from busdx.data.augment import Augmenter
+from busdx.data.index import Record, load_index, resolve_root
+from busdx.data.splits import SplitConfig, make_split
+from busdx.errors import BusdxError
+from busdx.models.segmentation import SegmenterConfig, build_segmenter, normalise
+from busdx.training.common import (
+    hardware_description,
+    letterboxed_arrays,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    seed_everything,
+)
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("dice", "dice_bce")
+
+
+@dataclass
+class SegTrainConfig:
+    data: str | None = None
+    out: str = "runs/segmentation"
+    test_fold: int = 5
+    val_fraction: float = 0.15
+    seed: int = 0
+    epochs: int = 14
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    loss: str = "dice_bce"
+    patience: int = 5  # epochs without a better validation Dice before stopping
+    max_minutes: float | None = None
+    threads: int = 2
+    size: int = 224
+    device: str = "auto"
+    augment: bool = True
+    limit_train: int | None = None  # use only the first N training images (quick comparisons)
+    limit_val: int | None = None
+    cache_dir: str | None = "cache"
+    resume: bool = False
+    model: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+@dataclass
+class SegTrainResult:
+    out: Path
+    best_epoch: int
+    best_val_dice: float
+    epochs_run: int
+    seconds: float
+    stopped: str  # "epochs", "early_stopping" or "time_budget"
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice, computed per image then averaged (each lesion counts once, big or small)."""
+    prob = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    inter = (prob * t).sum(1)
+    return (1.0 - (2.0 * inter + eps) / (prob.sum(1) + t.sum(1) + eps)).mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "dice":
+        return soft_dice_loss(logits, target)
+    if kind == "dice_bce":
+        return soft_dice_loss(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
+    raise ValueError(f"unknown loss {kind!r}; choose from {LOSSES}")
+
+
+def batch_dice(logits: torch.Tensor, target: torch.Tensor) -> list[float]:
+    """Per-image hard Dice at threshold 0.5 (both empty counts as 1)."""
+    pred = (logits > 0).flatten(1).float()
+    t = target.flatten(1)
+    inter = (pred * t).sum(1)
+    total = pred.sum(1) + t.sum(1)
+    d = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+    return d.tolist()
+
+
+def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _augmented_batch(
+    images: np.ndarray, masks: np.ndarray, idx: np.ndarray, augmenter: Augmenter | None,
+    seed: int, epoch: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for i in idx:
+        x, y = images[i].astype(np.float32), masks[i]
+        if augmenter is not None:
+            x, y = augmenter(x, y, np.random.default_rng([seed, epoch, int(i)]))
+        xs.append(x)
+        ys.append(y)
+    x = torch.from_numpy(np.stack(xs)[:, None]).float()
+    y = torch.from_numpy(np.stack(ys)[:, None].astype(np.float32))
+    return x, y
+
+
+@torch.no_grad()
+def evaluate_arrays(
+    net: torch.nn.Module, images: np.ndarray, masks: np.ndarray, loss_kind: str,
+    device: torch.device, batch_size: int = 16,
+) -> tuple[float, list[float]]:
+    """Mean loss and per-image Dice (at the letterboxed size) over arrays."""
+    net.eval()
+    losses, dices = [], []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start : start + batch_size, None].astype(np.float32))
+        y = torch.from_numpy(masks[start : start + batch_size, None].astype(np.float32))
+        x, y = x.to(device), y.to(device)
+        logits = net(normalise(x))
+        losses.append(float(segmentation_loss(logits, y, loss_kind)) * len(x))
+        dices.extend(batch_dice(logits, y))
+    return sum(losses) / max(1, len(images)), dices
+
+
+def _split_records(config: SegTrainConfig) -> tuple[list[Record], list[Record]]:
+    index = load_index(resolve_root(config.data))
+    split = make_split(
+        index, SplitConfig(test_fold=config.test_fold, val_fraction=config.val_fraction,
+                           seed=config.seed)
+    )
+    train, val = split.train, split.val
+    if config.limit_train:
+        train = train[: config.limit_train]
+    if config.limit_val:
+        val = val[: config.limit_val]
+    if not train or not val:
+        raise BusdxError(f"empty split: {len(train)} training and {len(val)} validation images")
+    return train, val
+
+
+def empty_history() -> dict[str, list]:
+    return {k: [] for k in ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")}
+
+
+def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTrainResult:
+    if config.loss not in LOSSES:
+        raise BusdxError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+
+    train_recs, val_recs = _split_records(config)
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    tr_x, tr_y = letterboxed_arrays(train_recs, config.size, cache)
+    va_x, va_y = letterboxed_arrays(val_recs, config.size, cache)
+    log.info("%d training, %d validation images; device %s, %d threads",
+             len(tr_x), len(va_x), device, config.threads)
+
+    net = build_segmenter(config.model).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # Drop the last incomplete batch: a batch of one breaks batch norm in training mode.
+    steps_per_epoch = max(1, len(tr_x) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    history, start_epoch, step, elapsed_before = empty_history(), 0, 0, 0.0
+    best_dice, best_epoch, stale = -1.0, -1, 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if config.resume and last_path.is_file():
+        state = load_checkpoint(last_path)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, start_epoch, step = state["history"], state["epoch"] + 1, state["step"]
+        best_dice, best_epoch, stale = state["best_dice"], state["best_epoch"], state["stale"]
+        elapsed_before = state["elapsed"]
+        log.info("resuming after epoch %d (best validation Dice %.4f)", state["epoch"], best_dice)
+
+    augmenter = Augmenter() if config.augment else None
+    budget = config.max_minutes * 60.0 if config.max_minutes else None
+    t0 = time.monotonic()
+    stopped = "epochs"
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - t0
+
+    for epoch in range(start_epoch, config.epochs):
+        if budget is not None and history["seconds"]:
+            # Don't start an epoch that would end past the budget (epochs take about as long).
+            per_epoch = history["seconds"][-1] / len(history["seconds"])
+            if elapsed() + per_epoch > budget:
+                stopped = "time_budget"
+                break
+        net.train()
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(tr_x))
+        running, seen = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
+                   leave=False, dynamic_ncols=True)
+        for b in bar:
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            x, y = _augmented_batch(tr_x, tr_y, idx, augmenter, config.seed, epoch)
+            x, y = x.to(device), y.to(device)
+            progress = step / total_steps
+            if budget is not None:
+                progress = max(progress, elapsed() / budget)
+            lr = config.lr * lr_factor(progress, step, config.warmup_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = segmentation_loss(net(normalise(x)), y, config.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            running += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{running / seen:.4f}",
+                            val_dice=f"{history['val_dice'][-1]:.4f}" if history["val_dice"]
+                            else "-")
+        bar.close()
+        val_loss, dices = evaluate_arrays(net, va_x, va_y, config.loss, device)
+        val_dice = float(np.mean(dices))
+        for key, value in (("epoch", epoch + 1), ("train_loss", running / seen),
+                           ("val_loss", val_loss), ("val_dice", val_dice), ("lr", lr),
+                           ("seconds", elapsed())):
+            history[key].append(value)
+        improved = val_dice > best_dice
+        if improved:
+            best_dice, best_epoch, stale = val_dice, epoch + 1, 0
+            save_checkpoint(best_path, {
+                "model": net.state_dict(), "model_config": config.model.to_dict(),
+                "epoch": epoch + 1, "val_dice": val_dice, "train_config": config.to_dict(),
+            })
+        else:
+            stale += 1
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f%s (%.0f s)",
+                 epoch + 1, running / seen, val_loss, val_dice, " *" if improved else "",
+                 elapsed())
+        save_checkpoint(last_path, {
+            "model": net.state_dict(), "optimizer": opt.state_dict(), "history": history,
+            "epoch": epoch, "step": step, "best_dice": best_dice, "best_epoch": best_epoch,
+            "stale": stale, "elapsed": elapsed(), "train_config": config.to_dict(),
+        })
+        write_history(out, history)
+        if stale >= config.patience:
+            stopped = "early_stopping"
+            break
+        if budget is not None and elapsed() >= budget:
+            stopped = "time_budget"
+            break
+
+    write_history(out, history)
+    summary = {
+        "command": command,
+        "config": config.to_dict(),
+        "hardware": hardware_description(device, config.threads),
+        "train_images": len(tr_x),
+        "val_images": len(va_x),
+        "epochs_run": len(history["epoch"]),
+        "best_epoch": best_epoch,
+        "best_val_dice": best_dice,
+        "seconds": elapsed(),
+        "stopped": stopped,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return SegTrainResult(out=out, best_epoch=best_epoch, best_val_dice=best_dice,
+                          epochs_run=len(history["epoch"]), seconds=elapsed(), stopped=stopped)
+
+
+def write_history(out: Path, history: dict) -> None:
+    from busdx.evaluation.plots import plot_learning_curves
+
+    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
+    if history["epoch"]:
+        plot_learning_curves(history, out / "learning_curves.png")

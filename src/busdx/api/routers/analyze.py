@@ -1,0 +1,110 @@
+"""POST /api/analyze: one image in (multipart field ``file``), the full analysis out.
+
+The upload stays in memory; nothing about it (name, content) is logged. Decoding problems are
+the client's (4xx with a ``detail``); only a failure after a successful decode is a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+
+from busdx.api.schemas import AnalyzeResponse
+from busdx.data.preprocess import ImageError
+from busdx.inference.decode import decode_bytes
+from busdx.inference.errors import InputError
+from busdx.inference.pipeline import analyze as run_analysis
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api", tags=["analysis"])
+
+UPLOAD_FIELD = "file"
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Empty file or malformed request"},
+    413: {"description": "File over the byte limit, or image over the pixel limit"},
+    415: {"description": "Not a supported image (PNG, JPEG, BMP, TIFF, DICOM)"},
+    422: {"description": "Damaged or truncated image, or no file field"},
+}
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [UPLOAD_FIELD],
+                    "properties": {
+                        UPLOAD_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "PNG, JPEG, BMP, TIFF (8/16 bit) or DICOM",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _decode_and_analyze(data: bytes, models, max_pixels: int):
+    """Decode (every failure is the input's: a 4xx) then analyse; timings include the decode."""
+    start = time.perf_counter()
+    try:
+        decoded = decode_bytes(data, max_pixels)
+    except ImageError:
+        raise
+    except Exception as err:  # a decoder failing on odd input is still the input's problem
+        raise InputError("the image could not be decoded") from err
+    decode_ms = round((time.perf_counter() - start) * 1000.0, 2)
+    result = run_analysis(decoded, models, render_overlays=True)
+    result.timings_ms["decode"] = decode_ms
+    result.timings_ms["total"] = round(result.timings_ms.get("total", 0.0) + decode_ms, 2)
+    return result
+
+
+@router.post(
+    "/analyze",
+    summary="Analyse one breast ultrasound image",
+    description=(
+        "Segments the lesion, gives the calibrated probability of malignancy, the call at the "
+        "validated threshold, the risk band, measurements, a heatmap and overlays (base64 "
+        "PNGs). Decision support, not a diagnosis."
+    ),
+    response_model=AnalyzeResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=OPENAPI_BODY,
+)
+async def analyze(request: Request) -> dict[str, Any]:
+    state = request.app.state
+    data = await read_upload_from(request, state.limits.max_upload_bytes)
+    # Inference runs in worker threads (at most ``concurrency`` at once, which bounds memory)
+    # so /api/health keeps answering during an analysis.
+    result = await anyio.to_thread.run_sync(
+        partial(_decode_and_analyze, data, state.models, state.limits.max_pixels),
+        limiter=state.limiter,
+    )
+    del data
+    log.info(
+        "analysed a %dx%d %s image in %.0f ms",
+        result.width, result.height, result.format, result.timings_ms.get("total", 0.0),
+    )
+    return result.to_json(images=True)
+
+
+async def read_upload_from(request: Request, limit: int) -> bytes:
+    from busdx.api.upload import read_upload
+
+    return await read_upload(
+        request.headers.get("content-type"),
+        request.headers.get("content-length"),
+        request.stream(),
+        UPLOAD_FIELD,
+        limit,
+    )

@@ -1,0 +1,60 @@
+"""The shape of /api/analyze's answer, for validation and the OpenAPI docs at /docs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class RiskBandOut(BaseModel):
+    name: str = Field(description="BI-RADS-aligned band: 3, 4A, 4B, 4C or 5")
+    text: str
+    low: float
+    high: float
+
+
+class MeasurementsOut(BaseModel):
+    units: str = Field(description="'mm' when the file carries a calibration, else 'px'")
+    area: float = Field(description="in units squared")
+    perimeter: float
+    longest_diameter: float = Field(description="maximum Feret diameter")
+    width: float
+    height: float
+    orientation: str = Field(description="'parallel' (wider than tall) or 'not parallel'")
+    circularity: float
+    solidity: float
+    ellipse_major: float
+    ellipse_minor: float
+    ellipse_angle_deg: float
+    area_px: int
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+    format: str
+    pixel_spacing_mm: list[float] | None = Field(description="(row, column) mm per pixel")
+
+
+class Pngs(BaseModel):
+    image: str = Field(description="base64 PNG: the grayscale image analysed")
+    mask: str = Field(description="base64 PNG: lesion mask, 0 and 255")
+    outline: str = Field(description="base64 PNG: transparent layer with the lesion outline")
+    heatmap: str = Field(description="base64 PNG: transparent heatmap layer")
+    overlay: str = Field(description="base64 PNG: image with the outline")
+    heatmap_overlay: str = Field(description="base64 PNG: image with the heatmap")
+
+
+class AnalyzeResponse(BaseModel):
+    probability: float = Field(description="calibrated probability of malignancy")
+    label: str = Field(description="'benign' or 'malignant' at the threshold")
+    threshold: float
+    risk_band: RiskBandOut
+    lesion_found: bool
+    note: str
+    measurements: MeasurementsOut | None
+    image: ImageInfo
+    timings_ms: dict[str, float]
+    model_version: str
+    busdx_version: str
+    disclaimer: str
+    png: Pngs

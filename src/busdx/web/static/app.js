@@ -1,0 +1,238 @@
+// busdx web page: upload one image, show the analysis. No framework, no external requests.
+"use strict";
+
+const MAX_BYTES = 25 * 1024 * 1024;
+const $ = (id) => document.getElementById(id);
+
+const els = {
+  dropzone: $("dropzone"), pick: $("pick"), file: $("file"), figure: $("figure"),
+  base: $("img-base"), outline: $("img-outline"), heatmap: $("img-heatmap"),
+  showOutline: $("show-outline"), showHeatmap: $("show-heatmap"), another: $("another"),
+  legend: $("legend-heatmap"), status: $("status"), error: $("error"), empty: $("empty"),
+  result: $("result"), results: $("results"), call: $("call"), probText: $("prob-text"),
+  bar: $("bar"), fill: $("bar-fill"), marker: $("bar-marker"), bandName: $("band-name"),
+  bandText: $("band-text"), note: $("note"), measures: $("measures-body"),
+  timingsSummary: $("timings-summary"), timingsList: $("timings-list"), version: $("version"),
+  disclaimer: $("disclaimer"),
+};
+
+let busy = false;
+
+function pct(p, digits = 1) {
+  return `${(100 * p).toFixed(digits)}%`;
+}
+
+function setStatus(text, isBusy = false) {
+  els.status.textContent = text;
+  els.status.classList.toggle("busy", isBusy);
+}
+
+function showError(text) {
+  els.error.textContent = text;
+  els.error.hidden = !text;
+}
+
+function showDropzone() {
+  els.figure.hidden = true;
+  els.dropzone.hidden = false;
+  els.pick.focus();
+}
+
+function num(value, digits) {
+  return Number(value).toLocaleString(undefined, {
+    minimumFractionDigits: digits, maximumFractionDigits: digits,
+  });
+}
+
+function measurementRows(m) {
+  const u = m.units;
+  const len = (v) => `${num(v, u === "mm" ? 1 : 0)} ${u}`;
+  return [
+    ["Area", `${num(m.area, u === "mm" ? 1 : 0)} ${u}²`],
+    ["Longest diameter", len(m.longest_diameter)],
+    ["Width × height", `${len(m.width)} × ${len(m.height)}`],
+    ["Orientation", m.orientation === "parallel"
+      ? "parallel (wider than tall)" : "not parallel (taller than wide)"],
+    ["Perimeter", len(m.perimeter)],
+    ["Circularity", num(m.circularity, 2)],
+    ["Solidity", num(m.solidity, 2)],
+    ["Fitted ellipse", `${len(m.ellipse_major)} × ${len(m.ellipse_minor)}, ${num(m.ellipse_angle_deg, 0)}°`],
+  ];
+}
+
+function renderMeasurements(result) {
+  els.measures.replaceChildren();
+  const rows = result.measurements
+    ? measurementRows(result.measurements)
+    : [["Lesion", "none found"]];
+  if (result.measurements && result.measurements.units === "px") {
+    rows.push(["Units", "pixels (no calibration in the file)"]);
+  }
+  for (const [name, value] of rows) {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = name;
+    const td = document.createElement("td");
+    td.textContent = value;
+    tr.append(th, td);
+    els.measures.append(tr);
+  }
+}
+
+function renderTimings(timings) {
+  els.timingsList.replaceChildren();
+  els.timingsSummary.textContent = `Analysed in ${Math.round(timings.total || 0)} ms on the server`;
+  for (const [stage, ms] of Object.entries(timings)) {
+    if (stage === "total") continue;
+    const li = document.createElement("li");
+    li.textContent = `${stage}: ${num(ms, 1)} ms`;
+    els.timingsList.append(li);
+  }
+}
+
+function renderResult(r) {
+  const png = (b64) => `data:image/png;base64,${b64}`;
+  els.base.src = png(r.png.image);
+  els.outline.src = png(r.png.outline);
+  els.heatmap.src = png(r.png.heatmap);
+  els.base.alt = `The analysed ultrasound image, ${r.image.width} by ${r.image.height} pixels`;
+  applyToggles();
+  els.dropzone.hidden = true;
+  els.figure.hidden = false;
+  fitImage();
+
+  const malignant = r.label === "malignant";
+  els.call.className = `call ${r.label}`;
+  els.call.replaceChildren(
+    document.createTextNode(malignant ? "Call: malignant" : "Call: benign"),
+  );
+  const small = document.createElement("small");
+  small.textContent = malignant
+    ? `The probability is at or above the validated threshold of ${pct(r.threshold)}.`
+    : `The probability is below the validated threshold of ${pct(r.threshold)}.`;
+  els.call.append(small);
+
+  els.probText.textContent = `Probability of malignancy: ${pct(r.probability)} (threshold ${pct(r.threshold)})`;
+  els.fill.style.width = pct(r.probability, 2);
+  els.fill.style.background = malignant ? "var(--malignant)" : "var(--benign)";
+  els.marker.style.left = pct(r.threshold, 2);
+  els.bar.setAttribute("aria-label",
+    `Probability ${pct(r.probability)} against the threshold ${pct(r.threshold)}`);
+
+  els.bandName.textContent = r.risk_band.name;
+  els.bandText.textContent = r.risk_band.text;
+  els.note.textContent = r.note || "";
+  els.note.hidden = !r.note;
+  renderMeasurements(r);
+  renderTimings(r.timings_ms);
+  els.version.textContent = `Model ${r.model_version} · busdx ${r.busdx_version}`;
+  if (r.disclaimer) els.disclaimer.textContent = r.disclaimer;
+  els.empty.hidden = true;
+  els.result.hidden = false;
+}
+
+// Fit the image (and so its layers) to the space left on screen, enlarging small images too.
+function fitImage() {
+  const img = els.base;
+  if (els.figure.hidden || !img.naturalWidth) return;
+  const availW = els.figure.clientWidth;
+  const top = els.figure.getBoundingClientRect().top + window.scrollY;
+  const availH = Math.max(240, window.innerHeight - top - 105);
+  const scale = Math.min(availW / img.naturalWidth, availH / img.naturalHeight, 3);
+  img.style.width = `${Math.floor(img.naturalWidth * scale)}px`;
+  img.style.height = `${Math.floor(img.naturalHeight * scale)}px`;
+}
+
+function applyToggles() {
+  els.outline.hidden = !els.showOutline.checked;
+  els.heatmap.hidden = !els.showHeatmap.checked;
+  els.legend.hidden = !els.showHeatmap.checked;
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    if (typeof body.detail === "string") return body.detail;
+    if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
+  } catch (_) { /* not JSON */ }
+  return `the server answered ${response.status} ${response.statusText}`;
+}
+
+async function analyze(file) {
+  if (busy || !file) return;
+  showError("");
+  if (file.size === 0) {
+    showError("This file is empty (zero bytes). Choose an image file.");
+    return;
+  }
+  if (file.size > MAX_BYTES) {
+    showError(`This file is ${(file.size / 1048576).toFixed(1)} MB: the limit is 25 MB.`);
+    return;
+  }
+  busy = true;
+  setStatus("Analysing the image…", true);
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const response = await fetch("/api/analyze", { method: "POST", body: form });
+    if (!response.ok) {
+      const detail = await errorText(response);
+      setStatus("");
+      showError(`The image could not be analysed: ${detail}`);
+      return;
+    }
+    const result = await response.json();
+    renderResult(result);
+    setStatus(`Done: ${result.label === "malignant" ? "malignant" : "benign"} call, ` +
+      `probability ${pct(result.probability)}, risk band ${result.risk_band.name}.`);
+    els.results.focus({ preventScroll: true });
+  } catch (err) {
+    setStatus("");
+    showError("The server could not be reached. Is busdx serve still running?");
+  } finally {
+    busy = false;
+    els.file.value = "";
+  }
+}
+
+els.pick.addEventListener("click", () => els.file.click());
+els.file.addEventListener("change", () => analyze(els.file.files[0]));
+els.another.addEventListener("click", () => { showError(""); setStatus(""); showDropzone(); });
+els.showOutline.addEventListener("change", applyToggles);
+els.base.addEventListener("load", fitImage);
+window.addEventListener("resize", fitImage);
+els.showHeatmap.addEventListener("change", applyToggles);
+
+for (const target of [els.dropzone, els.figure]) {
+  target.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    els.dropzone.classList.add("over");
+  });
+  target.addEventListener("dragleave", () => els.dropzone.classList.remove("over"));
+  target.addEventListener("drop", (e) => {
+    e.preventDefault();
+    els.dropzone.classList.remove("over");
+    const files = e.dataTransfer && e.dataTransfer.files;
+    if (files && files.length > 1) showError("Drop one image at a time; the first one is analysed.");
+    if (files && files.length) analyze(files[0]);
+  });
+}
+// A file dropped outside the drop zone must not make the browser navigate away.
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("drop", (e) => e.preventDefault());
+
+document.addEventListener("keydown", (e) => {
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const tag = (e.target && e.target.tagName) || "";
+  if (tag === "INPUT" && e.target.type !== "checkbox") return;
+  const key = e.key.toLowerCase();
+  if (els.figure.hidden) return;
+  if (key === "o") { els.showOutline.checked = !els.showOutline.checked; applyToggles(); }
+  else if (key === "h") { els.showHeatmap.checked = !els.showHeatmap.checked; applyToggles(); }
+  else if (key === "n") { showError(""); setStatus(""); showDropzone(); }
+});
+
+fetch("/api/model").then((r) => (r.ok ? r.json() : null)).then((card) => {
+  if (card && card.disclaimer) els.disclaimer.textContent = card.disclaimer;
+}).catch(() => {});

@@ -1,0 +1,151 @@
+"""The web page in a real browser: Debian's chromium, headless, driven by Playwright.
+
+Starts ``busdx serve`` on a free loopback port (the bundled models when present, else the
+stand-in models), uploads a fixture through the file input, checks the result and the notice,
+toggles the overlays by mouse and keyboard, and saves screenshots to test-output/.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from stand_in_models import build_stand_in_models, real_models_dir
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"busdx serve exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("busdx serve did not answer in time")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is absent (make test installs it: apt-get install chromium)")
+    models = real_models_dir() or build_stand_in_models(tmp_path_factory.mktemp("models"))
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    env = os.environ | {"BUSDX_MODELS": str(models)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busdx.cli.main", "serve", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(url + "/api/health", proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_upload_shows_result(server, browser, fixtures_root, output_dir):
+    image = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server + "/")
+    notice = page.locator("#notice")
+    assert notice.is_visible()
+    assert "not a diagnosis" in notice.inner_text()
+    page.screenshot(path=str(output_dir / "browser-start.png"))
+
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    call = page.locator("#call").inner_text().lower()
+    assert "benign" in call or "malignant" in call
+    assert "%" in page.locator("#prob-text").inner_text()
+    assert page.locator("#band-name").inner_text().strip() in {"3", "4A", "4B", "4C", "5"}
+    assert page.locator("#measures-body tr").count() >= 1
+    assert "probability" in page.locator("#status").inner_text()
+    assert notice.is_visible()  # the notice stays with the result
+    assert page.locator("#img-base").evaluate("img => img.naturalWidth") > 0
+
+    outline, heatmap = page.locator("#img-outline"), page.locator("#img-heatmap")
+    assert outline.is_visible() and not heatmap.is_visible()
+    page.check("#show-heatmap")
+    assert heatmap.is_visible()
+    page.screenshot(path=str(output_dir / "browser-result.png"))
+    page.keyboard.press("o")  # keyboard shortcut: outline off
+    assert not outline.is_visible()
+    page.keyboard.press("h")  # heatmap off
+    assert not heatmap.is_visible()
+    page.keyboard.press("o")
+    assert outline.is_visible()
+    assert page.locator("#show-outline").is_checked()
+
+    page.keyboard.press("n")  # back to the drop zone, focus on the file picker button
+    assert page.locator("#pick").is_visible()
+    assert page.evaluate("document.activeElement.id") == "pick"
+    assert not errors, errors
+    page.close()
+
+
+def test_bad_file_shows_clear_error(server, browser, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not an image")
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    page.set_input_files("#file", str(bad))
+    page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    text = page.locator("#error").inner_text()
+    assert "could not be analysed" in text and "not a supported image" in text
+    assert page.locator("#result").is_hidden()
+    page.close()
+
+
+def test_keyboard_reaches_the_file_picker(server, browser):
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    focused = []
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id"))
+    assert "pick" in focused
+    page.close()

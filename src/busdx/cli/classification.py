@@ -1,0 +1,232 @@
+"""``busdx train|evaluate|export classification``.
+
+Heavy libraries are imported inside the command functions: ``evaluate`` needs only ONNX
+Runtime (it runs from the serving install), ``train`` and ``export`` need torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS = "models"
+DEFAULT_RUN = "runs/classification"
+
+
+def register(subparsers, groups) -> None:
+    train = groups["train"].add_parser(
+        "classification", help="fine-tune the benign/malignant classifier, calibrate, export",
+        description="Fine-tune on lesion crops (ground-truth masks with jitter), pick the epoch "
+        "by validation AUC, fit temperature and threshold on validation, export ONNX and "
+        "write the model card's classifier section.",
+    )
+    train.add_argument("--data", help="BUS-BRA root (default: $BUSDX_DATA)")
+    train.add_argument("--test-fold", type=int, default=5)
+    train.add_argument("--out", default=DEFAULT_RUN, help="run folder (checkpoint, history)")
+    train.add_argument("--models", default=DEFAULT_MODELS, help="where to export and write the card")
+    train.add_argument("--arch", choices=("lite0", "resnet50"), default="lite0")
+    train.add_argument("--weights", default="imagenet",
+                       help="imagenet (lite0: offline; resnet50: torchvision, online), none, "
+                       "or a state-dict file (resnet50)")
+    train.add_argument("--input", choices=("crop", "image"), default="crop")
+    train.add_argument("--context", type=float, default=0.3)
+    train.add_argument("--jitter", type=float, default=0.15)
+    train.add_argument("--imbalance", choices=("weighted", "oversample", "none"),
+                       default="weighted")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--max-minutes", type=float, default=35.0)
+    train.add_argument("--batch-size", type=int, default=24)
+    train.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
+    train.add_argument("--backbone-lr", type=float, default=2e-4)
+    train.add_argument("--patience", type=int, default=6)
+    train.add_argument("--max-batches", type=int, default=None, help="per epoch (smoke tests)")
+    train.add_argument("--min-sensitivity", type=float, default=0.90,
+                       help="the threshold keeps at least this validation sensitivity")
+    train.add_argument("--compare", action="store_true",
+                       help="first compare inputs and imbalance handling on frozen features")
+    train.add_argument("--no-export", action="store_true",
+                       help="train and calibrate only (no ONNX, no card)")
+    train.add_argument("--cache", default="cache/classification")
+    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=run_train)
+
+    evaluate = groups["evaluate"].add_parser(
+        "classification", help="end-to-end test-fold metrics of the exported models (ONNX only)"
+    )
+    evaluate.add_argument("--data", help="BUS-BRA root (default: $BUSDX_DATA)")
+    evaluate.add_argument("--test-fold", type=int, default=5)
+    evaluate.add_argument("--models", default=DEFAULT_MODELS)
+    evaluate.add_argument("--masks", choices=("predicted", "gt"), default="predicted",
+                          help="crop from the segmenter's masks (the product) or the ground truth")
+    evaluate.add_argument("--figures", default=None, help="folder for ROC, confusion, reliability")
+    evaluate.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
+    evaluate.add_argument("--threads", type=int, default=1)
+    evaluate.add_argument("--no-card", action="store_true", help="do not write the model card")
+    evaluate.set_defaults(func=run_evaluate)
+
+    export = groups["export"].add_parser("classification", help="checkpoint -> classifier.onnx")
+    export.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/classifier.pt")
+    export.add_argument("--output", default=f"{DEFAULT_MODELS}/classifier.onnx")
+    export.set_defaults(func=run_export)
+
+
+def _hardware(threads: int) -> str:
+    return f"{platform.processor() or platform.machine()} CPU, {threads} thread(s), no GPU"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    import torch
+
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.evaluation.model_card import update_card
+    from busdx.models.classification import export_onnx
+    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
+    from busdx.training import classification as tc
+
+    start = time.monotonic()
+    torch.set_num_threads(args.threads)
+    config = tc.ClassifierTrainConfig(
+        arch=args.arch, weights=args.weights, input=args.input, context=args.context,
+        jitter=args.jitter, imbalance=args.imbalance, epochs=args.epochs,
+        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
+        backbone_lr=args.backbone_lr, patience=args.patience, threads=args.threads,
+        seed=args.seed, max_batches=args.max_batches,
+    )
+    index = load_index(args.data)
+    split = make_split(index, SplitConfig(test_fold=args.test_fold, seed=args.seed))
+    train = tc.load_samples(split.train, args.cache)
+    val = tc.load_samples(split.val, args.cache)
+    log.info("train %d, val %d (test fold %d untouched)", len(train), len(val), args.test_fold)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    comparisons = None
+    if args.compare:
+        comparisons = tc.feature_comparisons(train, val, config)
+        (out / "comparisons.json").write_text(json.dumps(comparisons, indent=2))
+        log.info("comparisons: %s", json.dumps(comparisons, indent=1))
+
+    result = tc.train_classifier(train, val, config, out)
+    model, ckpt = tc.load_checkpoint(result.checkpoint)
+    cal, _, _ = tc.calibrate_on_validation(model, val, config, args.min_sensitivity)
+    (out / "calibration.json").write_text(json.dumps(asdict(cal), indent=2))
+    log.info("calibration on validation: %s", json.dumps(asdict(cal)))
+    _plot_history(result.history, out / "learning_curves.png")
+    if args.no_export:
+        return 0
+
+    models = Path(args.models)
+    export_onnx(model, models / CLASSIFIER_FILE, size=config.size)
+    section = {
+        "file": CLASSIFIER_FILE,
+        "arch": args.arch,
+        "backbone": "tf_efficientnet_lite0" if args.arch == "lite0" else "torchvision resnet50",
+        "weights": args.weights,
+        "input": config.input,
+        "crop": {"size": config.size, "context": config.context},
+        "temperature": cal.temperature,
+        "threshold": cal.threshold,
+        "threshold_rule": f"highest calibrated probability with validation sensitivity >= "
+                          f"{args.min_sensitivity}",
+        "validation": asdict(cal),
+        "training": {
+            "command": "busdx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("busdx")
+            else " ".join(sys.argv),
+            "config": {k: v for k, v in asdict(config).items() if k != "augment"},
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "history": result.history,
+            "wall_minutes": round((time.monotonic() - start) / 60, 1),
+            "hardware": _hardware(args.threads),
+            "n_train": len(train), "n_val": len(val),
+            "validation_crops": "ground-truth masks, no jitter",
+        },
+        "cam": "exact: cam[p] = w . f[p], mean(cam) + bias == logit (GAP + linear head)"
+        if args.arch == "lite0" else "Grad-CAM before ReLU (head linearised at the image)",
+    }
+    if comparisons is not None:
+        section["comparisons"] = comparisons
+    update_card(models / MODEL_CARD_FILE, "classifier", section)
+    log.info("exported %s and updated %s", models / CLASSIFIER_FILE, models / MODEL_CARD_FILE)
+    return 0
+
+
+def _plot_history(history: list[dict], path: Path) -> None:
+    from busdx.evaluation.classification_plots import plot_history
+
+    try:
+        plot_history(history, path)
+    except Exception as err:  # a figure must never sink a finished training run
+        log.warning("learning curves not drawn: %s", err)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.evaluation import classification as ec
+    from busdx.evaluation.model_card import load_card, update_card
+    from busdx.models.contract import MODEL_CARD_FILE
+
+    start = time.monotonic()
+    index = load_index(args.data)
+    test = make_split(index, SplitConfig(test_fold=args.test_fold)).test
+    models = Path(args.models)
+    card = load_card(models / MODEL_CARD_FILE).get("classifier", {})
+    preds, empty = ec.predict_records(test, models, args.masks, args.threads)
+    report = ec.evaluate_predictions(
+        preds, card["temperature"], card["threshold"],
+        masks="predicted (segmenter.onnx)" if args.masks == "predicted" else "ground truth",
+        empty_masks=empty, reps=args.reps,
+    )
+    result = report.to_dict()
+    result.update({"test_fold": args.test_fold, "engine": "onnxruntime",
+                   "wall_minutes": round((time.monotonic() - start) / 60, 2),
+                   "hardware": _hardware(args.threads)})
+    if args.figures:
+        from busdx.evaluation.classification_plots import save_figures
+
+        result["figures"] = [str(p) for p in save_figures(preds, report, Path(args.figures))]
+    _print_table(result)
+    if not args.no_card:
+        key = "test" if args.masks == "predicted" else "test_gt_masks"
+        update_card(models / MODEL_CARD_FILE, "classifier", {key: result, "masks": result["masks"]}
+                    if args.masks == "predicted" else {key: result})
+    return 0
+
+
+def _print_table(r: dict) -> None:
+    lo, hi = r["auc_ci95"]
+    rows = [
+        ("images", r["n"]), ("masks", r["masks"]),
+        ("ROC AUC", f"{r['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}, patient bootstrap)"),
+        ("accuracy", f"{r['accuracy']:.3f}"), ("precision", f"{r['precision']:.3f}"),
+        ("sensitivity", f"{r['sensitivity']:.3f}"), ("specificity", f"{r['specificity']:.3f}"),
+        ("TP FP TN FN", f"{r['tp']} {r['fp']} {r['tn']} {r['fn']}"),
+        ("threshold", f"{r['threshold']:.4f} (calibrated probability)"),
+        ("ECE", f"{r['ece_uncalibrated']:.3f} -> {r['ece_calibrated']:.3f}"),
+        ("band vs BI-RADS", f"Spearman {r['birads']['spearman']:.3f}, weighted kappa "
+                            f"{r['birads']['weighted_kappa_linear_3level']:.3f}"),
+    ]
+    for name, value in rows:
+        sys.stdout.write(f"{name:16s} {value}\n")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from busdx.models.classification import export_onnx
+    from busdx.training.classification import load_checkpoint
+
+    model, ckpt = load_checkpoint(args.checkpoint)
+    path = export_onnx(model, args.output, size=int(ckpt["config"]["size"]))
+    log.info("wrote %s", path)
+    return 0

@@ -1,0 +1,361 @@
+"""End-to-end evaluation of the classifier with ONNX Runtime only (no torch, no scikit-learn):
+segment each test image with the exported segmenter (or take the ground-truth mask), crop,
+classify with the exported classifier, calibrate with the card's temperature, call at the
+card's frozen threshold, and report metrics with a patient-level bootstrap confidence interval.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from busdx.errors import BusdxError
+
+log = logging.getLogger(__name__)
+
+BAND_NAMES = ("3", "4A", "4B", "4C", "5")
+BIRADS_LEVELS = (2, 3, 4, 5)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney U with midranks for ties)."""
+    y = np.asarray(labels).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("ROC AUC needs both classes")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # midranks: equal scores share the mean of their positions
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    mid = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(mid, counts)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rate, true-positive rate) at every distinct threshold, from (0, 0)."""
+    y = np.asarray(labels).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    tpr = np.r_[0.0, tps / max(y.sum(), 1)]
+    fpr = np.r_[0.0, fps / max((1 - y).sum(), 1)]
+    return fpr, tpr
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    accuracy: float
+    precision: float
+    recall: float  # sensitivity
+    specificity: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def sensitivity(self) -> float:
+        return self.recall
+
+
+def binary_metrics(labels: Sequence[int], predicted: Sequence[int]) -> BinaryMetrics:
+    y = np.asarray(labels).astype(int)
+    p = np.asarray(predicted).astype(int)
+    tp = int(((p == 1) & (y == 1)).sum())
+    fp = int(((p == 1) & (y == 0)).sum())
+    tn = int(((p == 0) & (y == 0)).sum())
+    fn = int(((p == 0) & (y == 1)).sum())
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    return BinaryMetrics(
+        accuracy=ratio(tp + tn, len(y)),
+        precision=ratio(tp, tp + fp),
+        recall=ratio(tp, tp + fn),
+        specificity=ratio(tn, tn + fp),
+        tp=tp, fp=fp, tn=tn, fn=fn,
+    )
+
+
+def bootstrap_auc(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    groups: Sequence[str],
+    reps: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile CI of the AUC, resampling patients (``groups``) with replacement, so the two
+    views of one patient stay together."""
+    y = np.asarray(labels).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    groups = np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(reps):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        idx = np.concatenate([members[g] for g in pick])
+        if y[idx].min() == y[idx].max():
+            continue
+        values.append(roc_auc(y[idx], s[idx]))
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def band_index(probs: Sequence[float]) -> np.ndarray:
+    """Index (0..4) into busdx.inference.risk.RISK_BANDS of each probability."""
+    from busdx.inference.risk import RISK_BANDS, risk_band
+
+    names = [b.name for b in RISK_BANDS]
+    return np.array([names.index(risk_band(float(p)).name) for p in probs], dtype=int)
+
+
+def crosstab(rows: Sequence[int], cols: Sequence[int], n_rows: int, n_cols: int) -> np.ndarray:
+    table = np.zeros((n_rows, n_cols), dtype=int)
+    for r, c in zip(rows, cols, strict=True):
+        table[r, c] += 1
+    return table
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (midranks for ties)."""
+
+    def ranks(v):
+        v = np.asarray(v, dtype=np.float64)
+        order = np.argsort(v, kind="mergesort")
+        _, first, counts = np.unique(v[order], return_index=True, return_counts=True)
+        out = np.empty(len(v))
+        out[order] = np.repeat(first + (counts - 1) / 2.0, counts)
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx**2).sum() * (ry**2).sum())
+    return float((rx * ry).sum() / denom) if denom else float("nan")
+
+
+def weighted_kappa(a: Sequence[int], b: Sequence[int], n: int) -> float:
+    """Cohen's kappa with linear weights between two ordinal ratings on 0..n-1."""
+    table = crosstab(a, b, n, n).astype(float)
+    total = table.sum()
+    i, j = np.indices((n, n))
+    w = np.abs(i - j) / (n - 1)
+    expected = np.outer(table.sum(1), table.sum(0)) / total
+    denom = (w * expected).sum()
+    return float(1 - (w * table).sum() / denom) if denom else float("nan")
+
+
+def birads_agreement(bands: Sequence[int], birads: Sequence[int]) -> dict:
+    """How the risk band relates to the radiologists' BI-RADS (2, 3, 4, 5).
+
+    The band has 4A/4B/4C where BUS-BRA has one 4, and no 2: the kappa therefore collapses
+    the band onto BI-RADS's scale (3 -> 3, 4A/4B/4C -> 4, 5 -> 5; BI-RADS 2 and 3 merged into
+    one level), while Spearman uses the full band order.
+    """
+    bands = np.asarray(bands, dtype=int)
+    birads = np.asarray(birads, dtype=int)
+    table = crosstab(bands, [BIRADS_LEVELS.index(b) for b in birads], len(BAND_NAMES), 4)
+    collapsed_band = np.select([bands == 0, bands == 4], [0, 2], 1)
+    collapsed_birads = np.select([birads <= 3, birads == 5], [0, 2], 1)
+    return {
+        "table": {"rows_band": list(BAND_NAMES), "cols_birads": list(BIRADS_LEVELS),
+                  "counts": table.tolist()},
+        "spearman": spearman(bands, birads),
+        "weighted_kappa_linear_3level": weighted_kappa(collapsed_band, collapsed_birads, 3),
+        "exact_agreement_3level": float(np.mean(collapsed_band == collapsed_birads)),
+    }
+
+
+# ---------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class Prediction:
+    id: str
+    patient: str
+    label: int
+    birads: int
+    logit: float
+    prob: float
+
+
+class OnnxClassifier:
+    """models/classifier.onnx behind a numpy call: [N,1,S,S] -> (logit [N], cam [N,h,w])."""
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise BusdxError(f"classifier model {path} not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logit, cam = self.session.run(None, {"image": batch.astype(np.float32)})
+        return logit[:, 0], cam[:, 0]
+
+
+class OnnxSegmenter:
+    """models/segmenter.onnx: gray image (any size) -> binary mask of the same size."""
+
+    def __init__(self, path: str | Path, threads: int = 1, size: int = 224):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise BusdxError(
+                f"segmenter model {path} not found: train/export it, or evaluate with --masks gt"
+            )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.size = size
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        from busdx.data.preprocess import prepare
+
+        x, box = prepare(image, self.size)
+        (logits,) = self.session.run(["mask_logits"], {"image": x[None, None].astype(np.float32)})
+        prob = 1.0 / (1.0 + np.exp(-logits[0, 0].astype(np.float64)))
+        full = box.invert(prob.astype(np.float32), nearest=False)
+        return (full > 0.5).astype(np.uint8)
+
+
+def classifier_inputs(
+    records: Sequence,
+    card: dict,
+    masks: str,
+    segmenter: OnnxSegmenter | None,
+) -> tuple[np.ndarray, int]:
+    """Each record's classifier input, as the product would build it; and how many predicted
+    masks were empty (those images fall back to the whole image)."""
+    from busdx.data.crop import CropConfig, lesion_crop
+    from busdx.data.preprocess import load_gray, load_mask
+
+    cls = card["classifier"]
+    config = CropConfig(size=int(cls["crop"]["size"]), context=float(cls["crop"]["context"]))
+    out, empty = [], 0
+    for r in records:
+        image = load_gray(r.image_path)
+        if cls.get("input", "crop") == "image":
+            mask = None
+        elif masks == "gt":
+            mask = load_mask(r.mask_path)
+        else:
+            mask = segmenter(image)
+            if not mask.any():
+                empty += 1
+                mask = None
+        x, _ = lesion_crop(image, mask, config)
+        out.append(x)
+    return np.stack(out)[:, None].astype(np.float32), empty
+
+
+@dataclass
+class ClassificationReport:
+    n: int
+    masks: str
+    empty_masks: int
+    auc: float
+    auc_ci95: tuple[float, float]
+    accuracy: float
+    precision: float
+    recall: float
+    sensitivity: float
+    specificity: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    threshold: float
+    temperature: float
+    ece_uncalibrated: float
+    ece_calibrated: float
+    birads: dict
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["auc_ci95"] = list(self.auc_ci95)
+        return d
+
+
+def evaluate_predictions(
+    preds: Sequence[Prediction],
+    temperature: float,
+    threshold: float,
+    masks: str,
+    empty_masks: int = 0,
+    reps: int = 2000,
+    seed: int = 0,
+) -> ClassificationReport:
+    from busdx.training.calibration import calibrate, expected_calibration_error, sigmoid
+
+    y = np.array([p.label for p in preds])
+    logits = np.array([p.logit for p in preds])
+    probs = calibrate(logits, temperature)
+    m = binary_metrics(y, probs >= threshold)
+    return ClassificationReport(
+        n=len(preds),
+        masks=masks,
+        empty_masks=empty_masks,
+        auc=roc_auc(y, probs),
+        auc_ci95=bootstrap_auc(y, probs, [p.patient for p in preds], reps=reps, seed=seed),
+        accuracy=m.accuracy, precision=m.precision, recall=m.recall, sensitivity=m.recall,
+        specificity=m.specificity, tp=m.tp, fp=m.fp, tn=m.tn, fn=m.fn,
+        threshold=threshold, temperature=temperature,
+        ece_uncalibrated=expected_calibration_error(sigmoid(logits), y),
+        ece_calibrated=expected_calibration_error(probs, y),
+        birads=birads_agreement(band_index(probs), [p.birads for p in preds]),
+    )
+
+
+def predict_records(
+    records: Sequence,
+    models_dir: str | Path,
+    masks: str = "predicted",
+    threads: int = 1,
+    batch_size: int = 16,
+) -> tuple[list[Prediction], int]:
+    """Run the exported models over ``records``; returns predictions and the empty-mask count."""
+    from busdx.evaluation.model_card import load_card
+    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, SEGMENTER_FILE
+    from busdx.training.calibration import calibrate
+
+    models_dir = Path(models_dir)
+    card = load_card(models_dir / MODEL_CARD_FILE)
+    cls = card.get("classifier", {})
+    for key in ("temperature", "threshold", "crop"):
+        if key not in cls:
+            raise BusdxError(f"the model card has no classifier.{key}: calibrate the model first")
+    if masks not in ("predicted", "gt"):
+        raise BusdxError(f"--masks must be 'predicted' or 'gt', not {masks!r}")
+    segmenter = OnnxSegmenter(models_dir / SEGMENTER_FILE, threads) if masks == "predicted" else None
+    classifier = OnnxClassifier(models_dir / CLASSIFIER_FILE, threads)
+    preds, empty = [], 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        x, n_empty = classifier_inputs(chunk, card, masks, segmenter)
+        empty += n_empty
+        logits, _ = classifier(x)
+        for r, z in zip(chunk, logits, strict=True):
+            preds.append(Prediction(r.id, r.patient, r.label, r.birads, float(z),
+                                    float(calibrate(z, cls["temperature"]))))
+    return preds, empty

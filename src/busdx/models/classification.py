@@ -1,0 +1,291 @@
+"""Benign/malignant classifiers and their ONNX export wrapper (see busdx.models.contract).
+
+Two architectures:
+
+* ``lite0`` (the default): timm's ``tf_efficientnet_lite0`` with the offline ImageNet weights,
+  head = global average pooling -> dropout -> Linear(1280, 1). Because the head is linear after
+  the pooling, the class-activation map (each position's linear contribution to the logit) is
+  exact: ``mean(cam) + bias == logit``.
+* ``resnet50``: the original recipe, torchvision's ResNet50 with its first 100 Keras layers
+  frozen and the head GAP -> Dense(1024, ReLU) -> BatchNorm -> Dropout(0.3) -> Dense(1)
+  (sigmoid in the loss / at inference). See :func:`freeze_keras_first_100` for the layer count
+  and :class:`ExportWrapper` for how its CAM is made exact despite the nonlinear head.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from busdx.errors import BusdxError
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("lite0", "resnet50")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """What is needed to rebuild a classifier from a checkpoint."""
+
+    arch: str = "lite0"
+    dropout: float = 0.3
+    weights: str = "imagenet"  # "imagenet", "none" or a path to a state dict
+
+
+class LiteClassifier(nn.Module):
+    """EfficientNet-Lite0 features -> GAP -> dropout -> Linear(1280, 1)."""
+
+    mean = LITE_MEAN
+    std = LITE_STD
+
+    def __init__(self, dropout: float = 0.3, pretrained: bool = True):
+        super().__init__()
+        import timm
+
+        self.backbone = timm.create_model(
+            "tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool=""
+        )
+        if pretrained:
+            from busdx.models.pretrained import load_lite_weights
+
+            load_lite_weights(self.backbone, "tf_efficientnet_lite0")
+        self.num_features = self.backbone.num_features
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.num_features, 1)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(x))
+
+    def backbone_parameters(self):
+        return self.backbone.parameters()
+
+    def head_parameters(self):
+        return self.fc.parameters()
+
+
+# Keras's ResNet50 (keras.applications) counts every layer: input, paddings, convs, batch norms,
+# activations, adds. Its layers 0-99 are: input_1, conv1_pad, conv1_conv, conv1_bn, conv1_relu,
+# pool1_pad, pool1_pool (0-6); conv2_block1 (12 layers with the shortcut: 7-18), conv2_block2/3
+# (10 each: 19-38); conv3_block1 (12: 39-50), conv3_block2-4 (10 each: 51-80); conv4_block1
+# (12: 81-92); conv4_block2's 1_conv, 1_bn, 1_relu, 2_conv, 2_bn, 2_relu, 3_conv (93-99). Layer
+# 100 is conv4_block2_3_bn. In torchvision's names that is conv1, bn1, layer1 (conv2_x), layer2
+# (conv3_x), layer3[0] (conv4_block1) and layer3[1]'s conv1, bn1, conv2, bn2, conv3 -- everything
+# but layer3[1].bn3 and what follows. Keras (TF2) also runs a frozen BatchNorm in inference mode,
+# so the frozen batch norms here stay in eval mode (their running statistics do not move).
+RESNET50_FROZEN_PREFIXES = (
+    "conv1.",
+    "bn1.",
+    "layer1.",
+    "layer2.",
+    "layer3.0.",
+    "layer3.1.conv1.",
+    "layer3.1.bn1.",
+    "layer3.1.conv2.",
+    "layer3.1.bn2.",
+    "layer3.1.conv3.",
+)
+
+
+def is_keras_frozen(name: str) -> bool:
+    """Whether the torchvision ResNet50 parameter/module ``name`` is in Keras's first 100 layers."""
+    return any(name.startswith(p) or name + "." == p for p in RESNET50_FROZEN_PREFIXES)
+
+
+class ResNet50Recipe(nn.Module):
+    """The original recipe: ResNet50 (first 100 Keras layers frozen) -> GAP -> Dense(1024, ReLU)
+    -> BatchNorm -> Dropout(0.3) -> Dense(1)."""
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(self, dropout: float = 0.3, weights: str = "imagenet"):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.resnet50(weights=None)
+        load_resnet50_weights(net, weights)
+        net.fc = nn.Identity()
+        self.backbone = net
+        self.num_features = 2048
+        self.dense = nn.Linear(2048, 1024)
+        self.bn = nn.BatchNorm1d(1024)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(1024, 1)
+        freeze_keras_first_100(self.backbone)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.bn(torch.relu(self.dense(pooled)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(x))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # Frozen batch norms run in inference mode, as in Keras.
+        for name, module in self.backbone.named_modules():
+            if isinstance(module, nn.BatchNorm2d) and is_keras_frozen(name):
+                module.eval()
+        return self
+
+    def backbone_parameters(self):
+        return (p for p in self.backbone.parameters() if p.requires_grad)
+
+    def head_parameters(self):
+        return [*self.dense.parameters(), *self.bn.parameters(), *self.fc.parameters()]
+
+
+def freeze_keras_first_100(resnet: nn.Module) -> list[str]:
+    """Freeze the parameters of Keras's first 100 ResNet50 layers; returns the frozen names."""
+    frozen = []
+    for name, param in resnet.named_parameters():
+        if is_keras_frozen(name):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def load_resnet50_weights(net: nn.Module, weights: str) -> str:
+    """``imagenet`` (torchvision's weights API, needs the internet or its cache), a state-dict
+    file, or ``none`` (random: only to prove the pipeline; says so loudly)."""
+    if weights == "none":
+        log.warning(
+            "ResNet50 WITHOUT pretrained weights (random init): fine to prove the pipeline, "
+            "useless as a classifier. Pass --weights imagenet (online) or --weights FILE."
+        )
+        return "random"
+    if weights == "imagenet":
+        from torchvision.models import ResNet50_Weights
+
+        try:
+            state = ResNet50_Weights.IMAGENET1K_V2.get_state_dict(progress=False)
+        except Exception as err:  # no network, no cache: tell the user what to do instead
+            raise BusdxError(
+                "cannot fetch torchvision's ResNet50 ImageNet weights (offline?): pass "
+                "--weights PATH to a saved state dict, or --weights none for a random init"
+            ) from err
+        net.load_state_dict(state)
+        return "imagenet (torchvision IMAGENET1K_V2)"
+    path = Path(weights)
+    if not path.is_file():
+        raise BusdxError(f"weights file {path} not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, _ = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing:
+        raise BusdxError(f"{path}: not a torchvision ResNet50 state dict (missing {missing[:3]})")
+    return f"file {path.name}"
+
+
+def build_classifier(spec: ClassifierSpec, pretrained: bool = True) -> nn.Module:
+    """The model for ``spec``; ``pretrained=False`` skips loading weights (a checkpoint follows)."""
+    if spec.arch == "lite0":
+        return LiteClassifier(dropout=spec.dropout, pretrained=pretrained and spec.weights != "none")
+    if spec.arch == "resnet50":
+        return ResNet50Recipe(dropout=spec.dropout, weights=spec.weights if pretrained else "none")
+    raise BusdxError(f"unknown classifier architecture {spec.arch!r}; choose one of {ARCHS}")
+
+
+class ExportWrapper(nn.Module):
+    """The ONNX graph: ``image`` [N,1,S,S] in [0,1] -> ``logit`` [N,1], ``cam`` [N,1,h,w].
+
+    Normalisation (gray -> 3 channels, (x - mean) / std) happens inside. The CAM is each
+    position's contribution to the logit through the head's linear direction ``w``:
+    ``cam[p] = w . f[p]``, so ``mean(cam) + b = w . mean(f) + b = logit``.
+
+    For lite0 ``w`` is the final linear layer's weight and ``b`` its bias. For the ResNet50
+    recipe the head (Dense, ReLU, BatchNorm, Dense) is piecewise linear in the pooled features:
+    at the image's own ReLU pattern D, ``logit = (W2 diag(a) D W1) g + c`` with ``a`` the batch
+    norm's scale, so ``w = W2 diag(a) D W1`` is computed in the graph per image; it equals the
+    gradient of the logit with respect to the pooled features, i.e. this CAM is Grad-CAM before
+    its ReLU (times h*w), and ``mean(cam) + c == logit`` still holds with an image-dependent
+    ``c``.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+        self.register_buffer("mean", torch.tensor(model.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(model.std).view(1, 3, 1, 1))
+
+    def direction(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[N, C] linear direction of the head at each image's pooled features."""
+        m = self.model
+        if isinstance(m, ResNet50Recipe):
+            z = m.dense(pooled)
+            gate = (z > 0).to(z.dtype)  # [N, 1024]
+            scale = m.bn.weight / torch.sqrt(m.bn.running_var + m.bn.eps)  # [1024]
+            return (m.fc.weight * scale * gate) @ m.dense.weight  # [N, 2048]
+        return m.fc.weight.expand(pooled.shape[0], -1)
+
+    def forward(self, image: torch.Tensor):
+        x = (image.repeat(1, 3, 1, 1) - self.mean) / self.std
+        fmap = self.model.feature_map(x)  # [N, C, h, w]
+        pooled = fmap.mean(dim=(2, 3))
+        logit = self.model.head(pooled)
+        w = self.direction(pooled)
+        cam = torch.einsum("nc,nchw->nhw", w, fmap).unsqueeze(1)
+        return logit, cam
+
+
+def export_onnx(model: nn.Module, path: str | Path, size: int = 224) -> Path:
+    """Write ``model`` as ONNX with the contract's names and a dynamic batch axis."""
+    from busdx.models.contract import CLASSIFIER_OUTPUTS, INPUT_NAME
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportWrapper(model).eval()
+    dummy = torch.rand(1, 1, size, size)
+    tmp = path.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=list(CLASSIFIER_OUTPUTS),
+            dynamic_axes={INPUT_NAME: {0: "n"}, "logit": {0: "n"}, "cam": {0: "n"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    _inline_external_data(tmp, path)
+    return path
+
+
+def _inline_external_data(src: Path, dst: Path) -> None:
+    """Save as one self-contained file (some exporters write weights beside the graph)."""
+    import onnx
+
+    proto = onnx.load(str(src), load_external_data=True)
+    onnx.save_model(proto, str(dst), save_as_external_data=False)
+    for f in src.parent.glob(src.name + "*"):
+        f.unlink()
+    data = src.with_suffix(".onnx.data")
+    if data.exists():
+        data.unlink()

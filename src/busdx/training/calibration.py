@@ -1,0 +1,101 @@
+"""Calibration (temperature scaling), calibration error and the operating threshold.
+
+Numpy only, so that the serving install can apply and check what training fitted. Everything
+here is fitted on the validation set; the test fold only ever gets the frozen values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+T_BOUNDS = (0.05, 20.0)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean binary cross-entropy of ``sigmoid(logits / temperature)``."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    y = np.asarray(labels, dtype=np.float64)
+    # log(1 + e^-z) for y=1, log(1 + e^z) for y=0, stably.
+    return float(np.mean(y * np.logaddexp(0.0, -z) + (1 - y) * np.logaddexp(0.0, z)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 80) -> float:
+    """The temperature T > 0 minimising the NLL of sigmoid(logit / T) (golden-section on log T;
+    the NLL is unimodal in log T for a fixed set of logits)."""
+    lo, hi = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
+    golden = (np.sqrt(5) - 1) / 2
+    a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+    fa, fb = nll(logits, labels, np.exp(a)), nll(logits, labels, np.exp(b))
+    for _ in range(iterations):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - golden * (hi - lo)
+            fa = nll(logits, labels, np.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + golden * (hi - lo)
+            fb = nll(logits, labels, np.exp(b))
+    return float(np.exp((lo + hi) / 2))
+
+
+def calibrate(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated probability of malignancy."""
+    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Per-bin mean confidence, accuracy (fraction malignant) and count (equal-width bins)."""
+
+    edges: np.ndarray
+    confidence: np.ndarray
+    frequency: np.ndarray
+    count: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        n = self.count.sum()
+        used = self.count > 0
+        gaps = np.abs(self.confidence[used] - self.frequency[used])
+        return float((self.count[used] * gaps).sum() / max(n, 1))
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> Reliability:
+    """Bins of the predicted probability of malignancy vs the observed malignant fraction."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(probs, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(float)
+    conf = np.bincount(idx, weights=probs, minlength=n_bins)
+    freq = np.bincount(idx, weights=labels, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.where(count > 0, conf / count, np.nan)
+        freq = np.where(count > 0, freq / count, np.nan)
+    return Reliability(edges, conf, freq, count.astype(int))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: the count-weighted mean |confidence - frequency| over equal-width bins, where the
+    confidence is the predicted probability of malignancy (binary reliability)."""
+    return reliability(probs, labels, n_bins).ece
+
+
+def sensitivity_threshold(probs: np.ndarray, labels: np.ndarray, target: float = 0.90) -> float:
+    """The highest threshold t such that calling ``prob >= t`` malignant keeps the sensitivity
+    at or above ``target`` (the most specific operating point that meets it)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    pos = np.sort(probs[labels == 1])[::-1]
+    if len(pos) == 0:
+        raise ValueError("no malignant cases: cannot set a sensitivity threshold")
+    # With t = the k-th highest malignant probability, at least k positives are caught.
+    k = int(np.ceil(target * len(pos)))
+    return float(pos[max(k, 1) - 1])

@@ -1,0 +1,74 @@
+"""Temperature scaling, calibration error and the sensitivity-keeping threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from busdx.training.calibration import (
+    calibrate,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    reliability,
+    sensitivity_threshold,
+    sigmoid,
+)
+
+
+def overconfident(n: int = 4000, scale: float = 3.0, seed: int = 0):
+    """Labels drawn from sigmoid(z), logits reported as scale * z: too confident by ``scale``."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2, n)
+    y = (rng.random(n) < sigmoid(z)).astype(int)
+    return scale * z, y
+
+
+def test_temperature_undoes_overconfidence():
+    logits, y = overconfident(scale=3.0)
+    t = fit_temperature(logits, y)
+    assert t == pytest.approx(3.0, rel=0.1)
+    assert nll(logits, y, t) < nll(logits, y)
+    assert expected_calibration_error(calibrate(logits, t), y) < expected_calibration_error(
+        sigmoid(logits), y
+    )
+
+
+def test_temperature_of_calibrated_logits_is_about_one():
+    logits, y = overconfident(scale=1.0, seed=1)
+    assert fit_temperature(logits, y) == pytest.approx(1.0, rel=0.1)
+
+
+def test_ece_of_perfect_bins_is_zero_and_of_constant_is_gap():
+    y = np.array([0, 1] * 50)
+    assert expected_calibration_error(np.full(100, 0.5), y) == pytest.approx(0.0)
+    assert expected_calibration_error(np.full(100, 0.9), y) == pytest.approx(0.4)
+    rel = reliability(np.full(100, 0.9), y, n_bins=15)
+    assert rel.count.sum() == 100
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0, 1, allow_nan=False), min_size=2, max_size=80),
+    st.integers(0, 2**31 - 1),
+    st.floats(0.5, 1.0),
+)
+def test_threshold_keeps_sensitivity(probs, seed, target):
+    probs = np.array(probs)
+    y = np.random.default_rng(seed).integers(0, 2, len(probs))
+    if y.sum() == 0:
+        y[0] = 1
+    t = sensitivity_threshold(probs, y, target)
+    sens = (probs[y == 1] >= t).mean()
+    assert sens >= target - 1e-12
+    # the most specific such threshold: any higher one among the malignant scores loses it
+    higher = probs[(y == 1) & (probs > t)]
+    if len(higher):
+        assert (probs[y == 1] >= higher.min()).mean() < target
+
+
+def test_threshold_needs_malignant_cases():
+    with pytest.raises(ValueError):
+        sensitivity_threshold(np.array([0.1, 0.2]), np.array([0, 0]))

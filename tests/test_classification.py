@@ -1,0 +1,233 @@
+"""Classifier builders, the ResNet50 freezing rule, ONNX export (logit and exact CAM), metrics
+against scikit-learn, the bootstrap, and a tiny training run on the fixtures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from busdx.evaluation.classification import (
+    binary_metrics,
+    birads_agreement,
+    bootstrap_auc,
+    roc_auc,
+    roc_curve,
+    spearman,
+    weighted_kappa,
+)
+from busdx.models.classification import (
+    ClassifierSpec,
+    ExportWrapper,
+    ResNet50Recipe,
+    build_classifier,
+    export_onnx,
+    is_keras_frozen,
+)
+
+ONNX_TOL = 1e-4  # float32 export vs torch, absolute, on logits of order 1
+
+
+@pytest.fixture(scope="module")
+def lite():
+    torch.manual_seed(0)
+    return build_classifier(ClassifierSpec(arch="lite0")).eval()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierSpec(arch="resnet50", weights="none"))
+    # make the batch norm's running statistics non-trivial, as after training
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_lite_loads_imagenet_weights_and_shapes(lite):
+    from busdx.models.pretrained import lite_state_dict
+
+    ref = lite_state_dict("tf_efficientnet_lite0")["conv_stem.weight"]
+    assert torch.equal(lite.backbone.conv_stem.weight, ref)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert lite(x).shape == (2, 1)
+        assert lite.feature_map(x).shape == (2, 1280, 7, 7)
+
+
+def test_resnet50_freezes_keras_first_100_layers(resnet):
+    frozen = {n for n, p in resnet.backbone.named_parameters() if not p.requires_grad}
+    trainable = {n for n, p in resnet.backbone.named_parameters() if p.requires_grad}
+    assert "conv1.weight" in frozen and "layer2.3.bn3.bias" in frozen
+    assert "layer3.0.downsample.0.weight" in frozen  # conv4_block1_0_conv
+    assert "layer3.1.conv3.weight" in frozen  # Keras layer 99, conv4_block2_3_conv
+    assert "layer3.1.bn3.weight" in trainable  # Keras layer 100, conv4_block2_3_bn
+    assert "layer3.2.conv1.weight" in trainable and "layer4.2.conv3.weight" in trainable
+    assert all(p.requires_grad for p in resnet.dense.parameters())
+    # the conv and batch-norm layers among Keras's layers 0-99: conv1 (2), conv2_x (8 + 6 + 6),
+    # conv3_x (8 + 3 * 6), conv4_block1 (8), conv4_block2 up to 3_conv (5)
+    convs_bns = {n.rsplit(".", 1)[0] for n in frozen}
+    assert len(convs_bns) == 2 + 20 + 26 + 8 + 5
+    assert not is_keras_frozen("layer3.10.conv1")
+
+
+def test_resnet50_frozen_batchnorms_stay_in_eval(resnet):
+    resnet.train()
+    try:
+        assert not resnet.backbone.bn1.training
+        assert not resnet.backbone.layer3[1].bn2.training
+        assert resnet.backbone.layer3[1].bn3.training
+        assert resnet.bn.training
+    finally:
+        resnet.eval()
+
+
+@pytest.mark.parametrize("name", ["lite", "resnet"])
+def test_onnx_export_matches_torch_and_cam_sums_to_logit(name, request, tmp_path):
+    import onnxruntime as ort
+
+    model = request.getfixturevalue(name)
+    path = export_onnx(model, tmp_path / "classifier.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logit", "cam"]
+    x = torch.rand(3, 1, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logit, cam = ExportWrapper(model)(x)
+        direct = model((x.repeat(1, 3, 1, 1) - torch.tensor(model.mean).view(1, 3, 1, 1))
+                       / torch.tensor(model.std).view(1, 3, 1, 1))
+    onnx_logit, onnx_cam = session.run(None, {"image": x.numpy()})
+    assert torch.allclose(logit, direct, atol=1e-5)
+    assert onnx_logit.shape == (3, 1) and onnx_cam.shape == (3, 1, 7, 7)
+    assert np.abs(onnx_logit - logit.numpy()).max() < ONNX_TOL
+    assert np.abs(onnx_cam - cam.numpy()).max() < ONNX_TOL
+    if isinstance(model, ResNet50Recipe):
+        # the linearised head: logit = mean(cam) + c(x); c differs per image but the CAM's
+        # direction is the gradient of the logit with respect to the pooled features
+        pooled = model.pooled((x.repeat(1, 3, 1, 1) - torch.tensor(model.mean).view(1, 3, 1, 1))
+                              / torch.tensor(model.std).view(1, 3, 1, 1)).requires_grad_(True)
+        model.head(pooled).sum().backward()
+        w = ExportWrapper(model).direction(pooled.detach())
+        assert torch.allclose(w, pooled.grad, atol=1e-5)
+    else:
+        bias = model.fc.bias.item()
+        assert np.abs(onnx_cam.mean(axis=(2, 3)) + bias - onnx_logit).max() < ONNX_TOL
+
+
+def test_auc_and_metrics_match_sklearn():
+    from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score
+    from sklearn.metrics import roc_curve as sk_roc
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = np.round(y * 0.8 + rng.normal(0, 0.7, 300), 1)  # rounded: many ties
+    assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr = roc_curve(y, s)
+    sk_fpr, sk_tpr, _ = sk_roc(y, s, drop_intermediate=False)
+    assert np.allclose(fpr, sk_fpr) and np.allclose(tpr, sk_tpr)
+    pred = s > 0.4
+    m = binary_metrics(y, pred)
+    tn, fp, fn, tp = confusion_matrix(y, pred).ravel()
+    assert (m.tp, m.fp, m.tn, m.fn) == (tp, fp, tn, fn)
+    assert m.precision == pytest.approx(precision_score(y, pred))
+    assert m.recall == pytest.approx(recall_score(y, pred))
+    assert m.specificity == pytest.approx(tn / (tn + fp))
+    assert m.accuracy == pytest.approx((tp + tn) / 300)
+
+
+def test_agreement_statistics_match_scipy_and_sklearn():
+    from scipy.stats import spearmanr
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 3, 200)
+    b = np.clip(a + rng.integers(-1, 2, 200), 0, 2)
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    assert weighted_kappa(a, b, 3) == pytest.approx(cohen_kappa_score(a, b, weights="linear"))
+    out = birads_agreement([0, 1, 2, 3, 4], [2, 4, 4, 4, 5])
+    assert np.array(out["table"]["counts"]).sum() == 5
+    assert out["exact_agreement_3level"] == pytest.approx(1.0)
+
+
+def test_bootstrap_ci_contains_point_estimate():
+    rng = np.random.default_rng(2)
+    patients = np.repeat(np.arange(100), 2)
+    y = np.repeat(rng.integers(0, 2, 100), 2)
+    s = y + rng.normal(0, 1.0, 200)
+    lo, hi = bootstrap_auc(y, s, patients.astype(str), reps=300, seed=0)
+    assert lo < roc_auc(y, s) < hi
+    assert lo > 0.5 and hi < 1.0
+
+
+@pytest.mark.slow
+def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, tmp_path):
+    """Train two tiny epochs on the fixtures, export, then evaluate from ONNX (GT masks and a
+    random-init segmenter) through the CLI."""
+    from busdx.cli.main import main
+
+    models = tmp_path / "models"
+    rc = main(["train", "classification", "--data", str(fixtures_root), "--out",
+               str(tmp_path / "run"), "--models", str(models), "--epochs", "2",
+               "--max-batches", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
+               "--test-fold", "1"])
+    assert rc == 0
+    assert (tmp_path / "run" / "classifier.pt").is_file()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    card = json.loads((models / "model_card.json").read_text())["classifier"]
+    for key in ("temperature", "threshold", "input", "crop"):
+        assert key in card
+    assert card["crop"] == {"size": 224, "context": 0.3}
+
+    rc = main(["evaluate", "classification", "--data", str(fixtures_root), "--models",
+               str(models), "--masks", "gt", "--test-fold", "1", "--reps", "50",
+               "--figures", str(tmp_path / "fig")])
+    assert rc == 0
+    card = json.loads((models / "model_card.json").read_text())["classifier"]
+    assert card["test_gt_masks"]["n"] == card["test_gt_masks"]["tp"] + card["test_gt_masks"][
+        "fp"] + card["test_gt_masks"]["tn"] + card["test_gt_masks"]["fn"]
+    assert (tmp_path / "fig" / "classifier_roc.png").is_file()
+
+    _export_random_segmenter(models / "segmenter.onnx")
+    rc = main(["evaluate", "classification", "--data", str(fixtures_root), "--models",
+               str(models), "--test-fold", "1", "--reps", "50", "--no-card"])
+    assert rc == 0
+
+
+def _export_random_segmenter(path):
+    """A random-init stand-in for models/segmenter.onnx with the contract's names."""
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, image):
+            return self.conv(image) + 5.0 * (image - 0.3)
+
+    torch.onnx.export(Tiny(), (torch.rand(1, 1, 224, 224),), str(path), input_names=["image"],
+                      output_names=["mask_logits"], dynamic_axes={"image": {0: "n"}},
+                      opset_version=17, dynamo=False)
+
+
+def test_resnet50_recipe_trains_a_few_batches():
+    """The original recipe trains (random init here: no internet) and its loss moves."""
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierSpec(arch="resnet50", weights="none")).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, 1e-3)
+    x = torch.rand(4, 3, 64, 64)
+    y = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    frozen_before = model.backbone.conv1.weight.clone()
+    losses = []
+    for _ in range(3):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert torch.equal(model.backbone.conv1.weight, frozen_before)

@@ -1,0 +1,92 @@
+"""The report: figures, REPORT.md, MODEL_CARD.md and the README block, all written by code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from busdx.evaluation.report import (
+    README_END,
+    README_START,
+    render_model_card,
+    results_table,
+    run_report,
+    update_readme,
+)
+from stand_in_models import build_stand_in_models
+
+CARD = {
+    "segmenter": {"test": {"test_fold": 5, "test_images": 383, "dice": {"mean": 0.87654, "std": 0.1},
+                           "iou": {"mean": 0.8, "std": 0.12},
+                           "dice_per_scanner": {"GE Logiq 5": {"n": 10, "mean": 0.9, "std": 0.05}}},
+                  "training": {"command": "busdx train segmentation --data D", "hardware": "2 CPUs"}},
+    "classifier": {"threshold": 0.2345, "temperature": 1.3,
+                   "test": {"n": 383, "masks": "predicted", "auc": 0.91234, "auc_ci95": [0.88, 0.94],
+                            "sensitivity": 0.9, "specificity": 0.8, "accuracy": 0.83,
+                            "precision": 0.7, "tp": 109, "fp": 52, "tn": 210, "fn": 12,
+                            "ece_uncalibrated": 0.08, "ece_calibrated": 0.03}},
+}
+
+
+def test_results_table_comes_from_the_card():
+    table = results_table(CARD)
+    assert "0.877 ± 0.100" in table
+    assert "0.912 (0.880-0.940)" in table
+    assert "109 / 52 / 210 / 12" in table
+    assert "0.2345" in table
+    assert "end to end" in table
+
+
+def test_model_card_has_use_limits_and_numbers():
+    text = render_model_card(CARD)
+    for needle in ("not a diagnosis", "Intended use", "Limits", "one hospital", "burned-in",
+                   "not a medical device", "0.912", "busdx train segmentation", "GE Logiq 5"):
+        assert needle.lower() in text.lower(), needle
+
+
+def test_readme_block_is_replaced_not_duplicated(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nintro\n")
+    update_readme(readme, f"{README_START}\nfirst\n{README_END}")
+    update_readme(readme, f"{README_START}\nsecond\n{README_END}")
+    text = readme.read_text()
+    assert text.count(README_START) == 1 and "second" in text and "first" not in text
+    assert text.startswith("# x\n\nintro")
+
+
+def test_report_on_fixtures_with_stand_in_models(fixtures_root, tmp_path):
+    models = build_stand_in_models(tmp_path / "models")
+    readme = tmp_path / "README.md"
+    readme.write_text("# busdx\n")
+    result = run_report(fixtures_root, tmp_path / "reports", models, test_fold=5, readme=readme)
+    for name in ("data_preview", "segmentation_examples", "classifier_roc", "classifier_confusion",
+                 "classifier_reliability", "classifier_band_vs_birads", "per_scanner"):
+        path = result.figures[name]
+        with Image.open(path) as img:
+            assert img.size[0] > 300, name
+    report = (tmp_path / "reports" / "REPORT.md").read_text()
+    assert "![per_scanner](results_per_scanner.png)" in report
+    assert (models / "MODEL_CARD.md").is_file()
+    assert "reports/results_per_scanner.png" in readme.read_text()
+
+
+@pytest.mark.parametrize("missing", ["segmenter.onnx", "model_card.json"])
+def test_report_cli_says_what_is_missing(fixtures_root, tmp_path, missing, caplog):
+    from busdx.cli.main import main
+
+    models = build_stand_in_models(tmp_path / "models")
+    (models / missing).unlink()
+    code = main(["report", "--data", str(fixtures_root), "--models", str(models),
+                 "--out", str(tmp_path / "r"), "--no-readme"])
+    assert code == 2 and missing in caplog.text
+
+
+def test_history_file_gives_learning_curves(fixtures_root, tmp_path):
+    models = build_stand_in_models(tmp_path / "models")
+    (models / "segmenter_history.json").write_text(json.dumps(
+        {"epoch": [1, 2, 3], "train_loss": [1.0, 0.6, 0.4], "val_loss": [0.9, 0.7, 0.6],
+         "val_dice": [0.5, 0.7, 0.8]}))
+    result = run_report(fixtures_root, tmp_path / "r", models, test_fold=5, readme=None)
+    assert result.figures["segmenter_learning_curves"].is_file()

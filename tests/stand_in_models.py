@@ -115,3 +115,135 @@ REAL_MODELS_MISSING = (
     "the bundled models are not in models/ yet (segmenter.onnx, classifier.onnx and a card "
     "with a classifier threshold): train and export them first"
 )
+
+
+# --- stand-in inputs: image files of every supported kind, built in memory --------------------
+
+
+def synthetic_image(height: int = 200, width: int = 260, seed: int = 0) -> np.ndarray:
+    """uint8 gray image: speckle with a dark oval 'lesion' a little off centre."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    base = 120 + 40 * rng.random((height, width))
+    lesion = ((yy - height * 0.45) / (height * 0.18)) ** 2 + ((xx - width * 0.5) / (width * 0.2)) ** 2
+    base[lesion <= 1] = 30 + 20 * rng.random(int((lesion <= 1).sum()))
+    return base.astype(np.uint8)
+
+
+def encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    """An array as file bytes in a Pillow format (PNG, JPEG, BMP, TIFF)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(array, mode) if mode else Image.fromarray(array)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def dicom_bytes(
+    frames: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    regions: list[dict] | None = None,
+    transfer_syntax: str | None = None,
+    pixel_data: bytes | None = None,
+    with_pixels: bool = True,
+) -> bytes:
+    """A DICOM Part 10 file (ultrasound image storage) holding ``frames``.
+
+    ``frames``: HxW or HxWx3 (one frame), or FxHxW / FxHxWx3 (multi-frame when F > 1 and the
+    array is 3-D gray or 4-D colour). ``pixel_data`` replaces the encoded pixels (for compressed
+    or broken files); ``regions`` become the SequenceOfUltrasoundRegions.
+    """
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
+    multi = frames.ndim == (4 if colour else 3)
+    count = frames.shape[0] if multi else 1
+    rows, cols = frames.shape[1:3] if multi else frames.shape[:2]
+    syntax = transfer_syntax or ExplicitVRLittleEndian
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.Rows, ds.Columns = int(rows), int(cols)
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = photometric
+    allocated = frames.dtype.itemsize * 8
+    ds.BitsAllocated = allocated
+    ds.BitsStored = bits_stored or allocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    if colour:
+        ds.PlanarConfiguration = 0
+    if multi:
+        ds.NumberOfFrames = count
+    if regions:
+        items = []
+        for region in regions:
+            item = Dataset()
+            for key, value in region.items():
+                setattr(item, key, value)
+            items.append(item)
+        ds.SequenceOfUltrasoundRegions = Sequence(items)
+    if with_pixels:
+        ds.PixelData = pixel_data if pixel_data is not None else frames.tobytes()
+        if pixel_data is not None and syntax != ExplicitVRLittleEndian:
+            ds["PixelData"].VR = "OB"
+            ds["PixelData"].is_undefined_length = True
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def calibration_region(mm_per_pixel: float, width: int, height: int) -> dict:
+    """An ultrasound region calibrated in cm (units code 3), as scanners write it."""
+    return {
+        "RegionSpatialFormat": 1,
+        "RegionDataType": 1,
+        "RegionFlags": 0,
+        "RegionLocationMinX0": 0,
+        "RegionLocationMinY0": 0,
+        "RegionLocationMaxX1": width - 1,
+        "RegionLocationMaxY1": height - 1,
+        "PhysicalUnitsXDirection": 3,
+        "PhysicalUnitsYDirection": 3,
+        "PhysicalDeltaX": mm_per_pixel / 10.0,
+        "PhysicalDeltaY": mm_per_pixel / 10.0,
+    }
+
+
+def jpeg_ls_dicom(height: int = 64, width: int = 64) -> bytes:
+    """A DICOM claiming JPEG-LS compression (no decoder in the serving set) with junk data."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    fake = np.zeros((height, width), np.uint8)
+    return dicom_bytes(
+        fake, transfer_syntax=JPEGLSLossless, pixel_data=encapsulate([b"\xff\xd8" + b"\0" * 100])
+    )

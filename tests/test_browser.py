@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from stand_in_models import build_stand_in_models, real_models_dir
 
 pytestmark = pytest.mark.browser

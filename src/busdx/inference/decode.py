@@ -29,6 +29,17 @@ RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 SUPPORTED_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
+SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _signature(data: bytes) -> str | None:
+    return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,9 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
     except Image.DecompressionBombError as err:
         raise TooLarge(f"the image is over the limit of {max_pixels} pixels") from err
     except UnidentifiedImageError as err:
+        known = _signature(data)
+        if known:  # the right magic but an unreadable header: damaged, not foreign
+            raise CorruptImage(f"the {known} file is truncated or damaged") from err
         raise UnsupportedFormat(f"not a supported image: expected {supported}") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise CorruptImage(f"the image header is damaged: {err}") from err

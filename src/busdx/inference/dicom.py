@@ -102,7 +102,8 @@ def read_dicom(data: bytes, max_pixels: int) -> DicomImage:
             f"DICOM photometric interpretation {photometric or '(missing)'} is not supported "
             f"(supported: {', '.join(GRAY + COLOUR)})"
         )
-    syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds else None
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     syntax_name = getattr(syntax, "name", str(syntax))
     try:
         # index=0 decodes only the first frame; raw=False converts YBR to RGB with pydicom's

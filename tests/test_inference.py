@@ -1,0 +1,212 @@
+"""The inference pipeline end to end with the stand-in ONNX models (no torch at serving time)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from busdx.errors import BusdxError
+from busdx.inference import Models, analyze, default_models_dir
+from busdx.inference.decode import decode_bytes
+from busdx.inference.errors import CorruptImage, EmptyInput, TooLarge, UnsupportedFormat
+from busdx.inference.pipeline import NO_LESION_NOTE, sigmoid
+from busdx.inference.risk import risk_band
+from stand_in_models import (
+    STAND_IN_CARD,
+    build_stand_in_models,
+    calibration_region,
+    dicom_bytes,
+    encode,
+    synthetic_image,
+)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return Models.load(build_stand_in_models(tmp_path_factory.mktemp("models")))
+
+
+def _png(img: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(img)))
+
+
+def test_fixture_image_full_analysis(models, fixtures_root):
+    path = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    result = analyze(path, models)
+    h, w = np.asarray(Image.open(path)).shape[:2]
+    assert (result.height, result.width) == (h, w)
+    assert 0.0 <= result.probability <= 1.0
+    assert result.probability == pytest.approx(sigmoid(result.logit / result.temperature))
+    assert result.temperature == STAND_IN_CARD["classifier"]["temperature"]
+    expected = "malignant" if result.probability >= result.threshold else "benign"
+    assert result.label == expected
+    assert result.risk == risk_band(result.probability)
+    assert result.mask.shape == (h, w) and set(np.unique(result.mask)) <= {0, 1}
+    assert result.lesion_found and result.note == ""
+    assert result.measurements is not None and result.measurements.units == "px"
+    assert result.measurements.area_px == int(result.mask.sum())
+    assert result.heatmap.shape == (h, w)
+    assert result.heatmap.min() >= 0.0 and result.heatmap.max() <= 1.0
+    assert result.crop_box is not None
+    for stage in ("decode", "segment", "classify", "heatmap", "measure", "render", "total"):
+        assert result.timings_ms[stage] >= 0.0
+    pngs = result.overlays.as_dict()
+    for name, data in pngs.items():
+        assert _png(data).shape[:2] == (h, w), name
+    assert set(np.unique(_png(pngs["mask"]))) <= {0, 255}
+    assert _png(pngs["outline"]).shape[2] == 4 and _png(pngs["heatmap"]).shape[2] == 4
+    body = result.to_json()
+    json.dumps(body)  # plain JSON types only
+    assert "not a diagnosis" in body["disclaimer"]
+
+
+def test_mask_is_one_component_from_the_segmenter(models):
+    result = analyze(synthetic_image(), models, render_overlays=False)
+    from busdx.inference.components import largest_component
+
+    assert (largest_component(result.mask) == result.mask).all()
+    assert result.overlays is None and "render" not in result.timings_ms
+    # The dark oval of the synthetic image is inside the mask.
+    assert result.mask[int(200 * 0.45), 130] == 1
+
+
+def test_no_lesion_still_classifies_the_whole_image(models):
+    bright = np.full((180, 240), 250, np.uint8)
+    result = analyze(bright, models)
+    assert not result.lesion_found
+    assert result.measurements is None
+    assert result.note == NO_LESION_NOTE
+    assert result.crop_box is None
+    assert 0.0 <= result.probability <= 1.0
+    assert result.mask.sum() == 0
+    assert result.to_json()["measurements"] is None
+
+
+def test_whole_image_classifier_heatmap_maps_back(tmp_path):
+    card = json.loads(json.dumps(STAND_IN_CARD))
+    card["classifier"]["input"] = "image"
+    models = Models.load(build_stand_in_models(tmp_path, card))
+    image = synthetic_image(150, 300)
+    result = analyze(image, models)
+    assert result.crop_box is None and result.lesion_found
+    assert result.heatmap.shape == image.shape
+    # The stand-in CAM is brightest where the image is brightest, never in the letterbox bars.
+    assert result.heatmap.max() == pytest.approx(1.0, abs=0.05)
+
+
+def test_calibrated_mm_measurements_from_dicom(models):
+    image = synthetic_image()
+    region = calibration_region(0.1, image.shape[1], image.shape[0])
+    result = analyze(dicom_bytes(image, regions=[region]), models)
+    m = result.measurements
+    assert result.format == "DICOM" and result.pixel_spacing_mm == pytest.approx((0.1, 0.1))
+    assert m.units == "mm"
+    assert m.area == pytest.approx(m.area_px * 0.01)
+    px = analyze(image, models).measurements
+    assert m.longest_diameter == pytest.approx(px.longest_diameter * 0.1, rel=1e-6)
+
+
+def _formats():
+    gray = synthetic_image(90, 120)
+    g16 = gray.astype(np.uint16) * 257
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    rgba = np.concatenate([rgb, np.full(gray.shape + (1,), 255, np.uint8)], axis=2)
+    return {
+        "png8": (encode(gray, "PNG"), gray / 255.0, 1e-6),
+        "png16": (encode(g16, "PNG"), g16 / 65535.0, 1e-6),
+        "png_rgb": (encode(rgb, "PNG"), gray / 255.0, 1e-3),
+        "png_rgba": (encode(rgba, "PNG"), gray / 255.0, 1e-3),
+        "jpeg": (encode(gray, "JPEG"), gray / 255.0, 0.15),
+        "jpeg_rgb": (encode(rgb, "JPEG"), gray / 255.0, 0.15),
+        "bmp": (encode(gray, "BMP"), gray / 255.0, 1e-6),
+        "tiff8": (encode(gray, "TIFF"), gray / 255.0, 1e-6),
+        "tiff16": (encode(g16, "TIFF"), g16 / 65535.0, 1e-6),
+        "dicom": (dicom_bytes(gray), gray / 255.0, 1e-6),
+    }
+
+
+@pytest.mark.parametrize("name", list(_formats()))
+def test_every_format_decodes_to_the_same_gray_image(name):
+    data, expected, tol = _formats()[name]
+    out = decode_bytes(data)
+    assert out.image.dtype == np.float32 and out.image.shape == expected.shape
+    assert np.abs(out.image - expected).max() <= tol
+
+
+def test_rgba_alpha_is_composited_on_black():
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[:, :10, 3] = 255
+    out = decode_bytes(encode(rgba, "PNG")).image
+    assert out[:, :10].min() > 0.7 and out[:, 10:].max() == 0.0
+
+
+def test_bad_inputs_raise_typed_errors():
+    with pytest.raises(EmptyInput):
+        decode_bytes(b"")
+    with pytest.raises(UnsupportedFormat):
+        decode_bytes(b"hello, this is text")
+    gif = io.BytesIO()
+    Image.new("L", (20, 20)).save(gif, format="GIF")
+    with pytest.raises(UnsupportedFormat):
+        decode_bytes(gif.getvalue())
+    png = encode(synthetic_image(), "PNG")
+    with pytest.raises(CorruptImage):
+        decode_bytes(png[: len(png) // 2])
+    with pytest.raises(TooLarge):
+        decode_bytes(png, max_pixels=100)
+
+
+def test_missing_models_give_a_clear_error(tmp_path):
+    with pytest.raises(BusdxError, match="models missing"):
+        Models.load(tmp_path)
+
+
+def test_card_without_threshold_is_refused(tmp_path):
+    card = json.loads(json.dumps(STAND_IN_CARD))
+    del card["classifier"]["threshold"]
+    with pytest.raises(BusdxError, match="threshold"):
+        Models.load(build_stand_in_models(tmp_path, card))
+
+
+def test_model_with_wrong_interface_is_refused(tmp_path):
+    directory = build_stand_in_models(tmp_path)
+    (directory / "classifier.onnx").write_bytes((directory / "segmenter.onnx").read_bytes())
+    with pytest.raises(BusdxError, match="contract"):
+        Models.load(directory)
+
+
+def test_default_models_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("BUSDX_MODELS", str(tmp_path))
+    assert default_models_dir() == tmp_path
+    monkeypatch.delenv("BUSDX_MODELS")
+    assert default_models_dir().name == "models"
+    assert (default_models_dir().parent / "src" / "busdx").is_dir()
+
+
+def test_sigmoid_is_stable():
+    assert sigmoid(1000.0) == 1.0 and sigmoid(-1000.0) == 0.0
+    assert sigmoid(0.0) == 0.5
+    assert math.isclose(sigmoid(2.0), 1 / (1 + math.exp(-2.0)))
+
+
+def _imported_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    check = f"{code}\nprint(','.join(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", "import sys\n" + check], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return [m for m in out.split(",") if m]
+
+
+def test_serving_code_never_imports_training_libraries():
+    serving = "import busdx.inference.pipeline, busdx.api.app, busdx.cli.predict, busdx.cli.serve"
+    assert _imported_after(serving, ("torch", "scipy", "matplotlib", "timm", "sklearn")) == []
+    # The CLI's parser imports every command module: none may import torch at module level.
+    cli = "import busdx.cli.main\nbusdx.cli.main.build_parser()"
+    assert _imported_after(cli, ("torch", "timm")) == []

@@ -124,6 +124,53 @@ class SegmenterExport(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        # Buffers (not tensors built in forward) so the ONNX trace holds them as constants.
+        self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(normalise(image))
+        return self.net((image.repeat(1, 3, 1, 1) - self.mean) / self.std)
+
+
+def load_segmenter_checkpoint(path) -> tuple[nn.Module, dict]:
+    """A trained network (in eval mode) and the checkpoint's metadata from ``best.pt``."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = SegmenterConfig.from_dict(state["model_config"])
+    # The trained weights replace the ImageNet ones: skip loading those.
+    net = build_segmenter(SegmenterConfig.from_dict({**config.to_dict(), "pretrained": False}))
+    net.load_state_dict(state["model"])
+    net.eval()
+    meta = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+    return net, meta
+
+
+def export_onnx(net: nn.Module, path, size: int = 224, opset: int = 17) -> None:
+    """Write the contract's segmenter: input ``image`` [N, 1, size, size], dynamic batch."""
+    from pathlib import Path
+
+    from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = SegmenterExport(net).eval()
+    dummy = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (dummy,), str(path), input_names=[INPUT_NAME],
+            output_names=[SEGMENTER_OUTPUT], opset_version=opset,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, SEGMENTER_OUTPUT: {0: "batch"}},
+            dynamo=False,
+        )
+
+
+def onnx_max_difference(net: nn.Module, path, images: torch.Tensor) -> float:
+    """Largest absolute difference of the logits between torch and ONNX Runtime on ``images``."""
+    import onnxruntime as ort
+
+    from busdx.models.contract import INPUT_NAME
+
+    with torch.no_grad():
+        expected = SegmenterExport(net).eval()(images).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {INPUT_NAME: images.numpy().astype("float32")})
+    return float(abs(got - expected).max())

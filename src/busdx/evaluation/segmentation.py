@@ -1,0 +1,215 @@
+"""Evaluating the exported segmenter on the test fold with ONNX Runtime (no torch).
+
+Each image is letterboxed as in serving, its sigmoid probability map is mapped back to the
+original pixel grid (bilinear, :meth:`Letterbox.invert`) and thresholded at 0.5; Dice and IoU are
+computed there, against the original mask. The "postprocessed" scores add what the product does
+next (largest connected component, holes filled), so the card reports both the network and what a
+user sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from busdx.data.index import Record, load_index, resolve_root
+from busdx.data.preprocess import load_gray, load_mask, prepare
+from busdx.data.splits import SplitConfig, make_split
+from busdx.errors import BusdxError
+from busdx.evaluation.metrics import dice, iou, summarise, summarise_by_group
+from busdx.evaluation.model_card import update_card
+from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
+
+log = logging.getLogger(__name__)
+
+THRESHOLD = 0.5
+
+
+@dataclass
+class ImageScore:
+    id: str
+    scanner: str
+    dice: float
+    iou: float
+    dice_post: float
+    iou_post: float
+
+
+@dataclass
+class SegEvaluation:
+    scores: list[ImageScore]
+    test_fold: int
+    model_path: Path
+    section: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean_dice(self) -> float:
+        return float(np.mean([s.dice for s in self.scores]))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
+
+
+def open_session(model_path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    if not model_path.is_file():
+        raise BusdxError(f"no segmenter at {model_path}: run `busdx export segmentation` first")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+def _input_size(session, default: int = 224) -> int:
+    shape = session.get_inputs()[0].shape
+    return shape[-1] if isinstance(shape[-1], int) else default
+
+
+def predict_probability(session, image: np.ndarray, size: int) -> np.ndarray:
+    """Lesion probability on the original grid of ``image`` (float32 HxW)."""
+    x, box = prepare(image, size)
+    (logits,) = session.run([SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None].astype(np.float32)})
+    return box.invert(_sigmoid(logits[0, 0]).astype(np.float32))
+
+
+def _postprocess(mask: np.ndarray) -> np.ndarray:
+    from busdx.inference.components import fill_holes, largest_component
+
+    return fill_holes(largest_component(mask))
+
+
+def score_records(
+    session, records: list[Record], keep: set[str] | None = None
+) -> tuple[list[ImageScore], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Per-image scores; for ids in ``keep`` also (image, truth, predicted mask) for figures."""
+    from tqdm import tqdm
+
+    size = _input_size(session)
+    scores, kept = [], {}
+    for r in tqdm(records, desc="evaluating", leave=False):
+        image, truth = load_gray(r.image_path), load_mask(r.mask_path)
+        pred = predict_probability(session, image, size) > THRESHOLD
+        post = _postprocess(pred)
+        scores.append(ImageScore(r.id, r.scanner, dice(pred, truth), iou(pred, truth),
+                                 dice(post, truth), iou(post, truth)))
+        if keep is not None and r.id in keep:
+            kept[r.id] = (image, truth, pred)
+    return scores, kept
+
+
+def summary_section(scores: list[ImageScore], test_fold: int, model_path: Path) -> dict:
+    scanners = [s.scanner for s in scores]
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    return {
+        "test_fold": test_fold,
+        "test_images": len(scores),
+        "evaluated_at": "original resolution (probability map letterbox-inverted, bilinear, > 0.5)",
+        "threshold": THRESHOLD,
+        "dice": summarise(s.dice for s in scores),
+        "iou": summarise(s.iou for s in scores),
+        "dice_per_scanner": summarise_by_group([s.dice for s in scores], scanners),
+        "iou_per_scanner": summarise_by_group([s.iou for s in scores], scanners),
+        "postprocessed": {
+            "what": "largest connected component, holes filled (as served)",
+            "dice": summarise(s.dice_post for s in scores),
+            "iou": summarise(s.iou_post for s in scores),
+        },
+        "onnx_sha256": digest,
+        "onnx_megabytes": round(model_path.stat().st_size / 1e6, 2),
+    }
+
+
+def example_ids(scores: list[ImageScore], per_group: int = 2) -> dict[str, list[str]]:
+    """Ids of the best, median and worst images by Dice."""
+    ranked = sorted(scores, key=lambda s: (s.dice, s.id))
+    mid = len(ranked) // 2 - per_group // 2
+    return {
+        "best": [s.id for s in ranked[::-1][:per_group]],
+        "median": [s.id for s in ranked[max(0, mid) : max(0, mid) + per_group]],
+        "worst": [s.id for s in ranked[:per_group]],
+    }
+
+
+def plot_examples(
+    groups: dict[str, list[str]], kept: dict, scores: list[ImageScore], out_path: Path
+) -> Path:
+    """A grid: one row per group (best, median, worst), ground truth green, prediction red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_id = {s.id: s for s in scores}
+    rows, cols = len(groups), max(len(v) for v in groups.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), dpi=110, squeeze=False)
+    for row, (name, ids) in enumerate(groups.items()):
+        for col in range(cols):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col >= len(ids):
+                continue
+            image, truth, pred = kept[ids[col]]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            if truth.any():
+                ax.contour(truth, levels=[0.5], colors="lime", linewidths=1.2)
+            if pred.any():
+                ax.contour(pred.astype(np.uint8), levels=[0.5], colors="red", linewidths=1.2)
+            s = by_id[ids[col]]
+            ax.set_title(f"{name}: {s.id}\nDice {s.dice:.3f}, IoU {s.iou:.3f}", fontsize=8)
+    fig.suptitle("Test fold: ground truth (green) and predicted (red) contours", fontsize=9)
+    fig.tight_layout()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path
+
+
+def write_scores_csv(scores: list[ImageScore], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "scanner", "dice", "iou", "dice_post", "iou_post"])
+        for s in scores:
+            writer.writerow([s.id, s.scanner, f"{s.dice:.6f}", f"{s.iou:.6f}",
+                             f"{s.dice_post:.6f}", f"{s.iou_post:.6f}"])
+
+
+def evaluate_segmenter(
+    data: str | None,
+    model_path: str | Path,
+    test_fold: int = 5,
+    card_path: str | Path | None = None,
+    figures_dir: str | Path | None = None,
+    threads: int | None = None,
+) -> SegEvaluation:
+    """Score the ONNX segmenter on the official test fold; optionally write the card section
+    (``segmenter.test``) and the figure/CSV of per-image results."""
+    model_path = Path(model_path)
+    session = open_session(model_path, threads)
+    index = load_index(resolve_root(data))
+    records = make_split(index, SplitConfig(test_fold=test_fold)).test
+    if not records:
+        raise BusdxError(f"fold {test_fold} has no images")
+    scores, _ = score_records(session, records)
+    section = summary_section(scores, test_fold, model_path)
+    if figures_dir is not None:
+        figures_dir = Path(figures_dir)
+        groups = example_ids(scores)
+        wanted = {i for ids in groups.values() for i in ids}
+        by_id = {r.id: r for r in records}
+        _, kept = score_records(session, [by_id[i] for i in sorted(wanted)], keep=wanted)
+        plot_examples(groups, kept, scores, figures_dir / "segmentation_examples.png")
+        write_scores_csv(scores, figures_dir / "segmentation_per_image.csv")
+        section["examples"] = groups
+    if card_path is not None:
+        update_card(card_path, "segmenter", {"test": section})
+    return SegEvaluation(scores=scores, test_fold=test_fold, model_path=model_path,
+                         section=section)

@@ -1,0 +1,144 @@
+"""Segmentation: training loop (history, checkpoints, resume, seeding), ONNX export against torch,
+and the ONNX-only evaluation that writes the model card, all on the small fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("segmentation_models_pytorch")
+
+from busdx.cli.main import main  # noqa: E402
+from busdx.evaluation.model_card import load_card  # noqa: E402
+from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT  # noqa: E402
+from busdx.models.segmentation import (  # noqa: E402
+    PlainUNet,
+    SegmenterConfig,
+    build_segmenter,
+    export_onnx,
+    onnx_max_difference,
+)
+from busdx.training.segmentation import (  # noqa: E402
+    SegTrainConfig,
+    lr_factor,
+    segmentation_loss,
+    train_segmenter,
+)
+
+# ONNX Runtime and torch compute the same graph with different kernels: logits agree to
+# about 1e-4 in float32; 1e-3 is the stated tolerance.
+ONNX_TOLERANCE = 1e-3
+
+
+def _config(fixtures_root: Path, out: Path, **kw) -> SegTrainConfig:
+    base = dict(data=str(fixtures_root), out=str(out), epochs=1, batch_size=4, limit_train=8,
+                threads=1, cache_dir=str(out.parent / "cache"), warmup_steps=1,
+                model=SegmenterConfig(pretrained=False))
+    base.update(kw)
+    return SegTrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained_run(fixtures_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("seg") / "run"
+    assert main(["train", "segmentation", "--data", str(fixtures_root), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "4", "--limit-train", "8", "--threads", "1",
+                 "--no-pretrained", "--cache-dir", str(out.parent / "cache")]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_training_writes_history_checkpoints_and_figure(trained_run):
+    history = json.loads((trained_run / "history.json").read_text())
+    assert history["epoch"] == [1]
+    for key in ("train_loss", "val_loss", "val_dice"):
+        assert len(history[key]) == 1 and np.isfinite(history[key][0])
+    assert 0.0 <= history["val_dice"][0] <= 1.0
+    assert (trained_run / "best.pt").is_file() and (trained_run / "last.pt").is_file()
+    assert (trained_run / "learning_curves.png").stat().st_size > 1000
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["epochs_run"] == 1 and summary["hardware"]["torch_threads"] == 1
+    assert summary["command"].startswith("busdx ")
+
+
+@pytest.mark.slow
+def test_training_is_seeded_and_resumable(fixtures_root, tmp_path):
+    first = train_segmenter(_config(fixtures_root, tmp_path / "a"))
+    again = train_segmenter(_config(fixtures_root, tmp_path / "b"))
+    h1 = json.loads((first.out / "history.json").read_text())
+    h2 = json.loads((again.out / "history.json").read_text())
+    assert h1["train_loss"] == pytest.approx(h2["train_loss"], rel=1e-4)
+
+    resumed = train_segmenter(_config(fixtures_root, tmp_path / "a", epochs=2, resume=True))
+    history = json.loads((resumed.out / "history.json").read_text())
+    assert history["epoch"] == [1, 2]
+    assert history["train_loss"][0] == h1["train_loss"][0]  # epoch 1 kept, not re-run
+    assert resumed.epochs_run == 2
+
+
+def test_losses_and_schedule():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    good = (target * 2 - 1) * 20  # confident and right
+    bad = -good
+    for kind in ("dice", "dice_bce"):
+        assert float(segmentation_loss(good, target, kind)) < 0.05
+        assert float(segmentation_loss(bad, target, kind)) > 0.9
+    assert lr_factor(0.0, 0, 10) == pytest.approx(0.1)
+    assert lr_factor(0.0, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(1.0, 100, 10) == pytest.approx(0.0)
+    assert lr_factor(2.0, 100, 10) == pytest.approx(0.0)  # past the budget: stays annealed
+
+
+def test_plain_unet_shapes():
+    net = build_segmenter(SegmenterConfig(architecture="plain_unet", plain_width=4)).eval()
+    assert isinstance(net, PlainUNet)
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, 64, 64)).shape == (2, 1, 64, 64)
+
+
+def test_onnx_matches_torch_with_dynamic_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    net = build_segmenter(SegmenterConfig(pretrained=False)).eval()
+    path = tmp_path / "segmenter.onnx"
+    export_onnx(net, path)
+    for batch in (1, 3):
+        images = torch.rand(batch, 1, 224, 224, generator=torch.Generator().manual_seed(batch))
+        assert onnx_max_difference(net, path, images) < ONNX_TOLERANCE
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == INPUT_NAME and out.name == SEGMENTER_OUTPUT
+    assert inp.shape[1:] == [1, 224, 224] and not isinstance(inp.shape[0], int)
+    assert path.stat().st_size < 20e6
+
+
+@pytest.mark.slow
+def test_export_and_evaluate_write_the_card(trained_run, fixtures_root, tmp_path):
+    model = tmp_path / "segmenter.onnx"
+    card = tmp_path / "model_card.json"
+    assert main(["export", "segmentation", "--checkpoint", str(trained_run / "best.pt"),
+                 "--out", str(model), "--card", str(card),
+                 "--compare-runs", str(trained_run)]) == 0
+    assert main(["evaluate", "segmentation", "--data", str(fixtures_root), "--model", str(model),
+                 "--card", str(card), "--figures", str(tmp_path / "fig")]) == 0
+    section = load_card(card)["segmenter"]
+    assert section["onnx_vs_torch_max_abs_diff"] < ONNX_TOLERANCE
+    assert section["training"]["epochs_run"] == 1 and section["training"]["loss"] == "dice_bce"
+    assert section["loss_comparison"]["chosen_by_validation"] == "dice_bce"
+    test = section["test"]
+    assert test["test_fold"] == 5 and test["test_images"] == 4  # fold 5 of the fixtures
+    assert 0.0 <= test["dice"]["mean"] <= 1.0 and test["dice"]["n"] == 4
+    assert sum(v["n"] for v in test["dice_per_scanner"].values()) == 4
+    assert (tmp_path / "fig" / "segmentation_examples.png").stat().st_size > 1000
+    rows = (tmp_path / "fig" / "segmentation_per_image.csv").read_text().splitlines()
+    assert len(rows) == 5
+
+
+def test_evaluate_without_model_is_a_user_error(fixtures_root, tmp_path):
+    assert main(["evaluate", "segmentation", "--data", str(fixtures_root),
+                 "--model", str(tmp_path / "missing.onnx"), "--card", ""]) == 2

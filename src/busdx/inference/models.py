@@ -93,9 +93,9 @@ def _check_io(session, name: str, outputs: tuple[str, ...]) -> None:
         )
 
 
-def _static_size(session, default: int) -> int:
+def _static_size(session) -> int | None:
     shape = session.get_inputs()[0].shape
-    return shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else default
+    return shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else None
 
 
 def _fingerprint(paths: list[Path]) -> str:
@@ -136,6 +136,14 @@ class Models:
         classifier = _session(files[1], threads)
         _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
         _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)
+        classifier_size = _static_size(classifier)
+        if classifier_size is not None and classifier_size != settings.crop.size:
+            raise BusdxError(
+                f"{CLASSIFIER_FILE} takes {classifier_size} pixels but the card's crop size is "
+                f"{settings.crop.size}"
+            )
+        section = card.get("segmenter") if isinstance(card.get("segmenter"), dict) else {}
+        segmenter_size = _static_size(segmenter) or int(section.get("input_size", 224))
         version = str(card.get("version") or card.get("model_version") or "")
         fingerprint = _fingerprint(files)
         version = f"{version}+{fingerprint}" if version else fingerprint
@@ -146,6 +154,6 @@ class Models:
             classifier=classifier,
             card=card,
             settings=settings,
-            segmenter_size=_static_size(segmenter, 224),
+            segmenter_size=segmenter_size,
             version=version,
         )

@@ -51,6 +51,8 @@ def register(subparsers, groups) -> None:
                        help="the threshold keeps at least this validation sensitivity")
     train.add_argument("--compare", action="store_true",
                        help="first compare inputs and imbalance handling on frozen features")
+    train.add_argument("--comparisons-from", default=None,
+                       help="a comparisons.json written by an earlier --compare run")
     train.add_argument("--no-export", action="store_true",
                        help="train and calibrate only (no ONNX, no card)")
     train.add_argument("--cache", default="cache/classification")
@@ -112,6 +114,8 @@ def run_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     comparisons = None
+    if args.comparisons_from:
+        comparisons = json.loads(Path(args.comparisons_from).read_text())
     if args.compare:
         comparisons = tc.feature_comparisons(train, val, config)
         (out / "comparisons.json").write_text(json.dumps(comparisons, indent=2))
@@ -128,6 +132,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     models = Path(args.models)
     export_onnx(model, models / CLASSIFIER_FILE, size=config.size)
+    # busdx report draws the learning curves from this file
+    (models / "classifier_history.json").write_text(json.dumps(result.history, indent=2))
     section = {
         "file": CLASSIFIER_FILE,
         "arch": args.arch,
@@ -186,7 +192,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     preds, empty = ec.predict_records(test, models, args.masks, args.threads)
     report = ec.evaluate_predictions(
         preds, card["temperature"], card["threshold"],
-        masks="predicted (segmenter.onnx)" if args.masks == "predicted" else "ground truth",
+        masks="predicted" if args.masks == "predicted" else "ground truth",
         empty_masks=empty, reps=args.reps,
     )
     result = report.to_dict()
@@ -199,10 +205,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result["figures"] = [str(p) for p in save_figures(preds, report, Path(args.figures))]
     _print_table(result)
     if not args.no_card:
-        key = "test" if args.masks == "predicted" else "test_gt_masks"
-        update_card(models / MODEL_CARD_FILE, "classifier", {key: result, "masks": result["masks"]}
-                    if args.masks == "predicted" else {key: result})
+        update_card(models / MODEL_CARD_FILE, "classifier", _card_results(card, result))
     return 0
+
+
+def _card_results(card: dict, result: dict) -> dict:
+    """``test`` holds the headline (end-to-end) numbers. A ground-truth-mask evaluation goes to
+    ``test_gt_masks``, and also to ``test`` while no end-to-end evaluation exists, flagged by
+    ``masks: "ground truth"``."""
+    if result["masks"] == "predicted":
+        return {"test": result, "masks": "predicted"}
+    values = {"test_gt_masks": result}
+    if card.get("test", {}).get("masks") != "predicted":
+        values.update({"test": result, "masks": "ground truth"})
+    return values
 
 
 def _print_table(r: dict) -> None:

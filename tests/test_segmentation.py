@@ -116,6 +116,11 @@ def test_onnx_matches_torch_with_dynamic_batch(tmp_path):
     assert inp.shape[1:] == [1, 224, 224] and not isinstance(inp.shape[0], int)
     assert path.stat().st_size < 20e6
 
+    tta = tmp_path / "segmenter_tta.onnx"
+    export_onnx(net, tta, hflip_tta=True)
+    images = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(7))
+    assert onnx_max_difference(net, tta, images, hflip_tta=True) < ONNX_TOLERANCE
+
 
 @pytest.mark.slow
 def test_export_and_evaluate_write_the_card(trained_run, fixtures_root, tmp_path):
@@ -137,6 +142,12 @@ def test_export_and_evaluate_write_the_card(trained_run, fixtures_root, tmp_path
     assert (tmp_path / "fig" / "segmentation_examples.png").stat().st_size > 1000
     rows = (tmp_path / "fig" / "segmentation_per_image.csv").read_text().splitlines()
     assert len(rows) == 5
+
+    assert main(["evaluate", "segmentation", "--data", str(fixtures_root), "--model", str(model),
+                 "--card", str(card), "--split", "val"]) == 0
+    card_now = load_card(card)["segmenter"]
+    assert card_now["validation"]["split"] == "val" and card_now["validation"]["images"] >= 1
+    assert card_now["test"] == test  # the test results are left alone
 
 
 def test_evaluate_without_model_is_a_user_error(fixtures_root, tmp_path):

@@ -72,6 +72,8 @@ def _register_export(group) -> None:
                    help="model card to update ('' to leave it alone)")
     p.add_argument("--compare-runs", nargs="*", default=[],
                    help="run folders of a loss comparison to record in the card")
+    p.add_argument("--tta", choices=("none", "hflip"), default="none",
+                   help="bake horizontal-flip test-time augmentation into the graph")
     p.set_defaults(func=_export)
 
 
@@ -82,7 +84,8 @@ def _export(args) -> int:
     from busdx.training.segmentation import export_with_provenance
 
     section = export_with_provenance(Path(args.checkpoint), Path(args.out),
-                                     [Path(p) for p in args.compare_runs])
+                                     [Path(p) for p in args.compare_runs],
+                                     hflip_tta=args.tta == "hflip")
     if args.card:
         update_card(args.card, "segmenter", section)
     print(f"wrote {args.out} ({section['onnx_megabytes']} MB); ONNX Runtime vs torch: max "
@@ -101,6 +104,9 @@ def _register_evaluate(group) -> None:
                    help="model card to write the results into ('' for none)")
     p.add_argument("--figures", default=None,
                    help="folder for the examples figure and the per-image CSV")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="the test fold, or the patient-wise validation split of the other folds "
+                   "(for choices made on validation; written as 'validation' in the card)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_evaluate)
 
@@ -109,9 +115,10 @@ def _evaluate(args) -> int:
     from busdx.evaluation.segmentation import evaluate_segmenter
 
     result = evaluate_segmenter(args.data, args.model, args.test_fold, args.card or None,
-                                args.figures, args.threads)
+                                args.figures, args.threads, split=args.split)
     s = result.section
-    print(f"fold {s['test_fold']}, {s['test_images']} images, original resolution")
+    print(f"{args.split} (test fold {s['test_fold']}), {s['images']} images, "
+          "original resolution")
     print(f"{'':<12}{'n':>5}{'Dice':>16}{'IoU':>16}")
     rows = [("all", s["dice"], s["iou"])]
     rows += [(k, v, s["iou_per_scanner"][k]) for k, v in s["dice_per_scanner"].items()]

@@ -105,12 +105,16 @@ def score_records(
     return scores, kept
 
 
-def summary_section(scores: list[ImageScore], test_fold: int, model_path: Path) -> dict:
+def summary_section(
+    scores: list[ImageScore], test_fold: int, model_path: Path, split: str = "test"
+) -> dict:
     scanners = [s.scanner for s in scores]
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     return {
+        "split": split,
         "test_fold": test_fold,
-        "test_images": len(scores),
+        "images": len(scores),
+        "test_images": len(scores) if split == "test" else None,
         "evaluated_at": "original resolution (probability map letterbox-inverted, bilinear, > 0.5)",
         "threshold": THRESHOLD,
         "dice": summarise(s.dice for s in scores),
@@ -189,27 +193,33 @@ def evaluate_segmenter(
     card_path: str | Path | None = None,
     figures_dir: str | Path | None = None,
     threads: int | None = None,
+    split: str = "test",
 ) -> SegEvaluation:
-    """Score the ONNX segmenter on the official test fold; optionally write the card section
-    (``segmenter.test``) and the figure/CSV of per-image results."""
+    """Score the ONNX segmenter on the official test fold (or, with ``split="val"``, on the
+    patient-wise validation split used in training); optionally write the card section
+    (``segmenter.test`` or ``segmenter.validation``) and the figure/CSV of per-image results."""
+    if split not in ("test", "val"):
+        raise BusdxError(f"split must be 'test' or 'val', not {split!r}")
     model_path = Path(model_path)
     session = open_session(model_path, threads)
     index = load_index(resolve_root(data))
-    records = make_split(index, SplitConfig(test_fold=test_fold)).test
+    parts = make_split(index, SplitConfig(test_fold=test_fold))
+    records = parts.test if split == "test" else parts.val
     if not records:
-        raise BusdxError(f"fold {test_fold} has no images")
+        raise BusdxError(f"the {split} split of fold {test_fold} has no images")
     scores, _ = score_records(session, records)
-    section = summary_section(scores, test_fold, model_path)
+    section = summary_section(scores, test_fold, model_path, split)
     if figures_dir is not None:
         figures_dir = Path(figures_dir)
         groups = example_ids(scores)
         wanted = {i for ids in groups.values() for i in ids}
         by_id = {r.id: r for r in records}
         _, kept = score_records(session, [by_id[i] for i in sorted(wanted)], keep=wanted)
-        plot_examples(groups, kept, scores, figures_dir / "segmentation_examples.png")
-        write_scores_csv(scores, figures_dir / "segmentation_per_image.csv")
+        tag = "" if split == "test" else "_val"
+        plot_examples(groups, kept, scores, figures_dir / f"segmentation{tag}_examples.png")
+        write_scores_csv(scores, figures_dir / f"segmentation{tag}_per_image.csv")
         section["examples"] = groups
     if card_path is not None:
-        update_card(card_path, "segmenter", {"test": section})
+        update_card(card_path, "segmenter", {"test" if split == "test" else "validation": section})
     return SegEvaluation(scores=scores, test_fold=test_fold, model_path=model_path,
                          section=section)

@@ -121,15 +121,22 @@ def normalise(gray: torch.Tensor) -> torch.Tensor:
 class SegmenterExport(nn.Module):
     """The contract's segmenter: grayscale ``image`` [N, 1, S, S] -> ``mask_logits``."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, hflip_tta: bool = False):
         super().__init__()
         self.net = net
+        # Test-time augmentation: average the logits of the image and its mirror (lesions have
+        # no handedness), at twice the cost. Chosen on validation, recorded in the card.
+        self.hflip_tta = hflip_tta
         # Buffers (not tensors built in forward) so the ONNX trace holds them as constants.
         self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net((image.repeat(1, 3, 1, 1) - self.mean) / self.std)
+        x = (image.repeat(1, 3, 1, 1) - self.mean) / self.std
+        logits = self.net(x)
+        if self.hflip_tta:
+            logits = 0.5 * (logits + torch.flip(self.net(torch.flip(x, dims=[3])), dims=[3]))
+        return logits
 
 
 def load_segmenter_checkpoint(path) -> tuple[nn.Module, dict]:
@@ -144,7 +151,9 @@ def load_segmenter_checkpoint(path) -> tuple[nn.Module, dict]:
     return net, meta
 
 
-def export_onnx(net: nn.Module, path, size: int = 224, opset: int = 17) -> None:
+def export_onnx(
+    net: nn.Module, path, size: int = 224, opset: int = 17, hflip_tta: bool = False
+) -> None:
     """Write the contract's segmenter: input ``image`` [N, 1, size, size], dynamic batch."""
     from pathlib import Path
 
@@ -152,7 +161,7 @@ def export_onnx(net: nn.Module, path, size: int = 224, opset: int = 17) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = SegmenterExport(net).eval()
+    wrapper = SegmenterExport(net, hflip_tta).eval()
     dummy = torch.rand(2, 1, size, size)
     with torch.no_grad():
         torch.onnx.export(
@@ -163,14 +172,16 @@ def export_onnx(net: nn.Module, path, size: int = 224, opset: int = 17) -> None:
         )
 
 
-def onnx_max_difference(net: nn.Module, path, images: torch.Tensor) -> float:
+def onnx_max_difference(
+    net: nn.Module, path, images: torch.Tensor, hflip_tta: bool = False
+) -> float:
     """Largest absolute difference of the logits between torch and ONNX Runtime on ``images``."""
     import onnxruntime as ort
 
     from busdx.models.contract import INPUT_NAME
 
     with torch.no_grad():
-        expected = SegmenterExport(net).eval()(images).numpy()
+        expected = SegmenterExport(net, hflip_tta).eval()(images).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {INPUT_NAME: images.numpy().astype("float32")})
     return float(abs(got - expected).max())

@@ -331,7 +331,9 @@ def loss_comparison(run_dirs: list[Path]) -> dict:
     }
 
 
-def export_with_provenance(checkpoint: Path, out: Path, compare_runs: list[Path]) -> dict:
+def export_with_provenance(
+    checkpoint: Path, out: Path, compare_runs: list[Path], hflip_tta: bool = False
+) -> dict:
     """Export ``checkpoint`` to ONNX, check it against torch and return the card's section."""
     from busdx.models.segmentation import (
         export_onnx,
@@ -343,9 +345,9 @@ def export_with_provenance(checkpoint: Path, out: Path, compare_runs: list[Path]
         raise BusdxError(f"no checkpoint at {checkpoint}")
     net, meta = load_segmenter_checkpoint(checkpoint)
     size = meta.get("train_config", {}).get("size", 224)
-    export_onnx(net, out, size)
+    export_onnx(net, out, size, hflip_tta=hflip_tta)
     probe = torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0))
-    diff = onnx_max_difference(net, out, probe)
+    diff = onnx_max_difference(net, out, probe, hflip_tta)
     if diff > 1e-3:
         log.warning("ONNX Runtime differs from torch by up to %.2e in the logits", diff)
     summary = _run_summary(checkpoint.parent)
@@ -360,6 +362,7 @@ def export_with_provenance(checkpoint: Path, out: Path, compare_runs: list[Path]
         if model_config.get("pretrained") else "random",
         "decoder_channels": model_config.get("decoder_channels"),
         "input_size": size,
+        "test_time_augmentation": "horizontal flip (logits averaged)" if hflip_tta else None,
         "threshold": 0.5,
         "onnx_megabytes": round(out.stat().st_size / 1e6, 2),
         "onnx_vs_torch_max_abs_diff": diff,

@@ -194,6 +194,14 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     assert (tmp_path / "fig" / "classifier_roc.png").is_file()
 
     _export_random_segmenter(models / "segmenter.onnx")
+    # the operating point refitted on validation through the exported models
+    rc = main(["train", "classification", "--calibrate-only", "--data", str(fixtures_root),
+               "--models", str(models), "--test-fold", "1", "--masks", "predicted"])
+    assert rc == 0
+    card = json.loads((models / "model_card.json").read_text())["classifier"]
+    assert card["calibration"]["masks"] == "predicted"
+    assert card["calibration_previous"]["engine"] == "torch"
+    assert card["threshold"] == card["calibration"]["threshold"]
     rc = main(["evaluate", "classification", "--data", str(fixtures_root), "--models",
                str(models), "--test-fold", "1", "--reps", "50"])
     assert rc == 0

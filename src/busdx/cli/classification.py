@@ -55,6 +55,11 @@ def register(subparsers, groups) -> None:
                        help="a comparisons.json written by an earlier --compare run")
     train.add_argument("--no-export", action="store_true",
                        help="train and calibrate only (no ONNX, no card)")
+    train.add_argument("--calibrate-only", action="store_true",
+                       help="no training: refit temperature and threshold on the validation "
+                       "images through the exported models in --models, cropping with --masks")
+    train.add_argument("--masks", choices=("predicted", "gt"), default="predicted",
+                       help="with --calibrate-only: which masks crop the validation images")
     train.add_argument("--cache", default="cache/classification")
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--seed", type=int, default=0)
@@ -96,6 +101,8 @@ def run_train(args: argparse.Namespace) -> int:
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
     from busdx.training import classification as tc
 
+    if args.calibrate_only:
+        return run_calibrate(args)
     start = time.monotonic()
     torch.set_num_threads(args.threads)
     config = tc.ClassifierTrainConfig(
@@ -145,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
         "threshold": cal.threshold,
         "threshold_rule": f"highest calibrated probability with validation sensitivity >= "
                           f"{args.min_sensitivity}",
-        "validation": asdict(cal),
+        "calibration": {**asdict(cal), "masks": "ground truth (no jitter)", "engine": "torch"},
         "training": {
             "command": "busdx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("busdx")
             else " ".join(sys.argv),
@@ -166,6 +173,46 @@ def run_train(args: argparse.Namespace) -> int:
     update_card(models / MODEL_CARD_FILE, "classifier", section)
     log.info("exported %s and updated %s", models / CLASSIFIER_FILE, models / MODEL_CARD_FILE)
     return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Validation-only refit of the operating point through the exported ONNX models."""
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.evaluation.classification import calibrate_exported
+    from busdx.evaluation.model_card import load_card, update_card
+    from busdx.models.contract import MODEL_CARD_FILE
+
+    split = make_split(load_index(args.data), SplitConfig(test_fold=args.test_fold, seed=args.seed))
+    card_path = Path(args.models) / MODEL_CARD_FILE
+    section = load_card(card_path).get("classifier", {})
+    # cards from before the key was renamed hold the training-time values under "validation"
+    previous = section.get("calibration") or section.get("validation")
+    if "validation" in section:
+        _drop_key(card_path, "classifier", "validation")
+    values = calibrate_exported(split.val, args.models, args.masks, args.min_sensitivity,
+                                args.threads)
+    if previous is not None:
+        values["calibration_previous"] = previous
+    update_card(card_path, "classifier", values)
+    log.info("validation calibration (%s masks): %s", args.masks, json.dumps(values["calibration"]))
+    return 0
+
+
+def _drop_key(path: Path, section: str, key: str) -> None:
+    """Remove one key of a card section, written atomically like update_card."""
+    import os
+    import tempfile
+
+    from busdx.evaluation.model_card import load_card
+
+    card = load_card(path)
+    card.get(section, {}).pop(key, None)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(card, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
 
 
 def _plot_history(history: list[dict], path: Path) -> None:

@@ -359,3 +359,53 @@ def predict_records(
             preds.append(Prediction(r.id, r.patient, r.label, r.birads, float(z),
                                     float(calibrate(z, cls["temperature"]))))
     return preds, empty
+
+
+def calibrate_exported(
+    val_records: Sequence,
+    models_dir: str | Path,
+    masks: str = "predicted",
+    target_sensitivity: float = 0.90,
+    threads: int = 1,
+) -> dict:
+    """Refit the temperature and the threshold on the VALIDATION images through the exported
+    models, cropping as the product does (``masks="predicted"``: the segmenter's masks), so that
+    the frozen operating point matches what the product computes. Returns the card values."""
+    from busdx.training.calibration import (
+        calibrate,
+        expected_calibration_error,
+        fit_temperature,
+        nll,
+        sensitivity_threshold,
+        sigmoid,
+    )
+
+    preds, empty = predict_records(val_records, models_dir, masks, threads)
+    y = np.array([p.label for p in preds])
+    logits = np.array([p.logit for p in preds])
+    t = fit_temperature(logits, y)
+    probs = calibrate(logits, t)
+    threshold = sensitivity_threshold(probs, y, target_sensitivity)
+    called = probs >= threshold
+    return {
+        "temperature": t,
+        "threshold": threshold,
+        "threshold_rule": "highest calibrated probability with validation sensitivity >= "
+                          f"{target_sensitivity}",
+        "calibration": {
+            "masks": "predicted" if masks == "predicted" else "ground truth",
+            "engine": "onnxruntime",
+            "n_val": len(y),
+            "empty_masks": empty,
+            "target_sensitivity": target_sensitivity,
+            "temperature": t,
+            "threshold": threshold,
+            "val_auc": roc_auc(y, logits),
+            "val_ece_before": expected_calibration_error(sigmoid(logits), y),
+            "val_ece_after": expected_calibration_error(probs, y),
+            "val_nll_before": nll(logits, y),
+            "val_nll_after": nll(logits, y, t),
+            "val_sensitivity": float(called[y == 1].mean()),
+            "val_specificity": float((~called[y == 0]).mean()),
+        },
+    }

@@ -34,7 +34,7 @@ from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
 
 MASK_THRESHOLD = 0.5
 NO_LESION_NOTE = (
-    "no lesion found by the segmenter: the probability is from the whole image and is less "
+    "No lesion found by the segmenter: the probability is from the whole image and is less "
     "reliable; no measurements"
 )
 

@@ -210,3 +210,12 @@ def test_serving_code_never_imports_training_libraries():
     # The CLI's parser imports every command module: none may import torch at module level.
     cli = "import busdx.cli.main\nbusdx.cli.main.build_parser()"
     assert _imported_after(cli, ("torch", "timm")) == []
+
+
+def test_jpeg_exif_orientation_is_applied():
+    img = Image.fromarray(synthetic_image(60, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    assert decode_bytes(buf.getvalue()).image.shape == (100, 60)

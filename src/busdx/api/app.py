@@ -50,6 +50,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.models = models if models is not None else Models.load(models_dir)
+        # Created inside the running loop; bounds concurrent analyses (and so memory).
+        app.state.limiter = anyio.CapacityLimiter(concurrency)
         yield
 
     from busdx.api.routers import analyze, meta
@@ -61,7 +63,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.limits = limits
-    app.state.limiter = anyio.CapacityLimiter(concurrency)
 
     @app.exception_handler(ImageError)
     async def input_error(request: Request, err: ImageError) -> JSONResponse:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from busdx.data.preprocess import MAX_PIXELS, pil_to_array, to_gray_float
 from busdx.inference.dicom import is_dicom, read_dicom
@@ -92,7 +92,8 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
         fmt = str(img.format)
         try:
             img.load()
-            array = pil_to_array(img)
+            # Phone photos and some exporters store the rotation in EXIF rather than pixels.
+            array = pil_to_array(ImageOps.exif_transpose(img))
         except Image.DecompressionBombError as err:
             raise TooLarge(f"the image is over the limit of {max_pixels} pixels") from err
         except (OSError, SyntaxError, ValueError, EOFError) as err:

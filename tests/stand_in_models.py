@@ -18,8 +18,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, SEGMENTER_FILE
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_MODELS = REPO / "models"
 SIZE = 224
 OPSET = 17
 
@@ -98,9 +96,13 @@ def build_stand_in_models(directory: Path, card: dict | None = None) -> Path:
 
 
 def real_models_dir() -> Path | None:
-    """The bundled models/ folder when it holds both models and a usable card, else None."""
-    card = REAL_MODELS / MODEL_CARD_FILE
-    if not all((REAL_MODELS / f).is_file() for f in (SEGMENTER_FILE, CLASSIFIER_FILE)):
+    """The bundled models ($BUSDX_MODELS, else models/) when both models and a usable card are
+    there, else None."""
+    from busdx.inference.models import default_models_dir
+
+    directory = default_models_dir()
+    card = directory / MODEL_CARD_FILE
+    if not all((directory / f).is_file() for f in (SEGMENTER_FILE, CLASSIFIER_FILE)):
         return None
     if not card.is_file():
         return None
@@ -108,7 +110,7 @@ def real_models_dir() -> Path | None:
         section = json.loads(card.read_text()).get("classifier", {})
     except (OSError, ValueError):
         return None
-    return REAL_MODELS if "threshold" in section else None
+    return directory if "threshold" in section else None
 
 
 REAL_MODELS_MISSING = (

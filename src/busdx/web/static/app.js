@@ -130,6 +130,8 @@ function renderResult(r) {
   if (r.disclaimer) els.disclaimer.textContent = r.disclaimer;
   els.empty.hidden = true;
   els.result.hidden = false;
+  // A counter that tests (and assistive scripts) can watch for a fresh result.
+  document.body.dataset.analyses = String(Number(document.body.dataset.analyses || 0) + 1);
 }
 
 // Fit the image (and so its layers) to the space left on screen, enlarging small images too.

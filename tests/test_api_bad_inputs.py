@@ -161,3 +161,16 @@ def test_service_still_healthy_after_bad_inputs(client):
     _post(client, b"junk")
     assert client.get("/api/health").status_code == 200
     assert _post(client, encode(synthetic_image(), "PNG")).status_code == 200
+
+
+def test_internal_failure_is_a_json_500_without_details(models_dir, monkeypatch):
+    import busdx.api.routers.analyze as route
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret path /home/patient/x.png")
+
+    monkeypatch.setattr(route, "run_analysis", broken)
+    with TestClient(create_app(models_dir), raise_server_exceptions=False) as c:
+        response = _post(c, encode(synthetic_image(), "PNG"))
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error: the analysis failed"}

@@ -69,6 +69,12 @@ def create_app(
         status = err.status if isinstance(err, InputError) else 422
         return JSONResponse({"detail": str(err)}, status_code=status)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:
+        # The type only: a message could quote image content or a path.
+        log.error("internal error on %s: %s", request.url.path, type(err).__name__)
+        return JSONResponse({"detail": "internal error: the analysis failed"}, status_code=500)
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response = await call_next(request)

@@ -113,7 +113,10 @@ function renderResult(r) {
     : `The probability is below the validated threshold of ${pct(r.threshold)}.`;
   els.call.append(small);
 
-  els.probText.textContent = `Probability of malignancy: ${pct(r.probability)} (threshold ${pct(r.threshold)})`;
+  // Near the threshold one decimal can show equal numbers for different calls: add digits.
+  const digits = pct(r.probability) === pct(r.threshold) ? 3 : 1;
+  els.probText.textContent = `Probability of malignancy: ${pct(r.probability, digits)} ` +
+    `(threshold ${pct(r.threshold, digits)})`;
   els.fill.style.width = pct(r.probability, 2);
   els.fill.style.background = malignant ? "var(--malignant)" : "var(--benign)";
   els.marker.style.left = pct(r.threshold, 2);

@@ -219,3 +219,14 @@ def test_jpeg_exif_orientation_is_applied():
     buf = io.BytesIO()
     img.save(buf, format="JPEG", exif=exif.tobytes())
     assert decode_bytes(buf.getvalue()).image.shape == (100, 60)
+
+
+def test_large_images_are_displayed_downscaled_but_the_mask_is_full_size():
+    from busdx.inference.overlay import render
+
+    image = synthetic_image(300, 400) / 255.0
+    mask = (image < 0.3).astype(np.uint8)
+    pngs = render(image, mask, image, max_side=100).as_dict()
+    assert _png(pngs["mask"]).shape == (300, 400)
+    for name in ("image", "outline", "heatmap", "overlay", "heatmap_overlay"):
+        assert _png(pngs[name]).shape[:2] == (75, 100), name

@@ -36,6 +36,9 @@ class ImageInfo(BaseModel):
 
 
 class Pngs(BaseModel):
+    """The mask is at the input's size; the pictures for display at most 1600 px on the longer
+    side (the input's size for smaller images)."""
+
     image: str = Field(description="base64 PNG: the grayscale image analysed")
     mask: str = Field(description="base64 PNG: lesion mask, 0 and 255")
     outline: str = Field(description="base64 PNG: transparent layer with the lesion outline")

@@ -163,6 +163,9 @@ def measure(mask: np.ndarray, pixel_spacing_mm: tuple[float, float] | None = Non
     area_px = int(mask.sum())
     if area_px == 0:
         raise ValueError("cannot measure an empty mask")
+    # Work on the lesion's bounding box (plus a margin for the border tests), not the image.
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    mask = np.pad(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 1)
     if pixel_spacing_mm is None:
         units, iso, step, pixel_area = "px", mask, 1.0, 1.0
     else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from busdx.data.preprocess import _resize
 from busdx.inference.measure import _shift, border
 
 OUTLINE_RGB = (255, 214, 0)  # amber: visible on gray, and neither "benign green" nor "alarm red"
@@ -90,9 +91,15 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# Pictures for a screen: larger images are shown downscaled, and encoding 12-megapixel PNGs
+# would cost seconds. The mask is always kept at the input's full size.
+MAX_DISPLAY_SIDE = 1600
+
+
 @dataclass(frozen=True)
 class Overlays:
-    """PNG files, all at the input image's width and height."""
+    """PNG files. ``mask`` is at the input's size; the others at the display size (the input's
+    size, or at most MAX_DISPLAY_SIDE pixels on the longer side)."""
 
     image: bytes  # the grayscale image the models saw (browsers cannot show DICOM or TIFF)
     mask: bytes  # 0 and 255
@@ -105,13 +112,33 @@ class Overlays:
         return dict(self.__dict__)
 
 
-def render(image: np.ndarray, mask: np.ndarray, heat: np.ndarray) -> Overlays:
+def display_size(height: int, width: int, max_side: int = MAX_DISPLAY_SIDE) -> tuple[int, int]:
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _to_display(image, mask, heat, max_side):
+    h, w = image.shape
+    dh, dw = display_size(h, w, max_side)
+    if (dh, dw) == (h, w):
+        return image, mask, heat
+    image = _resize(image.astype(np.float32), dh, dw, nearest=False)
+    heat = _resize(heat.astype(np.float32), dh, dw, nearest=False)
+    mask = _resize(mask.astype(np.uint8), dh, dw, nearest=True)
+    return image, mask, heat
+
+
+def render(
+    image: np.ndarray, mask: np.ndarray, heat: np.ndarray, max_side: int = MAX_DISPLAY_SIDE
+) -> Overlays:
+    full_mask = png_bytes(mask_png_array(mask))
+    image, mask, heat = _to_display(image, mask, heat, max_side)
     base = gray_rgb(image)
     outline = outline_layer(mask)
     heat_layer = heatmap_layer(heat)
     return Overlays(
         image=png_bytes(base[..., 0]),
-        mask=png_bytes(mask_png_array(mask)),
+        mask=full_mask,
         outline=png_bytes(outline),
         heatmap=png_bytes(heat_layer),
         overlay=png_bytes(composite(base, outline)),

@@ -86,6 +86,24 @@ def test_resnet50_frozen_batchnorms_stay_in_eval(resnet):
         resnet.eval()
 
 
+def test_flip_tta_export_averages_mirrors_and_keeps_cam_exact(lite, tmp_path):
+    import onnxruntime as ort
+
+    path = export_onnx(lite, tmp_path / "tta.onnx", flip_tta=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain, _ = ExportWrapper(lite)(x)
+        mirrored, _ = ExportWrapper(lite)(torch.flip(x, dims=[3]))
+    logit, cam = session.run(None, {"image": x.numpy()})
+    assert np.abs(logit - ((plain + mirrored) / 2).numpy()).max() < ONNX_TOL
+    assert np.abs(cam.mean(axis=(2, 3)) + lite.fc.bias.item() - logit).max() < ONNX_TOL
+    # mirroring the input mirrors the map and leaves the logit unchanged
+    logit_m, cam_m = session.run(None, {"image": torch.flip(x, dims=[3]).numpy()})
+    assert np.abs(logit_m - logit).max() < ONNX_TOL
+    assert np.abs(cam_m[..., ::-1] - cam).max() < ONNX_TOL
+
+
 @pytest.mark.parametrize("name", ["lite", "resnet"])
 def test_onnx_export_matches_torch_and_cam_sums_to_logit(name, request, tmp_path):
     import onnxruntime as ort

@@ -82,6 +82,9 @@ def register(subparsers, groups) -> None:
     export = groups["export"].add_parser("classification", help="checkpoint -> classifier.onnx")
     export.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/classifier.pt")
     export.add_argument("--output", default=f"{DEFAULT_MODELS}/classifier.onnx")
+    export.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="flip: average the crop and its mirror inside the graph")
+    export.add_argument("--no-card", action="store_true", help="do not note it in the card")
     export.set_defaults(func=run_export)
 
 
@@ -290,6 +293,14 @@ def run_export(args: argparse.Namespace) -> int:
     from busdx.training.classification import load_checkpoint
 
     model, ckpt = load_checkpoint(args.checkpoint)
-    path = export_onnx(model, args.output, size=int(ckpt["config"]["size"]))
-    log.info("wrote %s", path)
+    path = export_onnx(model, args.output, size=int(ckpt["config"]["size"]),
+                       flip_tta=args.tta == "flip")
+    log.info("wrote %s (test-time augmentation: %s)", path, args.tta)
+    if not args.no_card:
+        from busdx.evaluation.model_card import update_card
+        from busdx.models.contract import MODEL_CARD_FILE
+
+        # a new graph invalidates the operating point: recalibrate (--calibrate-only) after this
+        update_card(path.parent / MODEL_CARD_FILE, "classifier",
+                    {"tta": args.tta, "checkpoint_epoch": ckpt.get("epoch")})
     return 0

@@ -228,9 +228,13 @@ class ExportWrapper(nn.Module):
     ``c``.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, flip_tta: bool = False):
         super().__init__()
         self.model = model.eval()
+        # Test-time augmentation: average the image and its left-right mirror (a breast lesion
+        # has no handedness). Logits and mirrored-back CAMs are averaged, so mean(cam) + bias
+        # is still the logit.
+        self.flip_tta = flip_tta
         self.register_buffer("mean", torch.tensor(model.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(model.std).view(1, 3, 1, 1))
 
@@ -244,8 +248,7 @@ class ExportWrapper(nn.Module):
             return (m.fc.weight * scale * gate) @ m.dense.weight  # [N, 2048]
         return m.fc.weight.expand(pooled.shape[0], -1)
 
-    def forward(self, image: torch.Tensor):
-        x = (image.repeat(1, 3, 1, 1) - self.mean) / self.std
+    def single(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.model.feature_map(x)  # [N, C, h, w]
         pooled = fmap.mean(dim=(2, 3))
         logit = self.model.head(pooled)
@@ -253,14 +256,23 @@ class ExportWrapper(nn.Module):
         cam = torch.einsum("nc,nchw->nhw", w, fmap).unsqueeze(1)
         return logit, cam
 
+    def forward(self, image: torch.Tensor):
+        x = (image.repeat(1, 3, 1, 1) - self.mean) / self.std
+        if not self.flip_tta:
+            return self.single(x)
+        n = x.shape[0]
+        logit, cam = self.single(torch.cat([x, torch.flip(x, dims=[3])], dim=0))
+        return (logit[:n] + logit[n:]) / 2, (cam[:n] + torch.flip(cam[n:], dims=[3])) / 2
 
-def export_onnx(model: nn.Module, path: str | Path, size: int = 224) -> Path:
+
+def export_onnx(model: nn.Module, path: str | Path, size: int = 224, flip_tta: bool = False
+                ) -> Path:
     """Write ``model`` as ONNX with the contract's names and a dynamic batch axis."""
     from busdx.models.contract import CLASSIFIER_OUTPUTS, INPUT_NAME
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ExportWrapper(model).eval()
+    wrapper = ExportWrapper(model, flip_tta=flip_tta).eval()
     dummy = torch.rand(1, 1, size, size)
     tmp = path.with_suffix(".tmp.onnx")
     with torch.no_grad():

@@ -1,0 +1,92 @@
+"""Smoke test of the benchmark suite: every script runs on the fixtures with the stand-in models
+(tiny counts) and writes its JSON, and BENCHMARKS.md is rendered from those files. Timings are
+not asserted (they depend on the machine); behaviour is: no 5xx, no dropped connection, every
+invalid upload a 4xx, the quantisation decision recorded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stand_in_models import build_stand_in_models
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "busbra"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    models = build_stand_in_models(tmp / "models")
+    out, md = tmp / "results", tmp / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--data", str(FIXTURES),
+         "--models", str(models), "--out", str(out), "--md", str(md),
+         "--quant-work", str(tmp / "quant")],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, md
+
+
+def _load(out: Path, name: str) -> dict:
+    path = out / f"{name}.json"
+    assert path.is_file(), f"{name}.json not written"
+    return json.loads(path.read_text())
+
+
+def test_latency_compares_both_backends_on_the_same_pipeline(quick_run):
+    lat = _load(quick_run[0], "latency")
+    for backend in ("onnxruntime", "torch_eager"):
+        total = lat["analysis"][backend]["total_ms"]
+        assert total["n"] == 2 and total["p50"] > 0
+        assert {"decode", "segment", "classify", "heatmap", "measure"} <= set(
+            lat["analysis"][backend]["stages_ms_p50"]
+        )
+    assert lat["ratio_p50_torch_over_ort"] > 0
+    assert lat["matmul"]["peak_gflops"] > 0
+    assert lat["models"]["stand_in"] is True
+    # The stand-ins have no convolution: nothing to count, and the bound says so.
+    assert lat["total_gflops_per_image"] == 0
+
+
+def test_throughput_runs_busdx_predict(quick_run):
+    tp = _load(quick_run[0], "throughput")
+    assert tp["images"] == 2 and tp["analysed"] == 2 and tp["errors"] == 0
+    assert tp["images_per_s_wall"] > 0
+
+
+def test_load_test_answers_every_request_without_5xx(quick_run):
+    lt = _load(quick_run[0], "load_test")
+    assert lt["address"].startswith("http://127.0.0.1:")
+    assert lt["requests"] == lt["planned_requests"] == 24
+    assert lt["server_errors_5xx"] == 0
+    assert lt["connection_errors"] == 0
+    assert lt["valid_not_200"] == 0 and lt["invalid_not_4xx"] == 0
+    assert lt["errors_without_detail"] == 0
+    assert lt["health"]["ok"] > 0 and lt["health"]["failed"] == 0
+    assert lt["memory"]["peak_vmhwm_mb"] > 0
+
+
+def test_tuning_and_quantisation_recorded(quick_run):
+    tune = _load(quick_run[0], "tune_ort")
+    assert len(tune["options"]) >= 4 and tune["batches"] and tune["concurrency"]
+    q = _load(quick_run[0], "quantization")
+    assert set(q["results"]) == {"fp32", "int8_segmenter", "int8_classifier", "int8_both"}
+    assert q["decision"]["kept"] in q["results"]
+    assert q["quantisation"]["classifier"]["same_output_shapes"] is True
+
+
+def test_markdown_is_rendered_from_the_results(quick_run):
+    out, md = quick_run
+    text = md.read_text()
+    lat = _load(out, "latency")
+    for heading in ("## Summary", "## Latency", "## FLOPs", "## ONNX Runtime settings",
+                    "## Throughput", "## Load test", "## int8 static quantisation"):
+        assert heading in text
+    assert f"{lat['analysis']['onnxruntime']['total_ms']['p50']:.1f}" in text
+    assert "stand-in models" in text

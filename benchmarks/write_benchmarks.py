@@ -113,7 +113,10 @@ def summary(results: dict[str, dict]) -> list[str]:
     if q:
         rows.append(["int8 static quantisation", "keep if Dice and AUC drop < 0.005",
                      f"kept: {q['decision']['kept']}", ""])
-    return ["## Summary", ""] + _table(["What", "Target", "Measured", ""], rows)
+    lines = ["## Summary", ""] + _table(["What", "Target", "Measured", ""], rows)
+    short = [r[0] for r in rows if r[3] == "**not met**"]
+    lines.append("Targets not met: " + ("; ".join(short) + "." if short else "none."))
+    return lines + [""]
 
 
 def latency_section(lat: dict, title: str = "Latency: ONNX Runtime against torch eager") -> list[str]:
@@ -173,6 +176,14 @@ def flops_section(lat: dict) -> list[str]:
         f"takes {_f(lat['ort_model_calls_p50_ms'])} ms for the two calls, "
         f"{_f(100 * (lat['fraction_of_matmul_peak'] or 0))}% of matmul speed (depthwise "
         "convolutions and the decoder's upsampling are memory-bound, not compute-bound).")
+    total = lat["analysis"]["onnxruntime"]["total_ms"]["p50"]
+    rest = total - lat["ort_model_calls_p50_ms"]
+    lines.append("")
+    lines.append(f"The rest of the analysis (decode, letterbox, sigmoid and resize back, largest "
+                 f"component and hole filling, crop, heatmap, measurements) takes about "
+                 f"{_f(rest)} ms (p50 total {_f(total)} ms minus the two model calls), so even "
+                 f"at the compute bound the full analysis would take about "
+                 f"{_f(rest + lat['compute_bound_ms'])} ms.")
     return lines + [""]
 
 
@@ -194,7 +205,35 @@ def tuning_section(t: dict) -> list[str]:
     lines += ["Concurrent analyses on shared sessions (segmenter + classifier per image):", ""]
     lines += _table(["analyses at once", "threads per session", "spinning", "images/s",
                      "p50 ms", "p95 ms"], rows)
+    lines += tuning_conclusions(t)
     return lines
+
+
+def tuning_conclusions(t: dict) -> list[str]:
+    best = t["best_options"]
+    served = next((r for r in t["options"] if r["threads"] == t["served_settings"]["threads"]
+                   and r["level"] == "all" and r["spinning"]), None)
+    lines = [f"Fastest single-image setting: {best['threads']} thread(s), graph level "
+             f"`{best['level']}`, spinning {'on' if best['spinning'] else 'off'} "
+             f"({_f(best['both_p50_ms'])} ms for both models)"
+             + (f"; the served setting takes {_f(served['both_p50_ms'])} ms." if served else ".")]
+    gains = []
+    for model in ("segmenter", "classifier"):
+        rows = {r["batch"]: r["per_image_ms"] for r in t["batches"] if r["model"] == model}
+        if 1 in rows and rows[1]:
+            top = max(rows)
+            saved = 100 * (1 - rows[top] / rows[1])
+            gains.append(f"{model} {_f(rows[1])} ms per image at batch 1, {_f(rows[top])} at "
+                         f"batch {top} ({abs(saved):.0f}% {'saved' if saved >= 0 else 'lost'})")
+    if gains:
+        lines.append("Batching: " + "; ".join(gains) + ".")
+    two = [r for r in t["concurrency"] if r["workers"] == 2]
+    if two:
+        top = max(two, key=lambda r: r["images_per_s"])
+        lines.append(f"With two analyses at once (the API's limit), the best throughput is "
+                     f"{_f(top['images_per_s'])} images/s at {top['threads']} thread(s) per session, "
+                     f"spinning {'on' if top['spinning'] else 'off'}.")
+    return lines + [""]
 
 
 def throughput_section(tp: dict) -> list[str]:

@@ -221,6 +221,19 @@ def decide(results: dict[str, dict], quantisation: dict[str, dict]) -> dict[str,
     return {"tolerance": TOLERANCE, "verdicts": verdicts, "kept": fastest or "fp32"}
 
 
+def balanced_subset(records, n: int, seed: int = 0) -> list:
+    """``n`` records, half of each label where possible (an AUC needs both classes)."""
+    rng = np.random.default_rng(seed)
+    by_label = {label: [r for r in records if r.label == label] for label in (0, 1)}
+    take = {1: min(n // 2, len(by_label[1]))}
+    take[0] = min(n - take[1], len(by_label[0]))
+    picked = []
+    for label, k in take.items():
+        pool = by_label[label]
+        picked += [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False).tolist())]
+    return sorted(picked, key=lambda r: r.id)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -245,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for part in ("segmenter", "classifier")}
     val = split_records(args.data, "val")
     if args.limit:
-        val = val[: args.limit]
+        val = balanced_subset(val, args.limit)
     results: dict[str, dict] = {}
     dice_by_precision: dict[str, dict] = {}
     for name, mix in MIXES.items():

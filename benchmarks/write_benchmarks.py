@@ -136,6 +136,10 @@ def latency_section(lat: dict, title: str = "Latency: ONNX Runtime against torch
     lines += _table(["ms per image", "ONNX Runtime", "torch eager"], rows)
     lines.append(f"Ratio torch / ONNX Runtime: p50 {_f(lat['ratio_p50_torch_over_ort'], 2)}x, "
                  f"p95 {_f(lat['ratio_p95_torch_over_ort'], 2)}x.")
+    decode = ort["stages_ms_p50"].get("decode")
+    if decode is not None and ort["total_ms"]["p50"]:
+        lines.append(f"Decoding (Pillow, PNG to float gray) takes {_f(decode)} ms p50, "
+                     f"{_f(100 * decode / ort['total_ms']['p50'])}% of the analysis.")
     lines.append("")
     calls = lat["model_calls_batch1"]
     rows = [[part, calls["onnxruntime"][part]["p50"], calls["torch_eager"][part]["p50"]]

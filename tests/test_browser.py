@@ -186,6 +186,7 @@ def test_keyboard_only_upload_and_drop(server, browser, fixtures_root, tmp_path,
     assert page.locator("#call").is_visible()
     if not page.locator("#note").is_hidden():  # the stand-in finds nothing in a blank image
         assert "no lesion" in page.locator("#note").inner_text().lower()
+        assert "no lesion found" in page.locator("#call").inner_text().lower()
         assert "none found" in page.locator("#measures-body").inner_text()
     page.screenshot(path=str(output_dir / "browser-dropped.png"))
     page.close()

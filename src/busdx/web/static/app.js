@@ -103,14 +103,22 @@ function renderResult(r) {
   fitImage();
 
   const malignant = r.label === "malignant";
-  els.call.className = `call ${r.label}`;
-  els.call.replaceChildren(
-    document.createTextNode(malignant ? "Call: malignant" : "Call: benign"),
-  );
   const small = document.createElement("small");
-  small.textContent = malignant
-    ? `The probability is at or above the validated threshold of ${pct(r.threshold)}.`
-    : `The probability is below the validated threshold of ${pct(r.threshold)}.`;
+  if (r.lesion_found) {
+    els.call.className = `call ${r.label}`;
+    els.call.replaceChildren(
+      document.createTextNode(malignant ? "Call: malignant" : "Call: benign"),
+    );
+    small.textContent = malignant
+      ? `The probability is at or above the validated threshold of ${pct(r.threshold)}.`
+      : `The probability is below the validated threshold of ${pct(r.threshold)}.`;
+  } else {
+    // Without a lesion the call comes from the whole image: shown, but not as a finding.
+    els.call.className = "call none";
+    els.call.replaceChildren(document.createTextNode("No lesion found"));
+    small.textContent = `On the whole image the classifier would make a ${r.label} call ` +
+      "(less reliable). Check the image yourself.";
+  }
   els.call.append(small);
 
   // Near the threshold one decimal can show equal numbers for different calls: add digits.
@@ -189,8 +197,10 @@ async function analyze(file) {
     }
     const result = await response.json();
     renderResult(result);
-    setStatus(`Done: ${result.label === "malignant" ? "malignant" : "benign"} call, ` +
-      `probability ${pct(result.probability)}, risk band ${result.risk_band.name}.`);
+    setStatus(result.lesion_found
+      ? `Done: ${result.label} call, probability ${pct(result.probability)}, ` +
+        `risk band ${result.risk_band.name}.`
+      : "Done: no lesion found; see the note.");
     els.results.focus({ preventScroll: true });
   } catch (err) {
     setStatus("");

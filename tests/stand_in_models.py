@@ -18,6 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, SEGMENTER_FILE
 
+REPO = Path(__file__).resolve().parents[1]
+REAL_MODELS = REPO / "models"  # the bundled models (real_models_dir() also honours $BUSDX_MODELS)
 SIZE = 224
 OPSET = 17
 

@@ -17,6 +17,7 @@ import base64
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,7 +157,7 @@ def heatmap(
 
 
 def analyze(
-    source: bytes | str | np.ndarray | DecodedImage | Any,
+    source: bytes | str | Path | np.ndarray | DecodedImage,
     models: Models,
     *,
     render_overlays: bool = True,

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from busdx.training.calibration import (
     calibrate,
     expected_calibration_error,
+    fit_platt,
     fit_temperature,
     nll,
     reliability,
@@ -72,3 +73,16 @@ def test_threshold_keeps_sensitivity(probs, seed, target):
 def test_threshold_needs_malignant_cases():
     with pytest.raises(ValueError):
         sensitivity_threshold(np.array([0.1, 0.2]), np.array([0, 0]))
+
+
+def test_platt_removes_a_class_weighting_shift():
+    """A weighted loss adds log(pos_weight) to every logit: temperature cannot undo it, Platt can."""
+    logits, y = overconfident(scale=1.0, seed=2)
+    shifted = logits + np.log(2.1)
+    a, b = fit_platt(shifted, y)
+    assert a == pytest.approx(1.0, abs=0.1) and b == pytest.approx(-np.log(2.1), abs=0.15)
+    platt = sigmoid(a * shifted + b)
+    temp = calibrate(shifted, fit_temperature(shifted, y))
+    assert expected_calibration_error(platt, y) < expected_calibration_error(temp, y)
+    # the shipped form: offset b/a folded into the logit, temperature 1/a
+    assert np.allclose(calibrate(shifted + b / a, 1 / a), platt)

@@ -135,6 +135,20 @@ def test_onnx_export_matches_torch_and_cam_sums_to_logit(name, request, tmp_path
         assert np.abs(onnx_cam.mean(axis=(2, 3)) + bias - onnx_logit).max() < ONNX_TOL
 
 
+def test_logit_offset_is_folded_into_the_bias(lite, tmp_path):
+    import onnxruntime as ort
+
+    x = np.random.default_rng(4).random((2, 1, 224, 224), dtype=np.float32)
+    plain = ort.InferenceSession(str(export_onnx(lite, tmp_path / "a.onnx")))
+    shifted = ort.InferenceSession(str(export_onnx(lite, tmp_path / "b.onnx", logit_offset=-0.7)))
+    (l0, _), (l1, c1) = plain.run(None, {"image": x}), shifted.run(None, {"image": x})
+    assert np.abs(l1 - (l0 - 0.7)).max() < ONNX_TOL
+    assert np.abs(c1.mean(axis=(2, 3)) + lite.fc.bias.item() - 0.7 - l1).max() < ONNX_TOL
+    assert lite.fc.bias.item() == pytest.approx(plain.run(None, {"image": x})[0][0, 0]
+                                                - plain.run(None, {"image": x})[1][0].mean(),
+                                                abs=ONNX_TOL)  # the model itself is untouched
+
+
 def test_auc_and_metrics_match_sklearn():
     from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score
     from sklearn.metrics import roc_curve as sk_roc
@@ -214,12 +228,15 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     _export_random_segmenter(models / "segmenter.onnx")
     # the operating point refitted on validation through the exported models
     rc = main(["train", "classification", "--calibrate-only", "--data", str(fixtures_root),
-               "--models", str(models), "--test-fold", "1", "--masks", "predicted"])
+               "--models", str(models), "--test-fold", "1", "--masks", "predicted",
+               "--checkpoint", str(tmp_path / "run" / "classifier.pt"), "--seed", "0"])
     assert rc == 0
     card = json.loads((models / "model_card.json").read_text())["classifier"]
     assert card["calibration"]["masks"] == "predicted"
-    assert card["calibration_previous"]["engine"] == "torch"
-    assert card["threshold"] == card["calibration"]["threshold"]
+    assert card["calibration_training"]["engine"] == "torch"
+    assert card["tta"] in ("none", "flip") and set(card["tta_comparison_val_auc"]) == {
+        "none", "flip"}
+    assert card["temperature"] == pytest.approx(1 / card["calibration"]["platt_a"])
     rc = main(["evaluate", "classification", "--data", str(fixtures_root), "--models",
                str(models), "--test-fold", "1", "--reps", "50"])
     assert rc == 0

@@ -60,6 +60,11 @@ def register(subparsers, groups) -> None:
                        "images through the exported models in --models, cropping with --masks")
     train.add_argument("--masks", choices=("predicted", "gt"), default="predicted",
                        help="with --calibrate-only: which masks crop the validation images")
+    train.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/classifier.pt",
+                       help="with --calibrate-only: the checkpoint to export")
+    train.add_argument("--tta", choices=("none", "flip", "auto"), default="auto",
+                       help="with --calibrate-only: mirror averaging in the graph; auto picks by "
+                       "validation AUC")
     train.add_argument("--cache", default="cache/classification")
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--seed", type=int, default=0)
@@ -153,6 +158,8 @@ def run_train(args: argparse.Namespace) -> int:
         "crop": {"size": config.size, "context": config.context},
         "temperature": cal.temperature,
         "threshold": cal.threshold,
+        "logit_offset": 0.0,  # set by --calibrate-only (Platt), which re-exports
+        "tta": "none",
         "threshold_rule": f"highest calibrated probability with validation sensitivity >= "
                           f"{args.min_sensitivity}",
         "calibration": {**asdict(cal), "masks": "ground truth (no jitter)", "engine": "torch"},
@@ -179,26 +186,57 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    """Validation-only refit of the operating point through the exported ONNX models."""
+    """Export the checkpoint and fit its operating point on VALIDATION through the exported
+    graph, cropping as the product does (``--masks predicted``: the segmenter's masks).
+
+    With ``--tta auto`` the graph with and without mirror averaging are both scored on
+    validation and the better AUC is shipped. Platt's intercept is folded into the exported
+    bias, so the card's temperature alone calibrates.
+    """
     from busdx.data.index import load_index
     from busdx.data.splits import SplitConfig, make_split
-    from busdx.evaluation.classification import calibrate_exported
+    from busdx.evaluation.classification import crops_for, fit_operating_point, onnx_logits, roc_auc
     from busdx.evaluation.model_card import load_card, update_card
-    from busdx.models.contract import MODEL_CARD_FILE
+    from busdx.models.classification import export_onnx
+    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
+    from busdx.training.classification import load_checkpoint
 
+    models = Path(args.models)
+    card_path = models / MODEL_CARD_FILE
     split = make_split(load_index(args.data), SplitConfig(test_fold=args.test_fold, seed=args.seed))
-    card_path = Path(args.models) / MODEL_CARD_FILE
+    model, ckpt = load_checkpoint(args.checkpoint)
+    size = int(ckpt["config"]["size"])
+    x, empty = crops_for(split.val, models, args.masks, args.threads)
+    y = [r.label for r in split.val]
+    options = ("none", "flip") if args.tta == "auto" else (args.tta,)
+    scores = {}
+    for tta in options:
+        tmp = models / f".{tta}.{CLASSIFIER_FILE}"
+        export_onnx(model, tmp, size=size, flip_tta=tta == "flip")
+        logits = onnx_logits(tmp, x, args.threads)
+        tmp.unlink()
+        scores[tta] = (roc_auc(y, logits), logits)
+        log.info("validation AUC with tta=%s: %.4f", tta, scores[tta][0])
+    tta = max(scores, key=lambda k: scores[k][0])
+    values = fit_operating_point(scores[tta][1], y, args.min_sensitivity)
+    export_onnx(model, models / CLASSIFIER_FILE, size=size, flip_tta=tta == "flip",
+                logit_offset=values["logit_offset"])
+    values["calibration"].update({
+        "masks": "predicted" if args.masks == "predicted" else "ground truth",
+        "empty_masks": empty, "engine": "onnxruntime", "checkpoint_epoch": ckpt.get("epoch"),
+    })
+    values["tta"] = tta
+    values["tta_comparison_val_auc"] = {k: v[0] for k, v in scores.items()}
     section = load_card(card_path).get("classifier", {})
     # cards from before the key was renamed hold the training-time values under "validation"
     previous = section.get("calibration") or section.get("validation")
+    if previous is not None and previous.get("engine") != "onnxruntime":
+        values["calibration_training"] = previous
     if "validation" in section:
         _drop_key(card_path, "classifier", "validation")
-    values = calibrate_exported(split.val, args.models, args.masks, args.min_sensitivity,
-                                args.threads)
-    if previous is not None:
-        values["calibration_previous"] = previous
     update_card(card_path, "classifier", values)
-    log.info("validation calibration (%s masks): %s", args.masks, json.dumps(values["calibration"]))
+    log.info("operating point (%s masks, tta %s): %s", args.masks, tta,
+             json.dumps({k: v for k, v in values.items() if k != "calibration_training"}))
     return 0
 
 
@@ -241,7 +279,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     card = load_card(models / MODEL_CARD_FILE).get("classifier", {})
     preds, empty = ec.predict_records(test, models, args.masks, args.threads)
     report = ec.evaluate_predictions(
-        preds, card["temperature"], card["threshold"],
+        preds, card["temperature"], card["threshold"], logit_offset=card.get("logit_offset", 0.0),
         masks="predicted" if args.masks == "predicted" else "ground truth",
         empty_masks=empty, reps=args.reps,
     )
@@ -302,5 +340,7 @@ def run_export(args: argparse.Namespace) -> int:
 
         # a new graph invalidates the operating point: recalibrate (--calibrate-only) after this
         update_card(path.parent / MODEL_CARD_FILE, "classifier",
-                    {"tta": args.tta, "checkpoint_epoch": ckpt.get("epoch")})
+                    {"tta": args.tta, "logit_offset": 0.0, "checkpoint_epoch": ckpt.get("epoch")})
+        log.warning("the card's operating point belongs to the previous graph: run "
+                    "`busdx train classification --calibrate-only` next")
     return 0

@@ -305,7 +305,10 @@ def evaluate_predictions(
     empty_masks: int = 0,
     reps: int = 2000,
     seed: int = 0,
+    logit_offset: float = 0.0,
 ) -> ClassificationReport:
+    """Metrics at the frozen operating point. ``logit_offset`` (the Platt intercept folded into
+    the exported model) is taken off again for the uncalibrated ECE."""
     from busdx.training.calibration import calibrate, expected_calibration_error, sigmoid
 
     y = np.array([p.label for p in preds])
@@ -321,7 +324,7 @@ def evaluate_predictions(
         accuracy=m.accuracy, precision=m.precision, recall=m.recall, sensitivity=m.recall,
         specificity=m.specificity, tp=m.tp, fp=m.fp, tn=m.tn, fn=m.fn,
         threshold=threshold, temperature=temperature,
-        ece_uncalibrated=expected_calibration_error(sigmoid(logits), y),
+        ece_uncalibrated=expected_calibration_error(sigmoid(logits - logit_offset), y),
         ece_calibrated=expected_calibration_error(probs, y),
         birads=birads_agreement(band_index(probs), [p.birads for p in preds]),
     )
@@ -342,9 +345,8 @@ def predict_records(
     models_dir = Path(models_dir)
     card = load_card(models_dir / MODEL_CARD_FILE)
     cls = card.get("classifier", {})
-    for key in ("temperature", "threshold", "crop"):
-        if key not in cls:
-            raise BusdxError(f"the model card has no classifier.{key}: calibrate the model first")
+    if "crop" not in cls:
+        raise BusdxError("the model card has no classifier.crop settings")
     if masks not in ("predicted", "gt"):
         raise BusdxError(f"--masks must be 'predicted' or 'gt', not {masks!r}")
     segmenter = OnnxSegmenter(models_dir / SEGMENTER_FILE, threads) if masks == "predicted" else None
@@ -357,54 +359,83 @@ def predict_records(
         logits, _ = classifier(x)
         for r, z in zip(chunk, logits, strict=True):
             preds.append(Prediction(r.id, r.patient, r.label, r.birads, float(z),
-                                    float(calibrate(z, cls["temperature"]))))
+                                    float(calibrate(z, cls.get("temperature", 1.0)))))
     return preds, empty
 
 
-def calibrate_exported(
-    val_records: Sequence,
-    models_dir: str | Path,
-    masks: str = "predicted",
-    target_sensitivity: float = 0.90,
-    threads: int = 1,
-) -> dict:
-    """Refit the temperature and the threshold on the VALIDATION images through the exported
-    models, cropping as the product does (``masks="predicted"``: the segmenter's masks), so that
-    the frozen operating point matches what the product computes. Returns the card values."""
+def crops_for(
+    records: Sequence, models_dir: str | Path, masks: str = "predicted", threads: int = 1
+) -> tuple[np.ndarray, int]:
+    """The classifier inputs [N,1,S,S] of ``records`` as the product builds them (crop settings
+    from the card; masks from segmenter.onnx or the ground truth); and the empty-mask count."""
+    from busdx.evaluation.model_card import load_card
+    from busdx.models.contract import MODEL_CARD_FILE, SEGMENTER_FILE
+
+    models_dir = Path(models_dir)
+    card = load_card(models_dir / MODEL_CARD_FILE)
+    if "crop" not in card.get("classifier", {}):
+        raise BusdxError("the model card has no classifier.crop settings")
+    segmenter = OnnxSegmenter(models_dir / SEGMENTER_FILE, threads) if masks == "predicted" else None
+    return classifier_inputs(records, card, masks, segmenter)
+
+
+def onnx_logits(path: str | Path, x: np.ndarray, threads: int = 1, batch_size: int = 16
+                ) -> np.ndarray:
+    classifier = OnnxClassifier(path, threads)
+    return np.concatenate([classifier(x[i : i + batch_size])[0]
+                           for i in range(0, len(x), batch_size)])
+
+
+def fit_operating_point(logits: np.ndarray, labels: np.ndarray, target_sensitivity: float = 0.90
+                        ) -> dict:
+    """Platt scaling and the sensitivity-keeping threshold, fitted on VALIDATION logits.
+
+    Returns the card's values: ``logit_offset`` (b/a, to fold into the exported bias),
+    ``temperature`` (1/a), ``threshold`` (on the calibrated probability) and the diagnostics.
+    """
     from busdx.training.calibration import (
-        calibrate,
         expected_calibration_error,
+        fit_platt,
         fit_temperature,
         nll,
         sensitivity_threshold,
         sigmoid,
     )
 
-    preds, empty = predict_records(val_records, models_dir, masks, threads)
-    y = np.array([p.label for p in preds])
-    logits = np.array([p.logit for p in preds])
-    t = fit_temperature(logits, y)
-    probs = calibrate(logits, t)
+    y = np.asarray(labels).astype(int)
+    z = np.asarray(logits, dtype=np.float64)
+    a, b = fit_platt(z, y)
+    t_only = fit_temperature(z, y)
+    method = ("Platt scaling sigmoid(a z + b) on validation; b/a folded into the exported bias, "
+              "temperature = 1/a")
+    if not a > 0:
+        # a model that ranks no better than chance on validation (tiny sets, broken runs):
+        # keep the order of its scores and fall back to a temperature
+        log.warning("Platt slope %.3g is not positive: falling back to temperature scaling", a)
+        a, b = 1.0 / t_only, 0.0
+        method = "temperature scaling (Platt's slope was not positive on validation)"
+    probs = sigmoid(a * z + b)
     threshold = sensitivity_threshold(probs, y, target_sensitivity)
     called = probs >= threshold
     return {
-        "temperature": t,
+        "logit_offset": b / a,
+        "temperature": 1.0 / a,
         "threshold": threshold,
         "threshold_rule": "highest calibrated probability with validation sensitivity >= "
                           f"{target_sensitivity}",
         "calibration": {
-            "masks": "predicted" if masks == "predicted" else "ground truth",
-            "engine": "onnxruntime",
+            "method": method,
+            "platt_a": a, "platt_b": b,
             "n_val": len(y),
-            "empty_masks": empty,
             "target_sensitivity": target_sensitivity,
-            "temperature": t,
-            "threshold": threshold,
-            "val_auc": roc_auc(y, logits),
-            "val_ece_before": expected_calibration_error(sigmoid(logits), y),
+            "val_auc": roc_auc(y, z),
+            "val_ece_before": expected_calibration_error(sigmoid(z), y),
+            "val_ece_temperature_only": expected_calibration_error(sigmoid(z / t_only), y),
             "val_ece_after": expected_calibration_error(probs, y),
-            "val_nll_before": nll(logits, y),
-            "val_nll_after": nll(logits, y, t),
+            "val_nll_before": nll(z, y),
+            "val_nll_after": float(np.mean(-y * np.log(np.clip(probs, 1e-12, 1))
+                                           - (1 - y) * np.log(np.clip(1 - probs, 1e-12, 1)))),
+            "temperature_only": t_only,
             "val_sensitivity": float(called[y == 1].mean()),
             "val_specificity": float((~called[y == 0]).mean()),
         },

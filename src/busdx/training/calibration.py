@@ -99,3 +99,27 @@ def sensitivity_threshold(probs: np.ndarray, labels: np.ndarray, target: float =
     # With t = the k-th highest malignant probability, at least k positives are caught.
     k = int(np.ceil(target * len(pos)))
     return float(pos[max(k, 1) - 1])
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 100,
+              l2: float = 1e-6) -> tuple[float, float]:
+    """Platt scaling: (a, b) minimising the NLL of sigmoid(a * logit + b) (Newton's method).
+
+    A class-weighted loss shifts every logit by about log(pos_weight), which a temperature alone
+    cannot undo; Platt's intercept can. Since sigmoid(a z + b) = sigmoid((z + b/a) / (1/a)), the
+    pair is shipped as a temperature T = 1/a once b/a is folded into the exported model's bias
+    (see busdx.models.classification.export_onnx's ``logit_offset``).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    x = np.stack([z, np.ones_like(z)], axis=1)
+    w = np.array([1.0, 0.0])
+    for _ in range(iterations):
+        p = sigmoid(x @ w)
+        grad = x.T @ (p - y) / len(y) + l2 * w
+        hess = (x.T * (p * (1 - p))) @ x / len(y) + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])

@@ -290,6 +290,7 @@ class ClassificationReport:
     ece_uncalibrated: float
     ece_calibrated: float
     birads: dict
+    logit_offset: float = 0.0  # Platt intercept folded into the exported model
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -327,6 +328,7 @@ def evaluate_predictions(
         ece_uncalibrated=expected_calibration_error(sigmoid(logits - logit_offset), y),
         ece_calibrated=expected_calibration_error(probs, y),
         birads=birads_agreement(band_index(probs), [p.birads for p in preds]),
+        logit_offset=logit_offset,
     )
 
 

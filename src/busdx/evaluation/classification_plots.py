@@ -116,8 +116,8 @@ def save_figures(preds, report, folder: Path) -> list[Path]:
                  operating=(1 - report.specificity, report.sensitivity)),
         plot_confusion(report.tp, report.fp, report.tn, report.fn,
                        folder / "classifier_confusion.png"),
-        plot_reliability({"uncalibrated": reliability(sigmoid(logits), y),
-                          "temperature-scaled": reliability(probs, y)},
+        plot_reliability({"uncalibrated": reliability(sigmoid(logits - report.logit_offset), y),
+                          "calibrated": reliability(probs, y)},
                          folder / "classifier_reliability.png"),
         plot_band_vs_birads(report.birads["table"], folder / "classifier_band_vs_birads.png"),
     ]

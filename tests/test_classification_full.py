@@ -27,7 +27,8 @@ def reevaluate(data_root: Path, models: Path = MODELS, masks: str | None = None)
     test = make_split(index, SplitConfig(test_fold=recorded.get("test_fold", 5))).test
     preds, empty = predict_records(test, models, masks)
     report = evaluate_predictions(preds, card["temperature"], card["threshold"], masks=masks,
-                                  empty_masks=empty, reps=50)
+                                  empty_masks=empty, reps=50,
+                                  logit_offset=card.get("logit_offset", 0.0))
     return report, recorded
 
 

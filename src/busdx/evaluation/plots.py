@@ -10,6 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _metric_label(key: str) -> str:
+    name = key.removeprefix("val_")
+    name = {"dice": "Dice", "auc": "AUC", "iou": "IoU"}.get(name, name.replace("_", " "))
+    return f"validation {name}"
+
+
 def plot_learning_curves(history: dict, out_path: str | Path, title: str | None = None) -> Path:
     """Training and validation loss per epoch (and validation Dice or any other ``val_*`` metric
     present, on a second axis). ``history`` holds lists keyed ``epoch``, ``train_loss``,
@@ -29,11 +35,12 @@ def plot_learning_curves(history: dict, out_path: str | Path, title: str | None 
         ax2 = ax.twinx()
         for key in metrics:
             line = ax2.plot(epochs, history[key], "^--", color="tab:green",
-                            label=key.replace("val_", "validation ").replace("_", " "))
+                            label=_metric_label(key))
             handles += line
             labels.append(line[0].get_label())
         ax2.set_ylabel("validation metric")
-    ax.legend(handles, labels, loc="best", fontsize=8)
+    # Losses fall towards the bottom, metrics rise towards the top: the middle stays clear.
+    ax.legend(handles, labels, loc="center right", fontsize=8)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)

@@ -119,11 +119,12 @@ def _evaluate(args) -> int:
     s = result.section
     print(f"{args.split} (test fold {s['test_fold']}), {s['images']} images, "
           "original resolution")
-    print(f"{'':<12}{'n':>5}{'Dice':>16}{'IoU':>16}")
+    width = max(len(k) for k in ["all", *s["dice_per_scanner"]]) + 2
+    print(f"{'':<{width}}{'n':>5}{'Dice':>16}{'IoU':>16}")
     rows = [("all", s["dice"], s["iou"])]
     rows += [(k, v, s["iou_per_scanner"][k]) for k, v in s["dice_per_scanner"].items()]
     for name, d, i in rows:
-        print(f"{name:<12}{d['n']:>5}{d['mean']:>9.4f} ± {d['std']:.3f}"
+        print(f"{name:<{width}}{d['n']:>5}{d['mean']:>9.4f} ± {d['std']:.3f}"
               f"{i['mean']:>9.4f} ± {i['std']:.3f}")
     post = s["postprocessed"]
     print(f"postprocessed (largest component, holes filled): Dice {post['dice']['mean']:.4f}, "

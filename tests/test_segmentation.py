@@ -78,6 +78,8 @@ def test_training_is_seeded_and_resumable(fixtures_root, tmp_path):
     assert history["epoch"] == [1, 2]
     assert history["train_loss"][0] == h1["train_loss"][0]  # epoch 1 kept, not re-run
     assert resumed.epochs_run == 2
+    summary = json.loads((resumed.out / "summary.json").read_text())
+    assert len(summary["commands"]) == 2  # the first run's command and the resumed one
 
 
 def test_losses_and_schedule():

@@ -201,7 +201,8 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         history, start_epoch, step = state["history"], state["epoch"] + 1, state["step"]
         best_dice, best_epoch, stale = state["best_dice"], state["best_epoch"], state["stale"]
         elapsed_before = state["elapsed"]
-        log.info("resuming after epoch %d (best validation Dice %.4f)", state["epoch"], best_dice)
+        log.info("resuming after epoch %d (best validation Dice %.4f)",
+                 state["epoch"] + 1, best_dice)
 
     augmenter = Augmenter() if config.augment else None
     budget = config.max_minutes * 60.0 if config.max_minutes else None
@@ -276,8 +277,13 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
             break
 
     write_history(out, history)
+    # A resumed run keeps the commands that made it, in order.
+    previous = _run_summary(out) if config.resume else {}
+    commands = previous.get("commands") or ([previous["command"]] if previous.get("command")
+                                            else [])
     summary = {
         "command": command,
+        "commands": [*commands, command],
         "config": config.to_dict(),
         "hardware": hardware_description(device, config.threads),
         "train_images": len(tr_x),
@@ -368,6 +374,7 @@ def export_with_provenance(
         "onnx_vs_torch_max_abs_diff": diff,
         "training": {
             "command": summary.get("command"),
+            "commands": summary.get("commands"),
             "hardware": summary.get("hardware"),
             "minutes": round(summary["seconds"] / 60, 1) if summary else None,
             "epochs_run": summary.get("epochs_run"),

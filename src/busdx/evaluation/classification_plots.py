@@ -19,7 +19,8 @@ def _plt():
 
 
 def plot_roc(labels, scores, auc: float, ci: tuple[float, float], path: Path,
-             operating: tuple[float, float] | None = None) -> Path:
+             operating: tuple[float, float] | None = None,
+             title: str = "ROC, test fold (end to end)") -> Path:
     from busdx.evaluation.classification import roc_curve
 
     plt = _plt()
@@ -29,7 +30,7 @@ def plot_roc(labels, scores, auc: float, ci: tuple[float, float], path: Path,
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     if operating is not None:
         ax.plot(*operating, "ro", label="frozen threshold")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, test fold (end to end)")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -113,7 +114,9 @@ def save_figures(preds, report, folder: Path) -> list[Path]:
     probs = calibrate(logits, report.temperature)
     return [
         plot_roc(y, probs, report.auc, report.auc_ci95, folder / "classifier_roc.png",
-                 operating=(1 - report.specificity, report.sensitivity)),
+                 operating=(1 - report.specificity, report.sensitivity),
+                 title="ROC, test fold (" + ("end to end" if report.masks == "predicted"
+                                             else f"{report.masks} masks") + ")"),
         plot_confusion(report.tp, report.fp, report.tn, report.fn,
                        folder / "classifier_confusion.png"),
         plot_reliability({"uncalibrated": reliability(sigmoid(logits - report.logit_offset), y),

@@ -116,6 +116,7 @@ class Models:
     settings: ClassifierSettings
     segmenter_size: int
     version: str
+    mask_threshold: float = 0.5  # on the segmenter's sigmoid; the card's segmenter.threshold
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -156,4 +157,5 @@ class Models:
             settings=settings,
             segmenter_size=segmenter_size,
             version=version,
+            mask_threshold=float(section.get("threshold", 0.5)),
         )

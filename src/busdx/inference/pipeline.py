@@ -1,7 +1,8 @@
 """One analysis of one image, shared by the CLI, the API and the tests.
 
-decode -> letterbox -> segmenter -> sigmoid -> back to the original grid (bilinear) -> > 0.5 ->
-largest connected component, holes filled -> lesion crop (busdx.data.crop, the card's settings)
+decode -> letterbox -> segmenter -> sigmoid -> back to the original grid (bilinear) -> above the
+card's segmenter threshold (0.5) -> largest connected component, holes filled -> lesion crop
+(busdx.data.crop, the card's settings)
 -> classifier -> calibrated probability sigmoid(logit / T), label at the card's threshold, risk
 band -> heatmap (the classifier's CAM, ReLU, scaled to [0, 1], mapped back onto the image) ->
 measurements -> overlays.
@@ -33,7 +34,6 @@ from busdx.inference.overlay import Overlays, render
 from busdx.inference.risk import RiskBand, risk_band
 from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
 
-MASK_THRESHOLD = 0.5
 NO_LESION_NOTE = (
     "No lesion found by the segmenter: the probability is from the whole image and is less "
     "reliable; no measurements"
@@ -126,7 +126,7 @@ def segment(image: np.ndarray, models: Models) -> np.ndarray:
     (logits,) = models.segmenter.run([SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None]})
     prob = sigmoid(logits[0, 0]).astype(np.float32)
     full = box.invert(prob)
-    return fill_holes(largest_component(full > MASK_THRESHOLD))
+    return fill_holes(largest_component(full > models.mask_threshold))
 
 
 def classify(

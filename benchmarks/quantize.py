@@ -111,6 +111,12 @@ def output_check(fp32: Path, int8: Path, x: np.ndarray) -> dict[str, Any]:
     return {"same_output_shapes": same, "max_abs_diff_first_input": diff}
 
 
+def _chunk(n: int) -> int:
+    """Images per range update, never a divisor of ``n``: onnxruntime's calibrator raises "No
+    data is collected" when the last update leaves nothing behind."""
+    return n + 1 if n < 8 else next(c for c in range(8, n + 2) if n % c)
+
+
 def quantize(src: Path, dst: Path, arrays: list[np.ndarray]) -> dict[str, Any]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -132,8 +138,8 @@ def quantize(src: Path, dst: Path, arrays: list[np.ndarray]) -> dict[str, Any]:
         str(source), str(dst), ListReader(arrays), quant_format=QuantFormat.QDQ,
         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
-        # Fold the ranges every 8 images instead of holding every activation of every image.
-        extra_options={"CalibMaxIntermediateOutputs": 8},
+        # Fold the ranges every few images instead of holding every activation of every image.
+        extra_options={"CalibMaxIntermediateOutputs": _chunk(len(arrays))},
     )
     prepared.unlink(missing_ok=True)
     return {"seconds": round(time.perf_counter() - start, 1),

@@ -75,6 +75,10 @@ def _session(path: Path, threads: int):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # No busy-waiting: each session has its own thread pool, and a pool spinning after its run
+    # steals the cores the other model (or a second request) needs next. On 2 cores this makes
+    # both one analysis and two at once faster (benchmarks/tune_ort.py, BENCHMARKS.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(

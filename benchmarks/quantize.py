@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,6 @@ def _chunk(n: int) -> int:
 
 
 def quantize(src: Path, dst: Path, arrays: list[np.ndarray]) -> dict[str, Any]:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +135,26 @@ def quantize(src: Path, dst: Path, arrays: list[np.ndarray]) -> dict[str, Any]:
 
     excluded = shape_subgraph(onnx.load(str(source)))
     start = time.perf_counter()
+    # The quantiser leaves a copy of the weights (<uuid>.data) in the working directory: keep
+    # that out of the repository.
+    source, dst_abs, here = source.resolve(), dst.resolve(), os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="busdx-quant-") as tmp:
+        os.chdir(tmp)
+        try:
+            _quantize_static(source, dst_abs, arrays, excluded)
+        finally:
+            os.chdir(here)
+    prepared.unlink(missing_ok=True)
+    return {"seconds": round(time.perf_counter() - start, 1),
+            "megabytes": round(dst.stat().st_size / 1e6, 2),
+            "fp32_megabytes": round(src.stat().st_size / 1e6, 2),
+            "shape_nodes_kept_fp32": len(excluded),
+            **output_check(src, dst, arrays[0])}
+
+
+def _quantize_static(source: Path, dst: Path, arrays: list[np.ndarray], excluded: list[str]):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     quantize_static(
         str(source), str(dst), ListReader(arrays), quant_format=QuantFormat.QDQ,
         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -141,12 +162,6 @@ def quantize(src: Path, dst: Path, arrays: list[np.ndarray]) -> dict[str, Any]:
         # Fold the ranges every few images instead of holding every activation of every image.
         extra_options={"CalibMaxIntermediateOutputs": _chunk(len(arrays))},
     )
-    prepared.unlink(missing_ok=True)
-    return {"seconds": round(time.perf_counter() - start, 1),
-            "megabytes": round(dst.stat().st_size / 1e6, 2),
-            "fp32_megabytes": round(src.stat().st_size / 1e6, 2),
-            "shape_nodes_kept_fp32": len(excluded),
-            **output_check(src, dst, arrays[0])}
 
 
 def models_dir_for(mix: tuple[str, str], fp32_dir: Path, int8_files: dict[str, Path],

@@ -120,10 +120,23 @@ def _chunk(n: int) -> int:
 
 
 def quantize(src: Path, dst: Path, arrays: list[np.ndarray]) -> dict[str, Any]:
+    """Quantise ``src`` into ``dst``. Runs in a temporary working directory: the quantiser and
+    its shape inference leave files (<uuid>.data, sym_shape_infer_temp.onnx) in the current one."""
+    src, dst, here = src.resolve(), dst.resolve(), os.getcwd()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="busdx-quant-") as tmp:
+        os.chdir(tmp)
+        try:
+            return _quantize_here(src, dst, arrays, Path(tmp))
+        finally:
+            os.chdir(here)
+
+
+def _quantize_here(src: Path, dst: Path, arrays: list[np.ndarray], tmp: Path) -> dict[str, Any]:
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    prepared = dst.with_suffix(".pre.onnx")
+    prepared = tmp / "prepared.onnx"
     try:
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
         source = prepared
@@ -131,20 +144,9 @@ def quantize(src: Path, dst: Path, arrays: list[np.ndarray]) -> dict[str, Any]:
         log.warning("quant_pre_process failed on %s (%s): quantising the graph as exported",
                     src.name, err)
         source = src
-    import onnx
-
     excluded = shape_subgraph(onnx.load(str(source)))
     start = time.perf_counter()
-    # The quantiser leaves a copy of the weights (<uuid>.data) in the working directory: keep
-    # that out of the repository.
-    source, dst_abs, here = source.resolve(), dst.resolve(), os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="busdx-quant-") as tmp:
-        os.chdir(tmp)
-        try:
-            _quantize_static(source, dst_abs, arrays, excluded)
-        finally:
-            os.chdir(here)
-    prepared.unlink(missing_ok=True)
+    _quantize_static(source, dst, arrays, excluded)
     return {"seconds": round(time.perf_counter() - start, 1),
             "megabytes": round(dst.stat().st_size / 1e6, 2),
             "fp32_megabytes": round(src.stat().st_size / 1e6, 2),

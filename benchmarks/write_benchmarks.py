@@ -81,6 +81,11 @@ def summary(results: dict[str, dict]) -> list[str]:
         rows.append(["Speed-up over torch eager (p50 ratio)", ">= 2x",
                      f"{_f(lat['ratio_p50_torch_over_ort'], 2)}x",
                      _ok(lat["targets"]["speedup_met"])])
+        calls = lat["model_calls_batch1"]
+        ort_calls = calls["onnxruntime"]["segmenter"]["p50"] + calls["onnxruntime"]["classifier"]["p50"]
+        pt_calls = calls["torch_eager"]["segmenter"]["p50"] + calls["torch_eager"]["classifier"]["p50"]
+        rows.append(["Speed-up of the two model calls alone (p50 ratio)", "context",
+                     f"{_f(pt_calls / ort_calls, 2)}x", ""])
         rows.append(["Compute bound of the two models (ms)", "recorded",
                      _f(lat["compute_bound_ms"]), ""])
     lat8 = results.get("latency_int8")

@@ -176,3 +176,15 @@ def add_common_args(parser) -> None:
     parser.add_argument("--models", default=None,
                         help="models folder (default: $BUSDX_MODELS, else models/)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the JSON result")
+
+
+def time_session_run(session, x, reps: int, warmup: int = 3) -> dict[str, float]:
+    """Percentiles (ms) of ``session.run`` on the input ``image`` = ``x``, after ``warmup`` runs."""
+    for _ in range(warmup):
+        session.run(None, {"image": x})
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        session.run(None, {"image": x})
+        times.append((time.perf_counter() - start) * 1000.0)
+    return percentiles(times)

@@ -31,6 +31,7 @@ from bench_common import (
     machine,
     percentiles,
     setup_logging,
+    time_session_run,
     versions,
     write_result,
 )
@@ -176,14 +177,7 @@ def time_model_calls(backends: dict[str, Any], size: int, reps: int) -> dict[str
         out[name] = {}
         for part in ("segmenter", "classifier"):
             session = getattr(models, part)
-            for _ in range(3):
-                session.run(None, {"image": x})
-            times = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                session.run(None, {"image": x})
-                times.append((time.perf_counter() - start) * 1000.0)
-            out[name][part] = percentiles(times)
+            out[name][part] = time_session_run(session, x, reps)
     return out
 
 

@@ -27,9 +27,9 @@ from bench_common import (
     REPO,
     add_common_args,
     machine,
-    percentiles,
     setup_logging,
     split_records,
+    time_session_run,
     versions,
     write_result,
 )
@@ -210,14 +210,7 @@ def call_latency(models_dir: Path, threads: int, reps: int) -> dict[str, dict]:
     out = {}
     for part in ("segmenter", "classifier"):
         session = getattr(models, part)
-        for _ in range(3):
-            session.run(None, {"image": x})
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            session.run(None, {"image": x})
-            times.append((time.perf_counter() - start) * 1000.0)
-        out[part] = percentiles(times)
+        out[part] = time_session_run(session, x, reps)
     return out
 
 

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_common import add_common_args, machine, percentiles, setup_logging, versions, write_result
+from bench_common import (
+    add_common_args,
+    machine,
+    percentiles,
+    setup_logging,
+    time_session_run,
+    versions,
+    write_result,
+)
 
 log = logging.getLogger("benchmarks.tune_ort")
 
@@ -50,14 +58,7 @@ def _input(session, batch: int) -> np.ndarray:
 
 def time_session(session, batch: int, reps: int) -> dict[str, float]:
     x = _input(session, batch)
-    for _ in range(2):
-        session.run(None, {"image": x})
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        session.run(None, {"image": x})
-        times.append((time.perf_counter() - start) * 1000.0)
-    stats = percentiles(times)
+    stats = time_session_run(session, x, reps, warmup=2)
     stats["per_image_p50"] = round(stats["p50"] / batch, 2)
     return stats
 

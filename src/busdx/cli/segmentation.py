@@ -29,10 +29,14 @@ def _register_train(group) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock budget: stop gracefully (the schedule anneals to fit)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initialisation, batch order, augmentation")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="train/validation split by patient (keep it fixed to compare runs)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--architecture", choices=("lite_unet", "plain_unet"), default="lite_unet",
-                   help="pretrained EfficientNet-Lite0 U-Net, or the recipe's plain U-Net")
+                   help="pretrained EfficientNet-Lite U-Net, or the recipe's plain U-Net")
+    p.add_argument("--encoder", choices=("lite0", "lite1", "lite2"), default="lite0",
+                   help="EfficientNet-Lite variant of lite_unet's encoder")
     p.add_argument("--no-pretrained", action="store_true", help="random encoder initialisation")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N images only")
@@ -48,11 +52,13 @@ def _train(args) -> int:
 
     config = SegTrainConfig(
         data=args.data, out=args.out, test_fold=args.test_fold, seed=args.seed,
+        split_seed=args.split_seed,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
         patience=args.patience, max_minutes=args.max_minutes, threads=args.threads,
         device=args.device, augment=not args.no_augment, limit_train=args.limit_train,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
-        model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained),
+        model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained,
+                              encoder=f"tf_efficientnet_{args.encoder}"),
     )
     command = "busdx " + shlex.join(sys.argv[1:]) if sys.argv else None
     result = train_segmenter(config, command=command)

@@ -50,6 +50,7 @@ class SegTrainConfig:
     test_fold: int = 5
     val_fraction: float = 0.15
     seed: int = 0
+    split_seed: int = 0  # separate from ``seed`` so runs differing in seed share a validation set
     epochs: int = 14
     batch_size: int = 8
     lr: float = 1e-3
@@ -153,7 +154,7 @@ def _split_records(config: SegTrainConfig) -> tuple[list[Record], list[Record]]:
     index = load_index(resolve_root(config.data))
     split = make_split(
         index, SplitConfig(test_fold=config.test_fold, val_fraction=config.val_fraction,
-                           seed=config.seed)
+                           seed=config.split_seed)
     )
     train, val = split.train, split.val
     if config.limit_train:

@@ -94,7 +94,9 @@ def torch_segmenter(checkpoint: Path, card: dict) -> tuple[Any, str]:
 
 
 def torch_classifier(checkpoint: Path, card: dict) -> tuple[Any, str]:
-    from busdx.models.classification import ClassifierSpec, ExportWrapper, build_classifier
+    """The exported graph's computation in eager mode: the card's mirror averaging and the
+    Platt offset folded into the bias, as export_onnx does."""
+    from busdx.models.classification import ClassifierSpec, build_classifier, export_module
 
     section = card.get("classifier") if isinstance(card.get("classifier"), dict) else {}
     if checkpoint.is_file():
@@ -106,7 +108,9 @@ def torch_classifier(checkpoint: Path, card: dict) -> tuple[Any, str]:
         arch = str(section.get("arch", "lite0"))
         model = build_classifier(ClassifierSpec(arch=arch, weights="none"), pretrained=False)
         source = "random weights (same architecture; latency does not depend on weight values)"
-    return ExportWrapper(model.eval()).eval(), source
+    wrapper = export_module(model.eval(), flip_tta=section.get("tta") == "flip",
+                            logit_offset=float(section.get("logit_offset", 0.0)))
+    return wrapper, source
 
 
 def torch_models(models, seg_checkpoint: Path, cls_checkpoint: Path):

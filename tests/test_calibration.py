@@ -86,3 +86,14 @@ def test_platt_removes_a_class_weighting_shift():
     assert expected_calibration_error(platt, y) < expected_calibration_error(temp, y)
     # the shipped form: offset b/a folded into the logit, temperature 1/a
     assert np.allclose(calibrate(shifted + b / a, 1 / a), platt)
+
+
+def test_cheapest_option_within_tolerance_of_the_best_auc():
+    from busdx.cli.classification import _cheapest_within
+
+    crops = {"single": (0.3,), "multi": (0.15, 0.3, 0.45)}
+    scores = {("none", "single"): (0.908, None), ("none", "multi"): (0.924, None),
+              ("flip", "single"): (0.911, None), ("flip", "multi"): (0.926, None)}
+    assert _cheapest_within(scores, crops, 0.005) == ("none", "multi")
+    assert _cheapest_within(scores, crops, 0.0) == ("flip", "multi")
+    assert _cheapest_within(scores, crops, 0.02) == ("none", "single")

@@ -230,3 +230,24 @@ def test_large_images_are_displayed_downscaled_but_the_mask_is_full_size():
     assert _png(pngs["mask"]).shape == (300, 400)
     for name in ("image", "outline", "heatmap", "overlay", "heatmap_overlay"):
         assert _png(pngs[name]).shape[:2] == (75, 100), name
+
+
+def test_components_match_scipy_on_random_masks():
+    """largest_component and fill_holes against scipy.ndimage on many random masks (scipy is a
+    test-only dependency: serving has none)."""
+    ndi = pytest.importorskip("scipy.ndimage")
+    from busdx.inference.components import fill_holes, largest_component
+
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        mask = rng.random((h, w)) < rng.uniform(0.05, 0.9)
+        if case % 2:
+            mask = ndi.binary_opening(mask)
+        labels, n = ndi.label(mask, structure=np.ones((3, 3)))
+        expected = np.zeros((h, w), dtype=np.uint8)
+        if n:
+            sizes = ndi.sum(mask, labels, range(1, n + 1))
+            expected = (labels == int(np.argmax(sizes)) + 1).astype(np.uint8)
+        assert np.array_equal(largest_component(mask), expected), case
+        assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask).astype(np.uint8)), case

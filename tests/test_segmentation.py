@@ -155,3 +155,34 @@ def test_export_and_evaluate_write_the_card(trained_run, fixtures_root, tmp_path
 def test_evaluate_without_model_is_a_user_error(fixtures_root, tmp_path):
     assert main(["evaluate", "segmentation", "--data", str(fixtures_root),
                  "--model", str(tmp_path / "missing.onnx"), "--card", ""]) == 2
+
+
+@pytest.mark.slow
+def test_two_checkpoints_export_as_one_logit_averaging_graph(trained_run, tmp_path):
+    """`busdx export segmentation --checkpoint A B`: one ONNX graph whose logits are the mean of
+    the two networks', and a card listing both members."""
+    ort = pytest.importorskip("onnxruntime")
+    from busdx.models.segmentation import SegmenterExport, load_segmenter_checkpoint
+
+    state = torch.load(trained_run / "best.pt", map_location="cpu", weights_only=False)
+    with torch.no_grad():
+        for tensor in state["model"].values():
+            if tensor.is_floating_point():
+                tensor.mul_(0.5)  # a second member with different weights
+    other = tmp_path / "other" / "best.pt"
+    other.parent.mkdir()
+    torch.save(state, other)
+    model, card = tmp_path / "ensemble.onnx", tmp_path / "model_card.json"
+    assert main(["export", "segmentation", "--checkpoint", str(trained_run / "best.pt"),
+                 str(other), "--out", str(model), "--card", str(card)]) == 0
+    section = load_card(card)["segmenter"]
+    assert section["ensemble"].startswith("2 networks") and len(section["members"]) == 2
+    assert section["onnx_vs_torch_max_abs_diff"] < ONNX_TOLERANCE
+
+    images = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = np.mean([SegmenterExport(load_segmenter_checkpoint(p)[0]).eval()(images).numpy()
+                            for p in (trained_run / "best.pt", other)], axis=0)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {INPUT_NAME: images.numpy()})
+    assert np.abs(got - expected).max() < ONNX_TOLERANCE

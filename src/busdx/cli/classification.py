@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from busdx.errors import BusdxError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = "models"
@@ -62,9 +64,17 @@ def register(subparsers, groups) -> None:
                        help="with --calibrate-only: which masks crop the validation images")
     train.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/classifier.pt",
                        help="with --calibrate-only: the checkpoint to export")
+    train.add_argument("--contexts", default=None,
+                       help="with --calibrate-only: comma-separated crop contexts whose logits "
+                       "are averaged (e.g. 0.15,0.3,0.45); shipped only if validation AUC beats "
+                       "the single crop at the card's context")
     train.add_argument("--tta", choices=("none", "flip", "auto"), default="auto",
                        help="with --calibrate-only: mirror averaging in the graph; auto picks by "
                        "validation AUC")
+    train.add_argument("--auc-tolerance", type=float, default=0.005,
+                       help="with --calibrate-only: among mirror/crop options, ship the cheapest "
+                       "whose validation AUC is within this of the best (each doubles or "
+                       "triples the classifier's time)")
     train.add_argument("--cache", default="cache/classification")
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--seed", type=int, default=0)
@@ -193,10 +203,20 @@ def run_calibrate(args: argparse.Namespace) -> int:
     validation and the better AUC is shipped. Platt's intercept is folded into the exported
     bias, so the card's temperature alone calibrates.
     """
+    from dataclasses import replace
+
+    import numpy as np
+
     from busdx.data.index import load_index
     from busdx.data.splits import SplitConfig, make_split
-    from busdx.evaluation.classification import crops_for, fit_operating_point, onnx_logits, roc_auc
+    from busdx.evaluation.classification import (
+        fit_operating_point,
+        mean_logits,
+        record_inputs,
+        roc_auc,
+    )
     from busdx.evaluation.model_card import load_card, update_card
+    from busdx.inference.models import Models
     from busdx.models.classification import export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
     from busdx.training.classification import load_checkpoint
@@ -206,19 +226,35 @@ def run_calibrate(args: argparse.Namespace) -> int:
     split = make_split(load_index(args.data), SplitConfig(test_fold=args.test_fold, seed=args.seed))
     model, ckpt = load_checkpoint(args.checkpoint)
     size = int(ckpt["config"]["size"])
-    x, empty = crops_for(split.val, models, args.masks, args.threads)
+    product = Models.load(models, threads=args.threads)
+    primary = product.settings.crop.context
+    multi = _parse_contexts(args.contexts) if args.contexts else product.settings.all_contexts
+    union = tuple(sorted(set(multi) | {primary}))
+    product.settings = replace(product.settings, contexts=union)
+    inputs, empty = record_inputs(split.val, product, args.masks)
     y = [r.label for r in split.val]
+    crop_options = {"single": (primary,)}
+    if multi != (primary,):
+        crop_options["multi"] = multi
+
+    def pick(x: np.ndarray, contexts: tuple[float, ...]) -> np.ndarray:
+        # images without a lesion have one whole-image input, used by every option
+        return x if len(x) == 1 else x[[union.index(c) for c in contexts]]
+
     options = ("none", "flip") if args.tta == "auto" else (args.tta,)
     scores = {}
     for tta in options:
         tmp = models / f".{tta}.{CLASSIFIER_FILE}"
         export_onnx(model, tmp, size=size, flip_tta=tta == "flip")
-        logits = onnx_logits(tmp, x, args.threads)
+        for crops, contexts in crop_options.items():
+            logits = mean_logits(tmp, [pick(x, contexts) for x in inputs])
+            scores[(tta, crops)] = (roc_auc(y, logits), logits)
+            log.info("validation AUC with tta=%s, crops %s %s: %.4f", tta, crops, contexts,
+                     scores[(tta, crops)][0])
         tmp.unlink()
-        scores[tta] = (roc_auc(y, logits), logits)
-        log.info("validation AUC with tta=%s: %.4f", tta, scores[tta][0])
-    tta = max(scores, key=lambda k: scores[k][0])
-    values = fit_operating_point(scores[tta][1], y, args.min_sensitivity)
+    tta, crops = _cheapest_within(scores, crop_options, args.auc_tolerance)
+    chosen = crop_options[crops]
+    values = fit_operating_point(scores[(tta, crops)][1], y, args.min_sensitivity)
     export_onnx(model, models / CLASSIFIER_FILE, size=size, flip_tta=tta == "flip",
                 logit_offset=values["logit_offset"])
     values["calibration"].update({
@@ -226,7 +262,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "empty_masks": empty, "engine": "onnxruntime", "checkpoint_epoch": ckpt.get("epoch"),
     })
     values["tta"] = tta
-    values["tta_comparison_val_auc"] = {k: v[0] for k, v in scores.items()}
+    values["option_rule"] = (f"fewest classifier passes within {args.auc_tolerance} validation AUC "
+                             "of the best option")
+    values["crop"] = {"size": product.settings.crop.size, "context": primary,
+                      "contexts": list(chosen)}
+    values["tta_comparison_val_auc"] = {
+        t: scores[(t, "single")][0] for t in options
+    }
+    values["crop_comparison_val_auc"] = {
+        f"tta={t}, contexts={','.join(map(str, crop_options[c]))}": v[0]
+        for (t, c), v in scores.items()
+    }
     section = load_card(card_path).get("classifier", {})
     # cards from before the key was renamed hold the training-time values under "validation"
     previous = section.get("calibration") or section.get("validation")
@@ -238,6 +284,29 @@ def run_calibrate(args: argparse.Namespace) -> int:
     log.info("operating point (%s masks, tta %s): %s", args.masks, tta,
              json.dumps({k: v for k, v in values.items() if k != "calibration_training"}))
     return 0
+
+
+def _cheapest_within(scores: dict, crop_options: dict, tolerance: float) -> tuple[str, str]:
+    """The (tta, crops) option with the fewest classifier passes among those whose validation
+    AUC is within ``tolerance`` of the best; ties in cost go to the higher AUC."""
+    best = max(v[0] for v in scores.values())
+
+    def cost(key: tuple[str, str]) -> int:
+        tta, crops = key
+        return len(crop_options[crops]) * (2 if tta == "flip" else 1)
+
+    near = [k for k, v in scores.items() if v[0] >= best - tolerance]
+    return min(near, key=lambda k: (cost(k), -scores[k][0]))
+
+
+def _parse_contexts(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise BusdxError(f"--contexts must be comma-separated numbers, not {text!r}") from err
+    if not values or any(not 0.0 <= v <= 2.0 for v in values):
+        raise BusdxError(f"--contexts must be numbers in [0, 2], not {text!r}")
+    return values
 
 
 def _drop_key(path: Path, section: str, key: str) -> None:

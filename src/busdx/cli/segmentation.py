@@ -72,7 +72,8 @@ def _register_export(group) -> None:
     p = group.add_parser("segmentation", help="export a segmentation checkpoint to ONNX",
                          description="Export a trained segmenter to ONNX (opset 17, dynamic "
                          "batch) and record its provenance in the model card.")
-    p.add_argument("--checkpoint", required=True, help="runs/NAME/best.pt")
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="runs/NAME/best.pt; several: one graph averaging their logits")
     p.add_argument("--out", default="models/segmenter.onnx")
     p.add_argument("--card", default="models/model_card.json",
                    help="model card to update ('' to leave it alone)")
@@ -89,7 +90,7 @@ def _export(args) -> int:
     from busdx.evaluation.model_card import update_card
     from busdx.training.segmentation import export_with_provenance
 
-    section = export_with_provenance(Path(args.checkpoint), Path(args.out),
+    section = export_with_provenance([Path(c) for c in args.checkpoint], Path(args.out),
                                      [Path(p) for p in args.compare_runs],
                                      hflip_tta=args.tta == "hflip")
     if args.card:

@@ -1,6 +1,6 @@
 """End-to-end evaluation of the classifier with ONNX Runtime only (no torch, no scikit-learn):
-segment each test image with the exported segmenter (or take the ground-truth mask), crop,
-classify with the exported classifier, calibrate with the card's temperature, call at the
+segment each test image with the exported segmenter (or take the ground-truth mask), crop and
+classify exactly as busdx.inference does, calibrate with the card's temperature, call at the
 card's frozen threshold, and report metrics with a patient-level bootstrap confidence interval.
 """
 
@@ -195,78 +195,25 @@ class Prediction:
     prob: float
 
 
-class OnnxClassifier:
-    """models/classifier.onnx behind a numpy call: [N,1,S,S] -> (logit [N], cam [N,h,w])."""
-
-    def __init__(self, path: str | Path, threads: int = 1):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise BusdxError(f"classifier model {path} not found")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logit, cam = self.session.run(None, {"image": batch.astype(np.float32)})
-        return logit[:, 0], cam[:, 0]
-
-
-class OnnxSegmenter:
-    """models/segmenter.onnx: gray image (any size) -> binary mask of the same size."""
-
-    def __init__(self, path: str | Path, threads: int = 1, size: int = 224):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise BusdxError(
-                f"segmenter model {path} not found: train/export it, or evaluate with --masks gt"
-            )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.size = size
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        from busdx.data.preprocess import prepare
-
-        x, box = prepare(image, self.size)
-        (logits,) = self.session.run(["mask_logits"], {"image": x[None, None].astype(np.float32)})
-        prob = 1.0 / (1.0 + np.exp(-logits[0, 0].astype(np.float64)))
-        full = box.invert(prob.astype(np.float32), nearest=False)
-        return (full > 0.5).astype(np.uint8)
-
-
-def classifier_inputs(
-    records: Sequence,
-    card: dict,
-    masks: str,
-    segmenter: OnnxSegmenter | None,
-) -> tuple[np.ndarray, int]:
-    """Each record's classifier input, as the product would build it; and how many predicted
-    masks were empty (those images fall back to the whole image)."""
-    from busdx.data.crop import CropConfig, lesion_crop
+def record_inputs(
+    records: Sequence, models, masks: str = "predicted"
+) -> tuple[list[np.ndarray], int]:
+    """Each record's classifier batch [K, 1, S, S], built by the product's own code
+    (busdx.inference.pipeline: segment, then one crop per context of the card); and how many
+    predicted masks were empty (those images fall back to the whole image)."""
     from busdx.data.preprocess import load_gray, load_mask
+    from busdx.inference.pipeline import classifier_inputs, segment
 
-    cls = card["classifier"]
-    config = CropConfig(size=int(cls["crop"]["size"]), context=float(cls["crop"]["context"]))
+    if masks not in ("predicted", "gt"):
+        raise BusdxError(f"--masks must be 'predicted' or 'gt', not {masks!r}")
     out, empty = [], 0
     for r in records:
         image = load_gray(r.image_path)
-        if cls.get("input", "crop") == "image":
-            mask = None
-        elif masks == "gt":
-            mask = load_mask(r.mask_path)
-        else:
-            mask = segmenter(image)
-            if not mask.any():
-                empty += 1
-                mask = None
-        x, _ = lesion_crop(image, mask, config)
-        out.append(x)
-    return np.stack(out)[:, None].astype(np.float32), empty
+        mask = load_mask(r.mask_path) if masks == "gt" else segment(image, models)
+        if not mask.any():
+            empty += 1
+        out.append(classifier_inputs(image, mask, models.settings)[0])
+    return out, empty
 
 
 @dataclass
@@ -337,55 +284,31 @@ def predict_records(
     models_dir: str | Path,
     masks: str = "predicted",
     threads: int = 1,
-    batch_size: int = 16,
 ) -> tuple[list[Prediction], int]:
-    """Run the exported models over ``records``; returns predictions and the empty-mask count."""
-    from busdx.evaluation.model_card import load_card
-    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, SEGMENTER_FILE
+    """Run the exported models over ``records`` as busdx.inference does; returns predictions and
+    the empty-mask count."""
+    from busdx.inference.models import Models
     from busdx.training.calibration import calibrate
 
-    models_dir = Path(models_dir)
-    card = load_card(models_dir / MODEL_CARD_FILE)
-    cls = card.get("classifier", {})
-    if "crop" not in cls:
-        raise BusdxError("the model card has no classifier.crop settings")
-    if masks not in ("predicted", "gt"):
-        raise BusdxError(f"--masks must be 'predicted' or 'gt', not {masks!r}")
-    segmenter = OnnxSegmenter(models_dir / SEGMENTER_FILE, threads) if masks == "predicted" else None
-    classifier = OnnxClassifier(models_dir / CLASSIFIER_FILE, threads)
-    preds, empty = [], 0
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        x, n_empty = classifier_inputs(chunk, card, masks, segmenter)
-        empty += n_empty
-        logits, _ = classifier(x)
-        for r, z in zip(chunk, logits, strict=True):
-            preds.append(Prediction(r.id, r.patient, r.label, r.birads, float(z),
-                                    float(calibrate(z, cls.get("temperature", 1.0)))))
+    models = Models.load(models_dir, threads=threads, with_segmenter=masks != "gt")
+    inputs, empty = record_inputs(records, models, masks)
+    logits = mean_logits(models.classifier, inputs)
+    temperature = models.settings.temperature
+    preds = [Prediction(r.id, r.patient, r.label, r.birads, float(z), float(calibrate(z, temperature)))
+             for r, z in zip(records, logits, strict=True)]
     return preds, empty
 
 
-def crops_for(
-    records: Sequence, models_dir: str | Path, masks: str = "predicted", threads: int = 1
-) -> tuple[np.ndarray, int]:
-    """The classifier inputs [N,1,S,S] of ``records`` as the product builds them (crop settings
-    from the card; masks from segmenter.onnx or the ground truth); and the empty-mask count."""
-    from busdx.evaluation.model_card import load_card
-    from busdx.models.contract import MODEL_CARD_FILE, SEGMENTER_FILE
+def mean_logits(classifier, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """Per record, the classifier's logit averaged over its crops. ``classifier``: an ONNX
+    Runtime session or a model file."""
+    if isinstance(classifier, (str, Path)):
+        from busdx.inference.models import _session
 
-    models_dir = Path(models_dir)
-    card = load_card(models_dir / MODEL_CARD_FILE)
-    if "crop" not in card.get("classifier", {}):
-        raise BusdxError("the model card has no classifier.crop settings")
-    segmenter = OnnxSegmenter(models_dir / SEGMENTER_FILE, threads) if masks == "predicted" else None
-    return classifier_inputs(records, card, masks, segmenter)
+        classifier = _session(Path(classifier), 1)
+    from busdx.models.contract import INPUT_NAME
 
-
-def onnx_logits(path: str | Path, x: np.ndarray, threads: int = 1, batch_size: int = 16
-                ) -> np.ndarray:
-    classifier = OnnxClassifier(path, threads)
-    return np.concatenate([classifier(x[i : i + batch_size])[0]
-                           for i in range(0, len(x), batch_size)])
+    return np.array([float(np.mean(classifier.run(None, {INPUT_NAME: x})[0])) for x in inputs])
 
 
 def fit_operating_point(logits: np.ndarray, labels: np.ndarray, target_sensitivity: float = 0.90

@@ -26,5 +26,6 @@ def update_card(path: str | Path, section: str, values: dict[str, Any]) -> dict[
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(card, fh, indent=2, sort_keys=True)
         fh.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600: the card is meant to be read by everyone
     os.replace(tmp, path)
     return card

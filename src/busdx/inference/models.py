@@ -44,6 +44,13 @@ class ClassifierSettings:
     threshold: float
     input: str  # "crop" (the lesion crop) or "image" (the whole letterboxed image)
     crop: CropConfig
+    # Crops at these contexts are classified together and their logits averaged; the heatmap
+    # comes from the crop at ``crop.context``. One context: one crop.
+    contexts: tuple[float, ...] = ()
+
+    @property
+    def all_contexts(self) -> tuple[float, ...]:
+        return self.contexts or (self.crop.context,)
 
     @classmethod
     def from_card(cls, card: dict[str, Any]) -> ClassifierSettings:
@@ -65,7 +72,10 @@ class ClassifierSettings:
         config = CropConfig(
             size=int(crop.get("size", 224)), context=float(crop.get("context", 0.3))
         )
-        return cls(temperature, threshold, kind, config)
+        contexts = tuple(float(c) for c in crop.get("contexts") or (config.context,))
+        if any(not 0.0 <= c <= 2.0 for c in contexts):
+            raise BusdxError(f"bad classifier crop contexts {contexts}")
+        return cls(temperature, threshold, kind, config, contexts)
 
 
 def _session(path: Path, threads: int):
@@ -114,7 +124,7 @@ def _fingerprint(paths: list[Path]) -> str:
 @dataclass
 class Models:
     directory: Path
-    segmenter: Any  # onnxruntime.InferenceSession
+    segmenter: Any  # onnxruntime.InferenceSession; None when loaded without it
     classifier: Any
     card: dict[str, Any]
     settings: ClassifierSettings
@@ -124,9 +134,18 @@ class Models:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, directory: str | Path | None = None, threads: int | None = None) -> Models:
+    def load(
+        cls,
+        directory: str | Path | None = None,
+        threads: int | None = None,
+        with_segmenter: bool = True,
+    ) -> Models:
+        """``with_segmenter=False`` (evaluation on ground-truth masks) loads the classifier only;
+        ``segmenter`` is then None."""
         directory = Path(directory) if directory is not None else default_models_dir()
         files = [directory / SEGMENTER_FILE, directory / CLASSIFIER_FILE]
+        if not with_segmenter:
+            files = files[1:]
         missing = [p.name for p in files + [directory / MODEL_CARD_FILE] if not p.is_file()]
         if missing:
             raise BusdxError(
@@ -137,9 +156,10 @@ class Models:
         settings = ClassifierSettings.from_card(card)
         # Two cores are typical for the laptops this serves; more threads only add contention.
         threads = threads or max(1, min(4, os.cpu_count() or 1))
-        segmenter = _session(files[0], threads)
-        classifier = _session(files[1], threads)
-        _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
+        segmenter = _session(files[0], threads) if with_segmenter else None
+        classifier = _session(files[-1], threads)
+        if segmenter is not None:
+            _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
         _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)
         classifier_size = _static_size(classifier)
         if classifier_size is not None and classifier_size != settings.crop.size:
@@ -148,7 +168,9 @@ class Models:
                 f"{settings.crop.size}"
             )
         section = card.get("segmenter") if isinstance(card.get("segmenter"), dict) else {}
-        segmenter_size = _static_size(segmenter) or int(section.get("input_size", 224))
+        segmenter_size = (_static_size(segmenter) if segmenter is not None else None) or int(
+            section.get("input_size", 224)
+        )
         version = str(card.get("version") or card.get("model_version") or "")
         fingerprint = _fingerprint(files)
         version = f"{version}+{fingerprint}" if version else fingerprint

@@ -2,10 +2,10 @@
 
 decode -> letterbox -> segmenter -> sigmoid -> back to the original grid (bilinear) -> above the
 card's segmenter threshold (0.5) -> largest connected component, holes filled -> lesion crop
-(busdx.data.crop, the card's settings)
--> classifier -> calibrated probability sigmoid(logit / T), label at the card's threshold, risk
-band -> heatmap (the classifier's CAM, ReLU, scaled to [0, 1], mapped back onto the image) ->
-measurements -> overlays.
+(busdx.data.crop, one per context of the card) -> classifier, logits averaged over the crops
+-> calibrated probability sigmoid(logit / T), label at the card's threshold, risk band ->
+heatmap (the CAM of the crop at the card's context, ReLU, scaled to [0, 1], mapped back onto
+the image) -> measurements -> overlays.
 
 When the segmenter finds no lesion, the classifier still sees the whole image (letterboxed, as
 busdx.data.crop does without a mask), measurements are None and ``note`` says so: the user gets
@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from busdx.data.preprocess import MAX_PIXELS, Letterbox, _resize, prepare
 from busdx.inference.components import fill_holes, largest_component
 from busdx.inference.decode import DecodedImage, decode
 from busdx.inference.measure import Measurements, measure
-from busdx.inference.models import Models
+from busdx.inference.models import ClassifierSettings, Models
 from busdx.inference.overlay import Overlays, render
 from busdx.inference.risk import RiskBand, risk_band
 from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
@@ -129,17 +129,37 @@ def segment(image: np.ndarray, models: Models) -> np.ndarray:
     return fill_holes(largest_component(full > models.mask_threshold))
 
 
+def classifier_inputs(
+    image: np.ndarray, mask: np.ndarray | None, settings: ClassifierSettings
+) -> tuple[np.ndarray, CropBox | None, int]:
+    """The classifier's batch [K, 1, S, S] for one image, the window of the heatmap's crop (None:
+    the whole image) and that crop's index in the batch.
+
+    With a lesion, one crop per context of the card (averaging over how much surrounding tissue
+    is shown makes the call less sensitive to where the predicted outline falls); without one,
+    or with ``input: image``, the whole image once."""
+    if settings.input != "crop" or mask is None or not mask.any():
+        x, _ = lesion_crop(image, None, settings.crop)
+        return x[None, None].astype(np.float32), None, 0
+    crops, boxes = [], []
+    for context in settings.all_contexts:
+        x, box = lesion_crop(image, mask, replace(settings.crop, context=context))
+        crops.append(x)
+        boxes.append(box)
+    contexts = settings.all_contexts
+    primary = contexts.index(settings.crop.context) if settings.crop.context in contexts else 0
+    return np.stack(crops)[:, None].astype(np.float32), boxes[primary], primary
+
+
 def classify(
-    image: np.ndarray, mask: np.ndarray, models: Models
+    image: np.ndarray, mask: np.ndarray | None, models: Models
 ) -> tuple[float, np.ndarray, np.ndarray, CropBox | None]:
-    """(logit, cam, the classifier's input, crop window or None when the whole image is used)."""
-    settings = models.settings
-    if settings.input == "crop" and mask.any():
-        x, box = lesion_crop(image, mask, settings.crop)
-    else:
-        x, box = lesion_crop(image, None, settings.crop)
-    logit, cam = models.classifier.run(None, {INPUT_NAME: x[None, None].astype(np.float32)})[:2]
-    return float(np.asarray(logit).reshape(-1)[0]), np.asarray(cam)[0, 0], x, box
+    """(mean logit over the crops, the heatmap crop's CAM, that crop, its window or None when
+    the whole image is used)."""
+    x, box, primary = classifier_inputs(image, mask, models.settings)
+    logit, cam = models.classifier.run(None, {INPUT_NAME: x})[:2]
+    logits = np.asarray(logit, dtype=np.float64).reshape(-1)
+    return float(logits.mean()), np.asarray(cam)[primary, 0], x[primary, 0], box
 
 
 def heatmap(

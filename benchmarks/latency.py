@@ -69,19 +69,29 @@ class TorchSession:
         return [arrays[self.output_names.index(n)] for n in names]
 
 
-def torch_segmenter(checkpoint: Path, card: dict) -> tuple[Any, str]:
+def seg_checkpoints(args_paths: list[str] | None, card: dict) -> list[Path]:
+    """The segmenter's checkpoints: given, else those the card lists (an ensemble has
+    several), else the default run's."""
+    if args_paths:
+        return [Path(p) for p in args_paths]
+    section = card.get("segmenter") if isinstance(card.get("segmenter"), dict) else {}
+    listed = section.get("checkpoints") or []
+    return [REPO / p for p in listed] if listed else [DEFAULT_SEG_CHECKPOINT]
+
+
+def torch_segmenter(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
     from busdx.models.segmentation import (
         SegmenterConfig,
         SegmenterExport,
         build_segmenter,
-        load_segmenter_checkpoint,
+        load_segmenter_checkpoints,
     )
 
     section = card.get("segmenter") if isinstance(card.get("segmenter"), dict) else {}
     tta = bool(section.get("test_time_augmentation"))
-    if checkpoint.is_file():
-        net, _ = load_segmenter_checkpoint(checkpoint)
-        source = f"trained checkpoint {_rel(checkpoint)}"
+    if all(c.is_file() for c in checkpoints):
+        net, _ = load_segmenter_checkpoints(checkpoints)
+        source = "trained checkpoint " + " + ".join(_rel(c) for c in checkpoints)
     else:
         config = SegmenterConfig(pretrained=False)
         if section.get("decoder_channels"):
@@ -113,11 +123,11 @@ def torch_classifier(checkpoint: Path, card: dict) -> tuple[Any, str]:
     return wrapper, source
 
 
-def torch_models(models, seg_checkpoint: Path, cls_checkpoint: Path):
+def torch_models(models, seg_checkpoints: list[Path], cls_checkpoint: Path):
     """A copy of ``models`` whose two sessions are torch modules; and where the weights came from."""
     from busdx.models.contract import CLASSIFIER_OUTPUTS, SEGMENTER_OUTPUT
 
-    seg, seg_source = torch_segmenter(seg_checkpoint, models.card)
+    seg, seg_source = torch_segmenter(seg_checkpoints, models.card)
     cls, cls_source = torch_classifier(cls_checkpoint, models.card)
     swapped = dataclasses.replace(
         models,
@@ -172,16 +182,18 @@ def time_analyses(backends: dict[str, Any], payloads: list[bytes], warmup: int,
     }
 
 
-def time_model_calls(backends: dict[str, Any], size: int, reps: int) -> dict[str, dict]:
-    """The two model calls alone on a batch of one (the network time without the pipeline)."""
+def time_model_calls(backends: dict[str, Any], size: int, reps: int, crops: int
+                     ) -> dict[str, dict]:
+    """The two model calls alone, as one analysis makes them: the segmenter on one image, the
+    classifier on the batch of ``crops`` lesion crops (the network time without the pipeline)."""
     rng = np.random.default_rng(1)
-    x = rng.random((1, 1, size, size), dtype=np.float32)
+    x = rng.random((crops, 1, size, size), dtype=np.float32)
     out: dict[str, dict] = {}
     for name, models in backends.items():
-        out[name] = {}
-        for part in ("segmenter", "classifier"):
-            session = getattr(models, part)
-            out[name][part] = time_session_run(session, x, reps)
+        out[name] = {
+            "segmenter": time_session_run(models.segmenter, x[:1], reps),
+            "classifier": time_session_run(models.classifier, x, reps),
+        }
     return out
 
 
@@ -320,7 +332,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(threads)
     images = fold_images(args.data, limit=args.n)
     payloads = [img.path.read_bytes() for img in images]
-    eager, sources = torch_models(models, Path(args.seg_checkpoint), Path(args.cls_checkpoint))
+    eager, sources = torch_models(models, seg_checkpoints(args.seg_checkpoint, models.card),
+                                  Path(args.cls_checkpoint))
+    crops = len(models.settings.all_contexts) if models.settings.input == "crop" else 1
     size = models.segmenter_size
     diffs = parity(models, eager, size)
     log.info("timing %d images (threads %d), ORT vs torch eager", len(payloads), threads)
@@ -328,12 +342,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              args.warmup)
     with_overlays = time_analyses({"onnxruntime": models}, payloads[: args.n_overlays],
                                   args.warmup, render=True)["onnxruntime"]
-    calls = time_model_calls({"onnxruntime": models, "torch_eager": eager}, size, args.reps)
+    calls = time_model_calls({"onnxruntime": models, "torch_eager": eager}, size, args.reps, crops)
     flops = {
         "segmenter": onnx_macs(models.directory / SEGMENTER_FILE),
         "classifier": onnx_macs(models.directory / CLASSIFIER_FILE),
     }
-    total_gflop = flops["segmenter"]["gflops"] + flops["classifier"]["gflops"]
+    # per analysis: one segmenter pass, one classifier pass per crop
+    total_gflop = flops["segmenter"]["gflops"] + crops * flops["classifier"]["gflops"]
     mm = matmul_gflops(threads)
     bound_ms = total_gflop / mm["peak_gflops"] * 1000.0
     ort_models_ms = (calls["onnxruntime"]["segmenter"]["p50"]
@@ -360,6 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "model_calls_batch1": calls,
         "flops": flops,
+        "classifier_crops_per_image": crops,
         "total_gflops_per_image": round(total_gflop, 4),
         "matmul": mm,
         "compute_bound_ms": round(bound_ms, 2),
@@ -386,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for both backends (default: what Models.load picks)")
     parser.add_argument("--name", default="latency", help="result file name (without .json)")
-    parser.add_argument("--seg-checkpoint", default=str(DEFAULT_SEG_CHECKPOINT))
+    parser.add_argument("--seg-checkpoint", nargs="*", default=None,
+                        help="the segmenter's checkpoint(s) for torch (default: the card's)")
     parser.add_argument("--cls-checkpoint", default=str(DEFAULT_CLS_CHECKPOINT))
     args = parser.parse_args(argv)
     result = run(args)

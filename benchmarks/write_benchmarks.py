@@ -149,7 +149,9 @@ def latency_section(lat: dict, title: str = "Latency: ONNX Runtime against torch
     calls = lat["model_calls_batch1"]
     rows = [[part, calls["onnxruntime"][part]["p50"], calls["torch_eager"][part]["p50"]]
             for part in ("segmenter", "classifier")]
-    lines += ["Model calls alone (batch 1, p50 ms):", ""]
+    crops = lat.get("classifier_crops_per_image", 1)
+    lines += [f"Model calls alone, as one analysis makes them (segmenter on one image, classifier "
+              f"on the batch of {crops} lesion crop{'s' if crops != 1 else ''}; p50 ms):", ""]
     lines += _table(["model", "ONNX Runtime", "torch eager"], rows)
     ov = lat["analysis_with_overlays_onnxruntime"]
     lines.append(f"With the API's PNG overlays (outline, heatmap, composites) the ONNX Runtime "
@@ -172,10 +174,12 @@ def flops_section(lat: dict) -> list[str]:
     f = lat["flops"]
     mm = lat["matmul"]
     lines = ["## FLOPs and the compute bound", ""]
+    crops = lat.get("classifier_crops_per_image", 1)
     rows = [[part, f[part]["macs"] / 1e6, f[part]["gflops"]] for part in ("segmenter", "classifier")]
-    rows.append(["total", (f["segmenter"]["macs"] + f["classifier"]["macs"]) / 1e6,
+    rows.append([f"per analysis (segmenter + {crops} x classifier)",
+                 (f["segmenter"]["macs"] + crops * f["classifier"]["macs"]) / 1e6,
                  lat["total_gflops_per_image"]])
-    lines += _table(["model", "MMACs per image", "GFLOPs per image"], rows)
+    lines += _table(["model", "MMACs per pass", "GFLOPs per pass"], rows)
     lines.append(
         f"Counted from the ONNX graphs (Conv, ConvTranspose, MatMul/Gemm, Einsum; element-wise "
         f"ops and resizes excluded). This CPU's float32 matmul: {_f(mm.get('numpy_gflops'))} "

@@ -110,7 +110,12 @@ def test_health_model_and_docs(client):
     assert model["card"]["version"] == "stand-in"
     assert model["limits"]["max_upload_bytes"] == 25 * 1024 * 1024
     assert model["disclaimer"] == DISCLAIMER
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # Swagger UI from this server, not a CDN: the page works offline
+    assert "/docs/static/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text.lower()
+    script = client.get("/docs/static/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/api/analyze"]["post"]["requestBody"]["content"]
     assert "file" in body["multipart/form-data"]["schema"]["properties"]

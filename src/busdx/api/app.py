@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "web" / "static"
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
-# The page uses only its own files and data: URLs; /docs loads Swagger UI from its CDN instead.
+# The page uses only its own files and data: URLs. /docs is exempt: Swagger UI's page has an
+# inline script (its files are served from here, see _offline_docs).
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -56,12 +57,19 @@ def create_app(
 
     from busdx.api.routers import analyze, meta
 
+    swagger_dir = _swagger_ui_dir()
     app = FastAPI(
         title="busdx",
         version=__version__,
         description="Breast ultrasound decision support. " + DISCLAIMER,
         lifespan=lifespan,
+        # FastAPI's own /docs and /redoc load their scripts from a CDN, blank on an offline
+        # hospital network: /docs serves the copy of Swagger UI in fastapi-offline instead.
+        docs_url=None if swagger_dir else "/docs",
+        redoc_url=None,
     )
+    if swagger_dir:
+        _offline_docs(app, swagger_dir)
     app.state.limits = limits
 
     @app.exception_handler(ImageError)
@@ -91,3 +99,31 @@ def create_app(
     # Last: the page and its files at /, after every /api route.
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web")
     return app
+
+
+def _swagger_ui_dir() -> Path | None:
+    """Swagger UI 5 (it reads FastAPI's OpenAPI 3.1) as shipped in the fastapi-offline package."""
+    from importlib.util import find_spec
+
+    spec = find_spec("fastapi_offline")
+    directory = Path(spec.origin).parent / "static" if spec and spec.origin else None
+    if directory is None or not (directory / "swagger-ui-bundle.js").is_file():
+        log.info("fastapi-offline is not installed: /docs loads Swagger UI from its CDN")
+        return None
+    return directory
+
+
+def _offline_docs(app: FastAPI, directory: Path) -> None:
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs/static", StaticFiles(directory=directory), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="busdx API",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon.png",
+        )

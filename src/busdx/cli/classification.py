@@ -33,7 +33,7 @@ def register(subparsers, groups) -> None:
     train.add_argument("--test-fold", type=int, default=5)
     train.add_argument("--out", default=DEFAULT_RUN, help="run folder (checkpoint, history)")
     train.add_argument("--models", default=DEFAULT_MODELS, help="where to export and write the card")
-    train.add_argument("--arch", choices=("lite0", "resnet50"), default="lite0")
+    train.add_argument("--arch", choices=("lite0", "lite1", "lite2", "resnet50"), default="lite0")
     train.add_argument("--weights", default="imagenet",
                        help="imagenet (lite0: offline; resnet50: torchvision, online), none, "
                        "or a state-dict file (resnet50)")
@@ -162,7 +162,8 @@ def run_train(args: argparse.Namespace) -> int:
     section = {
         "file": CLASSIFIER_FILE,
         "arch": args.arch,
-        "backbone": "tf_efficientnet_lite0" if args.arch == "lite0" else "torchvision resnet50",
+        "backbone": f"tf_efficientnet_{args.arch}" if args.arch.startswith("lite")
+        else "torchvision resnet50",
         "weights": args.weights,
         "input": config.input,
         "crop": {"size": config.size, "context": config.context},
@@ -186,7 +187,7 @@ def run_train(args: argparse.Namespace) -> int:
             "validation_crops": "ground-truth masks, no jitter",
         },
         "cam": "exact: cam[p] = w . f[p], mean(cam) + bias == logit (GAP + linear head)"
-        if args.arch == "lite0" else "Grad-CAM before ReLU (head linearised at the image)",
+        if args.arch.startswith("lite") else "Grad-CAM before ReLU (head linearised at the image)",
     }
     if comparisons is not None:
         section["comparisons"] = comparisons

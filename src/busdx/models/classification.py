@@ -25,7 +25,8 @@ from busdx.errors import BusdxError
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("lite0", "resnet50")
+LITE_ARCHS = ("lite0", "lite1", "lite2")
+ARCHS = (*LITE_ARCHS, "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_MEAN = (0.5, 0.5, 0.5)
@@ -42,22 +43,21 @@ class ClassifierSpec:
 
 
 class LiteClassifier(nn.Module):
-    """EfficientNet-Lite0 features -> GAP -> dropout -> Linear(1280, 1)."""
+    """EfficientNet-Lite0/1/2 features -> GAP -> dropout -> Linear(1280, 1)."""
 
     mean = LITE_MEAN
     std = LITE_STD
 
-    def __init__(self, dropout: float = 0.3, pretrained: bool = True):
+    def __init__(self, dropout: float = 0.3, pretrained: bool = True, variant: str = "lite0"):
         super().__init__()
         import timm
 
-        self.backbone = timm.create_model(
-            "tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool=""
-        )
+        name = f"tf_efficientnet_{variant}"
+        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
         if pretrained:
             from busdx.models.pretrained import load_lite_weights
 
-            load_lite_weights(self.backbone, "tf_efficientnet_lite0")
+            load_lite_weights(self.backbone, name)
         self.num_features = self.backbone.num_features
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.num_features, 1)
@@ -205,8 +205,9 @@ def load_resnet50_weights(net: nn.Module, weights: str) -> str:
 
 def build_classifier(spec: ClassifierSpec, pretrained: bool = True) -> nn.Module:
     """The model for ``spec``; ``pretrained=False`` skips loading weights (a checkpoint follows)."""
-    if spec.arch == "lite0":
-        return LiteClassifier(dropout=spec.dropout, pretrained=pretrained and spec.weights != "none")
+    if spec.arch in LITE_ARCHS:
+        return LiteClassifier(dropout=spec.dropout, pretrained=pretrained and spec.weights != "none",
+                              variant=spec.arch)
     if spec.arch == "resnet50":
         return ResNet50Recipe(dropout=spec.dropout, weights=spec.weights if pretrained else "none")
     raise BusdxError(f"unknown classifier architecture {spec.arch!r}; choose one of {ARCHS}")

@@ -103,19 +103,34 @@ def torch_segmenter(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
     return SegmenterExport(net, hflip_tta=tta).eval(), source
 
 
-def torch_classifier(checkpoint: Path, card: dict) -> tuple[Any, str]:
-    """The exported graph's computation in eager mode: the card's mirror averaging and the
-    Platt offset folded into the bias, as export_onnx does."""
-    from busdx.models.classification import ClassifierSpec, build_classifier, export_module
+def cls_checkpoints(args_paths: list[str] | None, card: dict) -> list[Path]:
+    """The classifier's checkpoints: given, else those the card lists, else the default run's."""
+    if args_paths:
+        return [Path(p) for p in args_paths]
+    section = card.get("classifier") if isinstance(card.get("classifier"), dict) else {}
+    listed = section.get("checkpoints") or []
+    return [REPO / p for p in listed] if listed else [DEFAULT_CLS_CHECKPOINT]
+
+
+def torch_classifier(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
+    """The exported graph's computation in eager mode: the card's mirror averaging, members
+    averaged, and the Platt offset folded into the bias, as export_onnx does."""
+    from busdx.models.classification import (
+        ClassifierEnsemble,
+        ClassifierSpec,
+        build_classifier,
+        export_module,
+    )
 
     section = card.get("classifier") if isinstance(card.get("classifier"), dict) else {}
-    if checkpoint.is_file():
+    if all(c.is_file() for c in checkpoints):
         from busdx.training.classification import load_checkpoint
 
-        model, _ = load_checkpoint(checkpoint)
-        source = f"trained checkpoint {_rel(checkpoint)}"
+        members = [load_checkpoint(c)[0] for c in checkpoints]
+        model = members[0] if len(members) == 1 else ClassifierEnsemble(members)
+        source = "trained checkpoint " + " + ".join(_rel(c) for c in checkpoints)
     else:
-        arch = str(section.get("arch", "lite0"))
+        arch = str(section.get("arch", "lite0")).split("+")[0]
         model = build_classifier(ClassifierSpec(arch=arch, weights="none"), pretrained=False)
         source = "random weights (same architecture; latency does not depend on weight values)"
     wrapper = export_module(model.eval(), flip_tta=section.get("tta") == "flip",
@@ -123,12 +138,12 @@ def torch_classifier(checkpoint: Path, card: dict) -> tuple[Any, str]:
     return wrapper, source
 
 
-def torch_models(models, seg_checkpoints: list[Path], cls_checkpoint: Path):
+def torch_models(models, seg_checkpoints: list[Path], cls_checkpoints: list[Path]):
     """A copy of ``models`` whose two sessions are torch modules; and where the weights came from."""
     from busdx.models.contract import CLASSIFIER_OUTPUTS, SEGMENTER_OUTPUT
 
     seg, seg_source = torch_segmenter(seg_checkpoints, models.card)
-    cls, cls_source = torch_classifier(cls_checkpoint, models.card)
+    cls, cls_source = torch_classifier(cls_checkpoints, models.card)
     swapped = dataclasses.replace(
         models,
         segmenter=TorchSession(seg, (SEGMENTER_OUTPUT,)),
@@ -333,7 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     images = fold_images(args.data, limit=args.n)
     payloads = [img.path.read_bytes() for img in images]
     eager, sources = torch_models(models, seg_checkpoints(args.seg_checkpoint, models.card),
-                                  Path(args.cls_checkpoint))
+                                  cls_checkpoints(args.cls_checkpoint, models.card))
     crops = len(models.settings.all_contexts) if models.settings.input == "crop" else 1
     size = models.segmenter_size
     diffs = parity(models, eager, size)
@@ -404,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="latency", help="result file name (without .json)")
     parser.add_argument("--seg-checkpoint", nargs="*", default=None,
                         help="the segmenter's checkpoint(s) for torch (default: the card's)")
-    parser.add_argument("--cls-checkpoint", default=str(DEFAULT_CLS_CHECKPOINT))
+    parser.add_argument("--cls-checkpoint", nargs="*", default=None,
+                        help="the classifier's checkpoint(s) for torch (default: the card's)")
     args = parser.parse_args(argv)
     result = run(args)
     write_result(args.out, args.name, result)

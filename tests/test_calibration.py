@@ -92,8 +92,11 @@ def test_cheapest_option_within_tolerance_of_the_best_auc():
     from busdx.cli.classification import _cheapest_within
 
     crops = {"single": (0.3,), "multi": (0.15, 0.3, 0.45)}
-    scores = {("none", "single"): (0.908, None), ("none", "multi"): (0.924, None),
-              ("flip", "single"): (0.911, None), ("flip", "multi"): (0.926, None)}
-    assert _cheapest_within(scores, crops, 0.005) == ("none", "multi")
-    assert _cheapest_within(scores, crops, 0.0) == ("flip", "multi")
-    assert _cheapest_within(scores, crops, 0.02) == ("none", "single")
+    models = {"a": ["a"], "b": ["b"], "ensemble": ["a", "b"]}
+    scores = {("a", "none", "single"): (0.908, None), ("a", "none", "multi"): (0.924, None),
+              ("a", "flip", "single"): (0.911, None), ("a", "flip", "multi"): (0.926, None),
+              ("b", "none", "multi"): (0.915, None), ("ensemble", "none", "multi"): (0.935, None),
+              ("ensemble", "none", "single"): (0.921, None)}
+    assert _cheapest_within(scores, models, crops, 0.005) == ("ensemble", "none", "multi")
+    assert _cheapest_within(scores, models, crops, 0.012) == ("a", "none", "multi")
+    assert _cheapest_within(scores, models, crops, 0.03) == ("a", "none", "single")

@@ -104,6 +104,27 @@ def test_flip_tta_export_averages_mirrors_and_keeps_cam_exact(lite, tmp_path):
     assert np.abs(cam_m[..., ::-1] - cam).max() < ONNX_TOL
 
 
+def test_ensemble_logit_is_the_members_mean_and_cam_stays_exact(lite, tmp_path):
+    import onnxruntime as ort
+
+    from busdx.models.classification import ClassifierEnsemble
+
+    torch.manual_seed(1)
+    other = build_classifier(ClassifierSpec(arch="lite1"), pretrained=False).eval()
+    with torch.no_grad():
+        other.fc.bias.fill_(0.7)
+    ensemble = ClassifierEnsemble([lite, other])
+    path = export_onnx(ensemble, tmp_path / "ensemble.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        members = [ExportWrapper(m)(x)[0] for m in (lite, other)]
+    logit, cam = session.run(None, {"image": x.numpy()})
+    assert np.abs(logit - ((members[0] + members[1]) / 2).numpy()).max() < ONNX_TOL
+    bias = ensemble.fc.bias.item()
+    assert np.abs(cam.mean(axis=(2, 3)) + bias - logit).max() < ONNX_TOL
+
+
 @pytest.mark.parametrize("name", ["lite", "resnet"])
 def test_onnx_export_matches_torch_and_cam_sums_to_logit(name, request, tmp_path):
     import onnxruntime as ort

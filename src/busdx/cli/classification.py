@@ -62,8 +62,9 @@ def register(subparsers, groups) -> None:
                        "images through the exported models in --models, cropping with --masks")
     train.add_argument("--masks", choices=("predicted", "gt"), default="predicted",
                        help="with --calibrate-only: which masks crop the validation images")
-    train.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/classifier.pt",
-                       help="with --calibrate-only: the checkpoint to export")
+    train.add_argument("--checkpoint", default=[f"{DEFAULT_RUN}/classifier.pt"], nargs="+",
+                       help="with --calibrate-only: the checkpoint to export; several: each "
+                       "alone and all averaged in one graph are compared on validation")
     train.add_argument("--contexts", default=None,
                        help="with --calibrate-only: comma-separated crop contexts whose logits "
                        "are averaged (e.g. 0.15,0.3,0.45); shipped only if validation AUC beats "
@@ -218,15 +219,21 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )
     from busdx.evaluation.model_card import load_card, update_card
     from busdx.inference.models import Models
-    from busdx.models.classification import export_onnx
+    from busdx.models.classification import ClassifierEnsemble, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
     from busdx.training.classification import load_checkpoint
 
     models = Path(args.models)
     card_path = models / MODEL_CARD_FILE
     split = make_split(load_index(args.data), SplitConfig(test_fold=args.test_fold, seed=args.seed))
-    model, ckpt = load_checkpoint(args.checkpoint)
-    size = int(ckpt["config"]["size"])
+    loaded = {Path(c).parent.name or str(c): (Path(c), *load_checkpoint(c)) for c in args.checkpoint}
+    sizes = {int(ckpt["config"]["size"]) for _, _, ckpt in loaded.values()}
+    if len(sizes) != 1:
+        raise BusdxError(f"the checkpoints were trained at different sizes: {sorted(sizes)}")
+    size = sizes.pop()
+    model_options = {name: [name] for name in loaded}
+    if len(loaded) > 1:
+        model_options["ensemble"] = list(loaded)
     product = Models.load(models, threads=args.threads)
     primary = product.settings.crop.context
     multi = _parse_contexts(args.contexts) if args.contexts else product.settings.all_contexts
@@ -242,37 +249,56 @@ def run_calibrate(args: argparse.Namespace) -> int:
         # images without a lesion have one whole-image input, used by every option
         return x if len(x) == 1 else x[[union.index(c) for c in contexts]]
 
+    def build(option: str):
+        members = [loaded[name][1] for name in model_options[option]]
+        return members[0] if len(members) == 1 else ClassifierEnsemble(members).eval()
+
     options = ("none", "flip") if args.tta == "auto" else (args.tta,)
     scores = {}
-    for tta in options:
-        tmp = models / f".{tta}.{CLASSIFIER_FILE}"
-        export_onnx(model, tmp, size=size, flip_tta=tta == "flip")
-        for crops, contexts in crop_options.items():
-            logits = mean_logits(tmp, [pick(x, contexts) for x in inputs])
-            scores[(tta, crops)] = (roc_auc(y, logits), logits)
-            log.info("validation AUC with tta=%s, crops %s %s: %.4f", tta, crops, contexts,
-                     scores[(tta, crops)][0])
-        tmp.unlink()
-    tta, crops = _cheapest_within(scores, crop_options, args.auc_tolerance)
+    for option in model_options:
+        model = build(option)
+        for tta in options:
+            tmp = models / f".{tta}.{CLASSIFIER_FILE}"
+            export_onnx(model, tmp, size=size, flip_tta=tta == "flip")
+            for crops, contexts in crop_options.items():
+                logits = mean_logits(tmp, [pick(x, contexts) for x in inputs])
+                scores[(option, tta, crops)] = (roc_auc(y, logits), logits)
+                log.info("validation AUC of %s with tta=%s, crops %s %s: %.4f", option, tta,
+                         crops, contexts, scores[(option, tta, crops)][0])
+            tmp.unlink()
+    option, tta, crops = _cheapest_within(scores, model_options, crop_options, args.auc_tolerance)
     chosen = crop_options[crops]
-    values = fit_operating_point(scores[(tta, crops)][1], y, args.min_sensitivity)
-    export_onnx(model, models / CLASSIFIER_FILE, size=size, flip_tta=tta == "flip",
+    values = fit_operating_point(scores[(option, tta, crops)][1], y, args.min_sensitivity)
+    export_onnx(build(option), models / CLASSIFIER_FILE, size=size, flip_tta=tta == "flip",
                 logit_offset=values["logit_offset"])
+    members = [loaded[name] for name in model_options[option]]
     values["calibration"].update({
         "masks": "predicted" if args.masks == "predicted" else "ground truth",
-        "empty_masks": empty, "engine": "onnxruntime", "checkpoint_epoch": ckpt.get("epoch"),
+        "empty_masks": empty, "engine": "onnxruntime",
+        "checkpoint_epoch": members[0][2].get("epoch") if len(members) == 1
+        else [ckpt.get("epoch") for _, _, ckpt in members],
     })
+    values["checkpoints"] = [str(path) for path, _, _ in members]
+    values["members"] = [
+        {"checkpoint": str(path), "arch": ckpt["spec"]["arch"], "epoch": ckpt.get("epoch"),
+         "val_auc_training": ckpt.get("val_auc"), "config": {k: v for k, v in ckpt["config"].items()
+                                                             if k != "augment"}}
+        for path, _, ckpt in members
+    ]
+    values["arch"] = "+".join(m["arch"] for m in values["members"])
+    values["backbone"] = " + ".join(f"tf_efficientnet_{m['arch']}" if m["arch"].startswith("lite")
+                                    else "torchvision resnet50" for m in values["members"])
+    values["ensemble"] = (f"{len(members)} classifiers, logits averaged in one graph"
+                          if len(members) > 1 else None)
     values["tta"] = tta
     values["option_rule"] = (f"fewest classifier passes within {args.auc_tolerance} validation AUC "
-                             "of the best option")
+                             "of the best option (model, mirror averaging, crops)")
     values["crop"] = {"size": product.settings.crop.size, "context": primary,
                       "contexts": list(chosen)}
-    values["tta_comparison_val_auc"] = {
-        t: scores[(t, "single")][0] for t in options
-    }
+    values["tta_comparison_val_auc"] = {t: scores[(option, t, "single")][0] for t in options}
     values["crop_comparison_val_auc"] = {
-        f"tta={t}, contexts={','.join(map(str, crop_options[c]))}": v[0]
-        for (t, c), v in scores.items()
+        f"model={m}, tta={t}, contexts={','.join(map(str, crop_options[c]))}": v[0]
+        for (m, t, c), v in scores.items()
     }
     section = load_card(card_path).get("classifier", {})
     # cards from before the key was renamed hold the training-time values under "validation"
@@ -287,14 +313,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cheapest_within(scores: dict, crop_options: dict, tolerance: float) -> tuple[str, str]:
-    """The (tta, crops) option with the fewest classifier passes among those whose validation
-    AUC is within ``tolerance`` of the best; ties in cost go to the higher AUC."""
+def _cheapest_within(
+    scores: dict, model_options: dict, crop_options: dict, tolerance: float
+) -> tuple[str, str, str]:
+    """The (model, tta, crops) option with the fewest network passes per image among those whose
+    validation AUC is within ``tolerance`` of the best; ties in cost go to the higher AUC."""
     best = max(v[0] for v in scores.values())
 
-    def cost(key: tuple[str, str]) -> int:
-        tta, crops = key
-        return len(crop_options[crops]) * (2 if tta == "flip" else 1)
+    def cost(key: tuple[str, str, str]) -> int:
+        model, tta, crops = key
+        return len(model_options[model]) * len(crop_options[crops]) * (2 if tta == "flip" else 1)
 
     near = [k for k, v in scores.items() if v[0] >= best - tolerance]
     return min(near, key=lambda k: (cost(k), -scores[k][0]))

@@ -203,6 +203,40 @@ def load_resnet50_weights(net: nn.Module, weights: str) -> str:
     return f"file {path.name}"
 
 
+class ClassifierEnsemble(nn.Module):
+    """Several EfficientNet-Lite classifiers as one model: their feature maps side by side and
+    one linear head holding each member's weights divided by their number. The logit is then
+    exactly the members' mean logit, and the CAM identity of :class:`ExportWrapper` still holds.
+    """
+
+    mean = LITE_MEAN
+    std = LITE_STD
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members or any(not isinstance(m, LiteClassifier) for m in members):
+            raise BusdxError("an ensemble takes EfficientNet-Lite classifiers only")
+        self.members = nn.ModuleList(m.eval() for m in members)
+        self.num_features = sum(m.num_features for m in members)
+        self.dropout = nn.Identity()  # inference only: the members were trained with theirs
+        self.fc = nn.Linear(self.num_features, 1)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.cat([m.fc.weight for m in members], dim=1) / len(members))
+            self.fc.bias.copy_(torch.stack([m.fc.bias for m in members]).mean(dim=0))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.feature_map(x) for m in self.members], dim=1)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(x))
+
+
 def build_classifier(spec: ClassifierSpec, pretrained: bool = True) -> nn.Module:
     """The model for ``spec``; ``pretrained=False`` skips loading weights (a checkpoint follows)."""
     if spec.arch in LITE_ARCHS:

@@ -5,13 +5,15 @@ so the serving side never needs to know a backbone's mean and standard deviation
 
 Segmenter: ``image`` float32 [N, 1, S, S] (the letterboxed image, see busdx.data.preprocess)
     -> ``mask_logits`` float32 [N, 1, S, S]; sigmoid > 0.5 is lesion.
-Classifier: ``image`` float32 [N, 1, C, C] (the lesion crop, see busdx.data.crop)
-    -> ``logit`` float32 [N, 1], the uncalibrated malignancy logit,
+Classifier: ``image`` float32 [N, 1, C, C] (lesion crops, see busdx.data.crop; one analysis
+    sends its crops at the card's contexts as one batch and averages their logits)
+    -> ``logit`` float32 [N, 1], the malignancy logit with Platt scaling's intercept already
+       folded into the bias: sigmoid(logit / temperature) is the calibrated probability,
     -> ``cam`` float32 [N, 1, h, w], the class-activation map: each position's contribution to
        the logit (the head is global average pooling then linear, so the mean of ``cam`` plus
        the bias is the logit).
-Calibration (temperature), the operating threshold and the crop settings live in
-models/model_card.json, written by the evaluation code.
+The temperature, the operating threshold and the crop settings live in models/model_card.json,
+written by the calibration and evaluation code.
 """
 
 SEGMENTER_FILE = "segmenter.onnx"

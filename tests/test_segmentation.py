@@ -130,13 +130,15 @@ def test_export_and_evaluate_write_the_card(trained_run, fixtures_root, tmp_path
     card = tmp_path / "model_card.json"
     assert main(["export", "segmentation", "--checkpoint", str(trained_run / "best.pt"),
                  "--out", str(model), "--card", str(card),
-                 "--compare-runs", str(trained_run)]) == 0
+                 "--compare-runs", str(trained_run),
+                 "--compare-architectures", str(trained_run)]) == 0
     assert main(["evaluate", "segmentation", "--data", str(fixtures_root), "--model", str(model),
                  "--card", str(card), "--figures", str(tmp_path / "fig")]) == 0
     section = load_card(card)["segmenter"]
     assert section["onnx_vs_torch_max_abs_diff"] < ONNX_TOLERANCE
     assert section["training"]["epochs_run"] == 1 and section["training"]["loss"] == "dice_bce"
     assert section["loss_comparison"]["chosen_by_validation"] == "dice_bce"
+    assert section["architecture_comparison"]["chosen_by_validation"] == "lite_unet"
     test = section["test"]
     assert test["test_fold"] == 5 and test["test_images"] == 4  # fold 5 of the fixtures
     assert 0.0 <= test["dice"]["mean"] <= 1.0 and test["dice"]["n"] == 4

@@ -79,6 +79,9 @@ def _register_export(group) -> None:
                    help="model card to update ('' to leave it alone)")
     p.add_argument("--compare-runs", nargs="*", default=[],
                    help="run folders of a loss comparison to record in the card")
+    p.add_argument("--compare-architectures", nargs="*", default=[],
+                   help="run folders of an architecture comparison (e.g. lite_unet vs "
+                   "plain_unet) to record in the card")
     p.add_argument("--tta", choices=("none", "hflip"), default="none",
                    help="bake horizontal-flip test-time augmentation into the graph")
     p.set_defaults(func=_export)
@@ -92,7 +95,8 @@ def _export(args) -> int:
 
     section = export_with_provenance([Path(c) for c in args.checkpoint], Path(args.out),
                                      [Path(p) for p in args.compare_runs],
-                                     hflip_tta=args.tta == "hflip")
+                                     hflip_tta=args.tta == "hflip",
+                                     architecture_runs=[Path(p) for p in args.compare_architectures])
     if args.card:
         update_card(args.card, "segmenter", section)
     print(f"wrote {args.out} ({section['onnx_megabytes']} MB); ONNX Runtime vs torch: max "

@@ -234,14 +234,26 @@ def render_model_card(card: dict) -> str:
                       ""]
     lines += ["## Models", "", "### Segmenter (`segmenter.onnx`)", ""]
     lines += _training_lines(seg)
-    for key in ("architecture", "loss_comparison", "validation"):
-        if key in seg:
+    for key in ("architecture", "encoder", "ensemble", "loss_comparison",
+                "architecture_comparison", "validation"):
+        if seg.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: {json.dumps(seg[key])}")
+    for member in seg.get("members") or []:
+        train = member.get("training", {})
+        lines.append(f"- member `{member.get('checkpoint')}` ({member.get('encoder')}): "
+                     f"`{train.get('command')}`, {train.get('minutes')} min on "
+                     f"{train.get('hardware')}, best validation Dice "
+                     f"{_fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}")
     lines += ["", "### Classifier (`classifier.onnx`)", ""]
     lines += _training_lines(clf)
-    for key in ("input", "crop", "temperature", "threshold", "comparisons", "validation"):
-        if key in clf:
-            lines.append(f"- {key}: {json.dumps(clf[key])}")
+    for key in ("backbone", "ensemble", "input", "crop", "tta", "temperature", "threshold",
+                "option_rule", "crop_comparison_val_auc", "comparisons", "validation"):
+        if clf.get(key) is not None:
+            lines.append(f"- {key.replace('_', ' ')}: {json.dumps(clf[key])}")
+    for member in clf.get("members") or []:
+        lines.append(f"- member `{member.get('checkpoint')}` ({member.get('arch')}, epoch "
+                     f"{member.get('epoch')}, validation AUC in training "
+                     f"{_fmt(member.get('val_auc_training'))})")
     lines += [
         "",
         "## Limits",

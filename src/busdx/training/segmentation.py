@@ -315,8 +315,9 @@ def _run_summary(run_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def loss_comparison(run_dirs: list[Path]) -> dict:
-    """What each comparison run reached on validation, and the loss chosen by it."""
+def loss_comparison(run_dirs: list[Path], varied: str = "loss") -> dict:
+    """What each comparison run reached on validation, and the choice it supports. ``varied``:
+    the setting the runs differ in ("loss", or "architecture" read from the model config)."""
     runs = []
     for d in run_dirs:
         s = _run_summary(d)
@@ -324,22 +325,24 @@ def loss_comparison(run_dirs: list[Path]) -> dict:
             raise BusdxError(f"{d} has no summary.json: is it a finished training run?")
         c = s["config"]
         runs.append({
-            "run": str(d), "loss": c["loss"], "best_val_dice": s["best_val_dice"],
+            "run": str(d), "loss": c["loss"], "architecture": c["model"]["architecture"],
+            "pretrained": c["model"].get("pretrained"), "best_val_dice": s["best_val_dice"],
             "best_epoch": s["best_epoch"], "epochs_run": s["epochs_run"],
             "train_images": s["train_images"], "val_images": s["val_images"],
             "minutes": round(s["seconds"] / 60, 1), "command": s.get("command"),
         })
     best = max(runs, key=lambda r: r["best_val_dice"])
     return {
-        "protocol": "short runs that differ only in the loss (same seed, data, schedule); "
+        "protocol": f"short runs that differ only in the {varied} (same seed, data, schedule); "
                     "chosen by validation Dice, never the test fold",
         "runs": runs,
-        "chosen_by_validation": best["loss"],
+        "chosen_by_validation": best[varied],
     }
 
 
 def export_with_provenance(
-    checkpoints: Path | list[Path], out: Path, compare_runs: list[Path], hflip_tta: bool = False
+    checkpoints: Path | list[Path], out: Path, compare_runs: list[Path], hflip_tta: bool = False,
+    architecture_runs: list[Path] | None = None,
 ) -> dict:
     """Export one checkpoint, or the logit-averaging ensemble of several, to ONNX; check it
     against torch and return the card's section (``training`` describes the first member,
@@ -380,6 +383,8 @@ def export_with_provenance(
     }
     if compare_runs:
         section["loss_comparison"] = loss_comparison(compare_runs)
+    if architecture_runs:
+        section["architecture_comparison"] = loss_comparison(architecture_runs, "architecture")
     return section
 
 

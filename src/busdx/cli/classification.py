@@ -323,6 +323,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
                                           "masks": "ground truth (no jitter)", "engine": "torch"}
     if "validation" in section:
         _drop_key(card_path, "classifier", "validation")
+    # a new graph or operating point makes earlier test results stale: evaluate again
+    for stale in ("test", "test_gt_masks"):
+        if stale in section:
+            _drop_key(card_path, "classifier", stale)
+            log.warning("dropped the card's classifier.%s: run `busdx evaluate classification` "
+                        "for this graph", stale)
     update_card(card_path, "classifier", values)
     log.info("operating point (%s masks, tta %s): %s", args.masks, tta,
              json.dumps({k: v for k, v in values.items() if k != "calibration_training"}))

@@ -296,11 +296,16 @@ def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5
     figures["data_preview"] = preview(data, out / "data_preview.png", SplitConfig(test_fold=test_fold))
 
     for name, filename in HISTORY_FILES.items():
-        path = models_dir / filename
-        if path.is_file():
+        # ``segmenter_history.json``, and one ``segmenter_history_<member>.json`` per further
+        # network of an ensemble
+        stem = Path(filename).stem
+        for path in sorted(models_dir.glob(f"{stem}*.json")):
+            member = path.stem[len(stem):].strip("_")
+            key = f"{name}_{member}" if member else name
             history = _history_as_lists(json.loads(path.read_text()))
-            figures[f"{name}_learning_curves"] = plot_learning_curves(
-                history, out / f"{name}_learning_curves.png", title=f"{name}: learning curves")
+            title = f"{name} ({member} member)" if member else name
+            figures[f"{key}_learning_curves"] = plot_learning_curves(
+                history, out / f"{key}_learning_curves.png", title=f"{title}: learning curves")
 
     log.info("segmentation: re-evaluating %s on fold %d", SEGMENTER_FILE, test_fold)
     seg = evaluate_segmenter(data, models_dir / SEGMENTER_FILE, test_fold, card_path=None,

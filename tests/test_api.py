@@ -215,3 +215,14 @@ def test_upload_never_touches_disk_and_name_is_not_logged(client, monkeypatch, c
     assert response.status_code == 200
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "jane" not in logged and secret not in logged
+
+
+def test_api_schema_lists_every_measurement_of_the_pipeline():
+    """The documented response and busdx.inference.measure's dataclass name the same fields:
+    a measurement added to one cannot go missing from the other."""
+    from dataclasses import fields
+
+    from busdx.api.schemas import MeasurementsOut
+    from busdx.inference.measure import Measurements
+
+    assert list(MeasurementsOut.model_fields) == [f.name for f in fields(Measurements)]

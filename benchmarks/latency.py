@@ -69,14 +69,17 @@ class TorchSession:
         return [arrays[self.output_names.index(n)] for n in names]
 
 
-def seg_checkpoints(args_paths: list[str] | None, card: dict) -> list[Path]:
-    """The segmenter's checkpoints: given, else those the card lists (an ensemble has
-    several), else the default run's."""
+DEFAULT_CHECKPOINTS = {"segmenter": DEFAULT_SEG_CHECKPOINT, "classifier": DEFAULT_CLS_CHECKPOINT}
+
+
+def checkpoints(part: str, args_paths: list[str] | None, card: dict) -> list[Path]:
+    """The checkpoints of ``part`` ("segmenter" or "classifier"): given, else those the card
+    lists (an ensemble has several), else the default run's."""
     if args_paths:
         return [Path(p) for p in args_paths]
-    section = card.get("segmenter") if isinstance(card.get("segmenter"), dict) else {}
+    section = card.get(part) if isinstance(card.get(part), dict) else {}
     listed = section.get("checkpoints") or []
-    return [REPO / p for p in listed] if listed else [DEFAULT_SEG_CHECKPOINT]
+    return [REPO / p for p in listed] if listed else [DEFAULT_CHECKPOINTS[part]]
 
 
 def torch_segmenter(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
@@ -101,15 +104,6 @@ def torch_segmenter(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
         net = build_segmenter(config)
         source = "random weights (same architecture; latency does not depend on weight values)"
     return SegmenterExport(net, hflip_tta=tta).eval(), source
-
-
-def cls_checkpoints(args_paths: list[str] | None, card: dict) -> list[Path]:
-    """The classifier's checkpoints: given, else those the card lists, else the default run's."""
-    if args_paths:
-        return [Path(p) for p in args_paths]
-    section = card.get("classifier") if isinstance(card.get("classifier"), dict) else {}
-    listed = section.get("checkpoints") or []
-    return [REPO / p for p in listed] if listed else [DEFAULT_CLS_CHECKPOINT]
 
 
 def torch_classifier(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
@@ -347,8 +341,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(threads)
     images = fold_images(args.data, limit=args.n)
     payloads = [img.path.read_bytes() for img in images]
-    eager, sources = torch_models(models, seg_checkpoints(args.seg_checkpoint, models.card),
-                                  cls_checkpoints(args.cls_checkpoint, models.card))
+    eager, sources = torch_models(models, checkpoints("segmenter", args.seg_checkpoint, models.card),
+                                  checkpoints("classifier", args.cls_checkpoint, models.card))
     crops = len(models.settings.all_contexts) if models.settings.input == "crop" else 1
     size = models.segmenter_size
     diffs = parity(models, eager, size)

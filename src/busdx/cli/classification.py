@@ -116,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     from busdx.data.index import load_index
     from busdx.data.splits import SplitConfig, make_split
     from busdx.evaluation.model_card import update_card
-    from busdx.models.classification import export_onnx
+    from busdx.models.classification import backbone_name, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
     from busdx.training import classification as tc
 
@@ -163,8 +163,7 @@ def run_train(args: argparse.Namespace) -> int:
     section = {
         "file": CLASSIFIER_FILE,
         "arch": args.arch,
-        "backbone": f"tf_efficientnet_{args.arch}" if args.arch.startswith("lite")
-        else "torchvision resnet50",
+        "backbone": backbone_name(args.arch),
         "weights": args.weights,
         "input": config.input,
         "crop": {"size": config.size, "context": config.context},
@@ -214,14 +213,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from busdx.data.index import load_index
     from busdx.data.splits import SplitConfig, make_split
     from busdx.evaluation.classification import (
+        crop_logits,
         fit_operating_point,
-        mean_logits,
         record_inputs,
         roc_auc,
     )
-    from busdx.evaluation.model_card import load_card, update_card
+    from busdx.evaluation.model_card import drop_keys, load_card, update_card
     from busdx.inference.models import Models
-    from busdx.models.classification import ClassifierEnsemble, export_onnx
+    from busdx.models.classification import ClassifierEnsemble, backbone_name, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
     from busdx.training.classification import load_checkpoint
 
@@ -247,9 +246,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if multi != (primary,):
         crop_options["multi"] = multi
 
-    def pick(x: np.ndarray, contexts: tuple[float, ...]) -> np.ndarray:
-        # images without a lesion have one whole-image input, used by every option
-        return x if len(x) == 1 else x[[union.index(c) for c in contexts]]
+    def averaged(per_crop: list[np.ndarray], contexts: tuple[float, ...]) -> np.ndarray:
+        # images without a lesion have one whole-image logit, used by every option
+        picks = [union.index(c) for c in contexts]
+        return np.array([z.mean() if len(z) == 1 else z[picks].mean() for z in per_crop])
 
     def build(option: str):
         members = [loaded[name][1] for name in model_options[option]]
@@ -262,8 +262,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
         for tta in options:
             tmp = models / f".{tta}.{CLASSIFIER_FILE}"
             export_onnx(model, tmp, size=size, flip_tta=tta == "flip")
+            per_crop = crop_logits(tmp, inputs)  # every crop once; options average subsets
             for crops, contexts in crop_options.items():
-                logits = mean_logits(tmp, [pick(x, contexts) for x in inputs])
+                logits = averaged(per_crop, contexts)
                 scores[(option, tta, crops)] = (roc_auc(y, logits), logits)
                 log.info("validation AUC of %s with tta=%s, crops %s %s: %.4f", option, tta,
                          crops, contexts, scores[(option, tta, crops)][0])
@@ -288,8 +289,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         for path, _, ckpt in members
     ]
     values["arch"] = "+".join(m["arch"] for m in values["members"])
-    values["backbone"] = " + ".join(f"tf_efficientnet_{m['arch']}" if m["arch"].startswith("lite")
-                                    else "torchvision resnet50" for m in values["members"])
+    values["backbone"] = " + ".join(backbone_name(m["arch"]) for m in values["members"])
     values["ensemble"] = (f"{len(members)} classifiers, logits averaged in one graph"
                           if len(members) > 1 else None)
     # how the shipped network(s) were trained, written by the training run beside each checkpoint
@@ -321,14 +321,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
         # the training run's own fit (torch, ground-truth crops) of the network shipped now
         values["calibration_training"] = {**json.loads(run_calibration.read_text()),
                                           "masks": "ground truth (no jitter)", "engine": "torch"}
-    if "validation" in section:
-        _drop_key(card_path, "classifier", "validation")
+    drop_keys(card_path, "classifier", ["validation"])
     # a new graph or operating point makes earlier test results stale: evaluate again
-    for stale in ("test", "test_gt_masks"):
-        if stale in section:
-            _drop_key(card_path, "classifier", stale)
-            log.warning("dropped the card's classifier.%s: run `busdx evaluate classification` "
-                        "for this graph", stale)
+    for stale in drop_keys(card_path, "classifier", ["test", "test_gt_masks"]):
+        log.warning("dropped the card's classifier.%s: run `busdx evaluate classification` "
+                    "for this graph", stale)
     update_card(card_path, "classifier", values)
     log.info("operating point (%s masks, tta %s): %s", args.masks, tta,
              json.dumps({k: v for k, v in values.items() if k != "calibration_training"}))
@@ -358,22 +355,6 @@ def _parse_contexts(text: str) -> tuple[float, ...]:
     if not values or any(not 0.0 <= v <= 2.0 for v in values):
         raise BusdxError(f"--contexts must be numbers in [0, 2], not {text!r}")
     return values
-
-
-def _drop_key(path: Path, section: str, key: str) -> None:
-    """Remove one key of a card section, written atomically like update_card."""
-    import os
-    import tempfile
-
-    from busdx.evaluation.model_card import load_card
-
-    card = load_card(path)
-    card.get(section, {}).pop(key, None)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(card, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def _plot_history(history: list[dict], path: Path) -> None:

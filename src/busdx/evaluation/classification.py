@@ -300,15 +300,21 @@ def predict_records(
 
 
 def mean_logits(classifier, inputs: Sequence[np.ndarray]) -> np.ndarray:
-    """Per record, the classifier's logit averaged over its crops. ``classifier``: an ONNX
-    Runtime session or a model file."""
+    """Per record, the classifier's logit averaged over its crops."""
+    return np.array([float(np.mean(z)) for z in crop_logits(classifier, inputs)])
+
+
+def crop_logits(classifier, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per record, the classifier's logit of each of its crops. ``classifier``: an ONNX Runtime
+    session, or a model file (opened once here)."""
     if isinstance(classifier, (str, Path)):
         from busdx.inference.models import _session
 
         classifier = _session(Path(classifier), 1)
     from busdx.models.contract import INPUT_NAME
 
-    return np.array([float(np.mean(classifier.run(None, {INPUT_NAME: x})[0])) for x in inputs])
+    return [np.asarray(classifier.run(None, {INPUT_NAME: x})[0], dtype=np.float64).reshape(-1)
+            for x in inputs]
 
 
 def fit_operating_point(logits: np.ndarray, labels: np.ndarray, target_sensitivity: float = 0.90

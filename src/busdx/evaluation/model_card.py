@@ -21,6 +21,24 @@ def update_card(path: str | Path, section: str, values: dict[str, Any]) -> dict[
     path = Path(path)
     card = load_card(path)
     card.setdefault(section, {}).update(values)
+    _write(path, card)
+    return card
+
+
+def drop_keys(path: str | Path, section: str, keys: list[str]) -> list[str]:
+    """Remove ``keys`` from ``card[section]``; returns those that were there."""
+    path = Path(path)
+    card = load_card(path)
+    present = [k for k in keys if k in card.get(section, {})]
+    for key in present:
+        del card[section][key]
+    if present:
+        _write(path, card)
+    return present
+
+
+def _write(path: Path, card: dict[str, Any]) -> None:
+    """Atomically: a reader sees the old card or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -28,4 +46,3 @@ def update_card(path: str | Path, section: str, values: dict[str, Any]) -> dict[
         fh.write("\n")
     os.chmod(tmp, 0o644)  # mkstemp makes it 0600: the card is meant to be read by everyone
     os.replace(tmp, path)
-    return card

@@ -142,12 +142,12 @@ def classifier_inputs(
     if settings.input != "crop" or mask is None or not mask.any():
         x, _ = lesion_crop(image, None, settings.crop)
         return x[None, None].astype(np.float32), None, 0
+    contexts = settings.all_contexts
     crops, boxes = [], []
-    for context in settings.all_contexts:
+    for context in contexts:
         x, box = lesion_crop(image, mask, replace(settings.crop, context=context))
         crops.append(x)
         boxes.append(box)
-    contexts = settings.all_contexts
     primary = contexts.index(settings.crop.context) if settings.crop.context in contexts else 0
     return np.stack(crops)[:, None].astype(np.float32), boxes[primary], primary
 

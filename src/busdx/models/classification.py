@@ -33,6 +33,11 @@ LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 
 
+def backbone_name(arch: str) -> str:
+    """What the model card calls the backbone of ``arch``."""
+    return f"tf_efficientnet_{arch}" if arch in LITE_ARCHS else "torchvision resnet50"
+
+
 @dataclass(frozen=True)
 class ClassifierSpec:
     """What is needed to rebuild a classifier from a checkpoint."""
@@ -42,7 +47,21 @@ class ClassifierSpec:
     weights: str = "imagenet"  # "imagenet", "none" or a path to a state dict
 
 
-class LiteClassifier(nn.Module):
+class _PooledLinear(nn.Module):
+    """Global average pooling of ``feature_map``, then ``fc`` after ``dropout``: the head whose
+    linearity makes the CAM exact (see :class:`ExportWrapper`)."""
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(x))
+
+
+class LiteClassifier(_PooledLinear):
     """EfficientNet-Lite0/1/2 features -> GAP -> dropout -> Linear(1280, 1)."""
 
     mean = LITE_MEAN
@@ -64,15 +83,6 @@ class LiteClassifier(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
-
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))
-
-    def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(pooled))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(x))
 
     def backbone_parameters(self):
         return self.backbone.parameters()
@@ -203,7 +213,7 @@ def load_resnet50_weights(net: nn.Module, weights: str) -> str:
     return f"file {path.name}"
 
 
-class ClassifierEnsemble(nn.Module):
+class ClassifierEnsemble(_PooledLinear):
     """Several EfficientNet-Lite classifiers as one model: their feature maps side by side and
     one linear head holding each member's weights divided by their number. The logit is then
     exactly the members' mean logit, and the CAM identity of :class:`ExportWrapper` still holds.
@@ -226,15 +236,6 @@ class ClassifierEnsemble(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([m.feature_map(x) for m in self.members], dim=1)
-
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))
-
-    def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.fc(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pooled(x))
 
 
 def build_classifier(spec: ClassifierSpec, pretrained: bool = True) -> nn.Module:

@@ -92,11 +92,21 @@ def test_cheapest_option_within_tolerance_of_the_best_auc():
     from busdx.cli.classification import _cheapest_within
 
     crops = {"single": (0.3,), "multi": (0.15, 0.3, 0.45)}
-    models = {"a": ["a"], "b": ["b"], "ensemble": ["a", "b"]}
+    passes = {"a": 1, "b": 1, "ensemble": 2}
     scores = {("a", "none", "single"): (0.908, None), ("a", "none", "multi"): (0.924, None),
               ("a", "flip", "single"): (0.911, None), ("a", "flip", "multi"): (0.926, None),
               ("b", "none", "multi"): (0.915, None), ("ensemble", "none", "multi"): (0.935, None),
               ("ensemble", "none", "single"): (0.921, None)}
-    assert _cheapest_within(scores, models, crops, 0.005) == ("ensemble", "none", "multi")
-    assert _cheapest_within(scores, models, crops, 0.012) == ("a", "none", "multi")
-    assert _cheapest_within(scores, models, crops, 0.03) == ("a", "none", "single")
+    assert _cheapest_within(scores, passes, crops, 0.005) == ("ensemble", "none", "multi")
+    assert _cheapest_within(scores, passes, crops, 0.012) == ("a", "none", "multi")
+    assert _cheapest_within(scores, passes, crops, 0.03) == ("a", "none", "single")
+    # a two-view network (crop and whole image) costs two passes per crop, like an ensemble
+    two_view = {("v", "none", "single"): (0.934, None), ("a", "flip", "single"): (0.931, None)}
+    assert _cheapest_within(two_view, {"v": 2, "a": 1}, crops, 0.005) == ("v", "none", "single")
+    assert _cheapest_within({**two_view, ("a", "none", "single"): (0.930, None)},
+                            {"v": 2, "a": 1}, crops, 0.005) == ("a", "none", "single")
+    # a latency budget: options over it do not compete, not even as the best
+    budget = {**two_view, ("v", "flip", "single"): (0.95, None)}
+    assert _cheapest_within(budget, {"v": 2, "a": 1}, crops, 0.005) == ("v", "flip", "single")
+    assert _cheapest_within(budget, {"v": 2, "a": 1}, crops, 0.005, max_passes=2) == (
+        "v", "none", "single")

@@ -125,6 +125,39 @@ def test_ensemble_logit_is_the_members_mean_and_cam_stays_exact(lite, tmp_path):
     assert np.abs(cam.mean(axis=(2, 3)) + bias - logit).max() < ONNX_TOL
 
 
+def test_two_view_classifier_exports_with_an_exact_crop_cam(lite, tmp_path):
+    import onnxruntime as ort
+
+    from busdx.training.classification import normalise
+
+    torch.manual_seed(2)
+    model = build_classifier(ClassifierSpec(arch="lite0", views=2), pretrained=False).eval()
+    assert model.fc.in_features == 2 * model.num_features
+    path = export_onnx(model, tmp_path / "both.onnx", flip_tta=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1] == 2
+    x = torch.rand(3, 2, 224, 224, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        direct = model(normalise(model, x))  # the training forward: views share the backbone
+        plain, _ = ExportWrapper(model)(x)
+        mirrored, _ = ExportWrapper(model)(torch.flip(x, dims=[3]))
+    assert torch.allclose(plain, direct, atol=1e-5)
+    logit, cam = session.run(None, {"image": x.numpy()})
+    assert cam.shape == (3, 1, 7, 7)
+    assert np.abs(logit - ((plain + mirrored) / 2).numpy()).max() < ONNX_TOL
+    assert np.abs(cam.mean(axis=(2, 3)) + model.fc.bias.item() - logit).max() < ONNX_TOL
+    # the map is the crop's: changing only the whole-image view shifts it by a constant
+    other = x.clone()
+    other[:, 1] = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(7))
+    _, cam_other = session.run(None, {"image": other.numpy()})
+    shift = cam_other - cam
+    assert np.abs(shift - shift.mean(axis=(2, 3), keepdims=True)).max() < ONNX_TOL
+    with pytest.raises(Exception, match="single-view"):
+        from busdx.models.classification import ClassifierEnsemble
+
+        ClassifierEnsemble([lite, model])
+
+
 @pytest.mark.parametrize("name", ["lite", "resnet"])
 def test_onnx_export_matches_torch_and_cam_sums_to_logit(name, request, tmp_path):
     import onnxruntime as ort

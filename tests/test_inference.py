@@ -101,6 +101,39 @@ def test_whole_image_classifier_heatmap_maps_back(tmp_path):
     assert result.heatmap.max() == pytest.approx(1.0, abs=0.05)
 
 
+def test_two_view_input_pairs_each_crop_with_the_whole_image():
+    from dataclasses import replace
+
+    from busdx.data.crop import CropConfig, lesion_crop
+    from busdx.inference.models import ClassifierSettings
+    from busdx.inference.pipeline import classifier_inputs
+
+    settings = ClassifierSettings(1.0, 0.3, "both", CropConfig(size=64, context=0.3),
+                                  (0.15, 0.3))
+    image = synthetic_image(150, 300)
+    mask = np.zeros(image.shape, np.uint8)
+    mask[40:90, 100:180] = 1
+    x, box, primary = classifier_inputs(image, mask, settings)
+    whole = lesion_crop(image, None, settings.crop)[0]
+    crop = lesion_crop(image, mask, settings.crop)[0]
+    assert x.shape == (2, 2, 64, 64) and x.dtype == np.float32 and primary == 1
+    assert np.allclose(x[:, 1], whole) and np.allclose(x[primary, 0], crop)
+    assert box is not None
+    single, _, _ = classifier_inputs(image, mask, replace(settings, input="crop"))
+    assert single.shape == (2, 1, 64, 64) and np.array_equal(single[:, 0], x[:, 0])
+    # no lesion: both views are the whole image
+    empty, box, _ = classifier_inputs(image, np.zeros_like(mask), settings)
+    assert empty.shape == (1, 2, 64, 64) and box is None
+    assert np.allclose(empty[0, 0], whole) and np.allclose(empty[0, 1], whole)
+
+
+def test_card_and_classifier_must_agree_on_views(tmp_path):
+    card = json.loads(json.dumps(STAND_IN_CARD))
+    card["classifier"]["input"] = "both"
+    with pytest.raises(BusdxError, match="view"):
+        Models.load(build_stand_in_models(tmp_path, card))
+
+
 def test_calibrated_mm_measurements_from_dicom(models):
     image = synthetic_image()
     region = calibration_region(0.1, image.shape[1], image.shape[0])

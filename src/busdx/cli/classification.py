@@ -37,7 +37,7 @@ def register(subparsers, groups) -> None:
     train.add_argument("--weights", default="imagenet",
                        help="imagenet (lite0: offline; resnet50: torchvision, online), none, "
                        "or a state-dict file (resnet50)")
-    train.add_argument("--input", choices=("crop", "image"), default="crop")
+    train.add_argument("--input", choices=("crop", "image", "both"), default="crop")
     train.add_argument("--context", type=float, default=0.3)
     train.add_argument("--jitter", type=float, default=0.15)
     train.add_argument("--imbalance", choices=("weighted", "oversample", "none"),
@@ -76,6 +76,10 @@ def register(subparsers, groups) -> None:
                        help="with --calibrate-only: among mirror/crop options, ship the cheapest "
                        "whose validation AUC is within this of the best (each doubles or "
                        "triples the classifier's time)")
+    train.add_argument("--max-passes", type=int, default=None,
+                       help="with --calibrate-only: only options with at most this many network "
+                       "passes per image (members x views x crops x mirror) compete: the "
+                       "latency budget")
     train.add_argument("--cache", default="cache/classification")
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--seed", type=int, default=0)
@@ -232,15 +236,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if len(sizes) != 1:
         raise BusdxError(f"the checkpoints were trained at different sizes: {sorted(sizes)}")
     size = sizes.pop()
+    # what each network sees: the crop, the whole image, or both (see busdx.inference.pipeline)
+    kinds = {name: ckpt["config"].get("input", "crop") for name, (_, _, ckpt) in loaded.items()}
     model_options = {name: [name] for name in loaded}
-    if len(loaded) > 1:
+    if len(loaded) > 1 and len(set(kinds.values())) == 1 and "both" not in kinds.values():
         model_options["ensemble"] = list(loaded)
     product = Models.load(models, threads=args.threads)
     primary = product.settings.crop.context
     multi = _parse_contexts(args.contexts) if args.contexts else product.settings.all_contexts
     union = tuple(sorted(set(multi) | {primary}))
-    product.settings = replace(product.settings, contexts=union)
-    inputs, empty = record_inputs(split.val, product, args.masks)
+    inputs, empty = {}, {}
+    for kind in sorted(set(kinds.values())):
+        product.settings = replace(product.settings, contexts=union, input=kind)
+        inputs[kind], empty[kind] = record_inputs(split.val, product, args.masks)
     y = [r.label for r in split.val]
     crop_options = {"single": (primary,)}
     if multi != (primary,):
@@ -259,25 +267,32 @@ def run_calibrate(args: argparse.Namespace) -> int:
     scores = {}
     for option in model_options:
         model = build(option)
+        kind = kinds[model_options[option][0]]
         for tta in options:
             tmp = models / f".{tta}.{CLASSIFIER_FILE}"
             export_onnx(model, tmp, size=size, flip_tta=tta == "flip")
-            per_crop = crop_logits(tmp, inputs)  # every crop once; options average subsets
+            per_crop = crop_logits(tmp, inputs[kind])  # every crop once; options average subsets
             for crops, contexts in crop_options.items():
                 logits = averaged(per_crop, contexts)
                 scores[(option, tta, crops)] = (roc_auc(y, logits), logits)
                 log.info("validation AUC of %s with tta=%s, crops %s %s: %.4f", option, tta,
                          crops, contexts, scores[(option, tta, crops)][0])
             tmp.unlink()
-    option, tta, crops = _cheapest_within(scores, model_options, crop_options, args.auc_tolerance)
+    # network passes per crop: one per member and view (crop + whole image is two)
+    passes = {option: len(names) * (2 if kinds[names[0]] == "both" else 1)
+              for option, names in model_options.items()}
+    option, tta, crops = _cheapest_within(scores, passes, crop_options, args.auc_tolerance,
+                                          args.max_passes)
     chosen = crop_options[crops]
     values = fit_operating_point(scores[(option, tta, crops)][1], y, args.min_sensitivity)
     export_onnx(build(option), models / CLASSIFIER_FILE, size=size, flip_tta=tta == "flip",
                 logit_offset=values["logit_offset"])
     members = [loaded[name] for name in model_options[option]]
+    kind = kinds[model_options[option][0]]
+    values["input"] = kind
     values["calibration"].update({
         "masks": "predicted" if args.masks == "predicted" else "ground truth",
-        "empty_masks": empty, "engine": "onnxruntime",
+        "empty_masks": empty[kind], "engine": "onnxruntime",
         "checkpoint_epoch": members[0][2].get("epoch") if len(members) == 1
         else [ckpt.get("epoch") for _, _, ckpt in members],
     })
@@ -303,7 +318,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
             json.dumps(values["training"].get("history", []), indent=2))
     values["tta"] = tta
     values["option_rule"] = (f"fewest classifier passes within {args.auc_tolerance} validation AUC "
-                             "of the best option (model, mirror averaging, crops)")
+                             "of the best option (model, mirror averaging, crops)"
+                             + (f", among options of at most {args.max_passes} passes"
+                                if args.max_passes else ""))
+    values["candidates"] = {
+        name: {"checkpoint": str(path), "arch": ckpt["spec"]["arch"], "input": kinds[name],
+               "epoch": ckpt.get("epoch"), "val_auc_training": ckpt.get("val_auc"),
+               "passes_per_crop": passes[name]}
+        for name, (path, _, ckpt) in loaded.items()
+    }
     values["crop"] = {"size": product.settings.crop.size, "context": primary,
                       "contexts": list(chosen)}
     values["tta_comparison_val_auc"] = {t: scores[(option, t, "single")][0] for t in options}
@@ -332,17 +355,28 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _option_cost(key: tuple[str, str, str], passes: dict[str, int], crop_options: dict) -> int:
+    model, tta, crops = key
+    return passes[model] * len(crop_options[crops]) * (2 if tta == "flip" else 1)
+
+
 def _cheapest_within(
-    scores: dict, model_options: dict, crop_options: dict, tolerance: float
+    scores: dict, passes: dict[str, int], crop_options: dict, tolerance: float,
+    max_passes: int | None = None,
 ) -> tuple[str, str, str]:
     """The (model, tta, crops) option with the fewest network passes per image among those whose
-    validation AUC is within ``tolerance`` of the best; ties in cost go to the higher AUC."""
-    best = max(v[0] for v in scores.values())
+    validation AUC is within ``tolerance`` of the best; ties in cost go to the higher AUC.
+    ``passes``: each model option's passes per crop; options over ``max_passes`` do not take
+    part (not even as the best)."""
 
     def cost(key: tuple[str, str, str]) -> int:
-        model, tta, crops = key
-        return len(model_options[model]) * len(crop_options[crops]) * (2 if tta == "flip" else 1)
+        return _option_cost(key, passes, crop_options)
 
+    if max_passes is not None:
+        scores = {k: v for k, v in scores.items() if cost(k) <= max_passes}
+        if not scores:
+            raise BusdxError(f"no option needs {max_passes} network passes or fewer")
+    best = max(v[0] for v in scores.values())
     near = [k for k, v in scores.items() if v[0] >= best - tolerance]
     return min(near, key=lambda k: (cost(k), -scores[k][0]))
 

@@ -198,7 +198,7 @@ class Prediction:
 def record_inputs(
     records: Sequence, models, masks: str = "predicted"
 ) -> tuple[list[np.ndarray], int]:
-    """Each record's classifier batch [K, 1, S, S], built by the product's own code
+    """Each record's classifier batch [K, V, S, S], built by the product's own code
     (busdx.inference.pipeline: segment, then one crop per context of the card); and how many
     predicted masks were empty (those images fall back to the whole image)."""
     from busdx.data.preprocess import load_gray, load_mask

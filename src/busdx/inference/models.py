@@ -25,7 +25,7 @@ from busdx.models.contract import (
 log = logging.getLogger(__name__)
 
 MODELS_ENV = "BUSDX_MODELS"
-INPUTS = ("crop", "image")
+INPUTS = ("crop", "image", "both")
 
 
 def default_models_dir() -> Path:
@@ -42,7 +42,9 @@ class ClassifierSettings:
 
     temperature: float
     threshold: float
-    input: str  # "crop" (the lesion crop) or "image" (the whole letterboxed image)
+    # "crop" (the lesion crop), "image" (the whole letterboxed image) or "both" (the two as
+    # channels 0 and 1 of one input: the crop, then the whole image)
+    input: str
     crop: CropConfig
     # Crops at these contexts are classified together and their logits averaged; the heatmap
     # comes from the crop at ``crop.context``. One context: one crop.
@@ -51,6 +53,10 @@ class ClassifierSettings:
     @property
     def all_contexts(self) -> tuple[float, ...]:
         return self.contexts or (self.crop.context,)
+
+    @property
+    def views(self) -> int:
+        return 2 if self.input == "both" else 1
 
     @classmethod
     def from_card(cls, card: dict[str, Any]) -> ClassifierSettings:
@@ -161,6 +167,12 @@ class Models:
         if segmenter is not None:
             _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
         _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)
+        channels = classifier.get_inputs()[0].shape[1]
+        if isinstance(channels, int) and channels != settings.views:
+            raise BusdxError(
+                f"{CLASSIFIER_FILE} takes {channels} view(s) per image but the card's input "
+                f"{settings.input!r} makes {settings.views}"
+            )
         classifier_size = _static_size(classifier)
         if classifier_size is not None and classifier_size != settings.crop.size:
             raise BusdxError(

@@ -133,15 +133,19 @@ def segment(image: np.ndarray, models: Models) -> np.ndarray:
 def classifier_inputs(
     image: np.ndarray, mask: np.ndarray | None, settings: ClassifierSettings
 ) -> tuple[np.ndarray, CropBox | None, int]:
-    """The classifier's batch [K, 1, S, S] for one image, the window of the heatmap's crop (None:
+    """The classifier's batch [K, V, S, S] for one image, the window of the heatmap's crop (None:
     the whole image) and that crop's index in the batch.
 
     With a lesion, one crop per context of the card (averaging over how much surrounding tissue
     is shown makes the call less sensitive to where the predicted outline falls); without one,
-    or with ``input: image``, the whole image once."""
-    if settings.input != "crop" or mask is None or not mask.any():
-        x, _ = lesion_crop(image, None, settings.crop)
-        return x[None, None].astype(np.float32), None, 0
+    or with ``input: image``, the whole image once. With ``input: both`` each crop is paired
+    with the whole image (V = 2); without a lesion both views are the whole image."""
+    # the whole image only when it is used: letterboxing a large image costs a millisecond
+    whole = lesion_crop(image, None, settings.crop)[0] if settings.input != "crop" else None
+    if settings.input == "image" or mask is None or not mask.any():
+        if whole is None:
+            whole = lesion_crop(image, None, settings.crop)[0]
+        return _views(whole[None], whole, settings), None, 0
     contexts = settings.all_contexts
     crops, boxes = [], []
     for context in contexts:
@@ -149,7 +153,15 @@ def classifier_inputs(
         crops.append(x)
         boxes.append(box)
     primary = contexts.index(settings.crop.context) if settings.crop.context in contexts else 0
-    return np.stack(crops)[:, None].astype(np.float32), boxes[primary], primary
+    return _views(np.stack(crops), whole, settings), boxes[primary], primary
+
+
+def _views(crops: np.ndarray, whole: np.ndarray | None, settings: ClassifierSettings
+           ) -> np.ndarray:
+    """[K, S, S] crops -> [K, V, S, S] float32: the crops alone, or each beside the whole image."""
+    if settings.views == 1:
+        return crops[:, None].astype(np.float32)
+    return np.stack([crops, np.broadcast_to(whole, crops.shape)], axis=1).astype(np.float32)
 
 
 def classify(

@@ -5,7 +5,9 @@ Two architectures:
 * ``lite0`` (the default): timm's ``tf_efficientnet_lite0`` with the offline ImageNet weights,
   head = global average pooling -> dropout -> Linear(1280, 1). Because the head is linear after
   the pooling, the class-activation map (each position's linear contribution to the logit) is
-  exact: ``mean(cam) + bias == logit``.
+  exact: ``mean(cam) + bias == logit``. With ``views=2`` the same backbone sees the lesion crop
+  and the whole letterboxed image; their pooled features are concatenated before the linear
+  head (Linear(2 x 1280, 1)), so the logit still splits exactly into per-position terms.
 * ``resnet50``: the original recipe, torchvision's ResNet50 with its first 100 Keras layers
   frozen and the head GAP -> Dense(1024, ReLU) -> BatchNorm -> Dropout(0.3) -> Dense(1)
   (sigmoid in the loss / at inference). See :func:`freeze_keras_first_100` for the layer count
@@ -45,14 +47,21 @@ class ClassifierSpec:
     arch: str = "lite0"
     dropout: float = 0.3
     weights: str = "imagenet"  # "imagenet", "none" or a path to a state dict
+    views: int = 1  # 2: the lesion crop and the whole image through one shared backbone
 
 
 class _PooledLinear(nn.Module):
     """Global average pooling of ``feature_map``, then ``fc`` after ``dropout``: the head whose
-    linearity makes the CAM exact (see :class:`ExportWrapper`)."""
+    linearity makes the CAM exact (see :class:`ExportWrapper`).
+
+    The input batch holds ``views`` consecutive images per sample ([N * views, 3, S, S]); their
+    pooled features are concatenated per sample ([N, views * C])."""
+
+    views = 1
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))
+        f = self.feature_map(x).mean(dim=(2, 3))
+        return f.reshape(-1, self.views * f.shape[1])
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(pooled))
@@ -62,14 +71,19 @@ class _PooledLinear(nn.Module):
 
 
 class LiteClassifier(_PooledLinear):
-    """EfficientNet-Lite0/1/2 features -> GAP -> dropout -> Linear(1280, 1)."""
+    """EfficientNet-Lite0/1/2 features -> GAP -> dropout -> Linear(views x 1280, 1)."""
 
     mean = LITE_MEAN
     std = LITE_STD
 
-    def __init__(self, dropout: float = 0.3, pretrained: bool = True, variant: str = "lite0"):
+    def __init__(self, dropout: float = 0.3, pretrained: bool = True, variant: str = "lite0",
+                 views: int = 1):
         super().__init__()
         import timm
+
+        if views not in (1, 2):
+            raise BusdxError(f"a classifier takes 1 or 2 views, not {views}")
+        self.views = views
 
         name = f"tf_efficientnet_{variant}"
         self.backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
@@ -79,7 +93,7 @@ class LiteClassifier(_PooledLinear):
             load_lite_weights(self.backbone, name)
         self.num_features = self.backbone.num_features
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.num_features, 1)
+        self.fc = nn.Linear(views * self.num_features, 1)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
@@ -125,6 +139,7 @@ class ResNet50Recipe(nn.Module):
 
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
+    views = 1
 
     def __init__(self, dropout: float = 0.3, weights: str = "imagenet"):
         super().__init__()
@@ -226,6 +241,8 @@ class ClassifierEnsemble(_PooledLinear):
         super().__init__()
         if not members or any(not isinstance(m, LiteClassifier) for m in members):
             raise BusdxError("an ensemble takes EfficientNet-Lite classifiers only")
+        if any(m.views != 1 for m in members):
+            raise BusdxError("an ensemble takes single-view (crop or image) classifiers only")
         self.members = nn.ModuleList(m.eval() for m in members)
         self.num_features = sum(m.num_features for m in members)
         self.dropout = nn.Identity()  # inference only: the members were trained with theirs
@@ -242,14 +259,21 @@ def build_classifier(spec: ClassifierSpec, pretrained: bool = True) -> nn.Module
     """The model for ``spec``; ``pretrained=False`` skips loading weights (a checkpoint follows)."""
     if spec.arch in LITE_ARCHS:
         return LiteClassifier(dropout=spec.dropout, pretrained=pretrained and spec.weights != "none",
-                              variant=spec.arch)
+                              variant=spec.arch, views=spec.views)
+    if spec.views != 1:
+        raise BusdxError("two views (crop and whole image) are for EfficientNet-Lite backbones")
     if spec.arch == "resnet50":
         return ResNet50Recipe(dropout=spec.dropout, weights=spec.weights if pretrained else "none")
     raise BusdxError(f"unknown classifier architecture {spec.arch!r}; choose one of {ARCHS}")
 
 
 class ExportWrapper(nn.Module):
-    """The ONNX graph: ``image`` [N,1,S,S] in [0,1] -> ``logit`` [N,1], ``cam`` [N,1,h,w].
+    """The ONNX graph: ``image`` [N,V,S,S] in [0,1] -> ``logit`` [N,1], ``cam`` [N,1,h,w].
+
+    V is the model's number of views: 1 (a crop or the whole image), or 2 (channel 0 the lesion
+    crop, channel 1 the whole letterboxed image). With two views the CAM is the crop's map plus
+    the whole image's mean contribution (a constant), so the identity below still holds and the
+    heatmap shows where in the crop the evidence lies.
 
     Normalisation (gray -> 3 channels, (x - mean) / std) happens inside. The CAM is each
     position's contribution to the logit through the head's linear direction ``w``:
@@ -285,18 +309,25 @@ class ExportWrapper(nn.Module):
         return m.fc.weight.expand(pooled.shape[0], -1)
 
     def single(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.model.feature_map(x)  # [N, C, h, w]
-        pooled = fmap.mean(dim=(2, 3))
+        views = self.model.views
+        fmap = self.model.feature_map(x)  # [N * V, C, h, w]
+        c, h, w_ = fmap.shape[1:]
+        fmap = fmap.reshape(-1, views, c, h, w_)
+        pooled = fmap.mean(dim=(3, 4)).reshape(-1, views * c)
         logit = self.model.head(pooled)
-        w = self.direction(pooled)
-        cam = torch.einsum("nc,nchw->nhw", w, fmap).unsqueeze(1)
+        w = self.direction(pooled).reshape(-1, views, c)
+        cams = torch.einsum("nvc,nvchw->nvhw", w, fmap)
+        cam = cams[:, :1]
+        if views > 1:
+            cam = cam + cams[:, 1:].mean(dim=(2, 3)).sum(dim=1).view(-1, 1, 1, 1)
         return logit, cam
 
     def forward(self, image: torch.Tensor):
-        x = (image.repeat(1, 3, 1, 1) - self.mean) / self.std
+        size = image.shape[-1]
+        x = (image.reshape(-1, 1, size, size).repeat(1, 3, 1, 1) - self.mean) / self.std
         if not self.flip_tta:
             return self.single(x)
-        n = x.shape[0]
+        n = image.shape[0]
         logit, cam = self.single(torch.cat([x, torch.flip(x, dims=[3])], dim=0))
         return (logit[:n] + logit[n:]) / 2, (cam[:n] + torch.flip(cam[n:], dims=[3])) / 2
 
@@ -326,7 +357,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: int = 224, flip_tta: b
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = export_module(model, flip_tta=flip_tta, logit_offset=logit_offset)
-    dummy = torch.rand(1, 1, size, size)
+    dummy = torch.rand(1, getattr(model, "views", 1), size, size)
     tmp = path.with_suffix(".tmp.onnx")
     with torch.no_grad():
         torch.onnx.export(

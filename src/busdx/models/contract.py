@@ -5,8 +5,10 @@ so the serving side never needs to know a backbone's mean and standard deviation
 
 Segmenter: ``image`` float32 [N, 1, S, S] (the letterboxed image, see busdx.data.preprocess)
     -> ``mask_logits`` float32 [N, 1, S, S]; sigmoid > 0.5 is lesion.
-Classifier: ``image`` float32 [N, 1, C, C] (lesion crops, see busdx.data.crop; one analysis
-    sends its crops at the card's contexts as one batch and averages their logits)
+Classifier: ``image`` float32 [N, V, C, C] (lesion crops, see busdx.data.crop; one analysis
+    sends its crops at the card's contexts as one batch and averages their logits). V = 1 for
+    the card's ``input`` "crop" or "image"; V = 2 for "both": channel 0 the crop, channel 1 the
+    whole letterboxed image)
     -> ``logit`` float32 [N, 1], the malignancy logit with Platt scaling's intercept already
        folded into the bias: sigmoid(logit / temperature) is the calibrated probability,
     -> ``cam`` float32 [N, 1, h, w], the class-activation map: each position's contribution to

@@ -30,7 +30,7 @@ from busdx.models.classification import ClassifierSpec, build_classifier
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("crop", "image")
+INPUTS = ("crop", "image", "both")
 IMBALANCE = ("weighted", "oversample", "none")
 
 
@@ -38,7 +38,9 @@ IMBALANCE = ("weighted", "oversample", "none")
 class ClassifierTrainConfig:
     arch: str = "lite0"
     weights: str = "imagenet"
-    input: str = "crop"  # "crop": the lesion with context; "image": the whole letterboxed image
+    # "crop": the lesion with context; "image": the whole letterboxed image; "both": the two as
+    # two views of one shared backbone, features concatenated before the head
+    input: str = "crop"
     size: int = 224
     context: float = 0.3
     jitter: float = 0.15
@@ -59,6 +61,10 @@ class ClassifierTrainConfig:
     @property
     def crop(self) -> CropConfig:
         return CropConfig(size=self.size, context=self.context)
+
+    @property
+    def views(self) -> int:
+        return 2 if self.input == "both" else 1
 
 
 @dataclass
@@ -120,13 +126,16 @@ def make_input(
     jitter: float = 0.0,
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The classifier's size x size input for ``sample`` (``mask`` overrides the GT mask)."""
+    """The classifier's [views, size, size] input for ``sample`` (``mask`` overrides the GT
+    mask): the crop, the whole image, or both stacked."""
     image = sample.gray()
-    if mode == "image":
-        out, _ = lesion_crop(image, None, crop)
-        return out
-    out, _ = lesion_crop(image, sample.mask if mask is None else mask, crop, rng=rng, jitter=jitter)
-    return out
+    views = []
+    if mode in ("crop", "both"):
+        views.append(lesion_crop(image, sample.mask if mask is None else mask, crop, rng=rng,
+                                 jitter=jitter)[0])
+    if mode in ("image", "both"):
+        views.append(lesion_crop(image, None, crop)[0])
+    return np.stack(views)
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -153,17 +162,19 @@ class CropDataset(torch.utils.data.Dataset):
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             x = make_input(s, c.input, c.crop, rng, c.jitter)
-            x, _ = self.augmenter(x, None, rng)
+            x = np.stack([self.augmenter(v, None, rng)[0] for v in x])
         else:
             x = make_input(s, c.input, c.crop)
-        return torch.from_numpy(np.ascontiguousarray(x))[None], torch.tensor(float(s.label))
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(float(s.label))
 
 
 def normalise(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """[N,1,S,S] in [0,1] -> the backbone's 3-channel normalised input."""
+    """[N,V,S,S] in [0,1] -> the backbone's 3-channel normalised input [N*V,3,S,S] (the
+    views of one sample consecutive)."""
     mean = torch.tensor(model.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.std).view(1, 3, 1, 1)
-    return (x.repeat(1, 3, 1, 1) - mean) / std
+    size = x.shape[-1]
+    return (x.reshape(-1, 1, size, size).repeat(1, 3, 1, 1) - mean) / std
 
 
 # ---------------------------------------------------------------------------- training
@@ -207,7 +218,8 @@ def train_classifier(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights)
+    spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
+                          views=config.views)
     model = build_classifier(spec)
 
     train_ds = CropDataset(train, config, train=True, seed=config.seed)
@@ -381,7 +393,7 @@ def feature_comparisons(
     ty = np.array([s.label for s in train])
     vy = np.array([s.label for s in val])
     feats = {}
-    for mode in INPUTS:
+    for mode in ("crop", "image"):
         cfg = ClassifierTrainConfig(**{**asdict(config), "input": mode,
                                        "augment": config.augment})
         feats[mode] = (extract_features(model, train, cfg), extract_features(model, val, cfg))

@@ -149,11 +149,12 @@ def torch_models(models, seg_checkpoints: list[Path], cls_checkpoints: list[Path
 def parity(ort_models, torch_models_, size: int) -> dict[str, float]:
     """Largest output differences on one random input: ~1e-5 means the weights are the same."""
     rng = np.random.default_rng(0)
-    x = rng.random((1, 1, size, size), dtype=np.float32)
+    x = rng.random((1, ort_models.settings.views, size, size), dtype=np.float32)
+    inputs = {"segmenter": x[:, :1], "classifier": x}
     out = {}
     for name in ("segmenter", "classifier"):
-        a = getattr(ort_models, name).run(None, {"image": x})
-        b = getattr(torch_models_, name).run(None, {"image": x})
+        a = getattr(ort_models, name).run(None, {"image": inputs[name]})
+        b = getattr(torch_models_, name).run(None, {"image": inputs[name]})
         out[name] = float(max(np.abs(np.asarray(p) - np.asarray(q)).max() for p, q in zip(a, b, strict=True)))
     return out
 
@@ -191,16 +192,17 @@ def time_analyses(backends: dict[str, Any], payloads: list[bytes], warmup: int,
     }
 
 
-def time_model_calls(backends: dict[str, Any], size: int, reps: int, crops: int
-                     ) -> dict[str, dict]:
+def time_model_calls(backends: dict[str, Any], size: int, reps: int, crops: int,
+                     views: int = 1) -> dict[str, dict]:
     """The two model calls alone, as one analysis makes them: the segmenter on one image, the
-    classifier on the batch of ``crops`` lesion crops (the network time without the pipeline)."""
+    classifier on the batch of ``crops`` lesion crops of ``views`` views each (the network time
+    without the pipeline)."""
     rng = np.random.default_rng(1)
-    x = rng.random((crops, 1, size, size), dtype=np.float32)
+    x = rng.random((crops, views, size, size), dtype=np.float32)
     out: dict[str, dict] = {}
     for name, models in backends.items():
         out[name] = {
-            "segmenter": time_session_run(models.segmenter, x[:1], reps),
+            "segmenter": time_session_run(models.segmenter, x[:1, :1], reps),
             "classifier": time_session_run(models.classifier, x, reps),
         }
     return out
@@ -343,7 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     payloads = [img.path.read_bytes() for img in images]
     eager, sources = torch_models(models, checkpoints("segmenter", args.seg_checkpoint, models.card),
                                   checkpoints("classifier", args.cls_checkpoint, models.card))
-    crops = len(models.settings.all_contexts) if models.settings.input == "crop" else 1
+    crops = len(models.settings.all_contexts) if models.settings.input != "image" else 1
     size = models.segmenter_size
     diffs = parity(models, eager, size)
     log.info("timing %d images (threads %d), ORT vs torch eager", len(payloads), threads)
@@ -351,7 +353,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              args.warmup)
     with_overlays = time_analyses({"onnxruntime": models}, payloads[: args.n_overlays],
                                   args.warmup, render=True)["onnxruntime"]
-    calls = time_model_calls({"onnxruntime": models, "torch_eager": eager}, size, args.reps, crops)
+    calls = time_model_calls({"onnxruntime": models, "torch_eager": eager}, size, args.reps, crops,
+                             models.settings.views)
     flops = {
         "segmenter": onnx_macs(models.directory / SEGMENTER_FILE),
         "classifier": onnx_macs(models.directory / CLASSIFIER_FILE),

@@ -59,19 +59,21 @@ class ListReader:
 
 
 def calibration_inputs(records, card: dict, size: int) -> dict[str, list[np.ndarray]]:
-    from busdx.data.crop import CropConfig, lesion_crop
-    from busdx.data.preprocess import load_gray, load_mask, prepare
+    from dataclasses import replace
 
-    crop = card.get("classifier", {}).get("crop", {})
-    config = CropConfig(size=int(crop.get("size", 224)), context=float(crop.get("context", 0.3)))
-    whole = card.get("classifier", {}).get("input", "crop") == "image"
+    from busdx.data.preprocess import load_gray, load_mask, prepare
+    from busdx.inference.models import ClassifierSettings
+    from busdx.inference.pipeline import classifier_inputs
+
+    settings = ClassifierSettings.from_card(card)
+    # the heatmap's crop (with the whole image beside it for a two-view classifier)
+    settings = replace(settings, contexts=(settings.crop.context,))
     seg, cls = [], []
     for r in records:
         image = load_gray(r.image_path)
         x, _ = prepare(image, size)
         seg.append(x[None, None].astype(np.float32))
-        c, _ = lesion_crop(image, None if whole else load_mask(r.mask_path), config)
-        cls.append(c[None, None].astype(np.float32))
+        cls.append(classifier_inputs(image, load_mask(r.mask_path), settings)[0])
     return {"segmenter": seg, "classifier": cls}
 
 
@@ -205,12 +207,13 @@ def call_latency(models_dir: Path, threads: int, reps: int) -> dict[str, dict]:
     from busdx.inference.models import Models
 
     models = Models.load(models_dir, threads=threads)
-    x = np.random.default_rng(0).random((1, 1, models.segmenter_size, models.segmenter_size),
+    views = models.settings.views
+    x = np.random.default_rng(0).random((1, views, models.segmenter_size, models.segmenter_size),
                                         dtype=np.float32)
     out = {}
     for part in ("segmenter", "classifier"):
         session = getattr(models, part)
-        out[part] = time_session_run(session, x, reps)
+        out[part] = time_session_run(session, x if part == "classifier" else x[:, :1], reps)
     return out
 
 

@@ -53,7 +53,8 @@ def make_session(path: Path, threads: int, level: str = "all", spinning: bool = 
 def _input(session, batch: int) -> np.ndarray:
     shape = session.get_inputs()[0].shape
     size = shape[-1] if isinstance(shape[-1], int) else 224
-    return np.random.default_rng(0).random((batch, 1, size, size), dtype=np.float32)
+    views = shape[1] if isinstance(shape[1], int) else 1  # a two-view classifier takes 2
+    return np.random.default_rng(0).random((batch, views, size, size), dtype=np.float32)
 
 
 def time_session(session, batch: int, reps: int) -> dict[str, float]:

@@ -188,6 +188,17 @@ def _training_lines(section: dict) -> list[str]:
     return out
 
 
+def _input_limit(kind: str) -> str:
+    if kind == "both":
+        return ("The classifier sees a crop around the lesion and, beside it, the whole image, "
+                "text included; the malignant share differs between BUS-BRA's scanners, so part "
+                "of what it learnt from the whole image may be the scanner.")
+    if kind == "image":
+        return "The classifier sees the whole image, text included."
+    return ("The classifier sees a crop around the lesion, which removes most of the text, but "
+            "not all of it.")
+
+
 def render_model_card(card: dict) -> str:
     seg, clf = card.get("segmenter", {}), card.get("classifier", {})
     lines = [
@@ -262,8 +273,7 @@ def render_model_card(card: dict) -> str:
         "performance on other hospitals, scanners, presets and populations is unknown and is "
         "expected to be lower. Validate locally before any use.",
         "- Every BUS-BRA image carries burned-in scanner text and some carry caliper marks: a "
-        "model can learn such shortcuts. The classifier sees a crop around the lesion, which "
-        "removes most of the text, but not all of it.",
+        "model can learn such shortcuts. " + _input_limit(clf.get("input", "crop")),
         "- One lesion per image is assumed; the largest predicted region is analysed.",
         "- The risk band maps the calibrated probability onto BI-RADS likelihood ranges. It is an "
         "aid to reading the probability, not a BI-RADS assessment, which also weighs the "

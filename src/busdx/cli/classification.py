@@ -239,8 +239,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     # what each network sees: the crop, the whole image, or both (see busdx.inference.pipeline)
     kinds = {name: ckpt["config"].get("input", "crop") for name, (_, _, ckpt) in loaded.items()}
     model_options = {name: [name] for name in loaded}
-    if len(loaded) > 1 and len(set(kinds.values())) == 1 and "both" not in kinds.values():
-        model_options["ensemble"] = list(loaded)
+    groups: dict[str, list[str]] = {}
+    for name, kind in kinds.items():
+        groups.setdefault(kind, []).append(name)
+    for kind, names in groups.items():
+        if len(names) > 1 and kind != "both":  # ensembles of single-view networks only
+            model_options["ensemble" if len(groups) == 1 else f"ensemble_{kind}"] = names
     product = Models.load(models, threads=args.threads)
     primary = product.settings.crop.context
     multi = _parse_contexts(args.contexts) if args.contexts else product.settings.all_contexts

@@ -301,6 +301,36 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     assert "test_gt_masks" not in card
 
 
+@pytest.mark.slow
+def test_two_view_run_calibrates_ships_and_analyses(fixtures_root, tmp_path):
+    """A tiny crop + whole-image run: calibrated through the exported graph, written to the card
+    as ``input: both``, and used by the product's pipeline."""
+    from busdx.cli.main import main
+    from busdx.inference import Models, analyze
+
+    models = tmp_path / "models"
+    common = ["--data", str(fixtures_root), "--models", str(models), "--test-fold", "1"]
+    rc = main(["train", "classification", *common, "--out", str(tmp_path / "both"),
+               "--input", "both", "--epochs", "1", "--max-batches", "1", "--batch-size", "4",
+               "--cache", str(tmp_path / "cache")])
+    assert rc == 0
+    _export_random_segmenter(models / "segmenter.onnx")
+    rc = main(["train", "classification", "--calibrate-only", *common, "--tta", "auto",
+               "--max-passes", "2", "--checkpoint", str(tmp_path / "both" / "classifier.pt")])
+    assert rc == 0
+    card = json.loads((models / "model_card.json").read_text())["classifier"]
+    # mirror averaging would take 4 passes: over the budget, so it never competes
+    assert card["input"] == "both" and card["tta"] == "none"
+    assert card["candidates"]["both"]["passes_per_crop"] == 2
+    assert set(card["crop_comparison_val_auc"]) == {"model=both, tta=none, contexts=0.3",
+                                                    "model=both, tta=flip, contexts=0.3"}
+    loaded = Models.load(models)
+    assert loaded.settings.views == 2
+    image = next(fixtures_root.rglob("Images/*.png"))
+    result = analyze(image, loaded, render_overlays=False)
+    assert 0.0 <= result.probability <= 1.0 and result.heatmap.shape == result.image.shape
+
+
 def _export_random_segmenter(path):
     """A random-init stand-in for models/segmenter.onnx with the contract's names."""
 

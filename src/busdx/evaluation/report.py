@@ -258,7 +258,8 @@ def render_model_card(card: dict) -> str:
     lines += ["", "### Classifier (`classifier.onnx`)", ""]
     lines += _training_lines(clf)
     for key in ("backbone", "ensemble", "input", "crop", "tta", "temperature", "threshold",
-                "option_rule", "crop_comparison_val_auc", "comparisons", "validation"):
+                "option_rule", "candidates", "crop_comparison_val_auc", "comparisons",
+                "validation"):
         if clf.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: {json.dumps(clf[key])}")
     for member in clf.get("members") or []:

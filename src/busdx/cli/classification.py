@@ -479,7 +479,8 @@ def run_export(args: argparse.Namespace) -> int:
 
         # a new graph invalidates the operating point: recalibrate (--calibrate-only) after this
         update_card(path.parent / MODEL_CARD_FILE, "classifier",
-                    {"tta": args.tta, "logit_offset": 0.0, "checkpoint_epoch": ckpt.get("epoch")})
+                    {"tta": args.tta, "logit_offset": 0.0, "checkpoint_epoch": ckpt.get("epoch"),
+                     "input": ckpt["config"].get("input", "crop")})
         log.warning("the card's operating point belongs to the previous graph: run "
                     "`busdx train classification --calibrate-only` next")
     return 0

@@ -127,6 +127,30 @@ def test_two_view_input_pairs_each_crop_with_the_whole_image():
     assert np.allclose(empty[0, 0], whole) and np.allclose(empty[0, 1], whole)
 
 
+def test_sessions_fix_the_batch_sizes_one_analysis_uses(tmp_path):
+    from busdx.inference.models import _session
+
+    directory = build_stand_in_models(tmp_path / "one")
+    models = Models.load(directory)
+    # one crop: both batch sizes are known, so ONNX Runtime can fold the shape arithmetic
+    assert models.segmenter.get_inputs()[0].shape[0] == 1
+    assert models.classifier.get_inputs()[0].shape[0] == 1
+    image = synthetic_image(150, 300)
+    dynamic = Models.load(directory)
+    dynamic.segmenter = _session(directory / "segmenter.onnx", 1)
+    dynamic.classifier = _session(directory / "classifier.onnx", 1)
+    a, b = analyze(image, models, render_overlays=False), analyze(image, dynamic,
+                                                                  render_overlays=False)
+    assert a.logit == b.logit and np.array_equal(a.mask, b.mask)
+    # several crops: without a lesion the batch is 1, with one it is the number of crops
+    card = json.loads(json.dumps(STAND_IN_CARD))
+    card["classifier"]["crop"] = {"size": 224, "context": 0.3, "contexts": [0.15, 0.3]}
+    several = Models.load(build_stand_in_models(tmp_path / "several", card))
+    assert several.segmenter.get_inputs()[0].shape[0] == 1
+    assert not isinstance(several.classifier.get_inputs()[0].shape[0], int)
+    assert analyze(image, several, render_overlays=False).lesion_found
+
+
 def test_card_and_classifier_must_agree_on_views(tmp_path):
     card = json.loads(json.dumps(STAND_IN_CARD))
     card["classifier"]["input"] = "both"

@@ -206,7 +206,10 @@ def tuning_section(t: dict) -> list[str]:
              "`benchmarks/tune_ort.py` (random inputs; run time does not depend on pixel values). "
              f"The served sessions use {t['served_settings']['threads']} intra-op threads, "
              f"graph optimisation `{t['served_settings']['level']}`, and are made once per "
-             "process (`Models.load`).", ""]
+             "process (`Models.load`). They also fix the batch size one analysis uses (segmenter "
+             "1; classifier 1 when the card has one crop), so ONNX Runtime folds the graphs' "
+             "shape arithmetic at load; the sweeps below keep the batch dynamic, as they vary "
+             "it.", ""]
     rows = [[r["threads"], r["level"], "on" if r["spinning"] else "off", r["segmenter"],
              r["classifier"], r["both_p50_ms"]] for r in t["options"]]
     lines += _table(["threads", "graph level", "spinning", "segmenter p50 ms",

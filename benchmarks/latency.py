@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     payloads = [img.path.read_bytes() for img in images]
     eager, sources = torch_models(models, checkpoints("segmenter", args.seg_checkpoint, models.card),
                                   checkpoints("classifier", args.cls_checkpoint, models.card))
-    crops = len(models.settings.all_contexts) if models.settings.input != "image" else 1
+    crops = models.settings.batch
     size = models.segmenter_size
     diffs = parity(models, eager, size)
     log.info("timing %d images (threads %d), ORT vs torch eager", len(payloads), threads)

@@ -128,7 +128,7 @@ def test_ensemble_logit_is_the_members_mean_and_cam_stays_exact(lite, tmp_path):
 def test_two_view_classifier_exports_with_an_exact_crop_cam(lite, tmp_path):
     import onnxruntime as ort
 
-    from busdx.training.classification import normalise
+    from busdx.models.classification import normalise
 
     torch.manual_seed(2)
     model = build_classifier(ClassifierSpec(arch="lite0", views=2), pretrained=False).eval()

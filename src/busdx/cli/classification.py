@@ -225,7 +225,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from busdx.evaluation.model_card import drop_keys, load_card, update_card
     from busdx.inference.models import Models
     from busdx.models.classification import ClassifierEnsemble, backbone_name, export_onnx
-    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
+    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, input_views
     from busdx.training.classification import load_checkpoint
 
     models = Path(args.models)
@@ -283,7 +283,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
                          crops, contexts, scores[(option, tta, crops)][0])
             tmp.unlink()
     # network passes per crop: one per member and view (crop + whole image is two)
-    passes = {option: len(names) * (2 if kinds[names[0]] == "both" else 1)
+    passes = {option: len(names) * input_views(kinds[names[0]])
               for option, names in model_options.items()}
     option, tta, crops = _cheapest_within(scores, passes, crop_options, args.auc_tolerance,
                                           args.max_passes)

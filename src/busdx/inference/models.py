@@ -20,6 +20,7 @@ from busdx.models.contract import (
     MODEL_CARD_FILE,
     SEGMENTER_FILE,
     SEGMENTER_OUTPUT,
+    input_views,
 )
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,13 @@ class ClassifierSettings:
 
     @property
     def views(self) -> int:
-        return 2 if self.input == "both" else 1
+        return input_views(self.input)
+
+    @property
+    def batch(self) -> int:
+        """The classifier's batch for an image with a lesion: one input per crop context, or
+        one whole image."""
+        return 1 if self.input == "image" else len(self.all_contexts)
 
     @classmethod
     def from_card(cls, card: dict[str, Any]) -> ClassifierSettings:
@@ -92,10 +99,7 @@ def _batch_axis_name(path: Path) -> str | None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise BusdxError(f"cannot load {path.name}: {err}") from err
+    session = _open(path, options)
     first = session.get_inputs()[0].shape[0] if session.get_inputs() else None
     return first if isinstance(first, str) and first else None
 
@@ -120,10 +124,14 @@ def _session(path: Path, threads: int, batch: int | None = None):
     # both one analysis and two at once faster (benchmarks/tune_ort.py, BENCHMARKS.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    return _open(path, options)
+
+
+def _open(path: Path, options):
+    import onnxruntime as ort
+
     try:
-        return ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types
         raise BusdxError(f"cannot load {path.name}: {err}") from err
 
@@ -187,12 +195,11 @@ class Models:
         # Two cores are typical for the laptops this serves; more threads only add contention.
         threads = threads or max(1, min(4, os.cpu_count() or 1))
         # One analysis runs the segmenter on one image and the classifier on one batch of the
-        # card's crops; with a single crop that batch is always 1 (a whole image, without a
-        # lesion, is one too), so both batch sizes are fixed. Several crops: the classifier's
-        # batch varies (1 without a lesion) and stays dynamic.
+        # card's crops; when that batch is 1 it is 1 without a lesion too (the whole image), so
+        # both batch sizes are fixed. Several crops: the classifier's batch varies (1 without a
+        # lesion) and stays dynamic.
         segmenter = _session(files[0], threads, batch=1) if with_segmenter else None
-        single = len(settings.all_contexts) == 1 or settings.input == "image"
-        classifier = _session(files[-1], threads, batch=1 if single else None)
+        classifier = _session(files[-1], threads, batch=1 if settings.batch == 1 else None)
         if segmenter is not None:
             _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
         _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)

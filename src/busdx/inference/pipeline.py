@@ -140,11 +140,8 @@ def classifier_inputs(
     is shown makes the call less sensitive to where the predicted outline falls); without one,
     or with ``input: image``, the whole image once. With ``input: both`` each crop is paired
     with the whole image (V = 2); without a lesion both views are the whole image."""
-    # the whole image only when it is used: letterboxing is not free (about 0.5 ms here)
-    whole = lesion_crop(image, None, settings.crop)[0] if settings.input != "crop" else None
     if settings.input == "image" or mask is None or not mask.any():
-        if whole is None:
-            whole = lesion_crop(image, None, settings.crop)[0]
+        whole, _ = lesion_crop(image, None, settings.crop)
         return _views(whole[None], whole, settings), None, 0
     contexts = settings.all_contexts
     crops, boxes = [], []
@@ -153,12 +150,14 @@ def classifier_inputs(
         crops.append(x)
         boxes.append(box)
     primary = contexts.index(settings.crop.context) if settings.crop.context in contexts else 0
+    # the letterboxed whole image only for a two-view classifier: it is not free (~0.5 ms)
+    whole = lesion_crop(image, None, settings.crop)[0] if settings.views == 2 else None
     return _views(np.stack(crops), whole, settings), boxes[primary], primary
 
 
 def _views(crops: np.ndarray, whole: np.ndarray | None, settings: ClassifierSettings
            ) -> np.ndarray:
-    """[K, S, S] crops -> [K, V, S, S] float32: the crops alone, or each beside the whole image."""
+    """[K, S, S] crops -> [K, V, S, S] float32: the crops alone, or each beside ``whole``."""
     if settings.views == 1:
         return crops[:, None].astype(np.float32)
     return np.stack([crops, np.broadcast_to(whole, crops.shape)], axis=1).astype(np.float32)

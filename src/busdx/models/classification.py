@@ -267,6 +267,15 @@ def build_classifier(spec: ClassifierSpec, pretrained: bool = True) -> nn.Module
     raise BusdxError(f"unknown classifier architecture {spec.arch!r}; choose one of {ARCHS}")
 
 
+def normalise(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[N,V,S,S] gray in [0,1] -> the backbone's 3-channel normalised input [N*V,3,S,S] (the
+    views of one sample consecutive), for training and for the exported graph alike. Plain
+    floats per channel: a tensor made here would be a constant the ONNX tracer warns about."""
+    size = x.shape[-1]
+    gray = x.reshape(-1, 1, size, size)
+    return torch.cat([(gray - m) / s for m, s in zip(model.mean, model.std, strict=True)], dim=1)
+
+
 class ExportWrapper(nn.Module):
     """The ONNX graph: ``image`` [N,V,S,S] in [0,1] -> ``logit`` [N,1], ``cam`` [N,1,h,w].
 
@@ -295,8 +304,6 @@ class ExportWrapper(nn.Module):
         # has no handedness). Logits and mirrored-back CAMs are averaged, so mean(cam) + bias
         # is still the logit.
         self.flip_tta = flip_tta
-        self.register_buffer("mean", torch.tensor(model.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(model.std).view(1, 3, 1, 1))
 
     def direction(self, pooled: torch.Tensor) -> torch.Tensor:
         """[N, C] linear direction of the head at each image's pooled features."""
@@ -323,8 +330,7 @@ class ExportWrapper(nn.Module):
         return logit, cam
 
     def forward(self, image: torch.Tensor):
-        size = image.shape[-1]
-        x = (image.reshape(-1, 1, size, size).repeat(1, 3, 1, 1) - self.mean) / self.std
+        x = normalise(self.model, image)
         if not self.flip_tta:
             return self.single(x)
         n = image.shape[0]

@@ -24,3 +24,9 @@ MODEL_CARD_FILE = "model_card.json"
 INPUT_NAME = "image"
 SEGMENTER_OUTPUT = "mask_logits"
 CLASSIFIER_OUTPUTS = ("logit", "cam")
+
+
+def input_views(kind: str) -> int:
+    """Images per sample the classifier takes for the card's ``input``: 2 for "both" (crop, then
+    whole image), else 1."""
+    return 2 if kind == "both" else 1

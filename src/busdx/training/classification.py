@@ -26,7 +26,8 @@ from busdx.data.crop import CropConfig, lesion_crop
 from busdx.data.index import Record
 from busdx.data.preprocess import load_gray, load_mask
 from busdx.evaluation.classification import roc_auc
-from busdx.models.classification import ClassifierSpec, build_classifier
+from busdx.models.classification import ClassifierSpec, build_classifier, normalise
+from busdx.models.contract import input_views
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class ClassifierTrainConfig:
 
     @property
     def views(self) -> int:
-        return 2 if self.input == "both" else 1
+        return input_views(self.input)
 
 
 @dataclass
@@ -166,15 +167,6 @@ class CropDataset(torch.utils.data.Dataset):
         else:
             x = make_input(s, c.input, c.crop)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(float(s.label))
-
-
-def normalise(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """[N,V,S,S] in [0,1] -> the backbone's 3-channel normalised input [N*V,3,S,S] (the
-    views of one sample consecutive)."""
-    mean = torch.tensor(model.mean).view(1, 3, 1, 1)
-    std = torch.tensor(model.std).view(1, 3, 1, 1)
-    size = x.shape[-1]
-    return (x.reshape(-1, 1, size, size).repeat(1, 3, 1, 1) - mean) / std
 
 
 # ---------------------------------------------------------------------------- training

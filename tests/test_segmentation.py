@@ -188,3 +188,93 @@ def test_two_checkpoints_export_as_one_logit_averaging_graph(trained_run, tmp_pa
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {INPUT_NAME: images.numpy()})
     assert np.abs(got - expected).max() < ONNX_TOLERANCE
+
+
+def _halved_checkpoint(trained_run: Path, out: Path, factor: float = 0.5) -> Path:
+    """A second member: the trained run's checkpoint with its weights scaled."""
+    state = torch.load(trained_run / "best.pt", map_location="cpu", weights_only=False)
+    with torch.no_grad():
+        for tensor in state["model"].values():
+            if tensor.is_floating_point():
+                tensor.mul_(factor)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out)
+    return out
+
+
+@pytest.mark.slow
+def test_a_member_of_an_exported_graph_joins_a_new_ensemble(trained_run, tmp_path):
+    """A bundled ensemble's member whose checkpoint is gone: cut out of the graph (it computes
+    what its network computes) and averaged with a new checkpoint by `--onnx-member`, the card
+    keeping what it knew of that member."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from busdx.models.onnx_members import extract_member, member_outputs
+    from busdx.models.segmentation import SegmenterExport, load_segmenter_checkpoint
+
+    first = trained_run / "best.pt"
+    second = _halved_checkpoint(trained_run, tmp_path / "second" / "best.pt")
+    third = _halved_checkpoint(trained_run, tmp_path / "third" / "best.pt", factor=0.8)
+    old, card = tmp_path / "old.onnx", tmp_path / "model_card.json"
+    assert main(["export", "segmentation", "--checkpoint", str(first), str(second),
+                 "--out", str(old), "--card", str(card)]) == 0
+    old_members = load_card(card)["segmenter"]["members"]
+
+    images = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(5))
+
+    def torch_logits(checkpoint: Path) -> np.ndarray:
+        with torch.no_grad():
+            return SegmenterExport(load_segmenter_checkpoint(checkpoint)[0]).eval()(images).numpy()
+
+    def onnx_logits(model) -> np.ndarray:
+        data = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        return session.run([SEGMENTER_OUTPUT], {INPUT_NAME: images.numpy()})[0]
+
+    graph = onnx.load(str(old))
+    assert len(member_outputs(graph)) == 2
+    assert np.abs(onnx_logits(extract_member(graph, 1)) - torch_logits(second)).max() < ONNX_TOLERANCE
+    assert len(member_outputs(extract_member(graph, 0))) == 1  # a single network is one member
+
+    new = tmp_path / "new.onnx"
+    assert main(["export", "segmentation", "--checkpoint", str(third), "--onnx-member",
+                 f"{old}:1", "--out", str(new), "--card", str(card)]) == 0
+    expected = np.mean([torch_logits(third), torch_logits(second)], axis=0)
+    assert np.abs(onnx_logits(new) - expected).max() < ONNX_TOLERANCE
+    section = load_card(card)["segmenter"]
+    assert section["ensemble"].startswith("2 networks")
+    assert section["onnx_vs_torch_max_abs_diff"] < ONNX_TOLERANCE
+    assert section["members"][0]["checkpoint"] == str(third)
+    kept = section["members"][1]
+    assert kept["checkpoint"] == old_members[1]["checkpoint"] == str(second)
+    assert kept["training"] == old_members[1]["training"] and "old.onnx" in kept["source"]
+
+    assert main(["export", "segmentation", "--checkpoint", str(third), "--onnx-member",
+                 f"{old}:2", "--out", str(tmp_path / "x.onnx"), "--card", ""]) == 2
+    assert main(["export", "segmentation", "--checkpoint", str(third), "--onnx-member",
+                 str(old), "--out", str(tmp_path / "x.onnx"), "--card", ""]) == 2
+
+
+@pytest.mark.slow
+def test_validation_selection_keeps_the_baseline_unless_beaten(trained_run, fixtures_root, tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    card = tmp_path / "model_card.json"
+    assert main(["export", "segmentation", "--checkpoint", str(trained_run / "best.pt"),
+                 "--out", str(a), "--card", ""]) == 0
+    other = _halved_checkpoint(trained_run, tmp_path / "other" / "best.pt", factor=0.2)
+    assert main(["export", "segmentation", "--checkpoint", str(other), "--out", str(b),
+                 "--card", ""]) == 0
+    base = ["evaluate", "segmentation", "--data", str(fixtures_root), "--card", str(card),
+            "--compare", f"a={a}", "--compare", f"b={b}"]
+    assert main([*base, "--baseline", "a", "--min-gain", "1.0"]) == 0
+    selection = load_card(card)["segmenter"]["selection"]
+    assert selection["chosen"] == "a"  # nothing gains a whole unit of Dice
+    assert set(selection["val_dice_original_resolution"]) == {"a", "b"}
+    assert "test" not in load_card(card)["segmenter"]  # validation only
+    dices = selection["val_dice_original_resolution"]
+    assert main([*base, "--not-eligible", "a=too slow"]) == 0
+    selection = load_card(card)["segmenter"]["selection"]
+    assert selection["chosen"] == "b" and selection["not_eligible"] == {"a": "too slow"}
+    assert selection["val_dice_original_resolution"] == dices  # the same scores again
+    assert main([*base, "--baseline", "c"]) == 2
+    assert main([*base, "--compare", "broken"]) == 2

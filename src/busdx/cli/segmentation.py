@@ -84,19 +84,27 @@ def _register_export(group) -> None:
                    "plain_unet) to record in the card")
     p.add_argument("--tta", choices=("none", "hflip"), default="none",
                    help="bake horizontal-flip test-time augmentation into the graph")
+    p.add_argument("--onnx-member", action="append", default=[], metavar="GRAPH:INDEX",
+                   help="add member INDEX of an exported (ensemble) graph to the ensemble, for a "
+                   "network whose checkpoint is gone; its card entry is kept when --card "
+                   "describes GRAPH (repeatable)")
     p.set_defaults(func=_export)
 
 
 def _export(args) -> int:
     from pathlib import Path
 
-    from busdx.evaluation.model_card import update_card
-    from busdx.training.segmentation import export_with_provenance
+    from busdx.evaluation.model_card import load_card, update_card
+    from busdx.training.segmentation import OnnxMember, export_with_provenance
 
+    # read before the export: --out may overwrite the graph a member comes from
+    described = load_card(args.card).get("segmenter", {}) if args.card else {}
+    onnx_members = [OnnxMember.parse(text, described) for text in args.onnx_member]
     section = export_with_provenance([Path(c) for c in args.checkpoint], Path(args.out),
                                      [Path(p) for p in args.compare_runs],
                                      hflip_tta=args.tta == "hflip",
-                                     architecture_runs=[Path(p) for p in args.compare_architectures])
+                                     architecture_runs=[Path(p) for p in args.compare_architectures],
+                                     onnx_members=onnx_members)
     if args.card:
         update_card(args.card, "segmenter", section)
     print(f"wrote {args.out} ({section['onnx_megabytes']} MB); ONNX Runtime vs torch: max "
@@ -119,12 +127,55 @@ def _register_evaluate(group) -> None:
                    help="the test fold, or the patient-wise validation split of the other folds "
                    "(for choices made on validation; written as 'validation' in the card)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=GRAPH",
+                   help="choose among candidate graphs on the VALIDATION split instead: each is "
+                   "scored, the choice is written to the card's segmenter.selection (repeatable)")
+    p.add_argument("--baseline", default=None, metavar="NAME",
+                   help="with --compare: the graph shipped now, kept unless beaten by --min-gain")
+    p.add_argument("--min-gain", type=float, default=0.001,
+                   help="with --compare and --baseline: validation Dice a candidate must gain")
+    p.add_argument("--not-eligible", action="append", default=[], metavar="NAME=WHY",
+                   help="with --compare: score NAME for the record but never choose it")
     p.set_defaults(func=_evaluate)
+
+
+def _pairs(texts: list[str], flag: str) -> dict[str, str]:
+    from busdx.errors import BusdxError
+
+    pairs = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not name or not value:
+            raise BusdxError(f"{flag} takes NAME=VALUE, not {text!r}")
+        pairs[name] = value
+    return pairs
+
+
+def _select(args) -> int:
+    from pathlib import Path
+
+    from busdx.evaluation.model_card import update_card
+    from busdx.evaluation.segmentation import select_segmenter
+
+    candidates = {n: Path(p) for n, p in _pairs(args.compare, "--compare").items()}
+    selection = select_segmenter(args.data, candidates, args.test_fold, args.baseline,
+                                 args.min_gain, _pairs(args.not_eligible, "--not-eligible"),
+                                 args.threads)
+    selection["command"] = "busdx " + shlex.join(sys.argv[1:]) if sys.argv else None
+    if args.card:
+        update_card(args.card, "segmenter", {"selection": selection})
+    for name, value in selection["val_dice_original_resolution"].items():
+        flag = " (not eligible)" if name in selection["not_eligible"] else ""
+        flag += "  <- chosen" if name == selection["chosen"] else ""
+        print(f"{name:<24}{value:.4f}{flag}")
+    return 0
 
 
 def _evaluate(args) -> int:
     from busdx.evaluation.segmentation import evaluate_segmenter
 
+    if args.compare:
+        return _select(args)
     result = evaluate_segmenter(args.data, args.model, args.test_fold, args.card or None,
                                 args.figures, args.threads, split=args.split)
     s = result.section

@@ -223,3 +223,54 @@ def evaluate_segmenter(
         update_card(card_path, "segmenter", {"test" if split == "test" else "validation": section})
     return SegEvaluation(scores=scores, test_fold=test_fold, model_path=model_path,
                          section=section)
+
+
+def select_segmenter(
+    data: str | None,
+    candidates: dict[str, Path],
+    test_fold: int = 5,
+    baseline: str | None = None,
+    min_gain: float = 0.001,
+    not_eligible: dict[str, str] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Score candidate graphs on the VALIDATION split at original resolution and pick one: the
+    highest mean Dice, but the ``baseline`` (the graph shipped now) stays unless the best beats
+    it by at least ``min_gain``. Graphs in ``not_eligible`` (name -> why: over the latency
+    budget, say) are scored and recorded but never chosen. Returns the card's
+    ``segmenter.selection``; copying the chosen graph is left to the caller."""
+    not_eligible = dict(not_eligible or {})
+    unknown = sorted((set(not_eligible) | ({baseline} if baseline else set())) - set(candidates))
+    if unknown:
+        raise BusdxError(f"not among the candidates: {', '.join(unknown)}")
+    if not set(candidates) - set(not_eligible):
+        raise BusdxError("every candidate is marked not eligible")
+    index = load_index(resolve_root(data))
+    records = make_split(index, SplitConfig(test_fold=test_fold)).val
+    dices, post = {}, {}
+    for name, path in candidates.items():
+        scores, _ = score_records(open_session(Path(path), threads), records)
+        dices[name] = float(np.mean([s.dice for s in scores]))
+        post[name] = float(np.mean([s.dice_post for s in scores]))
+        log.info("validation Dice of %s (%s): %.4f (postprocessed %.4f)", name, path, dices[name],
+                 post[name])
+    eligible = {n: d for n, d in dices.items() if n not in not_eligible}
+    best = max(eligible, key=lambda n: (eligible[n], n == baseline))
+    chosen = best
+    if baseline and baseline in eligible and eligible[best] < eligible[baseline] + min_gain:
+        chosen = baseline
+    rule = "highest validation Dice at original resolution"
+    if baseline:
+        rule += f"; the shipped graph ({baseline}) stays unless beaten by at least {min_gain}"
+    if not_eligible:
+        rule += "; graphs marked not eligible are scored for the record only"
+    return {
+        "rule": rule,
+        "split": f"validation ({len(records)} images, patient-wise, test fold {test_fold} untouched)",
+        "candidates": {n: str(p) for n, p in candidates.items()},
+        "val_dice_original_resolution": dices,
+        "val_dice_postprocessed": post,
+        "not_eligible": not_eligible,
+        "baseline": baseline,
+        "chosen": chosen,
+    }

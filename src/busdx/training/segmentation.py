@@ -340,41 +340,77 @@ def loss_comparison(run_dirs: list[Path], varied: str = "loss") -> dict:
     }
 
 
+@dataclass(frozen=True)
+class OnnxMember:
+    """A member taken from an exported graph (``graph``, member ``index``), for a network whose
+    checkpoint is no longer at hand; ``card`` says what the card knew of it."""
+
+    graph: Path
+    index: int
+    card: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str, card: dict | None = None) -> OnnxMember:
+        """``GRAPH:INDEX``; the member's card entry is read from ``card`` (the segmenter section
+        that describes GRAPH), when there is one."""
+        graph, _, index = text.rpartition(":")
+        if not graph or not index.isdigit():
+            raise BusdxError(f"an ONNX member is GRAPH:INDEX (models/segmenter.onnx:1), not {text!r}")
+        path, i = Path(graph), int(index)
+        if not path.is_file():
+            raise BusdxError(f"no ONNX graph at {path}")
+        members = (card or {}).get("members") or []
+        entry = dict(members[i]) if (card or {}).get("file") == path.name and i < len(members) else {}
+        return cls(path, i, entry)
+
+
 def export_with_provenance(
     checkpoints: Path | list[Path], out: Path, compare_runs: list[Path], hflip_tta: bool = False,
-    architecture_runs: list[Path] | None = None,
+    architecture_runs: list[Path] | None = None, onnx_members: list[OnnxMember] | None = None,
 ) -> dict:
     """Export one checkpoint, or the logit-averaging ensemble of several, to ONNX; check it
     against torch and return the card's section (``training`` describes the first member,
-    ``members`` each of them)."""
+    ``members`` each of them). ``onnx_members`` join the ensemble from exported graphs."""
     from busdx.models.segmentation import export_onnx, load_segmenter_checkpoints, onnx_max_difference
 
     checkpoints = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
+    onnx_members = list(onnx_members or [])
     missing = [str(c) for c in checkpoints if not c.is_file()]
     if missing:
         raise BusdxError(f"no checkpoint at {', '.join(missing)}")
+    if not checkpoints:
+        raise BusdxError("at least one checkpoint is needed")
+    if onnx_members and hflip_tta:
+        raise BusdxError("flip TTA cannot be baked into an ensemble with ONNX members")
     net, metas = load_segmenter_checkpoints(checkpoints)
     sizes = {m.get("train_config", {}).get("size", 224) for m in metas}
     if len(sizes) != 1:
         raise BusdxError(f"ensemble members were trained at different sizes: {sorted(sizes)}")
     size = sizes.pop()
-    export_onnx(net, out, size, hflip_tta=hflip_tta)
     probe = torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0))
-    diff = onnx_max_difference(net, out, probe, hflip_tta)
+    if onnx_members:
+        diff = _export_with_onnx_members(checkpoints, onnx_members, out, size, probe)
+    else:
+        export_onnx(net, out, size, hflip_tta=hflip_tta)
+        diff = onnx_max_difference(net, out, probe, hflip_tta)
     if diff > 1e-3:
         log.warning("ONNX Runtime differs from torch by up to %.2e in the logits", diff)
     members = [_member(c, m) for c, m in zip(checkpoints, metas, strict=True)]
+    members += [{**m.card, "source": f"member {m.index} of {m.graph} (its checkpoint is not at hand)"}
+                for m in onnx_members]
     first = members[0]
     section = {
         "file": out.name,
         "architecture": first["architecture"],
-        "encoder": " + ".join(str(m["encoder"]) for m in members),
+        "encoder": " + ".join(str(m.get("encoder")) for m in members),
         "encoder_weights": first["encoder_weights"],
         "decoder_channels": first["decoder_channels"],
         "input_size": size,
         "test_time_augmentation": "horizontal flip (logits averaged)" if hflip_tta else None,
         "ensemble": f"{len(members)} networks, logits averaged" if len(members) > 1 else None,
-        "checkpoints": [str(c) for c in checkpoints],
+        "checkpoints": [str(c) for c in checkpoints]
+        + [m.get("checkpoint", f"{o.graph}:{o.index}") for m, o in zip(members[len(checkpoints):],
+                                                                        onnx_members, strict=True)],
         "threshold": 0.5,
         "onnx_megabytes": round(out.stat().st_size / 1e6, 2),
         "onnx_vs_torch_max_abs_diff": diff,
@@ -386,6 +422,47 @@ def export_with_provenance(
     if architecture_runs:
         section["architecture_comparison"] = loss_comparison(architecture_runs, "architecture")
     return section
+
+
+def _export_with_onnx_members(
+    checkpoints: list[Path], onnx_members: list[OnnxMember], out: Path, size: int,
+    probe: torch.Tensor,
+) -> float:
+    """Write the ensemble of the checkpoints' networks and the ONNX members to ``out``; return
+    the largest difference from the mean of torch (checkpoints) and ONNX Runtime (members)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from busdx.models.contract import INPUT_NAME
+    from busdx.models.onnx_members import average_members, extract_member
+    from busdx.models.segmentation import SegmenterExport, export_onnx, load_segmenter_checkpoint
+
+    def run(model: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        return session.run(None, {INPUT_NAME: probe.numpy()})[0]
+
+    graphs, expected = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, checkpoint in enumerate(checkpoints):
+            net, _ = load_segmenter_checkpoint(checkpoint)
+            path = Path(tmp) / f"member{i}.onnx"
+            export_onnx(net, path, size)
+            graphs.append(onnx.load(str(path)))
+            with torch.no_grad():
+                expected.append(SegmenterExport(net).eval()(probe).numpy())
+    for member in onnx_members:
+        graph = extract_member(onnx.load(str(member.graph)), member.index)
+        if graph.graph.input[0].type.tensor_type.shape.dim[-1].dim_value != size:
+            raise BusdxError(f"{member.graph} takes another input size than {size}")
+        graphs.append(graph)
+        expected.append(run(graph))
+    composed = average_members(graphs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(composed, str(out))
+    return float(np.abs(run(composed) - np.mean(expected, axis=0)).max())
 
 
 def _member(checkpoint: Path, meta: dict) -> dict:

@@ -365,3 +365,51 @@ def test_resnet50_recipe_trains_a_few_batches():
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert torch.equal(model.backbone.conv1.weight, frozen_before)
+
+
+def test_a_classifier_is_recovered_from_its_graph(tmp_path):
+    """`busdx export classification --recover`: the network rebuilt from an exported two-view
+    graph (batch norms folded, Platt offset taken back out of the bias) exports to the same
+    outputs, so calibration and export can run without the lost checkpoint."""
+    import onnxruntime as ort
+
+    from busdx.cli.main import main
+    from busdx.training.classification import load_checkpoint
+
+    torch.manual_seed(4)
+    model = build_classifier(ClassifierSpec(arch="lite0", views=2), pretrained=False).eval()
+    with torch.no_grad():  # running statistics as after training, so folding is not trivial
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    models = tmp_path / "models"
+    graph = export_onnx(model, models / "classifier.onnx", logit_offset=-0.7)
+    section = {"file": "classifier.onnx", "arch": "lite0", "input": "both", "tta": "none",
+               "logit_offset": -0.7, "training": {"config": {"size": 224, "input": "both"}},
+               "calibration_training": {"val_auc": 0.9, "engine": "torch"}}
+    (models / "model_card.json").write_text(json.dumps({"classifier": section}))
+    out = tmp_path / "run" / "classifier.pt"
+    assert main(["export", "classification", "--output", str(graph), "--recover", str(out)]) == 0
+    recovered, ckpt = load_checkpoint(out)
+    assert ckpt["recovered_from"]["max_abs_diff"] < ONNX_TOL
+    assert json.loads((out.parent / "calibration.json").read_text()) == {"val_auc": 0.9}
+    x = torch.rand(3, 2, 224, 224, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected, expected_cam = ExportWrapper(model)(x)
+        got, got_cam = ExportWrapper(recovered)(x)
+    assert torch.allclose(got, expected, atol=ONNX_TOL)  # the network's own logit, no offset
+    assert torch.allclose(got_cam, expected_cam, atol=ONNX_TOL)
+    again = export_onnx(recovered, tmp_path / "again.onnx", logit_offset=-0.7)
+    outputs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+               .run(None, {"image": x.numpy()}) for p in (graph, again)]
+    for a, b in zip(*outputs, strict=True):
+        assert np.abs(a - b).max() < ONNX_TOL
+
+    section["arch"] = "resnet50"
+    (models / "model_card.json").write_text(json.dumps({"classifier": section}))
+    assert main(["export", "classification", "--output", str(graph), "--recover", str(out)]) == 2
+    assert main(["export", "classification", "--output", str(tmp_path / "none.onnx"),
+                 "--recover", str(out)]) == 2

@@ -209,7 +209,7 @@ def test_a_member_of_an_exported_graph_joins_a_new_ensemble(trained_run, tmp_pat
     keeping what it knew of that member."""
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    from busdx.models.onnx_members import extract_member, member_outputs
+    from busdx.models.from_onnx import extract_member, member_outputs
     from busdx.models.segmentation import SegmenterExport, load_segmenter_checkpoint
 
     first = trained_run / "best.pt"

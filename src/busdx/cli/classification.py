@@ -105,6 +105,11 @@ def register(subparsers, groups) -> None:
     export.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="flip: average the crop and its mirror inside the graph")
     export.add_argument("--no-card", action="store_true", help="do not note it in the card")
+    export.add_argument("--recover", default=None, metavar="CHECKPOINT",
+                        help="the other way round: rebuild the network of the exported --output "
+                        "graph (described by the card beside it) as CHECKPOINT, when the "
+                        "training run's checkpoint is gone; batch norms stay folded, so it is "
+                        "for calibration and export, not for more training")
     export.set_defaults(func=run_export)
 
 
@@ -466,6 +471,8 @@ def _print_table(r: dict) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.recover:
+        return _recover(args)
     from busdx.models.classification import export_onnx
     from busdx.training.classification import load_checkpoint
 
@@ -483,4 +490,34 @@ def run_export(args: argparse.Namespace) -> int:
                      "input": ckpt["config"].get("input", "crop")})
         log.warning("the card's operating point belongs to the previous graph: run "
                     "`busdx train classification --calibrate-only` next")
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    """Write the checkpoint rebuilt from the graph, with the training record and the training
+    run's calibration that the card keeps beside it (``--calibrate-only`` reads both)."""
+    import torch
+
+    from busdx.evaluation.model_card import load_card
+    from busdx.models.contract import MODEL_CARD_FILE
+    from busdx.models.from_onnx import recover_classifier
+
+    graph = Path(args.output)
+    if not graph.is_file():
+        raise BusdxError(f"no classifier graph at {graph}")
+    section = load_card(graph.parent / MODEL_CARD_FILE).get("classifier", {})
+    if section.get("file") != graph.name:
+        raise BusdxError(f"the card beside {graph} does not describe it")
+    _, checkpoint = recover_classifier(graph, section)
+    out = Path(args.recover)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, out)
+    if section.get("training"):
+        (out.parent / "training.json").write_text(json.dumps(section["training"], indent=2) + "\n")
+    if section.get("calibration_training"):
+        fit = {k: v for k, v in section["calibration_training"].items()
+               if k not in ("masks", "engine")}
+        (out.parent / "calibration.json").write_text(json.dumps(fit, indent=2) + "\n")
+    log.info("rebuilt %s from %s (largest output difference %.1e)", out, graph,
+             checkpoint["recovered_from"]["max_abs_diff"])
     return 0

@@ -436,7 +436,7 @@ def _export_with_onnx_members(
     import onnxruntime as ort
 
     from busdx.models.contract import INPUT_NAME
-    from busdx.models.onnx_members import average_members, extract_member
+    from busdx.models.from_onnx import average_members, extract_member
     from busdx.models.segmentation import SegmenterExport, export_onnx, load_segmenter_checkpoint
 
     def run(model: onnx.ModelProto) -> np.ndarray:

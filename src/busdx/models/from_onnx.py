@@ -1,4 +1,4 @@
-"""Segmenter ensembles assembled from exported ONNX graphs.
+"""Networks taken back out of exported ONNX graphs: segmenter ensemble members, classifiers.
 
 A bundled ensemble graph is the only copy of a member whose checkpoint is gone (run folders are
 never committed), so a new ensemble can take that member from the graph itself: its sub-graph,
@@ -10,6 +10,7 @@ members. The averaging is the same as :class:`busdx.models.segmentation.Segmente
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
@@ -125,3 +126,76 @@ def _input_shape(model: onnx.ModelProto) -> tuple:
 def _logits_info() -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(SEGMENTER_OUTPUT, TensorProto.FLOAT,
                                          ["batch", 1, None, None])
+
+
+def recover_classifier(graph_path, section: dict) -> tuple[Any, dict]:
+    """An EfficientNet-Lite classifier rebuilt from its exported graph, for when the checkpoint
+    is gone: the model (eval mode) and a checkpoint dict that :func:`load_checkpoint` reads.
+
+    The exporter folded each batch norm into its convolution, so the network comes back in that
+    folded form: each convolution holds the folded weight and its batch norm passes the folded
+    bias through (mean 0, variance 1 - eps, scale 1). It computes what the graph computes, which
+    is what calibration, export and benchmarks need, but its batch norms no longer hold running
+    statistics: it is not a starting point for more training. ``section`` is the card's
+    classifier section that describes the graph (architecture, views, Platt offset)."""
+    import numpy as np
+    import torch
+    from onnx import numpy_helper
+
+    from busdx.models.classification import ClassifierSpec, build_classifier, export_module
+    from busdx.models.contract import input_views
+
+    arch = section.get("arch", "")
+    if arch not in ("lite0", "lite1", "lite2") or section.get("ensemble"):
+        raise BusdxError(f"only a single EfficientNet-Lite classifier can be recovered, not {arch!r}")
+    config = dict(section.get("training", {}).get("config") or {})
+    spec = ClassifierSpec(arch=arch, dropout=float(config.get("dropout", 0.3)),
+                          weights=section.get("weights", "imagenet"),
+                          views=input_views(section.get("input", "crop")))
+    model = build_classifier(spec, pretrained=False).eval()
+    if section.get("tta", "none") != "none":
+        raise BusdxError("a graph with mirror averaging baked in cannot be recovered")
+    proto = onnx.load(str(graph_path))
+    weights = {t.name: np.array(numpy_helper.to_array(t)) for t in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    modules = [m for m in model.backbone.modules()
+               if isinstance(m, torch.nn.Conv2d | torch.nn.BatchNorm2d)]
+    pairs = list(zip(modules[::2], modules[1::2], strict=True))
+    if len(pairs) != len(convs) or any(not isinstance(c, torch.nn.Conv2d)
+                                       or not isinstance(b, torch.nn.BatchNorm2d) for c, b in pairs):
+        raise BusdxError(f"{graph_path} does not match a {arch} classifier's layers")
+    with torch.no_grad():
+        for (conv, bn), node in zip(pairs, convs, strict=True):
+            w, b = weights[node.input[1]], weights[node.input[2]]
+            if tuple(w.shape) != tuple(conv.weight.shape) or b.shape != (bn.num_features,):
+                raise BusdxError(f"{graph_path}: layer shapes differ from a {arch} classifier's")
+            conv.weight.copy_(torch.from_numpy(w))
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(torch.from_numpy(b))
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+        offset = float(section.get("logit_offset", 0.0))
+        model.fc.weight.copy_(torch.from_numpy(weights["model.fc.weight"]))
+        # the graph's bias carries Platt's intercept; the checkpoint holds the network's own
+        model.fc.bias.copy_(torch.from_numpy(weights["model.fc.bias"]) - offset)
+    size = int(config.get("size", section.get("crop", {}).get("size", 224)))
+    probe = torch.rand(2, spec.views, size, size, generator=torch.Generator().manual_seed(0))
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: probe.numpy()})
+    with torch.no_grad():
+        got = export_module(model, logit_offset=offset)(probe)
+    diff = max(float(np.abs(g.numpy() - e).max()) for g, e in zip(got, expected, strict=True))
+    if diff > 1e-3:
+        raise BusdxError(f"the recovered network differs from {graph_path} by {diff:.2e}")
+    checkpoint = {
+        "state_dict": model.state_dict(), "spec": {**spec.__dict__}, "config": config,
+        "epoch": section.get("calibration", {}).get("checkpoint_epoch"),
+        "val_auc": section.get("calibration_training", {}).get("val_auc"),
+        "recovered_from": {"graph": str(graph_path), "max_abs_diff": diff,
+                           "checkpoint": (section.get("checkpoints") or [None])[0],
+                           "note": "batch norms folded into the convolutions: for inference, "
+                                   "calibration and export, not for more training"},
+    }
+    return model, checkpoint

@@ -127,7 +127,7 @@ def torch_classifier(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
         arch = str(section.get("arch", "lite0")).split("+")[0]
         model = build_classifier(ClassifierSpec(arch=arch, weights="none"), pretrained=False)
         source = "random weights (same architecture; latency does not depend on weight values)"
-    wrapper = export_module(model.eval(), flip_tta=section.get("tta") == "flip",
+    wrapper = export_module(model.eval(), tta=section.get("tta") or "none",
                             logit_offset=float(section.get("logit_offset", 0.0)))
     return wrapper, source
 

@@ -89,7 +89,7 @@ def test_resnet50_frozen_batchnorms_stay_in_eval(resnet):
 def test_flip_tta_export_averages_mirrors_and_keeps_cam_exact(lite, tmp_path):
     import onnxruntime as ort
 
-    path = export_onnx(lite, tmp_path / "tta.onnx", flip_tta=True)
+    path = export_onnx(lite, tmp_path / "tta.onnx", tta="flip")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_two_view_classifier_exports_with_an_exact_crop_cam(lite, tmp_path):
     torch.manual_seed(2)
     model = build_classifier(ClassifierSpec(arch="lite0", views=2), pretrained=False).eval()
     assert model.fc.in_features == 2 * model.num_features
-    path = export_onnx(model, tmp_path / "both.onnx", flip_tta=True)
+    path = export_onnx(model, tmp_path / "both.onnx", tta="flip")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[1] == 2
     x = torch.rand(3, 2, 224, 224, generator=torch.Generator().manual_seed(6))
@@ -156,6 +156,36 @@ def test_two_view_classifier_exports_with_an_exact_crop_cam(lite, tmp_path):
         from busdx.models.classification import ClassifierEnsemble
 
         ClassifierEnsemble([lite, model])
+
+
+def test_crop_only_mirror_is_the_mean_over_the_mirrored_crop_and_keeps_cam_exact(lite, tmp_path):
+    """tta="flip_crop": the logit is the mean over (crop, whole) and (mirrored crop, whole) from
+    three backbone passes, the CAM still sums to it and still moves only by a constant when the
+    whole-image view changes."""
+    import onnxruntime as ort
+
+    torch.manual_seed(3)
+    model = build_classifier(ClassifierSpec(arch="lite0", views=2), pretrained=False).eval()
+    path = export_onnx(model, tmp_path / "flip_crop.onnx", tta="flip_crop")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 2, 224, 224, generator=torch.Generator().manual_seed(9))
+    mirrored = x.clone()
+    mirrored[:, 0] = torch.flip(x[:, 0], dims=[2])
+    with torch.no_grad():
+        expected = (ExportWrapper(model)(x)[0] + ExportWrapper(model)(mirrored)[0]) / 2
+        logit, cam = ExportWrapper(model, tta="flip_crop")(x)
+    assert torch.allclose(logit, expected, atol=1e-5)
+    assert torch.allclose(cam.mean(dim=(2, 3)) + model.fc.bias, logit, atol=1e-5)
+    onnx_logit, onnx_cam = session.run(None, {"image": x.numpy()})
+    assert np.abs(onnx_logit - logit.numpy()).max() < ONNX_TOL
+    assert np.abs(onnx_cam - cam.numpy()).max() < ONNX_TOL
+    other = x.clone()
+    other[:, 1] = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(10))
+    _, cam_other = session.run(None, {"image": other.numpy()})
+    shift = cam_other - onnx_cam
+    assert np.abs(shift - shift.mean(axis=(2, 3), keepdims=True)).max() < ONNX_TOL
+    with pytest.raises(Exception, match="two-view"):
+        ExportWrapper(lite, tta="flip_crop")
 
 
 @pytest.mark.parametrize("name", ["lite", "resnet"])
@@ -319,11 +349,12 @@ def test_two_view_run_calibrates_ships_and_analyses(fixtures_root, tmp_path):
                "--max-passes", "2", "--checkpoint", str(tmp_path / "both" / "classifier.pt")])
     assert rc == 0
     card = json.loads((models / "model_card.json").read_text())["classifier"]
-    # mirror averaging would take 4 passes: over the budget, so it never competes
+    # mirror averaging takes 4 passes, the crop's mirror alone 3: over the budget, never chosen
     assert card["input"] == "both" and card["tta"] == "none"
     assert card["candidates"]["both"]["passes_per_crop"] == 2
     assert set(card["crop_comparison_val_auc"]) == {"model=both, tta=none, contexts=0.3",
-                                                    "model=both, tta=flip, contexts=0.3"}
+                                                    "model=both, tta=flip, contexts=0.3",
+                                                    "model=both, tta=flip_crop, contexts=0.3"}
     loaded = Models.load(models)
     assert loaded.settings.views == 2
     image = next(fixtures_root.rglob("Images/*.png"))

@@ -69,9 +69,9 @@ def register(subparsers, groups) -> None:
                        help="with --calibrate-only: comma-separated crop contexts whose logits "
                        "are averaged (e.g. 0.15,0.3,0.45); shipped only if validation AUC beats "
                        "the single crop at the card's context")
-    train.add_argument("--tta", choices=("none", "flip", "auto"), default="auto",
-                       help="with --calibrate-only: mirror averaging in the graph; auto picks by "
-                       "validation AUC")
+    train.add_argument("--tta", choices=("none", "flip", "flip_crop", "auto"), default="auto",
+                       help="with --calibrate-only: mirror averaging in the graph (flip_crop: "
+                       "only a two-view model's crop); auto compares them on validation")
     train.add_argument("--auc-tolerance", type=float, default=0.005,
                        help="with --calibrate-only: among mirror/crop options, ship the cheapest "
                        "whose validation AUC is within this of the best (each doubles or "
@@ -102,8 +102,9 @@ def register(subparsers, groups) -> None:
     export = groups["export"].add_parser("classification", help="checkpoint -> classifier.onnx")
     export.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/classifier.pt")
     export.add_argument("--output", default=f"{DEFAULT_MODELS}/classifier.onnx")
-    export.add_argument("--tta", choices=("none", "flip"), default="none",
-                        help="flip: average the crop and its mirror inside the graph")
+    export.add_argument("--tta", choices=("none", "flip", "flip_crop"), default="none",
+                        help="flip: average the input and its mirror inside the graph; "
+                        "flip_crop: a two-view model's crop only")
     export.add_argument("--no-card", action="store_true", help="do not note it in the card")
     export.add_argument("--recover", default=None, metavar="CHECKPOINT",
                         help="the other way round: rebuild the network of the exported --output "
@@ -272,14 +273,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
         members = [loaded[name][1] for name in model_options[option]]
         return members[0] if len(members) == 1 else ClassifierEnsemble(members).eval()
 
-    options = ("none", "flip") if args.tta == "auto" else (args.tta,)
     scores = {}
     for option in model_options:
         model = build(option)
         kind = kinds[model_options[option][0]]
-        for tta in options:
+        for tta in _tta_options(args.tta, kind):
             tmp = models / f".{tta}.{CLASSIFIER_FILE}"
-            export_onnx(model, tmp, size=size, flip_tta=tta == "flip")
+            export_onnx(model, tmp, size=size, tta=tta)
             per_crop = crop_logits(tmp, inputs[kind])  # every crop once; options average subsets
             for crops, contexts in crop_options.items():
                 logits = averaged(per_crop, contexts)
@@ -294,7 +294,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
                                           args.max_passes)
     chosen = crop_options[crops]
     values = fit_operating_point(scores[(option, tta, crops)][1], y, args.min_sensitivity)
-    export_onnx(build(option), models / CLASSIFIER_FILE, size=size, flip_tta=tta == "flip",
+    export_onnx(build(option), models / CLASSIFIER_FILE, size=size, tta=tta,
                 logit_offset=values["logit_offset"])
     members = [loaded[name] for name in model_options[option]]
     kind = kinds[model_options[option][0]]
@@ -338,7 +338,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     }
     values["crop"] = {"size": product.settings.crop.size, "context": primary,
                       "contexts": list(chosen)}
-    values["tta_comparison_val_auc"] = {t: scores[(option, t, "single")][0] for t in options}
+    values["tta_comparison_val_auc"] = {t: scores[(option, t, "single")][0]
+                                        for t in _tta_options(args.tta, kind)}
     values["crop_comparison_val_auc"] = {
         f"model={m}, tta={t}, contexts={','.join(map(str, crop_options[c]))}": v[0]
         for (m, t, c), v in scores.items()
@@ -364,9 +365,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _option_cost(key: tuple[str, str, str], passes: dict[str, int], crop_options: dict) -> int:
+def _tta_options(choice: str, kind: str) -> tuple[str, ...]:
+    """The mirror options to score: the one asked for, or with ``auto`` every one that applies
+    (mirroring the crop alone only means something for two views)."""
+    if choice != "auto":
+        return (choice,)
+    return ("none", "flip", "flip_crop") if kind == "both" else ("none", "flip")
+
+
+def _option_cost(key: tuple[str, str, str], passes: dict[str, int], crop_options: dict) -> float:
+    from busdx.models.classification import TTA_COST
+
     model, tta, crops = key
-    return passes[model] * len(crop_options[crops]) * (2 if tta == "flip" else 1)
+    return passes[model] * len(crop_options[crops]) * TTA_COST[tta]
 
 
 def _cheapest_within(
@@ -378,7 +389,7 @@ def _cheapest_within(
     ``passes``: each model option's passes per crop; options over ``max_passes`` do not take
     part (not even as the best)."""
 
-    def cost(key: tuple[str, str, str]) -> int:
+    def cost(key: tuple[str, str, str]) -> float:
         return _option_cost(key, passes, crop_options)
 
     if max_passes is not None:
@@ -477,8 +488,7 @@ def run_export(args: argparse.Namespace) -> int:
     from busdx.training.classification import load_checkpoint
 
     model, ckpt = load_checkpoint(args.checkpoint)
-    path = export_onnx(model, args.output, size=int(ckpt["config"]["size"]),
-                       flip_tta=args.tta == "flip")
+    path = export_onnx(model, args.output, size=int(ckpt["config"]["size"]), tta=args.tta)
     log.info("wrote %s (test-time augmentation: %s)", path, args.tta)
     if not args.no_card:
         from busdx.evaluation.model_card import update_card

@@ -28,6 +28,10 @@ from busdx.errors import BusdxError
 log = logging.getLogger(__name__)
 
 LITE_ARCHS = ("lite0", "lite1", "lite2")
+# test-time augmentation baked into the graph: none, every view mirrored, or the crop only
+TTA_MODES = ("none", "flip", "flip_crop")
+# backbone passes per sample relative to no augmentation (flip_crop: 3 of a two-view model's 4)
+TTA_COST = {"none": 1.0, "flip": 2.0, "flip_crop": 1.5}
 ARCHS = (*LITE_ARCHS, "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -297,13 +301,18 @@ class ExportWrapper(nn.Module):
     ``c``.
     """
 
-    def __init__(self, model: nn.Module, flip_tta: bool = False):
+    def __init__(self, model: nn.Module, tta: str = "none"):
         super().__init__()
+        if tta not in TTA_MODES:
+            raise BusdxError(f"unknown test-time augmentation {tta!r}; choose from {TTA_MODES}")
+        if tta == "flip_crop" and getattr(model, "views", 1) != 2:
+            raise BusdxError("flip_crop mirrors the crop of a two-view classifier only")
         self.model = model.eval()
         # Test-time augmentation: average the image and its left-right mirror (a breast lesion
         # has no handedness). Logits and mirrored-back CAMs are averaged, so mean(cam) + bias
-        # is still the logit.
-        self.flip_tta = flip_tta
+        # is still the logit. "flip" mirrors every view; "flip_crop" only a two-view model's
+        # crop (three backbone passes instead of four: the whole image is seen once).
+        self.tta = tta
 
     def direction(self, pooled: torch.Tensor) -> torch.Tensor:
         """[N, C] linear direction of the head at each image's pooled features."""
@@ -331,14 +340,31 @@ class ExportWrapper(nn.Module):
 
     def forward(self, image: torch.Tensor):
         x = normalise(self.model, image)
-        if not self.flip_tta:
+        if self.tta == "none":
             return self.single(x)
         n = image.shape[0]
+        if self.tta == "flip_crop":
+            return self.crop_mirrored(x, n)
         logit, cam = self.single(torch.cat([x, torch.flip(x, dims=[3])], dim=0))
         return (logit[:n] + logit[n:]) / 2, (cam[:n] + torch.flip(cam[n:], dims=[3])) / 2
 
+    def crop_mirrored(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two views, the crop averaged with its mirror. The head is linear in the pooled
+        features, so this equals the mean logit of (crop, whole) and (mirrored crop, whole)."""
+        size = x.shape[-1]
+        views = x.reshape(n, 2, 3, size, size)
+        crop, whole = views[:, 0], views[:, 1]
+        fmap = self.model.feature_map(torch.cat([crop, torch.flip(crop, dims=[3]), whole]))
+        f_crop = (fmap[:n] + torch.flip(fmap[n : 2 * n], dims=[3])) / 2  # mirrored back
+        p_whole = fmap[2 * n :].mean(dim=(2, 3))
+        pooled = torch.cat([f_crop.mean(dim=(2, 3)), p_whole], dim=1)
+        logit = self.model.head(pooled)
+        w = self.direction(pooled).reshape(n, 2, -1)
+        cam = torch.einsum("nc,nchw->nhw", w[:, 0], f_crop).unsqueeze(1)
+        return logit, cam + (w[:, 1] * p_whole).sum(dim=1).view(-1, 1, 1, 1)
 
-def export_module(model: nn.Module, flip_tta: bool = False, logit_offset: float = 0.0
+
+def export_module(model: nn.Module, tta: str = "none", logit_offset: float = 0.0
                   ) -> ExportWrapper:
     """The torch module that export_onnx traces: the same computation in eager mode (the
     benchmarks time it against the ONNX graph)."""
@@ -348,10 +374,10 @@ def export_module(model: nn.Module, flip_tta: bool = False, logit_offset: float 
         model = copy.deepcopy(model)
         with torch.no_grad():
             model.fc.bias += logit_offset
-    return ExportWrapper(model, flip_tta=flip_tta).eval()
+    return ExportWrapper(model, tta=tta).eval()
 
 
-def export_onnx(model: nn.Module, path: str | Path, size: int = 224, flip_tta: bool = False,
+def export_onnx(model: nn.Module, path: str | Path, size: int = 224, tta: str = "none",
                 logit_offset: float = 0.0) -> Path:
     """Write ``model`` as ONNX with the contract's names and a dynamic batch axis.
 
@@ -362,7 +388,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: int = 224, flip_tta: b
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = export_module(model, flip_tta=flip_tta, logit_offset=logit_offset)
+    wrapper = export_module(model, tta=tta, logit_offset=logit_offset)
     dummy = torch.rand(1, getattr(model, "views", 1), size, size)
     tmp = path.with_suffix(".tmp.onnx")
     with torch.no_grad():

@@ -85,6 +85,7 @@ def checkpoints(part: str, args_paths: list[str] | None, card: dict) -> list[Pat
 def torch_segmenter(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
     from busdx.models.segmentation import (
         SegmenterConfig,
+        SegmenterEnsemble,
         SegmenterExport,
         build_segmenter,
         load_segmenter_checkpoints,
@@ -96,13 +97,22 @@ def torch_segmenter(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
         net, _ = load_segmenter_checkpoints(checkpoints)
         source = "trained checkpoint " + " + ".join(_rel(c) for c in checkpoints)
     else:
-        config = SegmenterConfig(pretrained=False)
-        if section.get("decoder_channels"):
-            config = dataclasses.replace(
-                config, decoder_channels=tuple(section["decoder_channels"])
-            )
-        net = build_segmenter(config)
-        source = "random weights (same architecture; latency does not depend on weight values)"
+        # one random-weight network per member the card lists, each with its own encoder, so
+        # that torch does the ensemble's work (latency does not depend on weight values)
+        members = section.get("members") or [section]
+        nets = []
+        for member in members:
+            config = SegmenterConfig(pretrained=False)
+            if member.get("decoder_channels"):
+                config = dataclasses.replace(
+                    config, decoder_channels=tuple(member["decoder_channels"])
+                )
+            if member.get("encoder") and "+" not in str(member["encoder"]):
+                config = dataclasses.replace(config, encoder=member["encoder"])
+            nets.append(build_segmenter(config))
+        net = nets[0] if len(nets) == 1 else SegmenterEnsemble(nets).eval()
+        source = (f"random weights, {len(nets)} network(s) of the card's architecture (latency "
+                  "does not depend on weight values)")
     return SegmenterExport(net, hflip_tta=tta).eval(), source
 
 
@@ -124,8 +134,12 @@ def torch_classifier(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
         model = members[0] if len(members) == 1 else ClassifierEnsemble(members)
         source = "trained checkpoint " + " + ".join(_rel(c) for c in checkpoints)
     else:
+        from busdx.models.contract import input_views
+
         arch = str(section.get("arch", "lite0")).split("+")[0]
-        model = build_classifier(ClassifierSpec(arch=arch, weights="none"), pretrained=False)
+        views = input_views(section.get("input", "crop"))
+        model = build_classifier(ClassifierSpec(arch=arch, weights="none", views=views),
+                                 pretrained=False)
         source = "random weights (same architecture; latency does not depend on weight values)"
     wrapper = export_module(model.eval(), tta=section.get("tta") or "none",
                             logit_offset=float(section.get("logit_offset", 0.0)))

@@ -312,6 +312,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
                                                              if k != "augment"}}
         for path, _, ckpt in members
     ]
+    for member, (_, _, ckpt) in zip(values["members"], members, strict=True):
+        if ckpt.get("recovered_from"):  # rebuilt from a bundled graph (export --recover)
+            member["recovered_from"] = ckpt["recovered_from"]
     values["arch"] = "+".join(m["arch"] for m in values["members"])
     values["backbone"] = " + ".join(backbone_name(m["arch"]) for m in values["members"])
     values["ensemble"] = (f"{len(members)} classifiers, logits averaged in one graph"

@@ -5,6 +5,9 @@ never committed), so a new ensemble can take that member from the graph itself: 
 from the shared ``image`` input to the member's own logits, is cut out and averaged with other
 members. The averaging is the same as :class:`busdx.models.segmentation.SegmenterEnsemble`'s
 (mean of the logits), so a composed graph computes what a torch export of the same networks would.
+
+A classifier graph is likewise turned back into a torch network (:func:`recover_classifier`), so
+that calibration, mirror options and export can run again without the training run's checkpoint.
 """
 
 from __future__ import annotations

@@ -255,11 +255,17 @@ def render_model_card(card: dict) -> str:
                      f"`{train.get('command')}`, {train.get('minutes')} min on "
                      f"{train.get('hardware')}, best validation Dice "
                      f"{_fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}")
+    for name, run in (seg.get("candidate_runs") or {}).items():
+        train = run.get("training", {})
+        lines.append(f"- candidate `{name}`, trained and not shipped (see selection): "
+                     f"`{train.get('command')}`, {train.get('minutes')} min on "
+                     f"{train.get('hardware')}, best validation Dice "
+                     f"{_fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}")
     lines += ["", "### Classifier (`classifier.onnx`)", ""]
     lines += _training_lines(clf)
     for key in ("backbone", "ensemble", "input", "crop", "tta", "temperature", "threshold",
-                "option_rule", "candidates", "crop_comparison_val_auc", "comparisons",
-                "validation"):
+                "option_rule", "candidates", "crop_comparison_val_auc", "mirror_comparison",
+                "comparisons", "validation"):
         if clf.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: {json.dumps(clf[key])}")
     for member in clf.get("members") or []:

@@ -277,6 +277,17 @@ def test_bootstrap_ci_contains_point_estimate():
     assert lo < roc_auc(y, s) < hi
     assert lo > 0.5 and hi < 1.0
 
+    from busdx.evaluation.classification import bootstrap_rates
+
+    threshold = 0.5
+    rates = bootstrap_rates(y, s, patients.astype(str), threshold, reps=300, seed=0)
+    m = binary_metrics(y, s >= threshold)
+    for name, value in (("sensitivity", m.recall), ("specificity", m.specificity)):
+        low, high = rates[name]
+        assert 0.0 <= low < value < high <= 1.0, name
+    # the same resamples as the AUC's: the AUC interval is unchanged by the new statistics
+    assert bootstrap_auc(y, s, patients.astype(str), reps=300, seed=0) == (lo, hi)
+
 
 @pytest.mark.slow
 def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, tmp_path):

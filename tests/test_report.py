@@ -37,6 +37,13 @@ def test_results_table_comes_from_the_card():
     assert "109 / 52 / 210 / 12" in table
     assert "0.2345" in table
     assert "end to end" in table
+    assert "| sensitivity at the frozen threshold | 0.900 |" in table  # no CI recorded: none shown
+    card = json.loads(json.dumps(CARD))
+    card["classifier"]["test"].update(sensitivity_ci95=[0.84, 0.95], specificity_ci95=[0.75, 0.85])
+    table = results_table(card)
+    assert ("| sensitivity at the frozen threshold (95% CI, patient bootstrap) | 0.900 "
+            "(0.840-0.950) |") in table
+    assert "0.800 (0.750-0.850)" in table
 
 
 def test_model_card_has_use_limits_and_numbers():

@@ -467,13 +467,18 @@ def _card_results(card: dict, result: dict) -> dict:
     return values
 
 
+def _ci_text(ci) -> str:
+    return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
 def _print_table(r: dict) -> None:
     lo, hi = r["auc_ci95"]
     rows = [
         ("images", r["n"]), ("masks", r["masks"]),
         ("ROC AUC", f"{r['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}, patient bootstrap)"),
         ("accuracy", f"{r['accuracy']:.3f}"), ("precision", f"{r['precision']:.3f}"),
-        ("sensitivity", f"{r['sensitivity']:.3f}"), ("specificity", f"{r['specificity']:.3f}"),
+        ("sensitivity", f"{r['sensitivity']:.3f}{_ci_text(r.get('sensitivity_ci95'))}"),
+        ("specificity", f"{r['specificity']:.3f}{_ci_text(r.get('specificity_ci95'))}"),
         ("TP FP TN FN", f"{r['tp']} {r['fp']} {r['tn']} {r['fn']}"),
         ("threshold", f"{r['threshold']:.4f} (calibrated probability)"),
         ("ECE", f"{r['ece_uncalibrated']:.3f} -> {r['ece_calibrated']:.3f}"),

@@ -91,16 +91,18 @@ def binary_metrics(labels: Sequence[int], predicted: Sequence[int]) -> BinaryMet
     )
 
 
-def bootstrap_auc(
+def bootstrap_ci(
     labels: Sequence[int],
     scores: Sequence[float],
     groups: Sequence[str],
+    statistic,
     reps: int = 2000,
     seed: int = 0,
     alpha: float = 0.05,
 ) -> tuple[float, float]:
-    """Percentile CI of the AUC, resampling patients (``groups``) with replacement, so the two
-    views of one patient stay together."""
+    """Percentile CI of ``statistic(labels, scores)``, resampling patients (``groups``) with
+    replacement, so the two views of one patient stay together. Resamples with one class only
+    are skipped; a given seed draws the same resamples whatever the statistic."""
     y = np.asarray(labels).astype(int)
     s = np.asarray(scores, dtype=np.float64)
     groups = np.asarray(groups)
@@ -113,9 +115,43 @@ def bootstrap_auc(
         idx = np.concatenate([members[g] for g in pick])
         if y[idx].min() == y[idx].max():
             continue
-        values.append(roc_auc(y[idx], s[idx]))
+        values.append(statistic(y[idx], s[idx]))
     lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def bootstrap_auc(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    groups: Sequence[str],
+    reps: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Patient-bootstrap percentile CI of the ROC AUC."""
+    return bootstrap_ci(labels, scores, groups, roc_auc, reps, seed, alpha)
+
+
+def bootstrap_rates(
+    labels: Sequence[int],
+    probs: Sequence[float],
+    groups: Sequence[str],
+    threshold: float,
+    reps: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, tuple[float, float]]:
+    """Patient-bootstrap percentile CIs of sensitivity and specificity at a frozen threshold:
+    how far a test fold of this size can move them by chance alone."""
+
+    def sensitivity(y: np.ndarray, p: np.ndarray) -> float:
+        return float((p[y == 1] >= threshold).mean())
+
+    def specificity(y: np.ndarray, p: np.ndarray) -> float:
+        return float((p[y == 0] < threshold).mean())
+
+    return {name: bootstrap_ci(labels, probs, groups, fn, reps, seed, alpha)
+            for name, fn in (("sensitivity", sensitivity), ("specificity", specificity))}
 
 
 def band_index(probs: Sequence[float]) -> np.ndarray:
@@ -238,10 +274,13 @@ class ClassificationReport:
     ece_calibrated: float
     birads: dict
     logit_offset: float = 0.0  # Platt intercept folded into the exported model
+    sensitivity_ci95: tuple[float, float] | None = None  # patient bootstrap, frozen threshold
+    specificity_ci95: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["auc_ci95"] = list(self.auc_ci95)
+        for key in ("auc_ci95", "sensitivity_ci95", "specificity_ci95"):
+            d[key] = list(d[key]) if d[key] is not None else None
         return d
 
 
@@ -263,12 +302,14 @@ def evaluate_predictions(
     logits = np.array([p.logit for p in preds])
     probs = calibrate(logits, temperature)
     m = binary_metrics(y, probs >= threshold)
+    patients = [p.patient for p in preds]
+    rates = bootstrap_rates(y, probs, patients, threshold, reps=reps, seed=seed)
     return ClassificationReport(
         n=len(preds),
         masks=masks,
         empty_masks=empty_masks,
         auc=roc_auc(y, probs),
-        auc_ci95=bootstrap_auc(y, probs, [p.patient for p in preds], reps=reps, seed=seed),
+        auc_ci95=bootstrap_auc(y, probs, patients, reps=reps, seed=seed),
         accuracy=m.accuracy, precision=m.precision, recall=m.recall, sensitivity=m.recall,
         specificity=m.specificity, tp=m.tp, fp=m.fp, tn=m.tn, fn=m.fn,
         threshold=threshold, temperature=temperature,
@@ -276,6 +317,7 @@ def evaluate_predictions(
         ece_calibrated=expected_calibration_error(probs, y),
         birads=birads_agreement(band_index(probs), [p.birads for p in preds]),
         logit_offset=logit_offset,
+        sensitivity_ci95=rates["sensitivity"], specificity_ci95=rates["specificity"],
     )
 
 

@@ -119,6 +119,15 @@ def classification_by_scanner(preds, records, threshold: float) -> dict[str, dic
     return out
 
 
+def _ci(results: dict, metric: str) -> str:
+    ci = results.get(f"{metric}_ci95")
+    return f" ({_fmt(ci[0])}-{_fmt(ci[1])})" if ci else ""
+
+
+def _ci_label(results: dict, metric: str) -> str:
+    return " (95% CI, patient bootstrap)" if results.get(f"{metric}_ci95") else ""
+
+
 def results_table(card: dict) -> str:
     """The Markdown table of headline results, from the model card."""
     seg = card.get("segmenter", {}).get("test", {})
@@ -137,8 +146,10 @@ def results_table(card: dict) -> str:
         rows += [
             f"| ROC AUC (95% CI, patient bootstrap) | {_fmt(cls.get('auc'))} "
             f"({_fmt(ci[0])}-{_fmt(ci[1])}) | {on} |",
-            f"| sensitivity at the frozen threshold | {_fmt(cls.get('sensitivity'))} | {on} |",
-            f"| specificity at the frozen threshold | {_fmt(cls.get('specificity'))} | {on} |",
+            f"| sensitivity at the frozen threshold{_ci_label(cls, 'sensitivity')} | "
+            f"{_fmt(cls.get('sensitivity'))}{_ci(cls, 'sensitivity')} | {on} |",
+            f"| specificity at the frozen threshold{_ci_label(cls, 'specificity')} | "
+            f"{_fmt(cls.get('specificity'))}{_ci(cls, 'specificity')} | {on} |",
             f"| accuracy / precision | {_fmt(cls.get('accuracy'))} / {_fmt(cls.get('precision'))} | {on} |",
             "| TP / FP / TN / FN | "
             + " / ".join(str(cls.get(k)) for k in ("tp", "fp", "tn", "fn")) + f" | {on} |",

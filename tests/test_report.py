@@ -53,6 +53,21 @@ def test_model_card_has_use_limits_and_numbers():
         assert needle.lower() in text.lower(), needle
 
 
+def test_model_card_tables_the_segmenter_selection():
+    card = json.loads(json.dumps(CARD))
+    card["segmenter"]["selection"] = {
+        "rule": "highest validation Dice", "chosen": "a", "split": "validation (5 images)",
+        "val_dice_original_resolution": {"a": 0.91234, "b": 0.90001, "c": 0.95},
+        "val_dice_postprocessed": {"a": 0.9125, "b": 0.9},
+        "not_eligible": {"c": "too slow"},
+    }
+    text = render_model_card(card)
+    assert "shipped: a" in text
+    assert "| a | 0.9123 | 0.9125 | shipped |" in text
+    assert "| b | 0.9000 | 0.9000 |  |" in text
+    assert "| c | 0.9500 | n/a | too slow |" in text
+
+
 def test_readme_block_is_replaced_not_duplicated(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\nintro\n")

@@ -199,6 +199,22 @@ def _training_lines(section: dict) -> list[str]:
     return out
 
 
+def _selection_lines(selection: dict | None) -> list[str]:
+    """The segmenter's validation comparison as a table, when the card holds one."""
+    if not selection:
+        return []
+    dice = selection.get("val_dice_original_resolution") or {}
+    post = selection.get("val_dice_postprocessed") or {}
+    skipped = selection.get("not_eligible") or {}
+    lines = [f"- selection on {selection.get('split', 'validation')}: {selection.get('rule')}; "
+             f"shipped: {selection.get('chosen')}", "",
+             "  | candidate | validation Dice | postprocessed | |", "  |---|---|---|---|"]
+    for name, value in dice.items():
+        note = "shipped" if name == selection.get("chosen") else skipped.get(name, "")
+        lines.append(f"  | {name} | {_fmt(value, 4)} | {_fmt(post.get(name), 4)} | {note} |")
+    return [*lines, ""]
+
+
 def _input_limit(kind: str) -> str:
     if kind == "both":
         return ("The classifier sees a crop around the lesion and, beside it, the whole image, "
@@ -256,10 +272,11 @@ def render_model_card(card: dict) -> str:
                       ""]
     lines += ["## Models", "", "### Segmenter (`segmenter.onnx`)", ""]
     lines += _training_lines(seg)
-    for key in ("architecture", "encoder", "ensemble", "selection", "loss_comparison",
+    for key in ("architecture", "encoder", "ensemble", "loss_comparison",
                 "architecture_comparison", "validation"):
         if seg.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: {json.dumps(seg[key])}")
+    lines += _selection_lines(seg.get("selection"))
     for member in seg.get("members") or []:
         train = member.get("training", {})
         lines.append(f"- member `{member.get('checkpoint')}` ({member.get('encoder')}): "
@@ -275,10 +292,15 @@ def render_model_card(card: dict) -> str:
     lines += ["", "### Classifier (`classifier.onnx`)", ""]
     lines += _training_lines(clf)
     for key in ("backbone", "ensemble", "input", "crop", "tta", "temperature", "threshold",
-                "option_rule", "candidates", "crop_comparison_val_auc", "mirror_comparison",
-                "comparisons", "validation"):
+                "option_rule", "candidates", "crop_comparison_val_auc", "comparisons",
+                "validation"):
         if clf.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: {json.dumps(clf[key])}")
+    mirror = clf.get("mirror_comparison")
+    if mirror:
+        scores = ", ".join(f"{k} {_fmt(v)}" for k, v in mirror.get("val_auc", {}).items())
+        lines.append(f"- mirror averaging, validation AUC: {scores}; shipped: "
+                     f"{mirror.get('chosen')} ({mirror.get('rule')}; {mirror.get('budget')})")
     for member in clf.get("members") or []:
         lines.append(f"- member `{member.get('checkpoint')}` ({member.get('arch')}, epoch "
                      f"{member.get('epoch')}, validation AUC in training "

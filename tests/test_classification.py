@@ -146,16 +146,20 @@ def test_two_view_classifier_exports_with_an_exact_crop_cam(lite, tmp_path):
     assert cam.shape == (3, 1, 7, 7)
     assert np.abs(logit - ((plain + mirrored) / 2).numpy()).max() < ONNX_TOL
     assert np.abs(cam.mean(axis=(2, 3)) + model.fc.bias.item() - logit).max() < ONNX_TOL
-    # the map is the crop's: changing only the whole-image view shifts it by a constant
-    other = x.clone()
-    other[:, 1] = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(7))
-    _, cam_other = session.run(None, {"image": other.numpy()})
-    shift = cam_other - cam
-    assert np.abs(shift - shift.mean(axis=(2, 3), keepdims=True)).max() < ONNX_TOL
+    _assert_whole_image_shifts_cam_by_a_constant(session, x, cam, seed=7)
     with pytest.raises(Exception, match="single-view"):
         from busdx.models.classification import ClassifierEnsemble
 
         ClassifierEnsemble([lite, model])
+
+
+def _assert_whole_image_shifts_cam_by_a_constant(session, x, cam, seed: int) -> None:
+    """The map is the crop's: a new whole-image view (channel 1) moves it by a constant."""
+    other = x.clone()
+    other[:, 1] = torch.rand(x.shape[0], *x.shape[2:], generator=torch.Generator().manual_seed(seed))
+    _, cam_other = session.run(None, {"image": other.numpy()})
+    shift = cam_other - cam
+    assert np.abs(shift - shift.mean(axis=(2, 3), keepdims=True)).max() < ONNX_TOL
 
 
 def test_crop_only_mirror_is_the_mean_over_the_mirrored_crop_and_keeps_cam_exact(lite, tmp_path):
@@ -179,11 +183,7 @@ def test_crop_only_mirror_is_the_mean_over_the_mirrored_crop_and_keeps_cam_exact
     onnx_logit, onnx_cam = session.run(None, {"image": x.numpy()})
     assert np.abs(onnx_logit - logit.numpy()).max() < ONNX_TOL
     assert np.abs(onnx_cam - cam.numpy()).max() < ONNX_TOL
-    other = x.clone()
-    other[:, 1] = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(10))
-    _, cam_other = session.run(None, {"image": other.numpy()})
-    shift = cam_other - onnx_cam
-    assert np.abs(shift - shift.mean(axis=(2, 3), keepdims=True)).max() < ONNX_TOL
+    _assert_whole_image_shifts_cam_by_a_constant(session, x, onnx_cam, seed=10)
     with pytest.raises(Exception, match="two-view"):
         ExportWrapper(lite, tta="flip_crop")
 

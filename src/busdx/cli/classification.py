@@ -371,9 +371,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def _tta_options(choice: str, kind: str) -> tuple[str, ...]:
     """The mirror options to score: the one asked for, or with ``auto`` every one that applies
     (mirroring the crop alone only means something for two views)."""
+    from busdx.models.contract import input_views
+
     if choice != "auto":
         return (choice,)
-    return ("none", "flip", "flip_crop") if kind == "both" else ("none", "flip")
+    return ("none", "flip", "flip_crop") if input_views(kind) == 2 else ("none", "flip")
 
 
 def _option_cost(key: tuple[str, str, str], passes: dict[str, int], crop_options: dict) -> float:

@@ -7,7 +7,7 @@ card's frozen threshold, and report metrics with a patient-level bootstrap confi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -91,33 +91,37 @@ def binary_metrics(labels: Sequence[int], predicted: Sequence[int]) -> BinaryMet
     )
 
 
-def bootstrap_ci(
+def bootstrap_cis(
     labels: Sequence[int],
     scores: Sequence[float],
     groups: Sequence[str],
-    statistic,
+    statistics: dict[str, Callable[[np.ndarray, np.ndarray], float]],
     reps: int = 2000,
     seed: int = 0,
     alpha: float = 0.05,
-) -> tuple[float, float]:
-    """Percentile CI of ``statistic(labels, scores)``, resampling patients (``groups``) with
-    replacement, so the two views of one patient stay together. Resamples with one class only
-    are skipped; a given seed draws the same resamples whatever the statistic."""
+) -> dict[str, tuple[float, float]]:
+    """Percentile CI of each ``statistic(labels, scores)``, all from the same resamples of
+    patients (``groups``) with replacement, so the two views of one patient stay together.
+    Resamples with one class only are skipped."""
     y = np.asarray(labels).astype(int)
     s = np.asarray(scores, dtype=np.float64)
     groups = np.asarray(groups)
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
     rng = np.random.default_rng(seed)
-    values = []
+    values: dict[str, list[float]] = {name: [] for name in statistics}
     for _ in range(reps):
         pick = rng.integers(0, len(uniq), len(uniq))
         idx = np.concatenate([members[g] for g in pick])
         if y[idx].min() == y[idx].max():
             continue
-        values.append(statistic(y[idx], s[idx]))
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+        for name, statistic in statistics.items():
+            values[name].append(statistic(y[idx], s[idx]))
+    out = {}
+    for name, v in values.items():
+        lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2])
+        out[name] = (float(lo), float(hi))
+    return out
 
 
 def bootstrap_auc(
@@ -129,7 +133,16 @@ def bootstrap_auc(
     alpha: float = 0.05,
 ) -> tuple[float, float]:
     """Patient-bootstrap percentile CI of the ROC AUC."""
-    return bootstrap_ci(labels, scores, groups, roc_auc, reps, seed, alpha)
+    return bootstrap_cis(labels, scores, groups, {"auc": roc_auc}, reps, seed, alpha)["auc"]
+
+
+def rate_statistics(threshold: float) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+    """Sensitivity and specificity of probabilities at a frozen threshold, as statistics for
+    :func:`bootstrap_cis`."""
+    return {
+        "sensitivity": lambda y, p: binary_metrics(y, p >= threshold).recall,
+        "specificity": lambda y, p: binary_metrics(y, p >= threshold).specificity,
+    }
 
 
 def bootstrap_rates(
@@ -143,15 +156,7 @@ def bootstrap_rates(
 ) -> dict[str, tuple[float, float]]:
     """Patient-bootstrap percentile CIs of sensitivity and specificity at a frozen threshold:
     how far a test fold of this size can move them by chance alone."""
-
-    def sensitivity(y: np.ndarray, p: np.ndarray) -> float:
-        return float((p[y == 1] >= threshold).mean())
-
-    def specificity(y: np.ndarray, p: np.ndarray) -> float:
-        return float((p[y == 0] < threshold).mean())
-
-    return {name: bootstrap_ci(labels, probs, groups, fn, reps, seed, alpha)
-            for name, fn in (("sensitivity", sensitivity), ("specificity", specificity))}
+    return bootstrap_cis(labels, probs, groups, rate_statistics(threshold), reps, seed, alpha)
 
 
 def band_index(probs: Sequence[float]) -> np.ndarray:
@@ -302,14 +307,15 @@ def evaluate_predictions(
     logits = np.array([p.logit for p in preds])
     probs = calibrate(logits, temperature)
     m = binary_metrics(y, probs >= threshold)
-    patients = [p.patient for p in preds]
-    rates = bootstrap_rates(y, probs, patients, threshold, reps=reps, seed=seed)
+    # one set of patient resamples for the three intervals
+    cis = bootstrap_cis(y, probs, [p.patient for p in preds],
+                        {"auc": roc_auc, **rate_statistics(threshold)}, reps=reps, seed=seed)
     return ClassificationReport(
         n=len(preds),
         masks=masks,
         empty_masks=empty_masks,
         auc=roc_auc(y, probs),
-        auc_ci95=bootstrap_auc(y, probs, patients, reps=reps, seed=seed),
+        auc_ci95=cis["auc"],
         accuracy=m.accuracy, precision=m.precision, recall=m.recall, sensitivity=m.recall,
         specificity=m.specificity, tp=m.tp, fp=m.fp, tn=m.tn, fn=m.fn,
         threshold=threshold, temperature=temperature,
@@ -317,7 +323,7 @@ def evaluate_predictions(
         ece_calibrated=expected_calibration_error(probs, y),
         birads=birads_agreement(band_index(probs), [p.birads for p in preds]),
         logit_offset=logit_offset,
-        sensitivity_ci95=rates["sensitivity"], specificity_ci95=rates["specificity"],
+        sensitivity_ci95=cis["sensitivity"], specificity_ci95=cis["specificity"],
     )
 
 

@@ -371,7 +371,12 @@ def export_with_provenance(
     """Export one checkpoint, or the logit-averaging ensemble of several, to ONNX; check it
     against torch and return the card's section (``training`` describes the first member,
     ``members`` each of them). ``onnx_members`` join the ensemble from exported graphs."""
-    from busdx.models.segmentation import export_onnx, load_segmenter_checkpoints, onnx_max_difference
+    from busdx.models.segmentation import (
+        SegmenterEnsemble,
+        export_onnx,
+        load_segmenter_checkpoints,
+        onnx_max_difference,
+    )
 
     checkpoints = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
     onnx_members = list(onnx_members or [])
@@ -389,7 +394,8 @@ def export_with_provenance(
     size = sizes.pop()
     probe = torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0))
     if onnx_members:
-        diff = _export_with_onnx_members(checkpoints, onnx_members, out, size, probe)
+        nets = list(net.nets) if isinstance(net, SegmenterEnsemble) else [net]
+        diff = _export_with_onnx_members(nets, onnx_members, out, size, probe)
     else:
         export_onnx(net, out, size, hflip_tta=hflip_tta)
         diff = onnx_max_difference(net, out, probe, hflip_tta)
@@ -425,11 +431,11 @@ def export_with_provenance(
 
 
 def _export_with_onnx_members(
-    checkpoints: list[Path], onnx_members: list[OnnxMember], out: Path, size: int,
+    nets: list[torch.nn.Module], onnx_members: list[OnnxMember], out: Path, size: int,
     probe: torch.Tensor,
 ) -> float:
-    """Write the ensemble of the checkpoints' networks and the ONNX members to ``out``; return
-    the largest difference from the mean of torch (checkpoints) and ONNX Runtime (members)."""
+    """Write the ensemble of the trained networks and the ONNX members to ``out``; return the
+    largest difference from the mean of torch (networks) and ONNX Runtime (members)."""
     import tempfile
 
     import onnx
@@ -437,7 +443,7 @@ def _export_with_onnx_members(
 
     from busdx.models.contract import INPUT_NAME
     from busdx.models.from_onnx import average_members, extract_member
-    from busdx.models.segmentation import SegmenterExport, export_onnx, load_segmenter_checkpoint
+    from busdx.models.segmentation import SegmenterExport, export_onnx
 
     def run(model: onnx.ModelProto) -> np.ndarray:
         session = ort.InferenceSession(model.SerializeToString(),
@@ -446,20 +452,15 @@ def _export_with_onnx_members(
 
     graphs, expected = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, checkpoint in enumerate(checkpoints):
-            net, _ = load_segmenter_checkpoint(checkpoint)
+        for i, net in enumerate(nets):
             path = Path(tmp) / f"member{i}.onnx"
             export_onnx(net, path, size)
             graphs.append(onnx.load(str(path)))
             with torch.no_grad():
                 expected.append(SegmenterExport(net).eval()(probe).numpy())
-    for member in onnx_members:
-        graph = extract_member(onnx.load(str(member.graph)), member.index)
-        if graph.graph.input[0].type.tensor_type.shape.dim[-1].dim_value != size:
-            raise BusdxError(f"{member.graph} takes another input size than {size}")
-        graphs.append(graph)
-        expected.append(run(graph))
-    composed = average_members(graphs)
+    members = [extract_member(onnx.load(str(m.graph)), m.index) for m in onnx_members]
+    composed = average_members(graphs + members)  # refuses members of another input size
+    expected += [run(graph) for graph in members]
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(composed, str(out))
     return float(np.abs(run(composed) - np.mean(expected, axis=0)).max())

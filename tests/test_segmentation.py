@@ -47,7 +47,8 @@ def trained_run(fixtures_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("seg") / "run"
     assert main(["train", "segmentation", "--data", str(fixtures_root), "--out", str(out),
                  "--epochs", "1", "--batch-size", "4", "--limit-train", "8", "--threads", "1",
-                 "--no-pretrained", "--cache-dir", str(out.parent / "cache")]) == 0
+                 "--no-pretrained", "--cache-dir", str(out.parent / "cache"),
+                 "--note", "fixture images only"]) == 0
     return out
 
 
@@ -63,6 +64,7 @@ def test_training_writes_history_checkpoints_and_figure(trained_run):
     summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and summary["hardware"]["torch_threads"] == 1
     assert summary["command"].startswith("busdx ")
+    assert summary["note"] == "fixture images only"
 
 
 @pytest.mark.slow
@@ -137,6 +139,7 @@ def test_export_and_evaluate_write_the_card(trained_run, fixtures_root, tmp_path
     section = load_card(card)["segmenter"]
     assert section["onnx_vs_torch_max_abs_diff"] < ONNX_TOLERANCE
     assert section["training"]["epochs_run"] == 1 and section["training"]["loss"] == "dice_bce"
+    assert section["training"]["note"] == "fixture images only"  # the run's note reaches the card
     assert section["loss_comparison"]["chosen_by_validation"] == "dice_bce"
     assert section["architecture_comparison"]["chosen_by_validation"] == "lite_unet"
     test = section["test"]

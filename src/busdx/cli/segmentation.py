@@ -43,6 +43,9 @@ def _register_train(group) -> None:
     p.add_argument("--limit-val", type=int, default=None)
     p.add_argument("--cache-dir", default="cache", help="letterboxed-image cache ('' for none)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--note", default=None,
+                   help="how the run was set up beyond its command (hardware quirks, copies of the "
+                   "data); kept in the card")
     p.set_defaults(func=_train)
 
 
@@ -57,6 +60,7 @@ def _train(args) -> int:
         patience=args.patience, max_minutes=args.max_minutes, threads=args.threads,
         device=args.device, augment=not args.no_augment, limit_train=args.limit_train,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
+        note=args.note,
         model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained,
                               encoder=f"tf_efficientnet_{args.encoder}"),
     )

@@ -199,6 +199,10 @@ def _training_lines(section: dict) -> list[str]:
     return out
 
 
+def _run_note(training: dict) -> str:
+    return f"; {training['note']}" if training.get("note") else ""
+
+
 def _selection_lines(selection: dict | None) -> list[str]:
     """The segmenter's validation comparison as a table, when the card holds one."""
     if not selection:
@@ -282,13 +286,16 @@ def render_model_card(card: dict) -> str:
         lines.append(f"- member `{member.get('checkpoint')}` ({member.get('encoder')}): "
                      f"`{train.get('command')}`, {train.get('minutes')} min on "
                      f"{train.get('hardware')}, best validation Dice "
-                     f"{_fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}")
+                     f"{_fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}"
+                     + _run_note(train))
     for name, run in (seg.get("candidate_runs") or {}).items():
         train = run.get("training", {})
-        lines.append(f"- candidate `{name}`, trained and not shipped (see selection): "
+        lines.append(f"- candidate `{name}`, trained and not shipped "
+                     f"({run.get('why_not_compared') or 'see selection'}): "
                      f"`{train.get('command')}`, {train.get('minutes')} min on "
                      f"{train.get('hardware')}, best validation Dice "
-                     f"{_fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}")
+                     f"{_fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}"
+                     + _run_note(train))
     lines += ["", "### Classifier (`classifier.onnx`)", ""]
     lines += _training_lines(clf)
     for key in ("backbone", "ensemble", "input", "crop", "tta", "temperature", "threshold",

@@ -94,7 +94,8 @@ def letterboxed_arrays(
         images[i], masks[i] = image, mask
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
+        # Per-process name: runs started side by side may fill the same cache at once.
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, images=images, masks=masks)
         os.replace(tmp, path)
         log.info("cached %d letterboxed images in %s", len(records), path)

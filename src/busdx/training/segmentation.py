@@ -67,6 +67,7 @@ class SegTrainConfig:
     limit_val: int | None = None
     cache_dir: str | None = "cache"
     resume: bool = False
+    note: str | None = None  # how the run was set up, beyond its command (kept in the card)
     model: SegmenterConfig = field(default_factory=SegmenterConfig)
 
     def to_dict(self) -> dict:
@@ -178,6 +179,9 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     device = pick_device(config.device)
+    if device.type == "cuda":
+        # One input size throughout: let cuDNN time its kernels once and keep the fastest.
+        torch.backends.cudnn.benchmark = True
 
     train_recs, val_recs = _split_records(config)
     cache = Path(config.cache_dir) if config.cache_dir else None
@@ -294,6 +298,7 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         "best_val_dice": best_dice,
         "seconds": elapsed(),
         "stopped": stopped,
+        "note": config.note,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return SegTrainResult(out=out, best_epoch=best_epoch, best_val_dice=best_dice,
@@ -485,6 +490,7 @@ def _member(checkpoint: Path, meta: dict) -> dict:
             "commands": summary.get("commands"),
             "hardware": summary.get("hardware"),
             "minutes": round(summary["seconds"] / 60, 1) if summary else None,
+            "note": summary.get("note"),
             "epochs_run": summary.get("epochs_run"),
             "stopped": summary.get("stopped"),
             "best_epoch": meta.get("epoch"),

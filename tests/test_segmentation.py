@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("segmentation_models_pytorch")
 
 from busdx.cli.main import main  # noqa: E402
+from busdx.data.augment import Augmenter  # noqa: E402
 from busdx.evaluation.model_card import load_card  # noqa: E402
 from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT  # noqa: E402
 from busdx.models.segmentation import (  # noqa: E402
@@ -24,6 +25,7 @@ from busdx.models.segmentation import (  # noqa: E402
 )
 from busdx.training.segmentation import (  # noqa: E402
     SegTrainConfig,
+    epoch_batches,
     lr_factor,
     segmentation_loss,
     train_segmenter,
@@ -82,6 +84,25 @@ def test_training_is_seeded_and_resumable(fixtures_root, tmp_path):
     assert resumed.epochs_run == 2
     summary = json.loads((resumed.out / "summary.json").read_text())
     assert len(summary["commands"]) == 2  # the first run's command and the resumed one
+
+
+def test_worker_processes_give_the_same_batches_and_run(fixtures_root, tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((10, 32, 32)).astype(np.float16)
+    masks = (rng.random((10, 32, 32)) > 0.5).astype(np.uint8)
+    order = rng.permutation(10)
+    args = (images, masks, order, 4, 2, Augmenter(), 3, 1)
+    inline = list(epoch_batches(*args, workers=0))
+    parallel = list(epoch_batches(*args, workers=2))
+    assert len(inline) == len(parallel) == 2
+    for (x0, y0), (x1, y1) in zip(inline, parallel, strict=True):
+        assert x0.shape == (4, 1, 32, 32) and torch.equal(x0, x1) and torch.equal(y0, y1)
+
+    first = train_segmenter(_config(fixtures_root, tmp_path / "inline"))
+    second = train_segmenter(_config(fixtures_root, tmp_path / "workers", workers=2))
+    h1 = json.loads((first.out / "history.json").read_text())
+    h2 = json.loads((second.out / "history.json").read_text())
+    assert h1["train_loss"] == pytest.approx(h2["train_loss"], rel=1e-4)
 
 
 def test_losses_and_schedule():

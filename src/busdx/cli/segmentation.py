@@ -29,6 +29,9 @@ def _register_train(group) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock budget: stop gracefully (the schedule anneals to fit)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that augment batches ahead of the model (worth it on a GPU; "
+                   "the batches are the same for any number)")
     p.add_argument("--seed", type=int, default=0, help="initialisation, batch order, augmentation")
     p.add_argument("--split-seed", type=int, default=0,
                    help="train/validation split by patient (keep it fixed to compare runs)")
@@ -58,6 +61,7 @@ def _train(args) -> int:
         split_seed=args.split_seed,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
         patience=args.patience, max_minutes=args.max_minutes, threads=args.threads,
+        workers=args.workers,
         device=args.device, augment=not args.no_augment, limit_train=args.limit_train,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
         note=args.note,

@@ -60,6 +60,7 @@ class SegTrainConfig:
     patience: int = 5  # epochs without a better validation Dice before stopping
     max_minutes: float | None = None
     threads: int = 2
+    workers: int = 0  # processes that augment batches ahead of the model (0: in the loop)
     size: int = 224
     device: str = "auto"
     augment: bool = True
@@ -131,6 +132,37 @@ def _augmented_batch(
     x = torch.from_numpy(np.stack(xs)[:, None]).float()
     y = torch.from_numpy(np.stack(ys)[:, None].astype(np.float32))
     return x, y
+
+
+class _EpochBatches(torch.utils.data.Dataset):
+    """One epoch's augmented batches, in order. Each sample's augmentation is seeded by
+    (seed, epoch, index), so any number of worker processes yields the same batches."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, order: np.ndarray, batch_size: int,
+                 n_batches: int, augmenter: Augmenter | None, seed: int, epoch: int):
+        self.images, self.masks, self.order = images, masks, order
+        self.batch_size, self.n_batches = batch_size, n_batches
+        self.augmenter, self.seed, self.epoch = augmenter, seed, epoch
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+        return _augmented_batch(self.images, self.masks, idx, self.augmenter, self.seed, self.epoch)
+
+
+def epoch_batches(
+    images: np.ndarray, masks: np.ndarray, order: np.ndarray, batch_size: int, n_batches: int,
+    augmenter: Augmenter | None, seed: int, epoch: int, workers: int = 0,
+):
+    """Iterate over one epoch's batches; with ``workers`` > 0 they are augmented in that many
+    processes while the model trains (on a GPU, augmenting in the loop leaves it waiting)."""
+    batches = _EpochBatches(images, masks, order, batch_size, n_batches, augmenter, seed, epoch)
+    if workers <= 0:
+        return (batches[b] for b in range(n_batches))
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
+                                            num_workers=workers, pin_memory=torch.cuda.is_available()))
 
 
 @torch.no_grad()
@@ -229,10 +261,10 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         running, seen = 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                    leave=False, dynamic_ncols=True)
-        for b in bar:
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x, y = _augmented_batch(tr_x, tr_y, idx, augmenter, config.seed, epoch)
-            x, y = x.to(device), y.to(device)
+        batches = epoch_batches(tr_x, tr_y, order, config.batch_size, steps_per_epoch, augmenter,
+                                config.seed, epoch, config.workers)
+        for _, (x, y) in zip(bar, batches, strict=True):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             progress = step / total_steps
             if budget is not None:
                 progress = max(progress, elapsed() / budget)
@@ -244,8 +276,8 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
             loss.backward()
             opt.step()
             step += 1
-            running += loss.item() * len(idx)
-            seen += len(idx)
+            running += loss.item() * len(x)
+            seen += len(x)
             bar.set_postfix(loss=f"{running / seen:.4f}",
                             val_dice=f"{history['val_dice'][-1]:.4f}" if history["val_dice"]
                             else "-")

@@ -455,3 +455,22 @@ def test_a_classifier_is_recovered_from_its_graph(tmp_path):
     assert main(["export", "classification", "--output", str(graph), "--recover", str(out)]) == 2
     assert main(["export", "classification", "--output", str(tmp_path / "none.onnx"),
                  "--recover", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_worker_processes_change_speed_not_batches(fixtures_root, tmp_path):
+    """Training with 2 loader processes follows the same batches (same losses) as in-process."""
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.training import classification as tc
+
+    split = make_split(load_index(fixtures_root), SplitConfig(test_fold=1))
+    train = tc.load_samples(split.train, tmp_path / "cache")
+    val = tc.load_samples(split.val, tmp_path / "cache")
+    histories = []
+    for workers in (0, 2):
+        config = tc.ClassifierTrainConfig(arch="lite0", epochs=2, max_batches=2, batch_size=4,
+                                          workers=workers, device="cpu")
+        result = tc.train_classifier(train, val, config, tmp_path / f"w{workers}")
+        histories.append([h["train_loss"] for h in result.history])
+    assert histories[0] == pytest.approx(histories[1], rel=1e-5)

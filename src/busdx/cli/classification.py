@@ -49,6 +49,10 @@ def register(subparsers, groups) -> None:
     train.add_argument("--backbone-lr", type=float, default=2e-4)
     train.add_argument("--patience", type=int, default=6)
     train.add_argument("--max-batches", type=int, default=None, help="per epoch (smoke tests)")
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    train.add_argument("--workers", type=int, default=0,
+                       help="processes that prepare batches ahead of the model (worth it on a "
+                       "GPU; the batches are the same for any number)")
     train.add_argument("--min-sensitivity", type=float, default=0.90,
                        help="the threshold keeps at least this validation sensitivity")
     train.add_argument("--compare", action="store_true",
@@ -114,8 +118,13 @@ def register(subparsers, groups) -> None:
     export.set_defaults(func=run_export)
 
 
-def _hardware(threads: int) -> str:
-    return f"{platform.processor() or platform.machine()} CPU, {threads} thread(s), no GPU"
+def _hardware(threads: int, device: str = "cpu") -> str:
+    cpu = f"{platform.processor() or platform.machine()} CPU, {threads} thread(s)"
+    if device == "cuda":
+        import torch
+
+        return f"{cpu}, GPU {torch.cuda.get_device_name()}"
+    return f"{cpu}, no GPU"
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -129,6 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
     from busdx.models.classification import backbone_name, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
     from busdx.training import classification as tc
+    from busdx.training.common import pick_device
 
     if args.calibrate_only:
         return run_calibrate(args)
@@ -139,6 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
         jitter=args.jitter, imbalance=args.imbalance, epochs=args.epochs,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
         backbone_lr=args.backbone_lr, patience=args.patience, threads=args.threads,
+        device=args.device, workers=args.workers,
         seed=args.seed, max_batches=args.max_batches,
     )
     index = load_index(args.data)
@@ -192,7 +203,7 @@ def run_train(args: argparse.Namespace) -> int:
             "epochs_run": len(result.history),
             "history": result.history,
             "wall_minutes": round((time.monotonic() - start) / 60, 1),
-            "hardware": _hardware(args.threads),
+            "hardware": _hardware(args.threads, pick_device(args.device).type),
             "n_train": len(train), "n_val": len(val),
             "validation_crops": "ground-truth masks, no jitter",
         },

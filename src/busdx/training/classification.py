@@ -28,6 +28,7 @@ from busdx.data.preprocess import load_gray, load_mask
 from busdx.evaluation.classification import roc_auc
 from busdx.models.classification import ClassifierSpec, build_classifier, normalise
 from busdx.models.contract import input_views
+from busdx.training.common import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class ClassifierTrainConfig:
     threads: int = 1
     seed: int = 0
     max_batches: int | None = None  # per epoch; for smoke tests
+    device: str = "auto"  # CUDA when there is one
+    workers: int = 0  # processes that prepare batches ahead of the model (same batches for any)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @property
@@ -190,11 +193,15 @@ def make_sampler(labels: Sequence[int], seed: int) -> torch.utils.data.WeightedR
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader) -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(
+    model: nn.Module, loader, device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
     for x, y in loader:
-        logits.append(model(normalise(model, x)).squeeze(1).numpy())
+        if device is not None:
+            x = x.to(device)
+        logits.append(model(normalise(model, x)).squeeze(1).cpu().numpy())
         labels.append(y.numpy())
     return np.concatenate(logits), np.concatenate(labels).astype(int)
 
@@ -212,7 +219,8 @@ def train_classifier(
     torch.manual_seed(config.seed)
     spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
                           views=config.views)
-    model = build_classifier(spec)
+    device = pick_device(config.device)
+    model = build_classifier(spec).to(device)
 
     train_ds = CropDataset(train, config, train=True, seed=config.seed)
     labels = [s.label for s in train]
@@ -221,15 +229,18 @@ def train_classifier(
     else:
         sampler, shuffle = None, True
     gen = torch.Generator().manual_seed(config.seed)
+    # Each sample's augmentation is seeded by (seed, epoch, index) and the order is drawn in this
+    # process, so worker processes change the speed, not the batches.
+    loading = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
     train_loader = torch.utils.data.DataLoader(
         train_ds, batch_size=config.batch_size, shuffle=shuffle, sampler=sampler, generator=gen,
-        drop_last=len(train_ds) > config.batch_size,
+        drop_last=len(train_ds) > config.batch_size, **loading,
     )
     val_loader = torch.utils.data.DataLoader(
-        CropDataset(val, config, train=False), batch_size=2 * config.batch_size
+        CropDataset(val, config, train=False), batch_size=2 * config.batch_size, **loading
     )
     pos_weight = class_weight(labels) if config.imbalance == "weighted" else 1.0
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
     optimiser = torch.optim.AdamW(
         [
             {"params": list(model.backbone_parameters()), "lr": config.backbone_lr},
@@ -258,13 +269,14 @@ def train_classifier(
         for step, (x, y) in enumerate(train_loader):
             if config.max_batches is not None and step >= config.max_batches:
                 break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = loss_fn(model(normalise(model, x)).squeeze(1), y)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             scheduler.step()
             losses.append(loss.item())
-        val_logits, val_labels = predict_logits(model, val_loader)
+        val_logits, val_labels = predict_logits(model, val_loader, device)
         val_auc = roc_auc(val_labels, val_logits) if len(set(val_labels)) == 2 else float("nan")
         val_loss = float(
             nn.functional.binary_cross_entropy_with_logits(
@@ -297,7 +309,8 @@ def train_classifier(
 def save_checkpoint(model, spec, config, path: Path, epoch: int, val_auc: float) -> None:
     cfg = asdict(config)
     torch.save(
-        {"state_dict": model.state_dict(), "spec": asdict(spec), "config": cfg,
+        {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "spec": asdict(spec),
+         "config": cfg,
          "epoch": epoch, "val_auc": val_auc},
         path,
     )

@@ -86,6 +86,7 @@ def test_training_is_seeded_and_resumable(fixtures_root, tmp_path):
     assert len(summary["commands"]) == 2  # the first run's command and the resumed one
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches_and_run(fixtures_root, tmp_path):
     rng = np.random.default_rng(0)
     images = rng.random((10, 32, 32)).astype(np.float16)

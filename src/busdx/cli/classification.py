@@ -138,7 +138,6 @@ def run_train(args: argparse.Namespace) -> int:
     from busdx.models.classification import backbone_name, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
     from busdx.training import classification as tc
-    from busdx.training.common import pick_device
 
     if args.calibrate_only:
         return run_calibrate(args)
@@ -203,7 +202,7 @@ def run_train(args: argparse.Namespace) -> int:
             "epochs_run": len(result.history),
             "history": result.history,
             "wall_minutes": round((time.monotonic() - start) / 60, 1),
-            "hardware": _hardware(args.threads, pick_device(args.device).type),
+            "hardware": _hardware(args.threads, result.device),
             "n_train": len(train), "n_val": len(val),
             "validation_crops": "ground-truth masks, no jitter",
         },

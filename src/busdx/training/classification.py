@@ -92,6 +92,7 @@ class TrainResult:
     best_val_auc: float
     history: list[dict]
     wall_minutes: float
+    device: str = "cpu"  # where it trained: "cpu" or "cuda"
 
 
 # ---------------------------------------------------------------------------- data
@@ -303,15 +304,14 @@ def train_classifier(
             log.info("time budget: %.1f of %.1f minutes used", minutes, config.max_minutes)
             break
     return TrainResult(checkpoint, best_epoch, best_auc, history,
-                       (time.monotonic() - start) / 60)
+                       (time.monotonic() - start) / 60, device.type)
 
 
 def save_checkpoint(model, spec, config, path: Path, epoch: int, val_auc: float) -> None:
     cfg = asdict(config)
     torch.save(
-        {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "spec": asdict(spec),
-         "config": cfg,
-         "epoch": epoch, "val_auc": val_auc},
+        {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+         "spec": asdict(spec), "config": cfg, "epoch": epoch, "val_auc": val_auc},
         path,
     )
 

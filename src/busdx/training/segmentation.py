@@ -154,7 +154,7 @@ class _EpochBatches(torch.utils.data.Dataset):
 
 def epoch_batches(
     images: np.ndarray, masks: np.ndarray, order: np.ndarray, batch_size: int, n_batches: int,
-    augmenter: Augmenter | None, seed: int, epoch: int, workers: int = 0,
+    augmenter: Augmenter | None, seed: int, epoch: int, workers: int = 0, pin_memory: bool = False,
 ):
     """Iterate over one epoch's batches; with ``workers`` > 0 they are augmented in that many
     processes while the model trains (on a GPU, augmenting in the loop leaves it waiting)."""
@@ -162,7 +162,7 @@ def epoch_batches(
     if workers <= 0:
         return (batches[b] for b in range(n_batches))
     return iter(torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False,
-                                            num_workers=workers, pin_memory=torch.cuda.is_available()))
+                                            num_workers=workers, pin_memory=pin_memory))
 
 
 @torch.no_grad()
@@ -262,7 +262,8 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                    leave=False, dynamic_ncols=True)
         batches = epoch_batches(tr_x, tr_y, order, config.batch_size, steps_per_epoch, augmenter,
-                                config.seed, epoch, config.workers)
+                                config.seed, epoch, config.workers,
+                                pin_memory=device.type == "cuda")
         for _, (x, y) in zip(bar, batches, strict=True):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             progress = step / total_steps

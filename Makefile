@@ -35,7 +35,7 @@ chromium:
 	  else echo "chromium missing and cannot be installed here: the browser test will be skipped"; fi; }
 
 lint: install-train
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks studies
 
 test: install-train chromium lint
 	$(BIN)/python -m pytest -q -ra

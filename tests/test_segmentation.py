@@ -301,5 +301,38 @@ def test_validation_selection_keeps_the_baseline_unless_beaten(trained_run, fixt
     selection = load_card(card)["segmenter"]["selection"]
     assert selection["chosen"] == "b" and selection["not_eligible"] == {"a": "too slow"}
     assert selection["val_dice_original_resolution"] == dices  # the same scores again
+    history = load_card(card)["segmenter"]["selection_history"]  # earlier rounds stay
+    assert [h["chosen"] for h in history] == ["a"] and history[0]["not_eligible"] == {}
     assert main([*base, "--baseline", "c"]) == 2
     assert main([*base, "--compare", "broken"]) == 2
+
+
+@pytest.mark.slow
+def test_threshold_sweep_on_validation_moves_the_served_threshold_only_when_it_pays(
+    trained_run, fixtures_root, tmp_path
+):
+    graph, card = tmp_path / "a.onnx", tmp_path / "model_card.json"
+    assert main(["export", "segmentation", "--checkpoint", str(trained_run / "best.pt"),
+                 "--out", str(graph), "--card", str(card)]) == 0
+    base = ["evaluate", "segmentation", "--data", str(fixtures_root), "--card", str(card),
+            "--model", str(graph), "--thresholds", "0.3,0.7"]
+    assert main([*base, "--min-gain", "1.0"]) == 0
+    section = load_card(card)["segmenter"]
+    sweep = section["threshold_sweep"]
+    assert list(sweep["val_dice_by_threshold"]) == ["0.3", "0.5", "0.7"]  # the served one too
+    assert sweep["chosen"] == 0.5 and section.get("threshold", 0.5) == 0.5  # nothing gains 1.0
+    assert "test" not in section  # validation only
+
+    assert main([*base, "--min-gain", "-1.0"]) == 0  # any best is taken
+    section = load_card(card)["segmenter"]
+    sweep = section["threshold_sweep"]
+    dices = sweep["val_dice_by_threshold"]
+    assert sweep["chosen"] == sweep["best"] == section["threshold"]
+    assert dices[f"{sweep['best']:g}"] == max(dices.values())
+    # the evaluation uses the card's threshold from then on, as serving does
+    assert main(["evaluate", "segmentation", "--data", str(fixtures_root), "--card", str(card),
+                 "--model", str(graph), "--split", "val"]) == 0
+    assert load_card(card)["segmenter"]["validation"]["threshold"] == sweep["best"]
+
+    assert main([*base[:-1], "0,0.5"]) == 2
+    assert main([*base[:-1], "half"]) == 2

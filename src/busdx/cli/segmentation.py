@@ -144,6 +144,10 @@ def _register_evaluate(group) -> None:
                    help="with --compare and --baseline: validation Dice a candidate must gain")
     p.add_argument("--not-eligible", action="append", default=[], metavar="NAME=WHY",
                    help="with --compare: score NAME for the record but never choose it")
+    p.add_argument("--thresholds", default=None, metavar="T[,T...]",
+                   help="sweep the mask threshold on the VALIDATION split instead: the served "
+                   "threshold (the card's) moves only if another beats it by --min-gain; the "
+                   "sweep goes to the card's segmenter.threshold_sweep")
     p.set_defaults(func=_evaluate)
 
 
@@ -162,26 +166,65 @@ def _pairs(texts: list[str], flag: str) -> dict[str, str]:
 def _select(args) -> int:
     from pathlib import Path
 
-    from busdx.evaluation.model_card import update_card
-    from busdx.evaluation.segmentation import select_segmenter
+    from busdx.evaluation.model_card import load_card, update_card
+    from busdx.evaluation.segmentation import card_threshold, select_segmenter
 
     candidates = {n: Path(p) for n, p in _pairs(args.compare, "--compare").items()}
     selection = select_segmenter(args.data, candidates, args.test_fold, args.baseline,
                                  args.min_gain, _pairs(args.not_eligible, "--not-eligible"),
-                                 args.threads)
+                                 args.threads, threshold=card_threshold(args.card or None))
     selection["command"] = "busdx " + shlex.join(sys.argv[1:]) if sys.argv else None
     if args.card:
-        update_card(args.card, "segmenter", {"selection": selection})
+        values = {"selection": selection}
+        section = load_card(args.card).get("segmenter", {}) if Path(args.card).is_file() else {}
+        if section.get("selection"):  # earlier rounds stay on record: what was tried, and why
+            values["selection_history"] = [*section.get("selection_history", []),
+                                           section["selection"]]
+        update_card(args.card, "segmenter", values)
+    width = max(map(len, selection["val_dice_original_resolution"])) + 2
     for name, value in selection["val_dice_original_resolution"].items():
         flag = " (not eligible)" if name in selection["not_eligible"] else ""
         flag += "  <- chosen" if name == selection["chosen"] else ""
-        print(f"{name:<24}{value:.4f}{flag}")
+        print(f"{name:<{width}}{value:.4f}{flag}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from busdx.errors import BusdxError
+    from busdx.evaluation.model_card import update_card
+    from busdx.evaluation.segmentation import card_threshold, sweep_thresholds
+
+    if args.compare:
+        raise BusdxError("--thresholds and --compare are separate runs: choose the graph first")
+    try:
+        grid = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    except ValueError as err:
+        raise BusdxError(f"--thresholds takes numbers separated by commas: {err}") from err
+    if not grid:
+        raise BusdxError("--thresholds needs at least one threshold")
+    current = card_threshold(args.card or None)
+    sweep = sweep_thresholds(args.data, args.model, grid, args.test_fold, current, args.min_gain,
+                             args.threads)
+    sweep["command"] = "busdx " + shlex.join(sys.argv[1:]) if sys.argv else None
+    if args.card:
+        values = {"threshold_sweep": sweep}
+        if sweep["chosen"] != current:
+            values["threshold"] = sweep["chosen"]
+            log.warning("segmenter.threshold moved from %g to %g: the classifier's crops come "
+                        "from these masks, so recalibrate it (busdx train classification "
+                        "--calibrate-only) and evaluate both again", current, sweep["chosen"])
+        update_card(args.card, "segmenter", values)
+    for key, value in sweep["val_dice_by_threshold"].items():
+        flag = "  <- served" if float(key) == sweep["chosen"] else ""
+        print(f"threshold {key:<6}{value:.4f}{flag}")
     return 0
 
 
 def _evaluate(args) -> int:
     from busdx.evaluation.segmentation import evaluate_segmenter
 
+    if args.thresholds is not None:
+        return _sweep(args)
     if args.compare:
         return _select(args)
     result = evaluate_segmenter(args.data, args.model, args.test_fold, args.card or None,

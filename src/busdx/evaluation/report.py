@@ -203,20 +203,29 @@ def _run_note(training: dict) -> str:
     return f"; {training['note']}" if training.get("note") else ""
 
 
-def _selection_lines(selection: dict | None) -> list[str]:
+def _selection_lines(selection: dict | None, title: str = "selection") -> list[str]:
     """The segmenter's validation comparison as a table, when the card holds one."""
     if not selection:
         return []
     dice = selection.get("val_dice_original_resolution") or {}
     post = selection.get("val_dice_postprocessed") or {}
     skipped = selection.get("not_eligible") or {}
-    lines = [f"- selection on {selection.get('split', 'validation')}: {selection.get('rule')}; "
+    lines = [f"- {title} on {selection.get('split', 'validation')}: {selection.get('rule')}; "
              f"shipped: {selection.get('chosen')}", "",
              "  | candidate | validation Dice | postprocessed | |", "  |---|---|---|---|"]
     for name, value in dice.items():
         note = "shipped" if name == selection.get("chosen") else skipped.get(name, "")
         lines.append(f"  | {name} | {_fmt(value, 4)} | {_fmt(post.get(name), 4)} | {note} |")
     return [*lines, ""]
+
+
+def _sweep_lines(sweep: dict | None) -> list[str]:
+    """The validation sweep of the segmenter's mask threshold, when the card holds one."""
+    if not sweep:
+        return []
+    dice = ", ".join(f"{t}: {_fmt(v, 4)}" for t, v in sweep.get("val_dice_by_threshold", {}).items())
+    return [f"- mask threshold swept on {sweep.get('split', 'validation')} ({sweep.get('rule')}): "
+            f"{dice}; served: {sweep.get('chosen')}", ""]
 
 
 def _input_limit(kind: str) -> str:
@@ -281,6 +290,9 @@ def render_model_card(card: dict) -> str:
         if seg.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: {json.dumps(seg[key])}")
     lines += _selection_lines(seg.get("selection"))
+    for earlier in reversed(seg.get("selection_history") or []):
+        lines += _selection_lines(earlier, "earlier selection")
+    lines += _sweep_lines(seg.get("threshold_sweep"))
     for member in seg.get("members") or []:
         train = member.get("training", {})
         lines.append(f"- member `{member.get('checkpoint')}` ({member.get('encoder')}): "

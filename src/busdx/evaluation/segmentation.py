@@ -1,8 +1,9 @@
 """Evaluating the exported segmenter on the test fold with ONNX Runtime (no torch).
 
 Each image is letterboxed as in serving, its sigmoid probability map is mapped back to the
-original pixel grid (bilinear, :meth:`Letterbox.invert`) and thresholded at 0.5; Dice and IoU are
-computed there, against the original mask. The "postprocessed" scores add what the product does
+original pixel grid (bilinear, :meth:`Letterbox.invert`) and thresholded at the card's
+``segmenter.threshold`` (0.5 unless a validation sweep moved it); Dice and IoU are computed
+there, against the original mask. The "postprocessed" scores add what the product does
 next (largest connected component, holes filled), so the card reports both the network and what a
 user sees.
 """
@@ -87,7 +88,7 @@ def _postprocess(mask: np.ndarray) -> np.ndarray:
 
 
 def score_records(
-    session, records: list[Record], keep: set[str] | None = None
+    session, records: list[Record], keep: set[str] | None = None, threshold: float = THRESHOLD
 ) -> tuple[list[ImageScore], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Per-image scores; for ids in ``keep`` also (image, truth, predicted mask) for figures."""
     from tqdm import tqdm
@@ -96,7 +97,7 @@ def score_records(
     scores, kept = [], {}
     for r in tqdm(records, desc="evaluating", leave=False):
         image, truth = load_gray(r.image_path), load_mask(r.mask_path)
-        pred = predict_probability(session, image, size) > THRESHOLD
+        pred = predict_probability(session, image, size) > threshold
         post = _postprocess(pred)
         scores.append(ImageScore(r.id, r.scanner, dice(pred, truth), iou(pred, truth),
                                  dice(post, truth), iou(post, truth)))
@@ -106,7 +107,8 @@ def score_records(
 
 
 def summary_section(
-    scores: list[ImageScore], test_fold: int, model_path: Path, split: str = "test"
+    scores: list[ImageScore], test_fold: int, model_path: Path, split: str = "test",
+    threshold: float = THRESHOLD,
 ) -> dict:
     scanners = [s.scanner for s in scores]
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
@@ -115,8 +117,9 @@ def summary_section(
         "test_fold": test_fold,
         "images": len(scores),
         "test_images": len(scores) if split == "test" else None,
-        "evaluated_at": "original resolution (probability map letterbox-inverted, bilinear, > 0.5)",
-        "threshold": THRESHOLD,
+        "evaluated_at": "original resolution (probability map letterbox-inverted, bilinear, "
+                        f"> {threshold:g})",
+        "threshold": threshold,
         "dice": summarise(s.dice for s in scores),
         "iou": summarise(s.iou for s in scores),
         "dice_per_scanner": summarise_by_group([s.dice for s in scores], scanners),
@@ -194,12 +197,16 @@ def evaluate_segmenter(
     figures_dir: str | Path | None = None,
     threads: int | None = None,
     split: str = "test",
+    threshold: float | None = None,
 ) -> SegEvaluation:
     """Score the ONNX segmenter on the official test fold (or, with ``split="val"``, on the
     patient-wise validation split used in training); optionally write the card section
-    (``segmenter.test`` or ``segmenter.validation``) and the figure/CSV of per-image results."""
+    (``segmenter.test`` or ``segmenter.validation``) and the figure/CSV of per-image results.
+    ``threshold``: on the sigmoid; by default the card's ``segmenter.threshold`` (as served)."""
     if split not in ("test", "val"):
         raise BusdxError(f"split must be 'test' or 'val', not {split!r}")
+    if threshold is None:
+        threshold = card_threshold(card_path)
     model_path = Path(model_path)
     session = open_session(model_path, threads)
     index = load_index(resolve_root(data))
@@ -207,14 +214,15 @@ def evaluate_segmenter(
     records = parts.test if split == "test" else parts.val
     if not records:
         raise BusdxError(f"the {split} split of fold {test_fold} has no images")
-    scores, _ = score_records(session, records)
-    section = summary_section(scores, test_fold, model_path, split)
+    scores, _ = score_records(session, records, threshold=threshold)
+    section = summary_section(scores, test_fold, model_path, split, threshold)
     if figures_dir is not None:
         figures_dir = Path(figures_dir)
         groups = example_ids(scores)
         wanted = {i for ids in groups.values() for i in ids}
         by_id = {r.id: r for r in records}
-        _, kept = score_records(session, [by_id[i] for i in sorted(wanted)], keep=wanted)
+        _, kept = score_records(session, [by_id[i] for i in sorted(wanted)], keep=wanted,
+                                threshold=threshold)
         tag = "" if split == "test" else "_val"
         plot_examples(groups, kept, scores, figures_dir / f"segmentation{tag}_examples.png")
         write_scores_csv(scores, figures_dir / f"segmentation{tag}_per_image.csv")
@@ -225,6 +233,64 @@ def evaluate_segmenter(
                          section=section)
 
 
+def card_threshold(card_path: str | Path | None) -> float:
+    """The served mask threshold: the card's ``segmenter.threshold``, 0.5 without a card."""
+    from busdx.evaluation.model_card import load_card
+
+    if card_path is None or not Path(card_path).is_file():
+        return THRESHOLD
+    section = load_card(card_path).get("segmenter")
+    value = section.get("threshold") if isinstance(section, dict) else None
+    return THRESHOLD if value is None else float(value)
+
+
+def sweep_thresholds(
+    data: str | None,
+    model_path: str | Path,
+    thresholds: list[float],
+    test_fold: int = 5,
+    current: float = THRESHOLD,
+    min_gain: float = 0.001,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Mean raw Dice on the VALIDATION split at each mask threshold (one probability map per
+    image, thresholded every way). The ``current`` threshold stays unless another beats it by at
+    least ``min_gain``, the bar a new graph must clear too. Returns the card's
+    ``segmenter.threshold_sweep``; moving ``segmenter.threshold`` is left to the caller."""
+    from tqdm import tqdm
+
+    current = round(float(current), 4)
+    grid = sorted({round(float(t), 4) for t in [*thresholds, current]})
+    if not all(0.0 < t < 1.0 for t in grid):
+        raise BusdxError(f"thresholds must lie strictly between 0 and 1, not {grid}")
+    model_path = Path(model_path)
+    session = open_session(model_path, threads)
+    size = _input_size(session)
+    records = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=test_fold)).val
+    per_threshold: dict[float, list[float]] = {t: [] for t in grid}
+    for r in tqdm(records, desc="threshold sweep", leave=False):
+        prob, truth = predict_probability(session, load_gray(r.image_path), size), load_mask(
+            r.mask_path)
+        for t in grid:
+            per_threshold[t].append(dice(prob > t, truth))
+    means = {t: float(np.mean(v)) for t, v in per_threshold.items()}
+    best = max(means, key=lambda t: (means[t], t == current))
+    chosen = best if means[best] >= means[current] + min_gain else current
+    log.info("threshold sweep on validation: %s; kept %s", {f"{t:g}": round(v, 4)
+                                                             for t, v in means.items()}, chosen)
+    return {
+        "rule": f"highest validation Dice at original resolution; the served threshold "
+                f"({current:g}) stays unless beaten by at least {min_gain}",
+        "split": f"validation ({len(records)} images, patient-wise, test fold {test_fold} untouched)",
+        "onnx_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "val_dice_by_threshold": {f"{t:g}": v for t, v in means.items()},
+        "best": best,
+        "gain_of_best": means[best] - means[current],
+        "previous": current,
+        "chosen": chosen,
+    }
+
+
 def select_segmenter(
     data: str | None,
     candidates: dict[str, Path],
@@ -233,6 +299,7 @@ def select_segmenter(
     min_gain: float = 0.001,
     not_eligible: dict[str, str] | None = None,
     threads: int | None = None,
+    threshold: float = THRESHOLD,
 ) -> dict[str, Any]:
     """Score candidate graphs on the VALIDATION split at original resolution and pick one: the
     highest mean Dice, but the ``baseline`` (the graph shipped now) stays unless the best beats
@@ -249,7 +316,7 @@ def select_segmenter(
     records = make_split(index, SplitConfig(test_fold=test_fold)).val
     dices, post = {}, {}
     for name, path in candidates.items():
-        scores, _ = score_records(open_session(Path(path), threads), records)
+        scores, _ = score_records(open_session(Path(path), threads), records, threshold=threshold)
         dices[name] = float(np.mean([s.dice for s in scores]))
         post[name] = float(np.mean([s.dice_post for s in scores]))
         log.info("validation Dice of %s (%s): %.4f (postprocessed %.4f)", name, path, dices[name],

@@ -336,3 +336,28 @@ def test_threshold_sweep_on_validation_moves_the_served_threshold_only_when_it_p
 
     assert main([*base[:-1], "0,0.5"]) == 2
     assert main([*base[:-1], "half"]) == 2
+
+
+@pytest.mark.slow
+def test_training_at_another_size_exports_and_evaluates_at_it(fixtures_root, tmp_path):
+    import onnx
+
+    out, cache = tmp_path / "run96", str(tmp_path / "cache")
+    base = ["train", "segmentation", "--data", str(fixtures_root), "--out", str(out),
+            "--epochs", "1", "--batch-size", "4", "--limit-train", "4", "--threads", "1",
+            "--no-pretrained", "--cache-dir", cache]
+    assert main([*base, "--size", "100"]) == 2  # not a multiple of 32: refused before any work
+    assert not (out / "last.pt").exists()
+    assert main([*base, "--size", "96"]) == 0
+    assert main([*base, "--size", "128", "--resume"]) == 2  # resumed at another size: refused
+    graph, card = tmp_path / "seg96.onnx", tmp_path / "model_card.json"
+    assert main(["export", "segmentation", "--checkpoint", str(out / "best.pt"), "--out",
+                 str(graph), "--card", str(card)]) == 0
+    dims = onnx.load(str(graph)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[2:]] == [96, 96]
+    section = load_card(card)["segmenter"]
+    assert section["input_size"] == 96
+    assert section["training"]["val_dice_at"].startswith("96x96")
+    assert main(["evaluate", "segmentation", "--data", str(fixtures_root), "--card", str(card),
+                 "--model", str(graph), "--split", "val"]) == 0
+    assert load_card(card)["segmenter"]["validation"]["images"] > 0

@@ -25,6 +25,9 @@ def _register_train(group) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--loss", choices=("dice", "dice_bce"), default="dice_bce")
+    p.add_argument("--size", type=int, default=224,
+                   help="letterboxed input size in pixels, a multiple of 32 (the export and the "
+                   "product follow it; larger sees finer borders and costs time)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock budget: stop gracefully (the schedule anneals to fit)")
@@ -61,7 +64,7 @@ def _train(args) -> int:
         split_seed=args.split_seed,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
         patience=args.patience, max_minutes=args.max_minutes, threads=args.threads,
-        workers=args.workers,
+        workers=args.workers, size=args.size,
         device=args.device, augment=not args.no_augment, limit_train=args.limit_train,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
         note=args.note,

@@ -206,6 +206,9 @@ def empty_history() -> dict[str, list]:
 def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTrainResult:
     if config.loss not in LOSSES:
         raise BusdxError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
+    if config.size < 64 or config.size % 32:
+        # five 2x poolings in the encoder: other sizes would not map back onto the skips
+        raise BusdxError(f"--size must be a multiple of 32, at least 64 (not {config.size})")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
@@ -233,6 +236,10 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
     last_path, best_path = out / "last.pt", out / "best.pt"
     if config.resume and last_path.is_file():
         state = load_checkpoint(last_path)
+        trained_at = state.get("train_config", {}).get("size", 224)
+        if trained_at != config.size:
+            raise BusdxError(f"{last_path} was trained at {trained_at} pixels, not {config.size}: "
+                             f"resume with --size {trained_at}")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start_epoch, step = state["history"], state["epoch"] + 1, state["step"]
@@ -528,7 +535,8 @@ def _member(checkpoint: Path, meta: dict) -> dict:
             "stopped": summary.get("stopped"),
             "best_epoch": meta.get("epoch"),
             "best_val_dice": meta.get("val_dice"),
-            "val_dice_at": "224x224 letterboxed validation images, threshold 0.5",
+            "val_dice_at": f"{train_config.get('size', 224)}x{train_config.get('size', 224)} "
+                           "letterboxed validation images, threshold 0.5",
             "train_images": summary.get("train_images"),
             "val_images": summary.get("val_images"),
             "loss": train_config.get("loss"),

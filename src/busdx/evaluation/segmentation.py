@@ -269,15 +269,15 @@ def sweep_thresholds(
     records = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=test_fold)).val
     per_threshold: dict[float, list[float]] = {t: [] for t in grid}
     for r in tqdm(records, desc="threshold sweep", leave=False):
-        prob, truth = predict_probability(session, load_gray(r.image_path), size), load_mask(
-            r.mask_path)
+        prob = predict_probability(session, load_gray(r.image_path), size)
+        truth = load_mask(r.mask_path)
         for t in grid:
             per_threshold[t].append(dice(prob > t, truth))
     means = {t: float(np.mean(v)) for t, v in per_threshold.items()}
     best = max(means, key=lambda t: (means[t], t == current))
     chosen = best if means[best] >= means[current] + min_gain else current
-    log.info("threshold sweep on validation: %s; kept %s", {f"{t:g}": round(v, 4)
-                                                             for t, v in means.items()}, chosen)
+    log.info("threshold sweep on validation: %s; served: %g",
+             {f"{t:g}": round(v, 4) for t, v in means.items()}, chosen)
     return {
         "rule": f"highest validation Dice at original resolution; the served threshold "
                 f"({current:g}) stays unless beaten by at least {min_gain}",

@@ -236,12 +236,11 @@ def evaluate_segmenter(
 def card_threshold(card_path: str | Path | None) -> float:
     """The served mask threshold: the card's ``segmenter.threshold``, 0.5 without a card."""
     from busdx.evaluation.model_card import load_card
+    from busdx.inference.models import segmenter_threshold
 
     if card_path is None or not Path(card_path).is_file():
         return THRESHOLD
-    section = load_card(card_path).get("segmenter")
-    value = section.get("threshold") if isinstance(section, dict) else None
-    return THRESHOLD if value is None else float(value)
+    return segmenter_threshold(load_card(card_path))
 
 
 def sweep_thresholds(

@@ -159,6 +159,14 @@ def _fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()[:12]
 
 
+def segmenter_threshold(card: dict[str, Any]) -> float:
+    """The served mask threshold on the segmenter's sigmoid: the card's
+    ``segmenter.threshold`` (moved only by a validation sweep), 0.5 when it has none."""
+    section = card.get("segmenter")
+    value = section.get("threshold") if isinstance(section, dict) else None
+    return 0.5 if value is None else float(value)
+
+
 @dataclass
 class Models:
     directory: Path
@@ -231,5 +239,5 @@ class Models:
             settings=settings,
             segmenter_size=segmenter_size,
             version=version,
-            mask_threshold=float(section.get("threshold", 0.5)),
+            mask_threshold=segmenter_threshold(card),
         )

@@ -217,6 +217,14 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
     if device.type == "cuda":
         # One input size throughout: let cuDNN time its kernels once and keep the fastest.
         torch.backends.cudnn.benchmark = True
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    # Read before the images are letterboxed, so a resume at the wrong size fails at once.
+    state = load_checkpoint(last_path) if config.resume and last_path.is_file() else None
+    if state is not None:
+        trained_at = state.get("train_config", {}).get("size", 224)
+        if trained_at != config.size:
+            raise BusdxError(f"{last_path} was trained at {trained_at} pixels, not {config.size}: "
+                             f"resume with --size {trained_at}")
 
     train_recs, val_recs = _split_records(config)
     cache = Path(config.cache_dir) if config.cache_dir else None
@@ -233,13 +241,7 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
 
     history, start_epoch, step, elapsed_before = empty_history(), 0, 0, 0.0
     best_dice, best_epoch, stale = -1.0, -1, 0
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if config.resume and last_path.is_file():
-        state = load_checkpoint(last_path)
-        trained_at = state.get("train_config", {}).get("size", 224)
-        if trained_at != config.size:
-            raise BusdxError(f"{last_path} was trained at {trained_at} pixels, not {config.size}: "
-                             f"resume with --size {trained_at}")
+    if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start_epoch, step = state["history"], state["epoch"] + 1, state["step"]

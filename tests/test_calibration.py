@@ -110,3 +110,17 @@ def test_cheapest_option_within_tolerance_of_the_best_auc():
     assert _cheapest_within(budget, {"v": 2, "a": 1}, crops, 0.005) == ("v", "flip", "single")
     assert _cheapest_within(budget, {"v": 2, "a": 1}, crops, 0.005, max_passes=2) == (
         "v", "none", "single")
+    # a two-view network plus a crop network: three passes, inside a three-pass budget
+    mixed = {**budget, ("v+c", "none", "single"): (0.947, None),
+             ("v+c", "flip", "single"): (0.96, None)}
+    assert _cheapest_within(mixed, {"v": 2, "a": 1, "v+c": 3}, crops, 0.005, max_passes=3) == (
+        "v+c", "none", "single")
+
+
+def test_mirror_options_of_an_ensemble_leave_out_the_crop_only_mirror():
+    from busdx.cli.classification import _tta_options
+
+    assert _tta_options("auto", "both") == ("none", "flip", "flip_crop")
+    assert _tta_options("auto", "both", ensemble=True) == ("none", "flip")
+    assert _tta_options("auto", "crop") == ("none", "flip")
+    assert _tta_options("flip_crop", "both", ensemble=True) == ()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from busdx.errors import BusdxError
 from busdx.evaluation.classification import (
     binary_metrics,
     birads_agreement,
@@ -123,6 +124,39 @@ def test_ensemble_logit_is_the_members_mean_and_cam_stays_exact(lite, tmp_path):
     assert np.abs(logit - ((members[0] + members[1]) / 2).numpy()).max() < ONNX_TOL
     bias = ensemble.fc.bias.item()
     assert np.abs(cam.mean(axis=(2, 3)) + bias - logit).max() < ONNX_TOL
+
+
+def test_two_view_and_crop_networks_ensemble_in_three_passes(tmp_path):
+    """A two-view network plus a crop network: the crop network sees view 0 only, the logit is
+    the members' mean, the CAM identity holds, and the backbones make three passes, not four."""
+    import onnxruntime as ort
+
+    from busdx.models.classification import ClassifierEnsemble
+
+    torch.manual_seed(3)
+    both = build_classifier(ClassifierSpec(arch="lite0", views=2), pretrained=False).eval()
+    crop = build_classifier(ClassifierSpec(arch="lite0"), pretrained=False).eval()
+    with torch.no_grad():
+        both.fc.weight.normal_(0, 0.05)
+        crop.fc.bias.fill_(-0.4)
+    ensemble = ClassifierEnsemble([both, crop]).eval()
+    assert ensemble.views == 2
+    seen = []
+    hook = crop.backbone.conv_stem.register_forward_hook(
+        lambda m, i, o: seen.append(i[0].shape[0]))
+    x = torch.rand(2, 2, 224, 224, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = (ExportWrapper(both)(x)[0] + ExportWrapper(crop)(x[:, :1])[0]) / 2
+        ExportWrapper(ensemble)(x)
+    hook.remove()
+    assert seen[-1] == 2  # the crop network ran on the two crops, not on the whole images
+    path = export_onnx(ensemble, tmp_path / "mixed.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logit, cam = session.run(None, {"image": x.numpy()})
+    assert np.abs(logit - expected.numpy()).max() < ONNX_TOL
+    assert np.abs(cam.mean(axis=(2, 3)) + ensemble.fc.bias.item() - logit).max() < ONNX_TOL
+    with pytest.raises(BusdxError, match="flip_crop"):
+        ExportWrapper(ensemble, tta="flip_crop")
 
 
 def test_two_view_classifier_exports_with_an_exact_crop_cam(lite, tmp_path):

@@ -261,6 +261,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     for kind, names in groups.items():
         if len(names) > 1 and kind != "both":  # ensembles of single-view networks only
             model_options["ensemble" if len(groups) == 1 else f"ensemble_{kind}"] = names
+    if "both" in groups and "crop" in groups:
+        # two-view networks plus crop networks: the crop ones see view 0 (see ClassifierEnsemble)
+        model_options["ensemble_both_crop"] = groups["both"] + groups["crop"]
+
+    def option_kind(option: str) -> str:
+        names = model_options[option]
+        return "both" if any(kinds[n] == "both" for n in names) else kinds[names[0]]
     product = Models.load(models, threads=args.threads)
     primary = product.settings.crop.context
     multi = _parse_contexts(args.contexts) if args.contexts else product.settings.all_contexts
@@ -286,8 +293,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     scores = {}
     for option in model_options:
         model = build(option)
-        kind = kinds[model_options[option][0]]
-        for tta in _tta_options(args.tta, kind):
+        kind = option_kind(option)
+        for tta in _tta_options(args.tta, kind, ensemble=len(model_options[option]) > 1):
             tmp = models / f".{tta}.{CLASSIFIER_FILE}"
             export_onnx(model, tmp, size=size, tta=tta)
             per_crop = crop_logits(tmp, inputs[kind])  # every crop once; options average subsets
@@ -298,7 +305,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
                          crops, contexts, scores[(option, tta, crops)][0])
             tmp.unlink()
     # network passes per crop: one per member and view (crop + whole image is two)
-    passes = {option: len(names) * input_views(kinds[names[0]])
+    passes = {option: sum(input_views(kinds[n]) for n in names)
               for option, names in model_options.items()}
     option, tta, crops = _cheapest_within(scores, passes, crop_options, args.auc_tolerance,
                                           args.max_passes)
@@ -307,7 +314,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     export_onnx(build(option), models / CLASSIFIER_FILE, size=size, tta=tta,
                 logit_offset=values["logit_offset"])
     members = [loaded[name] for name in model_options[option]]
-    kind = kinds[model_options[option][0]]
+    kind = option_kind(option)
     values["input"] = kind
     values["calibration"].update({
         "masks": "predicted" if args.masks == "predicted" else "ground truth",
@@ -352,7 +359,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     values["crop"] = {"size": product.settings.crop.size, "context": primary,
                       "contexts": list(chosen)}
     values["tta_comparison_val_auc"] = {t: scores[(option, t, "single")][0]
-                                        for t in _tta_options(args.tta, kind)}
+                                        for t in _tta_options(args.tta, kind,
+                                                              len(model_options[option]) > 1)}
     values["crop_comparison_val_auc"] = {
         f"model={m}, tta={t}, contexts={','.join(map(str, crop_options[c]))}": v[0]
         for (m, t, c), v in scores.items()
@@ -378,14 +386,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tta_options(choice: str, kind: str) -> tuple[str, ...]:
+def _tta_options(choice: str, kind: str, ensemble: bool = False) -> tuple[str, ...]:
     """The mirror options to score: the one asked for, or with ``auto`` every one that applies
-    (mirroring the crop alone only means something for two views)."""
+    (mirroring the crop alone only means something for a single two-view network)."""
     from busdx.models.contract import input_views
 
+    if choice == "flip_crop" and ensemble:
+        return ()
     if choice != "auto":
         return (choice,)
-    return ("none", "flip", "flip_crop") if input_views(kind) == 2 else ("none", "flip")
+    if input_views(kind) == 2 and not ensemble:
+        return ("none", "flip", "flip_crop")
+    return ("none", "flip")
 
 
 def _option_cost(key: tuple[str, str, str], passes: dict[str, int], crop_options: dict) -> float:
@@ -411,6 +423,8 @@ def _cheapest_within(
         scores = {k: v for k, v in scores.items() if cost(k) <= max_passes}
         if not scores:
             raise BusdxError(f"no option needs {max_passes} network passes or fewer")
+    if not scores:
+        raise BusdxError("no option to compare: flip_crop applies to a single two-view network")
     best = max(v[0] for v in scores.values())
     near = [k for k, v in scores.items() if v[0] >= best - tolerance]
     return min(near, key=lambda k: (cost(k), -scores[k][0]))

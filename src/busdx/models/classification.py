@@ -236,6 +236,12 @@ class ClassifierEnsemble(_PooledLinear):
     """Several EfficientNet-Lite classifiers as one model: their feature maps side by side and
     one linear head holding each member's weights divided by their number. The logit is then
     exactly the members' mean logit, and the CAM identity of :class:`ExportWrapper` still holds.
+
+    Members may mix one and two views. The ensemble then takes two views (crop, whole image) and
+    a single-view member sees the crop only, view 0 of the contract: so it must be a crop
+    network, never a whole-image one. Its pass over the crop is the only one it makes; in the
+    whole-image slot its features are zeros that the head gives no weight, so a two-view
+    network plus a crop network costs three backbone passes, not four.
     """
 
     mean = LITE_MEAN
@@ -245,18 +251,35 @@ class ClassifierEnsemble(_PooledLinear):
         super().__init__()
         if not members or any(not isinstance(m, LiteClassifier) for m in members):
             raise BusdxError("an ensemble takes EfficientNet-Lite classifiers only")
-        if any(m.views != 1 for m in members):
-            raise BusdxError("an ensemble takes single-view (crop or image) classifiers only")
+        self.views = max(m.views for m in members)
         self.members = nn.ModuleList(m.eval() for m in members)
         self.num_features = sum(m.num_features for m in members)
         self.dropout = nn.Identity()  # inference only: the members were trained with theirs
-        self.fc = nn.Linear(self.num_features, 1)
+        self.fc = nn.Linear(self.views * self.num_features, 1)
         with torch.no_grad():
-            self.fc.weight.copy_(torch.cat([m.fc.weight for m in members], dim=1) / len(members))
+            # pooled layout per sample: view 0 of every member, then view 1 of every member
+            blocks = []
+            for v in range(self.views):
+                for m in members:
+                    c = m.num_features
+                    if m.views == self.views:
+                        blocks.append(m.fc.weight[:, v * c:(v + 1) * c])
+                    else:
+                        blocks.append(m.fc.weight if v == 0 else torch.zeros_like(m.fc.weight))
+            self.fc.weight.copy_(torch.cat(blocks, dim=1) / len(members))
             self.fc.bias.copy_(torch.stack([m.fc.bias for m in members]).mean(dim=0))
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.feature_map(x) for m in self.members], dim=1)
+        maps = []
+        for m in self.members:
+            if m.views == self.views:
+                maps.append(m.feature_map(x))
+                continue
+            crops = x.reshape(-1, self.views, *x.shape[1:])[:, 0]
+            f = m.feature_map(crops)  # [N, C, h, w]
+            blank = torch.zeros_like(f)
+            maps.append(torch.stack([f, blank], dim=1).reshape(-1, *f.shape[1:]))
+        return torch.cat(maps, dim=1)
 
 
 def build_classifier(spec: ClassifierSpec, pretrained: bool = True) -> nn.Module:
@@ -305,8 +328,9 @@ class ExportWrapper(nn.Module):
         super().__init__()
         if tta not in TTA_MODES:
             raise BusdxError(f"unknown test-time augmentation {tta!r}; choose from {TTA_MODES}")
-        if tta == "flip_crop" and getattr(model, "views", 1) != 2:
-            raise BusdxError("flip_crop mirrors the crop of a two-view classifier only")
+        if tta == "flip_crop" and (getattr(model, "views", 1) != 2
+                                   or isinstance(model, ClassifierEnsemble)):
+            raise BusdxError("flip_crop mirrors the crop of a single two-view classifier only")
         self.model = model.eval()
         # Test-time augmentation: average the image and its left-right mirror (a breast lesion
         # has no handedness). Logits and mirrored-back CAMs are averaged, so mean(cam) + bias

@@ -365,6 +365,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log.info("timing %d images (threads %d), ORT vs torch eager", len(payloads), threads)
     analyses = time_analyses({"onnxruntime": models, "torch_eager": eager}, payloads,
                              args.warmup)
+    # The target is the served latency: the server runs ONNX Runtime with no torch beside it.
+    log.info("timing the same images with ONNX Runtime alone, as served")
+    served = time_analyses({"onnxruntime": models}, payloads, args.warmup)["onnxruntime"]
     with_overlays = time_analyses({"onnxruntime": models}, payloads[: args.n_overlays],
                                   args.warmup, render=True)["onnxruntime"]
     calls = time_model_calls({"onnxruntime": models, "torch_eager": eager}, size, args.reps, crops,
@@ -380,6 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ort_models_ms = (calls["onnxruntime"]["segmenter"]["p50"]
                      + calls["onnxruntime"]["classifier"]["p50"])
     ort_p50 = analyses["onnxruntime"]["total_ms"]["p50"]
+    served_p50 = served["total_ms"]["p50"]
     eager_p50 = analyses["torch_eager"]["total_ms"]["p50"]
     return {
         "benchmark": "latency",
@@ -393,6 +397,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "images": {"fold": 5, "n": len(payloads), "ids_first": [i.id for i in images[:5]]},
         "warmup": args.warmup,
         "analysis": analyses,
+        "analysis_served_onnxruntime": served,
         "analysis_with_overlays_onnxruntime": with_overlays,
         "ratio_p50_torch_over_ort": round(eager_p50 / ort_p50, 2) if ort_p50 else None,
         "ratio_p95_torch_over_ort": round(
@@ -410,7 +415,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": {
             "p50_ms_max": 60.0,
             "speedup_min": 2.0,
-            "p50_met": ort_p50 <= 60.0,
+            "p50_measured_on": "ONNX Runtime alone, as served",
+            "p50_met": served_p50 <= 60.0,
             "speedup_met": bool(ort_p50 and eager_p50 / ort_p50 >= 2.0),
         },
     }
@@ -436,9 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     write_result(args.out, args.name, result)
     a = result["analysis"]
-    log.info("p50 ORT %.1f ms, torch %.1f ms (x%.2f); p95 ORT %.1f ms",
+    log.info("p50 ORT %.1f ms, torch %.1f ms (x%.2f, interleaved); ORT alone p50 %.1f, p95 %.1f ms",
              a["onnxruntime"]["total_ms"]["p50"], a["torch_eager"]["total_ms"]["p50"],
-             result["ratio_p50_torch_over_ort"], a["onnxruntime"]["total_ms"]["p95"])
+             result["ratio_p50_torch_over_ort"],
+             result["analysis_served_onnxruntime"]["total_ms"]["p50"],
+             result["analysis_served_onnxruntime"]["total_ms"]["p95"])
     return 0
 
 

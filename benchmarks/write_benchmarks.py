@@ -75,9 +75,18 @@ def summary(results: dict[str, dict]) -> list[str]:
     lat = results.get("latency")
     if lat:
         ort = lat["analysis"]["onnxruntime"]["total_ms"]
-        rows.append(["Full analysis p50, ONNX Runtime (ms)", "<= 60", _f(ort["p50"]),
-                     _ok(lat["targets"]["p50_met"])])
-        rows.append(["Full analysis p95, ONNX Runtime (ms)", "recorded", _f(ort["p95"]), ""])
+        served = lat.get("analysis_served_onnxruntime")
+        if served:
+            rows.append(["Full analysis p50, ONNX Runtime alone, as served (ms)", "<= 60",
+                         _f(served["total_ms"]["p50"]), _ok(lat["targets"]["p50_met"])])
+            rows.append(["Full analysis p95, ONNX Runtime alone, as served (ms)", "recorded",
+                         _f(served["total_ms"]["p95"]), ""])
+            rows.append(["Full analysis p50, ONNX Runtime interleaved with torch (ms)", "recorded",
+                         _f(ort["p50"]), ""])
+        else:  # results from before the served timing
+            rows.append(["Full analysis p50, ONNX Runtime (ms)", "<= 60", _f(ort["p50"]),
+                         _ok(lat["targets"]["p50_met"])])
+            rows.append(["Full analysis p95, ONNX Runtime (ms)", "recorded", _f(ort["p95"]), ""])
         rows.append(["Speed-up over torch eager (p50 ratio)", ">= 2x",
                      f"{_f(lat['ratio_p50_torch_over_ort'], 2)}x",
                      _ok(lat["targets"]["speedup_met"])])
@@ -140,6 +149,14 @@ def latency_section(lat: dict, title: str = "Latency: ONNX Runtime against torch
             ["mean total", ort["total_ms"]["mean"], pt["total_ms"]["mean"]]]
     rows += [[f"p50 {s}", ort["stages_ms_p50"].get(s), pt["stages_ms_p50"].get(s)] for s in stages]
     lines += _table(["ms per image", "ONNX Runtime", "torch eager"], rows)
+    served = lat.get("analysis_served_onnxruntime")
+    if served:
+        lines.append(
+            f"The same images with ONNX Runtime alone, as the server runs it (no torch in the "
+            f"loop), afterwards: p50 {_f(served['total_ms']['p50'])} ms, p95 "
+            f"{_f(served['total_ms']['p95'])} ms. The 60 ms target reads this number: the server "
+            "runs no torch.")
+        lines.append("")
     lines.append(f"Ratio torch / ONNX Runtime: p50 {_f(lat['ratio_p50_torch_over_ort'], 2)}x, "
                  f"p95 {_f(lat['ratio_p95_torch_over_ort'], 2)}x.")
     decode = ort["stages_ms_p50"].get("decode")

@@ -84,6 +84,9 @@ def register(subparsers, groups) -> None:
                        help="with --calibrate-only: only options with at most this many network "
                        "passes per image (members x views x crops x mirror) compete: the "
                        "latency budget")
+    train.add_argument("--storage", choices=("float32", "float16"), default="float32",
+                       help="how the graph stores its weights: float16 halves the file (computed in "
+                       "float32 all the same; calibration fits the stored graph)")
     train.add_argument("--cache", default="cache/classification")
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--seed", type=int, default=0)
@@ -109,6 +112,8 @@ def register(subparsers, groups) -> None:
     export.add_argument("--tta", choices=("none", "flip", "flip_crop"), default="none",
                         help="flip: average the input and its mirror inside the graph; "
                         "flip_crop: a two-view model's crop only")
+    export.add_argument("--storage", choices=("float32", "float16"), default="float32",
+                        help="how the graph stores its weights (float16 halves the file)")
     export.add_argument("--no-card", action="store_true", help="do not note it in the card")
     export.add_argument("--recover", default=None, metavar="CHECKPOINT",
                         help="the other way round: rebuild the network of the exported --output "
@@ -173,15 +178,30 @@ def run_train(args: argparse.Namespace) -> int:
     (out / "calibration.json").write_text(json.dumps(asdict(cal), indent=2))
     log.info("calibration on validation: %s", json.dumps(asdict(cal)))
     _plot_history(result.history, out / "learning_curves.png")
+    training = {
+        "command": "busdx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("busdx")
+        else " ".join(sys.argv),
+        "config": {k: v for k, v in asdict(config).items() if k != "augment"},
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "history": result.history,
+        "wall_minutes": round((time.monotonic() - start) / 60, 1),
+        "hardware": _hardware(args.threads, result.device),
+        "n_train": len(train), "n_val": len(val),
+        "validation_crops": "ground-truth masks, no jitter",
+    }
+    # beside the checkpoint: --calibrate-only may ship this run later, or with others
+    (out / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     if args.no_export:
         return 0
 
     models = Path(args.models)
-    export_onnx(model, models / CLASSIFIER_FILE, size=config.size)
+    export_onnx(model, models / CLASSIFIER_FILE, size=config.size, storage=args.storage)
     # busdx report draws the learning curves from this file
     (models / "classifier_history.json").write_text(json.dumps(result.history, indent=2))
     section = {
         "file": CLASSIFIER_FILE,
+        "weights_storage": args.storage,
         "arch": args.arch,
         "backbone": backbone_name(args.arch),
         "weights": args.weights,
@@ -194,25 +214,12 @@ def run_train(args: argparse.Namespace) -> int:
         "threshold_rule": f"highest calibrated probability with validation sensitivity >= "
                           f"{args.min_sensitivity}",
         "calibration": {**asdict(cal), "masks": "ground truth (no jitter)", "engine": "torch"},
-        "training": {
-            "command": "busdx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("busdx")
-            else " ".join(sys.argv),
-            "config": {k: v for k, v in asdict(config).items() if k != "augment"},
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "history": result.history,
-            "wall_minutes": round((time.monotonic() - start) / 60, 1),
-            "hardware": _hardware(args.threads, result.device),
-            "n_train": len(train), "n_val": len(val),
-            "validation_crops": "ground-truth masks, no jitter",
-        },
+        "training": training,
         "cam": "exact: cam[p] = w . f[p], mean(cam) + bias == logit (GAP + linear head)"
         if args.arch.startswith("lite") else "Grad-CAM before ReLU (head linearised at the image)",
     }
     if comparisons is not None:
         section["comparisons"] = comparisons
-    # beside the checkpoint too: --calibrate-only may ship this run later, or with others
-    (out / "training.json").write_text(json.dumps(section["training"], indent=2) + "\n")
     update_card(models / MODEL_CARD_FILE, "classifier", section)
     log.info("exported %s and updated %s", models / CLASSIFIER_FILE, models / MODEL_CARD_FILE)
     return 0
@@ -296,7 +303,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         kind = option_kind(option)
         for tta in _tta_options(args.tta, kind, ensemble=len(model_options[option]) > 1):
             tmp = models / f".{tta}.{CLASSIFIER_FILE}"
-            export_onnx(model, tmp, size=size, tta=tta)
+            export_onnx(model, tmp, size=size, tta=tta, storage=args.storage)
             per_crop = crop_logits(tmp, inputs[kind])  # every crop once; options average subsets
             for crops, contexts in crop_options.items():
                 logits = averaged(per_crop, contexts)
@@ -312,13 +319,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
     chosen = crop_options[crops]
     values = fit_operating_point(scores[(option, tta, crops)][1], y, args.min_sensitivity)
     export_onnx(build(option), models / CLASSIFIER_FILE, size=size, tta=tta,
-                logit_offset=values["logit_offset"])
+                logit_offset=values["logit_offset"], storage=args.storage)
     members = [loaded[name] for name in model_options[option]]
     kind = option_kind(option)
     values["input"] = kind
     values["calibration"].update({
         "masks": "predicted" if args.masks == "predicted" else "ground truth",
         "empty_masks": empty[kind], "engine": "onnxruntime",
+        "command": "busdx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("busdx")
+        else " ".join(sys.argv),
         "checkpoint_epoch": members[0][2].get("epoch") if len(members) == 1
         else [ckpt.get("epoch") for _, _, ckpt in members],
     })
@@ -346,6 +355,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         (models / "classifier_history.json").write_text(
             json.dumps(values["training"].get("history", []), indent=2))
     values["tta"] = tta
+    values["weights_storage"] = args.storage
     values["option_rule"] = (f"fewest classifier passes within {args.auc_tolerance} validation AUC "
                              "of the best option (model, mirror averaging, crops)"
                              + (f", among options of at most {args.max_passes} passes"
@@ -522,7 +532,8 @@ def run_export(args: argparse.Namespace) -> int:
     from busdx.training.classification import load_checkpoint
 
     model, ckpt = load_checkpoint(args.checkpoint)
-    path = export_onnx(model, args.output, size=int(ckpt["config"]["size"]), tta=args.tta)
+    path = export_onnx(model, args.output, size=int(ckpt["config"]["size"]), tta=args.tta,
+                       storage=args.storage)
     log.info("wrote %s (test-time augmentation: %s)", path, args.tta)
     if not args.no_card:
         from busdx.evaluation.model_card import update_card
@@ -531,6 +542,7 @@ def run_export(args: argparse.Namespace) -> int:
         # a new graph invalidates the operating point: recalibrate (--calibrate-only) after this
         update_card(path.parent / MODEL_CARD_FILE, "classifier",
                     {"tta": args.tta, "logit_offset": 0.0, "checkpoint_epoch": ckpt.get("epoch"),
+                     "weights_storage": args.storage,
                      "input": ckpt["config"].get("input", "crop")})
         log.warning("the card's operating point belongs to the previous graph: run "
                     "`busdx train classification --calibrate-only` next")

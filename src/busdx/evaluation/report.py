@@ -310,20 +310,29 @@ def render_model_card(card: dict) -> str:
                      + _run_note(train))
     lines += ["", "### Classifier (`classifier.onnx`)", ""]
     lines += _training_lines(clf)
-    for key in ("backbone", "ensemble", "input", "crop", "tta", "temperature", "threshold",
+    for key in ("backbone", "ensemble", "input", "weights_storage", "crop", "tta", "temperature",
+                "threshold",
                 "option_rule", "candidates", "crop_comparison_val_auc", "comparisons",
                 "validation"):
         if clf.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: {json.dumps(clf[key])}")
+    cal_command = (clf.get("calibration") or {}).get("command")
+    if cal_command:
+        lines.append(f"- selection and calibration on validation: `{cal_command}`")
     mirror = clf.get("mirror_comparison")
     if mirror:
         scores = ", ".join(f"{k} {_fmt(v)}" for k, v in mirror.get("val_auc", {}).items())
         lines.append(f"- mirror averaging, validation AUC: {scores}; shipped: "
                      f"{mirror.get('chosen')} ({mirror.get('rule')}; {mirror.get('budget')})")
     for member in clf.get("members") or []:
-        lines.append(f"- member `{member.get('checkpoint')}` ({member.get('arch')}, epoch "
+        train = member.get("training") or {}
+        lines.append(f"- member `{member.get('checkpoint')}` ({member.get('arch')}, input "
+                     f"{member.get('config', {}).get('input', 'crop')}, epoch "
                      f"{member.get('epoch')}, validation AUC in training "
-                     f"{_fmt(member.get('val_auc_training'))})")
+                     f"{_fmt(member.get('val_auc_training'))})"
+                     + (f": `{train['command']}`, {train.get('wall_minutes')} min on "
+                        f"{train.get('hardware')}" + _run_note(train) if train.get("command")
+                        else ""))
     lines += [
         "",
         "## Limits",

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from busdx.errors import BusdxError
+from busdx.models.storage import store_weights
 
 log = logging.getLogger(__name__)
 
@@ -402,8 +403,10 @@ def export_module(model: nn.Module, tta: str = "none", logit_offset: float = 0.0
 
 
 def export_onnx(model: nn.Module, path: str | Path, size: int = 224, tta: str = "none",
-                logit_offset: float = 0.0) -> Path:
+                logit_offset: float = 0.0, storage: str = "float32") -> Path:
     """Write ``model`` as ONNX with the contract's names and a dynamic batch axis.
+
+    ``storage="float16"`` keeps the weights as float16 in the file (see busdx.models.storage).
 
     ``logit_offset`` is added to the final bias (so to the logit, and the CAM identity keeps
     holding): it carries Platt scaling's intercept, leaving only a temperature to apply.
@@ -427,7 +430,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: int = 224, tta: str = 
             dynamo=False,
         )
     _inline_external_data(tmp, path)
-    return path
+    return store_weights(path, storage)
 
 
 def _inline_external_data(src: Path, dst: Path) -> None:

@@ -143,10 +143,10 @@ def recover_classifier(graph_path, section: dict) -> tuple[Any, dict]:
     classifier section that describes the graph (architecture, views, Platt offset)."""
     import numpy as np
     import torch
-    from onnx import numpy_helper
 
     from busdx.models.classification import ClassifierSpec, build_classifier, export_module
     from busdx.models.contract import input_views
+    from busdx.models.storage import stored_weights
 
     arch = section.get("arch", "")
     if arch not in ("lite0", "lite1", "lite2") or section.get("ensemble"):
@@ -159,7 +159,7 @@ def recover_classifier(graph_path, section: dict) -> tuple[Any, dict]:
     if section.get("tta", "none") != "none":
         raise BusdxError("a graph with mirror averaging baked in cannot be recovered")
     proto = onnx.load(str(graph_path))
-    weights = {t.name: np.array(numpy_helper.to_array(t)) for t in proto.graph.initializer}
+    weights = stored_weights(proto)  # float16-stored graphs too
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     modules = [m for m in model.backbone.modules()
                if isinstance(m, torch.nn.Conv2d | torch.nn.BatchNorm2d)]

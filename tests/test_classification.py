@@ -508,3 +508,24 @@ def test_worker_processes_change_speed_not_batches(fixtures_root, tmp_path):
         result = tc.train_classifier(train, val, config, tmp_path / f"w{workers}")
         histories.append([h["train_loss"] for h in result.history])
     assert histories[0] == pytest.approx(histories[1], rel=1e-5)
+
+
+def test_float16_storage_halves_the_file_and_keeps_the_output(lite, tmp_path):
+    import onnxruntime as ort
+
+    from busdx.models.storage import stored_weights, weight_storage
+
+    full = export_onnx(lite, tmp_path / "full.onnx")
+    half = export_onnx(lite, tmp_path / "half.onnx", storage="float16")
+    assert (weight_storage(full), weight_storage(half)) == ("float32", "float16")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    x = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(7)).numpy()
+    outputs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+               for p in (full, half)]
+    # weights rounded to float16 (relative 2**-11), computed in float32
+    assert np.abs(outputs[0][0] - outputs[1][0]).max() < 0.02
+    import onnx
+
+    weights = stored_weights(onnx.load(str(half)))
+    assert weights["model.fc.weight"].dtype == np.float32
+    assert np.allclose(weights["model.fc.weight"], lite.fc.weight.detach().numpy(), atol=1e-3)

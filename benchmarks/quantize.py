@@ -138,22 +138,27 @@ def _quantize_here(src: Path, dst: Path, arrays: list[np.ndarray], tmp: Path) ->
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from busdx.models.storage import store_weights
+
+    # the quantiser reads weights from initializers: a float16-stored graph (weights behind
+    # casts) would keep them all in float, so start from float32 storage
+    full = store_weights(shutil.copy2(src, tmp / "float32.onnx"), "float32")
     prepared = tmp / "prepared.onnx"
     try:
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        quant_pre_process(str(full), str(prepared), skip_symbolic_shape=False)
         source = prepared
     except Exception as err:  # pre-processing is an optimisation; quantise the raw graph
         log.warning("quant_pre_process failed on %s (%s): quantising the graph as exported",
                     src.name, err)
-        source = src
+        source = full
     excluded = shape_subgraph(onnx.load(str(source)))
     start = time.perf_counter()
     _quantize_static(source, dst, arrays, excluded)
     return {"seconds": round(time.perf_counter() - start, 1),
             "megabytes": round(dst.stat().st_size / 1e6, 2),
-            "fp32_megabytes": round(src.stat().st_size / 1e6, 2),
+            "fp32_megabytes": round(full.stat().st_size / 1e6, 2),
             "shape_nodes_kept_fp32": len(excluded),
-            **output_check(src, dst, arrays[0])}
+            **output_check(full, dst, arrays[0])}
 
 
 def _quantize_static(source: Path, dst: Path, arrays: list[np.ndarray], excluded: list[str]):

@@ -509,7 +509,7 @@ def test_worker_processes_change_speed_not_batches(fixtures_root, tmp_path):
 def test_float16_storage_halves_the_file_and_keeps_the_output(lite, tmp_path):
     import onnxruntime as ort
 
-    from busdx.models.storage import stored_weights, weight_storage
+    from busdx.models.storage import store_weights, stored_weights, weight_storage
 
     full = export_onnx(lite, tmp_path / "full.onnx")
     half = export_onnx(lite, tmp_path / "half.onnx", storage="float16")
@@ -525,3 +525,11 @@ def test_float16_storage_halves_the_file_and_keeps_the_output(lite, tmp_path):
     weights = stored_weights(onnx.load(str(half)))
     assert weights["model.fc.weight"].dtype == np.float32
     assert np.allclose(weights["model.fc.weight"], lite.fc.weight.detach().numpy(), atol=1e-3)
+    # float32 storage undoes it: the same weights back as initializers, no casts left
+    back = store_weights(half, "float32")
+    proto = onnx.load(str(back))
+    assert weight_storage(back) == "float32"
+    assert not any(n.op_type == "Cast" and n.input[0] in weights for n in proto.graph.node)
+    assert np.array_equal(stored_weights(proto)["model.fc.weight"], weights["model.fc.weight"])
+    again = ort.InferenceSession(str(back), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    assert np.abs(again[0] - outputs[1][0]).max() < 1e-5

@@ -19,7 +19,8 @@ MIN_ELEMENTS = 1024
 
 
 def store_weights(path: str | Path, storage: str) -> Path:
-    """Rewrite the graph at ``path`` so that its weights are stored as ``storage``."""
+    """Rewrite the graph at ``path`` so that its weights are stored as ``storage``: float16
+    behind casts, or float32 (which also undoes an earlier float16 storage)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -27,23 +28,32 @@ def store_weights(path: str | Path, storage: str) -> Path:
     path = Path(path)
     if storage not in STORAGES:
         raise BusdxError(f"unknown weight storage {storage!r}; choose one of {STORAGES}")
-    if storage == "float32":
-        return path
     proto = onnx.load(str(path))
     graph = proto.graph
-    casts, kept = [], []
-    for init in graph.initializer:
-        if init.data_type != TensorProto.FLOAT or np.prod(init.dims) < MIN_ELEMENTS:
-            kept.append(init)
-            continue
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
-                                       f"{init.name}__float16")
-        kept.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
-                                      name=f"{init.name}__to_float32"))
+    halves = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT16}
+    if storage == "float32":
+        if not halves:
+            return path
+        # each float16 weight back under the name its cast wrote, and the casts gone
+        casts = {n.input[0]: n for n in graph.node if n.op_type == "Cast" and n.input[0] in halves}
+        kept = [numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32),
+                                        casts[t.name].output[0]) if t.name in casts else t
+                for t in graph.initializer]
+        nodes = [n for n in graph.node if not (n.op_type == "Cast" and n.input[0] in casts)]
+    else:
+        casts, kept = [], []
+        for init in graph.initializer:
+            if init.data_type != TensorProto.FLOAT or np.prod(init.dims) < MIN_ELEMENTS:
+                kept.append(init)
+                continue
+            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
+                                           f"{init.name}__float16")
+            kept.append(half)
+            casts.append(helper.make_node("Cast", [half.name], [init.name],
+                                          to=TensorProto.FLOAT, name=f"{init.name}__to_float32"))
+        nodes = casts + list(graph.node)
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    nodes = casts + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.checker.check_model(proto)

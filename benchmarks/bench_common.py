@@ -103,17 +103,11 @@ def busy_processes() -> list[str]:
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on, and whether anything else was competing for it."""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from busdx.hardware import cpu_model
+
     busy = busy_processes()
     return {
-        "cpu": model or platform.processor(),
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_average_1m": round(os.getloadavg()[0], 2),

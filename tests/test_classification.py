@@ -329,9 +329,13 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     rc = main(["train", "classification", "--data", str(fixtures_root), "--out",
                str(tmp_path / "run"), "--models", str(models), "--epochs", "2",
                "--max-batches", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
-               "--test-fold", "1"])
+               "--test-fold", "1", "--seed", "1", "--split-seed", "0"])
     assert rc == 0
     assert (tmp_path / "run" / "classifier.pt").is_file()
+    record = json.loads((tmp_path / "run" / "training.json").read_text())
+    # the seed moves the initialisation and augmentation, the split seed the validation patients
+    assert (record["config"]["seed"], record["config"]["split_seed"]) == (1, 0)
+    assert record["hardware"]["device"] == "cpu" and record["hardware"]["threads"] == 1
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     card = json.loads((models / "model_card.json").read_text())["classifier"]

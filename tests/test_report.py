@@ -53,6 +53,24 @@ def test_model_card_has_use_limits_and_numbers():
         assert needle.lower() in text.lower(), needle
 
 
+def test_model_card_prints_hardware_records_as_prose():
+    card = json.loads(json.dumps(CARD))
+    card["segmenter"]["training"]["hardware"] = {
+        "cpu": "Intel(R) Xeon(R) Processor", "cpu_count": 16, "device": "cuda",
+        "gpu": "NVIDIA H200", "torch": "2.11.0", "torch_threads": 2}
+    card["classifier"]["members"] = [{"checkpoint": "runs/c/classifier.pt", "arch": "lite1",
+                                      "training": {"command": "busdx train classification",
+                                                   "hardware": {"cpu": "AMD EPYC", "cpu_count": 2,
+                                                                "device": "cpu", "threads": 2,
+                                                                "torch": "2.14.1"}}}]
+    card["classifier"]["training"] = {"command": "busdx train classification", "hardware": "2 CPUs"}
+    text = render_model_card(card)
+    assert "NVIDIA H200 GPU (16-core Intel(R) Xeon(R) Processor host), torch 2.11.0, 2 thread(s)" \
+        in text
+    assert "CPU only, 2-core AMD EPYC, torch 2.14.1, 2 thread(s)" in text
+    assert "{'cpu'" not in text and "2 CPUs" in text  # older string records pass through
+
+
 def test_model_card_tables_the_segmenter_selection():
     card = json.loads(json.dumps(CARD))
     card["segmenter"]["selection"] = {

@@ -64,7 +64,7 @@ def test_training_writes_history_checkpoints_and_figure(trained_run):
     assert (trained_run / "best.pt").is_file() and (trained_run / "last.pt").is_file()
     assert (trained_run / "learning_curves.png").stat().st_size > 1000
     summary = json.loads((trained_run / "summary.json").read_text())
-    assert summary["epochs_run"] == 1 and summary["hardware"]["torch_threads"] == 1
+    assert summary["epochs_run"] == 1 and summary["hardware"]["threads"] == 1
     assert summary["command"].startswith("busdx ")
     assert summary["note"] == "fixture images only"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
@@ -89,7 +88,12 @@ def register(subparsers, groups) -> None:
                        "float32 all the same; calibration fits the stored graph)")
     train.add_argument("--cache", default="cache/classification")
     train.add_argument("--threads", type=int, default=1)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0,
+                       help="initialisation, batch order, augmentation")
+    train.add_argument("--split-seed", type=int, default=0,
+                       help="train/validation split by patient: keep it fixed so that runs of "
+                       "different --seed share validation patients (and can be ensembled and "
+                       "calibrated on them)")
     train.set_defaults(func=run_train)
 
     evaluate = groups["evaluate"].add_parser(
@@ -123,15 +127,6 @@ def register(subparsers, groups) -> None:
     export.set_defaults(func=run_export)
 
 
-def _hardware(threads: int, device: str = "cpu") -> str:
-    cpu = f"{platform.processor() or platform.machine()} CPU, {threads} thread(s)"
-    if device == "cuda":
-        import torch
-
-        return f"{cpu}, GPU {torch.cuda.get_device_name()}"
-    return f"{cpu}, no GPU"
-
-
 def run_train(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -143,6 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
     from busdx.models.classification import backbone_name, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
     from busdx.training import classification as tc
+    from busdx.training.common import hardware_description
 
     if args.calibrate_only:
         return run_calibrate(args)
@@ -154,10 +150,10 @@ def run_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
         backbone_lr=args.backbone_lr, patience=args.patience, threads=args.threads,
         device=args.device, workers=args.workers,
-        seed=args.seed, max_batches=args.max_batches,
+        seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
     )
     index = load_index(args.data)
-    split = make_split(index, SplitConfig(test_fold=args.test_fold, seed=args.seed))
+    split = make_split(index, SplitConfig(test_fold=args.test_fold, seed=args.split_seed))
     train = tc.load_samples(split.train, args.cache)
     val = tc.load_samples(split.val, args.cache)
     log.info("train %d, val %d (test fold %d untouched)", len(train), len(val), args.test_fold)
@@ -186,7 +182,7 @@ def run_train(args: argparse.Namespace) -> int:
         "epochs_run": len(result.history),
         "history": result.history,
         "wall_minutes": round((time.monotonic() - start) / 60, 1),
-        "hardware": _hardware(args.threads, result.device),
+        "hardware": hardware_description(result.device, args.threads),
         "n_train": len(train), "n_val": len(val),
         "validation_crops": "ground-truth masks, no jitter",
     }
@@ -253,7 +249,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     models = Path(args.models)
     card_path = models / MODEL_CARD_FILE
-    split = make_split(load_index(args.data), SplitConfig(test_fold=args.test_fold, seed=args.seed))
+    split = make_split(load_index(args.data),
+                       SplitConfig(test_fold=args.test_fold, seed=args.split_seed))
     loaded = {Path(c).parent.name or str(c): (Path(c), *load_checkpoint(c)) for c in args.checkpoint}
     sizes = {int(ckpt["config"]["size"]) for _, _, ckpt in loaded.values()}
     if len(sizes) != 1:
@@ -460,10 +457,13 @@ def _plot_history(history: list[dict], path: Path) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    import onnxruntime
+
     from busdx.data.index import load_index
     from busdx.data.splits import SplitConfig, make_split
     from busdx.evaluation import classification as ec
     from busdx.evaluation.model_card import load_card, update_card
+    from busdx.hardware import describe
     from busdx.models.contract import MODEL_CARD_FILE
 
     start = time.monotonic()
@@ -480,7 +480,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = report.to_dict()
     result.update({"test_fold": args.test_fold, "engine": "onnxruntime",
                    "wall_minutes": round((time.monotonic() - start) / 60, 2),
-                   "hardware": _hardware(args.threads)})
+                   "hardware": describe(args.threads, onnxruntime=onnxruntime.__version__)})
     if args.figures:
         from busdx.evaluation.classification_plots import save_figures
 

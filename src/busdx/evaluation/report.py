@@ -21,6 +21,7 @@ import numpy as np
 
 from busdx import DISCLAIMER
 from busdx.evaluation.model_card import load_card
+from busdx.hardware import hardware_text
 from busdx.models.contract import MODEL_CARD_FILE, SEGMENTER_FILE
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,8 @@ def _training_lines(section: dict) -> list[str]:
                 "encoder", "backbone", "input", "seed"):
         if key in train:
             value = train[key]
+            if key == "hardware":
+                value = hardware_text(value)
             out.append(f"- {key.replace('_', ' ')}: `{value}`" if key == "command"
                        else f"- {key.replace('_', ' ')}: {value}")
     return out
@@ -297,7 +300,7 @@ def render_model_card(card: dict) -> str:
         train = member.get("training", {})
         lines.append(f"- member `{member.get('checkpoint')}` ({member.get('encoder')}): "
                      f"`{train.get('command')}`, {train.get('minutes')} min on "
-                     f"{train.get('hardware')}, best validation Dice "
+                     f"{hardware_text(train.get('hardware'))}, best validation Dice "
                      f"{_fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}"
                      + _run_note(train))
     for name, run in (seg.get("candidate_runs") or {}).items():
@@ -305,7 +308,7 @@ def render_model_card(card: dict) -> str:
         lines.append(f"- candidate `{name}`, trained and not shipped "
                      f"({run.get('why_not_compared') or 'see selection'}): "
                      f"`{train.get('command')}`, {train.get('minutes')} min on "
-                     f"{train.get('hardware')}, best validation Dice "
+                     f"{hardware_text(train.get('hardware'))}, best validation Dice "
                      f"{_fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}"
                      + _run_note(train))
     lines += ["", "### Classifier (`classifier.onnx`)", ""]
@@ -331,7 +334,7 @@ def render_model_card(card: dict) -> str:
                      f"{member.get('epoch')}, validation AUC in training "
                      f"{_fmt(member.get('val_auc_training'))})"
                      + (f": `{train['command']}`, {train.get('wall_minutes')} min on "
-                        f"{train.get('hardware')}" + _run_note(train) if train.get("command")
+                        f"{hardware_text(train.get('hardware'))}" + _run_note(train) if train.get("command")
                         else ""))
     lines += [
         "",

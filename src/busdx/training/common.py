@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import platform
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from busdx.data.index import Record
 from busdx.data.preprocess import load_gray, load_mask, prepare_pair
+from busdx.hardware import describe
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +32,10 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware_description(device: torch.device, threads: int) -> dict:
-    info = {
-        "device": device.type,
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "torch": torch.__version__,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+def hardware_description(device: torch.device | str, threads: int) -> dict:
+    device = torch.device(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return describe(threads, device.type, gpu, torch=torch.__version__)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

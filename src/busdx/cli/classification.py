@@ -485,7 +485,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from busdx.evaluation.classification_plots import save_figures
 
         result["figures"] = [str(p) for p in save_figures(preds, report, Path(args.figures))]
-    _print_table(result)
+    print_table(result)
     if not args.no_card:
         update_card(models / MODEL_CARD_FILE, "classifier", _card_results(card, result))
     return 0
@@ -507,20 +507,21 @@ def _ci_text(ci) -> str:
     return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
 
 
-def _print_table(r: dict) -> None:
+def print_table(r: dict, bootstrap: str = "patient") -> None:
     lo, hi = r["auc_ci95"]
     rows = [
         ("images", r["n"]), ("masks", r["masks"]),
-        ("ROC AUC", f"{r['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}, patient bootstrap)"),
+        ("ROC AUC", f"{r['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}, {bootstrap} bootstrap)"),
         ("accuracy", f"{r['accuracy']:.3f}"), ("precision", f"{r['precision']:.3f}"),
         ("sensitivity", f"{r['sensitivity']:.3f}{_ci_text(r.get('sensitivity_ci95'))}"),
         ("specificity", f"{r['specificity']:.3f}{_ci_text(r.get('specificity_ci95'))}"),
         ("TP FP TN FN", f"{r['tp']} {r['fp']} {r['tn']} {r['fn']}"),
         ("threshold", f"{r['threshold']:.4f} (calibrated probability)"),
         ("ECE", f"{r['ece_uncalibrated']:.3f} -> {r['ece_calibrated']:.3f}"),
-        ("band vs BI-RADS", f"Spearman {r['birads']['spearman']:.3f}, weighted kappa "
-                            f"{r['birads']['weighted_kappa_linear_3level']:.3f}"),
     ]
+    if r.get("birads"):
+        rows.append(("band vs BI-RADS", f"Spearman {r['birads']['spearman']:.3f}, weighted "
+                                        f"kappa {r['birads']['weighted_kappa_linear_3level']:.3f}"))
     for name, value in rows:
         sys.stdout.write(f"{name:16s} {value}\n")
 

@@ -14,11 +14,12 @@ from busdx.errors import BusdxError
 log = logging.getLogger("busdx")
 
 # Modules under busdx.cli with a ``register(subparsers, groups)`` function.
-COMMAND_MODULES = ("data", "segmentation", "classification", "predict", "serve", "report")
+COMMAND_MODULES = ("data", "segmentation", "classification", "external", "predict", "serve",
+                   "report")
 # Commands whose tasks (segmentation, classification) are registered by the modules above.
 GROUPS = {
     "train": "train a model on BUS-BRA",
-    "evaluate": "evaluate an exported ONNX model on the test fold",
+    "evaluate": "evaluate the exported ONNX models (the test fold, or external images)",
     "export": "export a trained checkpoint to ONNX",
 }
 

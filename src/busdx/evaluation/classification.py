@@ -277,7 +277,7 @@ class ClassificationReport:
     temperature: float
     ece_uncalibrated: float
     ece_calibrated: float
-    birads: dict
+    birads: dict | None  # agreement of the risk band with BI-RADS, when every image has one
     logit_offset: float = 0.0  # Platt intercept folded into the exported model
     sensitivity_ci95: tuple[float, float] | None = None  # patient bootstrap, frozen threshold
     specificity_ci95: tuple[float, float] | None = None
@@ -321,7 +321,9 @@ def evaluate_predictions(
         threshold=threshold, temperature=temperature,
         ece_uncalibrated=expected_calibration_error(sigmoid(logits - logit_offset), y),
         ece_calibrated=expected_calibration_error(probs, y),
-        birads=birads_agreement(band_index(probs), [p.birads for p in preds]),
+        # external sets may come without the radiologists' BI-RADS
+        birads=birads_agreement(band_index(probs), [p.birads for p in preds])
+        if all(p.birads in BIRADS_LEVELS for p in preds) else None,
         logit_offset=logit_offset,
         sensitivity_ci95=cis["sensitivity"], specificity_ci95=cis["specificity"],
     )

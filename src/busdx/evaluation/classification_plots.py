@@ -104,23 +104,27 @@ def plot_history(history: Sequence[dict], path: Path) -> Path:
     return path
 
 
-def save_figures(preds, report, folder: Path) -> list[Path]:
-    """The evaluation's figures for ``preds`` (busdx.evaluation.classification.Prediction)."""
+def save_figures(preds, report, folder: Path, where: str = "test fold") -> list[Path]:
+    """The evaluation's figures for ``preds`` (busdx.evaluation.classification.Prediction);
+    ``where`` names the images in the ROC's title."""
     from busdx.training.calibration import calibrate, reliability, sigmoid
 
     folder.mkdir(parents=True, exist_ok=True)
     y = np.array([p.label for p in preds])
     logits = np.array([p.logit for p in preds])
     probs = calibrate(logits, report.temperature)
-    return [
+    figures = [
         plot_roc(y, probs, report.auc, report.auc_ci95, folder / "classifier_roc.png",
                  operating=(1 - report.specificity, report.sensitivity),
-                 title="ROC, test fold (" + ("end to end" if report.masks == "predicted"
-                                             else f"{report.masks} masks") + ")"),
+                 title=f"ROC, {where} (" + ("end to end" if report.masks == "predicted"
+                                           else f"{report.masks} masks") + ")"),
         plot_confusion(report.tp, report.fp, report.tn, report.fn,
                        folder / "classifier_confusion.png"),
         plot_reliability({"uncalibrated": reliability(sigmoid(logits - report.logit_offset), y),
                           "calibrated": reliability(probs, y)},
                          folder / "classifier_reliability.png"),
-        plot_band_vs_birads(report.birads["table"], folder / "classifier_band_vs_birads.png"),
     ]
+    if report.birads is not None:
+        figures.append(plot_band_vs_birads(report.birads["table"],
+                                           folder / "classifier_band_vs_birads.png"))
+    return figures

@@ -1,0 +1,173 @@
+"""External validation: both layouts, the errors a user meets, and agreement with the test-fold
+evaluation when the "external" images are the test fold itself."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from busdx.cli.main import main
+from busdx.data.index import load_index
+from busdx.evaluation.external import ExternalDataError, evaluate_external, read_external
+from stand_in_models import build_stand_in_models, real_models_dir
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    return real_models_dir() or build_stand_in_models(tmp_path_factory.mktemp("models"))
+
+
+def _busi_layout(fixtures_root: Path, root: Path) -> list:
+    """The fixtures as BUSI ships its images: class folders, masks beside them (one lesion
+    outline split over two mask files), a normal/ image and one damaged file."""
+    records = load_index(fixtures_root).records
+    for r in records:
+        folder = root / r.pathology
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(r.image_path, folder / f"{r.id}.png")
+        shutil.copy(r.mask_path, folder / f"{r.id}_mask.png")
+    first = records[0]
+    mask = np.asarray(Image.open(first.mask_path).convert("L")) > 0
+    top = np.zeros_like(mask)
+    top[: mask.shape[0] // 2] = mask[: mask.shape[0] // 2]
+    Image.fromarray(((mask & ~top) * 255).astype(np.uint8)).save(
+        root / first.pathology / f"{first.id}_mask.png")
+    Image.fromarray((top * 255).astype(np.uint8)).save(
+        root / first.pathology / f"{first.id}_mask_1.png")
+    (root / "normal").mkdir()
+    shutil.copy(records[1].image_path, root / "normal" / "normal (1).png")
+    (root / "malignant" / "damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return records
+
+
+def test_class_folders_end_to_end(fixtures_root, models_dir, tmp_path):
+    records = _busi_layout(fixtures_root, tmp_path / "busi")
+    out = tmp_path / "out"
+    rc = main(["evaluate", "external", "--data", str(tmp_path / "busi"), "--out", str(out),
+               "--models", str(models_dir), "--reps", "50"])
+    assert rc == 0
+    report = json.loads((out / "external.json").read_text())
+    assert report["layout"].startswith("class folders")
+    assert report["images"] == len(records) + 1  # the damaged file is listed ...
+    assert report["analysed"] == len(records) and report["failed"] == 1  # ... and set aside
+    assert report["skipped"] == {"normal (no lesion)": 1}
+    assert report["classes"]["malignant"] == sum(r.label for r in records)
+    c = report["classification"]
+    assert c["tp"] + c["fp"] + c["tn"] + c["fn"] == len(records)
+    assert c["birads"] is None  # no BI-RADS in class folders
+    assert report["bootstrap_unit"].startswith("image")
+    assert report["segmentation"]["n"] == len(records)
+    with (out / "external_images.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records) + 1
+    damaged = [r for r in rows if r["image"].endswith("damaged.png")]
+    assert damaged[0]["error"] and not damaged[0]["probability"]
+    # the two mask files of the first image are merged: its Dice is that of the whole outline
+    first = next(r for r in rows if r["image"].endswith(f"{records[0].id}.png"))
+    assert 0.0 <= float(first["dice"]) <= 1.0
+    assert {Path(p).name for p in report["figures"]} == {
+        "classifier_roc.png", "classifier_confusion.png", "classifier_reliability.png"}
+
+
+def test_merged_masks_score_like_the_single_mask(fixtures_root, models_dir, tmp_path):
+    from busdx.inference.models import Models
+
+    records = _busi_layout(fixtures_root, tmp_path / "busi")
+    split = read_external(tmp_path / "busi")
+    first = next(c for c in split.cases if c.image.stem == records[0].id)
+    assert [p.name for p in first.masks] == [f"{records[0].id}_mask.png",
+                                             f"{records[0].id}_mask_1.png"]
+    other = next(r for r in records if r.label != records[0].label)  # both classes are needed
+    single = _labels_csv([records[0], other], tmp_path / "single.csv")
+    models = Models.load(models_dir, threads=1)
+    merged = evaluate_external(split, models, reps=10, progress=False)
+    original = evaluate_external(read_external(tmp_path, single), models, reps=10, progress=False)
+
+    def dice_of(result) -> float:
+        return next(r["dice"] for r in result.rows if Path(r["image"]).stem == records[0].id)
+
+    assert dice_of(merged) == pytest.approx(dice_of(original))
+
+
+def _labels_csv(records, path: Path, birads: bool = True) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", "mask", "patient"] + (["birads"] if birads else []))
+        for r in records:
+            w.writerow([r.image_path, r.pathology, r.mask_path, r.patient]
+                       + ([r.birads] if birads else []))
+    return path
+
+
+def test_labels_csv_matches_the_test_fold_evaluation(fixtures_root, models_dir, tmp_path):
+    """The same images through `evaluate external` and through `evaluate classification`'s
+    code give the same numbers: one product, one set of metrics."""
+    from busdx.evaluation.classification import evaluate_predictions, predict_records
+    from busdx.evaluation.model_card import load_card
+    from busdx.inference.models import Models
+
+    records = load_index(fixtures_root).records
+    dataset = read_external(tmp_path, _labels_csv(records, tmp_path / "labels.csv"))
+    assert dataset.has_patients and dataset.layout.startswith("labels CSV")
+    models = Models.load(models_dir, threads=1)
+    offset = load_card(models_dir / "model_card.json")["classifier"].get("logit_offset", 0.0)
+    ours = evaluate_external(dataset, models, logit_offset=offset, reps=100, progress=False)
+    preds, empty = predict_records(records, models_dir, "predicted", threads=1)
+    theirs = evaluate_predictions(preds, models.settings.temperature, models.settings.threshold,
+                                  "predicted", empty, reps=100, logit_offset=offset)
+    a, b = ours.classification.to_dict(), theirs.to_dict()
+    for key in ("auc", "auc_ci95", "tp", "fp", "tn", "fn", "sensitivity_ci95", "ece_calibrated",
+                "ece_uncalibrated", "empty_masks"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert a["birads"]["spearman"] == pytest.approx(b["birads"]["spearman"])
+
+
+@pytest.mark.parametrize("content, message", [
+    ("path,label\na.png,benign\n", "needs the columns 'image' and 'label'"),
+    ("image,label\na.png,benign\nb.png,maybe\n", "line 3: label 'maybe'"),
+    ("image,label\na.png,benign\nb.png,0\n", "2 benign and 0 malignant"),
+    ("image,label,birads\na.png,benign,7\nb.png,1,4\n", "line 2: BI-RADS '7'"),
+])
+def test_labels_csv_errors_name_the_problem(tmp_path, content, message):
+    (tmp_path / "labels.csv").write_text(content)
+    with pytest.raises(ExternalDataError, match=message.replace("(", r"\(")):
+        read_external(tmp_path)
+
+
+def test_a_folder_of_neither_layout_is_refused_with_a_way_out(tmp_path):
+    (tmp_path / "scans").mkdir()
+    with pytest.raises(ExternalDataError, match="--labels CSV"):
+        read_external(tmp_path)
+    rc = main(["evaluate", "external", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert rc == 2 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.full_data
+def test_the_test_fold_as_external_images_reproduces_the_card(busbra_root, tmp_path):
+    """Fold 5 given as someone else's labelled folder: the card's end-to-end numbers again."""
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.evaluation.model_card import load_card
+    from busdx.inference.models import Models
+
+    models_dir = Path(__file__).resolve().parent.parent / "models"
+    card = load_card(models_dir / "model_card.json")
+    recorded = card.get("classifier", {}).get("test")
+    if recorded is None or recorded.get("masks") != "predicted":
+        pytest.skip("no end-to-end test section in the bundled card")
+    test = make_split(load_index(busbra_root), SplitConfig(test_fold=5)).test
+    dataset = read_external(tmp_path, _labels_csv(test, tmp_path / "labels.csv"))
+    result = evaluate_external(dataset, Models.load(models_dir, threads=2),
+                               logit_offset=card["classifier"].get("logit_offset", 0.0),
+                               reps=50, progress=False)
+    got = result.classification.to_dict()
+    assert got["auc"] == pytest.approx(recorded["auc"], abs=1e-6)
+    assert [got[k] for k in ("tp", "fp", "tn", "fn")] == [recorded[k] for k in ("tp", "fp", "tn",
+                                                                               "fn")]
+    served = card["segmenter"]["test"]["postprocessed"]["dice"]["mean"]
+    assert result.segmentation["dice"]["mean"] == pytest.approx(served, abs=1e-6)

@@ -342,7 +342,8 @@ def render_model_card(card: dict) -> str:
         "",
         "- Trained and tested on one hospital's images (BUS-BRA, Brazil) and four scanners; "
         "performance on other hospitals, scanners, presets and populations is unknown and is "
-        "expected to be lower. Validate locally before any use.",
+        "expected to be lower. Validate locally before any use: `busdx evaluate external "
+        "--data DIR --out OUT` scores the models, as served, on your own labelled images.",
         "- Every BUS-BRA image carries burned-in scanner text and some carry caliper marks: a "
         "model can learn such shortcuts. " + _input_limit(clf.get("input", "crop")),
         "- One lesion per image is assumed; the largest predicted region is analysed.",

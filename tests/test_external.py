@@ -25,7 +25,7 @@ def models_dir(tmp_path_factory) -> Path:
 
 def _busi_layout(fixtures_root: Path, root: Path) -> list:
     """The fixtures as BUSI ships its images: class folders, masks beside them (one lesion
-    outline split over two mask files), a normal/ image and one damaged file."""
+    outline split over two mask files), a normal/ image, one damaged file and a hidden one."""
     records = load_index(fixtures_root).records
     for r in records:
         folder = root / r.pathology
@@ -43,6 +43,8 @@ def _busi_layout(fixtures_root: Path, root: Path) -> list:
     (root / "normal").mkdir()
     shutil.copy(records[1].image_path, root / "normal" / "normal (1).png")
     (root / "malignant" / "damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    # a macOS companion file, as a copy from a Mac leaves them: not an image, not a failure
+    (root / "benign" / f"._{records[0].id}.png").write_bytes(b"\0\5\26\7")
     return records
 
 

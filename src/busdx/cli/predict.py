@@ -60,21 +60,14 @@ def register(subparsers, groups) -> None:
     parser.set_defaults(func=run)
 
 
-def _wanted(path: Path) -> bool:
-    """Inside a folder: known image suffixes, and files of any other name that are DICOM."""
-    from busdx.inference.decode import SUPPORTED_SUFFIXES, looks_like_dicom
-
-    if path.name.startswith("."):
-        return False
-    return path.suffix.lower() in SUPPORTED_SUFFIXES or looks_like_dicom(path)
-
-
 def collect(inputs: list[Path]) -> list[Path]:
     """Files given by name are always tried; folders contribute the images they hold."""
+    from busdx.inference.decode import is_image_file
+
     found: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found.extend(p for p in sorted(item.rglob("*")) if p.is_file() and _wanted(p))
+            found.extend(p for p in sorted(item.rglob("*")) if is_image_file(p))
         else:
             found.append(item)
     seen: set[Path] = set()

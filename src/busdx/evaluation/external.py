@@ -36,7 +36,7 @@ from busdx.evaluation.classification import (
     evaluate_predictions,
 )
 from busdx.evaluation.metrics import dice, iou, summarise
-from busdx.inference.decode import SUPPORTED_SUFFIXES
+from busdx.inference.decode import is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,12 @@ def _read_folders(root: Path) -> ExternalDataset:
             "benign/ and malignant/ folders; give the labels with --labels CSV")
     cases, skipped = [], {}
     if "normal" in folders:
-        skipped["normal (no lesion)"] = sum(1 for p in folders["normal"].iterdir()
-                                            if _is_image(p) and not MASK_STEM.match(p.stem))
+        skipped["normal (no lesion)"] = sum(1 for p in _images(folders["normal"])
+                                            if not MASK_STEM.match(p.stem))
     for name, label in (("benign", 0), ("malignant", 1)):
         if name not in folders:
             continue
-        files = sorted(p for p in folders[name].rglob("*") if _is_image(p))
+        files = _images(folders[name])
         masks: dict[tuple[Path, str], list[Path]] = {}
         for p in files:
             m = MASK_STEM.match(p.stem)
@@ -142,8 +142,8 @@ def _read_folders(root: Path) -> ExternalDataset:
     return ExternalDataset(root, "class folders (benign/, malignant/)", cases, skipped)
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if is_image_file(p))
 
 
 @dataclass
@@ -215,7 +215,8 @@ def evaluate_external(
         row.update(probability=round(a.probability, 6), call=a.label, risk_band=a.risk.name,
                    lesion_found=a.lesion_found)
         if truth is not None:
-            d, j = dice(a.mask.astype(bool), truth), iou(a.mask.astype(bool), truth)
+            served = a.mask.astype(bool)
+            d, j = dice(served, truth), iou(served, truth)
             dices.append(d)
             ious.append(j)
             row.update(dice=round(d, 6), iou=round(j, 6))

@@ -123,6 +123,14 @@ def decode(source: bytes | str | Path | np.ndarray, max_pixels: int = MAX_PIXELS
     return decode_file(source, max_pixels)
 
 
+def is_image_file(path: Path) -> bool:
+    """Whether a file found in a folder is worth analysing: a known image suffix, or any other
+    name that is DICOM. Hidden files (macOS's ``._name.png`` companions, say) are not."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    return path.suffix.lower() in SUPPORTED_SUFFIXES or looks_like_dicom(path)
+
+
 def looks_like_dicom(path: Path) -> bool:
     """Whether a file with an unknown suffix starts like a DICOM Part 10 file."""
     try:

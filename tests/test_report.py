@@ -15,7 +15,7 @@ from busdx.evaluation.report import (
     run_report,
     update_readme,
 )
-from stand_in_models import build_stand_in_models
+from stand_in_models import REPO, build_stand_in_models
 
 CARD = {
     "segmenter": {"test": {"test_fold": 5, "test_images": 383, "dice": {"mean": 0.87654, "std": 0.1},
@@ -130,3 +130,38 @@ def test_history_file_gives_learning_curves(fixtures_root, tmp_path):
          "val_dice": [0.5, 0.7, 0.8]}))
     result = run_report(fixtures_root, tmp_path / "r", models, test_fold=5, readme=None)
     assert result.figures["segmenter_learning_curves"].is_file()
+
+
+def test_bundled_model_card_renders_records_as_tables_not_raw_json():
+    from busdx.evaluation.model_card import load_card
+
+    card = load_card(REPO / "models" / "model_card.json")
+    text = render_model_card(card)
+    assert '{"' not in text and "{'" not in text  # no record dumped as JSON or a Python dict
+    assert "| loss | validation Dice |" in text
+    assert "| architecture | validation Dice |" in text
+    assert "| ROC AUC |" in text  # calibration on validation
+    assert "| none | validation AUC |" not in text
+    assert "| imbalance | validation AUC | balanced accuracy |" in text
+    assert "| band \\ BI-RADS | 2 | 3 | 4 | 5 |" in text and "Spearman correlation" in text
+    assert text.count("| shipped |") >= 2  # the segmenter's selection and the classifier's option
+    # the rendered file in the repository is this rendering: nobody edited it by hand
+    assert (REPO / "models" / "MODEL_CARD.md").read_text(encoding="utf-8") == text
+
+
+def test_classifier_options_get_passes_and_the_shipped_mark():
+    card = json.loads(json.dumps(CARD))
+    card["classifier"].update(
+        tta="none", checkpoints=["b.pt", "c.pt"], crop={"contexts": [0.3]},
+        option_rule="fewest passes",
+        candidates={"both": {"checkpoint": "b.pt", "input": "both", "passes_per_crop": 2},
+                    "crop": {"checkpoint": "c.pt", "input": "crop", "passes_per_crop": 1}},
+        crop_comparison_val_auc={"model=ensemble_both_crop, tta=flip, contexts=0.3": 0.95,
+                                 "model=ensemble_both_crop, tta=none, contexts=0.3": 0.94,
+                                 "model=both, tta=flip_crop, contexts=0.3": 0.93,
+                                 "model=crop, tta=none, contexts=0.3": 0.92})
+    text = render_model_card(card)
+    assert "| ensemble_both_crop | flip | 0.3 | 6 | 0.9500 |  |" in text
+    assert "| ensemble_both_crop | none | 0.3 | 3 | 0.9400 | shipped |" in text
+    assert "| both | flip_crop | 0.3 | 3 | 0.9300 |  |" in text
+    assert "| crop | none | 0.3 | 1 | 0.9200 |  |" in text

@@ -408,7 +408,7 @@ def _tta_options(choice: str, kind: str, ensemble: bool = False) -> tuple[str, .
 
 
 def _option_cost(key: tuple[str, str, str], passes: dict[str, int], crop_options: dict) -> float:
-    from busdx.models.classification import TTA_COST
+    from busdx.models.contract import TTA_COST
 
     model, tta, crops = key
     return passes[model] * len(crop_options[crops]) * TTA_COST[tta]

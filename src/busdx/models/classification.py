@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 LITE_ARCHS = ("lite0", "lite1", "lite2")
 # test-time augmentation baked into the graph: none, every view mirrored, or the crop only
 TTA_MODES = ("none", "flip", "flip_crop")
-# backbone passes per sample relative to no augmentation (flip_crop: 3 of a two-view model's 4)
-TTA_COST = {"none": 1.0, "flip": 2.0, "flip_crop": 1.5}
 ARCHS = (*LITE_ARCHS, "resnet50")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -26,6 +26,10 @@ SEGMENTER_OUTPUT = "mask_logits"
 CLASSIFIER_OUTPUTS = ("logit", "cam")
 
 
+# backbone passes per sample relative to no mirror averaging (flip_crop: 3 of a two-view model's 4)
+TTA_COST = {"none": 1.0, "flip": 2.0, "flip_crop": 1.5}
+
+
 def input_views(kind: str) -> int:
     """Images per sample the classifier takes for the card's ``input``: 2 for "both" (crop, then
     whole image), else 1."""

@@ -1,0 +1,465 @@
+"""``models/MODEL_CARD.md``: the model card rendered from ``models/model_card.json`` for readers.
+
+Every number comes from the JSON card, which the training and evaluation commands write; this
+module only lays them out. Records it does not know are left out of the Markdown (they stay in
+the JSON), so a new record never shows up as a raw dump.
+"""
+
+from __future__ import annotations
+
+from busdx import DISCLAIMER
+from busdx.hardware import hardware_text
+from busdx.models.contract import TTA_COST
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list], indent: str = "") -> list[str]:
+    out = [indent + "| " + " | ".join(header) + " |", indent + "|" + "---|" * len(header)]
+    out += [indent + "| " + " | ".join(fmt(c) if isinstance(c, float) else str(c) for c in row)
+            + " |" for row in rows]
+    return [*out, ""]
+
+
+def _mean_sd(summary: dict | None) -> str:
+    summary = summary or {}
+    return f"{fmt(summary.get('mean'))} ± {fmt(summary.get('std'))}"
+
+
+def _ci(results: dict, metric: str) -> str:
+    ci = results.get(f"{metric}_ci95")
+    return f" ({fmt(ci[0])}-{fmt(ci[1])})" if ci else ""
+
+
+def _ci_label(results: dict, metric: str) -> str:
+    return " (95% CI, patient bootstrap)" if results.get(f"{metric}_ci95") else ""
+
+
+def results_table(card: dict) -> str:
+    """The Markdown table of headline results, from the model card."""
+    seg = card.get("segmenter", {}).get("test", {})
+    cls = card.get("classifier", {}).get("test", {})
+    rows = ["| what | value | on |", "|---|---|---|"]
+    if seg:
+        d, i = seg.get("dice", {}), seg.get("iou", {})
+        on = f"fold {seg.get('test_fold')} ({seg.get('test_images')} images), original resolution"
+        rows.append(f"| segmentation Dice, mean ± sd | {fmt(d.get('mean'))} ± {fmt(d.get('std'))} | {on} |")
+        rows.append(f"| segmentation IoU, mean ± sd | {fmt(i.get('mean'))} ± {fmt(i.get('std'))} | {on} |")
+    if cls:
+        ci = cls.get("auc_ci95") or [None, None]
+        on = f"fold {cls.get('test_fold', seg.get('test_fold', 5))} ({cls.get('n')} images), " + (
+            "end to end (predicted masks)" if cls.get("masks") == "predicted"
+            else "ground-truth masks")
+        rows += [
+            f"| ROC AUC (95% CI, patient bootstrap) | {fmt(cls.get('auc'))} "
+            f"({fmt(ci[0])}-{fmt(ci[1])}) | {on} |",
+            f"| sensitivity at the frozen threshold{_ci_label(cls, 'sensitivity')} | "
+            f"{fmt(cls.get('sensitivity'))}{_ci(cls, 'sensitivity')} | {on} |",
+            f"| specificity at the frozen threshold{_ci_label(cls, 'specificity')} | "
+            f"{fmt(cls.get('specificity'))}{_ci(cls, 'specificity')} | {on} |",
+            f"| accuracy / precision | {fmt(cls.get('accuracy'))} / {fmt(cls.get('precision'))} | {on} |",
+            "| TP / FP / TN / FN | "
+            + " / ".join(str(cls.get(k)) for k in ("tp", "fp", "tn", "fn")) + f" | {on} |",
+            f"| ECE before / after temperature scaling | {fmt(cls.get('ece_uncalibrated'))} / "
+            f"{fmt(cls.get('ece_calibrated'))} | {on} |",
+        ]
+    clf = card.get("classifier", {})
+    if "threshold" in clf:
+        rows.append(f"| operating threshold (calibrated probability) | {fmt(clf['threshold'], 4)} | "
+                    "frozen on validation (sensitivity >= 0.90) |")
+    return "\n".join(rows)
+
+
+def _gt_mask_lines(clf: dict) -> list[str]:
+    """The classifier on the test fold with ground-truth masks: what the segmenter's errors cost."""
+    gt = clf.get("test_gt_masks") or {}
+    if "auc" not in gt:
+        return []
+    return [f"The same classifier given the ground-truth masks instead of the segmenter's (fold "
+            f"{gt.get('test_fold', 5)}, {gt.get('n')} images): AUC {fmt(gt['auc'])}"
+            f"{_ci(gt, 'auc')}, sensitivity {fmt(gt.get('sensitivity'))}, specificity "
+            f"{fmt(gt.get('specificity'))}, TP / FP / TN / FN "
+            + " / ".join(str(gt.get(k)) for k in ("tp", "fp", "tn", "fn"))
+            + ". The gap to the end-to-end row is what the segmenter's errors cost.", ""]
+
+
+def _birads_lines(birads: dict) -> list[str]:
+    """How the risk band relates to the radiologists' BI-RADS on the test fold."""
+    if "spearman" not in birads:
+        return []
+    lines = ["Risk band against the radiologists' BI-RADS on the test fold: Spearman correlation "
+             f"{fmt(birads.get('spearman'))} (full band order); on three levels (BI-RADS 2-3 "
+             "with band 3, 4 with 4A/4B/4C, 5 with 5) exact agreement "
+             f"{fmt(birads.get('exact_agreement_3level'))} and linearly weighted kappa "
+             f"{fmt(birads.get('weighted_kappa_linear_3level'))}.", ""]
+    table = birads.get("table") or {}
+    if table.get("counts"):
+        lines += _table(["band \\ BI-RADS", *(str(c) for c in table["cols_birads"])],
+                        [[band, *row] for band, row in zip(table["rows_band"], table["counts"],
+                                                            strict=True)])
+    return lines
+
+
+def _training_lines(section: dict) -> list[str]:
+    train = section.get("training", {})
+    if not train:
+        return ["- training: not recorded"]
+    out = []
+    for key in ("command", "hardware", "wall_time_minutes", "epochs", "best_epoch", "loss",
+                "seed"):
+        if key in train:
+            value = train[key]
+            if key == "hardware":
+                value = hardware_text(value)
+            out.append(f"- {key.replace('_', ' ')}: `{value}`" if key == "command"
+                       else f"- {key.replace('_', ' ')}: {value}")
+    return out
+
+
+def _run_note(training: dict) -> str:
+    return f"; {training['note']}" if training.get("note") else ""
+
+
+def _selection_lines(selection: dict | None, title: str = "Selection") -> list[str]:
+    """The segmenter's validation comparison as a table, when the card holds one."""
+    if not selection:
+        return []
+    dice = selection.get("val_dice_original_resolution") or {}
+    post = selection.get("val_dice_postprocessed") or {}
+    skipped = selection.get("not_eligible") or {}
+    rows = [[name, fmt(value, 4), fmt(post.get(name), 4),
+             "shipped" if name == selection.get("chosen") else skipped.get(name, "")]
+            for name, value in dice.items()]
+    return [f"{title} on {selection.get('split', 'validation')}: {selection.get('rule')}; "
+            f"shipped: {selection.get('chosen')}", "",
+            *_table(["candidate", "validation Dice", "postprocessed", ""], rows)]
+
+
+def _sweep_lines(sweep: dict | None) -> list[str]:
+    """The validation sweep of the segmenter's mask threshold, when the card holds one."""
+    if not sweep:
+        return []
+    dice = ", ".join(f"{t}: {fmt(v, 4)}" for t, v in sweep.get("val_dice_by_threshold", {}).items())
+    return [f"- mask threshold swept on {sweep.get('split', 'validation')} ({sweep.get('rule')}): "
+            f"{dice}; served: {sweep.get('chosen')}"]
+
+
+def _short_run_lines(what: str, comparison: dict | None) -> list[str]:
+    """A loss or architecture comparison: short runs that differ in one thing."""
+    if not comparison or not comparison.get("runs"):
+        return []
+    key = "loss" if what == "loss" else "architecture"
+    rows = [[r.get(key), fmt(r.get("best_val_dice"), 4), r.get("epochs_run"), r.get("train_images"),
+             fmt(r.get("minutes"), 1), f"`{r.get('command')}`"] for r in comparison["runs"]]
+    return [f"{what.capitalize()} ({comparison.get('protocol')}); chosen: "
+            f"{comparison.get('chosen_by_validation')}", "",
+            *_table([key, "validation Dice", "epochs", "training images", "minutes", "command"], rows)]
+
+
+def _segmenter_validation_lines(val: dict | None) -> list[str]:
+    if not val or "dice" not in val:
+        return []
+    post = val.get("postprocessed") or {}
+    lines = [f"Validation ({val.get('images')} images, patient-wise, test fold "
+             f"{val.get('test_fold')} untouched), at original resolution:", ""]
+    rows = [["raw mask (probability > " + fmt(val.get("threshold"), 2) + ")", _mean_sd(val["dice"]),
+             _mean_sd(val.get("iou"))]]
+    if post:
+        rows.append([post.get("what", "postprocessed"), _mean_sd(post.get("dice")),
+                     _mean_sd(post.get("iou"))])
+    lines += _table(["mask", "Dice, mean ± sd", "IoU, mean ± sd"], rows)
+    per = val.get("dice_per_scanner") or {}
+    if per:
+        iou = val.get("iou_per_scanner") or {}
+        lines += _table(["scanner", "n", "Dice, mean ± sd", "IoU, mean ± sd"],
+                        [[s, d.get("n"), _mean_sd(d), _mean_sd(iou.get(s))]
+                         for s, d in sorted(per.items())])
+    return lines
+
+
+def _segmenter_choice_lines(seg: dict) -> list[str]:
+    lines = _short_run_lines("loss", seg.get("loss_comparison"))
+    lines += _short_run_lines("architecture", seg.get("architecture_comparison"))
+    lines += _selection_lines(seg.get("selection"))
+    for earlier in reversed(seg.get("selection_history") or []):
+        lines += _selection_lines(earlier, "Earlier selection")
+    extra = []
+    tta = seg.get("tta_comparison")
+    if tta:
+        extra.append(f"- mirror averaging (horizontal flip), validation Dice "
+                     f"{fmt((tta.get('without_tta') or {}).get('val_dice_mean'), 4)} without, "
+                     f"{fmt((tta.get('with_hflip_tta') or {}).get('val_dice_mean'), 4)} with; "
+                     f"used: {tta.get('chosen')} ({tta.get('protocol')})")
+    ext = seg.get("extension_attempt")
+    if ext:
+        per_epoch = ", ".join(f"epoch {k}: {fmt(v, 4)}"
+                              for k, v in (ext.get("val_dice_per_extra_epoch") or {}).items())
+        extra.append(f"- longer training ({ext.get('what')}): best validation Dice "
+                     f"{fmt(ext.get('best_val_dice_before'), 4)} before, "
+                     f"{fmt(ext.get('best_val_dice_after'), 4)} after ({per_epoch}); kept: "
+                     f"{'yes' if ext.get('kept') else 'no'}")
+    sweep = _sweep_lines(seg.get("threshold_sweep"))
+    extra += sweep
+    return lines + extra + ([""] if extra else [])
+
+
+def _segmenter_lines(seg: dict) -> list[str]:
+    lines = ["### Segmenter (`segmenter.onnx`)", ""]
+    facts = []
+    if seg.get("architecture"):
+        decoder = seg.get("decoder_channels")
+        facts.append(f"- network: {seg['architecture']} ({seg.get('encoder', 'encoder n/a')}"
+                     + (f"; decoder channels {'-'.join(str(c) for c in decoder)}" if decoder
+                        else "") + ")")
+    if seg.get("ensemble"):
+        facts.append(f"- ensemble: {seg['ensemble']}")
+    if seg.get("input_size"):
+        facts.append(f"- input: {seg['input_size']}×{seg['input_size']} letterboxed grayscale; "
+                     f"mask: probability > {fmt(seg.get('threshold', 0.5), 2)}, the largest "
+                     "region kept, holes filled")
+    if seg.get("onnx_megabytes") is not None:
+        diff = seg.get("onnx_vs_torch_max_abs_diff")
+        facts.append(f"- ONNX: {fmt(seg['onnx_megabytes'], 1)} MB"
+                     + (f"; largest difference from torch on the export check {diff:.1e}"
+                        if isinstance(diff, float) else ""))
+    lines += facts + _training_lines(seg) + [""]
+    lines += _segmenter_validation_lines(seg.get("validation"))
+    lines += _segmenter_choice_lines(seg)
+    runs = []
+    for member in seg.get("members") or []:
+        train = member.get("training", {})
+        runs.append(f"- member `{member.get('checkpoint')}` ({member.get('encoder')}): "
+                    f"`{train.get('command')}`, {train.get('minutes')} min on "
+                    f"{hardware_text(train.get('hardware'))}, best validation Dice "
+                    f"{fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}"
+                    + _run_note(train))
+    for name, run in (seg.get("candidate_runs") or {}).items():
+        train = run.get("training", {})
+        runs.append(f"- candidate `{name}`, trained and not shipped "
+                    f"({run.get('why_not_compared') or 'see selection'}): "
+                    f"`{train.get('command')}`, {train.get('minutes')} min on "
+                    f"{hardware_text(train.get('hardware'))}, best validation Dice "
+                    f"{fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}"
+                    + _run_note(train))
+    if runs:
+        lines += ["Training runs:", "", *runs, ""]
+    return lines
+
+
+def _option_members(name: str, candidates: dict) -> set[str]:
+    """The candidates behind an option's model name: one candidate, or an ensemble of all of
+    them ("ensemble") or of those with the inputs its name lists ("ensemble_both_crop")."""
+    if name in candidates:
+        return {name}
+    inputs = set(name.split("_")[1:])
+    return {n for n, c in candidates.items() if not inputs or c.get("input") in inputs}
+
+
+def _option_rows(clf: dict) -> list[list]:
+    """``"model=a, tta=none, contexts=0.3"`` keys into table rows (best first), with each
+    option's network passes per image and the shipped one marked."""
+    candidates = clf.get("candidates") or {}
+    shipped_paths = set(clf.get("checkpoints") or [])
+    shipped_contexts = ",".join(str(c) for c in (clf.get("crop") or {}).get("contexts") or [])
+    rows = []
+    for key, auc in sorted(clf["crop_comparison_val_auc"].items(), key=lambda kv: -kv[1]):
+        parts = dict(p.split("=", 1) for p in key.split(", ") if "=" in p)
+        model, tta = parts.get("model", key), parts.get("tta", "none")
+        contexts = parts.get("contexts", "")
+        members = _option_members(model, candidates)
+        passes = (sum(candidates[m].get("passes_per_crop") or 0 for m in members)
+                  * max(1, len([c for c in contexts.split(",") if c])) * TTA_COST.get(tta, 1.0))
+        shipped = ({candidates[m].get("checkpoint") for m in members} == shipped_paths
+                   and tta == clf.get("tta") and contexts == shipped_contexts)
+        rows.append([model, tta, contexts, f"{passes:g}" if members else "n/a", fmt(auc, 4),
+                     "shipped" if shipped else ""])
+    return rows
+
+
+def _metric_rows(results: dict) -> list[list]:
+    return [[name, fmt(r.get("val_auc")), fmt(r.get("val_balanced_accuracy")),
+             fmt(r.get("val_sensitivity")), fmt(r.get("val_specificity"))]
+            for name, r in results.items() if isinstance(r, dict)]
+
+
+def _classifier_choice_lines(clf: dict) -> list[str]:
+    lines = []
+    if clf.get("crop_comparison_val_auc"):
+        lines += [f"Options scored on validation; rule: {clf.get('option_rule')}.", "",
+                  *_table(["model", "mirror averaging", "crop context", "passes per image",
+                           "validation AUC", ""], _option_rows(clf))]
+    candidates = clf.get("candidates")
+    if candidates:
+        lines += ["Candidate networks:", "",
+                  *_table(["candidate", "backbone", "input", "epoch", "passes per image",
+                           "validation AUC in training"],
+                          [[name, c.get("arch"), c.get("input"), c.get("epoch"),
+                            c.get("passes_per_crop"), fmt(c.get("val_auc_training"))]
+                           for name, c in candidates.items()])]
+    tuned = clf.get("comparisons_finetuned_input")
+    if tuned:
+        lines += [f"- input, fine-tuned ({tuned.get('protocol')}): best validation AUC crop "
+                  f"{fmt(tuned.get('crop_best_val_auc'))} (first {tuned.get('image_epochs')} "
+                  f"epochs {fmt(tuned.get('crop_best_val_auc_first_8_epochs'))}), whole image "
+                  f"{fmt(tuned.get('image_best_val_auc'))}", ""]
+    frozen = clf.get("comparisons") or {}
+    for key, title in (("input", "Input"), ("imbalance_on_crop_features", "Class imbalance")):
+        if frozen.get(key):
+            lines += [f"{title}, on frozen features ({frozen.get('protocol')}; "
+                      f"{frozen.get('n_train')} training, {frozen.get('n_val')} validation images):",
+                      "", *_table([key.split("_")[0], "validation AUC", "balanced accuracy",
+                                   "sensitivity", "specificity"], _metric_rows(frozen[key]))]
+    mirror = clf.get("mirror_comparison")
+    if mirror:
+        scores = ", ".join(f"{k} {fmt(v)}" for k, v in mirror.get("val_auc", {}).items())
+        lines += [f"- mirror averaging, validation AUC: {scores}; shipped: "
+                  f"{mirror.get('chosen')} ({mirror.get('rule')}; {mirror.get('budget')})", ""]
+    resnet = clf.get("resnet50_recipe")
+    if resnet:
+        lines += [f"- the original ResNet50 recipe: {resnet.get('status')}; frozen: "
+                  f"{resnet.get('frozen')}; weights: {resnet.get('weights')}, validation AUC "
+                  f"{fmt(resnet.get('val_auc_random_init'))} after {resnet.get('epochs_run')} "
+                  f"epoch of {resnet.get('batches_per_epoch')} batches; `{resnet.get('command')}`",
+                  ""]
+    return lines
+
+
+def _calibration_lines(clf: dict) -> list[str]:
+    cal = clf.get("calibration") or {}
+    if "val_auc" not in cal:
+        return []
+    lines = [f"Calibration and operating point, on validation ({cal.get('n_val')} images, "
+             f"{cal.get('masks', 'predicted')} masks, {cal.get('engine', 'onnxruntime')}): "
+             f"{cal.get('method')}; threshold rule: {clf.get('threshold_rule', 'n/a')}.", ""]
+    lines += _table(["validation", "value"], [
+        ["ROC AUC", fmt(cal.get("val_auc"))],
+        ["ECE before / after", f"{fmt(cal.get('val_ece_before'))} / {fmt(cal.get('val_ece_after'))}"],
+        ["log loss before / after", f"{fmt(cal.get('val_nll_before'))} / "
+                                    f"{fmt(cal.get('val_nll_after'))}"],
+        ["sensitivity / specificity at the threshold",
+         f"{fmt(cal.get('val_sensitivity'))} / {fmt(cal.get('val_specificity'))}"],
+    ])
+    if cal.get("command"):
+        lines += [f"- command: `{cal['command']}`", ""]
+    return lines
+
+
+def _classifier_lines(clf: dict) -> list[str]:
+    lines = ["### Classifier (`classifier.onnx`)", ""]
+    facts = []
+    if clf.get("backbone"):
+        facts.append(f"- network: {clf['backbone']}, ImageNet-pretrained; head: global average "
+                     "pooling and one linear layer")
+    if clf.get("ensemble"):
+        facts.append(f"- ensemble: {clf['ensemble']}")
+    if clf.get("input"):
+        crop = clf.get("crop") or {}
+        what = {"both": "the lesion crop and the whole image", "crop": "the lesion crop",
+                "image": "the whole image"}.get(clf["input"], clf["input"])
+        shape = ""
+        if crop and clf["input"] != "image":
+            shape = (f"; crop: a square around the mask's box, {fmt(crop.get('context'), 2)} of "
+                     f"its longer side added on every side, resized to "
+                     f"{crop.get('size')}×{crop.get('size')}")
+        facts.append(f"- input: {what}{shape}")
+    if clf.get("weights_storage"):
+        facts.append(f"- weights stored as {clf['weights_storage']}")
+    if clf.get("temperature") is not None:
+        facts.append(f"- temperature {fmt(clf['temperature'], 4)}, threshold "
+                     f"{fmt(clf.get('threshold'), 4)} (calibrated probability)")
+    if clf.get("cam"):
+        facts.append(f"- heatmap: class activation map, {clf['cam']}")
+    lines += facts + _training_lines(clf) + [""]
+    lines += _calibration_lines(clf)
+    lines += _classifier_choice_lines(clf)
+    members = []
+    for member in clf.get("members") or []:
+        train = member.get("training") or {}
+        members.append(f"- member `{member.get('checkpoint')}` ({member.get('arch')}, input "
+                       f"{member.get('config', {}).get('input', 'crop')}, epoch "
+                       f"{member.get('epoch')}, validation AUC in training "
+                       f"{fmt(member.get('val_auc_training'))})"
+                       + (f": `{train['command']}`, {train.get('wall_minutes')} min on "
+                          f"{hardware_text(train.get('hardware'))}" + _run_note(train)
+                          if train.get("command") else ""))
+    if members:
+        lines += ["Training runs:", "", *members, ""]
+    return lines
+
+
+def _input_limit(kind: str) -> str:
+    if kind == "both":
+        return ("The classifier sees a crop around the lesion and, beside it, the whole image, "
+                "text included; the malignant share differs between BUS-BRA's scanners, so part "
+                "of what it learnt from the whole image may be the scanner.")
+    if kind == "image":
+        return "The classifier sees the whole image, text included."
+    return ("The classifier sees a crop around the lesion, which removes most of the text, but "
+            "not all of it.")
+
+
+def render_model_card(card: dict) -> str:
+    seg, clf = card.get("segmenter", {}), card.get("classifier", {})
+    lines = [
+        "# busdx model card",
+        "",
+        "_Rendered by `busdx report` from `models/model_card.json`; do not edit by hand._",
+        "",
+        f"> {DISCLAIMER}",
+        "",
+        "## Intended use",
+        "",
+        "A second read for radiologists and sonographers looking at a B-mode breast ultrasound image "
+        "that shows one lesion: an outline, a calibrated probability of malignancy, a benign or "
+        "malignant call at a threshold chosen for high sensitivity, a BI-RADS-aligned risk band, "
+        "a heatmap and measurements. It is decision support for trained readers, not a diagnosis; "
+        "it is not meant for screening images without a lesion, for Doppler or elastography, or "
+        "for use without a clinician.",
+        "",
+        "## Data and splits",
+        "",
+        "BUS-BRA (Gómez-Flores et al., Medical Physics 2024, doi:10.1002/mp.16812): 1,875 images of "
+        "1,064 patients from one hospital in Brazil, four scanners, biopsy-proven pathology. The "
+        "test set is official fold 5 of `5-fold-cv.csv`; training and validation come from folds "
+        "1-4, split by patient and stratified by pathology (15% of patients for validation). "
+        "Everything chosen (loss, epochs, calibration, threshold) was chosen on validation only.",
+        "",
+        "## Results on the test fold",
+        "",
+        results_table(card),
+        "",
+    ]
+    lines += _gt_mask_lines(clf)
+    seg_test = seg.get("test", {})
+    if seg_test.get("dice_per_scanner"):
+        lines += ["Segmentation Dice per scanner:", "", "| scanner | n | mean | sd |", "|---|---|---|---|"]
+        for scanner, s in sorted(seg_test["dice_per_scanner"].items()):
+            lines.append(f"| {scanner} | {s.get('n')} | {fmt(s.get('mean'))} | {fmt(s.get('std'))} |")
+        lines.append("")
+    lines += _birads_lines(clf.get("test", {}).get("birads") or {})
+    lines += ["## Models", "", *_segmenter_lines(seg), *_classifier_lines(clf)]
+    lines += [
+        "## Limits",
+        "",
+        "- Trained and tested on one hospital's images (BUS-BRA, Brazil) and four scanners; "
+        "performance on other hospitals, scanners, presets and populations is unknown and is "
+        "expected to be lower. Validate locally before any use: `busdx evaluate external "
+        "--data DIR --out OUT` scores the models, as served, on your own labelled images.",
+        "- Every BUS-BRA image carries burned-in scanner text and some carry caliper marks: a "
+        "model can learn such shortcuts. " + _input_limit(clf.get("input", "crop")),
+        "- One lesion per image is assumed; the largest predicted region is analysed.",
+        "- The risk band maps the calibrated probability onto BI-RADS likelihood ranges. It is an "
+        "aid to reading the probability, not a BI-RADS assessment, which also weighs the "
+        "clinical context.",
+        "- The calibration and the threshold were fitted on BUS-BRA validation patients; "
+        "a different population shifts both.",
+        "- Not a medical device; not cleared or approved by any regulator.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -103,7 +103,11 @@ def test_upload_shows_result(server, browser, fixtures_root, output_dir):
     call = page.locator("#call").inner_text().lower()
     assert "benign" in call or "malignant" in call
     assert "%" in page.locator("#prob-text").inner_text()
-    assert page.locator("#band-name").inner_text().strip() in {"3", "4A", "4B", "4C", "5"}
+    band = page.locator("#band-name").inner_text().strip()
+    assert band in {"3", "4A", "4B", "4C", "5"}
+    # the threshold lies in band 4B: a benign call in 4A/4B says that BI-RADS 4 still applies
+    # (the first fixture, with the bundled models, is such a case: 23% against 28%, band 4B)
+    assert ("bi-rads 4 range" in call) == ("benign" in call and band != "3")
     assert page.locator("#measures-body tr").count() >= 1
     assert "probability" in page.locator("#status").inner_text()
     assert notice.is_visible()  # the notice stays with the result

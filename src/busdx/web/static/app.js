@@ -112,6 +112,13 @@ function renderResult(r) {
     small.textContent = malignant
       ? `The probability is at or above the validated threshold of ${pct(r.threshold)}.`
       : `The probability is below the validated threshold of ${pct(r.threshold)}.`;
+    // The threshold sits inside band 4B, so a benign call can come with band 4A or 4B: BI-RADS
+    // 4 is where a biopsy is considered, and the reader should not take "benign" as "no work-up".
+    if (!malignant && r.risk_band.name !== "3") {
+      small.textContent = `The probability is below the validated threshold of ` +
+        `${pct(r.threshold)}, but its risk band, ${r.risk_band.name}, is a BI-RADS 4 range, ` +
+        "in which a biopsy is usually considered.";
+    }
   } else {
     // Without a lesion the call comes from the whole image: shown, but not as a finding.
     els.call.className = "call none";

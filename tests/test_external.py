@@ -97,6 +97,22 @@ def test_merged_masks_score_like_the_single_mask(fixtures_root, models_dir, tmp_
     assert dice_of(merged) == pytest.approx(dice_of(original))
 
 
+def test_a_mask_of_the_wrong_size_costs_its_dice_not_its_classification(
+        fixtures_root, models_dir, tmp_path):
+    from busdx.inference.models import Models
+
+    records = _busi_layout(fixtures_root, tmp_path / "busi")
+    victim = records[2]
+    Image.new("L", (17, 11), 255).save(tmp_path / "busi" / victim.pathology / f"{victim.id}_mask.png")
+    result = evaluate_external(read_external(tmp_path / "busi"), Models.load(models_dir, threads=1),
+                               reps=10, progress=False)
+    assert len(result.predictions) == len(records)  # still classified ...
+    assert result.segmentation["n"] == len(records) - 1  # ... but out of Dice
+    assert result.mask_failed == 1 and result.to_dict()["masks_unusable"] == 1
+    row = next(r for r in result.rows if Path(r["image"]).stem == victim.id)
+    assert "17x11" in row["mask_error"] and "dice" not in row and row["probability"] >= 0
+
+
 def _labels_csv(records, path: Path, birads: bool = True) -> Path:
     with path.open("w", newline="") as f:
         w = csv.writer(f)

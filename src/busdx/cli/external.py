@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     if result.failed:
         log.warning("%d image(s) could not be analysed: see %s", result.failed,
                     args.out / "external_images.csv")
+    if result.mask_failed:
+        log.warning("%d ground-truth mask(s) could not be used (those images are classified but "
+                    "left out of Dice): see %s", result.mask_failed,
+                    args.out / "external_images.csv")
     if not dataset.has_patients:
         log.warning("no patient ids: the intervals resample images, and are too narrow when "
                     "a patient has several images (give a 'patient' column in a labels CSV)")

@@ -154,6 +154,7 @@ class ExternalResult:
     predictions: list[Prediction]
     segmentation: dict | None  # served masks against the ground truth, when there is one
     failed: int
+    mask_failed: int = 0  # analysed and classified, but their ground-truth mask was unusable
 
     def to_dict(self) -> dict:
         d = self.dataset
@@ -163,6 +164,7 @@ class ExternalResult:
             "images": len(d.cases),
             "analysed": len(self.predictions),
             "failed": self.failed,
+            "masks_unusable": self.mask_failed,
             "skipped": d.skipped,
             "classes": {"benign": sum(1 for p in self.predictions if p.label == 0),
                         "malignant": sum(1 for p in self.predictions if p.label == 1)},
@@ -205,11 +207,17 @@ def evaluate_external(
             dataset.root) else str(case.image), "truth": "malignant" if case.label else "benign"}
         try:
             a = analyze(case.image, models, render_overlays=False)
-            truth = _ground_truth(case, a.mask.shape) if case.masks else None
         except (BusdxError, OSError, ValueError) as err:
             log.warning("%s: %s", case.image, err)
             rows.append({**row, "error": str(err)})
             continue
+        truth = None
+        try:
+            truth = _ground_truth(case, a.mask.shape) if case.masks else None
+        except (BusdxError, OSError, ValueError) as err:
+            # a bad mask costs the image its Dice, not its place in the classification metrics
+            log.warning("%s: %s (left out of Dice and IoU)", case.image, err)
+            row["mask_error"] = str(err)
         preds.append(Prediction(str(case.image), case.patient, case.label, case.birads,
                                 float(a.logit), a.probability))
         row.update(probability=round(a.probability, 6), call=a.label, risk_band=a.risk.name,
@@ -236,8 +244,9 @@ def evaluate_external(
                         "against the ground truth, at original resolution",
                         "dice": summarise(dices), "iou": summarise(ious)}
     return ExternalResult(dataset, rows, report, preds, segmentation,
-                          failed=sum(1 for r in rows if "error" in r))
+                          failed=sum(1 for r in rows if "error" in r),
+                          mask_failed=sum(1 for r in rows if "mask_error" in r))
 
 
 ROW_COLUMNS: Sequence[str] = ("image", "truth", "probability", "call", "risk_band", "lesion_found",
-                              "dice", "iou", "error")
+                              "dice", "iou", "error", "mask_error")

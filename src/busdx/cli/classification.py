@@ -175,8 +175,7 @@ def run_train(args: argparse.Namespace) -> int:
     log.info("calibration on validation: %s", json.dumps(asdict(cal)))
     _plot_history(result.history, out / "learning_curves.png")
     training = {
-        "command": "busdx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("busdx")
-        else " ".join(sys.argv),
+        "command": args.invocation,
         "config": {k: v for k, v in asdict(config).items() if k != "augment"},
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -323,8 +322,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     values["calibration"].update({
         "masks": "predicted" if args.masks == "predicted" else "ground truth",
         "empty_masks": empty[kind], "engine": "onnxruntime",
-        "command": "busdx " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("busdx")
-        else " ".join(sys.argv),
+        "command": args.invocation,
         "checkpoint_epoch": members[0][2].get("epoch") if len(members) == 1
         else [ckpt.get("epoch") for _, _, ckpt in members],
     })

@@ -44,20 +44,18 @@ def run(args: argparse.Namespace) -> int:
     from busdx.cli.classification import print_table
     from busdx.evaluation.classification_plots import save_figures
     from busdx.evaluation.external import ROW_COLUMNS, evaluate_external, read_external
-    from busdx.evaluation.model_card import load_card
     from busdx.inference.models import Models
-    from busdx.models.contract import MODEL_CARD_FILE
 
     dataset = read_external(args.data, args.labels)
     log.info("%d images (%s)%s", len(dataset.cases), dataset.layout,
              "".join(f"; skipped {n} {what}" for what, n in dataset.skipped.items()))
     models = Models.load(args.models, threads=args.threads)
-    card = load_card(Path(models.directory) / MODEL_CARD_FILE).get("classifier", {})
+    card = models.card.get("classifier", {})
     result = evaluate_external(dataset, models, logit_offset=card.get("logit_offset", 0.0),
                                reps=args.reps)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {**result.to_dict(), "model_version": models.version, "busdx_version": __version__,
-              "command": "busdx " + " ".join(sys.argv[1:])}
+              "command": args.invocation}
     report["figures"] = [str(p) for p in save_figures(result.predictions, result.classification,
                                                        args.out, where="external images")]
     (args.out / "external.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shlex
-import sys
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +69,7 @@ def _train(args) -> int:
         model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained,
                               encoder=f"tf_efficientnet_{args.encoder}"),
     )
-    command = "busdx " + shlex.join(sys.argv[1:]) if sys.argv else None
-    result = train_segmenter(config, command=command)
+    result = train_segmenter(config, command=args.invocation)
     print(f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
           f"({result.epochs_run} epochs, {result.seconds / 60:.1f} min, stopped: {result.stopped})"
           f"; checkpoint {result.out / 'best.pt'}")
@@ -176,7 +173,7 @@ def _select(args) -> int:
     selection = select_segmenter(args.data, candidates, args.test_fold, args.baseline,
                                  args.min_gain, _pairs(args.not_eligible, "--not-eligible"),
                                  args.threads, threshold=card_threshold(args.card or None))
-    selection["command"] = "busdx " + shlex.join(sys.argv[1:]) if sys.argv else None
+    selection["command"] = args.invocation
     if args.card:
         values = {"selection": selection}
         section = load_card(args.card).get("segmenter", {}) if Path(args.card).is_file() else {}
@@ -208,7 +205,7 @@ def _sweep(args) -> int:
     current = card_threshold(args.card or None)
     sweep = sweep_thresholds(args.data, args.model, grid, args.test_fold, current, args.min_gain,
                              args.threads)
-    sweep["command"] = "busdx " + shlex.join(sys.argv[1:]) if sys.argv else None
+    sweep["command"] = args.invocation
     if args.card:
         values = {"threshold_sweep": sweep}
         if sweep["chosen"] != current:

@@ -209,6 +209,13 @@ def _segmenter_choice_lines(seg: dict) -> list[str]:
     return lines + extra + ([""] if extra else [])
 
 
+def _segmenter_run_line(what: str, train: dict) -> str:
+    return (f"- {what}: `{train.get('command')}`, {train.get('minutes')} min on "
+            f"{hardware_text(train.get('hardware'))}, best validation Dice "
+            f"{fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}"
+            + _run_note(train))
+
+
 def _segmenter_lines(seg: dict) -> list[str]:
     lines = ["### Segmenter (`segmenter.onnx`)", ""]
     facts = []
@@ -231,22 +238,12 @@ def _segmenter_lines(seg: dict) -> list[str]:
     lines += facts + _training_lines(seg) + [""]
     lines += _segmenter_validation_lines(seg.get("validation"))
     lines += _segmenter_choice_lines(seg)
-    runs = []
-    for member in seg.get("members") or []:
-        train = member.get("training", {})
-        runs.append(f"- member `{member.get('checkpoint')}` ({member.get('encoder')}): "
-                    f"`{train.get('command')}`, {train.get('minutes')} min on "
-                    f"{hardware_text(train.get('hardware'))}, best validation Dice "
-                    f"{fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}"
-                    + _run_note(train))
-    for name, run in (seg.get("candidate_runs") or {}).items():
-        train = run.get("training", {})
-        runs.append(f"- candidate `{name}`, trained and not shipped "
-                    f"({run.get('why_not_compared') or 'see selection'}): "
-                    f"`{train.get('command')}`, {train.get('minutes')} min on "
-                    f"{hardware_text(train.get('hardware'))}, best validation Dice "
-                    f"{fmt(train.get('best_val_dice'))} at epoch {train.get('best_epoch')}"
-                    + _run_note(train))
+    runs = [_segmenter_run_line(f"member `{m.get('checkpoint')}` ({m.get('encoder')})",
+                                m.get("training", {})) for m in seg.get("members") or []]
+    runs += [_segmenter_run_line(f"candidate `{name}`, trained and not shipped "
+                                 f"({run.get('why_not_compared') or 'see selection'})",
+                                 run.get("training", {}))
+             for name, run in (seg.get("candidate_runs") or {}).items()]
     if runs:
         lines += ["Training runs:", "", *runs, ""]
     return lines
@@ -438,10 +435,10 @@ def render_model_card(card: dict) -> str:
     lines += _gt_mask_lines(clf)
     seg_test = seg.get("test", {})
     if seg_test.get("dice_per_scanner"):
-        lines += ["Segmentation Dice per scanner:", "", "| scanner | n | mean | sd |", "|---|---|---|---|"]
-        for scanner, s in sorted(seg_test["dice_per_scanner"].items()):
-            lines.append(f"| {scanner} | {s.get('n')} | {fmt(s.get('mean'))} | {fmt(s.get('std'))} |")
-        lines.append("")
+        lines += ["Segmentation Dice per scanner:", "",
+                  *_table(["scanner", "n", "mean", "sd"],
+                          [[scanner, d.get("n"), fmt(d.get("mean")), fmt(d.get("std"))]
+                           for scanner, d in sorted(seg_test["dice_per_scanner"].items())])]
     lines += _birads_lines(clf.get("test", {}).get("birads") or {})
     lines += ["## Models", "", *_segmenter_lines(seg), *_classifier_lines(clf)]
     lines += [

@@ -200,10 +200,18 @@ def test_two_checkpoints_export_as_one_logit_averaging_graph(trained_run, tmp_pa
     other.parent.mkdir()
     torch.save(state, other)
     model, card = tmp_path / "ensemble.onnx", tmp_path / "model_card.json"
+    stale = tmp_path / "segmenter_history_lite2.json"  # a network of an earlier graph
+    stale.write_text("{}")
     assert main(["export", "segmentation", "--checkpoint", str(trained_run / "best.pt"),
                  str(other), "--out", str(model), "--card", str(card)]) == 0
     section = load_card(card)["segmenter"]
     assert section["ensemble"].startswith("2 networks") and len(section["members"]) == 2
+    # the report's learning curves follow the graph: the first member's run history is beside
+    # it (the second has none), the earlier network's is gone
+    histories = sorted(p.name for p in tmp_path.glob("segmenter_history*.json"))
+    assert histories == ["segmenter_history_lite0.json"]
+    assert (json.loads((tmp_path / histories[0]).read_text())
+            == json.loads((trained_run / "history.json").read_text()))
     assert section["onnx_vs_torch_max_abs_diff"] < ONNX_TOLERANCE
 
     images = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(3))

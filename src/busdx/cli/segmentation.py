@@ -84,7 +84,8 @@ def _register_export(group) -> None:
                    help="runs/NAME/best.pt; several: one graph averaging their logits")
     p.add_argument("--out", default="models/segmenter.onnx")
     p.add_argument("--card", default="models/model_card.json",
-                   help="model card to update ('' to leave it alone)")
+                   help="model card to update ('' to leave it alone); with a card, each trained "
+                   "member's history is written beside the graph for the report's learning curves")
     p.add_argument("--compare-runs", nargs="*", default=[],
                    help="run folders of a loss comparison to record in the card")
     p.add_argument("--compare-architectures", nargs="*", default=[],
@@ -103,7 +104,11 @@ def _export(args) -> int:
     from pathlib import Path
 
     from busdx.evaluation.model_card import load_card, update_card
-    from busdx.training.segmentation import OnnxMember, export_with_provenance
+    from busdx.training.segmentation import (
+        OnnxMember,
+        export_with_provenance,
+        write_member_histories,
+    )
 
     # read before the export: --out may overwrite the graph a member comes from
     described = load_card(args.card).get("segmenter", {}) if args.card else {}
@@ -115,6 +120,8 @@ def _export(args) -> int:
                                      onnx_members=onnx_members)
     if args.card:
         update_card(args.card, "segmenter", section)
+        # the report's learning curves must be those of the networks in this graph
+        write_member_histories(section["members"], Path(args.out).parent)
     print(f"wrote {args.out} ({section['onnx_megabytes']} MB); ONNX Runtime vs torch: max "
           f"|difference| of the logits {section['onnx_vs_torch_max_abs_diff']:.2e}")
     return 0

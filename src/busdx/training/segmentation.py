@@ -357,26 +357,28 @@ def write_history(out: Path, history: dict) -> None:
 
 def _member_names(members: list[dict]) -> list[str]:
     """Short names of an ensemble's members (``lite1``, ``lite0``; ``lite0_2`` for a second)."""
-    bases = [str(m.get("encoder") or m.get("architecture") or "member").removeprefix("tf_efficientnet_")
-             for m in members]
-    return [b if bases[:i].count(b) == 0 else f"{b}_{bases[:i].count(b) + 1}"
-            for i, b in enumerate(bases)]
+    seen: dict[str, int] = {}
+    names = []
+    for member in members:
+        base = str(member.get("encoder") or member.get("architecture") or "member")
+        base = base.removeprefix("tf_efficientnet_")
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
 
 
 def write_member_histories(members: list[dict], directory: Path) -> list[Path]:
-    """Each trained member's history as ``segmenter_history_<name>.json`` beside the graph, where
+    """Each member's run history as ``segmenter_history_<name>.json`` beside the graph, where
     ``busdx report`` draws its learning curves from; files of networks no longer in the graph
-    go. A member taken from another graph keeps the file it had, its run being gone."""
+    go. A member whose run is gone (one taken from another graph) keeps the file it had."""
     names = _member_names(members)
     written = []
     for name, member in zip(names, members, strict=True):
-        checkpoint = member.get("checkpoint")
-        source = Path(checkpoint).parent / "history.json" if checkpoint else None
-        if "source" in member or source is None or not source.is_file():
-            continue
-        path = directory / f"segmenter_history_{name}.json"
-        path.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-        written.append(path)
+        source = Path(member.get("checkpoint", "")).parent / "history.json"
+        if member.get("checkpoint") and source.is_file():
+            path = directory / f"segmenter_history_{name}.json"
+            path.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+            written.append(path)
     keep = {f"segmenter_history_{name}.json" for name in names}
     for stale in directory.glob("segmenter_history*.json"):
         if stale.name not in keep:

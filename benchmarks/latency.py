@@ -38,9 +38,6 @@ from bench_common import (
 
 log = logging.getLogger("benchmarks.latency")
 
-DEFAULT_SEG_CHECKPOINT = REPO / "runs" / "seg_lite0" / "best.pt"
-DEFAULT_CLS_CHECKPOINT = REPO / "runs" / "cls" / "lite0_crop" / "classifier.pt"
-
 
 # ---------------------------------------------------------------------------- torch side
 
@@ -69,17 +66,13 @@ class TorchSession:
         return [arrays[self.output_names.index(n)] for n in names]
 
 
-DEFAULT_CHECKPOINTS = {"segmenter": DEFAULT_SEG_CHECKPOINT, "classifier": DEFAULT_CLS_CHECKPOINT}
-
-
 def checkpoints(part: str, args_paths: list[str] | None, card: dict) -> list[Path]:
     """The checkpoints of ``part`` ("segmenter" or "classifier"): given, else those the card
-    lists (an ensemble has several), else the default run's."""
+    lists (an ensemble has several). Empty or missing ones mean random weights."""
     if args_paths:
         return [Path(p) for p in args_paths]
     section = card.get(part) if isinstance(card.get(part), dict) else {}
-    listed = section.get("checkpoints") or []
-    return [REPO / p for p in listed] if listed else [DEFAULT_CHECKPOINTS[part]]
+    return [REPO / p for p in section.get("checkpoints") or []]
 
 
 def torch_segmenter(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
@@ -93,7 +86,7 @@ def torch_segmenter(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
 
     section = card.get("segmenter") if isinstance(card.get("segmenter"), dict) else {}
     tta = bool(section.get("test_time_augmentation"))
-    if all(c.is_file() for c in checkpoints):
+    if checkpoints and all(c.is_file() for c in checkpoints):
         net, _ = load_segmenter_checkpoints(checkpoints)
         source = "trained checkpoint " + " + ".join(_rel(c) for c in checkpoints)
     else:
@@ -127,7 +120,7 @@ def torch_classifier(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
     )
 
     section = card.get("classifier") if isinstance(card.get("classifier"), dict) else {}
-    if all(c.is_file() for c in checkpoints):
+    if checkpoints and all(c.is_file() for c in checkpoints):
         from busdx.training.classification import load_checkpoint
 
         members = [load_checkpoint(c)[0] for c in checkpoints]
@@ -136,11 +129,20 @@ def torch_classifier(checkpoints: list[Path], card: dict) -> tuple[Any, str]:
     else:
         from busdx.models.contract import input_views
 
-        arch = str(section.get("arch", "lite0")).split("+")[0]
-        views = input_views(section.get("input", "crop"))
-        model = build_classifier(ClassifierSpec(arch=arch, weights="none", views=views),
-                                 pretrained=False)
-        source = "random weights (same architecture; latency does not depend on weight values)"
+        # one random-weight network per member, each with its own views, so that torch does
+        # the ensemble's work (latency does not depend on weight values)
+        members = section.get("members") or [section]
+        nets = [
+            build_classifier(
+                ClassifierSpec(arch=str(m.get("arch", "lite0")).split("+")[0], weights="none",
+                               views=input_views((m.get("config") or m).get("input", "crop"))),
+                pretrained=False,
+            )
+            for m in members
+        ]
+        model = nets[0] if len(nets) == 1 else ClassifierEnsemble(nets)
+        source = (f"random weights, {len(nets)} network(s) of the card's architecture (latency "
+                  "does not depend on weight values)")
     wrapper = export_module(model.eval(), tta=section.get("tta") or "none",
                             logit_offset=float(section.get("logit_offset", 0.0)))
     return wrapper, source

@@ -165,3 +165,18 @@ def test_classifier_options_get_passes_and_the_shipped_mark():
     assert "| ensemble_both_crop | none | 0.3 | 3 | 0.9400 | shipped |" in text
     assert "| both | flip_crop | 0.3 | 3 | 0.9300 |  |" in text
     assert "| crop | none | 0.3 | 1 | 0.9200 |  |" in text
+
+
+def test_classifier_member_selection_is_tabled_best_first():
+    card = json.loads(json.dumps(CARD))
+    card["classifier"]["member_selection"] = {
+        "rule": "beat the shipped ensemble by >= 0.005", "split": "validation", "chosen": "a + c",
+        "val_auc": {"a + b (shipped before)": 0.9475, "a + c": 0.95488},
+        "passes_per_image": {"a + b (shipped before)": 3, "a + c": 3},
+        "new_runs": {"c": {"best_epoch": 11, "wall_minutes": 32.8, "command": "busdx train x"}},
+    }
+    text = render_model_card(card)
+    assert "Ensemble members, chosen on validation: beat the shipped ensemble by >= 0.005." in text
+    shipped = text.index("| a + c | 3 | 0.9549 | shipped |")
+    assert shipped < text.index("| a + b (shipped before) | 3 | 0.9475 |  |")
+    assert "- `c`: best epoch 11, 32.8 min; `busdx train x`" in text

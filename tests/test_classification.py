@@ -324,6 +324,7 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     """Train two tiny epochs on the fixtures, export, then evaluate from ONNX (GT masks and a
     random-init segmenter) through the CLI."""
     from busdx.cli.main import main
+    from busdx.evaluation.model_card import update_card
 
     models = tmp_path / "models"
     rc = main(["train", "classification", "--data", str(fixtures_root), "--out",
@@ -355,6 +356,9 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     assert (tmp_path / "fig" / "classifier_roc.png").is_file()
 
     _export_random_segmenter(models / "segmenter.onnx")
+    # a member selection recorded for other networks must not outlive them
+    update_card(models / "model_card.json", "classifier",
+                {"checkpoints": ["elsewhere/classifier.pt"], "member_selection": {"chosen": "x"}})
     # the operating point refitted on validation through the exported models
     rc = main(["train", "classification", "--calibrate-only", "--data", str(fixtures_root),
                "--models", str(models), "--test-fold", "1", "--masks", "predicted",
@@ -368,6 +372,7 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     assert card["temperature"] == pytest.approx(1 / card["calibration"]["platt_a"])
     # results of the previous graph are gone rather than left next to the new one
     assert "test" not in card and "test_gt_masks" not in card
+    assert "member_selection" not in card
     rc = main(["evaluate", "classification", "--data", str(fixtures_root), "--models",
                str(models), "--test-fold", "1", "--reps", "50"])
     assert rc == 0

@@ -381,6 +381,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
         values["calibration_training"] = {**json.loads(run_calibration.read_text()),
                                           "masks": "ground truth (no jitter)", "engine": "torch"}
     drop_keys(card_path, "classifier", ["validation"])
+    if section.get("checkpoints") != values["checkpoints"]:
+        # a member selection names the networks it chose: stale once others are shipped
+        for stale in drop_keys(card_path, "classifier", ["member_selection"]):
+            log.warning("dropped the card's classifier.%s: it chose other networks than %s",
+                        stale, " + ".join(values["checkpoints"]))
     # a new graph or operating point makes earlier test results stale: evaluate again
     for stale in drop_keys(card_path, "classifier", ["test", "test_gt_masks"]):
         log.warning("dropped the card's classifier.%s: run `busdx evaluate classification` "

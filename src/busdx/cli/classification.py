@@ -108,6 +108,23 @@ def register(subparsers, groups) -> None:
     evaluate.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
     evaluate.add_argument("--threads", type=int, default=1)
     evaluate.add_argument("--no-card", action="store_true", help="do not write the model card")
+    evaluate.add_argument("--compare", action="append", default=[], metavar="NAME=FOLDER",
+                          help="record a choice of ensemble members made on VALIDATION instead: "
+                          "each FOLDER holds the card that `train classification --calibrate-only "
+                          "--models FOLDER` wrote for one candidate ensemble (repeatable); the "
+                          "choice goes to --models' card as classifier.member_selection")
+    evaluate.add_argument("--baseline", default=None, metavar="NAME",
+                          help="with --compare: the ensemble shipped before, kept unless beaten "
+                          "by --min-gain")
+    evaluate.add_argument("--min-gain", type=float, default=0.005,
+                          help="with --compare: validation AUC a candidate must gain")
+    evaluate.add_argument("--rule", default=None,
+                          help="with --compare: the pre-registered rule, in words, for the card")
+    evaluate.add_argument("--run", action="append", default=[], metavar="CHECKPOINT",
+                          help="with --compare: a newly trained network to record (its "
+                          "training.json lies beside it; repeatable)")
+    evaluate.add_argument("--note", default=None,
+                          help="with --compare: a note for the card (where the runs trained, say)")
     evaluate.set_defaults(func=run_evaluate)
 
     export = groups["export"].add_parser("classification", help="checkpoint -> classifier.onnx")
@@ -460,6 +477,8 @@ def _plot_history(history: list[dict], path: Path) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    if args.compare:
+        return run_select_members(args)
     import onnxruntime
 
     from busdx.data.index import load_index
@@ -491,6 +510,36 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print_table(result)
     if not args.no_card:
         update_card(models / MODEL_CARD_FILE, "classifier", _card_results(card, result))
+    return 0
+
+
+def run_select_members(args: argparse.Namespace) -> int:
+    """Apply the member rule to candidates already scored on validation, and record it in the
+    card. The chosen ensemble must be the one the card ships: shipping is the candidate's own
+    ``--calibrate-only`` command, run on the models folder."""
+    from busdx.cli import name_value_pairs
+    from busdx.evaluation.members import ScoredEnsemble, member_selection
+    from busdx.evaluation.model_card import load_card, update_card
+    from busdx.models.contract import MODEL_CARD_FILE
+
+    if not args.baseline or not args.rule:
+        raise BusdxError("--compare needs --baseline NAME and --rule TEXT")
+    folders = name_value_pairs(args.compare, "--compare")
+    scored = {name: ScoredEnsemble.from_folder(folder) for name, folder in folders.items()}
+    record = member_selection(scored, args.baseline, args.min_gain, args.rule, args.run, args.note)
+    record["command"] = args.invocation
+    width = max(map(len, scored)) + 2
+    for name, s in sorted(scored.items(), key=lambda kv: -kv[1].val_auc):
+        flag = "  <- chosen" if name == record["chosen"] else ""
+        print(f"{name:<{width}}{s.passes} passes  validation AUC {s.val_auc:.4f}{flag}")
+    card_path = Path(args.models) / MODEL_CARD_FILE
+    shipped = (load_card(card_path).get("classifier") or {}).get("checkpoints") or []
+    chosen = scored[record["chosen"]]
+    if sorted(shipped) != sorted(chosen.checkpoints):
+        raise BusdxError(f"{card_path} ships {shipped}, not the chosen {record['chosen']!r}: ship "
+                         f"it first with its own command, on {args.models}: {chosen.command}")
+    update_card(card_path, "classifier", {"member_selection": record})
+    log.info("wrote classifier.member_selection to %s", card_path)
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from busdx.cli import name_value_pairs
+
 log = logging.getLogger(__name__)
 
 
@@ -158,27 +160,16 @@ def _register_evaluate(group) -> None:
     p.set_defaults(func=_evaluate)
 
 
-def _pairs(texts: list[str], flag: str) -> dict[str, str]:
-    from busdx.errors import BusdxError
-
-    pairs = {}
-    for text in texts:
-        name, sep, value = text.partition("=")
-        if not sep or not name or not value:
-            raise BusdxError(f"{flag} takes NAME=VALUE, not {text!r}")
-        pairs[name] = value
-    return pairs
-
-
 def _select(args) -> int:
     from pathlib import Path
 
     from busdx.evaluation.model_card import load_card, update_card
     from busdx.evaluation.segmentation import card_threshold, select_segmenter
 
-    candidates = {n: Path(p) for n, p in _pairs(args.compare, "--compare").items()}
+    candidates = {n: Path(p) for n, p in name_value_pairs(args.compare, "--compare").items()}
     selection = select_segmenter(args.data, candidates, args.test_fold, args.baseline,
-                                 args.min_gain, _pairs(args.not_eligible, "--not-eligible"),
+                                 args.min_gain,
+                                 name_value_pairs(args.not_eligible, "--not-eligible"),
                                  args.threads, threshold=card_threshold(args.card or None))
     selection["command"] = args.invocation
     if args.card:

@@ -8,6 +8,7 @@ the JSON), so a new record never shows up as a raw dump.
 from __future__ import annotations
 
 from busdx import DISCLAIMER
+from busdx.evaluation.members import option_members, parse_option
 from busdx.hardware import hardware_text
 from busdx.models.contract import TTA_COST
 
@@ -249,15 +250,6 @@ def _segmenter_lines(seg: dict) -> list[str]:
     return lines
 
 
-def _option_members(name: str, candidates: dict) -> set[str]:
-    """The candidates behind an option's model name: one candidate, or an ensemble of all of
-    them ("ensemble") or of those with the inputs its name lists ("ensemble_both_crop")."""
-    if name in candidates:
-        return {name}
-    inputs = set(name.split("_")[1:])
-    return {n for n, c in candidates.items() if not inputs or c.get("input") in inputs}
-
-
 def _option_rows(clf: dict) -> list[list]:
     """``"model=a, tta=none, contexts=0.3"`` keys into table rows (best first), with each
     option's network passes per image and the shipped one marked."""
@@ -266,10 +258,10 @@ def _option_rows(clf: dict) -> list[list]:
     shipped_contexts = ",".join(str(c) for c in (clf.get("crop") or {}).get("contexts") or [])
     rows = []
     for key, auc in sorted(clf["crop_comparison_val_auc"].items(), key=lambda kv: -kv[1]):
-        parts = dict(p.split("=", 1) for p in key.split(", ") if "=" in p)
-        model, tta = parts.get("model", key), parts.get("tta", "none")
+        parts = parse_option(key)
+        model, tta = parts["model"], parts["tta"]
         contexts = parts.get("contexts", "")
-        members = _option_members(model, candidates)
+        members = option_members(model, candidates)
         passes = (sum(candidates[m].get("passes_per_crop") or 0 for m in members)
                   * max(1, len([c for c in contexts.split(",") if c])) * TTA_COST.get(tta, 1.0))
         shipped = ({candidates[m].get("checkpoint") for m in members} == shipped_paths
@@ -299,7 +291,9 @@ def _member_selection_lines(selection: dict | None) -> list[str]:
     for name, run in (selection.get("new_runs") or {}).items():
         lines.append(f"- `{name}`: best epoch {run.get('best_epoch')}, "
                      f"{fmt(run.get('wall_minutes'), 1)} min; `{run.get('command')}`")
-    return lines + ([""] if selection.get("new_runs") else [])
+    if selection.get("note"):
+        lines.append(f"- {selection['note']}")
+    return lines + ([""] if selection.get("new_runs") or selection.get("note") else [])
 
 
 def _classifier_choice_lines(clf: dict) -> list[str]:

@@ -542,3 +542,43 @@ def test_float16_storage_halves_the_file_and_keeps_the_output(lite, tmp_path):
     assert np.array_equal(stored_weights(proto)["model.fc.weight"], weights["model.fc.weight"])
     again = ort.InferenceSession(str(back), providers=["CPUExecutionProvider"]).run(None, {"image": x})
     assert np.abs(again[0] - outputs[1][0]).max() < 1e-5
+
+
+def test_weight_average_follows_its_decay_and_copies_counters():
+    from busdx.training.classification import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    avg = WeightAverage(model, decay=0.75)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(4.0)
+        model[1].running_mean.fill_(8.0)
+        model[1].num_batches_tracked.fill_(3)
+    avg.update(model)
+    got = avg.model.state_dict()
+    assert torch.allclose(got["0.weight"], start["0.weight"] + 1.0)  # a quarter of the step
+    assert torch.allclose(got["1.running_mean"], torch.full((1,), 2.0))
+    assert int(got["1.num_batches_tracked"]) == 3
+    assert not any(p.requires_grad for p in avg.model.parameters())
+
+
+@pytest.mark.slow
+def test_weight_averaged_run_validates_and_saves_the_average(fixtures_root, tmp_path):
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.training import classification as tc
+
+    split = make_split(load_index(fixtures_root), SplitConfig(test_fold=1))
+    train = tc.load_samples(split.train, tmp_path / "cache")
+    val = tc.load_samples(split.val, tmp_path / "cache")
+    config = tc.ClassifierTrainConfig(arch="lite0", epochs=2, max_batches=2, batch_size=4,
+                                      ema=0.9, device="cpu")
+    result = tc.train_classifier(train, val, config, tmp_path / "ema")
+    model, ckpt = tc.load_checkpoint(result.checkpoint)
+    assert ckpt["config"]["ema"] == 0.9
+    val_loader = torch.utils.data.DataLoader(tc.CropDataset(val, config, train=False), batch_size=8)
+    logits, labels = tc.predict_logits(model, val_loader)
+    # the saved weights are the ones validated: their AUC is the run's best
+    assert tc.roc_auc(labels, logits) == pytest.approx(result.best_val_auc, abs=1e-6)
+    with pytest.raises(ValueError, match="ema"):
+        tc.train_classifier(train, val, tc.ClassifierTrainConfig(ema=1.0), tmp_path / "bad")

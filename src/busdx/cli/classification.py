@@ -47,6 +47,9 @@ def register(subparsers, groups) -> None:
     train.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
     train.add_argument("--backbone-lr", type=float, default=2e-4)
     train.add_argument("--patience", type=int, default=6)
+    train.add_argument("--ema", type=float, default=0.0,
+                       help="validate and save an exponential moving average of the weights "
+                       "with this per-step decay (0: off)")
     train.add_argument("--max-batches", type=int, default=None, help="per epoch (smoke tests)")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     train.add_argument("--workers", type=int, default=0,
@@ -165,7 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
         arch=args.arch, weights=args.weights, input=args.input, context=args.context,
         jitter=args.jitter, imbalance=args.imbalance, epochs=args.epochs,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
-        backbone_lr=args.backbone_lr, patience=args.patience, threads=args.threads,
+        backbone_lr=args.backbone_lr, patience=args.patience, ema=args.ema, threads=args.threads,
         device=args.device, workers=args.workers,
         seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
     )

@@ -55,6 +55,9 @@ class ClassifierTrainConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.3
     patience: int = 6
+    # 0 (off) or the per-step decay of an exponential moving average of the weights: the
+    # average is what gets validated and saved (it smooths the last epochs' noise)
+    ema: float = 0.0
     threads: int = 1
     seed: int = 0
     split_seed: int = 0  # the CLI's train/validation split; recorded with the run
@@ -260,6 +263,9 @@ def train_classifier(
         pct_start=0.1,
     )
 
+    if not 0.0 <= config.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), not {config.ema}")
+    averaged = WeightAverage(model, config.ema) if config.ema else None
     checkpoint = out_dir / "classifier.pt"
     history: list[dict] = []
     best_auc, best_epoch, stale = -1.0, -1, 0
@@ -277,8 +283,11 @@ def train_classifier(
             loss.backward()
             optimiser.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update(model)
             losses.append(loss.item())
-        val_logits, val_labels = predict_logits(model, val_loader, device)
+        scored = model if averaged is None else averaged.model
+        val_logits, val_labels = predict_logits(scored, val_loader, device)
         val_auc = roc_auc(val_labels, val_logits) if len(set(val_labels)) == 2 else float("nan")
         val_loss = float(
             nn.functional.binary_cross_entropy_with_logits(
@@ -293,7 +302,7 @@ def train_classifier(
         improved = not np.isnan(val_auc) and val_auc > best_auc
         if improved or best_epoch < 0:
             best_auc, best_epoch, stale = (val_auc if improved else best_auc), epoch + 1, 0
-            save_checkpoint(model, spec, config, checkpoint, best_epoch, val_auc)
+            save_checkpoint(scored, spec, config, checkpoint, best_epoch, val_auc)
         else:
             stale += 1
         (out_dir / "history.json").write_text(json.dumps(history, indent=2))
@@ -306,6 +315,27 @@ def train_classifier(
             break
     return TrainResult(checkpoint, best_epoch, best_auc, history,
                        (time.monotonic() - start) / 60, device.type)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (batch-norm statistics included)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+
+        self.model = copy.deepcopy(model).eval()
+        self.decay = decay
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for avg, new in zip(self.model.state_dict().values(), model.state_dict().values(),
+                            strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(new, 1.0 - self.decay)
+            else:  # counters such as num_batches_tracked
+                avg.copy_(new)
 
 
 def save_checkpoint(model, spec, config, path: Path, epoch: int, val_auc: float) -> None:

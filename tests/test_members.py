@@ -62,8 +62,9 @@ def test_evaluate_compare_records_the_choice_only_when_it_is_shipped(tmp_path, c
     run = tmp_path / "runs" / "c2"
     run.mkdir(parents=True)
     (run / "classifier.pt").write_bytes(b"")
-    (run / "training.json").write_text(json.dumps({"command": "busdx train classification",
-                                                   "best_epoch": 7, "wall_minutes": 2.5}))
+    (run / "training.json").write_text(json.dumps({
+        "command": "busdx train classification", "best_epoch": 7, "wall_minutes": 2.5,
+        "history": [{"val_auc": 0.91}, {"val_auc": 0.93}, {"val_auc": 0.92}]}))
     models = tmp_path / "models"
     models.mkdir()
     card = models / "model_card.json"
@@ -86,4 +87,12 @@ def test_evaluate_compare_records_the_choice_only_when_it_is_shipped(tmp_path, c
     assert record["passes_per_image"] == {"old": 3, "new": 3}
     assert record["new_runs"]["c2"]["best_epoch"] == 7 and record["note"] == "trained on a GPU"
     assert record["command"].startswith("busdx evaluate classification --models")
+    assert record["new_runs"]["c2"]["val_auc_training"] == 0.93
     assert "<- chosen" in capsys.readouterr().out.splitlines()[0]
+
+    # a later round keeps this one on record
+    assert main([*args[:-4], "--rule", "round two"]) == 0
+    section = json.loads(card.read_text())["classifier"]
+    assert section["member_selection"]["rule"] == "round two"
+    assert [r["rule"] for r in section["member_selection_history"]] == [
+        "beat the shipped pair by 0.005"]

@@ -180,3 +180,11 @@ def test_classifier_member_selection_is_tabled_best_first():
     shipped = text.index("| a + c | 3 | 0.9549 | shipped |")
     assert shipped < text.index("| a + b (shipped before) | 3 | 0.9475 |  |")
     assert "- `c`: best epoch 11, 32.8 min; `busdx train x`" in text
+    card["classifier"]["member_selection_history"] = [{
+        "rule": "an older rule", "chosen": "a + b", "val_auc": {"a + b": 0.9475},
+        "new_runs": {"b": {"best_epoch": 9, "val_auc_training": 0.93881, "wall_minutes": 2.3,
+                           "command": "busdx train y"}}}]
+    text = render_model_card(card)
+    assert text.index("Ensemble members, chosen") < text.index(
+        "Earlier round of members, chosen on validation: an older rule.")
+    assert "- `b`: best epoch 9, validation AUC in training 0.9388, 2.3 min; `busdx train y`" in text

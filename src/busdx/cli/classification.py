@@ -536,12 +536,17 @@ def run_select_members(args: argparse.Namespace) -> int:
         flag = "  <- chosen" if name == record["chosen"] else ""
         print(f"{name:<{width}}{s.passes} passes  validation AUC {s.val_auc:.4f}{flag}")
     card_path = Path(args.models) / MODEL_CARD_FILE
-    shipped = (load_card(card_path).get("classifier") or {}).get("checkpoints") or []
+    section = load_card(card_path).get("classifier") or {}
+    shipped = section.get("checkpoints") or []
     chosen = scored[record["chosen"]]
     if sorted(shipped) != sorted(chosen.checkpoints):
         raise BusdxError(f"{card_path} ships {shipped}, not the chosen {record['chosen']!r}: ship "
                          f"it first with its own command, on {args.models}: {chosen.command}")
-    update_card(card_path, "classifier", {"member_selection": record})
+    values = {"member_selection": record}
+    if section.get("member_selection"):  # earlier rounds stay on record: what was tried, and why
+        values["member_selection_history"] = [*section.get("member_selection_history", []),
+                                              section["member_selection"]]
+    update_card(card_path, "classifier", values)
     log.info("wrote classifier.member_selection to %s", card_path)
     return 0
 

@@ -277,7 +277,8 @@ def _metric_rows(results: dict) -> list[list]:
             for name, r in results.items() if isinstance(r, dict)]
 
 
-def _member_selection_lines(selection: dict | None) -> list[str]:
+def _member_selection_lines(selection: dict | None,
+                            heading: str = "Ensemble members") -> list[str]:
     """Which networks make up the shipped ensemble: candidates scored on validation."""
     if not selection:
         return []
@@ -285,12 +286,14 @@ def _member_selection_lines(selection: dict | None) -> list[str]:
     rows = [[name, passes.get(name, "n/a"), fmt(auc, 4),
              "shipped" if name == selection.get("chosen") else ""]
             for name, auc in sorted((selection.get("val_auc") or {}).items(), key=lambda kv: -kv[1])]
-    lines = [f"Ensemble members, chosen on {selection.get('split', 'validation')}: "
+    lines = [f"{heading}, chosen on {selection.get('split', 'validation')}: "
              f"{selection.get('rule')}.", "",
              *_table(["ensemble", "passes per image", "validation AUC", ""], rows)]
     for name, run in (selection.get("new_runs") or {}).items():
-        lines.append(f"- `{name}`: best epoch {run.get('best_epoch')}, "
-                     f"{fmt(run.get('wall_minutes'), 1)} min; `{run.get('command')}`")
+        auc = run.get("val_auc_training")
+        lines.append(f"- `{name}`: best epoch {run.get('best_epoch')}"
+                     + (f", validation AUC in training {fmt(auc, 4)}" if auc is not None else "")
+                     + f", {fmt(run.get('wall_minutes'), 1)} min; `{run.get('command')}`")
     if selection.get("note"):
         lines.append(f"- {selection['note']}")
     return lines + ([""] if selection.get("new_runs") or selection.get("note") else [])
@@ -298,6 +301,8 @@ def _member_selection_lines(selection: dict | None) -> list[str]:
 
 def _classifier_choice_lines(clf: dict) -> list[str]:
     lines = _member_selection_lines(clf.get("member_selection"))
+    for earlier in reversed(clf.get("member_selection_history") or []):
+        lines += _member_selection_lines(earlier, "Earlier round of members")
     if clf.get("crop_comparison_val_auc"):
         lines += [f"Options scored on validation; rule: {clf.get('option_rule')}.", "",
                   *_table(["model", "mirror averaging", "crop context", "passes per image",

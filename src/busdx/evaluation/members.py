@@ -94,7 +94,9 @@ def run_record(checkpoint: str | Path) -> dict:
         raise BusdxError(f"{record_path} is missing: the training run writes it beside the "
                          "checkpoint")
     record = json.loads(record_path.read_text())
+    scores = [h["val_auc"] for h in record.get("history") or [] if h.get("val_auc") is not None]
     return {"checkpoint": str(path), "command": record.get("command"),
+            "val_auc_training": max(scores) if scores else None,
             "best_epoch": record.get("best_epoch"), "epochs_run": record.get("epochs_run"),
             "wall_minutes": record.get("wall_minutes"), "hardware": record.get("hardware")}
 

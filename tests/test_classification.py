@@ -582,3 +582,11 @@ def test_weight_averaged_run_validates_and_saves_the_average(fixtures_root, tmp_
     assert tc.roc_auc(labels, logits) == pytest.approx(result.best_val_auc, abs=1e-6)
     with pytest.raises(ValueError, match="ema"):
         tc.train_classifier(train, val, tc.ClassifierTrainConfig(ema=1.0), tmp_path / "bad")
+
+
+def test_a_bad_weight_average_decay_is_refused_before_any_work(tmp_path):
+    from busdx.cli.main import main
+
+    assert main(["train", "classification", "--data", str(tmp_path), "--ema", "1.5",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()

@@ -96,3 +96,4 @@ def test_evaluate_compare_records_the_choice_only_when_it_is_shipped(tmp_path, c
     assert section["member_selection"]["rule"] == "round two"
     assert [r["rule"] for r in section["member_selection_history"]] == [
         "beat the shipped pair by 0.005"]
+

@@ -162,6 +162,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.calibrate_only:
         return run_calibrate(args)
+    if not 0.0 <= args.ema < 1.0:
+        raise BusdxError(f"--ema is a per-step decay in [0, 1), not {args.ema}")
     start = time.monotonic()
     torch.set_num_threads(args.threads)
     config = tc.ClassifierTrainConfig(

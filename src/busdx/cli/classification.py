@@ -162,18 +162,19 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.calibrate_only:
         return run_calibrate(args)
-    if not 0.0 <= args.ema < 1.0:
-        raise BusdxError(f"--ema is a per-step decay in [0, 1), not {args.ema}")
     start = time.monotonic()
     torch.set_num_threads(args.threads)
-    config = tc.ClassifierTrainConfig(
-        arch=args.arch, weights=args.weights, input=args.input, context=args.context,
-        jitter=args.jitter, imbalance=args.imbalance, epochs=args.epochs,
-        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
-        backbone_lr=args.backbone_lr, patience=args.patience, ema=args.ema, threads=args.threads,
-        device=args.device, workers=args.workers,
-        seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
-    )
+    try:  # built before any data is read, so a bad value costs nothing
+        config = tc.ClassifierTrainConfig(
+            arch=args.arch, weights=args.weights, input=args.input, context=args.context,
+            jitter=args.jitter, imbalance=args.imbalance, epochs=args.epochs,
+            max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
+            backbone_lr=args.backbone_lr, patience=args.patience, ema=args.ema,
+            threads=args.threads, device=args.device, workers=args.workers,
+            seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
+        )
+    except ValueError as err:
+        raise BusdxError(str(err)) from err
     index = load_index(args.data)
     split = make_split(index, SplitConfig(test_fold=args.test_fold, seed=args.split_seed))
     train = tc.load_samples(split.train, args.cache)
@@ -524,7 +525,7 @@ def run_select_members(args: argparse.Namespace) -> int:
     ``--calibrate-only`` command, run on the models folder."""
     from busdx.cli import name_value_pairs
     from busdx.evaluation.members import ScoredEnsemble, member_selection
-    from busdx.evaluation.model_card import load_card, update_card
+    from busdx.evaluation.model_card import load_card, record_round
     from busdx.models.contract import MODEL_CARD_FILE
 
     if not args.baseline or not args.rule:
@@ -538,17 +539,12 @@ def run_select_members(args: argparse.Namespace) -> int:
         flag = "  <- chosen" if name == record["chosen"] else ""
         print(f"{name:<{width}}{s.passes} passes  validation AUC {s.val_auc:.4f}{flag}")
     card_path = Path(args.models) / MODEL_CARD_FILE
-    section = load_card(card_path).get("classifier") or {}
-    shipped = section.get("checkpoints") or []
+    shipped = (load_card(card_path).get("classifier") or {}).get("checkpoints") or []
     chosen = scored[record["chosen"]]
     if sorted(shipped) != sorted(chosen.checkpoints):
         raise BusdxError(f"{card_path} ships {shipped}, not the chosen {record['chosen']!r}: ship "
                          f"it first with its own command, on {args.models}: {chosen.command}")
-    values = {"member_selection": record}
-    if section.get("member_selection"):  # earlier rounds stay on record: what was tried, and why
-        values["member_selection_history"] = [*section.get("member_selection_history", []),
-                                              section["member_selection"]]
-    update_card(card_path, "classifier", values)
+    record_round(card_path, "classifier", "member_selection", record)
     log.info("wrote classifier.member_selection to %s", card_path)
     return 0
 

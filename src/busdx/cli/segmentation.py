@@ -163,7 +163,7 @@ def _register_evaluate(group) -> None:
 def _select(args) -> int:
     from pathlib import Path
 
-    from busdx.evaluation.model_card import load_card, update_card
+    from busdx.evaluation.model_card import record_round
     from busdx.evaluation.segmentation import card_threshold, select_segmenter
 
     candidates = {n: Path(p) for n, p in name_value_pairs(args.compare, "--compare").items()}
@@ -173,12 +173,7 @@ def _select(args) -> int:
                                  args.threads, threshold=card_threshold(args.card or None))
     selection["command"] = args.invocation
     if args.card:
-        values = {"selection": selection}
-        section = load_card(args.card).get("segmenter", {}) if Path(args.card).is_file() else {}
-        if section.get("selection"):  # earlier rounds stay on record: what was tried, and why
-            values["selection_history"] = [*section.get("selection_history", []),
-                                           section["selection"]]
-        update_card(args.card, "segmenter", values)
+        record_round(args.card, "segmenter", "selection", selection)
     width = max(map(len, selection["val_dice_original_resolution"])) + 2
     for name, value in selection["val_dice_original_resolution"].items():
         flag = " (not eligible)" if name in selection["not_eligible"] else ""

@@ -25,6 +25,17 @@ def update_card(path: str | Path, section: str, values: dict[str, Any]) -> dict[
     return card
 
 
+def record_round(path: str | Path, section: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``record`` as ``card[section][key]``; the record it replaces moves to the end of
+    ``card[section][key + "_history"]``, so earlier rounds stay on record: what was tried, and
+    why."""
+    previous = load_card(path).get(section, {})
+    values = {key: record}
+    if previous.get(key):
+        values[f"{key}_history"] = [*previous.get(f"{key}_history", []), previous[key]]
+    return update_card(path, section, values)
+
+
 def drop_keys(path: str | Path, section: str, keys: list[str]) -> list[str]:
     """Remove ``keys`` from ``card[section]``; returns those that were there."""
     path = Path(path)

@@ -66,6 +66,10 @@ class ClassifierTrainConfig:
     workers: int = 0  # processes that prepare batches ahead of the model (same batches for any)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema is a per-step decay in [0, 1), not {self.ema}")
+
     @property
     def crop(self) -> CropConfig:
         return CropConfig(size=self.size, context=self.context)
@@ -263,8 +267,6 @@ def train_classifier(
         pct_start=0.1,
     )
 
-    if not 0.0 <= config.ema < 1.0:
-        raise ValueError(f"ema must be in [0, 1), not {config.ema}")
     averaged = WeightAverage(model, config.ema) if config.ema else None
     checkpoint = out_dir / "classifier.pt"
     history: list[dict] = []

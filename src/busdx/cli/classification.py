@@ -130,6 +130,27 @@ def register(subparsers, groups) -> None:
                           help="with --compare: a note for the card (where the runs trained, say)")
     evaluate.set_defaults(func=run_evaluate)
 
+    soup = groups["train"].add_parser(
+        "soup", help="average the weights of classifiers trained alike (a model soup)",
+        description="Average classifier checkpoints fine-tuned from the same pretrained weights "
+        "with the same recipe and split (seeds differ) into one network of one network's cost. "
+        "Batch norms are folded first. The soup is scored on VALIDATION (ground-truth crops, as "
+        "training scores); ship it with `busdx train classification --calibrate-only "
+        "--checkpoint OUT/classifier.pt ...` like any run.")
+    soup.add_argument("--checkpoint", nargs="+", required=True,
+                      help="the ingredients; for --method greedy, best validation AUC first")
+    soup.add_argument("--method", choices=("uniform", "greedy"), default="uniform",
+                      help="uniform: the mean of all; greedy: each kept only if the soup's "
+                      "validation AUC does not drop")
+    soup.add_argument("--out", required=True, help="folder for classifier.pt and training.json")
+    soup.add_argument("--data", help="BUS-BRA root (default: $BUSDX_DATA)")
+    soup.add_argument("--test-fold", type=int, default=5)
+    soup.add_argument("--split-seed", type=int, default=None,
+                      help="default: the one the ingredients were trained with")
+    soup.add_argument("--cache", default="cache/classification")
+    soup.add_argument("--threads", type=int, default=1)
+    soup.set_defaults(func=run_soup)
+
     export = groups["export"].add_parser("classification", help="checkpoint -> classifier.onnx")
     export.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/classifier.pt")
     export.add_argument("--output", default=f"{DEFAULT_MODELS}/classifier.onnx")
@@ -240,6 +261,36 @@ def run_train(args: argparse.Namespace) -> int:
         section["comparisons"] = comparisons
     update_card(models / MODEL_CARD_FILE, "classifier", section)
     log.info("exported %s and updated %s", models / CLASSIFIER_FILE, models / MODEL_CARD_FILE)
+    return 0
+
+
+def run_soup(args: argparse.Namespace) -> int:
+    import torch
+
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.training import classification as tc
+    from busdx.training.soup import make_soup
+
+    torch.set_num_threads(args.threads)
+    missing = [c for c in args.checkpoint if not Path(c).is_file()]
+    if missing:
+        raise BusdxError(f"no checkpoint at {', '.join(missing)}")
+    first = torch.load(args.checkpoint[0], map_location="cpu", weights_only=False)
+    known = tc.ClassifierTrainConfig.__dataclass_fields__
+    config = tc.ClassifierTrainConfig(**{k: v for k, v in first["config"].items()
+                                         if k in known and k != "augment"})
+    split_seed = config.split_seed if args.split_seed is None else args.split_seed
+    split = make_split(load_index(args.data),
+                       SplitConfig(test_fold=args.test_fold, seed=split_seed))
+    val = tc.load_samples(split.val, args.cache)
+    log.info("scoring on %d validation images (split seed %d; test fold %d untouched)",
+             len(val), split_seed, args.test_fold)
+    result = make_soup(args.checkpoint, args.method, args.out,
+                       lambda model: tc.validation_auc(model, val, config),
+                       command=args.invocation)
+    print(f"{result.method} soup of {sum(i.kept for i in result.ingredients)} of "
+          f"{len(result.ingredients)}: validation AUC {result.val_auc:.4f} -> {result.checkpoint}")
     return 0
 
 

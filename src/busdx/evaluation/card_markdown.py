@@ -394,15 +394,38 @@ def _classifier_lines(clf: dict) -> list[str]:
     members = []
     for member in clf.get("members") or []:
         train = member.get("training") or {}
+        epoch = ("weight average" if member.get("epoch") is None and train.get("soup")
+                 else f"epoch {member.get('epoch')}")
         members.append(f"- member `{member.get('checkpoint')}` ({member.get('arch')}, input "
-                       f"{member.get('config', {}).get('input', 'crop')}, epoch "
-                       f"{member.get('epoch')}, validation AUC in training "
+                       f"{member.get('config', {}).get('input', 'crop')}, {epoch}, "
+                       f"validation AUC in training "
                        f"{fmt(member.get('val_auc_training'))})"
                        + (f": `{train['command']}`, {train.get('wall_minutes')} min on "
                           f"{hardware_text(train.get('hardware'))}" + _run_note(train)
                           if train.get("command") else ""))
+        members += _soup_lines(train.get("soup"))
     if members:
         lines += ["Training runs:", "", *members, ""]
+    return lines
+
+
+def _soup_lines(soup: dict | None) -> list[str]:
+    """A weight-averaged member's ingredients, each with the run that trained it."""
+    if not soup:
+        return []
+    kept = sum(bool(i.get("kept")) for i in soup.get("ingredients", []))
+    lines = [f"  - a {soup.get('method')} weight average (model soup) of {kept} "
+             f"network{'s' if kept != 1 else ''}, batch norms folded first; validation AUC "
+             f"{fmt(soup.get('val_auc'), 4)} "
+             f"({soup.get('validation_crops', 'ground-truth crops')}):"]
+    for ing in soup.get("ingredients", []):
+        run = ing.get("training") or {}
+        tried = (f", soup with it {fmt(ing['soup_val_auc'], 4)}"
+                 if ing.get("soup_val_auc") is not None else "")
+        lines.append(f"    - {'kept' if ing.get('kept') else 'left out'}: "
+                     f"`{ing.get('checkpoint')}` (validation AUC in training "
+                     f"{fmt(ing.get('val_auc_training'), 4)}{tried})"
+                     + (f": `{run['command']}`" if run.get("command") else ""))
     return lines
 
 

@@ -281,6 +281,34 @@ class ClassifierEnsemble(_PooledLinear):
         return torch.cat(maps, dim=1)
 
 
+def conv_bn_pairs(backbone: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """Each convolution of an EfficientNet-Lite backbone with the batch norm that follows it
+    (in timm's module order every convolution is directly followed by its batch norm)."""
+    modules = [m for m in backbone.modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d)]
+    pairs = list(zip(modules[::2], modules[1::2], strict=False))
+    if len(modules) % 2 or any(not isinstance(c, nn.Conv2d) or not isinstance(b, nn.BatchNorm2d)
+                               for c, b in pairs):
+        raise BusdxError("the backbone's convolutions and batch norms do not alternate")
+    return pairs
+
+
+@torch.no_grad()
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """Fold each batch norm of ``model``'s backbone into its convolution, in place, the way the
+    exporter does: the convolution takes the scale, the batch norm keeps only the shifted bias
+    (mean 0, variance 1 - eps, scale 1). The network computes the same in eval mode, and every
+    classifier folded this way -- a rebuilt one (``export classification --recover``) included
+    -- holds its weights in the same form, so weights of different runs can be averaged."""
+    for conv, bn in conv_bn_pairs(model.backbone):
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+        bn.bias.sub_(bn.running_mean * scale)
+        bn.weight.fill_(1.0)
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+    return model
+
+
 def build_classifier(spec: ClassifierSpec, pretrained: bool = True) -> nn.Module:
     """The model for ``spec``; ``pretrained=False`` skips loading weights (a checkpoint follows)."""
     if spec.arch in LITE_ARCHS:

@@ -144,7 +144,12 @@ def recover_classifier(graph_path, section: dict) -> tuple[Any, dict]:
     import numpy as np
     import torch
 
-    from busdx.models.classification import ClassifierSpec, build_classifier, export_module
+    from busdx.models.classification import (
+        ClassifierSpec,
+        build_classifier,
+        conv_bn_pairs,
+        export_module,
+    )
     from busdx.models.contract import input_views
     from busdx.models.storage import stored_weights
 
@@ -161,11 +166,8 @@ def recover_classifier(graph_path, section: dict) -> tuple[Any, dict]:
     proto = onnx.load(str(graph_path))
     weights = stored_weights(proto)  # float16-stored graphs too
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    modules = [m for m in model.backbone.modules()
-               if isinstance(m, torch.nn.Conv2d | torch.nn.BatchNorm2d)]
-    pairs = list(zip(modules[::2], modules[1::2], strict=True))
-    if len(pairs) != len(convs) or any(not isinstance(c, torch.nn.Conv2d)
-                                       or not isinstance(b, torch.nn.BatchNorm2d) for c, b in pairs):
+    pairs = conv_bn_pairs(model.backbone)
+    if len(pairs) != len(convs):
         raise BusdxError(f"{graph_path} does not match a {arch} classifier's layers")
     with torch.no_grad():
         for (conv, bn), node in zip(pairs, convs, strict=True):

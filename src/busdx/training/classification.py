@@ -470,6 +470,16 @@ class Calibration:
     n_val: int
 
 
+def validation_auc(model: nn.Module, val: Sequence[Sample], config: ClassifierTrainConfig,
+                   batch_size: int = 48) -> float:
+    """ROC AUC on the validation crops as training scores each epoch (ground-truth masks, no
+    jitter)."""
+    loader = torch.utils.data.DataLoader(CropDataset(val, config, train=False),
+                                         batch_size=batch_size)
+    logits, labels = predict_logits(model, loader)
+    return roc_auc(labels, logits)
+
+
 def calibrate_on_validation(
     model: nn.Module, val: Sequence[Sample], config: ClassifierTrainConfig,
     target_sensitivity: float = 0.90,

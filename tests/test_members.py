@@ -97,3 +97,25 @@ def test_evaluate_compare_records_the_choice_only_when_it_is_shipped(tmp_path, c
     assert [r["rule"] for r in section["member_selection_history"]] == [
         "beat the shipped pair by 0.005"]
 
+
+
+def test_a_weight_averaged_run_is_recorded_by_its_ingredients(tmp_path):
+    from busdx.evaluation.card_markdown import render_model_card
+    from busdx.evaluation.members import run_record
+
+    run = tmp_path / "soup"
+    run.mkdir()
+    (run / "training.json").write_text(json.dumps({
+        "command": "busdx train soup --method greedy", "wall_minutes": 0.4,
+        "soup": {"method": "greedy", "val_auc": 0.9451, "ingredients": [
+            {"checkpoint": "runs/a.pt", "kept": True}, {"checkpoint": "runs/b.pt", "kept": True},
+            {"checkpoint": "runs/c.pt", "kept": False}]}}))
+    record = run_record(run / "classifier.pt")
+    assert record["val_auc_training"] == 0.9451
+    assert record["soup"] == {"method": "greedy", "kept": ["runs/a.pt", "runs/b.pt"],
+                              "left_out": ["runs/c.pt"]}
+    selection = {"rule": "r", "val_auc": {"old": 0.95}, "chosen": "old",
+                 "new_runs": {"soup": record}}
+    text = render_model_card({"classifier": {"member_selection": selection}})
+    assert ("- `soup`: greedy weight average of 2 of 3 networks, validation AUC in training "
+            "0.9451, 0.4 min; `busdx train soup --method greedy`") in text

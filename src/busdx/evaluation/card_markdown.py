@@ -291,7 +291,11 @@ def _member_selection_lines(selection: dict | None,
              *_table(["ensemble", "passes per image", "validation AUC", ""], rows)]
     for name, run in (selection.get("new_runs") or {}).items():
         auc = run.get("val_auc_training")
-        lines.append(f"- `{name}`: best epoch {run.get('best_epoch')}"
+        soup = run.get("soup")
+        made = (f"{soup.get('method')} weight average of {len(soup.get('kept') or [])} of "
+                f"{len(soup.get('kept') or []) + len(soup.get('left_out') or [])} networks"
+                if soup else f"best epoch {run.get('best_epoch')}")
+        lines.append(f"- `{name}`: {made}"
                      + (f", validation AUC in training {fmt(auc, 4)}" if auc is not None else "")
                      + f", {fmt(run.get('wall_minutes'), 1)} min; `{run.get('command')}`")
     if selection.get("note"):

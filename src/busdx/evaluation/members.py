@@ -95,10 +95,18 @@ def run_record(checkpoint: str | Path) -> dict:
                          "checkpoint")
     record = json.loads(record_path.read_text())
     scores = [h["val_auc"] for h in record.get("history") or [] if h.get("val_auc") is not None]
-    return {"checkpoint": str(path), "command": record.get("command"),
-            "val_auc_training": max(scores) if scores else None,
-            "best_epoch": record.get("best_epoch"), "epochs_run": record.get("epochs_run"),
-            "wall_minutes": record.get("wall_minutes"), "hardware": record.get("hardware")}
+    out = {"checkpoint": str(path), "command": record.get("command"),
+           "val_auc_training": max(scores) if scores else None,
+           "best_epoch": record.get("best_epoch"), "epochs_run": record.get("epochs_run"),
+           "wall_minutes": record.get("wall_minutes"), "hardware": record.get("hardware")}
+    soup = record.get("soup")
+    if soup:  # a weight average (busdx train soup): no epochs, its ingredients instead
+        ingredients = soup.get("ingredients") or []
+        out["val_auc_training"] = soup.get("val_auc")
+        out["soup"] = {"method": soup.get("method"),
+                       "kept": [i["checkpoint"] for i in ingredients if i.get("kept")],
+                       "left_out": [i["checkpoint"] for i in ingredients if not i.get("kept")]}
+    return out
 
 
 def member_selection(

@@ -590,3 +590,27 @@ def test_a_bad_weight_average_decay_is_refused_before_any_work(tmp_path):
     assert main(["train", "classification", "--data", str(tmp_path), "--ema", "1.5",
                  "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cross_validation_run_records_its_fold_and_is_calibrated_only_on_it(fixtures_root,
+                                                                               tmp_path):
+    """`--val-fold K` validates on the whole official fold K; --calibrate-only refuses to fit an
+    operating point on another split than the network's own validation set."""
+    from busdx.cli.main import main
+
+    run = tmp_path / "run"
+    common = ["--data", str(fixtures_root), "--cache", str(tmp_path / "cache")]
+    assert main(["train", "classification", *common, "--out", str(run), "--epochs", "1",
+                 "--max-batches", "1", "--batch-size", "4", "--val-fold", "2",
+                 "--no-export"]) == 0
+    record = json.loads((run / "training.json").read_text())
+    assert record["config"]["val_fold"] == 2 and record["n_val"] == 4
+    models = tmp_path / "models"
+    models.mkdir()
+    for other in (["--val-fold", "3"], []):
+        assert main(["train", "classification", "--calibrate-only", *common, "--models",
+                     str(models), "--checkpoint", str(run / "classifier.pt"), *other]) == 2
+    assert not (models / "classifier.onnx").exists()
+    assert main(["train", "classification", *common, "--out", str(tmp_path / "bad"),
+                 "--val-fold", "5"]) == 2
+    assert not (tmp_path / "bad").exists()

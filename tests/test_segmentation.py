@@ -369,3 +369,10 @@ def test_training_at_another_size_exports_and_evaluates_at_it(fixtures_root, tmp
     assert main(["evaluate", "segmentation", "--data", str(fixtures_root), "--card", str(card),
                  "--model", str(graph), "--split", "val"]) == 0
     assert load_card(card)["segmenter"]["validation"]["images"] > 0
+
+
+def test_segmenter_cross_validation_validates_on_a_whole_fold(fixtures_root):
+    from busdx.training.segmentation import SegTrainConfig, _split_records
+
+    train, val = _split_records(SegTrainConfig(data=str(fixtures_root), val_fold=2))
+    assert {r.fold for r in val} == {2} and {r.fold for r in train} == {1, 3, 4}

@@ -117,6 +117,10 @@ def test_unlike_networks_are_refused(tmp_path):
         make_soup([crop, two_view], "uniform", tmp_path / "soup", lambda m: 0.5)
     with pytest.raises(BusdxError, match="context"):
         make_soup([crop, other_context], "uniform", tmp_path / "soup", lambda m: 0.5)
+    # validated elsewhere: the soup's validation score would include training images
+    other_split = _save(_trained_like(4), tmp_path / "d" / "classifier.pt", val_fold=2)
+    with pytest.raises(BusdxError, match="val_fold"):
+        make_soup([crop, other_split], "uniform", tmp_path / "soup", lambda m: 0.5)
     with pytest.raises(BusdxError, match="twice"):
         make_soup([crop, crop], "uniform", tmp_path / "soup", lambda m: 0.5)
     with pytest.raises(BusdxError, match="unknown soup"):

@@ -64,3 +64,19 @@ def test_full_dataset_splits_are_patient_wise_and_stratified(busbra_root):
     for part in (split.train, split.val):
         share = sum(r.label for r in part) / len(part)
         assert 0.29 < share < 0.36
+
+
+def test_a_validation_fold_covers_the_training_folds_once(fixtures_root):
+    index = load_index(fixtures_root)
+    folds = sorted({r.fold for r in index} - {5})
+    seen = []
+    for k in folds:
+        split = make_split(index, SplitConfig(test_fold=5, val_fold=k))
+        assert {r.fold for r in split.val} == {k} and k not in {r.fold for r in split.train}
+        assert overlapping_patients(split) == set() and {r.fold for r in split.test} == {5}
+        seen += [r.id for r in split.val]
+    # cross-validation: every image outside the test fold validates exactly once
+    assert sorted(seen) == sorted(r.id for r in index if r.fold != 5)
+    for bad in (5, 0, 6):
+        with pytest.raises(ValueError, match="validation fold"):
+            make_split(index, SplitConfig(test_fold=5, val_fold=bad))

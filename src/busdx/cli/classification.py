@@ -97,6 +97,10 @@ def register(subparsers, groups) -> None:
                        help="train/validation split by patient: keep it fixed so that runs of "
                        "different --seed share validation patients (and can be ensembled and "
                        "calibrated on them)")
+    train.add_argument("--val-fold", type=int, default=None, metavar="K",
+                       help="validate on the whole official fold K instead (one of the folds "
+                       "besides --test-fold): K = 1..4 with test fold 5 is a 4-fold "
+                       "cross-validation of the training folds")
     train.set_defaults(func=run_train)
 
     evaluate = groups["evaluate"].add_parser(
@@ -147,6 +151,8 @@ def register(subparsers, groups) -> None:
     soup.add_argument("--test-fold", type=int, default=5)
     soup.add_argument("--split-seed", type=int, default=None,
                       help="default: the one the ingredients were trained with")
+    soup.add_argument("--val-fold", type=int, default=None,
+                      help="default: the one the ingredients were trained with")
     soup.add_argument("--cache", default="cache/classification")
     soup.add_argument("--threads", type=int, default=1)
     soup.set_defaults(func=run_soup)
@@ -193,11 +199,13 @@ def run_train(args: argparse.Namespace) -> int:
             backbone_lr=args.backbone_lr, patience=args.patience, ema=args.ema,
             threads=args.threads, device=args.device, workers=args.workers,
             seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
+            val_fold=args.val_fold,
         )
     except ValueError as err:
         raise BusdxError(str(err)) from err
     index = load_index(args.data)
-    split = make_split(index, SplitConfig(test_fold=args.test_fold, seed=args.split_seed))
+    split = make_split(index, SplitConfig(test_fold=args.test_fold, seed=args.split_seed,
+                                          val_fold=args.val_fold))
     train = tc.load_samples(split.train, args.cache)
     val = tc.load_samples(split.val, args.cache)
     log.info("train %d, val %d (test fold %d untouched)", len(train), len(val), args.test_fold)
@@ -281,11 +289,12 @@ def run_soup(args: argparse.Namespace) -> int:
     config = tc.ClassifierTrainConfig(**{k: v for k, v in first["config"].items()
                                          if k in known and k != "augment"})
     split_seed = config.split_seed if args.split_seed is None else args.split_seed
-    split = make_split(load_index(args.data),
-                       SplitConfig(test_fold=args.test_fold, seed=split_seed))
+    val_fold = config.val_fold if args.val_fold is None else args.val_fold
+    split = make_split(load_index(args.data), SplitConfig(test_fold=args.test_fold,
+                                                          seed=split_seed, val_fold=val_fold))
     val = tc.load_samples(split.val, args.cache)
-    log.info("scoring on %d validation images (split seed %d; test fold %d untouched)",
-             len(val), split_seed, args.test_fold)
+    log.info("scoring on %d validation images (%s; test fold %d untouched)", len(val),
+             f"fold {val_fold}" if val_fold else f"split seed {split_seed}", args.test_fold)
     result = make_soup(args.checkpoint, args.method, args.out,
                        lambda model: tc.validation_auc(model, val, config),
                        command=args.invocation)
@@ -322,9 +331,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     models = Path(args.models)
     card_path = models / MODEL_CARD_FILE
-    split = make_split(load_index(args.data),
-                       SplitConfig(test_fold=args.test_fold, seed=args.split_seed))
+    split = make_split(load_index(args.data), SplitConfig(
+        test_fold=args.test_fold, seed=args.split_seed, val_fold=args.val_fold))
     loaded = {Path(c).parent.name or str(c): (Path(c), *load_checkpoint(c)) for c in args.checkpoint}
+    for name, (_, _, ckpt) in loaded.items():
+        # calibrating on images a network trained on would flatter it
+        trained = (ckpt["config"].get("split_seed", 0), ckpt["config"].get("val_fold"))
+        if trained != (args.split_seed, args.val_fold):
+            raise BusdxError(f"{name} was validated on {_split_text(*trained)}, not on "
+                             f"{_split_text(args.split_seed, args.val_fold)}: pass the same "
+                             "--split-seed / --val-fold")
     sizes = {int(ckpt["config"]["size"]) for _, _, ckpt in loaded.values()}
     if len(sizes) != 1:
         raise BusdxError(f"the checkpoints were trained at different sizes: {sorted(sizes)}")
@@ -468,6 +484,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     log.info("operating point (%s masks, tta %s): %s", args.masks, tta,
              json.dumps({k: v for k, v in values.items() if k != "calibration_training"}))
     return 0
+
+
+def _split_text(split_seed: int, val_fold: int | None) -> str:
+    return (f"official fold {val_fold}" if val_fold is not None
+            else f"the patient-wise share drawn with split seed {split_seed}")
 
 
 def _tta_options(choice: str, kind: str, ensemble: bool = False) -> tuple[str, ...]:

@@ -38,6 +38,9 @@ def _register_train(group) -> None:
     p.add_argument("--seed", type=int, default=0, help="initialisation, batch order, augmentation")
     p.add_argument("--split-seed", type=int, default=0,
                    help="train/validation split by patient (keep it fixed to compare runs)")
+    p.add_argument("--val-fold", type=int, default=None, metavar="K",
+                   help="validate on the whole official fold K instead (not the test fold): "
+                   "cross-validation of the training folds")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--architecture", choices=("lite_unet", "plain_unet"), default="lite_unet",
                    help="pretrained EfficientNet-Lite U-Net, or the recipe's plain U-Net")
@@ -61,7 +64,7 @@ def _train(args) -> int:
 
     config = SegTrainConfig(
         data=args.data, out=args.out, test_fold=args.test_fold, seed=args.seed,
-        split_seed=args.split_seed,
+        split_seed=args.split_seed, val_fold=args.val_fold,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
         patience=args.patience, max_minutes=args.max_minutes, threads=args.threads,
         workers=args.workers, size=args.size,

@@ -4,6 +4,10 @@ The test set is one official fold of ``5-fold-cv.csv``. Training and validation 
 other folds, rebuilt by patient: the official ``valid_k`` columns split per image, which puts the
 two views of one patient on both sides. Without a fold file, folds are drawn here, grouped by
 patient and stratified by pathology, with a fixed seed.
+
+For cross-validation inside the training folds, ``val_fold`` makes a whole other fold the
+validation set (the rest train): with test fold 5, ``val_fold`` 1 to 4 give four models whose
+validation sets cover every training image once, patient-wise.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from busdx.data.index import DatasetIndex, Record
+from busdx.errors import SplitError
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class SplitConfig:
     val_fraction: float = 0.15
     seed: int = 0
     n_folds: int = 5
+    val_fold: int | None = None  # a whole fold as validation instead of val_fraction
 
 
 @dataclass
@@ -99,10 +105,17 @@ def make_split(index: DatasetIndex, config: SplitConfig | None = None) -> Split:
         folds = {r.id: by_patient[r.patient] for r in records}
         n_folds, source = config.n_folds, "generated"
     if not 1 <= config.test_fold <= n_folds:
-        raise ValueError(f"test fold must be in 1..{n_folds}, got {config.test_fold}")
+        raise SplitError(f"test fold must be in 1..{n_folds}, got {config.test_fold}")
     test = [r for r in records if folds[r.id] == config.test_fold]
     rest = [r for r in records if folds[r.id] is not None and folds[r.id] != config.test_fold]
-    train, val = split_train_val(rest, config.val_fraction, config.seed)
+    if config.val_fold is None:
+        train, val = split_train_val(rest, config.val_fraction, config.seed)
+    else:
+        if config.val_fold == config.test_fold or not 1 <= config.val_fold <= n_folds:
+            raise SplitError(f"validation fold must be in 1..{n_folds} and not the test fold "
+                             f"{config.test_fold}, got {config.val_fold}")
+        train = [r for r in rest if folds[r.id] != config.val_fold]
+        val = [r for r in rest if folds[r.id] == config.val_fold]
     return Split(train=train, val=val, test=test, test_fold=config.test_fold, source=source)
 
 

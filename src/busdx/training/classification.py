@@ -61,6 +61,7 @@ class ClassifierTrainConfig:
     threads: int = 1
     seed: int = 0
     split_seed: int = 0  # the CLI's train/validation split; recorded with the run
+    val_fold: int | None = None  # a whole official fold as validation (cross-validation)
     max_batches: int | None = None  # per epoch; for smoke tests
     device: str = "auto"  # CUDA when there is one
     workers: int = 0  # processes that prepare batches ahead of the model (same batches for any)

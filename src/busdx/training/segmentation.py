@@ -51,6 +51,7 @@ class SegTrainConfig:
     val_fraction: float = 0.15
     seed: int = 0
     split_seed: int = 0  # separate from ``seed`` so runs differing in seed share a validation set
+    val_fold: int | None = None  # a whole official fold as validation (cross-validation)
     epochs: int = 14
     batch_size: int = 8
     lr: float = 1e-3
@@ -187,7 +188,7 @@ def _split_records(config: SegTrainConfig) -> tuple[list[Record], list[Record]]:
     index = load_index(resolve_root(config.data))
     split = make_split(
         index, SplitConfig(test_fold=config.test_fold, val_fraction=config.val_fraction,
-                           seed=config.split_seed)
+                           seed=config.split_seed, val_fold=config.val_fold)
     )
     train, val = split.train, split.val
     if config.limit_train:
@@ -578,6 +579,8 @@ def _member(checkpoint: Path, meta: dict) -> dict:
             "batch_size": train_config.get("batch_size"),
             "seed": train_config.get("seed"),
             "test_fold": train_config.get("test_fold"),
-            "validation": f"patient-wise {train_config.get('val_fraction')} of the other folds",
+            "validation": (f"official fold {train_config['val_fold']}"
+                           if train_config.get("val_fold") else
+                           f"patient-wise {train_config.get('val_fraction')} of the other folds"),
         },
     }

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 METHODS = ("uniform", "greedy")
 # what must agree for weights of different runs to be averaged, and for the soup to be fed as
 # each ingredient was
-SAME_CONFIG = ("arch", "input", "size", "context")
+SAME_CONFIG = ("arch", "input", "size", "context", "split_seed", "val_fold")
 
 
 @dataclass(frozen=True)

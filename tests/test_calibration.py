@@ -64,10 +64,24 @@ def test_threshold_keeps_sensitivity(probs, seed, target):
     t = sensitivity_threshold(probs, y, target)
     sens = (probs[y == 1] >= t).mean()
     assert sens >= target - 1e-12
-    # the most specific such threshold: any higher one among the malignant scores loses it
-    higher = probs[(y == 1) & (probs > t)]
-    if len(higher):
-        assert (probs[y == 1] >= higher.min()).mean() < target
+    # the most specific such counts: a threshold above the nearest case over it loses them
+    above = probs[probs >= t]
+    assert (probs[y == 1] > above.min()).mean() < target
+    # no case sits on it (unless nothing lies below), and nothing lies between it and the
+    # nearest case on either side that would change a count
+    if (probs < t).any():
+        assert not np.any(probs == t)
+        gap_low, gap_high = probs[probs < t].max(), probs[probs > t].min()
+        assert t == pytest.approx((gap_low + gap_high) / 2)
+
+
+def test_threshold_sits_midway_between_the_last_cancer_kept_and_the_next_case():
+    probs = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.2])
+    y = np.array([1, 1, 0, 1, 0, 1])
+    # 3 of 4 cancers at sensitivity 0.75: the third is at 0.6, the next case below at 0.3
+    assert sensitivity_threshold(probs, y, 0.75) == pytest.approx(0.45)
+    # all four: nothing below the last cancer, the threshold is that cancer's probability
+    assert sensitivity_threshold(probs, y, 1.0) == pytest.approx(0.2)
 
 
 def test_threshold_needs_malignant_cases():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "studies" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"studies_{name}", ROOT / "studies" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[f"studies_{name}"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -45,3 +47,61 @@ def test_shape_features_study_reproduces_its_recorded_answer(busbra_root):
     for key in ("val_auc_classifier_alone", "val_auc_combined_out_of_fold", "gain"):
         assert result[key] == pytest.approx(recorded[key], abs=1e-4)
     assert result["worth_building"] == recorded["worth_building"]
+
+
+def test_robustness_conditions_change_images_as_named():
+    study = _load("robustness")
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.2, 0.8, size=(60, 80)).astype(np.float32)
+    by_kind = {c.kind: c for c in study.CONDITIONS}
+    assert np.array_equal(by_kind["none"].apply(image, rng), image)
+    assert np.array_equal(by_kind["mirror"].apply(image, rng), image[:, ::-1])
+    darker = study.gamma(image, 1.5, rng)
+    assert darker.dtype == np.float32 and np.all(darker <= image) and darker.min() >= 0
+    flat = study.contrast(image, 0.6, rng)
+    assert flat.std() == pytest.approx(0.6 * image.std(), rel=1e-4)
+    assert flat.mean() == pytest.approx(image.mean(), abs=1e-5)
+    assert study.blur(image, 3.0, rng).std() < image.std()
+    noisy = study.speckle(image, 0.3, np.random.default_rng(1))
+    assert np.array_equal(noisy, study.speckle(image, 0.3, np.random.default_rng(1)))  # seeded
+    assert study.downscale(image, 0.5, rng).shape == image.shape
+    data = study.jpeg(image, 40, rng)
+    assert data[:2] == b"\xff\xd8"  # a JPEG file, decoded by the product like an upload
+    from busdx.inference.decode import decode
+
+    decoded = decode(data).image
+    assert decoded.shape == image.shape and np.abs(decoded - image).mean() < 0.1
+    assert study.dice(np.ones((4, 4)), np.ones((4, 4))) == 1.0
+    assert study.dice(np.eye(4), np.zeros((4, 4))) == 0.0
+
+
+def test_robustness_summary_flags_drops_against_the_unperturbed_images():
+    study = _load("robustness")
+    labels = [0, 0, 1, 1]
+    good = [0.1, 0.2, 0.8, 0.9]
+
+    def rows(probs):
+        return [{"label": y, "probability": p, "malignant": p >= 0.5, "dice": 0.9}
+                for y, p in zip(labels, probs, strict=True)]
+    collected = {"threshold": 0.5, "model_version": "x",
+                 "rows": {c.name: rows(good) for c in study.CONDITIONS}}
+    collected["rows"]["blur sigma 3 px"] = rows([0.1, 0.6, 0.4, 0.9])
+    result = study.summarise(collected)
+    blurred = result["conditions"]["blur sigma 3 px"]
+    assert result["flagged"] == ["blur sigma 3 px"]
+    assert blurred["auc"] == 0.75 and blurred["sensitivity"] == 0.5
+    assert blurred["calls_flipped"] == 2
+    assert blurred["mean_abs_probability_change"] == pytest.approx(0.2)
+
+
+@pytest.mark.full_data
+@pytest.mark.slow
+def test_robustness_study_reproduces_its_recorded_answer(busbra_root):
+    study = _load("robustness")
+    recorded = json.loads((ROOT / "reports" / "studies" / "robustness.json").read_text())
+    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
+    assert result["model_version"] == recorded["model_version"]
+    for name, s in recorded["conditions"].items():
+        for key in ("auc", "sensitivity", "specificity", "mean_dice"):
+            assert result["conditions"][name][key] == pytest.approx(s[key], abs=1e-3), (name, key)
+    assert result["flagged"] == recorded["flagged"]

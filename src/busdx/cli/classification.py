@@ -258,8 +258,9 @@ def run_train(args: argparse.Namespace) -> int:
         "threshold": cal.threshold,
         "logit_offset": 0.0,  # set by --calibrate-only (Platt), which re-exports
         "tta": "none",
-        "threshold_rule": f"highest calibrated probability with validation sensitivity >= "
-                          f"{args.min_sensitivity}",
+        "threshold_rule": f"most specific threshold with validation sensitivity >= "
+                          f"{args.min_sensitivity}, midway between the last cancer kept and the next "
+                          "lower validation probability",
         "calibration": {**asdict(cal), "masks": "ground truth (no jitter)", "engine": "torch"},
         "training": training,
         "cam": "exact: cam[p] = w . f[p], mean(cam) + bias == logit (GAP + linear head)"

@@ -402,8 +402,9 @@ def fit_operating_point(logits: np.ndarray, labels: np.ndarray, target_sensitivi
         "logit_offset": b / a,
         "temperature": 1.0 / a,
         "threshold": threshold,
-        "threshold_rule": "highest calibrated probability with validation sensitivity >= "
-                          f"{target_sensitivity}",
+        "threshold_rule": "most specific threshold with validation sensitivity >= "
+                          f"{target_sensitivity}, midway between the last cancer kept and the next lower "
+                          "validation probability",
         "calibration": {
             "method": method,
             "platt_a": a, "platt_b": b,

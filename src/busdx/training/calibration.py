@@ -89,8 +89,13 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 
 
 def sensitivity_threshold(probs: np.ndarray, labels: np.ndarray, target: float = 0.90) -> float:
-    """The highest threshold t such that calling ``prob >= t`` malignant keeps the sensitivity
-    at or above ``target`` (the most specific operating point that meets it)."""
+    """The most specific threshold t such that calling ``prob >= t`` malignant keeps the
+    sensitivity at or above ``target``, placed midway in its gap.
+
+    Every t in (the next lower probability, the k-th highest malignant probability] gives the
+    same counts. The top of that gap would put one validation cancer exactly on the threshold,
+    where a difference in the last bits (another code path, another machine) flips its call; the
+    midpoint keeps the counts and leaves every validation image clear of the edge."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
     pos = np.sort(probs[labels == 1])[::-1]
@@ -98,7 +103,9 @@ def sensitivity_threshold(probs: np.ndarray, labels: np.ndarray, target: float =
         raise ValueError("no malignant cases: cannot set a sensitivity threshold")
     # With t = the k-th highest malignant probability, at least k positives are caught.
     k = int(np.ceil(target * len(pos)))
-    return float(pos[max(k, 1) - 1])
+    top = float(pos[max(k, 1) - 1])
+    below = probs[probs < top]
+    return top if len(below) == 0 else float((top + below.max()) / 2.0)
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 100,

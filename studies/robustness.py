@@ -1,0 +1,269 @@
+"""How do the bundled models hold up when images look as another scanner or export makes them?
+
+Images from other hospitals differ in gain and dynamic range (gamma, contrast, brightness),
+resolution and smoothing (blur, down-sampling), speckle, and file compression (JPEG). Each
+condition below is applied to every VALIDATION image (patient-wise, fold 5 held out), which then
+goes through the product's own analysis (``busdx.inference.analyze``: segment, crop, classify,
+calibrate, frozen threshold). Per condition the study records the AUC, sensitivity and
+specificity at the frozen threshold, the outline's Dice against the ground truth, how far the
+calibrated probability moves from the unperturbed image's, and how many calls flip.
+
+It is descriptive: no model is chosen by it, and the test fold is not read. A condition is
+flagged when the AUC drops by more than 0.02 or the sensitivity by more than 0.05 from the
+unperturbed images -- there the product should not be trusted without local validation
+(``busdx evaluate external``).
+
+    python studies/robustness.py --data ../shared/data/busbra --out reports/studies
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("robustness")
+
+AUC_DROP = 0.02
+SENSITIVITY_DROP = 0.05
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    kind: str
+    strength: float
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray | bytes:
+        """The perturbed image: float32 in [0, 1], or the bytes of a JPEG file."""
+        return PERTURB[self.kind](image, self.strength, rng)
+
+
+def _clip(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def gamma(image: np.ndarray, g: float, rng) -> np.ndarray:
+    return _clip(np.power(image, g))
+
+
+def contrast(image: np.ndarray, c: float, rng) -> np.ndarray:
+    mean = float(image.mean())
+    return _clip(mean + c * (image - mean))
+
+
+def brightness(image: np.ndarray, b: float, rng) -> np.ndarray:
+    return _clip(image + b)
+
+
+def blur(image: np.ndarray, sigma: float, rng) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return _clip(gaussian_filter(image, sigma))
+
+
+def speckle(image: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    """Multiplicative noise, the statistics of ultrasound speckle."""
+    return _clip(image * (1.0 + s * rng.standard_normal(image.shape)))
+
+
+def _pil(image: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(np.rint(_clip(image) * 255.0).astype(np.uint8))
+
+
+def downscale(image: np.ndarray, factor: float, rng) -> np.ndarray:
+    """Down-sampled by ``factor`` and back: a lower-resolution scanner or export."""
+    from PIL import Image
+
+    h, w = image.shape
+    small = _pil(image).resize((max(8, round(w * factor)), max(8, round(h * factor))),
+                               Image.Resampling.BILINEAR)
+    return np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), np.float32) / 255.0
+
+
+def jpeg(image: np.ndarray, quality: float, rng) -> bytes:
+    """The bytes of a JPEG file at ``quality``: what the user uploads."""
+    buf = io.BytesIO()
+    _pil(image).save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+def mirror(image: np.ndarray, _: float, rng) -> np.ndarray:
+    return np.ascontiguousarray(image[:, ::-1])
+
+
+def identity(image: np.ndarray, _: float, rng) -> np.ndarray:
+    return image
+
+
+PERTURB: dict[str, Callable] = {
+    "none": identity, "mirror": mirror, "gamma": gamma, "contrast": contrast,
+    "brightness": brightness, "blur": blur, "speckle": speckle, "downscale": downscale,
+    "jpeg": jpeg,
+}
+
+CONDITIONS = (
+    Condition("unperturbed", "none", 0.0),
+    Condition("left-right mirror", "mirror", 0.0),
+    Condition("gamma 0.67 (brighter mid-tones)", "gamma", 0.67),
+    Condition("gamma 1.5 (darker mid-tones)", "gamma", 1.5),
+    Condition("contrast x0.6", "contrast", 0.6),
+    Condition("contrast x1.4", "contrast", 1.4),
+    Condition("brightness -0.15", "brightness", -0.15),
+    Condition("brightness +0.15", "brightness", 0.15),
+    Condition("blur sigma 1.5 px", "blur", 1.5),
+    Condition("blur sigma 3 px", "blur", 3.0),
+    Condition("speckle 15%", "speckle", 0.15),
+    Condition("speckle 30%", "speckle", 0.30),
+    Condition("half resolution", "downscale", 0.5),
+    Condition("third resolution", "downscale", 1 / 3),
+    Condition("JPEG quality 70", "jpeg", 70),
+    Condition("JPEG quality 40", "jpeg", 40),
+)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def collect(data: str, models_dir: str | None, threads: int) -> dict:
+    """Per condition and validation image: label, calibrated probability, call, Dice."""
+    from tqdm import tqdm
+
+    from busdx.data.index import load_index, resolve_root
+    from busdx.data.preprocess import load_mask
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.inference.decode import decode
+    from busdx.inference.models import Models
+    from busdx.inference.pipeline import analyze
+
+    models = Models.load(models_dir, threads=threads)
+    records = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5)).val
+    rows: dict[str, list[dict]] = {c.name: [] for c in CONDITIONS}
+    for i, r in enumerate(tqdm(records, desc="validation images")):
+        image = decode(str(r.image_path)).image
+        truth = load_mask(r.mask_path)
+        for c in CONDITIONS:
+            rng = np.random.default_rng([SEED, i])
+            result = analyze(c.apply(image, rng), models, render_overlays=False)
+            mask = result.mask[:, ::-1] if c.kind == "mirror" else result.mask
+            rows[c.name].append({"id": r.id, "patient": r.patient, "label": r.label,
+                                 "probability": result.probability,
+                                 "malignant": result.label == "malignant",
+                                 "dice": dice(mask, truth)})
+    return {"threshold": models.settings.threshold, "model_version": models.version,
+            "rows": rows}
+
+
+def summarise(collected: dict) -> dict:
+    from busdx.evaluation.classification import roc_auc
+
+    rows = collected["rows"]
+    base = rows[CONDITIONS[0].name]
+    base_p = np.array([r["probability"] for r in base])
+    base_call = np.array([r["malignant"] for r in base])
+    out = {}
+    for c in CONDITIONS:
+        part = rows[c.name]
+        y = np.array([r["label"] for r in part])
+        p = np.array([r["probability"] for r in part])
+        call = np.array([r["malignant"] for r in part])
+        out[c.name] = {
+            "kind": c.kind, "strength": c.strength,
+            "auc": roc_auc(y, p),
+            "sensitivity": float(call[y == 1].mean()),
+            "specificity": float((~call[y == 0]).mean()),
+            "mean_dice": float(np.mean([r["dice"] for r in part])),
+            "mean_abs_probability_change": float(np.abs(p - base_p).mean()),
+            "calls_flipped": int((call != base_call).sum()),
+        }
+    ref = out[CONDITIONS[0].name]
+    for s in out.values():
+        s["flagged"] = bool(s["auc"] < ref["auc"] - AUC_DROP
+                            or s["sensitivity"] < ref["sensitivity"] - SENSITIVITY_DROP)
+    labels = np.array([r["label"] for r in base])
+    return {
+        "question": "how do AUC, the frozen operating point and the outline hold up under "
+                    "image changes that other scanners and exports make?",
+        "split": "validation (fold 5 not read)",
+        "n": len(base), "malignant": int(labels.sum()),
+        "model_version": collected["model_version"],
+        "threshold": collected["threshold"],
+        "flag_rule": f"AUC drops by more than {AUC_DROP} or sensitivity by more than "
+                     f"{SENSITIVITY_DROP} from the unperturbed images",
+        "conditions": out,
+        "flagged": [n for n, s in out.items() if s["flagged"]],
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["conditions"])
+    s = [result["conditions"][n] for n in names]
+    y = np.arange(len(names))[::-1]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.38 * len(names) + 1.6), sharey=True)
+    ref = s[0]
+    colour = ["#c0392b" if x["flagged"] else "#2c3e50" for x in s]
+    axes[0].barh(y, [x["auc"] for x in s], color=colour)
+    axes[0].axvline(ref["auc"], color="grey", lw=1, ls="--")
+    axes[0].set_xlim(0.5, 1.0)
+    axes[0].set_xlabel("ROC AUC")
+    axes[1].scatter([x["sensitivity"] for x in s], y, label="sensitivity", color="#c0392b",
+                    marker="o")
+    axes[1].scatter([x["specificity"] for x in s], y, label="specificity", color="#2980b9",
+                    marker="s")
+    axes[1].axvline(0.9, color="#c0392b", lw=0.8, ls=":")
+    axes[1].axvline(0.8, color="#2980b9", lw=0.8, ls=":")
+    axes[1].set_xlim(0.3, 1.0)
+    axes[1].set_xlabel("at the frozen threshold")
+    axes[1].legend(loc="lower left", fontsize=8)
+    axes[2].barh(y, [x["mean_dice"] for x in s], color="#16a085")
+    axes[2].set_xlim(0.0, 1.0)
+    axes[2].set_xlabel("outline: mean Dice")
+    axes[0].set_yticks(y, names)
+    fig.suptitle(f"Robustness on {result['n']} validation images ({result['malignant']} "
+                 f"malignant), models {result['model_version']}; red: flagged "
+                 f"({result['flag_rule']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="BUS-BRA root")
+    parser.add_argument("--models", default=None, help="models folder (default: the bundled)")
+    parser.add_argument("--out", default="reports/studies")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    result = summarise(collect(args.data, args.models, args.threads))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "robustness.png")
+    for name, s in result["conditions"].items():
+        log.info("%-34s AUC %.3f  sens %.3f  spec %.3f  Dice %.3f  |dp| %.3f  flips %3d%s", name,
+                 s["auc"], s["sensitivity"], s["specificity"], s["mean_dice"],
+                 s["mean_abs_probability_change"], s["calls_flipped"],
+                 "  FLAGGED" if s["flagged"] else "")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

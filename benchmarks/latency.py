@@ -265,8 +265,11 @@ def _runtime_shapes(model) -> dict[str, list[int]]:
 
 
 def onnx_macs(path: Path) -> dict[str, Any]:
-    """Multiply-accumulates per image of the ops that carry the arithmetic; elementwise ops,
-    pooling and resizes are left out (they are memory-bound and small in MACs)."""
+    """Multiply-accumulates of one call on one image (the graph's input batch of one) by the
+    ops that carry the arithmetic; elementwise ops, pooling and resizes are left out (they are
+    memory-bound and small in MACs). Inside a classifier graph one image becomes several
+    passes (views, mirrors, members' batches): the batch axis of each op's own shape counts
+    them."""
     import onnx
 
     model = onnx.load(str(path))
@@ -283,11 +286,11 @@ def onnx_macs(path: Path) -> dict[str, Any]:
             if op == "Conv":
                 out = shapes[node.output[0]]
                 w = shapes[node.input[1]]  # [Cout, Cin/groups, kh, kw]
-                add("Conv", int(np.prod(out[1:])) * int(np.prod(w[1:])))
+                add("Conv", int(np.prod(out)) * int(np.prod(w[1:])))
             elif op == "ConvTranspose":
                 inp = shapes[node.input[0]]
                 w = shapes[node.input[1]]  # [Cin, Cout/groups, kh, kw]
-                add("ConvTranspose", int(np.prod(inp[1:])) * int(np.prod(w[1:])))
+                add("ConvTranspose", int(np.prod(inp)) * int(np.prod(w[1:])))
             elif op in ("MatMul", "Gemm"):
                 a = shapes[node.input[0]]
                 out = shapes[node.output[0]]
@@ -378,7 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "segmenter": onnx_macs(models.directory / SEGMENTER_FILE),
         "classifier": onnx_macs(models.directory / CLASSIFIER_FILE),
     }
-    # per analysis: one segmenter pass, one classifier pass per crop
+    # per analysis: one segmenter call, one classifier call per crop (its passes counted inside)
     total_gflop = flops["segmenter"]["gflops"] + crops * flops["classifier"]["gflops"]
     mm = matmul_gflops(threads)
     bound_ms = total_gflop / mm["peak_gflops"] * 1000.0

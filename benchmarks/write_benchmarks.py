@@ -197,7 +197,7 @@ def flops_section(lat: dict) -> list[str]:
     rows.append([f"per analysis (segmenter + {crops} x classifier)",
                  (f["segmenter"]["macs"] + crops * f["classifier"]["macs"]) / 1e6,
                  lat["total_gflops_per_image"]])
-    lines += _table(["model", "MMACs per pass", "GFLOPs per pass"], rows)
+    lines += _table(["model", "MMACs per call", "GFLOPs per call"], rows)
     lines.append(
         f"Counted from the ONNX graphs (Conv, ConvTranspose, MatMul/Gemm, Einsum; element-wise "
         f"ops and resizes excluded). This CPU's float32 matmul: {_f(mm.get('numpy_gflops'))} "

@@ -14,6 +14,7 @@ unperturbed images -- there the product should not be trusted without local vali
 (``busdx evaluate external``).
 
     python studies/robustness.py --data ../shared/data/busbra --out reports/studies
+    python studies/robustness.py --compare BEFORE.json AFTER.json --name robustness_tta
 """
 
 from __future__ import annotations
@@ -207,6 +208,38 @@ def summarise(collected: dict) -> dict:
     }
 
 
+# the conditions a comparison of two graphs counts: not the unperturbed image (that is the
+# validation AUC, compared apart) and not the mirror (a graph that averages mirrors is
+# invariant to it by construction)
+NOT_COUNTED = ("unperturbed", "left-right mirror")
+
+
+def compare(baseline: dict, candidate: dict) -> dict:
+    """Two studies' results side by side (two graphs on the same images): the mean AUC and the
+    calls flipped over the counted conditions, and whether the candidate is at least as good on
+    the first and better on the second (rule N in the model card's history)."""
+    a, b = baseline["conditions"], candidate["conditions"]
+    if set(a) != set(b):
+        raise ValueError("the two studies ran different conditions")
+    counted = [n for n in a if n not in NOT_COUNTED]
+    mean_auc = {k: float(np.mean([s[n]["auc"] for n in counted])) for k, s in (("baseline", a),
+                                                                                ("candidate", b))}
+    flips = {k: int(sum(s[n]["calls_flipped"] for n in counted)) for k, s in (("baseline", a),
+                                                                            ("candidate", b))}
+    return {
+        "baseline_models": baseline["model_version"],
+        "candidate_models": candidate["model_version"],
+        "counted_conditions": counted,
+        "mean_auc": mean_auc,
+        "calls_flipped": flips,
+        "per_condition": {n: {k: {m: s[n][m] for m in ("auc", "sensitivity", "specificity",
+                                                       "calls_flipped")}
+                              for k, s in (("baseline", a), ("candidate", b))} for n in a},
+        "candidate_more_stable": bool(mean_auc["candidate"] >= mean_auc["baseline"]
+                                      and flips["candidate"] < flips["baseline"]),
+    }
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -247,14 +280,29 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="BUS-BRA root")
+    parser.add_argument("--data", help="BUS-BRA root")
     parser.add_argument("--models", default=None, help="models folder (default: the bundled)")
     parser.add_argument("--out", default="reports/studies")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compare", nargs=2, metavar=("BASELINE", "CANDIDATE"), default=None,
+                        help="instead of running: two earlier robustness.json files of two "
+                        "graphs, side by side (writes NAME.json into --out)")
+    parser.add_argument("--name", default="robustness_comparison")
     args = parser.parse_args(argv)
-    result = summarise(collect(args.data, args.models, args.threads))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        base, cand = (json.loads(Path(f).read_text()) for f in args.compare)
+        result = compare(base, cand)
+        (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        log.info("mean AUC over %d conditions %.4f -> %.4f; calls flipped %d -> %d; candidate "
+                 "more stable: %s", len(result["counted_conditions"]),
+                 *result["mean_auc"].values(), *result["calls_flipped"].values(),
+                 result["candidate_more_stable"])
+        return 0
+    if not args.data:
+        parser.error("--data is required to run the study")
+    result = summarise(collect(args.data, args.models, args.threads))
     (out / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "robustness.png")
     for name, s in result["conditions"].items():

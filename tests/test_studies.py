@@ -105,3 +105,33 @@ def test_robustness_study_reproduces_its_recorded_answer(busbra_root):
         for key in ("auc", "sensitivity", "specificity", "mean_dice"):
             assert result["conditions"][name][key] == pytest.approx(s[key], abs=1e-3), (name, key)
     assert result["flagged"] == recorded["flagged"]
+
+
+def test_robustness_comparison_counts_neither_the_unperturbed_image_nor_the_mirror():
+    study = _load("robustness")
+
+    def result(version, auc, flips):
+        conditions = {c.name: {"auc": auc, "sensitivity": 0.9, "specificity": 0.8,
+                               "calls_flipped": flips} for c in study.CONDITIONS}
+        conditions["left-right mirror"]["calls_flipped"] = 100  # not counted
+        conditions["unperturbed"]["auc"] = 0.5  # not counted
+        return {"model_version": version, "conditions": conditions}
+
+    out = study.compare(result("a", 0.90, 3), result("b", 0.91, 2))
+    assert len(out["counted_conditions"]) == len(study.CONDITIONS) - 2
+    assert out["mean_auc"] == pytest.approx({"baseline": 0.90, "candidate": 0.91})
+    assert out["calls_flipped"] == {"baseline": 3 * 14, "candidate": 2 * 14}
+    assert out["candidate_more_stable"]
+    assert not study.compare(result("a", 0.90, 2), result("b", 0.91, 2))["candidate_more_stable"]
+    with pytest.raises(ValueError):
+        study.compare(result("a", 0.9, 1), {"model_version": "b", "conditions": {}})
+
+
+def test_the_recorded_mirror_averaging_choice_holds_in_its_evidence():
+    """Rule N shipped mirror averaging for stability; its recorded evidence says so."""
+    recorded = json.loads((ROOT / "reports" / "studies" / "robustness_tta.json").read_text())
+    assert recorded["candidate_more_stable"]
+    card = json.loads((ROOT / "models" / "model_card.json").read_text())["classifier"]
+    if "robustness_tta.json" not in (card.get("option_note") or ""):
+        pytest.skip("the bundled classifier's option no longer rests on this comparison")
+    assert card["tta"] == "flip"

@@ -86,6 +86,10 @@ def register(subparsers, groups) -> None:
                        help="with --calibrate-only: only options with at most this many network "
                        "passes per image (members x views x crops x mirror) compete: the "
                        "latency budget")
+    train.add_argument("--why", default=None, metavar="TEXT",
+                       help="with --calibrate-only: why the shipped option was chosen when the "
+                       "option rule alone would not pick it (a rule fixed in advance, say, and "
+                       "where its evidence lies); kept in the card")
     train.add_argument("--storage", choices=("float32", "float16"), default="float32",
                        help="how the graph stores its weights: float16 halves the file (computed in "
                        "float32 all the same; calibration fits the stored graph)")
@@ -441,6 +445,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         (models / "classifier_history.json").write_text(
             json.dumps(values["training"].get("history", []), indent=2))
     values["tta"] = tta
+    values["option_note"] = args.why  # None clears an earlier choice's reason
     values["weights_storage"] = args.storage
     values["option_rule"] = (f"fewest classifier passes within {args.auc_tolerance} validation AUC "
                              "of the best option (model, mirror averaging, crops)"

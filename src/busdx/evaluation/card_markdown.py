@@ -311,6 +311,8 @@ def _classifier_choice_lines(clf: dict) -> list[str]:
         lines += [f"Options scored on validation; rule: {clf.get('option_rule')}.", "",
                   *_table(["model", "mirror averaging", "crop context", "passes per image",
                            "validation AUC", ""], _option_rows(clf))]
+        if clf.get("option_note"):
+            lines += [f"Why this option: {clf['option_note']}", ""]
     candidates = clf.get("candidates")
     if candidates:
         lines += ["Candidate networks:", "",

@@ -251,3 +251,18 @@ def jpeg_ls_dicom(height: int = 64, width: int = 64) -> bytes:
     return dicom_bytes(
         fake, transfer_syntax=JPEGLSLossless, pixel_data=encapsulate([b"\xff\xd8" + b"\0" * 100])
     )
+
+
+def as_if_trained(model):
+    """``model`` with random batch-norm statistics and affine terms, as after training, so that
+    folding them (export, --recover, soups) is not the identity."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model

@@ -14,20 +14,14 @@ from busdx.errors import BusdxError
 from busdx.models.classification import ClassifierSpec, build_classifier, fold_batch_norms
 from busdx.training import classification as tc
 from busdx.training.soup import average_state_dicts, greedy_soup, make_soup
+from stand_in_models import as_if_trained
 
 
 def _trained_like(seed: int, views: int = 1) -> torch.nn.Module:
     """A lite0 classifier with non-trivial batch-norm statistics, as after training."""
     torch.manual_seed(seed)
     model = build_classifier(ClassifierSpec(arch="lite0", views=views), pretrained=False)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    return as_if_trained(model).eval()
 
 
 def _save(model, path, **config) -> str:

@@ -189,6 +189,7 @@ def run_train(args: argparse.Namespace) -> int:
     from busdx.models.classification import backbone_name, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
     from busdx.training import classification as tc
+    from busdx.training.calibration import threshold_rule
     from busdx.training.common import hardware_description
 
     if args.calibrate_only:
@@ -262,9 +263,7 @@ def run_train(args: argparse.Namespace) -> int:
         "threshold": cal.threshold,
         "logit_offset": 0.0,  # set by --calibrate-only (Platt), which re-exports
         "tta": "none",
-        "threshold_rule": f"most specific threshold with validation sensitivity >= "
-                          f"{args.min_sensitivity}, midway between the last cancer kept and the next "
-                          "lower validation probability",
+        "threshold_rule": threshold_rule(args.min_sensitivity),
         "calibration": {**asdict(cal), "masks": "ground truth (no jitter)", "engine": "torch"},
         "training": training,
         "cam": "exact: cam[p] = w . f[p], mean(cam) + bias == logit (GAP + linear head)"
@@ -290,16 +289,14 @@ def run_soup(args: argparse.Namespace) -> int:
     if missing:
         raise BusdxError(f"no checkpoint at {', '.join(missing)}")
     first = torch.load(args.checkpoint[0], map_location="cpu", weights_only=False)
-    known = tc.ClassifierTrainConfig.__dataclass_fields__
-    config = tc.ClassifierTrainConfig(**{k: v for k, v in first["config"].items()
-                                         if k in known and k != "augment"})
+    config = tc.ClassifierTrainConfig.from_record(first["config"])
     split_seed = config.split_seed if args.split_seed is None else args.split_seed
     val_fold = config.val_fold if args.val_fold is None else args.val_fold
     split = make_split(load_index(args.data), SplitConfig(test_fold=args.test_fold,
                                                           seed=split_seed, val_fold=val_fold))
     val = tc.load_samples(split.val, args.cache)
     log.info("scoring on %d validation images (%s; test fold %d untouched)", len(val),
-             f"fold {val_fold}" if val_fold else f"split seed {split_seed}", args.test_fold)
+             _split_text(split_seed, val_fold), args.test_fold)
     result = make_soup(args.checkpoint, args.method, args.out,
                        lambda model: tc.validation_auc(model, val, config),
                        command=args.invocation)

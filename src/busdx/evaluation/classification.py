@@ -381,6 +381,7 @@ def fit_operating_point(logits: np.ndarray, labels: np.ndarray, target_sensitivi
         nll,
         sensitivity_threshold,
         sigmoid,
+        threshold_rule,
     )
 
     y = np.asarray(labels).astype(int)
@@ -402,9 +403,7 @@ def fit_operating_point(logits: np.ndarray, labels: np.ndarray, target_sensitivi
         "logit_offset": b / a,
         "temperature": 1.0 / a,
         "threshold": threshold,
-        "threshold_rule": "most specific threshold with validation sensitivity >= "
-                          f"{target_sensitivity}, midway between the last cancer kept and the next lower "
-                          "validation probability",
+        "threshold_rule": threshold_rule(target_sensitivity),
         "calibration": {
             "method": method,
             "platt_a": a, "platt_b": b,

@@ -108,6 +108,12 @@ def sensitivity_threshold(probs: np.ndarray, labels: np.ndarray, target: float =
     return top if len(below) == 0 else float((top + below.max()) / 2.0)
 
 
+def threshold_rule(target: float) -> str:
+    """The card's words for :func:`sensitivity_threshold`."""
+    return (f"most specific threshold with validation sensitivity >= {target}, midway between "
+            "the last cancer kept and the next lower validation probability")
+
+
 def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 100,
               l2: float = 1e-6) -> tuple[float, float]:
     """Platt scaling: (a, b) minimising the NLL of sigmoid(a * logit + b) (Newton's method).

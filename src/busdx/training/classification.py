@@ -71,6 +71,13 @@ class ClassifierTrainConfig:
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema is a per-step decay in [0, 1), not {self.ema}")
 
+    @classmethod
+    def from_record(cls, config: dict) -> ClassifierTrainConfig:
+        """The config a checkpoint or training.json recorded (keys of older or newer versions
+        left out; the augmentation settings are the defaults)."""
+        return cls(**{k: v for k, v in config.items()
+                      if k in cls.__dataclass_fields__ and k != "augment"})
+
     @property
     def crop(self) -> CropConfig:
         return CropConfig(size=self.size, context=self.context)
@@ -471,13 +478,18 @@ class Calibration:
     n_val: int
 
 
-def validation_auc(model: nn.Module, val: Sequence[Sample], config: ClassifierTrainConfig,
-                   batch_size: int = 48) -> float:
-    """ROC AUC on the validation crops as training scores each epoch (ground-truth masks, no
-    jitter)."""
+def validation_logits(model: nn.Module, val: Sequence[Sample], config: ClassifierTrainConfig,
+                      batch_size: int = 48) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of the validation crops as training scores them (ground-truth masks,
+    no jitter)."""
     loader = torch.utils.data.DataLoader(CropDataset(val, config, train=False),
                                          batch_size=batch_size)
-    logits, labels = predict_logits(model, loader)
+    return predict_logits(model, loader)
+
+
+def validation_auc(model: nn.Module, val: Sequence[Sample], config: ClassifierTrainConfig
+                   ) -> float:
+    logits, labels = validation_logits(model, val, config)
     return roc_auc(labels, logits)
 
 
@@ -496,8 +508,7 @@ def calibrate_on_validation(
         sigmoid,
     )
 
-    loader = torch.utils.data.DataLoader(CropDataset(val, config, train=False), batch_size=48)
-    logits, labels = predict_logits(model, loader)
+    logits, labels = validation_logits(model, val, config)
     t = fit_temperature(logits, labels)
     probs = calibrate(logits, t)
     threshold = sensitivity_threshold(probs, labels, target_sensitivity)

@@ -123,7 +123,11 @@ def make_soup(
     ``out_dir``/classifier.pt, scored by ``score`` (validation AUC of a network); a
     ``training.json`` beside it records the ingredients, each with its own training record, so
     that ``train classification --calibrate-only`` can ship the soup like any run."""
-    from busdx.training.classification import load_checkpoint, save_checkpoint
+    from busdx.training.classification import (
+        ClassifierTrainConfig,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from busdx.training.common import hardware_description
 
     if method not in METHODS:
@@ -163,12 +167,8 @@ def make_soup(
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "classifier.pt"
     config = dict(checkpoints[0]["config"])
-    # lets TrainConfig-shaped readers see the recipe the ingredients shared
-    from busdx.training.classification import ClassifierTrainConfig
-
-    known = {k: v for k, v in config.items() if k in ClassifierTrainConfig.__dataclass_fields__
-             and k != "augment"}
-    save_checkpoint(network(soup), spec, ClassifierTrainConfig(**known), checkpoint,
+    # the recipe the ingredients shared, as any run's checkpoint records it
+    save_checkpoint(network(soup), spec, ClassifierTrainConfig.from_record(config), checkpoint,
                     epoch=None, val_auc=val_auc)
     record = {
         "command": command,

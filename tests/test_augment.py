@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from busdx.data.augment import AugmentConfig, Augmenter, gaussian_blur
+from busdx.data.augment import AugmentConfig, Augmenter, downscale, gaussian_blur
 from busdx.data.preprocess import load_gray, load_mask, prepare_pair
 
 
@@ -58,3 +59,40 @@ def test_blur_preserves_mean():
     img = np.random.default_rng(0).random((40, 40)).astype(np.float32)
     out = gaussian_blur(img, 1.0)
     assert abs(out.mean() - img.mean()) < 0.01 and out.std() < img.std()
+
+
+def test_downscale_loses_detail_but_keeps_shape_and_mean():
+    img = np.random.default_rng(0).random((60, 80)).astype(np.float32)
+    out = downscale(img, 0.4)
+    assert out.shape == img.shape and out.dtype == np.float32
+    assert abs(out.mean() - img.mean()) < 0.02
+    # white noise has all its energy at fine scales: a lower resolution removes most of it
+    assert out.std() < 0.5 * img.std()
+    smooth = np.tile(np.linspace(0, 1, 80, dtype=np.float32), (60, 1))
+    assert np.abs(downscale(smooth, 0.4) - smooth)[5:-5, 5:-5].max() < 0.02
+
+
+def test_presets():
+    assert AugmentConfig.preset("default") == AugmentConfig()
+    strong = AugmentConfig.preset("strong")
+    # every photometric range of the default lies inside the strong one's
+    assert strong.brightness > AugmentConfig().brightness and strong.p_downscale > 0
+    for name in ("contrast", "gamma", "blur_sigma", "speckle_sigma"):
+        lo, hi = getattr(AugmentConfig(), name)
+        slo, shi = getattr(strong, name)
+        assert slo <= lo and shi >= hi, name
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        AugmentConfig.preset("extreme")
+
+
+def test_strong_preset_changes_intensity_not_geometry(fixtures_root):
+    x, m = _pair(fixtures_root)
+    geometry_only = {"p_intensity": 0, "p_gamma": 0, "p_speckle": 0, "p_blur": 0,
+                     "p_downscale": 0}
+    base = Augmenter(AugmentConfig(**geometry_only))
+    strong = Augmenter(AugmentConfig.preset("strong"))
+    for seed in range(5):
+        xs, ms = strong(x, m, np.random.default_rng(seed))
+        _, mb = base(x, m, np.random.default_rng(seed))
+        assert np.array_equal(ms, mb)  # the geometry draws come first and are the same
+        assert xs.min() >= 0 and xs.max() <= 1

@@ -330,12 +330,13 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     rc = main(["train", "classification", "--data", str(fixtures_root), "--out",
                str(tmp_path / "run"), "--models", str(models), "--epochs", "2",
                "--max-batches", "1", "--batch-size", "4", "--cache", str(tmp_path / "cache"),
-               "--test-fold", "1", "--seed", "1", "--split-seed", "0"])
+               "--test-fold", "1", "--seed", "1", "--split-seed", "0", "--augment", "strong"])
     assert rc == 0
     assert (tmp_path / "run" / "classifier.pt").is_file()
     record = json.loads((tmp_path / "run" / "training.json").read_text())
     # the seed moves the initialisation and augmentation, the split seed the validation patients
     assert (record["config"]["seed"], record["config"]["split_seed"]) == (1, 0)
+    assert record["config"]["augment"] == "strong"
     assert record["hardware"]["device"] == "cpu" and record["hardware"]["threads"] == 1
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
@@ -577,6 +578,19 @@ def test_weight_averaged_run_validates_and_saves_the_average(fixtures_root, tmp_
     assert tc.roc_auc(labels, logits) == pytest.approx(result.best_val_auc, abs=1e-6)
     with pytest.raises(ValueError, match="ema"):
         tc.train_classifier(train, val, tc.ClassifierTrainConfig(ema=1.0), tmp_path / "bad")
+
+
+def test_recorded_configs_keep_their_augmentation_preset():
+    from busdx.training.classification import ClassifierTrainConfig, recorded_config
+
+    assert ClassifierTrainConfig.from_record({"arch": "lite1", "augment": "strong"}).augment == (
+        "strong")
+    # before presets a checkpoint kept every setting, all the defaults then
+    old = {"arch": "lite1", "augment": {"rotate_deg": 15.0}, "seed": 3}
+    assert ClassifierTrainConfig.from_record(old).augment == "default"
+    assert recorded_config(old) == {"arch": "lite1", "seed": 3}
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        ClassifierTrainConfig(augment="extreme")
 
 
 def test_a_bad_weight_average_decay_is_refused_before_any_work(tmp_path):

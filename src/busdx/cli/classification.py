@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from busdx.data.augment import AUGMENT_PRESETS
 from busdx.errors import BusdxError
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ def register(subparsers, groups) -> None:
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--seed", type=int, default=0,
                        help="initialisation, batch order, augmentation")
+    train.add_argument("--augment", choices=AUGMENT_PRESETS, default="default",
+                       help="augmentation preset (busdx.data.augment.AugmentConfig.preset): "
+                       "strong widens gain, contrast, blur and speckle and adds down-sampling")
     train.add_argument("--split-seed", type=int, default=0,
                        help="train/validation split by patient: keep it fixed so that runs of "
                        "different --seed share validation patients (and can be ensembled and "
@@ -204,7 +208,7 @@ def run_train(args: argparse.Namespace) -> int:
             backbone_lr=args.backbone_lr, patience=args.patience, ema=args.ema,
             threads=args.threads, device=args.device, workers=args.workers,
             seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
-            val_fold=args.val_fold,
+            val_fold=args.val_fold, augment=args.augment,
         )
     except ValueError as err:
         raise BusdxError(str(err)) from err
@@ -233,7 +237,7 @@ def run_train(args: argparse.Namespace) -> int:
     _plot_history(result.history, out / "learning_curves.png")
     training = {
         "command": args.invocation,
-        "config": {k: v for k, v in asdict(config).items() if k != "augment"},
+        "config": asdict(config),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "history": result.history,
@@ -329,7 +333,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from busdx.inference.models import Models
     from busdx.models.classification import ClassifierEnsemble, backbone_name, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, input_views
-    from busdx.training.classification import load_checkpoint
+    from busdx.training.classification import load_checkpoint, recorded_config
 
     models = Path(args.models)
     card_path = models / MODEL_CARD_FILE
@@ -421,8 +425,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     values["checkpoints"] = [str(path) for path, _, _ in members]
     values["members"] = [
         {"checkpoint": str(path), "arch": ckpt["spec"]["arch"], "epoch": ckpt.get("epoch"),
-         "val_auc_training": ckpt.get("val_auc"), "config": {k: v for k, v in ckpt["config"].items()
-                                                             if k != "augment"}}
+         "val_auc_training": ckpt.get("val_auc"), "config": recorded_config(ckpt["config"])}
         for path, _, ckpt in members
     ]
     for member, (_, _, ckpt) in zip(values["members"], members, strict=True):

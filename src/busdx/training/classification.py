@@ -14,7 +14,7 @@ import logging
 import pickle
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,18 +65,19 @@ class ClassifierTrainConfig:
     max_batches: int | None = None  # per epoch; for smoke tests
     device: str = "auto"  # CUDA when there is one
     workers: int = 0  # processes that prepare batches ahead of the model (same batches for any)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: str = "default"  # an AugmentConfig preset, recorded with the run
 
     def __post_init__(self) -> None:
+        AugmentConfig.preset(self.augment)  # an unknown name fails here, not an hour in
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema is a per-step decay in [0, 1), not {self.ema}")
 
     @classmethod
     def from_record(cls, config: dict) -> ClassifierTrainConfig:
         """The config a checkpoint or training.json recorded (keys of older or newer versions
-        left out; the augmentation settings are the defaults)."""
-        return cls(**{k: v for k, v in config.items()
-                      if k in cls.__dataclass_fields__ and k != "augment"})
+        left out). Records older than presets kept the settings themselves, all the defaults."""
+        return cls(**{k: v for k, v in config.items() if k in cls.__dataclass_fields__
+                      and (k != "augment" or isinstance(v, str))})
 
     @property
     def crop(self) -> CropConfig:
@@ -85,6 +86,12 @@ class ClassifierTrainConfig:
     @property
     def views(self) -> int:
         return input_views(self.input)
+
+
+def recorded_config(config: dict) -> dict:
+    """A checkpoint's config as run records show it: older checkpoints kept every augmentation
+    setting (all the defaults then) instead of a preset's name, left out here."""
+    return {k: v for k, v in config.items() if k != "augment" or isinstance(v, str)}
 
 
 @dataclass
@@ -170,7 +177,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.samples = list(samples)
         self.config = config
         self.train = train
-        self.augmenter = Augmenter(config.augment) if train else None
+        self.augmenter = Augmenter(AugmentConfig.preset(config.augment)) if train else None
         self.seed = seed
         self.epoch = 0
 
@@ -440,8 +447,7 @@ def feature_comparisons(
     vy = np.array([s.label for s in val])
     feats = {}
     for mode in ("crop", "image"):
-        cfg = ClassifierTrainConfig(**{**asdict(config), "input": mode,
-                                       "augment": config.augment})
+        cfg = ClassifierTrainConfig(**{**asdict(config), "input": mode})
         feats[mode] = (extract_features(model, train, cfg), extract_features(model, val, cfg))
         log.info("features for %s: %s", mode, feats[mode][0].shape)
     feats["both"] = tuple(np.concatenate([feats["crop"][i], feats["image"][i]], 1) for i in (0, 1))

@@ -126,6 +126,7 @@ def make_soup(
     from busdx.training.classification import (
         ClassifierTrainConfig,
         load_checkpoint,
+        recorded_config,
         save_checkpoint,
     )
     from busdx.training.common import hardware_description
@@ -172,7 +173,7 @@ def make_soup(
                     epoch=None, val_auc=val_auc)
     record = {
         "command": command,
-        "config": {k: v for k, v in config.items() if k != "augment"},
+        "config": recorded_config(config),
         "soup": {
             "method": method,
             "folded_batch_norms": True,

@@ -215,9 +215,11 @@ NOT_COUNTED = ("unperturbed", "left-right mirror")
 
 
 def compare(baseline: dict, candidate: dict) -> dict:
-    """Two studies' results side by side (two graphs on the same images): the mean AUC and the
-    calls flipped over the counted conditions, and whether the candidate is at least as good on
-    the first and better on the second (rule N in the model card's history)."""
+    """Two studies' results side by side (two graphs on the same images): over the counted
+    conditions, the mean AUC, the calls flipped and the mean absolute change of sensitivity at
+    each graph's own frozen threshold (from its own unperturbed images); whether the candidate
+    is at least as good on the first and better on the second (rule N in the model card's
+    history), and whether its operating point moves less (rule P)."""
     a, b = baseline["conditions"], candidate["conditions"]
     if set(a) != set(b):
         raise ValueError("the two studies ran different conditions")
@@ -226,17 +228,22 @@ def compare(baseline: dict, candidate: dict) -> dict:
                                                                                 ("candidate", b))}
     flips = {k: int(sum(s[n]["calls_flipped"] for n in counted)) for k, s in (("baseline", a),
                                                                             ("candidate", b))}
+    sens_change = {k: float(np.mean([abs(s[n]["sensitivity"] - s[NOT_COUNTED[0]]["sensitivity"])
+                                     for n in counted]))
+                   for k, s in (("baseline", a), ("candidate", b))}
     return {
         "baseline_models": baseline["model_version"],
         "candidate_models": candidate["model_version"],
         "counted_conditions": counted,
         "mean_auc": mean_auc,
         "calls_flipped": flips,
+        "mean_abs_sensitivity_change": sens_change,
         "per_condition": {n: {k: {m: s[n][m] for m in ("auc", "sensitivity", "specificity",
                                                        "calls_flipped")}
                               for k, s in (("baseline", a), ("candidate", b))} for n in a},
         "candidate_more_stable": bool(mean_auc["candidate"] >= mean_auc["baseline"]
                                       and flips["candidate"] < flips["baseline"]),
+        "steadier_operating_point": bool(sens_change["candidate"] < sens_change["baseline"]),
     }
 
 
@@ -295,10 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         base, cand = (json.loads(Path(f).read_text()) for f in args.compare)
         result = compare(base, cand)
         (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        log.info("mean AUC over %d conditions %.4f -> %.4f; calls flipped %d -> %d; candidate "
-                 "more stable: %s", len(result["counted_conditions"]),
+        log.info("mean AUC over %d conditions %.4f -> %.4f; calls flipped %d -> %d; mean "
+                 "|sensitivity change| %.4f -> %.4f; candidate more stable: %s, steadier "
+                 "operating point: %s", len(result["counted_conditions"]),
                  *result["mean_auc"].values(), *result["calls_flipped"].values(),
-                 result["candidate_more_stable"])
+                 *result["mean_abs_sensitivity_change"].values(),
+                 result["candidate_more_stable"], result["steadier_operating_point"])
         return 0
     if not args.data:
         parser.error("--data is required to run the study")

@@ -110,11 +110,13 @@ def test_robustness_study_reproduces_its_recorded_answer(busbra_root):
 def test_robustness_comparison_counts_neither_the_unperturbed_image_nor_the_mirror():
     study = _load("robustness")
 
-    def result(version, auc, flips):
-        conditions = {c.name: {"auc": auc, "sensitivity": 0.9, "specificity": 0.8,
+    def result(version, auc, flips, sensitivity=0.9):
+        conditions = {c.name: {"auc": auc, "sensitivity": sensitivity, "specificity": 0.8,
                                "calls_flipped": flips} for c in study.CONDITIONS}
         conditions["left-right mirror"]["calls_flipped"] = 100  # not counted
+        conditions["left-right mirror"]["sensitivity"] = 0.1  # not counted
         conditions["unperturbed"]["auc"] = 0.5  # not counted
+        conditions["unperturbed"]["sensitivity"] = 0.95  # each graph's own reference
         return {"model_version": version, "conditions": conditions}
 
     out = study.compare(result("a", 0.90, 3), result("b", 0.91, 2))
@@ -122,6 +124,10 @@ def test_robustness_comparison_counts_neither_the_unperturbed_image_nor_the_mirr
     assert out["mean_auc"] == pytest.approx({"baseline": 0.90, "candidate": 0.91})
     assert out["calls_flipped"] == {"baseline": 3 * 14, "candidate": 2 * 14}
     assert out["candidate_more_stable"]
+    assert out["mean_abs_sensitivity_change"] == pytest.approx({"baseline": 0.05,
+                                                                "candidate": 0.05})
+    assert not out["steadier_operating_point"]
+    assert study.compare(result("a", 0.9, 1), result("b", 0.9, 1, 0.93))["steadier_operating_point"]
     assert not study.compare(result("a", 0.90, 2), result("b", 0.91, 2))["candidate_more_stable"]
     with pytest.raises(ValueError):
         study.compare(result("a", 0.9, 1), {"model_version": "b", "conditions": {}})

@@ -162,6 +162,8 @@ def collect(data: str, models_dir: str | None, threads: int) -> dict:
             rows[c.name].append({"id": r.id, "patient": r.patient, "label": r.label,
                                  "probability": result.probability,
                                  "malignant": result.label == "malignant",
+                                 "unusual": bool(result.input_check
+                                                 and result.input_check.unusual),
                                  "dice": dice(mask, truth)})
     return {"threshold": models.settings.threshold, "model_version": models.version,
             "rows": rows}
@@ -188,6 +190,8 @@ def summarise(collected: dict) -> dict:
             "mean_dice": float(np.mean([r["dice"] for r in part])),
             "mean_abs_probability_change": float(np.abs(p - base_p).mean()),
             "calls_flipped": int((call != base_call).sum()),
+            # the product's warning for images unlike the training images (input_check)
+            "fraction_unusual": float(np.mean([r.get("unusual", False) for r in part])),
         }
     ref = out[CONDITIONS[0].name]
     for s in out.values():
@@ -315,9 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "robustness.png")
     for name, s in result["conditions"].items():
-        log.info("%-34s AUC %.3f  sens %.3f  spec %.3f  Dice %.3f  |dp| %.3f  flips %3d%s", name,
-                 s["auc"], s["sensitivity"], s["specificity"], s["mean_dice"],
-                 s["mean_abs_probability_change"], s["calls_flipped"],
+        log.info("%-34s AUC %.3f  sens %.3f  spec %.3f  Dice %.3f  |dp| %.3f  flips %3d  "
+                 "warned %.2f%s", name, s["auc"], s["sensitivity"], s["specificity"],
+                 s["mean_dice"], s["mean_abs_probability_change"], s["calls_flipped"],
+                 s["fraction_unusual"],
                  "  FLAGGED" if s["flagged"] else "")
     return 0
 

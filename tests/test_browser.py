@@ -110,6 +110,7 @@ def test_upload_shows_result(server, browser, fixtures_root, output_dir):
     assert ("bi-rads 4 range" in call) == ("benign" in call and band != "3")
     assert page.locator("#measures-body tr").count() >= 1
     assert "probability" in page.locator("#status").inner_text()
+    assert page.locator("#input-warnings").is_hidden()  # a BUS-BRA image: no caution
     assert notice.is_visible()  # the notice stays with the result
     assert page.locator("#img-base").evaluate("img => img.naturalWidth") > 0
 
@@ -130,6 +131,36 @@ def test_upload_shows_result(server, browser, fixtures_root, output_dir):
     assert page.locator("#pick").is_visible()
     assert page.evaluate("document.activeElement.id") == "pick"
     assert not errors, errors
+    page.close()
+
+
+def test_an_image_unlike_the_training_images_gets_a_caution(server, browser, fixtures_root,
+                                                             tmp_path, output_dir):
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    with urllib.request.urlopen(server + "/api/model", timeout=10) as response:
+        card = json.loads(response.read())
+    if not json.dumps(card).count('"input_check"'):
+        pytest.skip("the served card has no input_check ranges")
+    image = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    gray = np.asarray(Image.open(image).convert("L"), np.float32) / 255.0
+    blurred = tmp_path / "blurred.png"
+    Image.fromarray(np.rint(gaussian_filter(gray, 3.0) * 255).astype(np.uint8)).save(blurred)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    page.set_input_files("#file", str(blurred))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    caution = page.locator("#input-warnings")
+    assert caution.is_visible() and "smoother" in caution.inner_text()
+    assert "unlike the training images" in page.locator("#status").inner_text()
+    # the call is still shown: a caution, not a refusal
+    assert "benign" in page.locator("#call").inner_text().lower() or "malignant" in (
+        page.locator("#call").inner_text().lower())
+    page.screenshot(path=str(output_dir / "browser-unusual.png"))
     page.close()
 
 

@@ -75,6 +75,30 @@ def test_class_folders_end_to_end(fixtures_root, models_dir, tmp_path):
     assert 0.0 <= float(first["dice"]) <= 1.0
     assert {Path(p).name for p in report["figures"]} == {
         "classifier_roc.png", "classifier_confusion.png", "classifier_reliability.png"}
+    check = report["input_check"]
+    from busdx.evaluation.model_card import load_card
+    from busdx.inference.models import input_ranges
+
+    if input_ranges(load_card(models_dir / "model_card.json")) is None:
+        assert check is None
+    else:  # every analysed image was checked; the warned ones are counted apart
+        assert check["calls_when_unusual"]["n"] + check["calls_otherwise"]["n"] == len(records)
+        assert check["unusual"] == sum(1 for r in rows if r["input_unusual"])
+
+
+def test_the_input_check_summary_counts_calls_with_and_without_a_warning():
+    from busdx.evaluation.external import _input_check_summary
+
+    rows = [{"truth": "benign", "call": "benign", "input_unusual": ""},
+            {"truth": "malignant", "call": "benign", "input_unusual": "texture low"},
+            {"truth": "malignant", "call": "malignant", "input_unusual": "texture low; contrast high"},
+            {"truth": "benign", "error": "unreadable"}]
+    out = _input_check_summary(rows)
+    assert out["unusual"] == 2 and out["fraction_unusual"] == pytest.approx(2 / 3)
+    assert out["by_statistic"]["texture low"] == 2 and out["by_statistic"]["contrast high"] == 1
+    assert out["calls_when_unusual"] == {"n": 2, "calls_right": 1, "accuracy": 0.5}
+    assert out["calls_otherwise"] == {"n": 1, "calls_right": 1, "accuracy": 1.0}
+    assert _input_check_summary([{"truth": "benign", "call": "benign"}]) is None
 
 
 def test_merged_masks_score_like_the_single_mask(fixtures_root, models_dir, tmp_path):

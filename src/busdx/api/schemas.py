@@ -47,6 +47,14 @@ class Pngs(BaseModel):
     heatmap_overlay: str = Field(description="base64 PNG: image with the heatmap")
 
 
+class InputCheckOut(BaseModel):
+    statistics: dict[str, float] = Field(
+        description="brightness, contrast and texture of the scan area (see the model card)")
+    outside: dict[str, str] = Field(
+        description="each statistic outside the training images' range: 'low' or 'high'")
+    warnings: list[str] = Field(description="one sentence per statistic outside its range")
+
+
 class AnalyzeResponse(BaseModel):
     probability: float = Field(description="calibrated probability of malignancy")
     label: str = Field(description="'benign' or 'malignant' at the threshold")
@@ -54,6 +62,8 @@ class AnalyzeResponse(BaseModel):
     risk_band: RiskBandOut
     lesion_found: bool
     note: str
+    input_check: InputCheckOut | None = Field(
+        description="is the image like the training images? None when the card has no ranges")
     measurements: MeasurementsOut | None
     image: ImageInfo
     timings_ms: dict[str, float]

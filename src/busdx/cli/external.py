@@ -69,6 +69,15 @@ def run(args: argparse.Namespace) -> int:
     if seg:
         sys.stdout.write(f"{'Dice':16s} {seg['dice']['mean']:.3f} ± {seg['dice']['std']:.3f} "
                          f"({seg['n']} images with a ground-truth mask)\n")
+    check = report["input_check"]
+    if check and check["unusual"]:
+        def acc(part: dict) -> str:
+            return "n/a" if part["accuracy"] is None else f"{part['accuracy']:.3f}"
+
+        sys.stdout.write(
+            f"{'unlike training':16s} {check['unusual']} of {len(result.predictions)} images "
+            f"(calls right: {acc(check['calls_when_unusual'])} of those, "
+            f"{acc(check['calls_otherwise'])} of the rest)\n")
     if result.failed:
         log.warning("%d image(s) could not be analysed: see %s", result.failed,
                     args.out / "external_images.csv")

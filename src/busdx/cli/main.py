@@ -15,8 +15,8 @@ from busdx.errors import BusdxError
 log = logging.getLogger("busdx")
 
 # Modules under busdx.cli with a ``register(subparsers, groups)`` function.
-COMMAND_MODULES = ("data", "segmentation", "classification", "external", "predict", "serve",
-                   "report")
+COMMAND_MODULES = ("data", "segmentation", "classification", "external", "quality", "predict",
+                   "serve", "report")
 # Commands whose tasks (segmentation, classification) are registered by the modules above.
 GROUPS = {
     "train": "train a model on BUS-BRA",

@@ -37,6 +37,7 @@ COLUMNS = (
     ("path", "probability", "label", "threshold", "risk_band", "risk_text", "lesion_found")
     + MEASUREMENT_COLUMNS
     + ("image_width", "image_height", "pixel_spacing_mm", "model_version", "time_ms", "note")
+    + ("input_unusual",)
     + ("error",)
 )
 
@@ -109,6 +110,9 @@ def row_for(path: Path, analysis) -> dict:
         "model_version": analysis.model_version,
         "time_ms": analysis.timings_ms.get("total"),
         "note": analysis.note,
+        # e.g. "texture low; contrast high": statistics outside the training images' ranges
+        "input_unusual": "; ".join(f"{k} {v}" for k, v in analysis.input_check.outside.items())
+        if analysis.input_check else "",
         "error": "",
     }
     if analysis.measurements is not None:

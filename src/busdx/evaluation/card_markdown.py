@@ -446,6 +446,28 @@ def _input_limit(kind: str) -> str:
             "not all of it.")
 
 
+def _input_check_lines(check: dict | None) -> list[str]:
+    if not check or not check.get("ranges"):
+        return []
+    val, test = check.get("validation", {}), check.get("test", {})
+    rows = [[name, (check.get("statistics") or {}).get(name, ""), fmt(lo, 4), fmt(hi, 4)]
+            for name, (lo, hi) in check["ranges"].items()]
+    return [
+        "## Images unlike the training images",
+        "",
+        "Every analysis compares three statistics of the image's scan area with ranges fitted "
+        f"on the training images ({check.get('rule', '')}); an image outside a range gets a "
+        "warning, never a refusal, since the robustness study shows that such changes move the "
+        "calls at the frozen threshold.",
+        "",
+        *_table(["statistic", "what", "low", "high"], rows),
+        f"BUS-BRA images outside a range: {val.get('unusual')} of {val.get('n')} validation "
+        f"images and {test.get('unusual')} of {test.get('n')} test images. "
+        f"Written by `{check.get('command', 'busdx evaluate input-check')}`.",
+        "",
+    ]
+
+
 def render_model_card(card: dict) -> str:
     seg, clf = card.get("segmenter", {}), card.get("classifier", {})
     lines = [
@@ -486,6 +508,7 @@ def render_model_card(card: dict) -> str:
                            for scanner, d in sorted(seg_test["dice_per_scanner"].items())])]
     lines += _birads_lines(clf.get("test", {}).get("birads") or {})
     lines += ["## Models", "", *_segmenter_lines(seg), *_classifier_lines(clf)]
+    lines += _input_check_lines(card.get("input_check"))
     lines += [
         "## Limits",
         "",

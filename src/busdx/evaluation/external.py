@@ -37,6 +37,7 @@ from busdx.evaluation.classification import (
 )
 from busdx.evaluation.metrics import dice, iou, summarise
 from busdx.inference.decode import is_image_file
+from busdx.inference.quality import STATISTICS
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class ExternalResult:
     segmentation: dict | None  # served masks against the ground truth, when there is one
     failed: int
     mask_failed: int = 0  # analysed and classified, but their ground-truth mask was unusable
+    input_check: dict | None = None  # images unlike the training images, and their calls
 
     def to_dict(self) -> dict:
         d = self.dataset
@@ -173,6 +175,7 @@ class ExternalResult:
             "operating_point": "frozen on BUS-BRA validation (nothing refitted here)",
             "classification": self.classification.to_dict(),
             "segmentation": self.segmentation,
+            "input_check": self.input_check,
         }
 
 
@@ -222,6 +225,8 @@ def evaluate_external(
                                 float(a.logit), a.probability))
         row.update(probability=round(a.probability, 6), call=a.label, risk_band=a.risk.name,
                    lesion_found=a.lesion_found)
+        if a.input_check is not None:
+            row["input_unusual"] = "; ".join(f"{k} {v}" for k, v in a.input_check.outside.items())
         if truth is not None:
             served = a.mask.astype(bool)
             d, j = dice(served, truth), iou(served, truth)
@@ -245,8 +250,33 @@ def evaluate_external(
                         "dice": summarise(dices), "iou": summarise(ious)}
     return ExternalResult(dataset, rows, report, preds, segmentation,
                           failed=sum(1 for r in rows if "error" in r),
-                          mask_failed=sum(1 for r in rows if "mask_error" in r))
+                          mask_failed=sum(1 for r in rows if "mask_error" in r),
+                          input_check=_input_check_summary(rows))
+
+
+def _input_check_summary(rows: list[dict]) -> dict | None:
+    """How many analysed images were unlike the training images, and how often the calls were
+    right with and without that warning: does the warning mean anything on these images?"""
+    checked = [r for r in rows if "input_unusual" in r]
+    if not checked:
+        return None
+
+    def calls(group: list[dict]) -> dict:
+        right = sum(1 for r in group if r["call"] == r["truth"])
+        return {"n": len(group), "calls_right": right,
+                "accuracy": right / len(group) if group else None}
+
+    unusual = [r for r in checked if r["input_unusual"]]
+    return {
+        "unusual": len(unusual),
+        "fraction_unusual": len(unusual) / len(checked),
+        "by_statistic": {f"{k} {side}": sum(1 for r in unusual
+                                            if f"{k} {side}" in r["input_unusual"].split("; "))
+                         for k in STATISTICS for side in ("low", "high")},
+        "calls_when_unusual": calls(unusual),
+        "calls_otherwise": calls([r for r in checked if not r["input_unusual"]]),
+    }
 
 
 ROW_COLUMNS: Sequence[str] = ("image", "truth", "probability", "call", "risk_band", "lesion_found",
-                              "dice", "iou", "error", "mask_error")
+                              "input_unusual", "dice", "iou", "error", "mask_error")

@@ -167,6 +167,17 @@ def segmenter_threshold(card: dict[str, Any]) -> float:
     return 0.5 if value is None else float(value)
 
 
+def input_ranges(card: dict[str, Any]) -> dict[str, list[float]] | None:
+    """The card's ``input_check.ranges``, None when the card has none."""
+    section = card.get("input_check")
+    ranges = section.get("ranges") if isinstance(section, dict) else None
+    if not ranges:
+        return None
+    if not all(isinstance(v, list) and len(v) == 2 and v[0] <= v[1] for v in ranges.values()):
+        raise BusdxError(f"the card's input_check.ranges are not [low, high] pairs: {ranges}")
+    return {k: [float(v[0]), float(v[1])] for k, v in ranges.items()}
+
+
 @dataclass
 class Models:
     directory: Path
@@ -177,6 +188,9 @@ class Models:
     segmenter_size: int
     version: str
     mask_threshold: float = 0.5  # on the segmenter's sigmoid; the card's segmenter.threshold
+    # statistic -> [low, high] spanned by the training images (card: input_check.ranges); an
+    # image outside gets a warning (busdx.inference.quality). None: no check.
+    input_ranges: dict[str, list[float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -240,4 +254,5 @@ class Models:
             segmenter_size=segmenter_size,
             version=version,
             mask_threshold=segmenter_threshold(card),
+            input_ranges=input_ranges(card),
         )

@@ -31,6 +31,7 @@ from busdx.inference.decode import DecodedImage, decode
 from busdx.inference.measure import Measurements, measure
 from busdx.inference.models import ClassifierSettings, Models
 from busdx.inference.overlay import Overlays, render
+from busdx.inference.quality import InputCheck, check_image
 from busdx.inference.risk import RiskBand, risk_band
 from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
 
@@ -70,6 +71,8 @@ class Analysis:
     crop_box: CropBox | None = None
     overlays: Overlays | None = field(default=None, repr=False)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # the image's statistics against the training images' ranges (card: input_check)
+    input_check: InputCheck | None = None
 
     def to_json(self, images: bool = True) -> dict[str, Any]:
         """The API's answer: plain JSON types, the PNGs base64-encoded."""
@@ -85,6 +88,7 @@ class Analysis:
             },
             "lesion_found": self.lesion_found,
             "note": self.note,
+            "input_check": self.input_check.as_dict() if self.input_check else None,
             "measurements": self.measurements.as_dict() if self.measurements else None,
             "image": {
                 "width": self.width,
@@ -201,6 +205,8 @@ def analyze(
     image = decoded.image
     h, w = image.shape
     clock.lap("decode")
+    input_check = check_image(image, models.input_ranges)
+    clock.lap("input_check")
     mask = segment(image, models)
     clock.lap("segment")
     settings = models.settings
@@ -238,4 +244,5 @@ def analyze(
         crop_box=box,
         overlays=overlays,
         timings_ms=clock.total(),
+        input_check=input_check,
     )

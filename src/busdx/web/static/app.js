@@ -11,7 +11,8 @@ const els = {
   legend: $("legend-heatmap"), status: $("status"), error: $("error"), empty: $("empty"),
   result: $("result"), results: $("results"), call: $("call"), probText: $("prob-text"),
   bar: $("bar"), fill: $("bar-fill"), marker: $("bar-marker"), bandName: $("band-name"),
-  bandText: $("band-text"), note: $("note"), measures: $("measures-body"),
+  bandText: $("band-text"), note: $("note"), inputWarnings: $("input-warnings"),
+  measures: $("measures-body"),
   timingsSummary: $("timings-summary"), timingsList: $("timings-list"), version: $("version"),
   disclaimer: $("disclaimer"),
 };
@@ -142,6 +143,13 @@ function renderResult(r) {
   els.bandText.textContent = r.risk_band.text;
   els.note.textContent = r.note || "";
   els.note.hidden = !r.note;
+  const warnings = (r.input_check && r.input_check.warnings) || [];
+  els.inputWarnings.replaceChildren(...warnings.map((text) => {
+    const p = document.createElement("p");
+    p.textContent = text;
+    return p;
+  }));
+  els.inputWarnings.hidden = warnings.length === 0;
   renderMeasurements(r);
   renderTimings(r.timings_ms);
   els.version.textContent = `Model ${r.model_version} · busdx ${r.busdx_version}`;
@@ -204,10 +212,12 @@ async function analyze(file) {
     }
     const result = await response.json();
     renderResult(result);
-    setStatus(result.lesion_found
+    const unusual = result.input_check && result.input_check.warnings.length > 0
+      ? " The image is unlike the training images: see the caution." : "";
+    setStatus((result.lesion_found
       ? `Done: ${result.label} call, probability ${pct(result.probability)}, ` +
         `risk band ${result.risk_band.name}.`
-      : "Done: no lesion found; see the note.");
+      : "Done: no lesion found; see the note.") + unusual);
     els.results.focus({ preventScroll: true });
   } catch (err) {
     setStatus("");

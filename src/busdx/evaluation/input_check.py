@@ -1,0 +1,70 @@
+"""The model card's ``input_check`` section: the ranges of image statistics that the training
+images span (busdx.inference.quality), and how often images inside the product's own data fall
+outside them (validation, and the test fold for the record; nothing is chosen on either)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from busdx.data.index import load_index, resolve_root
+from busdx.data.splits import SplitConfig, make_split
+from busdx.inference.decode import decode
+from busdx.inference.quality import PERCENTILES, STATISTICS, check_image, fit_ranges
+
+log = logging.getLogger(__name__)
+
+
+def _statistics(records: Sequence, what: str) -> list[dict[str, float]]:
+    from tqdm import tqdm
+
+    from busdx.inference.quality import image_statistics
+
+    return [image_statistics(decode(str(r.image_path)).image)
+            for r in tqdm(records, desc=what, leave=False)]
+
+
+def _flagged(records: Sequence, ranges: dict[str, list[float]]) -> dict[str, Any]:
+    outside = [check_image(decode(str(r.image_path)).image, ranges).outside for r in records]
+    return {
+        "n": len(records),
+        "unusual": int(sum(bool(o) for o in outside)),
+        "fraction_unusual": float(np.mean([bool(o) for o in outside])) if outside else 0.0,
+        "by_statistic": {s: int(sum(s in o for o in outside)) for s in STATISTICS},
+    }
+
+
+def input_check_section(
+    data: str | None, test_fold: int = 5, split_seed: int = 0,
+    percentiles: tuple[float, float] = PERCENTILES,
+) -> dict[str, Any]:
+    """Fit the ranges on the training split the bundled networks learnt from and count the
+    validation and test images outside them."""
+    split = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=test_fold,
+                                                                   seed=split_seed))
+    ranges = fit_ranges(_statistics(split.train, "training images"), percentiles)
+    section = {
+        "what": "a warning, never a refusal, for images whose gray-level statistics lie outside "
+                "what the training images span: there the operating point frozen on validation "
+                "may not hold (see the robustness study)",
+        "statistics": {
+            "brightness": "mean gray level of the scan area (pixels above 0.02)",
+            "contrast": "standard deviation of the scan area's gray levels",
+            "texture": "mean absolute 4-neighbour Laplacian over the scan area at the file's "
+                       "resolution (blur and up-sampling lower it, noise raises it)",
+        },
+        "ranges": ranges,
+        "rule": f"the {percentiles[0]:g}th to {percentiles[1]:g}th percentiles over the "
+                f"{len(split.train)} training images, fold {test_fold} and the validation "
+                "patients left out",
+        "validation": _flagged(split.val, ranges),
+        "test": _flagged(split.test, ranges),
+    }
+    log.info("input check: ranges %s; validation %d/%d unusual, test fold %d/%d",
+             {k: [round(v, 4) for v in r] for k, r in ranges.items()},
+             section["validation"]["unusual"], section["validation"]["n"],
+             section["test"]["unusual"], section["test"]["n"])
+    return section

@@ -1,0 +1,105 @@
+"""Is this image like the images the models were trained on?
+
+The robustness study (studies/robustness.py) shows that blur, lower resolution, speckle and
+gain changes that other scanners and exports make move the calls at the frozen threshold far
+more than they move the AUC: the operating point, validated on BUS-BRA, may not hold on an
+image unlike BUS-BRA's. Three statistics of the scan area (pixels above a near-black level, so
+the letterbox-like black margins of a screen capture do not count) say how unlike:
+
+- ``brightness``: its mean gray level (the scanner's gain);
+- ``contrast``: its standard deviation (the dynamic range);
+- ``texture``: the mean absolute Laplacian at the file's own resolution, the energy of its
+  finest detail; blur, smoothing and up-sampling lower it, added noise raises it.
+
+Each is compared with the range the training images span (``fit_ranges``: by default their
+0.5th to 99.5th percentiles), kept in the model card's ``input_check`` section. An image
+outside a range gets a warning, never a refusal: the user decides. numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STATISTICS = ("brightness", "contrast", "texture")
+# gray level below which a pixel is background (black margins, not tissue)
+BACKGROUND = 0.02
+PERCENTILES = (0.5, 99.5)
+
+# what a value below / above the training range suggests, for the warning
+_HINTS = {
+    "brightness": ("darker than", "brighter than"),
+    "contrast": ("lower in contrast than", "higher in contrast than"),
+    "texture": ("smoother (blurred, smoothed or up-sampled?) than",
+                "grainier (noise or sharpening?) than"),
+}
+
+
+def image_statistics(image: np.ndarray) -> dict[str, float]:
+    """``image``: float gray levels in [0, 1] at the file's resolution."""
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim != 2 or min(x.shape) < 3:
+        raise ValueError(f"a 2-D image of at least 3 x 3 pixels is needed, not {x.shape}")
+    area = x > BACKGROUND
+    if not area.any():
+        return {"brightness": 0.0, "contrast": 0.0, "texture": 0.0}
+    tissue = x[area]
+    inner = x[1:-1, 1:-1]
+    lap = np.abs(4 * inner - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:])
+    inner_area = area[1:-1, 1:-1]
+    texture = float(lap[inner_area].mean()) if inner_area.any() else 0.0
+    return {"brightness": float(tissue.mean()), "contrast": float(tissue.std()),
+            "texture": texture}
+
+
+def fit_ranges(
+    statistics: Iterable[Mapping[str, float]], percentiles: tuple[float, float] = PERCENTILES
+) -> dict[str, list[float]]:
+    """Each statistic's range over ``statistics`` (one mapping per training image)."""
+    rows = list(statistics)
+    if not rows:
+        raise ValueError("no images to fit the ranges on")
+    lo, hi = percentiles
+    return {name: [float(np.percentile([r[name] for r in rows], lo)),
+                   float(np.percentile([r[name] for r in rows], hi))] for name in STATISTICS}
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    statistics: dict[str, float]
+    # per statistic outside its range: "low" or "high"
+    outside: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def unusual(self) -> bool:
+        return bool(self.outside)
+
+    def as_dict(self) -> dict:
+        return {"statistics": self.statistics, "outside": self.outside,
+                "warnings": list(self.warnings)}
+
+
+def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None) -> InputCheck:
+    """The image's statistics and, for each outside ``ranges`` (None: no check), a warning."""
+    stats = image_statistics(image)
+    if not ranges:
+        return InputCheck(stats)
+    outside, warnings = {}, []
+    for name in STATISTICS:
+        if name not in ranges:
+            continue
+        lo, hi = ranges[name]
+        side = "low" if stats[name] < lo else "high" if stats[name] > hi else None
+        if side is None:
+            continue
+        outside[name] = side
+        hint = _HINTS[name][side == "high"]
+        warnings.append(
+            f"This image is {hint} the training images ({name} {stats[name]:.3g}; theirs "
+            f"{lo:.3g} to {hi:.3g}). The threshold behind the call was validated on images like "
+            "those and may not hold here."
+        )
+    return InputCheck(stats, outside, tuple(warnings))

@@ -1,0 +1,153 @@
+"""The warning for images unlike the training images (busdx.inference.quality) and where it
+shows: the analysis, the API, the CLI's CSV, external validation and the model card."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from busdx.errors import BusdxError
+from busdx.inference import Models, analyze
+from busdx.inference.decode import decode
+from busdx.inference.quality import check_image, fit_ranges, image_statistics
+from stand_in_models import STAND_IN_CARD, build_stand_in_models
+
+RANGES = {"brightness": [0.15, 0.6], "contrast": [0.07, 0.26], "texture": [0.025, 0.09]}
+
+
+def _image(fixtures_root) -> np.ndarray:
+    return decode(str(sorted((fixtures_root / "Images").glob("*.png"))[0])).image
+
+
+def test_statistics_follow_the_changes_they_name(fixtures_root):
+    img = _image(fixtures_root)
+    base = image_statistics(img)
+    assert 0 < base["brightness"] < 1 and base["contrast"] > 0 and base["texture"] > 0
+    blurred = image_statistics(np.clip(gaussian_filter(img, 2.0), 0, 1))
+    assert blurred["texture"] < 0.5 * base["texture"]
+    noisy = np.clip(img * (1 + 0.3 * np.random.default_rng(0).standard_normal(img.shape)), 0, 1)
+    assert image_statistics(noisy)["texture"] > 2 * base["texture"]
+    brighter = image_statistics(np.clip(img + 0.15, 0, 1))
+    assert brighter["brightness"] > base["brightness"] + 0.1
+    flat = image_statistics(np.clip(base["brightness"] + 0.5 * (img - base["brightness"]), 0, 1))
+    assert flat["contrast"] < 0.6 * base["contrast"]
+    # black margins are not tissue: padding the image changes nothing but a little texture
+    padded = image_statistics(np.pad(img, 40))
+    assert padded["brightness"] == pytest.approx(base["brightness"], rel=1e-3)
+    assert padded["contrast"] == pytest.approx(base["contrast"], rel=1e-3)
+
+
+def test_an_all_black_image_and_bad_shapes():
+    assert image_statistics(np.zeros((20, 20), np.float32)) == {
+        "brightness": 0.0, "contrast": 0.0, "texture": 0.0}
+    with pytest.raises(ValueError, match="2-D image"):
+        image_statistics(np.zeros((2, 50), np.float32))
+    with pytest.raises(ValueError, match="2-D image"):
+        image_statistics(np.zeros((5, 5, 3), np.float32))
+
+
+def test_warnings_name_the_statistic_and_its_direction(fixtures_root):
+    img = _image(fixtures_root)
+    inside = check_image(img, RANGES)
+    assert not inside.unusual and inside.warnings == ()
+    blurred = check_image(np.clip(gaussian_filter(img, 3.0), 0, 1), RANGES)
+    assert blurred.outside == {"texture": "low"}
+    assert len(blurred.warnings) == 1 and "smoother" in blurred.warnings[0]
+    assert "may not hold" in blurred.warnings[0]
+    dark = check_image(np.clip(img - 0.3, 0, 1) * 0.3, RANGES)
+    assert dark.outside["brightness"] == "low" and "darker" in " ".join(dark.warnings)
+    # no ranges in the card: statistics only, never a warning
+    assert check_image(img, None).outside == {} and check_image(img, None).statistics
+
+
+def test_fit_ranges_are_percentiles():
+    rows = [{"brightness": b, "contrast": b / 2, "texture": b / 10} for b in np.linspace(0, 1, 201)]
+    ranges = fit_ranges(rows, (5, 95))
+    assert ranges["brightness"] == pytest.approx([0.05, 0.95])
+    assert ranges["texture"] == pytest.approx([0.005, 0.095])
+    with pytest.raises(ValueError):
+        fit_ranges([])
+
+
+@pytest.fixture(scope="module")
+def checked_models(tmp_path_factory):
+    card = {**STAND_IN_CARD, "input_check": {"ranges": RANGES}}
+    return Models.load(build_stand_in_models(tmp_path_factory.mktemp("models"), card))
+
+
+def test_the_analysis_carries_the_check(checked_models, fixtures_root):
+    img = _image(fixtures_root)
+    ok = analyze(img, checked_models, render_overlays=False)
+    assert ok.input_check is not None and not ok.input_check.unusual
+    blurred = analyze(np.clip(gaussian_filter(img, 3.0), 0, 1), checked_models,
+                      render_overlays=False)
+    assert blurred.input_check.outside == {"texture": "low"}
+    # a caution, not a refusal: the call is still made
+    assert blurred.label in ("benign", "malignant")
+    body = blurred.to_json(images=False)
+    assert body["input_check"]["outside"] == {"texture": "low"}
+    assert len(body["input_check"]["warnings"]) == 1
+
+
+def test_bad_ranges_in_a_card_are_refused(tmp_path):
+    card = {**STAND_IN_CARD, "input_check": {"ranges": {"texture": [0.09, 0.02]}}}
+    with pytest.raises(BusdxError, match="input_check.ranges"):
+        Models.load(build_stand_in_models(tmp_path, card))
+
+
+def test_api_and_csv_show_the_warning(checked_models, fixtures_root, tmp_path):
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from busdx.api.app import create_app
+    from busdx.cli.main import main
+
+    img = _image(fixtures_root)
+    blurred = tmp_path / "blurred.png"
+    Image.fromarray(np.rint(np.clip(gaussian_filter(img, 3.0), 0, 1) * 255).astype(np.uint8)
+                    ).save(blurred)
+    with TestClient(create_app(models=checked_models)) as client:
+        answer = client.post("/api/analyze", files={"file": ("b.png", blurred.read_bytes())})
+    assert answer.status_code == 200
+    assert answer.json()["input_check"]["outside"] == {"texture": "low"}
+
+    out = tmp_path / "out.csv"
+    rc = main(["predict", str(blurred), str(sorted((fixtures_root / "Images").glob("*.png"))[0]),
+               "--csv", str(out), "--models", str(checked_models.directory)])
+    assert rc == 0
+    rows = {r["path"]: r for r in csv.DictReader(out.open())}
+    assert rows[str(blurred)]["input_unusual"] == "texture low"
+    assert [r["input_unusual"] for p, r in rows.items() if p != str(blurred)] == [""]
+
+
+def test_the_card_section_renders(tmp_path):
+    from busdx.evaluation.card_markdown import render_model_card
+
+    card = {**STAND_IN_CARD, "input_check": {
+        "ranges": RANGES, "rule": "the 0.5th to 99.5th percentiles", "statistics": {},
+        "validation": {"n": 226, "unusual": 8}, "test": {"n": 383, "unusual": 12},
+        "command": "busdx evaluate input-check"}}
+    text = render_model_card(card)
+    assert "## Images unlike the training images" in text
+    assert "8 of 226 validation images and 12 of 383 test images" in text
+    assert "| texture |" in text
+
+
+def test_the_bundled_card_reproduces_its_ranges(busbra_root):
+    """The ranges and counts in the bundled card come from `busdx evaluate input-check`."""
+    from busdx.evaluation.input_check import input_check_section
+    from busdx.inference.models import default_models_dir
+
+    card = json.loads((default_models_dir() / "model_card.json").read_text())
+    recorded = card.get("input_check")
+    if not recorded:
+        pytest.skip("the bundled card has no input_check")
+    section = input_check_section(str(busbra_root))
+    for name, (lo, hi) in recorded["ranges"].items():
+        assert section["ranges"][name] == pytest.approx([lo, hi], rel=1e-6), name
+    for part in ("validation", "test"):
+        assert section[part] == recorded[part]

@@ -279,7 +279,9 @@ def plot(result: dict, path: Path) -> None:
     axes[2].barh(y, [x["mean_dice"] for x in s], color="#16a085")
     axes[2].set_xlim(0.0, 1.0)
     axes[2].set_xlabel("outline: mean Dice")
-    axes[0].set_yticks(y, names)
+    # how many of the changed images the product itself cautions about (input_check)
+    axes[0].set_yticks(y, [f"{n} · cautioned {x['fraction_unusual']:.0%}"
+                           if "fraction_unusual" in x else n for n, x in zip(names, s, strict=True)])
     fig.suptitle(f"Robustness on {result['n']} validation images ({result['malignant']} "
                  f"malignant), models {result['model_version']}; red: flagged "
                  f"({result['flag_rule']})", fontsize=9)

@@ -298,6 +298,23 @@ def test_agreement_statistics_match_scipy_and_sklearn():
     assert out["exact_agreement_3level"] == pytest.approx(1.0)
 
 
+def test_per_scanner_results_split_the_predictions():
+    from busdx.evaluation.classification import Prediction, by_group
+
+    def pred(label, prob):
+        return Prediction("i", "p", label, 3, 0.0, prob)
+
+    preds = [pred(1, 0.9), pred(0, 0.2), pred(1, 0.3), pred(0, 0.6), pred(0, 0.1), pred(0, 0.7)]
+    out = by_group(preds, ["A", "A", "A", "A", "B", "B"], threshold=0.5)
+    assert out["A"] == {"n": 4, "malignant": 2, "auc": 0.75, "sensitivity": 0.5,
+                        "specificity": 0.5, "tp": 1, "fp": 1, "tn": 1, "fn": 1}
+    # one class only: no AUC and no sensitivity, rather than a number that means nothing
+    assert out["B"]["auc"] is None and out["B"]["sensitivity"] is None
+    assert out["B"]["specificity"] == 0.5
+    with pytest.raises(ValueError):
+        by_group(preds, ["A"], 0.5)
+
+
 def test_bootstrap_ci_contains_point_estimate():
     rng = np.random.default_rng(2)
     patients = np.repeat(np.arange(100), 2)

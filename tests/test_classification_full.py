@@ -12,10 +12,11 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def reevaluate(data_root: Path, models: Path = MODELS, masks: str | None = None) -> tuple:
-    """(fresh report, the card's test section) for the bundled models; reusable elsewhere."""
+    """(fresh report, the card's test section, fresh per-scanner results) for the bundled
+    models."""
     from busdx.data.index import load_index
     from busdx.data.splits import SplitConfig, make_split
-    from busdx.evaluation.classification import evaluate_predictions, predict_records
+    from busdx.evaluation.classification import by_group, evaluate_predictions, predict_records
 
     card = load_card(models / "model_card.json").get("classifier", {})
     recorded = card.get("test")
@@ -29,14 +30,19 @@ def reevaluate(data_root: Path, models: Path = MODELS, masks: str | None = None)
     report = evaluate_predictions(preds, card["temperature"], card["threshold"], masks=masks,
                                   empty_masks=empty, reps=50,
                                   logit_offset=card.get("logit_offset", 0.0))
-    return report, recorded
+    return report, recorded, by_group(preds, [r.scanner for r in test], card["threshold"])
 
 
 @pytest.mark.full_data
 @pytest.mark.slow
 def test_bundled_classifier_reproduces_card_on_fold5(busbra_root):
-    report, recorded = reevaluate(busbra_root)
+    report, recorded, per_scanner = reevaluate(busbra_root)
     assert report.n == recorded["n"]
     assert round(report.auc, 3) == round(recorded["auc"], 3)
     assert round(report.sensitivity, 3) == round(recorded["sensitivity"], 3)
     assert round(report.specificity, 3) == round(recorded["specificity"], 3)
+    if "per_scanner" in recorded:
+        assert per_scanner.keys() == recorded["per_scanner"].keys()
+        for name, fresh in per_scanner.items():
+            for key, value in recorded["per_scanner"][name].items():
+                assert fresh[key] == pytest.approx(value, abs=5e-4), (name, key)

@@ -584,6 +584,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         empty_masks=empty, reps=args.reps,
     )
     result = report.to_dict()
+    # one hospital, four scanners whose malignant shares differ: how even is the model?
+    result["per_scanner"] = ec.by_group(preds, [r.scanner for r in test], card["threshold"])
     result.update({"test_fold": args.test_fold, "engine": "onnxruntime",
                    "wall_minutes": round((time.monotonic() - start) / 60, 2),
                    "hardware": describe(args.threads, onnxruntime=onnxruntime.__version__)})

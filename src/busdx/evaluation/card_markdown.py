@@ -90,6 +90,20 @@ def _gt_mask_lines(clf: dict) -> list[str]:
             + ". The gap to the end-to-end row is what the segmenter's errors cost.", ""]
 
 
+def _per_scanner_lines(test: dict) -> list[str]:
+    """The classifier per scanner on the test fold, end to end at the frozen threshold."""
+    groups = test.get("per_scanner")
+    if not groups:
+        return []
+    rows = [[name, g["n"], g["malignant"], fmt(g["auc"]), fmt(g["sensitivity"]),
+             fmt(g["specificity"]), " / ".join(str(g[k]) for k in ("tp", "fp", "tn", "fn"))]
+            for name, g in groups.items()]
+    return ["Classification per scanner (test fold, end to end, frozen threshold; small groups, "
+            "wide uncertainty):", "",
+            *_table(["scanner", "n", "malignant", "AUC", "sensitivity", "specificity",
+                     "TP / FP / TN / FN"], rows)]
+
+
 def _birads_lines(birads: dict) -> list[str]:
     """How the risk band relates to the radiologists' BI-RADS on the test fold."""
     if "spearman" not in birads:
@@ -506,6 +520,7 @@ def render_model_card(card: dict) -> str:
                   *_table(["scanner", "n", "mean", "sd"],
                           [[scanner, d.get("n"), fmt(d.get("mean")), fmt(d.get("std"))]
                            for scanner, d in sorted(seg_test["dice_per_scanner"].items())])]
+    lines += _per_scanner_lines(clf.get("test", {}))
     lines += _birads_lines(clf.get("test", {}).get("birads") or {})
     lines += ["## Models", "", *_segmenter_lines(seg), *_classifier_lines(clf)]
     lines += _input_check_lines(card.get("input_check"))

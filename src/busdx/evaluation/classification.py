@@ -329,6 +329,27 @@ def evaluate_predictions(
     )
 
 
+def by_group(preds: Sequence[Prediction], groups: Sequence[str], threshold: float) -> dict:
+    """Per group (a scanner, say): the counts, AUC and the rates at the frozen ``threshold``.
+    AUC is None for a group with one class only, a rate None without cases to rate."""
+    if len(preds) != len(groups):
+        raise ValueError(f"{len(preds)} predictions but {len(groups)} groups")
+    out = {}
+    for name in sorted(set(groups)):
+        part = [p for p, g in zip(preds, groups, strict=True) if g == name]
+        y = np.array([p.label for p in part])
+        called = np.array([p.prob >= threshold for p in part])
+        m = binary_metrics(y, called)
+        out[name] = {
+            "n": len(part), "malignant": int(y.sum()),
+            "auc": roc_auc(y, np.array([p.prob for p in part])) if 0 < y.sum() < len(y) else None,
+            "sensitivity": float(called[y == 1].mean()) if y.sum() else None,
+            "specificity": float((~called[y == 0]).mean()) if (y == 0).any() else None,
+            "tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn,
+        }
+    return out
+
+
 def predict_records(
     records: Sequence,
     models_dir: str | Path,

@@ -177,6 +177,15 @@ def test_export_and_evaluate_write_the_card(trained_run, fixtures_root, tmp_path
     card_now = load_card(card)["segmenter"]
     assert card_now["validation"]["split"] == "val" and card_now["validation"]["images"] >= 1
     assert card_now["test"] == test  # the test results are left alone
+    # a graph trained with --val-fold 2 is scored on the whole of fold 2, and says so
+    from busdx.data.index import load_index
+
+    fold2 = sum(1 for r in load_index(fixtures_root).records if r.fold == 2)
+    assert main(["evaluate", "segmentation", "--data", str(fixtures_root), "--model", str(model),
+                 "--card", str(card), "--split", "val", "--val-fold", "2"]) == 0
+    validation = load_card(card)["segmenter"]["validation"]
+    assert validation["images"] == fold2
+    assert "official fold 2" in validation["validation_split"]
 
 
 def test_evaluate_without_model_is_a_user_error(fixtures_root, tmp_path):

@@ -147,6 +147,12 @@ def _register_evaluate(group) -> None:
                    help="the test fold, or the patient-wise validation split of the other folds "
                    "(for choices made on validation; written as 'validation' in the card)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="with --split val, --compare or --thresholds: the validation patients "
+                   "the graph's training run used (its --split-seed)")
+    p.add_argument("--val-fold", type=int, default=None, metavar="K",
+                   help="with --split val, --compare or --thresholds: validate on official fold "
+                   "K, as a training run given --val-fold K did")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=GRAPH",
                    help="choose among candidate graphs on the VALIDATION split instead: each is "
                    "scored, the choice is written to the card's segmenter.selection (repeatable)")
@@ -173,7 +179,8 @@ def _select(args) -> int:
     selection = select_segmenter(args.data, candidates, args.test_fold, args.baseline,
                                  args.min_gain,
                                  name_value_pairs(args.not_eligible, "--not-eligible"),
-                                 args.threads, threshold=card_threshold(args.card or None))
+                                 args.threads, threshold=card_threshold(args.card or None),
+                                 split_seed=args.split_seed, val_fold=args.val_fold)
     selection["command"] = args.invocation
     if args.card:
         record_round(args.card, "segmenter", "selection", selection)
@@ -200,7 +207,7 @@ def _sweep(args) -> int:
         raise BusdxError("--thresholds needs at least one threshold")
     current = card_threshold(args.card or None)
     sweep = sweep_thresholds(args.data, args.model, grid, args.test_fold, current, args.min_gain,
-                             args.threads)
+                             args.threads, split_seed=args.split_seed, val_fold=args.val_fold)
     sweep["command"] = args.invocation
     if args.card:
         values = {"threshold_sweep": sweep}
@@ -224,7 +231,8 @@ def _evaluate(args) -> int:
     if args.compare:
         return _select(args)
     result = evaluate_segmenter(args.data, args.model, args.test_fold, args.card or None,
-                                args.figures, args.threads, split=args.split)
+                                args.figures, args.threads, split=args.split,
+                                split_seed=args.split_seed, val_fold=args.val_fold)
     s = result.section
     print(f"{args.split} (test fold {s['test_fold']}), {s['images']} images, "
           "original resolution")

@@ -198,6 +198,8 @@ def evaluate_segmenter(
     threads: int | None = None,
     split: str = "test",
     threshold: float | None = None,
+    split_seed: int = 0,
+    val_fold: int | None = None,
 ) -> SegEvaluation:
     """Score the ONNX segmenter on the official test fold (or, with ``split="val"``, on the
     patient-wise validation split used in training); optionally write the card section
@@ -209,13 +211,14 @@ def evaluate_segmenter(
         threshold = card_threshold(card_path)
     model_path = Path(model_path)
     session = open_session(model_path, threads)
-    index = load_index(resolve_root(data))
-    parts = make_split(index, SplitConfig(test_fold=test_fold))
+    parts = _split(data, test_fold, split_seed, val_fold)
     records = parts.test if split == "test" else parts.val
     if not records:
         raise BusdxError(f"the {split} split of fold {test_fold} has no images")
     scores, _ = score_records(session, records, threshold=threshold)
     section = summary_section(scores, test_fold, model_path, split, threshold)
+    if split == "val":
+        section["validation_split"] = validation_text(len(records), test_fold, split_seed, val_fold)
     if figures_dir is not None:
         figures_dir = Path(figures_dir)
         groups = example_ids(scores)
@@ -231,6 +234,20 @@ def evaluate_segmenter(
         update_card(card_path, "segmenter", {"test" if split == "test" else "validation": section})
     return SegEvaluation(scores=scores, test_fold=test_fold, model_path=model_path,
                          section=section)
+
+
+def _split(data: str | None, test_fold: int, split_seed: int = 0, val_fold: int | None = None):
+    """The split a segmenter was trained on: ``split_seed`` and ``val_fold`` as given to
+    ``busdx train segmentation`` (scoring on another validation set would flatter it)."""
+    return make_split(load_index(resolve_root(data)),
+                      SplitConfig(test_fold=test_fold, seed=split_seed, val_fold=val_fold))
+
+
+def validation_text(n: int, test_fold: int, split_seed: int = 0, val_fold: int | None = None
+                    ) -> str:
+    which = (f"official fold {val_fold}" if val_fold is not None
+             else f"patient-wise, split seed {split_seed}")
+    return f"validation ({n} images, {which}, test fold {test_fold} untouched)"
 
 
 def card_threshold(card_path: str | Path | None) -> float:
@@ -251,6 +268,8 @@ def sweep_thresholds(
     current: float = THRESHOLD,
     min_gain: float = 0.001,
     threads: int | None = None,
+    split_seed: int = 0,
+    val_fold: int | None = None,
 ) -> dict[str, Any]:
     """Mean raw Dice on the VALIDATION split at each mask threshold (one probability map per
     image, thresholded every way). The ``current`` threshold stays unless another beats it by at
@@ -265,7 +284,7 @@ def sweep_thresholds(
     model_path = Path(model_path)
     session = open_session(model_path, threads)
     size = _input_size(session)
-    records = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=test_fold)).val
+    records = _split(data, test_fold, split_seed, val_fold).val
     per_threshold: dict[float, list[float]] = {t: [] for t in grid}
     for r in tqdm(records, desc="threshold sweep", leave=False):
         prob = predict_probability(session, load_gray(r.image_path), size)
@@ -280,7 +299,7 @@ def sweep_thresholds(
     return {
         "rule": f"highest validation Dice at original resolution; the served threshold "
                 f"({current:g}) stays unless beaten by at least {min_gain}",
-        "split": f"validation ({len(records)} images, patient-wise, test fold {test_fold} untouched)",
+        "split": validation_text(len(records), test_fold, split_seed, val_fold),
         "onnx_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         "val_dice_by_threshold": {f"{t:g}": v for t, v in means.items()},
         "best": best,
@@ -299,6 +318,8 @@ def select_segmenter(
     not_eligible: dict[str, str] | None = None,
     threads: int | None = None,
     threshold: float = THRESHOLD,
+    split_seed: int = 0,
+    val_fold: int | None = None,
 ) -> dict[str, Any]:
     """Score candidate graphs on the VALIDATION split at original resolution and pick one: the
     highest mean Dice, but the ``baseline`` (the graph shipped now) stays unless the best beats
@@ -311,8 +332,7 @@ def select_segmenter(
         raise BusdxError(f"not among the candidates: {', '.join(unknown)}")
     if not set(candidates) - set(not_eligible):
         raise BusdxError("every candidate is marked not eligible")
-    index = load_index(resolve_root(data))
-    records = make_split(index, SplitConfig(test_fold=test_fold)).val
+    records = _split(data, test_fold, split_seed, val_fold).val
     dices, post = {}, {}
     for name, path in candidates.items():
         scores, _ = score_records(open_session(Path(path), threads), records, threshold=threshold)
@@ -332,7 +352,7 @@ def select_segmenter(
         rule += "; graphs marked not eligible are scored for the record only"
     return {
         "rule": rule,
-        "split": f"validation ({len(records)} images, patient-wise, test fold {test_fold} untouched)",
+        "split": validation_text(len(records), test_fold, split_seed, val_fold),
         "candidates": {n: str(p) for n, p in candidates.items()},
         "val_dice_original_resolution": dices,
         "val_dice_postprocessed": post,

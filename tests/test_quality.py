@@ -93,6 +93,12 @@ def test_the_analysis_carries_the_check(checked_models, fixtures_root):
     assert len(body["input_check"]["warnings"]) == 1
 
 
+def test_without_ranges_in_the_card_there_is_no_check(fixtures_root, tmp_path):
+    models = Models.load(build_stand_in_models(tmp_path))
+    result = analyze(_image(fixtures_root), models, render_overlays=False)
+    assert result.input_check is None and result.to_json(images=False)["input_check"] is None
+
+
 def test_bad_ranges_in_a_card_are_refused(tmp_path):
     card = {**STAND_IN_CARD, "input_check": {"ranges": {"texture": [0.09, 0.02]}}}
     with pytest.raises(BusdxError, match="input_check.ranges"):

@@ -1,6 +1,7 @@
 """One analysis of one image, shared by the CLI, the API and the tests.
 
-decode -> letterbox -> segmenter -> sigmoid -> back to the original grid (bilinear) -> above the
+decode -> input check (busdx.inference.quality: is the image like the training images?) ->
+letterbox -> segmenter -> sigmoid -> back to the original grid (bilinear) -> above the
 card's segmenter threshold (0.5) -> largest connected component, holes filled -> lesion crop
 (busdx.data.crop, one per context of the card) -> classifier, logits averaged over the crops
 -> calibrated probability sigmoid(logit / T), label at the card's threshold, risk band ->
@@ -205,7 +206,8 @@ def analyze(
     image = decoded.image
     h, w = image.shape
     clock.lap("decode")
-    input_check = check_image(image, models.input_ranges)
+    # a caution, not a gate: the analysis goes on whatever it says
+    input_check = check_image(image, models.input_ranges) if models.input_ranges else None
     clock.lap("input_check")
     mask = segment(image, models)
     clock.lap("segment")

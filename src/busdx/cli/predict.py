@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise BusdxError(f"cannot write {args.csv}: {err.strerror or err}") from err
     name = _Namer()
-    failed = 0
+    failed = unusual = 0
     with out, tqdm(files, desc="predict", unit="image", file=sys.stderr) as bar:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
@@ -190,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 analysis = analyze(path, models, render_overlays=False)
                 row = row_for(path, analysis)
+                unusual += bool(row["input_unusual"])
                 _write_outputs(name(path), analysis, args.masks_dir, args.overlays_dir)
             except (ImageError, BusdxError, OSError, ValueError) as err:
                 failed += 1
@@ -199,4 +200,7 @@ def run(args: argparse.Namespace) -> int:
             writer.writerow(row)
             out.flush()
     log.info("%d images analysed, %d failed; results in %s", len(files) - failed, failed, args.csv)
+    if unusual:
+        log.warning("%d image(s) unlike the training images, where the validated threshold may "
+                    "not hold: see the input_unusual column", unusual)
     return 0

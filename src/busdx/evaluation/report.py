@@ -90,29 +90,6 @@ def plot_per_scanner(seg_scores, cls_by_scanner: dict[str, dict], path: Path) ->
     return path
 
 
-def classification_by_scanner(preds, records, threshold: float) -> dict[str, dict]:
-    from busdx.evaluation.classification import binary_metrics, roc_auc
-
-    scanner_of = {r.id: r.scanner for r in records}
-    groups: dict[str, list] = defaultdict(list)
-    for p in preds:
-        groups[scanner_of[p.id]].append(p)
-    out = {}
-    for scanner, group in groups.items():
-        y = np.array([p.label for p in group])
-        prob = np.array([p.prob for p in group])
-        m = binary_metrics(y, prob >= threshold)
-        both = 0 < y.sum() < len(y)
-        out[scanner] = {
-            "n": len(group),
-            "malignant": int(y.sum()),
-            "auc": roc_auc(y, prob) if both else None,
-            "sensitivity": m.recall if y.sum() else None,
-            "specificity": m.specificity if y.sum() < len(y) else None,
-        }
-    return out
-
-
 def render_readme_block(card: dict, figures: dict[str, Path], readme_dir: Path) -> str:
     lines = [README_START, "", results_table(card), ""]
     pictures = [(k, figures[k]) for k in ("segmentation_examples", "classifier_roc",
@@ -140,7 +117,7 @@ def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5
     from busdx.data.index import load_index
     from busdx.data.preview import preview
     from busdx.data.splits import SplitConfig, make_split
-    from busdx.evaluation.classification import evaluate_predictions, predict_records
+    from busdx.evaluation.classification import by_group, evaluate_predictions, predict_records
     from busdx.evaluation.classification_plots import save_figures
     from busdx.evaluation.plots import plot_learning_curves
     from busdx.evaluation.segmentation import evaluate_segmenter
@@ -187,7 +164,7 @@ def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5
         if card_value is not None and round(card_value, 3) != round(now, 3):
             result.mismatches.append(f"classifier {key}: card {card_value:.4f}, now {now:.4f}")
 
-    per_scanner = classification_by_scanner(preds, records, clf["threshold"])
+    per_scanner = by_group(preds, [r.scanner for r in records], clf["threshold"])
     figures["per_scanner"] = plot_per_scanner(seg.scores, per_scanner, out / "results_per_scanner.png")
 
     (out / "REPORT.md").write_text(_report_markdown(card, figures, out, per_scanner, result),

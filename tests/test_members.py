@@ -41,6 +41,22 @@ def test_the_scored_ensemble_is_every_candidate_without_mirroring():
         ScoredEnsemble.from_card({"classifier": {}})
 
 
+def test_a_card_that_ships_mirror_averaging_is_read_with_it():
+    card = scored_card({"b": "r/b.pt", "c": "r/c.pt"}, 0.95)
+    card["classifier"]["tta"] = "flip"
+    card["classifier"]["crop_comparison_val_auc"][
+        "model=ensemble_both_crop, tta=flip, contexts=0.3"] = 0.96
+    s = ScoredEnsemble.from_card(card)
+    assert (s.val_auc, s.passes, s.tta) == (0.96, 6, "flip")
+    # like with like: a round mixing mirrored and plain scores is refused
+    from busdx.evaluation.members import member_selection
+
+    plain = ScoredEnsemble.from_card(scored_card({"b": "r/b.pt", "c": "r/c.pt"}, 0.95))
+    with pytest.raises(BusdxError, match="mirror averaging"):
+        member_selection({"now": s, "new": plain}, "now", 0.005, "rule")
+    assert member_selection({"now": s, "new": s}, "now", 0.005, "rule")["tta"] == "flip"
+
+
 def test_the_baseline_stays_unless_beaten_by_the_margin():
     def e(auc):
         return ScoredEnsemble(auc, 3, ("x",), None)

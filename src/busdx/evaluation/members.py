@@ -37,16 +37,20 @@ def parse_option(key: str) -> dict[str, str]:
 @dataclass(frozen=True)
 class ScoredEnsemble:
     """One candidate ensemble as ``--calibrate-only`` scored it: every candidate network averaged,
-    no mirror averaging, the primary crop."""
+    the primary crop, with the mirror averaging (``tta``) the card ships."""
 
     val_auc: float
     passes: int
     checkpoints: tuple[str, ...]
     command: str | None
+    tta: str = "none"
 
     @classmethod
     def from_card(cls, card: Mapping, where: str = "card") -> ScoredEnsemble:
+        from busdx.models.contract import TTA_COST
+
         clf = card.get("classifier") or {}
+        tta = clf.get("tta") or "none"
         candidates = clf.get("candidates") or {}
         scores = clf.get("crop_comparison_val_auc") or {}
         if not candidates or not scores:
@@ -55,16 +59,18 @@ class ScoredEnsemble:
         context = str((clf.get("crop") or {}).get("context"))
         for key, auc in scores.items():
             parts = parse_option(key)
-            if (parts["tta"] == "none" and parts.get("contexts") == context
+            if (parts["tta"] == tta and parts.get("contexts") == context
                     and option_members(parts["model"], candidates) == set(candidates)):
+                views = sum(int(c.get("passes_per_crop") or 1) for c in candidates.values())
                 return cls(
                     val_auc=float(auc),
-                    passes=sum(int(c.get("passes_per_crop") or 1) for c in candidates.values()),
+                    passes=round(views * TTA_COST[tta]),
                     checkpoints=tuple(c["checkpoint"] for c in candidates.values()),
                     command=(clf.get("calibration") or {}).get("command"),
+                    tta=tta,
                 )
-        raise BusdxError(f"{where}: no scored option averages all of {sorted(candidates)} "
-                         "(two-view networks are not averaged with each other)")
+        raise BusdxError(f"{where}: no scored option averages all of {sorted(candidates)} with "
+                         f"tta={tta} (two-view networks are not averaged with each other)")
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> ScoredEnsemble:
@@ -119,9 +125,15 @@ def member_selection(
 ) -> dict:
     """The card's ``classifier.member_selection``: every candidate's validation AUC and cost,
     the choice, the scoring commands, and the new runs' records."""
+    ttas = {s.tta for s in scored.values()}
+    if len(ttas) > 1:
+        raise BusdxError("the candidates were scored with different mirror averaging "
+                         f"({', '.join(f'{n}: {s.tta}' for n, s in scored.items())}): score them "
+                         "alike (--calibrate-only --tta ...)")
     chosen = choose(scored, baseline, min_gain)
     record = {
         "rule": rule, "split": "validation", "min_gain": min_gain, "baseline": baseline,
+        "tta": ttas.pop(),
         "passes_per_image": {n: s.passes for n, s in scored.items()},
         "val_auc": {n: s.val_auc for n, s in scored.items()},
         "chosen": chosen,

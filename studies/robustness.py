@@ -228,13 +228,15 @@ def compare(baseline: dict, candidate: dict) -> dict:
     if set(a) != set(b):
         raise ValueError("the two studies ran different conditions")
     counted = [n for n in a if n not in NOT_COUNTED]
-    mean_auc = {k: float(np.mean([s[n]["auc"] for n in counted])) for k, s in (("baseline", a),
-                                                                                ("candidate", b))}
-    flips = {k: int(sum(s[n]["calls_flipped"] for n in counted)) for k, s in (("baseline", a),
-                                                                            ("candidate", b))}
-    sens_change = {k: float(np.mean([abs(s[n]["sensitivity"] - s[NOT_COUNTED[0]]["sensitivity"])
-                                     for n in counted]))
-                   for k, s in (("baseline", a), ("candidate", b))}
+
+    def over_counted(s: dict) -> tuple[float, int, float]:
+        ref = s[NOT_COUNTED[0]]["sensitivity"]
+        return (float(np.mean([s[n]["auc"] for n in counted])),
+                int(sum(s[n]["calls_flipped"] for n in counted)),
+                float(np.mean([abs(s[n]["sensitivity"] - ref) for n in counted])))
+
+    per_study = {"baseline": over_counted(a), "candidate": over_counted(b)}
+    mean_auc, flips, sens_change = ({k: v[i] for k, v in per_study.items()} for i in range(3))
     return {
         "baseline_models": baseline["model_version"],
         "candidate_models": candidate["model_version"],
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(result, out / "robustness.png")
     for name, s in result["conditions"].items():
         log.info("%-34s AUC %.3f  sens %.3f  spec %.3f  Dice %.3f  |dp| %.3f  flips %3d  "
-                 "warned %.2f%s", name, s["auc"], s["sensitivity"], s["specificity"],
+                 "cautioned %.2f%s", name, s["auc"], s["sensitivity"], s["specificity"],
                  s["mean_dice"], s["mean_abs_probability_change"], s["calls_flipped"],
                  s["fraction_unusual"],
                  "  FLAGGED" if s["flagged"] else "")

@@ -284,7 +284,7 @@ def run_soup(args: argparse.Namespace) -> int:
     import torch
 
     from busdx.data.index import load_index
-    from busdx.data.splits import SplitConfig, make_split
+    from busdx.data.splits import SplitConfig, make_split, validation_name
     from busdx.training import classification as tc
     from busdx.training.soup import make_soup
 
@@ -300,7 +300,7 @@ def run_soup(args: argparse.Namespace) -> int:
                                                           seed=split_seed, val_fold=val_fold))
     val = tc.load_samples(split.val, args.cache)
     log.info("scoring on %d validation images (%s; test fold %d untouched)", len(val),
-             _split_text(split_seed, val_fold), args.test_fold)
+             validation_name(split_seed, val_fold), args.test_fold)
     result = make_soup(args.checkpoint, args.method, args.out,
                        lambda model: tc.validation_auc(model, val, config),
                        command=args.invocation)
@@ -322,7 +322,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from busdx.data.index import load_index
-    from busdx.data.splits import SplitConfig, make_split
+    from busdx.data.splits import SplitConfig, make_split, validation_name
     from busdx.evaluation.classification import (
         crop_logits,
         fit_operating_point,
@@ -344,8 +344,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         # calibrating on images a network trained on would flatter it
         trained = (ckpt["config"].get("split_seed", 0), ckpt["config"].get("val_fold"))
         if trained != (args.split_seed, args.val_fold):
-            raise BusdxError(f"{name} was validated on {_split_text(*trained)}, not on "
-                             f"{_split_text(args.split_seed, args.val_fold)}: pass the same "
+            raise BusdxError(f"{name} was validated on {validation_name(*trained)}, not on "
+                             f"{validation_name(args.split_seed, args.val_fold)}: pass the same "
                              "--split-seed / --val-fold")
     sizes = {int(ckpt["config"]["size"]) for _, _, ckpt in loaded.values()}
     if len(sizes) != 1:
@@ -490,11 +490,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
     log.info("operating point (%s masks, tta %s): %s", args.masks, tta,
              json.dumps({k: v for k, v in values.items() if k != "calibration_training"}))
     return 0
-
-
-def _split_text(split_seed: int, val_fold: int | None) -> str:
-    return (f"official fold {val_fold}" if val_fold is not None
-            else f"the patient-wise share drawn with split seed {split_seed}")
 
 
 def _tta_options(choice: str, kind: str, ensemble: bool = False) -> tuple[str, ...]:

@@ -111,8 +111,7 @@ def row_for(path: Path, analysis) -> dict:
         "time_ms": analysis.timings_ms.get("total"),
         "note": analysis.note,
         # e.g. "texture low; contrast high": statistics outside the training images' ranges
-        "input_unusual": "; ".join(f"{k} {v}" for k, v in analysis.input_check.outside.items())
-        if analysis.input_check else "",
+        "input_unusual": analysis.input_check.outside_text if analysis.input_check else "",
         "error": "",
     }
     if analysis.measurements is not None:

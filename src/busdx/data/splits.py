@@ -31,6 +31,12 @@ class SplitConfig:
     val_fold: int | None = None  # a whole fold as validation instead of val_fraction
 
 
+def validation_name(split_seed: int, val_fold: int | None) -> str:
+    """Which validation images a run used, in words (records, logs and errors)."""
+    return (f"official fold {val_fold}" if val_fold is not None
+            else f"the patient-wise share drawn with split seed {split_seed}")
+
+
 @dataclass
 class Split:
     train: list[Record]

@@ -343,8 +343,8 @@ def by_group(preds: Sequence[Prediction], groups: Sequence[str], threshold: floa
         out[name] = {
             "n": len(part), "malignant": int(y.sum()),
             "auc": roc_auc(y, np.array([p.prob for p in part])) if 0 < y.sum() < len(y) else None,
-            "sensitivity": float(called[y == 1].mean()) if y.sum() else None,
-            "specificity": float((~called[y == 0]).mean()) if (y == 0).any() else None,
+            "sensitivity": m.recall if y.sum() else None,
+            "specificity": m.specificity if (y == 0).any() else None,
             "tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn,
         }
     return out

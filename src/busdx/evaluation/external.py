@@ -226,7 +226,7 @@ def evaluate_external(
         row.update(probability=round(a.probability, 6), call=a.label, risk_band=a.risk.name,
                    lesion_found=a.lesion_found)
         if a.input_check is not None:
-            row["input_unusual"] = "; ".join(f"{k} {v}" for k, v in a.input_check.outside.items())
+            row["input_unusual"] = a.input_check.outside_text
         if truth is not None:
             served = a.mask.astype(bool)
             d, j = dice(served, truth), iou(served, truth)

@@ -13,15 +13,20 @@ import numpy as np
 from busdx.data.index import load_index, resolve_root
 from busdx.data.splits import SplitConfig, make_split
 from busdx.inference.decode import decode
-from busdx.inference.quality import PERCENTILES, STATISTICS, check_image, fit_ranges
+from busdx.inference.quality import (
+    DESCRIPTIONS,
+    PERCENTILES,
+    STATISTICS,
+    check_image,
+    fit_ranges,
+    image_statistics,
+)
 
 log = logging.getLogger(__name__)
 
 
 def _statistics(records: Sequence, what: str) -> list[dict[str, float]]:
     from tqdm import tqdm
-
-    from busdx.inference.quality import image_statistics
 
     return [image_statistics(decode(str(r.image_path)).image)
             for r in tqdm(records, desc=what, leave=False)]
@@ -50,12 +55,7 @@ def input_check_section(
         "what": "a warning, never a refusal, for images whose gray-level statistics lie outside "
                 "what the training images span: there the operating point frozen on validation "
                 "may not hold (see the robustness study)",
-        "statistics": {
-            "brightness": "mean gray level of the scan area (pixels above 0.02)",
-            "contrast": "standard deviation of the scan area's gray levels",
-            "texture": "mean absolute 4-neighbour Laplacian over the scan area at the file's "
-                       "resolution (blur and up-sampling lower it, noise raises it)",
-        },
+        "statistics": dict(DESCRIPTIONS),
         "ranges": ranges,
         "rule": f"the {percentiles[0]:g}th to {percentiles[1]:g}th percentiles over the "
                 f"{len(split.train)} training images, fold {test_fold} and the validation "

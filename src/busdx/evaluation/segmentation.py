@@ -21,7 +21,7 @@ import numpy as np
 
 from busdx.data.index import Record, load_index, resolve_root
 from busdx.data.preprocess import load_gray, load_mask, prepare
-from busdx.data.splits import SplitConfig, make_split
+from busdx.data.splits import SplitConfig, make_split, validation_name
 from busdx.errors import BusdxError
 from busdx.evaluation.metrics import dice, iou, summarise, summarise_by_group
 from busdx.evaluation.model_card import update_card
@@ -245,9 +245,8 @@ def _split(data: str | None, test_fold: int, split_seed: int = 0, val_fold: int 
 
 def validation_text(n: int, test_fold: int, split_seed: int = 0, val_fold: int | None = None
                     ) -> str:
-    which = (f"official fold {val_fold}" if val_fold is not None
-             else f"patient-wise, split seed {split_seed}")
-    return f"validation ({n} images, {which}, test fold {test_fold} untouched)"
+    return (f"validation ({n} images, {validation_name(split_seed, val_fold)}, test fold "
+            f"{test_fold} untouched)")
 
 
 def card_threshold(card_path: str | Path | None) -> float:

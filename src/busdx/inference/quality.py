@@ -27,6 +27,13 @@ STATISTICS = ("brightness", "contrast", "texture")
 # gray level below which a pixel is background (black margins, not tissue)
 BACKGROUND = 0.02
 PERCENTILES = (0.5, 99.5)
+# what each statistic measures, for the model card
+DESCRIPTIONS = {
+    "brightness": f"mean gray level of the scan area (pixels above {BACKGROUND})",
+    "contrast": "standard deviation of the scan area's gray levels",
+    "texture": "mean absolute 4-neighbour Laplacian over the scan area at the file's resolution "
+               "(blur and up-sampling lower it, noise raises it)",
+}
 
 # what a value below / above the training range suggests, for the warning
 _HINTS = {
@@ -76,6 +83,11 @@ class InputCheck:
     @property
     def unusual(self) -> bool:
         return bool(self.outside)
+
+    @property
+    def outside_text(self) -> str:
+        """e.g. ``"texture low; contrast high"`` (empty when nothing is outside)."""
+        return "; ".join(f"{name} {side}" for name, side in self.outside.items())
 
     def as_dict(self) -> dict:
         return {"statistics": self.statistics, "outside": self.outside,

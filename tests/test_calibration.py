@@ -138,3 +138,30 @@ def test_mirror_options_of_an_ensemble_leave_out_the_crop_only_mirror():
     assert _tta_options("auto", "both", ensemble=True) == ("none", "flip")
     assert _tta_options("auto", "crop") == ("none", "flip")
     assert _tta_options("flip_crop", "both", ensemble=True) == ()
+
+
+def test_wilson_interval_has_its_closed_form_at_zero_and_is_symmetric():
+    from busdx.evaluation.classification import wilson_interval
+
+    z = 1.959964
+    lo, hi = wilson_interval(0, 20)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(z * z / (20 + z * z))
+    lo, hi = wilson_interval(68, 75)
+    mirror = wilson_interval(7, 75)
+    assert lo == pytest.approx(1 - mirror[1]) and hi == pytest.approx(1 - mirror[0])
+    assert lo < 68 / 75 < hi <= 1.0
+    # fewer cases, wider interval
+    lo_few, hi_few = wilson_interval(34, 37)
+    assert hi_few - lo_few > hi - lo
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_operating_point_records_the_counts_it_was_set_on():
+    from busdx.evaluation.classification import fit_operating_point
+
+    logits, y = overconfident(n=300, scale=1.0, seed=3)
+    cal = fit_operating_point(logits, y)["calibration"]
+    assert cal["val_cancers"] == int(y.sum()) and cal["val_benign"] == int((1 - y).sum())
+    assert cal["val_cancers_called"] / cal["val_cancers"] == pytest.approx(cal["val_sensitivity"])
+    assert cal["val_benign_cleared"] / cal["val_benign"] == pytest.approx(cal["val_specificity"])

@@ -374,9 +374,11 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     assert (tmp_path / "fig" / "classifier_roc.png").is_file()
 
     _export_random_segmenter(models / "segmenter.onnx")
-    # a member selection recorded for other networks must not outlive them
+    # a member selection recorded for other networks must not outlive them as the current one,
+    # but stays on record among the earlier rounds
     update_card(models / "model_card.json", "classifier",
-                {"checkpoints": ["elsewhere/classifier.pt"], "member_selection": {"chosen": "x"}})
+                {"checkpoints": ["elsewhere/classifier.pt"], "member_selection": {"chosen": "x"},
+                 "with_previous_segmenter": {"what": "comparisons of other networks"}})
     # the operating point refitted on validation through the exported models
     rc = main(["train", "classification", "--calibrate-only", "--data", str(fixtures_root),
                "--models", str(models), "--test-fold", "1", "--masks", "predicted",
@@ -390,7 +392,8 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     assert card["temperature"] == pytest.approx(1 / card["calibration"]["platt_a"])
     # results of the previous graph are gone rather than left next to the new one
     assert "test" not in card and "test_gt_masks" not in card
-    assert "member_selection" not in card
+    assert "member_selection" not in card and "with_previous_segmenter" not in card
+    assert card["member_selection_history"][-1] == {"chosen": "x"}
     rc = main(["evaluate", "classification", "--data", str(fixtures_root), "--models",
                str(models), "--test-fold", "1", "--reps", "50"])
     assert rc == 0

@@ -188,3 +188,14 @@ def test_classifier_member_selection_is_tabled_best_first():
     assert text.index("Ensemble members, chosen") < text.index(
         "Earlier round of members, chosen on validation: an older rule.")
     assert "- `b`: best epoch 9, validation AUC in training 0.9388, 2.3 min; `busdx train y`" in text
+
+
+def test_validation_rates_show_their_counts_and_interval_when_the_card_has_them():
+    cal = {"val_auc": 0.95, "n_val": 226, "method": "Platt", "val_sensitivity": 68 / 75,
+           "val_specificity": 132 / 151}
+    card = {"classifier": {"calibration": dict(cal)}}
+    assert "| sensitivity at the threshold | 0.907 |" in render_model_card(card)
+    cal.update(val_cancers_called=68, val_cancers=75, val_benign_cleared=132, val_benign=151)
+    text = render_model_card({"classifier": {"calibration": cal}})
+    assert "| sensitivity at the threshold | 0.907 (68/75; 95% CI 0.82-0.95, Wilson) |" in text
+    assert "| specificity at the threshold | 0.874 (132/151; 95% CI 0.81-0.92, Wilson) |" in text

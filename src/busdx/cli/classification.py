@@ -329,7 +329,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         record_inputs,
         roc_auc,
     )
-    from busdx.evaluation.model_card import drop_keys, load_card, update_card
+    from busdx.evaluation.model_card import drop_keys, load_card, retire_record, update_card
     from busdx.inference.models import Models
     from busdx.models.classification import ClassifierEnsemble, backbone_name, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, input_views
@@ -478,9 +478,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
                                           "masks": "ground truth (no jitter)", "engine": "torch"}
     drop_keys(card_path, "classifier", ["validation"])
     if section.get("checkpoints") != values["checkpoints"]:
-        # a member selection names the networks it chose: stale once others are shipped
-        for stale in drop_keys(card_path, "classifier", ["member_selection"]):
-            log.warning("dropped the card's classifier.%s: it chose other networks than %s",
+        # a member selection names the networks it chose: once others ship it says only what
+        # was tried, so it joins the earlier rounds; comparisons made with an earlier segmenter
+        # describe earlier networks and go
+        if retire_record(card_path, "classifier", "member_selection"):
+            log.warning("moved the card's classifier.member_selection to its history: it chose "
+                        "other networks than %s", " + ".join(values["checkpoints"]))
+        for stale in drop_keys(card_path, "classifier", ["with_previous_segmenter"]):
+            log.warning("dropped the card's classifier.%s: it describes other networks than %s",
                         stale, " + ".join(values["checkpoints"]))
     # a new graph or operating point makes earlier test results stale: evaluate again
     for stale in drop_keys(card_path, "classifier", ["test", "test_gt_masks"]):

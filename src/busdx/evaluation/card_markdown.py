@@ -8,6 +8,7 @@ the JSON), so a new record never shows up as a raw dump.
 from __future__ import annotations
 
 from busdx import DISCLAIMER
+from busdx.evaluation.classification import wilson_interval
 from busdx.evaluation.members import option_members, parse_option
 from busdx.hardware import hardware_text
 from busdx.models.contract import TTA_COST
@@ -363,6 +364,16 @@ def _classifier_choice_lines(clf: dict) -> list[str]:
     return lines
 
 
+def _count_ci(cal: dict, hits: str, total: str) -> str:
+    """The count and its Wilson interval, as in ``(68/75; 95% CI 0.82-0.95, Wilson)``; empty for
+    cards calibrated before the counts were recorded, which hold only the rate."""
+    k, n = cal.get(hits), cal.get(total)
+    if not isinstance(k, int) or not isinstance(n, int) or n <= 0:
+        return ""
+    lo, hi = wilson_interval(k, n)
+    return f" ({k}/{n}; 95% CI {fmt(lo, 2)}-{fmt(hi, 2)}, Wilson)"
+
+
 def _calibration_lines(clf: dict) -> list[str]:
     cal = clf.get("calibration") or {}
     if "val_auc" not in cal:
@@ -375,8 +386,10 @@ def _calibration_lines(clf: dict) -> list[str]:
         ["ECE before / after", f"{fmt(cal.get('val_ece_before'))} / {fmt(cal.get('val_ece_after'))}"],
         ["log loss before / after", f"{fmt(cal.get('val_nll_before'))} / "
                                     f"{fmt(cal.get('val_nll_after'))}"],
-        ["sensitivity / specificity at the threshold",
-         f"{fmt(cal.get('val_sensitivity'))} / {fmt(cal.get('val_specificity'))}"],
+        ["sensitivity at the threshold",
+         fmt(cal.get("val_sensitivity")) + _count_ci(cal, "val_cancers_called", "val_cancers")],
+        ["specificity at the threshold",
+         fmt(cal.get("val_specificity")) + _count_ci(cal, "val_benign_cleared", "val_benign")],
     ])
     if cal.get("command"):
         lines += [f"- command: `{cal['command']}`", ""]

@@ -91,6 +91,20 @@ def binary_metrics(labels: Sequence[int], predicted: Sequence[int]) -> BinaryMet
     )
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion: unlike the normal approximation it stays inside
+    [0, 1] and keeps its coverage near 0 and 1, where sensitivities on a few dozen cancers sit."""
+    if n <= 0:
+        raise ValueError("a proportion needs at least one trial")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes ({successes}) must lie in [0, {n}]")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def bootstrap_cis(
     labels: Sequence[int],
     scores: Sequence[float],
@@ -440,5 +454,8 @@ def fit_operating_point(logits: np.ndarray, labels: np.ndarray, target_sensitivi
             "temperature_only": t_only,
             "val_sensitivity": float(called[y == 1].mean()),
             "val_specificity": float((~called[y == 0]).mean()),
+            # counts, so readers see how few cancers the operating point was set on
+            "val_cancers_called": int(called[y == 1].sum()), "val_cancers": int((y == 1).sum()),
+            "val_benign_cleared": int((~called[y == 0]).sum()), "val_benign": int((y == 0).sum()),
         },
     }

@@ -36,6 +36,20 @@ def record_round(path: str | Path, section: str, key: str, record: dict[str, Any
     return update_card(path, section, values)
 
 
+def retire_record(path: str | Path, section: str, key: str) -> bool:
+    """Move ``card[section][key]`` to the end of its ``_history`` list, as ``record_round``
+    would on replacing it; returns whether there was one. For a record that no longer
+    describes what ships but still says what was tried."""
+    card = load_card(path)
+    record = card.get(section, {}).get(key)
+    if not record:
+        return False
+    card[section][f"{key}_history"] = [*card[section].get(f"{key}_history", []), record]
+    del card[section][key]
+    _write(Path(path), card)
+    return True
+
+
 def drop_keys(path: str | Path, section: str, keys: list[str]) -> list[str]:
     """Remove ``keys`` from ``card[section]``; returns those that were there."""
     path = Path(path)

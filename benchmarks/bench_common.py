@@ -166,7 +166,7 @@ def models_info(models_dir: str | Path | None) -> dict[str, Any]:
 
 def add_common_args(parser) -> None:
     parser.add_argument("--data", default=None,
-                        help="BUS-BRA root (default: $BUSDX_DATA or ../shared/data/busbra)")
+                        help="BUS-BRA root (default: $BUSDX_DATA)")
     parser.add_argument("--models", default=None,
                         help="models folder (default: $BUSDX_MODELS, else models/)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the JSON result")

@@ -62,7 +62,7 @@ def run_step(command: list[str], timeout: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=None)
+    parser.add_argument("--data", default=None, help="BUS-BRA root (default: $BUSDX_DATA)")
     parser.add_argument("--models", default=None)
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the JSON results")
     parser.add_argument("--md", default=str(REPO / "BENCHMARKS.md"), help="the report to write")

@@ -13,7 +13,13 @@ from scipy.ndimage import gaussian_filter
 from busdx.errors import BusdxError
 from busdx.inference import Models, analyze
 from busdx.inference.decode import decode
-from busdx.inference.quality import check_image, fit_ranges, image_statistics
+from busdx.inference.quality import (
+    check_image,
+    fit_long_side,
+    fit_ranges,
+    image_statistics,
+    shrink_to,
+)
 from stand_in_models import STAND_IN_CARD, build_stand_in_models
 
 RANGES = {"brightness": [0.15, 0.6], "contrast": [0.07, 0.26], "texture": [0.025, 0.09]}
@@ -64,6 +70,36 @@ def test_warnings_name_the_statistic_and_its_direction(fixtures_root):
     assert check_image(img, None).outside == {} and check_image(img, None).statistics
 
 
+def _upsampled(img: np.ndarray, factor: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = img.shape
+    big = Image.fromarray(img, mode="F").resize((round(w * factor), round(h * factor)),
+                                                Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(big, dtype=np.float32), 0, 1)
+
+
+def test_texture_at_a_fixed_long_side_forgives_more_pixels_but_not_blur(fixtures_root):
+    """A scanner with twice BUS-BRA's pixels is not a blurred image: compared at the training
+    images' long side it keeps most of its texture, where at its own resolution it loses most."""
+    img = _image(fixtures_root)
+    side = max(img.shape)
+    base = image_statistics(img, side)["texture"]
+    assert base == image_statistics(img)["texture"]  # never up-sampled, so no change here
+    for factor in (1.5, 2.0, 3.0):
+        big = _upsampled(img, factor)
+        assert image_statistics(big)["texture"] < 0.6 * base
+        assert image_statistics(big, side)["texture"] > 0.75 * base, factor
+        assert max(shrink_to(big, side).shape) == side
+    blurred = np.clip(gaussian_filter(img, 2.0), 0, 1)
+    assert image_statistics(blurred, side)["texture"] < 0.5 * base
+    # brightness and contrast are taken at the file's resolution either way
+    assert image_statistics(img, 100)["brightness"] == image_statistics(img)["brightness"]
+    assert fit_long_side([(300, 200), (100, 400), (50, 50)]) == 300
+    with pytest.raises(ValueError):
+        fit_long_side([])
+
+
 def test_fit_ranges_are_percentiles():
     rows = [{"brightness": b, "contrast": b / 2, "texture": b / 10} for b in np.linspace(0, 1, 201)]
     ranges = fit_ranges(rows, (5, 95))
@@ -103,6 +139,26 @@ def test_bad_ranges_in_a_card_are_refused(tmp_path):
     card = {**STAND_IN_CARD, "input_check": {"ranges": {"texture": [0.09, 0.02]}}}
     with pytest.raises(BusdxError, match="input_check.ranges"):
         Models.load(build_stand_in_models(tmp_path, card))
+    card = {**STAND_IN_CARD, "input_check": {"ranges": RANGES, "texture_long_side": "big"}}
+    with pytest.raises(BusdxError, match="texture_long_side"):
+        Models.load(build_stand_in_models(tmp_path, card))
+
+
+def test_the_card_long_side_reaches_the_analysis(fixtures_root, tmp_path):
+    """An up-sampled image is warned as smoother under a card fitted at the file's resolution
+    (no texture_long_side), and not under one that names the long side its ranges hold at."""
+    img = _image(fixtures_root)
+    ranges = {"texture": [0.7 * image_statistics(img)["texture"], 1.0]}
+    old = Models.load(build_stand_in_models(tmp_path / "old", {
+        **STAND_IN_CARD, "input_check": {"ranges": ranges}}))
+    new = Models.load(build_stand_in_models(tmp_path / "new", {
+        **STAND_IN_CARD, "input_check": {"ranges": ranges, "texture_long_side": max(img.shape)}}))
+    assert old.input_texture_long_side is None and new.input_texture_long_side == max(img.shape)
+    big = _upsampled(img, 2.0)
+    assert analyze(big, old, render_overlays=False).input_check.outside == {"texture": "low"}
+    assert not analyze(big, new, render_overlays=False).input_check.unusual
+    blurred = np.clip(gaussian_filter(img, 3.0), 0, 1)
+    assert analyze(blurred, new, render_overlays=False).input_check.outside == {"texture": "low"}
 
 
 def test_api_and_csv_show_the_warning(checked_models, fixtures_root, tmp_path):

@@ -167,6 +167,18 @@ def segmenter_threshold(card: dict[str, Any]) -> float:
     return 0.5 if value is None else float(value)
 
 
+def input_texture_long_side(card: dict[str, Any]) -> int | None:
+    """The card's ``input_check.texture_long_side``; None (texture at the file's resolution)
+    for cards fitted before it was recorded."""
+    section = card.get("input_check")
+    value = section.get("texture_long_side") if isinstance(section, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, int) or value < 3:
+        raise BusdxError(f"the card's input_check.texture_long_side is not a pixel count: {value}")
+    return value
+
+
 def input_ranges(card: dict[str, Any]) -> dict[str, list[float]] | None:
     """The card's ``input_check.ranges``, None when the card has none."""
     section = card.get("input_check")
@@ -191,6 +203,8 @@ class Models:
     # statistic -> [low, high] spanned by the training images (card: input_check.ranges); an
     # image outside gets a warning (busdx.inference.quality). None: no check.
     input_ranges: dict[str, list[float]] | None = None
+    # the long side the texture statistic is taken at (card: input_check.texture_long_side)
+    input_texture_long_side: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -255,4 +269,5 @@ class Models:
             version=version,
             mask_threshold=segmenter_threshold(card),
             input_ranges=input_ranges(card),
+            input_texture_long_side=input_texture_long_side(card),
         )

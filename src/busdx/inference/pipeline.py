@@ -207,7 +207,8 @@ def analyze(
     h, w = image.shape
     clock.lap("decode")
     # a caution, not a gate: the analysis goes on whatever it says
-    input_check = check_image(image, models.input_ranges) if models.input_ranges else None
+    input_check = (check_image(image, models.input_ranges, models.input_texture_long_side)
+                   if models.input_ranges else None)
     clock.lap("input_check")
     mask = segment(image, models)
     clock.lap("segment")

@@ -107,11 +107,9 @@ def _to_shape(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """An outline on an up-sampled image, back on the ground truth's grid for Dice."""
     if mask.shape == shape:
         return mask
-    from PIL import Image
+    from busdx.data.preprocess import _resize
 
-    small = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize(
-        (shape[1], shape[0]), Image.Resampling.NEAREST)
-    return np.asarray(small) > 127
+    return _resize(np.asarray(mask, dtype=np.uint8), shape[0], shape[1], nearest=True) > 0
 
 
 def jpeg(image: np.ndarray, quality: float, rng) -> bytes:

@@ -32,8 +32,13 @@ def record_round(path: str | Path, section: str, key: str, record: dict[str, Any
     previous = load_card(path).get(section, {})
     values = {key: record}
     if previous.get(key):
-        values[f"{key}_history"] = [*previous.get(f"{key}_history", []), previous[key]]
+        values[f"{key}_history"] = _history_with(previous, key)
     return update_card(path, section, values)
+
+
+def _history_with(section: dict[str, Any], key: str) -> list:
+    """``section[key + "_history"]`` with ``section[key]`` appended."""
+    return [*section.get(f"{key}_history", []), section[key]]
 
 
 def retire_record(path: str | Path, section: str, key: str) -> bool:
@@ -41,10 +46,9 @@ def retire_record(path: str | Path, section: str, key: str) -> bool:
     would on replacing it; returns whether there was one. For a record that no longer
     describes what ships but still says what was tried."""
     card = load_card(path)
-    record = card.get(section, {}).get(key)
-    if not record:
+    if not card.get(section, {}).get(key):
         return False
-    card[section][f"{key}_history"] = [*card[section].get(f"{key}_history", []), record]
+    card[section][f"{key}_history"] = _history_with(card[section], key)
     del card[section][key]
     _write(Path(path), card)
     return True

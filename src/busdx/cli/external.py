@@ -5,6 +5,10 @@ frozen on BUS-BRA validation (nothing is refitted). Writes external.json, extern
 and the ROC, confusion and reliability figures into --out. The model card is left alone: these
 are your images, not the card's test fold. Images that cannot be read are listed with their error
 and left out of the metrics.
+
+With ``--recalibrate DIR``, DIR receives a copy of the models whose probability and threshold are
+refitted on these images (busdx.evaluation.site), and external.json the refit with the operating
+point's sensitivity and specificity estimated out of fold; the models folder itself is left alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+from busdx.errors import BusdxError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,14 @@ def register(subparsers, groups) -> None:
                    help="models folder (default: $BUSDX_MODELS, else the bundled models/)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--recalibrate", type=Path, metavar="DIR",
+                   help="also write a copy of the models with the probability and threshold "
+                   "refitted on these images to DIR (new or empty)")
+    p.add_argument("--target-sensitivity", type=float, metavar="S",
+                   help="with --recalibrate: the sensitivity the new threshold keeps (default: "
+                   "the card's, 0.90)")
+    p.add_argument("--folds", type=int, default=5,
+                   help="with --recalibrate: patient folds of the out-of-fold estimate")
     p.set_defaults(func=run)
 
 
@@ -43,26 +57,39 @@ def run(args: argparse.Namespace) -> int:
     from busdx import __version__
     from busdx.cli.classification import print_table
     from busdx.evaluation.classification_plots import save_figures
-    from busdx.evaluation.external import ROW_COLUMNS, evaluate_external, read_external
+    from busdx.evaluation.external import evaluate_external, read_external
     from busdx.inference.models import Models
 
+    if args.recalibrate is not None and args.recalibrate.exists() and (
+            not args.recalibrate.is_dir() or any(args.recalibrate.iterdir())):
+        # checked before the long run, not after it
+        raise BusdxError(f"--recalibrate {args.recalibrate} exists and is not an empty folder")
+    if args.folds < 2:
+        raise BusdxError("--folds must be at least 2")
     dataset = read_external(args.data, args.labels)
     log.info("%d images (%s)%s", len(dataset.cases), dataset.layout,
              "".join(f"; skipped {n} {what}" for what, n in dataset.skipped.items()))
     models = Models.load(args.models, threads=args.threads)
     card = models.card.get("classifier", {})
-    result = evaluate_external(dataset, models, logit_offset=card.get("logit_offset", 0.0),
-                               reps=args.reps)
+    # the uncalibrated ECE undoes everything added to the network's own logit
+    result = evaluate_external(
+        dataset, models, logit_offset=card.get("logit_offset", 0.0) + models.settings.logit_shift,
+        reps=args.reps)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {**result.to_dict(), "model_version": models.version, "busdx_version": __version__,
               "command": args.invocation}
     report["figures"] = [str(p) for p in save_figures(result.predictions, result.classification,
                                                        args.out, where="external images")]
-    (args.out / "external.json").write_text(json.dumps(report, indent=2) + "\n")
-    with (args.out / "external_images.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
-        writer.writeheader()
-        writer.writerows(result.rows)
+    site = None
+    if args.recalibrate is not None:
+        try:
+            site = _recalibrate(args, models, result)
+        except BusdxError as err:
+            report["site_calibration"] = {"error": str(err)}
+            _write(args.out, report, result.rows)
+            raise
+        report["site_calibration"] = site
+    _write(args.out, report, result.rows)
     bootstrap = "patient" if dataset.has_patients else "image"
     print_table(report["classification"], bootstrap)
     seg = report["segmentation"]
@@ -88,5 +115,54 @@ def run(args: argparse.Namespace) -> int:
     if not dataset.has_patients:
         log.warning("no patient ids: the intervals resample images, and are too narrow when "
                     "a patient has several images (give a 'patient' column in a labels CSV)")
+    if site is not None:
+        _print_site(site)
+        log.info("wrote the recalibrated models to %s (serve them with --models %s)",
+                 args.recalibrate, args.recalibrate)
     log.info("wrote %s", args.out / "external.json")
     return 0
+
+
+def _write(out: Path, report: dict, rows: list[dict]) -> None:
+    from busdx.evaluation.external import ROW_COLUMNS
+
+    (out / "external.json").write_text(json.dumps(report, indent=2) + "\n")
+    with (out / "external_images.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _recalibrate(args: argparse.Namespace, models, result) -> dict:
+    from busdx.evaluation.site import fit_site_calibration, write_site_models
+
+    card = models.card.get("classifier", {})
+    target = args.target_sensitivity
+    if target is None:
+        target = float((card.get("calibration") or {}).get("target_sensitivity", 0.90))
+    if not 0.0 < target < 1.0:
+        raise BusdxError(f"--target-sensitivity must be between 0 and 1, not {target}")
+    fit = fit_site_calibration(
+        result.predictions, temperature=models.settings.temperature,
+        logit_shift=models.settings.logit_shift, threshold=models.settings.threshold,
+        target_sensitivity=target, folds=args.folds)
+    record = {"data": str(args.data), "command": args.invocation,
+              "from_version": models.version, "failed_images": result.failed}
+    write_site_models(models.directory, args.recalibrate, fit, record)
+    return {**fit.to_dict(), **record, "bundled_threshold": models.settings.threshold,
+            "models": str(args.recalibrate)}
+
+
+def _print_site(site: dict) -> None:
+    def cell(point: dict, what: str, hits: str, misses: str) -> str:
+        lo, hi = point[f"{what}_ci"]
+        return (f"{point[what]:.3f} ({point[hits]}/{point[hits] + point[misses]}; "
+                f"{lo:.2f}-{hi:.2f})")
+
+    sys.stdout.write(f"\nsite recalibration (target sensitivity {site['target_sensitivity']}; "
+                     f"threshold {site['bundled_threshold']:.4f} -> {site['threshold']:.4f})\n")
+    for name, key in (("as shipped", "shipped"), ("refit, out of fold", "out_of_fold"),
+                      ("refit, in sample", "in_sample")):
+        p = site[key]
+        sys.stdout.write(f"{name:20s} sensitivity {cell(p, 'sensitivity', 'tp', 'fn')}  "
+                         f"specificity {cell(p, 'specificity', 'tn', 'fp')}  ECE {p['ece']:.3f}\n")

@@ -72,10 +72,53 @@ def results_table(card: dict) -> str:
             f"{fmt(cls.get('ece_calibrated'))} | {on} |",
         ]
     clf = card.get("classifier", {})
-    if "threshold" in clf:
+    site = clf.get("site_calibration")
+    if site:
+        bundled = site.get("bundled") or {}
+        rows.append(f"| operating threshold (calibrated probability) | "
+                    f"{fmt(bundled.get('threshold'), 4)} | frozen on validation (sensitivity >= "
+                    "0.90); the test rows above are at this threshold |")
+        rows.append(f"| site threshold (calibrated probability) | {fmt(clf['threshold'], 4)} | "
+                    f"refitted on {site.get('n')} images of one site (see Site recalibration) |")
+    elif "threshold" in clf:
         rows.append(f"| operating threshold (calibrated probability) | {fmt(clf['threshold'], 4)} | "
                     "frozen on validation (sensitivity >= 0.90) |")
     return "\n".join(rows)
+
+
+def _site_lines(site: dict | None) -> list[str]:
+    """A site recalibration (busdx evaluate external --recalibrate), when the card holds one."""
+    if not site:
+        return []
+
+    def rate(point: dict, what: str, hits: str, misses: str) -> str:
+        ci = point.get(f"{what}_ci") or [None, None]
+        return (f"{fmt(point.get(what))} ({point.get(hits)}/{point.get(hits, 0) + point.get(misses, 0)}; "
+                f"{fmt(ci[0], 2)}-{fmt(ci[1], 2)})")
+
+    rows = []
+    for name, key in (("bundled operating point, as shipped", "shipped"),
+                      (f"refit, out of fold ({site.get('folds')} patient folds): expected", "out_of_fold"),
+                      ("refit, on the images it was fitted on (optimistic)", "in_sample")):
+        point = site.get(key) or {}
+        rows.append([name, rate(point, "sensitivity", "tp", "fn"),
+                     rate(point, "specificity", "tn", "fp"), fmt(point.get("ece"))])
+    lines = [
+        "## Site recalibration", "",
+        f"These models are the bundled networks with their probability and threshold refitted on "
+        f"{site.get('n')} labelled images of one site ({site.get('cancers')} malignant, "
+        f"{site.get('benign')} benign; ROC AUC there {fmt(site.get('auc'))}): Platt scaling and "
+        f"the most specific threshold keeping sensitivity >= {site.get('target_sensitivity')}. "
+        "The networks are unchanged; the BUS-BRA sections below describe them. Only images like "
+        "these, from the same site and settings, are covered by the new threshold.", "",
+        *_table(["on the site's images", "sensitivity (95% CI)", "specificity (95% CI)", "ECE"],
+                rows),
+    ]
+    facts = [f"- data: `{site.get('data')}`" if site.get("data") else None,
+             f"- command: `{site['command']}`" if site.get("command") else None,
+             f"- refitted from models version {site.get('from_version')}"
+             if site.get("from_version") else None]
+    return lines + [f for f in facts if f] + [""]
 
 
 def _gt_mask_lines(clf: dict) -> list[str]:
@@ -526,6 +569,7 @@ def render_model_card(card: dict) -> str:
         results_table(card),
         "",
     ]
+    lines += _site_lines(clf.get("site_calibration"))
     lines += _gt_mask_lines(clf)
     seg_test = seg.get("test", {})
     if seg_test.get("dice_per_scanner"):
@@ -543,7 +587,9 @@ def render_model_card(card: dict) -> str:
         "- Trained and tested on one hospital's images (BUS-BRA, Brazil) and four scanners; "
         "performance on other hospitals, scanners, presets and populations is unknown and is "
         "expected to be lower. Validate locally before any use: `busdx evaluate external "
-        "--data DIR --out OUT` scores the models, as served, on your own labelled images.",
+        "--data DIR --out OUT` scores the models, as served, on your own labelled images, and "
+        "`--recalibrate DIR` also writes a copy whose probability and threshold are refitted "
+        "on them, with the operating point's sensitivity estimated out of fold.",
         "- Every BUS-BRA image carries burned-in scanner text and some carry caliper marks: a "
         "model can learn such shortcuts. " + _input_limit(clf.get("input", "crop")),
         "- One lesion per image is assumed; the largest predicted region is analysed.",

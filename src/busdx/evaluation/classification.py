@@ -377,7 +377,7 @@ def predict_records(
 
     models = Models.load(models_dir, threads=threads, with_segmenter=masks != "gt")
     inputs, empty = record_inputs(records, models, masks)
-    logits = mean_logits(models.classifier, inputs)
+    logits = mean_logits(models.classifier, inputs) + models.settings.logit_shift
     temperature = models.settings.temperature
     preds = [Prediction(r.id, r.patient, r.label, r.birads, float(z), float(calibrate(z, temperature)))
              for r, z in zip(records, logits, strict=True)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ class ClassifierSettings:
     # Crops at these contexts are classified together and their logits averaged; the heatmap
     # comes from the crop at ``crop.context``. One context: one crop.
     contexts: tuple[float, ...] = ()
+    # Added to the graph's logit before the temperature: 0 for the bundled models, whose Platt
+    # intercept is folded into the graph; a site recalibration (busdx.evaluation.site) sets it.
+    logit_shift: float = 0.0
 
     @property
     def all_contexts(self) -> tuple[float, ...]:
@@ -88,7 +92,10 @@ class ClassifierSettings:
         contexts = tuple(float(c) for c in crop.get("contexts") or (config.context,))
         if any(not 0.0 <= c <= 2.0 for c in contexts):
             raise BusdxError(f"bad classifier crop contexts {contexts}")
-        return cls(temperature, threshold, kind, config, contexts)
+        shift = float(section.get("logit_shift", 0.0))
+        if not math.isfinite(shift):
+            raise BusdxError(f"bad classifier logit_shift {shift}")
+        return cls(temperature, threshold, kind, config, contexts, shift)
 
 
 def _batch_axis_name(path: Path) -> str | None:

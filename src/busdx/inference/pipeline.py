@@ -4,9 +4,10 @@ decode -> input check (busdx.inference.quality: is the image like the training i
 letterbox -> segmenter -> sigmoid -> back to the original grid (bilinear) -> above the
 card's segmenter threshold (0.5) -> largest connected component, holes filled -> lesion crop
 (busdx.data.crop, one per context of the card) -> classifier, logits averaged over the crops
--> calibrated probability sigmoid(logit / T), label at the card's threshold, risk band ->
-heatmap (the CAM of the crop at the card's context, ReLU, scaled to [0, 1], mapped back onto
-the image) -> measurements -> overlays.
+-> calibrated probability sigmoid((logit + shift) / T) (the card's shift is 0 but after a site
+recalibration, busdx.evaluation.site), label at the card's threshold, risk band -> heatmap
+(the CAM of the crop at the card's context, ReLU, scaled to [0, 1], mapped back onto the
+image) -> measurements -> overlays.
 
 When the segmenter finds no lesion, the classifier still sees the whole image (letterboxed, as
 busdx.data.crop does without a mask), measurements are None and ``note`` says so: the user gets
@@ -56,7 +57,7 @@ class Analysis:
     label: str  # "benign" or "malignant" at ``threshold``
     threshold: float
     risk: RiskBand
-    logit: float
+    logit: float  # the served logit (shift included): probability = sigmoid(logit / temperature)
     temperature: float
     lesion_found: bool
     note: str
@@ -214,6 +215,7 @@ def analyze(
     clock.lap("segment")
     settings = models.settings
     logit, cam, _, box = classify(image, mask, models)
+    logit += settings.logit_shift
     probability = float(sigmoid(logit / settings.temperature))
     if not math.isfinite(probability):
         raise ValueError("the classifier returned a non-finite logit")

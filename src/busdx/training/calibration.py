@@ -126,13 +126,22 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, iterations: int = 100,
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     x = np.stack([z, np.ones_like(z)], axis=1)
+
+    def loss(w: np.ndarray) -> float:
+        return nll(x @ w, y) + 0.5 * l2 * float(w @ w)
+
     w = np.array([1.0, 0.0])
     for _ in range(iterations):
         p = sigmoid(x @ w)
         grad = x.T @ (p - y) / len(y) + l2 * w
         hess = (x.T * (p * (1 - p))) @ x / len(y) + l2 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        w = w - step
-        if np.abs(step).max() < 1e-10:
+        # a full Newton step from the identity can overshoot when the scores rank badly
+        # (a slope of the other sign): halve it until the loss goes down
+        scale, current = 1.0, loss(w)
+        while scale > 1e-6 and loss(w - scale * step) > current:
+            scale /= 2.0
+        w = w - scale * step
+        if np.abs(scale * step).max() < 1e-10:
             break
     return float(w[0]), float(w[1])

@@ -26,6 +26,7 @@ def model(request: Request) -> dict[str, Any]:
         "busdx_version": __version__,
         "threshold": models.settings.threshold,
         "temperature": models.settings.temperature,
+        "logit_shift": models.settings.logit_shift,
         "classifier_input": models.settings.input,
         "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels},
         "disclaimer": DISCLAIMER,

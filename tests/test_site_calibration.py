@@ -118,6 +118,16 @@ def test_the_copy_serves_the_refit_and_the_source_is_untouched(models_dir, fixtu
     assert "## Site recalibration" in render_model_card(card)
     with pytest.raises(SiteCalibrationError, match="not an empty folder"):
         write_site_models(source, out, fit, {})
+    # recalibrating the copy again keeps the BUS-BRA operating point as the bundled one
+    again = fit_site_calibration(_site(offset=-1.0), temperature=site.settings.temperature,
+                                 logit_shift=site.settings.logit_shift,
+                                 threshold=site.settings.threshold)
+    write_site_models(out, tmp_path / "again", again, {})
+    twice = json.loads((tmp_path / "again" / "model_card.json").read_text())
+    record = twice["classifier"]["site_calibration"]
+    assert record["bundled"] == card["classifier"]["site_calibration"]["bundled"]
+    assert record["replaced"]["threshold"] == pytest.approx(fit.threshold)
+    assert twice["version"] != card["version"]
 
 
 def test_the_cli_keeps_the_evaluation_when_the_site_is_too_small(fixtures_root, models_dir,

@@ -189,8 +189,15 @@ def write_site_models(
     card_path = out / MODEL_CARD_FILE
     card = json.loads(card_path.read_text(encoding="utf-8"))
     section = card["classifier"]
+    earlier = section.get("site_calibration")
+    # the BUS-BRA operating point stays on record through repeated recalibrations; the values
+    # just replaced are kept apart when they were themselves a site's
     fit = {**calibration.to_dict(), **record,
-           "bundled": {k: section.get(k) for k in ("temperature", "logit_shift", "threshold")}}
+           "bundled": (earlier or {}).get("bundled") or {
+               k: section.get(k, 0.0 if k == "logit_shift" else None)
+               for k in ("temperature", "logit_shift", "threshold")}}
+    if earlier:
+        fit["replaced"] = {k: v for k, v in earlier.items() if k != "replaced"}
     section.update(temperature=calibration.temperature, logit_shift=calibration.logit_shift,
                    threshold=calibration.threshold, site_calibration=fit)
     digest = hashlib.sha256(json.dumps(

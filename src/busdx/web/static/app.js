@@ -152,7 +152,8 @@ function renderResult(r) {
   els.inputWarnings.hidden = warnings.length === 0;
   renderMeasurements(r);
   renderTimings(r.timings_ms);
-  els.version.textContent = `Model ${r.model_version} · busdx ${r.busdx_version}`;
+  els.version.textContent = `Model ${r.model_version} · busdx ${r.busdx_version}` +
+    (siteNote ? ` · ${siteNote}` : "");
   if (r.disclaimer) els.disclaimer.textContent = r.disclaimer;
   els.empty.hidden = true;
   els.result.hidden = false;
@@ -265,6 +266,17 @@ document.addEventListener("keydown", (e) => {
   else if (key === "n") { showError(""); setStatus(""); showDropzone(); }
 });
 
+// Set once from /api/model: models recalibrated on a site's images say so beside the version,
+// so a reader knows which operating point the call used.
+let siteNote = "";
+
 fetch("/api/model").then((r) => (r.ok ? r.json() : null)).then((card) => {
   if (card && card.disclaimer) els.disclaimer.textContent = card.disclaimer;
+  const site = card && card.card && card.card.classifier && card.card.classifier.site_calibration;
+  if (site && site.out_of_fold) {
+    const oof = site.out_of_fold;
+    siteNote = `probability and threshold recalibrated on ${site.n} images of one site ` +
+      `(expected sensitivity ${pct(oof.sensitivity)}, specificity ${pct(oof.specificity)}, ` +
+      "out of fold)";
+  }
 }).catch(() => {});

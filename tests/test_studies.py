@@ -149,3 +149,29 @@ def test_the_recorded_mirror_averaging_choice_holds_in_its_evidence():
     if "robustness_tta.json" not in (card.get("option_note") or ""):
         pytest.skip("the bundled classifier's option no longer rests on this comparison")
     assert card["tta"] == "flip"
+
+
+def test_whole_image_donors_are_other_patients_of_the_asked_scanner():
+    study = _load("whole_image_view")
+    scanners = ["a", "a", "a", "b", "b", "c"]
+    patients = ["1", "1", "2", "3", "4", "5"]
+    same = study.pick_donors(scanners, patients, same=True)
+    other = study.pick_donors(scanners, patients, same=False)
+    assert same[0] == 2 and same[1] == 2 and same[2] in (0, 1)  # never the same patient
+    assert same[5] is None  # the only image of its scanner
+    assert all(scanners[j] != scanners[i] for i, j in enumerate(other))
+    assert same == study.pick_donors(scanners, patients, same=True)  # seeded
+
+
+@pytest.mark.full_data
+def test_whole_image_view_study_reproduces_its_recorded_answer(busbra_root):
+    study = _load("whole_image_view")
+    recorded = json.loads((ROOT / "reports" / "studies" / "whole_image_view.json").read_text())
+    result = study.study(study.collect(str(busbra_root), None, threads=2))
+    assert result["model_version"] == recorded["model_version"]
+    for name, c in recorded["conditions"].items():
+        assert result["conditions"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4)
+        assert result["conditions"][name]["calls_flipped"] == c["calls_flipped"]
+    for name, e in recorded["effects"].items():
+        assert result["effects"][name]["donor_label_slope"] == pytest.approx(
+            e["donor_label_slope"], abs=1e-3)

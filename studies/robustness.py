@@ -7,7 +7,10 @@ condition below is applied to every VALIDATION image (patient-wise, fold 5 held 
 goes through the product's own analysis (``busdx.inference.analyze``: segment, crop, classify,
 calibrate, frozen threshold). Per condition the study records the AUC, sensitivity and
 specificity at the frozen threshold, the outline's Dice against the ground truth, how far the
-calibrated probability moves from the unperturbed image's, and how many calls flip.
+calibrated probability moves from the unperturbed image's, and how many calls flip; and what a
+site whose images all look like that would get from recalibrating on them
+(``busdx evaluate external --recalibrate``): the refit operating point's sensitivity and
+specificity, out of fold over patient folds.
 
 It is descriptive: no model is chosen by it, and the test fold is not read. A condition is
 flagged when the AUC drops by more than 0.02 or the sensitivity by more than 0.05 from the
@@ -192,6 +195,26 @@ def collect(data: str, models_dir: str | None, threads: int) -> dict:
             "rows": rows}
 
 
+def _recalibrated(part: list[dict], threshold: float) -> dict | None:
+    """What a site would get by recalibrating on these changed images (busdx evaluate external
+    --recalibrate): the refit operating point's sensitivity and specificity out of fold; None
+    when the images are too few to refit."""
+    from busdx.evaluation.classification import Prediction
+    from busdx.evaluation.site import SiteCalibrationError, fit_site_calibration
+
+    # Platt scaling is affine in the logit, so logit(probability) = logit / T serves as well
+    p = np.clip([r["probability"] for r in part], 1e-12, 1 - 1e-12)
+    preds = [Prediction(str(r.get("id", i)), str(r.get("patient", i)), r["label"], 0,
+                        float(np.log(q / (1 - q))), q)
+             for i, (r, q) in enumerate(zip(part, p, strict=True))]
+    try:
+        fit = fit_site_calibration(preds, temperature=1.0, logit_shift=0.0, threshold=threshold)
+    except SiteCalibrationError:
+        return None
+    return {"sensitivity": fit.out_of_fold.sensitivity, "specificity": fit.out_of_fold.specificity,
+            "folds": fit.folds}
+
+
 def summarise(collected: dict) -> dict:
     from busdx.evaluation.classification import roc_auc
 
@@ -215,6 +238,7 @@ def summarise(collected: dict) -> dict:
             "calls_flipped": int((call != base_call).sum()),
             # the product's warning for images unlike the training images (input_check)
             "fraction_unusual": float(np.mean([r.get("unusual", False) for r in part])),
+            "site_recalibrated": _recalibrated(part, collected["threshold"]),
         }
     ref = out[CONDITIONS[0].name]
     for s in out.values():
@@ -297,11 +321,18 @@ def plot(result: dict, path: Path) -> None:
                     marker="o")
     axes[1].scatter([x["specificity"] for x in s], y, label="specificity", color="#2980b9",
                     marker="s")
+    refit = [(x["site_recalibrated"]["sensitivity"], yy) for x, yy in zip(s, y, strict=True)
+             if x.get("site_recalibrated")]
+    if refit:
+        axes[1].scatter(*zip(*refit, strict=True), label="sensitivity after a site "
+                        "recalibration (out of fold)", facecolors="none", edgecolors="#c0392b",
+                        marker="o")
     axes[1].axvline(0.9, color="#c0392b", lw=0.8, ls=":")
     axes[1].axvline(0.8, color="#2980b9", lw=0.8, ls=":")
     axes[1].set_xlim(0.3, 1.0)
-    axes[1].set_xlabel("at the frozen threshold")
-    axes[1].legend(loc="lower left", fontsize=8)
+    axes[1].set_xlabel("calls at the frozen threshold (filled)")
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.06 * 18 / len(names) - 0.04),
+                   fontsize=8)
     axes[2].barh(y, [x["mean_dice"] for x in s], color="#16a085")
     axes[2].set_xlim(0.0, 1.0)
     axes[2].set_xlabel("outline: mean Dice")

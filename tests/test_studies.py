@@ -98,6 +98,7 @@ def test_robustness_summary_flags_drops_against_the_unperturbed_images():
     assert blurred["auc"] == 0.75 and blurred["sensitivity"] == 0.5
     assert blurred["calls_flipped"] == 2
     assert blurred["mean_abs_probability_change"] == pytest.approx(0.2)
+    assert blurred["site_recalibrated"] is None  # too few images to refit
 
 
 @pytest.mark.full_data
@@ -110,6 +111,9 @@ def test_robustness_study_reproduces_its_recorded_answer(busbra_root):
     for name, s in recorded["conditions"].items():
         for key in ("auc", "sensitivity", "specificity", "mean_dice"):
             assert result["conditions"][name][key] == pytest.approx(s[key], abs=1e-3), (name, key)
+        refit = result["conditions"][name]["site_recalibrated"]
+        for key in ("sensitivity", "specificity"):
+            assert refit[key] == pytest.approx(s["site_recalibrated"][key], abs=0.01), (name, key)
     assert result["flagged"] == recorded["flagged"]
 
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from busdx.errors import BusdxError
+from busdx.evaluation.site import MIN_PER_CLASS
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def register(subparsers, groups) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--recalibrate", type=Path, metavar="DIR",
                    help="also write a copy of the models with the probability and threshold "
-                   "refitted on these images to DIR (new or empty)")
+                   "refitted on these images to DIR (new or empty; needs at least "
+                   f"{MIN_PER_CLASS} malignant and {MIN_PER_CLASS} benign images)")
     p.add_argument("--target-sensitivity", type=float, metavar="S",
                    help="with --recalibrate: the sensitivity the new threshold keeps (default: "
                    "the card's, 0.90)")
@@ -66,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise BusdxError(f"--recalibrate {args.recalibrate} exists and is not an empty folder")
     if args.folds < 2:
         raise BusdxError("--folds must be at least 2")
+    if args.target_sensitivity is not None and not 0.0 < args.target_sensitivity < 1.0:
+        raise BusdxError(f"--target-sensitivity must be between 0 and 1, not "
+                         f"{args.target_sensitivity}")
     dataset = read_external(args.data, args.labels)
     log.info("%d images (%s)%s", len(dataset.cases), dataset.layout,
              "".join(f"; skipped {n} {what}" for what, n in dataset.skipped.items()))
@@ -140,8 +145,6 @@ def _recalibrate(args: argparse.Namespace, models, result) -> dict:
     target = args.target_sensitivity
     if target is None:
         target = float((card.get("calibration") or {}).get("target_sensitivity", 0.90))
-    if not 0.0 < target < 1.0:
-        raise BusdxError(f"--target-sensitivity must be between 0 and 1, not {target}")
     fit = fit_site_calibration(
         result.predictions, temperature=models.settings.temperature,
         logit_shift=models.settings.logit_shift, threshold=models.settings.threshold,
@@ -149,7 +152,7 @@ def _recalibrate(args: argparse.Namespace, models, result) -> dict:
     record = {"data": str(args.data), "command": args.invocation,
               "from_version": models.version, "failed_images": result.failed}
     write_site_models(models.directory, args.recalibrate, fit, record)
-    return {**fit.to_dict(), **record, "bundled_threshold": models.settings.threshold,
+    return {**fit.to_dict(), **record, "threshold_before": models.settings.threshold,
             "models": str(args.recalibrate)}
 
 
@@ -160,7 +163,7 @@ def _print_site(site: dict) -> None:
                 f"{lo:.2f}-{hi:.2f})")
 
     sys.stdout.write(f"\nsite recalibration (target sensitivity {site['target_sensitivity']}; "
-                     f"threshold {site['bundled_threshold']:.4f} -> {site['threshold']:.4f})\n")
+                     f"threshold {site['threshold_before']:.4f} -> {site['threshold']:.4f})\n")
     for name, key in (("as shipped", "shipped"), ("refit, out of fold", "out_of_fold"),
                       ("refit, in sample", "in_sample")):
         p = site[key]

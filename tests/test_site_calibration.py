@@ -20,7 +20,7 @@ from busdx.evaluation.site import (
     fit_site_calibration,
     write_site_models,
 )
-from busdx.training.calibration import sigmoid
+from busdx.training.calibration import expected_calibration_error, sigmoid
 from stand_in_models import build_stand_in_models, real_models_dir
 
 
@@ -62,6 +62,10 @@ def test_the_refit_keeps_the_target_and_its_shift_reproduces_platt():
     assert fit.shipped.fp == int((shipped & (y == 0)).sum())
     lo, hi = fit.to_dict()["out_of_fold"]["sensitivity_ci"]
     assert lo <= fit.out_of_fold.sensitivity <= hi
+    # the out-of-fold probabilities are the ones its counts were called from, image by image
+    oof = np.array(fit.out_of_fold_probabilities)
+    assert len(oof) == 200 and "out_of_fold_probabilities" not in fit.to_dict()
+    assert fit.out_of_fold.ece == pytest.approx(expected_calibration_error(oof, y))
 
 
 def test_out_of_fold_keeps_a_patients_images_together():
@@ -179,6 +183,7 @@ def test_recalibrating_on_busbra_images_end_to_end(busbra_root, tmp_path):
     oof = fit["out_of_fold"]
     assert oof["tp"] + oof["fn"] == 40 and oof["tn"] + oof["fp"] == 40
     assert fit["in_sample"]["sensitivity"] >= 0.9
+    assert (out / "classifier_reliability.png").is_file()
     loaded = Models.load(site, threads=1)
     assert loaded.settings.threshold == pytest.approx(fit["threshold"])
     card = json.loads((site / "model_card.json").read_text())

@@ -83,18 +83,21 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {**result.to_dict(), "model_version": models.version, "busdx_version": __version__,
               "command": args.invocation}
-    report["figures"] = [str(p) for p in save_figures(result.predictions, result.classification,
-                                                       args.out, where="external images")]
-    site = None
+    site, refused, curves = None, None, None
     if args.recalibrate is not None:
         try:
-            site = _recalibrate(args, models, result)
+            site, curves = _recalibrate(args, models, result)
+            report["site_calibration"] = site
         except BusdxError as err:
+            # the evaluation is written all the same: the refit is the optional part
+            refused = err
             report["site_calibration"] = {"error": str(err)}
-            _write(args.out, report, result.rows)
-            raise
-        report["site_calibration"] = site
+    report["figures"] = [str(p) for p in save_figures(result.predictions, result.classification,
+                                                       args.out, where="external images",
+                                                       more_reliability=curves)]
     _write(args.out, report, result.rows)
+    if refused is not None:
+        raise refused
     bootstrap = "patient" if dataset.has_patients else "image"
     print_table(report["classification"], bootstrap)
     seg = report["segmentation"]
@@ -138,8 +141,12 @@ def _write(out: Path, report: dict, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _recalibrate(args: argparse.Namespace, models, result) -> dict:
+def _recalibrate(args: argparse.Namespace, models, result) -> tuple[dict, dict]:
+    """The refit's record for external.json, and its out-of-fold reliability curve."""
+    import numpy as np
+
     from busdx.evaluation.site import fit_site_calibration, write_site_models
+    from busdx.training.calibration import reliability
 
     card = models.card.get("classifier", {})
     target = args.target_sensitivity
@@ -152,8 +159,10 @@ def _recalibrate(args: argparse.Namespace, models, result) -> dict:
     record = {"data": str(args.data), "command": args.invocation,
               "from_version": models.version, "failed_images": result.failed}
     write_site_models(models.directory, args.recalibrate, fit, record)
-    return {**fit.to_dict(), **record, "threshold_before": models.settings.threshold,
-            "models": str(args.recalibrate)}
+    labels = np.array([p.label for p in result.predictions])
+    curve = reliability(np.array(fit.out_of_fold_probabilities), labels)
+    return ({**fit.to_dict(), **record, "threshold_before": models.settings.threshold,
+             "models": str(args.recalibrate)}, {"site refit, out of fold": curve})
 
 
 def _print_site(site: dict) -> None:

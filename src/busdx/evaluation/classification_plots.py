@@ -104,9 +104,11 @@ def plot_history(history: Sequence[dict], path: Path) -> Path:
     return path
 
 
-def save_figures(preds, report, folder: Path, where: str = "test fold") -> list[Path]:
+def save_figures(preds, report, folder: Path, where: str = "test fold",
+                 more_reliability: dict | None = None) -> list[Path]:
     """The evaluation's figures for ``preds`` (busdx.evaluation.classification.Prediction);
-    ``where`` names the images in the ROC's title."""
+    ``where`` names the images in the ROC's title; ``more_reliability``: further curves (name ->
+    Reliability) for the reliability diagram."""
     from busdx.training.calibration import calibrate, reliability, sigmoid
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -121,7 +123,7 @@ def save_figures(preds, report, folder: Path, where: str = "test fold") -> list[
         plot_confusion(report.tp, report.fp, report.tn, report.fn,
                        folder / "classifier_confusion.png"),
         plot_reliability({"uncalibrated": reliability(sigmoid(logits - report.logit_offset), y),
-                          "calibrated": reliability(probs, y)},
+                          "calibrated": reliability(probs, y), **(more_reliability or {})},
                          folder / "classifier_reliability.png"),
     ]
     if report.birads is not None:

@@ -103,10 +103,12 @@ class SiteCalibration:
     shipped: OperatingPoint  # the card's frozen operating point on these images
     in_sample: OperatingPoint  # the refit scored on the images it was fitted on (optimistic)
     out_of_fold: OperatingPoint  # each patient fold called by the fit on the others
+    # per image, in the order given: the probability from the fit on the other folds
+    out_of_fold_probabilities: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items()
-               if k not in ("shipped", "in_sample", "out_of_fold")}
+               if k not in ("shipped", "in_sample", "out_of_fold", "out_of_fold_probabilities")}
         out.update(shipped=self.shipped.to_dict(), in_sample=self.in_sample.to_dict(),
                    out_of_fold=self.out_of_fold.to_dict())
         return out
@@ -172,6 +174,7 @@ def fit_site_calibration(
         shipped=_point(shipped_probs, y, shipped_probs >= threshold),
         in_sample=_point(probs, y, probs >= new_threshold),
         out_of_fold=_point(oof_probs, y, oof_called),
+        out_of_fold_probabilities=tuple(float(p) for p in oof_probs),
     )
 
 

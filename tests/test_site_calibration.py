@@ -119,7 +119,9 @@ def test_the_copy_serves_the_refit_and_the_source_is_untouched(models_dir, fixtu
         bundled.settings.threshold)
     if (out / "MODEL_CARD.md").is_file():
         assert (out / "MODEL_CARD.md").read_text() == render_model_card(card)
-    assert "## Site recalibration" in render_model_card(card)
+    rendered = render_model_card(card)
+    assert "## Site recalibration" in rendered and "refitted on 200 images of one site" in rendered
+    assert "fitted on BUS-BRA validation patients; a different" not in rendered
     with pytest.raises(SiteCalibrationError, match="not an empty folder"):
         write_site_models(source, out, fit, {})
     # recalibrating the copy again keeps the BUS-BRA operating point as the bundled one

@@ -597,7 +597,10 @@ def render_model_card(card: dict) -> str:
         "aid to reading the probability, not a BI-RADS assessment, which also weighs the "
         "clinical context.",
         "- The calibration and the threshold were fitted on BUS-BRA validation patients; "
-        "a different population shifts both.",
+        "a different population shifts both." if not clf.get("site_calibration") else
+        f"- The calibration and the threshold were refitted on "
+        f"{clf['site_calibration'].get('n')} images of one site; they hold for images like "
+        "those, not for other sites, scanners or settings.",
         "- Not a medical device; not cleared or approved by any regulator.",
         "",
     ]

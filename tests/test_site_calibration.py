@@ -162,6 +162,13 @@ def test_the_cli_keeps_the_evaluation_when_the_site_is_too_small(fixtures_root, 
     assert rc == 2 and not out2.exists() and (site / "keep.txt").read_text() == "mine"
 
 
+def test_the_help_names_the_minimum_the_refit_enforces(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "external", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"at least {MIN_PER_CLASS} malignant and {MIN_PER_CLASS} benign images" in help_text
+
+
 @pytest.mark.full_data
 def test_recalibrating_on_busbra_images_end_to_end(busbra_root, tmp_path):
     """A site of 40 malignant and 40 benign BUS-BRA test-fold images through the CLI: the copy

@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from busdx.errors import BusdxError
-from busdx.evaluation.site import MIN_PER_CLASS
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,9 @@ def register(subparsers, groups) -> None:
     p.add_argument("--recalibrate", type=Path, metavar="DIR",
                    help="also write a copy of the models with the probability and threshold "
                    "refitted on these images to DIR (new or empty; needs at least "
-                   f"{MIN_PER_CLASS} malignant and {MIN_PER_CLASS} benign images)")
+                   # busdx.evaluation.site.MIN_PER_CLASS (a test keeps the two equal): the
+                   # import would load numpy and the evaluation code at every busdx start
+                   "20 malignant and 20 benign images)")
     p.add_argument("--target-sensitivity", type=float, metavar="S",
                    help="with --recalibrate: the sensitivity the new threshold keeps (default: "
                    "the card's, 0.90)")
@@ -60,12 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from busdx.cli.classification import print_table
     from busdx.evaluation.classification_plots import save_figures
     from busdx.evaluation.external import evaluate_external, read_external
+    from busdx.evaluation.site import check_target
     from busdx.inference.models import Models
 
-    if args.recalibrate is not None and args.recalibrate.exists() and (
-            not args.recalibrate.is_dir() or any(args.recalibrate.iterdir())):
-        # checked before the long run, not after it
-        raise BusdxError(f"--recalibrate {args.recalibrate} exists and is not an empty folder")
+    if args.recalibrate is not None:
+        check_target(args.recalibrate)  # before the long run, not after it
     if args.folds < 2:
         raise BusdxError("--folds must be at least 2")
     if args.target_sensitivity is not None and not 0.0 < args.target_sensitivity < 1.0:
@@ -166,15 +166,12 @@ def _recalibrate(args: argparse.Namespace, models, result) -> tuple[dict, dict]:
 
 
 def _print_site(site: dict) -> None:
-    def cell(point: dict, what: str, hits: str, misses: str) -> str:
-        lo, hi = point[f"{what}_ci"]
-        return (f"{point[what]:.3f} ({point[hits]}/{point[hits] + point[misses]}; "
-                f"{lo:.2f}-{hi:.2f})")
+    from busdx.evaluation.card_markdown import point_rate
 
     sys.stdout.write(f"\nsite recalibration (target sensitivity {site['target_sensitivity']}; "
                      f"threshold {site['threshold_before']:.4f} -> {site['threshold']:.4f})\n")
     for name, key in (("as shipped", "shipped"), ("refit, out of fold", "out_of_fold"),
                       ("refit, in sample", "in_sample")):
         p = site[key]
-        sys.stdout.write(f"{name:20s} sensitivity {cell(p, 'sensitivity', 'tp', 'fn')}  "
-                         f"specificity {cell(p, 'specificity', 'tn', 'fp')}  ECE {p['ece']:.3f}\n")
+        sys.stdout.write(f"{name:20s} sensitivity {point_rate(p, 'sensitivity')}  "
+                         f"specificity {point_rate(p, 'specificity')}  ECE {p['ece']:.3f}\n")

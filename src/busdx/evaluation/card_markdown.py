@@ -86,23 +86,26 @@ def results_table(card: dict) -> str:
     return "\n".join(rows)
 
 
+def point_rate(point: dict, what: str) -> str:
+    """``0.893 (108/121; 0.82-0.94)``: an operating point's sensitivity or specificity, as
+    busdx.evaluation.site records it, with its count and Wilson 95% interval."""
+    hits, misses = ("tp", "fn") if what == "sensitivity" else ("tn", "fp")
+    ci = point.get(f"{what}_ci") or [None, None]
+    return (f"{fmt(point.get(what))} ({point.get(hits)}/{point.get(hits, 0) + point.get(misses, 0)}; "
+            f"{fmt(ci[0], 2)}-{fmt(ci[1], 2)})")
+
+
 def _site_lines(site: dict | None) -> list[str]:
     """A site recalibration (busdx evaluate external --recalibrate), when the card holds one."""
     if not site:
         return []
-
-    def rate(point: dict, what: str, hits: str, misses: str) -> str:
-        ci = point.get(f"{what}_ci") or [None, None]
-        return (f"{fmt(point.get(what))} ({point.get(hits)}/{point.get(hits, 0) + point.get(misses, 0)}; "
-                f"{fmt(ci[0], 2)}-{fmt(ci[1], 2)})")
-
     rows = []
     for name, key in (("bundled operating point, as shipped", "shipped"),
                       (f"refit, out of fold ({site.get('folds')} patient folds): expected", "out_of_fold"),
                       ("refit, on the images it was fitted on (optimistic)", "in_sample")):
         point = site.get(key) or {}
-        rows.append([name, rate(point, "sensitivity", "tp", "fn"),
-                     rate(point, "specificity", "tn", "fp"), fmt(point.get("ece"))])
+        rows.append([name, point_rate(point, "sensitivity"), point_rate(point, "specificity"),
+                     fmt(point.get("ece"))])
     lines = [
         "## Site recalibration", "",
         f"These models are the bundled networks with their probability and threshold refitted on "

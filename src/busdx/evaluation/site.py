@@ -33,7 +33,12 @@ import numpy as np
 
 from busdx.data.splits import patient_folds
 from busdx.errors import BusdxError
-from busdx.evaluation.classification import Prediction, roc_auc, wilson_interval
+from busdx.evaluation.classification import (
+    Prediction,
+    binary_metrics,
+    roc_auc,
+    wilson_interval,
+)
 from busdx.models.contract import MODEL_CARD_FILE
 from busdx.training.calibration import (
     expected_calibration_error,
@@ -81,9 +86,8 @@ class OperatingPoint:
 
 
 def _point(probs: np.ndarray, labels: np.ndarray, called: np.ndarray) -> OperatingPoint:
-    pos = labels == 1
-    return OperatingPoint(tp=int((called & pos).sum()), fn=int((~called & pos).sum()),
-                          tn=int((~called & ~pos).sum()), fp=int((called & ~pos).sum()),
+    m = binary_metrics(labels, called)
+    return OperatingPoint(tp=m.tp, fn=m.fn, tn=m.tn, fp=m.fp,
                           ece=expected_calibration_error(probs, labels))
 
 
@@ -178,16 +182,22 @@ def fit_site_calibration(
     )
 
 
+def check_target(out: Path, source: Path | None = None) -> None:
+    """Refuse a target for the recalibrated models that holds anything, or is the source: a copy
+    never overwrites models or other files."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SiteCalibrationError(f"{out} exists and is not an empty folder: choose a new one")
+    if source is not None and out.resolve() == source.resolve():
+        raise SiteCalibrationError("write the recalibrated models to another folder")
+
+
 def write_site_models(
     source: Path, out: Path, calibration: SiteCalibration, record: dict[str, Any]
 ) -> Path:
     """Copy the models folder ``source`` to ``out`` with the card recalibrated; returns the card.
 
     ``record``: what to keep beside the fit (data, command, the models' version...)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SiteCalibrationError(f"{out} exists and is not an empty folder: choose a new one")
-    if out.resolve() == source.resolve():
-        raise SiteCalibrationError("write the recalibrated models to another folder")
+    check_target(out, source)
     shutil.copytree(source, out, dirs_exist_ok=True)
     card_path = out / MODEL_CARD_FILE
     card = json.loads(card_path.read_text(encoding="utf-8"))

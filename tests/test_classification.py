@@ -643,3 +643,61 @@ def test_a_cross_validation_run_records_its_fold_and_is_calibrated_only_on_it(fi
     assert main(["train", "classification", *common, "--out", str(tmp_path / "bad"),
                  "--val-fold", "5"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_auxiliary_targets_group_histology_by_the_biopsy_label():
+    from busdx.training.classification import (
+        BIRADS_CATEGORIES,
+        HISTOLOGY_GROUPS,
+        auxiliary_targets,
+        histology_group,
+    )
+
+    assert HISTOLOGY_GROUPS[histology_group("Fibroadenoma ", 0)] == "fibroadenoma"
+    assert HISTOLOGY_GROUPS[histology_group("invasive ductal carcinoma", 1)] == (
+        "invasive ductal carcinoma")
+    assert HISTOLOGY_GROUPS[histology_group("phyllodes tumor", 0)] == "other benign"
+    assert HISTOLOGY_GROUPS[histology_group("phyllodes tumor", 1)] == "other malignant"
+    # the pathology column decides the class: a benign-group name on a malignant row is "other"
+    assert HISTOLOGY_GROUPS[histology_group("cyst", 1)] == "other malignant"
+
+    class R:
+        def __init__(self, histology, pathology, birads):
+            self.id, self.histology, self.birads = "x", histology, birads
+            self.label = int(pathology == "malignant")
+
+    targets = auxiliary_targets([R("cyst", "benign", 2), R("lymphoma", "malignant", 5)])
+    assert targets.tolist() == [[HISTOLOGY_GROUPS.index("cyst"), 0],
+                                [HISTOLOGY_GROUPS.index("other malignant"), 3]]
+    assert BIRADS_CATEGORIES == (2, 3, 4, 5)
+    with pytest.raises(ValueError, match="BI-RADS 6"):
+        auxiliary_targets([R("cyst", "benign", 6)])
+
+
+@pytest.mark.slow
+def test_auxiliary_losses_train_but_leave_the_checkpoint_as_a_plain_run(fixtures_root, tmp_path):
+    """--aux-weight changes what the network learns, not what it is: the checkpoint holds the
+    same tensors as a plain run's and exports alike."""
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.training import classification as tc
+
+    split = make_split(load_index(fixtures_root), SplitConfig(test_fold=1))
+    train = tc.load_samples(split.train, tmp_path / "cache")
+    val = tc.load_samples(split.val, tmp_path / "cache")
+    aux = tc.auxiliary_targets(split.train)
+    runs = {}
+    for weight in (0.0, 0.5):
+        config = tc.ClassifierTrainConfig(arch="lite0", epochs=1, max_batches=2, batch_size=4,
+                                          device="cpu", aux_weight=weight)
+        result = tc.train_classifier(train, val, config, tmp_path / f"aux{weight}", aux=aux)
+        runs[weight] = (result, torch.load(result.checkpoint, weights_only=False))
+    plain, auxed = runs[0.0][1], runs[0.5][1]
+    assert plain["state_dict"].keys() == auxed["state_dict"].keys()
+    assert auxed["config"]["aux_weight"] == 0.5
+    # the auxiliary cross-entropies add to the training loss
+    assert runs[0.5][0].history[0]["train_loss"] > runs[0.0][0].history[0]["train_loss"]
+    with pytest.raises(ValueError, match="auxiliary targets"):
+        tc.train_classifier(train, val, tc.ClassifierTrainConfig(aux_weight=0.5), tmp_path / "x")
+    with pytest.raises(ValueError, match="aux-weight"):
+        tc.ClassifierTrainConfig(aux_weight=-1)

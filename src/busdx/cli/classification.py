@@ -109,6 +109,11 @@ def register(subparsers, groups) -> None:
                        help="validate on the whole official fold K instead (one of the folds "
                        "besides --test-fold): K = 1..4 with test fold 5 is a 4-fold "
                        "cross-validation of the training folds")
+    train.add_argument("--aux-weight", type=float, default=0.0, metavar="W",
+                       help="also learn the histology group and the BI-RADS category of each "
+                       "training image (bus_data.csv) from the pooled features, each "
+                       "cross-entropy weighted W (0: off); the auxiliary head is dropped, so "
+                       "the exported graph is unchanged in form")
     train.set_defaults(func=run_train)
 
     evaluate = groups["evaluate"].add_parser(
@@ -208,7 +213,7 @@ def run_train(args: argparse.Namespace) -> int:
             backbone_lr=args.backbone_lr, patience=args.patience, ema=args.ema,
             threads=args.threads, device=args.device, workers=args.workers,
             seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
-            val_fold=args.val_fold, augment=args.augment,
+            val_fold=args.val_fold, augment=args.augment, aux_weight=args.aux_weight,
         )
     except ValueError as err:
         raise BusdxError(str(err)) from err
@@ -229,7 +234,8 @@ def run_train(args: argparse.Namespace) -> int:
         (out / "comparisons.json").write_text(json.dumps(comparisons, indent=2))
         log.info("comparisons: %s", json.dumps(comparisons, indent=1))
 
-    result = tc.train_classifier(train, val, config, out)
+    aux = tc.auxiliary_targets(split.train) if config.aux_weight > 0 else None
+    result = tc.train_classifier(train, val, config, out, aux=aux)
     model, ckpt = tc.load_checkpoint(result.checkpoint)
     cal, _, _ = tc.calibrate_on_validation(model, val, config, args.min_sensitivity)
     (out / "calibration.json").write_text(json.dumps(asdict(cal), indent=2))

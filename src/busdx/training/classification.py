@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 INPUTS = ("crop", "image", "both")
 IMBALANCE = ("weighted", "oversample", "none")
 
+# Training-only targets beside the biopsy label (bus_data.csv): the histology, in the groups
+# large enough to learn from, and the radiologist's BI-RADS category. They give the features
+# finer distinctions than benign/malignant (a cyst is not a fibroadenoma) at no cost at
+# inference: their head is dropped after training.
+HISTOLOGY_GROUPS = ("fibroadenoma", "cyst", "fibrocystic changes", "other benign",
+                    "invasive ductal carcinoma", "invasive lobular carcinoma", "other malignant")
+BIRADS_CATEGORIES = (2, 3, 4, 5)
+
 
 @dataclass
 class ClassifierTrainConfig:
@@ -66,11 +74,16 @@ class ClassifierTrainConfig:
     device: str = "auto"  # CUDA when there is one
     workers: int = 0  # processes that prepare batches ahead of the model (same batches for any)
     augment: str = "default"  # an AugmentConfig preset, recorded with the run
+    # weight of each auxiliary loss (histology group, BI-RADS category; see HISTOLOGY_GROUPS);
+    # 0: the biopsy label alone
+    aux_weight: float = 0.0
 
     def __post_init__(self) -> None:
         AugmentConfig.preset(self.augment)  # an unknown name fails here, not an hour in
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema is a per-step decay in [0, 1), not {self.ema}")
+        if self.aux_weight < 0:
+            raise ValueError(f"--aux-weight must be >= 0, not {self.aux_weight}")
 
     @classmethod
     def from_record(cls, config: dict) -> ClassifierTrainConfig:
@@ -119,6 +132,28 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- data
+
+
+def histology_group(histology: str, label: int) -> int:
+    """Index in HISTOLOGY_GROUPS; a histology outside the named groups falls in its class's
+    "other" group."""
+    name = histology.strip().lower()
+    if name in HISTOLOGY_GROUPS:
+        group = HISTOLOGY_GROUPS.index(name)
+        # bus_data.csv's pathology decides: a named group of the other class counts as other
+        if (group >= HISTOLOGY_GROUPS.index("invasive ductal carcinoma")) == bool(label):
+            return group
+    return HISTOLOGY_GROUPS.index("other malignant" if label else "other benign")
+
+
+def auxiliary_targets(records: Sequence[Record]) -> np.ndarray:
+    """[N, 2] int64: each record's histology group and BI-RADS category index."""
+    rows = []
+    for r in records:
+        if r.birads not in BIRADS_CATEGORIES:
+            raise ValueError(f"{r.id}: BI-RADS {r.birads} is not one of {BIRADS_CATEGORIES}")
+        rows.append((histology_group(r.histology, r.label), BIRADS_CATEGORIES.index(r.birads)))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
 
 def cache_path(cache_dir: Path, records: Sequence[Record]) -> Path:
@@ -173,8 +208,12 @@ class CropDataset(torch.utils.data.Dataset):
         config: ClassifierTrainConfig,
         train: bool,
         seed: int = 0,
+        aux: np.ndarray | None = None,
     ):
         self.samples = list(samples)
+        if aux is not None and len(aux) != len(self.samples):
+            raise ValueError(f"{len(aux)} auxiliary targets for {len(self.samples)} samples")
+        self.aux = aux
         self.config = config
         self.train = train
         self.augmenter = Augmenter(AugmentConfig.preset(config.augment)) if train else None
@@ -193,7 +232,8 @@ class CropDataset(torch.utils.data.Dataset):
             x = np.stack([self.augmenter(v, None, rng)[0] for v in x])
         else:
             x = make_input(s, c.input, c.crop)
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(float(s.label))
+        item = torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(float(s.label))
+        return item if self.aux is None else (*item, torch.from_numpy(self.aux[i]))
 
 
 # ---------------------------------------------------------------------------- training
@@ -235,8 +275,13 @@ def train_classifier(
     val: Sequence[Sample],
     config: ClassifierTrainConfig,
     out_dir: str | Path,
+    aux: np.ndarray | None = None,
 ) -> TrainResult:
-    """Fine-tune end to end; the checkpoint with the best validation AUC is kept."""
+    """Fine-tune end to end; the checkpoint with the best validation AUC is kept. ``aux``
+    (``auxiliary_targets`` of the training records) is needed when ``config.aux_weight`` > 0;
+    the auxiliary head is not part of the checkpoint."""
+    if config.aux_weight > 0 and aux is None:
+        raise ValueError("aux_weight > 0 needs the auxiliary targets of the training samples")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
@@ -246,7 +291,13 @@ def train_classifier(
     device = pick_device(config.device)
     model = build_classifier(spec).to(device)
 
-    train_ds = CropDataset(train, config, train=True, seed=config.seed)
+    aux_head = None
+    if config.aux_weight > 0:
+        # seeded after the model, so the model's initialisation matches a run without it
+        aux_head = nn.Linear(config.views * model.num_features,
+                             len(HISTOLOGY_GROUPS) + len(BIRADS_CATEGORIES)).to(device)
+    train_ds = CropDataset(train, config, train=True, seed=config.seed,
+                           aux=aux if aux_head is not None else None)
     labels = [s.label for s in train]
     if config.imbalance == "oversample":
         sampler, shuffle = make_sampler(labels, config.seed), False
@@ -268,7 +319,9 @@ def train_classifier(
     optimiser = torch.optim.AdamW(
         [
             {"params": list(model.backbone_parameters()), "lr": config.backbone_lr},
-            {"params": list(model.head_parameters()), "lr": config.lr},
+            {"params": [*model.head_parameters(),
+                        *(aux_head.parameters() if aux_head is not None else ())],
+             "lr": config.lr},
         ],
         weight_decay=config.weight_decay,
     )
@@ -291,11 +344,16 @@ def train_classifier(
         train_ds.epoch = epoch
         model.train()
         losses = []
-        for step, (x, y) in enumerate(train_loader):
+        for step, batch in enumerate(train_loader):
             if config.max_batches is not None and step >= config.max_batches:
                 break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = loss_fn(model(normalise(model, x)).squeeze(1), y)
+            x, y = (t.to(device, non_blocking=True) for t in batch[:2])
+            if aux_head is None:
+                loss = loss_fn(model(normalise(model, x)).squeeze(1), y)
+            else:
+                loss = _loss_with_aux(model, aux_head, normalise(model, x), y,
+                                      batch[2].to(device, non_blocking=True), loss_fn,
+                                      config.aux_weight)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -332,6 +390,18 @@ def train_classifier(
             break
     return TrainResult(checkpoint, best_epoch, best_auc, history,
                        (time.monotonic() - start) / 60, device.type)
+
+
+def _loss_with_aux(model: nn.Module, aux_head: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   aux: torch.Tensor, loss_fn, weight: float) -> torch.Tensor:
+    """The biopsy loss plus ``weight`` times each auxiliary cross-entropy, all from one pass:
+    the auxiliary head reads the same (dropped-out) pooled features as the classifier's."""
+    pooled = model.pooled(x)
+    loss = loss_fn(model.head(pooled).squeeze(1), y)
+    extra = aux_head(model.dropout(pooled))
+    n = len(HISTOLOGY_GROUPS)
+    ce = nn.functional.cross_entropy
+    return loss + weight * (ce(extra[:, :n], aux[:, 0]) + ce(extra[:, n:], aux[:, 1]))
 
 
 class WeightAverage:

@@ -179,3 +179,52 @@ def test_whole_image_view_study_reproduces_its_recorded_answer(busbra_root):
     for name, e in recorded["effects"].items():
         assert result["effects"][name]["donor_label_slope"] == pytest.approx(
             e["donor_label_slope"], abs=1e-3)
+
+
+def _stamp(image: np.ndarray, r: int, c: int, strokes: list[tuple[int, int, int, int]]) -> None:
+    """Bright strokes (row0, row1, col0, col1 relative to (r, c), ends included)."""
+    for r0, r1, c0, c1 in strokes:
+        image[r + r0:r + r1 + 1, c + c0:c + c1 + 1] = 250
+
+
+def test_caliper_marks_are_found_letters_passed_over_and_filled_away():
+    study = _load("calipers")
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(110, 12, (120, 160)), 0, 255).astype(np.uint8)
+    _stamp(image, 40, 40, [(0, 1, -4, 5), (-4, 5, 0, 1)])  # a caliper "+", 2 pixels thick
+    # an "H" and an "E" (strokes in the quadrants) and a "+" inside a word (letters close by)
+    _stamp(image, 80, 40, [(-5, 5, -4, -3), (-5, 5, 4, 5), (0, 1, -4, 5)])
+    _stamp(image, 80, 80, [(-5, 5, -4, -3), (-5, -4, -4, 4), (0, 1, -4, 3), (4, 5, -4, 4)])
+    _stamp(image, 80, 120, [(0, 1, -4, 5), (-4, 5, 0, 1)])
+    _stamp(image, 80, 108, [(-5, 5, -4, -3), (-5, 5, 4, 5), (0, 1, -4, 5)])
+    marks = study.find_marks(image)
+    assert len(marks) == 1 and max(abs(marks[0][0] - 40.5), abs(marks[0][1] - 40.5)) <= 1
+    # the same on the product's float gray levels
+    assert study.find_marks(image / 255.0) == marks
+    filled = study.fill(image, study.mark_mask(image.shape, marks))
+    assert filled[36:46, 36:46].max() < 200 and study.find_marks(filled) == []
+    untouched = ~study.mark_mask(image.shape, marks)
+    assert np.array_equal(filled[untouched], image[untouched].astype(np.float32))
+    # sham spots mirror the marks across the midline, never onto a mark
+    assert study.sham_marks(160, marks) == [(marks[0][0], 159 - marks[0][1])]
+    assert study.sham_marks(81, [(40, 40)]) == []
+
+
+@pytest.mark.full_data
+def test_calipers_study_reproduces_its_recorded_answer(busbra_root):
+    """On the validation images (the training images take the study five times longer)."""
+    study = _load("calipers")
+    recorded = json.loads((ROOT / "reports" / "studies" / "calipers.json").read_text())
+    result = study.study(study.collect(str(busbra_root), None, threads=2,
+                                       splits=("validation",)))
+    assert result["model_version"] == recorded["model_version"]
+    for name, s in recorded["splits"].items():
+        if name not in result["splits"]:
+            continue
+        assert result["splits"][name]["with_marks"] == s["with_marks"]
+        for edit, e in s["edits"].items():
+            got = result["splits"][name]["edits"][edit]
+            assert got["calls_flipped"] == e["calls_flipped"]
+            for cls, change in e["mean_logit_change"].items():
+                assert got["mean_logit_change"][cls]["mean"] == pytest.approx(change["mean"],
+                                                                              abs=1e-3)

@@ -315,6 +315,46 @@ def test_per_scanner_results_split_the_predictions():
         by_group(preds, ["A"], 0.5)
 
 
+def test_reader_comparison_pairs_the_model_with_the_birads_reading():
+    from busdx.evaluation.classification import Prediction, reader_comparison, roc_auc
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 120)
+    birads = np.where(labels == 1, rng.choice([3, 4, 5], 120), rng.choice([2, 3, 4], 120))
+    probs = np.clip(0.5 * labels + rng.normal(0.25, 0.2, 120), 0, 1)
+    preds = [Prediction(f"i{i}", f"p{i // 2}", int(y), int(b), 0.0, float(p))
+             for i, (y, b, p) in enumerate(zip(labels, birads, probs, strict=True))]
+    out = reader_comparison(preds, reps=200)
+    assert out["n"] == 120
+    assert out["model_auc"] == pytest.approx(roc_auc(labels, probs))
+    assert out["birads_auc"] == pytest.approx(roc_auc(labels, birads))  # ties at midranks
+    assert out["difference"] == pytest.approx(out["model_auc"] - out["birads_auc"])
+    for key in ("model_auc", "birads_auc", "difference"):
+        lo, hi = out[f"{key}_ci95"]
+        assert lo <= out[key] <= hi
+    # external sets may come without BI-RADS: no comparison rather than a wrong one
+    preds[0].birads = 0
+    assert reader_comparison(preds) is None
+    assert reader_comparison([]) is None
+
+
+def test_the_card_shows_the_reader_comparison_and_the_per_birads_table():
+    from busdx.evaluation.card_markdown import _reader_lines
+
+    assert _reader_lines({}) == []
+    group = {"n": 10, "malignant": 4, "auc": 0.8, "sensitivity": 0.75, "specificity": 0.5,
+             "tp": 3, "fp": 3, "tn": 3, "fn": 1}
+    text = "\n".join(_reader_lines({
+        "readers": {"n": 10, "model_auc": 0.91, "model_auc_ci95": [0.85, 0.95],
+                    "birads_auc": 0.87, "birads_auc_ci95": [0.8, 0.92],
+                    "difference": 0.04, "difference_ci95": [-0.01, 0.09]},
+        "per_birads": {"BI-RADS 4": group}}))
+    assert "AUC 0.870 (0.800-0.920) against the model's 0.910" in text
+    assert "model minus BI-RADS +0.040 (-0.010 to +0.090;" in text
+    assert "| BI-RADS 4 | 10 | 4 | 0.800 | 0.750 | 0.500 | 3 / 3 / 3 / 1 |" in text
+    assert "not a reader study" in text
+
+
 def test_bootstrap_ci_contains_point_estimate():
     rng = np.random.default_rng(2)
     patients = np.repeat(np.arange(100), 2)

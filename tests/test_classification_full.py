@@ -12,11 +12,17 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def reevaluate(data_root: Path, models: Path = MODELS, masks: str | None = None) -> tuple:
-    """(fresh report, the card's test section, fresh per-scanner results) for the bundled
+    """(fresh report, the card's test section, fresh per-group results: per scanner, and per
+    BI-RADS category with the comparison with the radiologists' BI-RADS) for the bundled
     models."""
     from busdx.data.index import load_index
     from busdx.data.splits import SplitConfig, make_split
-    from busdx.evaluation.classification import by_group, evaluate_predictions, predict_records
+    from busdx.evaluation.classification import (
+        by_group,
+        evaluate_predictions,
+        predict_records,
+        reader_comparison,
+    )
 
     card = load_card(models / "model_card.json").get("classifier", {})
     recorded = card.get("test")
@@ -30,19 +36,28 @@ def reevaluate(data_root: Path, models: Path = MODELS, masks: str | None = None)
     report = evaluate_predictions(preds, card["temperature"], card["threshold"], masks=masks,
                                   empty_masks=empty, reps=50,
                                   logit_offset=card.get("logit_offset", 0.0))
-    return report, recorded, by_group(preds, [r.scanner for r in test], card["threshold"])
+    groups = {"per_scanner": by_group(preds, [r.scanner for r in test], card["threshold"]),
+              "per_birads": by_group(preds, [f"BI-RADS {r.birads}" for r in test],
+                                     card["threshold"]),
+              "readers": reader_comparison(preds, reps=50)}
+    return report, recorded, groups
 
 
 @pytest.mark.full_data
 @pytest.mark.slow
 def test_bundled_classifier_reproduces_card_on_fold5(busbra_root):
-    report, recorded, per_scanner = reevaluate(busbra_root)
+    report, recorded, groups = reevaluate(busbra_root)
     assert report.n == recorded["n"]
     assert round(report.auc, 3) == round(recorded["auc"], 3)
     assert round(report.sensitivity, 3) == round(recorded["sensitivity"], 3)
     assert round(report.specificity, 3) == round(recorded["specificity"], 3)
-    if "per_scanner" in recorded:
-        assert per_scanner.keys() == recorded["per_scanner"].keys()
-        for name, fresh in per_scanner.items():
-            for key, value in recorded["per_scanner"][name].items():
-                assert fresh[key] == pytest.approx(value, abs=5e-4), (name, key)
+    for section in ("per_scanner", "per_birads"):
+        if section not in recorded:
+            continue
+        assert groups[section].keys() == recorded[section].keys()
+        for name, fresh in groups[section].items():
+            for key, value in recorded[section][name].items():
+                assert fresh[key] == pytest.approx(value, abs=5e-4), (section, name, key)
+    if recorded.get("readers"):
+        for key in ("model_auc", "birads_auc", "difference"):
+            assert groups["readers"][key] == pytest.approx(recorded["readers"][key], abs=5e-4)

@@ -44,6 +44,12 @@ def test_results_table_comes_from_the_card():
     assert ("| sensitivity at the frozen threshold (95% CI, patient bootstrap) | 0.900 "
             "(0.840-0.950) |") in table
     assert "0.800 (0.750-0.850)" in table
+    assert "BI-RADS" not in table  # no reader comparison recorded: no row
+    card["classifier"]["test"]["readers"] = {
+        "n": 383, "model_auc": 0.912, "model_auc_ci95": [0.88, 0.94], "birads_auc": 0.889,
+        "birads_auc_ci95": [0.86, 0.92], "difference": 0.023, "difference_ci95": [-0.012, 0.058]}
+    assert ("| radiologists' BI-RADS as a score: ROC AUC (95% CI); the model minus it | 0.889 "
+            "(0.860-0.920); +0.023 (-0.012 to +0.058) |") in results_table(card)
 
 
 def test_model_card_has_use_limits_and_numbers():

@@ -592,6 +592,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = report.to_dict()
     # one hospital, four scanners whose malignant shares differ: how even is the model?
     result["per_scanner"] = ec.by_group(preds, [r.scanner for r in test], card["threshold"])
+    # beside the reading it is a second read of: the radiologists' BI-RADS at the examination
+    result["readers"] = ec.reader_comparison(preds, reps=args.reps)
+    if result["readers"] is not None:
+        result["per_birads"] = ec.by_group(preds, [f"BI-RADS {r.birads}" for r in test],
+                                           card["threshold"])
     result.update({"test_fold": args.test_fold, "engine": "onnxruntime",
                    "wall_minutes": round((time.monotonic() - start) / 60, 2),
                    "hardware": describe(args.threads, onnxruntime=onnxruntime.__version__)})
@@ -666,6 +671,16 @@ def print_table(r: dict, bootstrap: str = "patient") -> None:
     if r.get("birads"):
         rows.append(("band vs BI-RADS", f"Spearman {r['birads']['spearman']:.3f}, weighted "
                                         f"kappa {r['birads']['weighted_kappa_linear_3level']:.3f}"))
+    if r.get("readers"):
+        d = r["readers"]
+        lo, hi = d["difference_ci95"]
+        rows.append(("BI-RADS as score", f"AUC {d['birads_auc']:.3f}{_ci_text(d['birads_auc_ci95'])}"
+                                         f"; model minus BI-RADS {d['difference']:+.3f} (95% CI "
+                                         f"{lo:+.3f} to {hi:+.3f})"))
+    for name, g in (r.get("per_birads") or {}).items():
+        rates = ", ".join(f"{k} {g[k]:.3f}" for k in ("sensitivity", "specificity")
+                          if g[k] is not None)
+        rows.append((name, f"{g['n']} images, {g['malignant']} malignant: {rates}"))
     for name, value in rows:
         sys.stdout.write(f"{name:16s} {value}\n")
 

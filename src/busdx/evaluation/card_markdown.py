@@ -71,6 +71,12 @@ def results_table(card: dict) -> str:
             f"| ECE before / after temperature scaling | {fmt(cls.get('ece_uncalibrated'))} / "
             f"{fmt(cls.get('ece_calibrated'))} | {on} |",
         ]
+        readers = cls.get("readers")
+        if readers:
+            lo, hi = readers["difference_ci95"]
+            rows.append(f"| radiologists' BI-RADS as a score: ROC AUC (95% CI); the model minus "
+                        f"it | {fmt(readers['birads_auc'])}{_ci(readers, 'birads_auc')}; "
+                        f"{readers['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}) | {on} |")
     clf = card.get("classifier", {})
     site = clf.get("site_calibration")
     if site:
@@ -149,6 +155,32 @@ def _per_scanner_lines(test: dict) -> list[str]:
             "wide uncertainty):", "",
             *_table(["scanner", "n", "malignant", "AUC", "sensitivity", "specificity",
                      "TP / FP / TN / FN"], rows)]
+
+
+def _reader_lines(test: dict) -> list[str]:
+    """The model beside the radiologists' BI-RADS on the test fold, and per BI-RADS category."""
+    readers, groups = test.get("readers"), test.get("per_birads")
+    if not readers:
+        return []
+    lo, hi = readers["difference_ci95"]
+    lines = ["The radiologists' BI-RADS at the examination, read as a score (2 < 3 < 4 < 5), "
+             f"on the same test images: AUC {fmt(readers['birads_auc'])}"
+             f"{_ci(readers, 'birads_auc')} against the model's {fmt(readers['model_auc'])}; "
+             f"model minus BI-RADS {readers['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}; "
+             "95% CIs from one paired patient bootstrap). The radiologists saw "
+             "the live scan and the clinical context, and every BUS-BRA lesion was biopsied "
+             "whatever its category: a comparison on these images, not a reader study.", ""]
+    if groups:
+        rows = [[name, g["n"], g["malignant"], fmt(g["auc"]), fmt(g["sensitivity"]),
+                 fmt(g["specificity"]), " / ".join(str(g[k]) for k in ("tp", "fp", "tn", "fn"))]
+                for name, g in groups.items()]
+        lines += ["The model within each BI-RADS category (test fold, end to end, frozen "
+                  "threshold): in BI-RADS 4, where a biopsy is recommended, its specificity is "
+                  "the share of benign lesions it calls benign; in BI-RADS 2 and 3 its "
+                  "sensitivity is the share of the few cancers it calls malignant.", "",
+                  *_table(["BI-RADS", "n", "malignant", "AUC", "sensitivity", "specificity",
+                           "TP / FP / TN / FN"], rows)]
+    return lines
 
 
 def _birads_lines(birads: dict) -> list[str]:
@@ -582,6 +614,7 @@ def render_model_card(card: dict) -> str:
                            for scanner, d in sorted(seg_test["dice_per_scanner"].items())])]
     lines += _per_scanner_lines(clf.get("test", {}))
     lines += _birads_lines(clf.get("test", {}).get("birads") or {})
+    lines += _reader_lines(clf.get("test", {}))
     lines += ["## Models", "", *_segmenter_lines(seg), *_classifier_lines(clf)]
     lines += _input_check_lines(card.get("input_check"))
     lines += [

@@ -364,6 +364,32 @@ def by_group(preds: Sequence[Prediction], groups: Sequence[str], threshold: floa
     return out
 
 
+def reader_comparison(preds: Sequence[Prediction], reps: int = 2000, seed: int = 0
+                      ) -> dict | None:
+    """The radiologists' BI-RADS (2 < 3 < 4 < 5) read as a score beside the model's probability
+    on the same images: each AUC and the model's minus the radiologists', with percentile CIs
+    from one set of patient resamples (paired). None when an image has no BI-RADS.
+
+    BUS-BRA's BI-RADS was given at the examination, with the live scan and the clinical
+    context, and every lesion went to biopsy whatever its category: this compares the model
+    with that reading on these images, not in a reader study."""
+    if not preds or not all(p.birads in BIRADS_LEVELS for p in preds):
+        return None
+    y = np.array([p.label for p in preds])
+    scores = np.column_stack([[p.prob for p in preds], [p.birads for p in preds]])
+    statistics = {
+        "model_auc": lambda y, s: roc_auc(y, s[:, 0]),
+        "birads_auc": lambda y, s: roc_auc(y, s[:, 1]),
+        "difference": lambda y, s: roc_auc(y, s[:, 0]) - roc_auc(y, s[:, 1]),
+    }
+    cis = bootstrap_cis(y, scores, [p.patient for p in preds], statistics, reps=reps, seed=seed)
+    out: dict = {"n": len(preds)}
+    for name, statistic in statistics.items():
+        out[name] = statistic(y, scores)
+        out[f"{name}_ci95"] = list(cis[name])
+    return out
+
+
 def predict_records(
     records: Sequence,
     models_dir: str | Path,

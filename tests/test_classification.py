@@ -336,6 +336,7 @@ def test_reader_comparison_pairs_the_model_with_the_birads_reading():
     preds[0].birads = 0
     assert reader_comparison(preds) is None
     assert reader_comparison([]) is None
+    assert reader_comparison([p for p in preds[1:] if p.label == 1]) is None
 
 
 def test_the_card_shows_the_reader_comparison_and_the_per_birads_table():

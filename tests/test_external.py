@@ -63,6 +63,7 @@ def test_class_folders_end_to_end(fixtures_root, models_dir, tmp_path):
     c = report["classification"]
     assert c["tp"] + c["fp"] + c["tn"] + c["fn"] == len(records)
     assert c["birads"] is None  # no BI-RADS in class folders
+    assert "readers" not in c and "per_birads" not in c
     assert report["bootstrap_unit"].startswith("image")
     assert report["segmentation"]["n"] == len(records)
     with (out / "external_images.csv").open() as f:
@@ -168,6 +169,13 @@ def test_labels_csv_matches_the_test_fold_evaluation(fixtures_root, models_dir, 
                 "ece_uncalibrated", "empty_masks"):
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
     assert a["birads"]["spearman"] == pytest.approx(b["birads"]["spearman"])
+    # with a BI-RADS per image, the model beside the site's reading, as on the test fold
+    from busdx.evaluation.classification import birads_sections
+
+    site = ours.to_dict()["classification"]
+    fold = birads_sections(preds, models.settings.threshold, reps=100)
+    assert site["readers"]["difference"] == pytest.approx(fold["readers"]["difference"])
+    assert site["per_birads"] == fold["per_birads"]
 
 
 @pytest.mark.parametrize("content, message", [

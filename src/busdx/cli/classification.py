@@ -593,10 +593,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     # one hospital, four scanners whose malignant shares differ: how even is the model?
     result["per_scanner"] = ec.by_group(preds, [r.scanner for r in test], card["threshold"])
     # beside the reading it is a second read of: the radiologists' BI-RADS at the examination
-    result["readers"] = ec.reader_comparison(preds, reps=args.reps)
-    if result["readers"] is not None:
-        result["per_birads"] = ec.by_group(preds, [f"BI-RADS {r.birads}" for r in test],
-                                           card["threshold"])
+    result.update(ec.birads_sections(preds, card["threshold"], reps=args.reps))
     result.update({"test_fold": args.test_fold, "engine": "onnxruntime",
                    "wall_minutes": round((time.monotonic() - start) / 60, 2),
                    "hardware": describe(args.threads, onnxruntime=onnxruntime.__version__)})

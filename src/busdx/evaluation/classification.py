@@ -368,14 +368,15 @@ def reader_comparison(preds: Sequence[Prediction], reps: int = 2000, seed: int =
                       ) -> dict | None:
     """The radiologists' BI-RADS (2 < 3 < 4 < 5) read as a score beside the model's probability
     on the same images: each AUC and the model's minus the radiologists', with percentile CIs
-    from one set of patient resamples (paired). None when an image has no BI-RADS.
+    from one set of patient resamples (paired). None when an image has no BI-RADS or one class
+    is missing.
 
     BUS-BRA's BI-RADS was given at the examination, with the live scan and the clinical
     context, and every lesion went to biopsy whatever its category: this compares the model
     with that reading on these images, not in a reader study."""
-    if not preds or not all(p.birads in BIRADS_LEVELS for p in preds):
-        return None
     y = np.array([p.label for p in preds])
+    if len(set(y)) < 2 or not all(p.birads in BIRADS_LEVELS for p in preds):
+        return None
     scores = np.column_stack([[p.prob for p in preds], [p.birads for p in preds]])
     statistics = {
         "model_auc": lambda y, s: roc_auc(y, s[:, 0]),
@@ -388,6 +389,17 @@ def reader_comparison(preds: Sequence[Prediction], reps: int = 2000, seed: int =
         out[name] = statistic(y, scores)
         out[f"{name}_ci95"] = list(cis[name])
     return out
+
+
+def birads_sections(preds: Sequence[Prediction], threshold: float, reps: int = 2000,
+                    seed: int = 0) -> dict:
+    """``readers`` (reader_comparison) and ``per_birads`` (the model within each BI-RADS
+    category at ``threshold``), or nothing when an image has no BI-RADS."""
+    readers = reader_comparison(preds, reps=reps, seed=seed)
+    if readers is None:
+        return {}
+    return {"readers": readers,
+            "per_birads": by_group(preds, [f"BI-RADS {p.birads}" for p in preds], threshold)}
 
 
 def predict_records(

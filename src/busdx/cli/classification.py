@@ -669,11 +669,12 @@ def print_table(r: dict, bootstrap: str = "patient") -> None:
         rows.append(("band vs BI-RADS", f"Spearman {r['birads']['spearman']:.3f}, weighted "
                                         f"kappa {r['birads']['weighted_kappa_linear_3level']:.3f}"))
     if r.get("readers"):
+        from busdx.evaluation.card_markdown import signed_interval
+
         d = r["readers"]
-        lo, hi = d["difference_ci95"]
         rows.append(("BI-RADS as score", f"AUC {d['birads_auc']:.3f}{_ci_text(d['birads_auc_ci95'])}"
                                          f"; model minus BI-RADS {d['difference']:+.3f} (95% CI "
-                                         f"{lo:+.3f} to {hi:+.3f})"))
+                                         f"{signed_interval(d['difference_ci95'])})"))
     for name, g in (r.get("per_birads") or {}).items():
         rates = ", ".join(f"{k} {g[k]:.3f}" for k in ("sensitivity", "specificity")
                           if g[k] is not None)

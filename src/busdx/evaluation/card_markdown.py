@@ -73,10 +73,10 @@ def results_table(card: dict) -> str:
         ]
         readers = cls.get("readers")
         if readers:
-            lo, hi = readers["difference_ci95"]
             rows.append(f"| radiologists' BI-RADS as a score: ROC AUC (95% CI); the model minus "
                         f"it | {fmt(readers['birads_auc'])}{_ci(readers, 'birads_auc')}; "
-                        f"{readers['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}) | {on} |")
+                        f"{readers['difference']:+.3f} "
+                        f"({signed_interval(readers['difference_ci95'])}) | {on} |")
     clf = card.get("classifier", {})
     site = clf.get("site_calibration")
     if site:
@@ -143,18 +143,27 @@ def _gt_mask_lines(clf: dict) -> list[str]:
             + ". The gap to the end-to-end row is what the segmenter's errors cost.", ""]
 
 
+def _group_table(first: str, groups: dict) -> list[str]:
+    """A table of evaluation.classification.by_group's results, one row per group."""
+    rows = [[name, g["n"], g["malignant"], fmt(g["auc"]), fmt(g["sensitivity"]),
+             fmt(g["specificity"]), " / ".join(str(g[k]) for k in ("tp", "fp", "tn", "fn"))]
+            for name, g in groups.items()]
+    return _table([first, "n", "malignant", "AUC", "sensitivity", "specificity",
+                   "TP / FP / TN / FN"], rows)
+
+
+def signed_interval(ci) -> str:
+    """``-0.004 to +0.100``: an interval of a difference, where the sign matters."""
+    return f"{ci[0]:+.3f} to {ci[1]:+.3f}"
+
+
 def _per_scanner_lines(test: dict) -> list[str]:
     """The classifier per scanner on the test fold, end to end at the frozen threshold."""
     groups = test.get("per_scanner")
     if not groups:
         return []
-    rows = [[name, g["n"], g["malignant"], fmt(g["auc"]), fmt(g["sensitivity"]),
-             fmt(g["specificity"]), " / ".join(str(g[k]) for k in ("tp", "fp", "tn", "fn"))]
-            for name, g in groups.items()]
     return ["Classification per scanner (test fold, end to end, frozen threshold; small groups, "
-            "wide uncertainty):", "",
-            *_table(["scanner", "n", "malignant", "AUC", "sensitivity", "specificity",
-                     "TP / FP / TN / FN"], rows)]
+            "wide uncertainty):", "", *_group_table("scanner", groups)]
 
 
 def _reader_lines(test: dict) -> list[str]:
@@ -162,24 +171,20 @@ def _reader_lines(test: dict) -> list[str]:
     readers, groups = test.get("readers"), test.get("per_birads")
     if not readers:
         return []
-    lo, hi = readers["difference_ci95"]
     lines = ["The radiologists' BI-RADS at the examination, read as a score (2 < 3 < 4 < 5), "
              f"on the same test images: AUC {fmt(readers['birads_auc'])}"
              f"{_ci(readers, 'birads_auc')} against the model's {fmt(readers['model_auc'])}; "
-             f"model minus BI-RADS {readers['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}; "
+             f"model minus BI-RADS {readers['difference']:+.3f} "
+             f"({signed_interval(readers['difference_ci95'])}; "
              "95% CIs from one paired patient bootstrap). The radiologists saw "
              "the live scan and the clinical context, and every BUS-BRA lesion was biopsied "
              "whatever its category: a comparison on these images, not a reader study.", ""]
     if groups:
-        rows = [[name, g["n"], g["malignant"], fmt(g["auc"]), fmt(g["sensitivity"]),
-                 fmt(g["specificity"]), " / ".join(str(g[k]) for k in ("tp", "fp", "tn", "fn"))]
-                for name, g in groups.items()]
         lines += ["The model within each BI-RADS category (test fold, end to end, frozen "
                   "threshold): in BI-RADS 4, where a biopsy is recommended, its specificity is "
                   "the share of benign lesions it calls benign; in BI-RADS 2 and 3 its "
                   "sensitivity is the share of the few cancers it calls malignant.", "",
-                  *_table(["BI-RADS", "n", "malignant", "AUC", "sensitivity", "specificity",
-                           "TP / FP / TN / FN"], rows)]
+                  *_group_table("BI-RADS", groups)]
     return lines
 
 

@@ -158,8 +158,8 @@ class ExternalResult:
     failed: int
     mask_failed: int = 0  # analysed and classified, but their ground-truth mask was unusable
     input_check: dict | None = None  # images unlike the training images, and their calls
-    # the model beside the site's BI-RADS, when every image has one (birads_sections)
-    birads: dict = field(default_factory=dict)
+    # the model beside the site's BI-RADS, when every image has one
+    reader_sections: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = self.dataset
@@ -176,7 +176,7 @@ class ExternalResult:
             "bootstrap_unit": "patient" if d.has_patients
             else "image (no patient ids given: intervals are too narrow if a patient has several)",
             "operating_point": "frozen on BUS-BRA validation (nothing refitted here)",
-            "classification": {**self.classification.to_dict(), **self.birads},
+            "classification": {**self.classification.to_dict(), **self.reader_sections},
             "segmentation": self.segmentation,
             "input_check": self.input_check,
         }
@@ -255,7 +255,8 @@ def evaluate_external(
                           failed=sum(1 for r in rows if "error" in r),
                           mask_failed=sum(1 for r in rows if "mask_error" in r),
                           input_check=_input_check_summary(rows),
-                          birads=birads_sections(preds, settings.threshold, reps=reps, seed=seed))
+                          reader_sections=birads_sections(preds, settings.threshold, reps=reps,
+                                                          seed=seed))
 
 
 def _input_check_summary(rows: list[dict]) -> dict | None:

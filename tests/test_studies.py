@@ -228,3 +228,88 @@ def test_calipers_study_reproduces_its_recorded_answer(busbra_root):
             for cls, change in e["mean_logit_change"].items():
                 assert got["mean_logit_change"][cls]["mean"] == pytest.approx(change["mean"],
                                                                               abs=1e-3)
+
+
+def test_cross_validation_threshold_and_pair_helpers_on_known_scores():
+    study = _load("cross_validation")
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = (np.arange(n) % 3 == 0).astype(int)
+    patients = np.array([str(i // 2) for i in range(n)])  # two images per patient
+    folds = np.array([1 + (i // 2) % 4 for i in range(n)])
+    separable = labels + 0.1 * rng.random(n)
+    within = study.threshold_within(labels, separable, patients, folds, splits=5)
+    # the most specific threshold keeping 90% of the fitting part's cancers cuts among them
+    assert within["splits"] == 20 and within["mean_specificity"] == 1.0
+    assert 0.8 < within["mean_sensitivity"] < 1.0
+    transfer = study.threshold_transfer(labels, separable, folds)
+    assert transfer["mean_specificity"] == 1.0 and set(transfer["per_fold"]) == {"1", "2", "3", "4"}
+    noisy = labels + rng.normal(0, 0.7, n)
+    better = study.compare_pairs(labels, noisy, separable, patients, reps=50)
+    assert better["difference"] > 0 and better["difference_ci95"][0] > 0
+    assert study.compare_pairs(labels, noisy, noisy, patients, reps=50)["difference"] == 0
+    # a higher fitting target buys sensitivity with specificity
+    lo = study.threshold_within(labels, noisy, patients, folds, splits=20, target=0.90)
+    hi = study.threshold_within(labels, noisy, patients, folds, splits=20, target=0.96)
+    assert hi["mean_sensitivity"] > lo["mean_sensitivity"]
+    assert hi["mean_specificity"] < lo["mean_specificity"]
+
+
+def test_cross_validation_study_reproduces_its_recorded_answer():
+    """Rule T's answers come from the out-of-fold logits kept beside them."""
+    study = _load("cross_validation")
+    folder = ROOT / "reports" / "studies"
+    oof = json.loads((folder / study.OOF_FILE).read_text())
+    recorded = json.loads((folder / study.RESULT_FILE).read_text())
+    assert 5 not in oof["images"]["fold"]  # the test fold never reached the runs
+    result = study.analyse(oof)
+    assert result["question_1"] == recorded["question_1"]
+    assert not result["question_1"]["gain"]
+    for name, seed in recorded["seeds"].items():
+        for key, auc in seed["auc"].items():
+            got = result["seeds"][name]["auc"][key]
+            assert got["pooled_auc"] == pytest.approx(auc["pooled_auc"], abs=1e-9)
+            assert got["pooled_auc_ci95"] == pytest.approx(auc["pooled_auc_ci95"], abs=1e-9)
+        assert result["seeds"][name]["threshold_within"] == recorded[
+            "seeds"][name]["threshold_within"]
+
+
+@pytest.mark.full_data
+def test_cross_validation_record_matches_the_dataset(busbra_root):
+    from busdx.data.index import load_index
+
+    study = _load("cross_validation")
+    oof = json.loads((ROOT / "reports" / "studies" / study.OOF_FILE).read_text())
+    by_id = load_index(busbra_root).by_id()
+    expected = sorted(r.id for r in by_id.values() if r.fold not in (None, 5))
+    images = oof["images"]
+    assert images["id"] == expected
+    for i, image_id in enumerate(images["id"]):
+        r = by_id[image_id]
+        assert (images["patient"][i], images["label"][i], images["fold"][i]) == (
+            r.patient, r.label, r.fold)
+
+
+def test_the_model_card_shows_the_recorded_cross_validation():
+    """The card's summary is the study's recorded answer, not numbers typed in."""
+    study = _load("cross_validation")
+    recorded = json.loads((ROOT / "reports" / "studies" / study.RESULT_FILE).read_text())
+    card = json.loads((ROOT / "models" / "model_card.json").read_text())["classifier"]
+    if "recipe_cross_validation" not in card:
+        pytest.skip("the bundled card carries no cross-validation")
+    summary = json.loads(json.dumps(study.card_summary(recorded)))
+    assert card["recipe_cross_validation"] == summary
+
+
+def test_the_card_claims_an_unreachable_operating_point_only_when_its_evidence_says_so():
+    from busdx.evaluation.card_markdown import _cross_validation_lines
+
+    study = _load("cross_validation")
+    recorded = json.loads((ROOT / "reports" / "studies" / study.RESULT_FILE).read_text())
+    summary = study.card_summary(recorded)
+    text = "\n".join(_cross_validation_lines(summary))
+    reached = all(v >= 0.80 for v in summary["specificity_at_sensitivity_0.90"].values())
+    assert ("does not reach sensitivity 0.90 with specificity 0.80" in text) != reached
+    summary["specificity_at_sensitivity_0.90"] = {"seed0": 0.85}
+    assert "does not reach" not in "\n".join(_cross_validation_lines(summary))
+    assert _cross_validation_lines(None) == []

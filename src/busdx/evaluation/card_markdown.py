@@ -78,6 +78,14 @@ def results_table(card: dict) -> str:
                         f"{readers['difference']:+.3f} "
                         f"({signed_interval(readers['difference_ci95'])}) | {on} |")
     clf = card.get("classifier", {})
+    cv = clf.get("recipe_cross_validation")
+    if cv:
+        seed, rows_ = next(iter(cv["pooled_auc"].items()))
+        auc, lo, hi = rows_["A+B"]
+        rows.append(f"| ROC AUC of the bundled members' recipes, 4-fold cross-validation (out of "
+                    f"fold, ground-truth crops, {seed.replace('seed', 'seed ')}; 95% CI) | "
+                    f"{fmt(auc)} ({fmt(lo)}-{fmt(hi)}) | folds 1-4 ({cv['n_images']} images), "
+                    "networks trained for it, not the bundled ones |")
     site = clf.get("site_calibration")
     if site:
         bundled = site.get("bundled") or {}
@@ -186,6 +194,65 @@ def _reader_lines(test: dict) -> list[str]:
                   "sensitivity is the share of the few cancers it calls malignant.", "",
                   *_group_table("BI-RADS", groups)]
     return lines
+
+
+def _cross_validation_lines(cv: dict | None) -> list[str]:
+    """The bundled members' recipes cross-validated on folds 1-4 (studies/cross_validation.py)."""
+    if not cv:
+        return []
+    seeds = list(cv["pooled_auc"])
+    keys = list(cv["pooled_auc"][seeds[0]])
+    label = {s: s.replace("seed", "seed ") for s in seeds}
+    names = {**cv["recipes"], **{k: " + ".join(k.split("+")) + ": the two networks' logits "
+                                 "averaged, as the bundled graph does" for k in keys if "+" in k}}
+    lines = ["## Cross-validation of the recipes (folds 1-4)", "",
+             "The test fold is one sample of images, and the validation images chose the members. "
+             "To see what the members' recipes do beyond both, each was trained four times "
+             "(`--val-fold k`: on three of folds 1-4, the epoch kept by AUC on the fourth), so "
+             f"that each of the {cv['n_images']} training-fold images ({cv['n_patients']} "
+             "patients) is scored by networks that did not train on it: ground-truth crops, each "
+             "network averaged with its mirror; fold 5 not read. These networks are not the "
+             "bundled ones. Pooled out-of-fold ROC AUC with patient-bootstrap 95% CIs; source: "
+             f"{cv['source']}.", ""]
+    lines += _table(["recipe", *label.values(), "what"],
+                    [[k, *(f"{fmt(cv['pooled_auc'][s][k][0])} ({fmt(cv['pooled_auc'][s][k][1])}-"
+                           f"{fmt(cv['pooled_auc'][s][k][2])})" if k in cv["pooled_auc"][s]
+                           else "" for s in seeds), names.get(k, "")] for k in keys])
+    per_fold = ", ".join(f"fold {k} {fmt(v)}" for k, v in cv["per_fold_auc"][seeds[0]].items())
+    specs = cv["specificity_at_sensitivity_0.90"]
+    spec = " and ".join(f"{fmt(v)} ({label[s]})" for s, v in specs.items())
+    lines += [f"A+B per fold ({label[seeds[0]]}): {per_fold}."
+              + (f" Averaging the two seeds' networks gives A+B {fmt(cv['seed_ensemble_auc'][0])} "
+                 f"({fmt(cv['seed_ensemble_auc'][1])}-{fmt(cv['seed_ensemble_auc'][2])})."
+                 if cv.get("seed_ensemble_auc") else "")
+              + f" On A+B's pooled out-of-fold ROC curve the specificity at sensitivity 0.90 is "
+              f"{spec}"
+              + (": on BUS-BRA this recipe does not reach sensitivity 0.90 with specificity 0.80, "
+                 "whatever the threshold." if max(specs.values()) < 0.80 else "."), ""]
+    fit = cv["threshold_fit"]
+    lines += ["How well a threshold fitted for a sensitivity holds on other images: each fold's "
+              "A+B scores cut by patient, 60% (about the size of the validation set) to fit the "
+              "threshold and the rest to score it, 200 times per fold "
+              f"({label.get(cv['threshold_fit_seed'], cv['threshold_fit_seed'])}). Fitted for "
+              f"{fmt(fit[0]['target'], 2)}, as the product's threshold is, the sensitivity "
+              f"elsewhere is {fmt(fit[0]['mean_sensitivity'])} on average and below 0.90 in "
+              f"{fit[0]['share_below_0.90']:.0%} of the splits; a margin buys sensitivity with "
+              "specificity:", ""]
+    lines += _table(["sensitivity fitted for", "mean sensitivity elsewhere",
+                     "share below 0.90", "mean specificity elsewhere"],
+                    [[fmt(m["target"], 2), fmt(m["mean_sensitivity"]),
+                      fmt(m["share_below_0.90"], 2), fmt(m["mean_specificity"])] for m in fit])
+    aux = cv["aux_gain"]
+    lines += [f"Auxiliary targets (C against B, rule S's follow-up): A+C minus A+B "
+              f"{aux['difference']:+.3f} ({signed_interval(aux['difference_ci95'])}) on "
+              f"{label.get(aux['decided_on'], aux['decided_on'])}; gain shown: "
+              f"{'yes' if aux['gain'] else 'no'}."]
+    if cv.get("strong_two_view"):
+        strong = "; ".join(f"{g['difference']:+.3f} ({signed_interval(g['difference_ci95'])}) "
+                           f"on {label.get(s, s)}" for s, g in cv["strong_two_view"].items())
+        lines[-1] += (f" Strong augmentation for the two-view network (D+B minus A+B): {strong}; "
+                      "rule P turned it down on the validation images alone.")
+    return lines + [""]
 
 
 def _birads_lines(birads: dict) -> list[str]:
@@ -620,6 +687,7 @@ def render_model_card(card: dict) -> str:
     lines += _per_scanner_lines(clf.get("test", {}))
     lines += _birads_lines(clf.get("test", {}).get("birads") or {})
     lines += _reader_lines(clf.get("test", {}))
+    lines += _cross_validation_lines(clf.get("recipe_cross_validation"))
     lines += ["## Models", "", *_segmenter_lines(seg), *_classifier_lines(clf)]
     lines += _input_check_lines(card.get("input_check"))
     lines += [

@@ -227,6 +227,14 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
         ab = (z["A"] + z["B"]) / 2
         out["seed_ensemble"] = {"seeds": names,
                                 "A+B": auc_summary(labels, ab, patients, folds, reps)}
+    # how far averaging more networks goes: every recipe of one seed, then of all seeds
+    members = {f"all recipes, {n}": [oof["seeds"][n]["logits"][r] for r in oof["seeds"][n]
+                                     ["logits"]] for n in names}
+    members["all recipes, all seeds"] = [v for n in names for v in oof["seeds"][n]["logits"]
+                                         .values()]
+    out["ensembles"] = {name: {"networks_per_image": len(m),
+                               "pooled_auc": roc_auc(labels, np.mean(m, axis=0))}
+                        for name, m in members.items()}
     first = out["seeds"][names[0]]["aux_gain"]["pairs"]
     replicated = all(np.sign(out["seeds"][n]["aux_gain"]["pairs"]["difference"])
                      == np.sign(first["difference"]) for n in names[1:])
@@ -270,6 +278,7 @@ def card_summary(result: dict) -> dict:
         "per_fold_auc": {name: s["auc"]["A+B"]["per_fold_auc"] for name, s in seeds.items()},
         "seed_ensemble_auc": _auc_row(result["seed_ensemble"]["A+B"])
         if "seed_ensemble" in result else None,
+        "ensembles": result.get("ensembles"),
         "specificity_at_sensitivity_0.90": {
             name: s["auc"]["A+B"]["pooled_specificity_at_sensitivity_0.90"]
             for name, s in seeds.items()},

@@ -272,6 +272,8 @@ def test_cross_validation_study_reproduces_its_recorded_answer():
             assert got["pooled_auc_ci95"] == pytest.approx(auc["pooled_auc_ci95"], abs=1e-9)
         assert result["seeds"][name]["threshold_within"] == recorded[
             "seeds"][name]["threshold_within"]
+    for name, e in recorded["ensembles"].items():
+        assert result["ensembles"][name]["pooled_auc"] == pytest.approx(e["pooled_auc"], abs=1e-9)
 
 
 @pytest.mark.full_data

@@ -7,6 +7,8 @@ the JSON), so a new record never shows up as a raw dump.
 
 from __future__ import annotations
 
+import re
+
 from busdx import DISCLAIMER
 from busdx.evaluation.classification import wilson_interval
 from busdx.evaluation.members import option_members, parse_option
@@ -83,7 +85,7 @@ def results_table(card: dict) -> str:
         seed, rows_ = next(iter(cv["pooled_auc"].items()))
         auc, lo, hi = rows_["A+B"]
         rows.append(f"| ROC AUC of the bundled members' recipes, 4-fold cross-validation (out of "
-                    f"fold, ground-truth crops, {seed.replace('seed', 'seed ')}; 95% CI) | "
+                    f"fold, ground-truth crops, {_seeds_spaced(seed)}; 95% CI) | "
                     f"{fmt(auc)} ({fmt(lo)}-{fmt(hi)}) | folds 1-4 ({cv['n_images']} images), "
                     "networks trained for it, not the bundled ones |")
     site = clf.get("site_calibration")
@@ -196,13 +198,27 @@ def _reader_lines(test: dict) -> list[str]:
     return lines
 
 
+def _seeds_spaced(text: str) -> str:
+    """"seed0" as "seed 0" in the study's record names."""
+    return re.sub(r"seed(\d)", r"seed \1", text)
+
+
+def _ensemble_sentence(ensembles: dict | None) -> str:
+    """Pooled out-of-fold AUCs of larger averages of cross-validated networks."""
+    larger = [f"{e['networks_per_image']} ({_seeds_spaced(name)}) "
+              f"{fmt(e['pooled_auc'])}" for name, e in (ensembles or {}).items()
+              if e["networks_per_image"] > 2]
+    return (" Networks averaged per image, more of them: " + "; ".join(larger) + "."
+            if larger else "")
+
+
 def _cross_validation_lines(cv: dict | None) -> list[str]:
     """The bundled members' recipes cross-validated on folds 1-4 (studies/cross_validation.py)."""
     if not cv:
         return []
     seeds = list(cv["pooled_auc"])
     keys = list(cv["pooled_auc"][seeds[0]])
-    label = {s: s.replace("seed", "seed ") for s in seeds}
+    label = {s: _seeds_spaced(s) for s in seeds}
     names = {**cv["recipes"], **{k: " + ".join(k.split("+")) + ": the two networks' logits "
                                  "averaged, as the bundled graph does" for k in keys if "+" in k}}
     lines = ["## Cross-validation of the recipes (folds 1-4)", "",
@@ -225,6 +241,7 @@ def _cross_validation_lines(cv: dict | None) -> list[str]:
               + (f" Averaging the two seeds' networks gives A+B {fmt(cv['seed_ensemble_auc'][0])} "
                  f"({fmt(cv['seed_ensemble_auc'][1])}-{fmt(cv['seed_ensemble_auc'][2])})."
                  if cv.get("seed_ensemble_auc") else "")
+              + _ensemble_sentence(cv.get("ensembles"))
               + f" On A+B's pooled out-of-fold ROC curve the specificity at sensitivity 0.90 is "
               f"{spec}"
               + (": on BUS-BRA this recipe does not reach sensitivity 0.90 with specificity 0.80, "
@@ -233,7 +250,7 @@ def _cross_validation_lines(cv: dict | None) -> list[str]:
     lines += ["How well a threshold fitted for a sensitivity holds on other images: each fold's "
               "A+B scores cut by patient, 60% (about the size of the validation set) to fit the "
               "threshold and the rest to score it, 200 times per fold "
-              f"({label.get(cv['threshold_fit_seed'], cv['threshold_fit_seed'])}). Fitted for "
+              f"({_seeds_spaced(cv['threshold_fit_seed'])}). Fitted for "
               f"{fmt(fit[0]['target'], 2)}, as the product's threshold is, the sensitivity "
               f"elsewhere is {fmt(fit[0]['mean_sensitivity'])} on average and below 0.90 in "
               f"{fit[0]['share_below_0.90']:.0%} of the splits; a margin buys sensitivity with "
@@ -245,11 +262,11 @@ def _cross_validation_lines(cv: dict | None) -> list[str]:
     aux = cv["aux_gain"]
     lines += [f"Auxiliary targets (C against B, rule S's follow-up): A+C minus A+B "
               f"{aux['difference']:+.3f} ({signed_interval(aux['difference_ci95'])}) on "
-              f"{label.get(aux['decided_on'], aux['decided_on'])}; gain shown: "
+              f"{_seeds_spaced(aux['decided_on'])}; gain shown: "
               f"{'yes' if aux['gain'] else 'no'}."]
     if cv.get("strong_two_view"):
         strong = "; ".join(f"{g['difference']:+.3f} ({signed_interval(g['difference_ci95'])}) "
-                           f"on {label.get(s, s)}" for s, g in cv["strong_two_view"].items())
+                           f"on {_seeds_spaced(s)}" for s, g in cv["strong_two_view"].items())
         lines[-1] += (f" Strong augmentation for the two-view network (D+B minus A+B): {strong}; "
                       "rule P turned it down on the validation images alone.")
     return lines + [""]

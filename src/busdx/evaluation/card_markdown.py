@@ -206,7 +206,9 @@ def _seeds_spaced(text: str) -> str:
 def _ensemble_sentence(ensembles: dict | None) -> str:
     """Pooled out-of-fold AUCs of larger averages of cross-validated networks."""
     larger = [f"{e['networks_per_image']} ({_seeds_spaced(name)}) "
-              f"{fmt(e['pooled_auc'])}" for name, e in (ensembles or {}).items()
+              f"{fmt(e['pooled_auc'])}" for name, e in sorted(
+                  (ensembles or {}).items(), key=lambda item: (item[1]["networks_per_image"],
+                                                               item[0]))
               if e["networks_per_image"] > 2]
     return (" Networks averaged per image, more of them: " + "; ".join(larger) + "."
             if larger else "")
@@ -217,7 +219,8 @@ def _cross_validation_lines(cv: dict | None) -> list[str]:
     if not cv:
         return []
     seeds = list(cv["pooled_auc"])
-    keys = list(cv["pooled_auc"][seeds[0]])
+    # the card's JSON is written with sorted keys: order the rows here, single networks first
+    keys = sorted(cv["pooled_auc"][seeds[0]], key=lambda k: ("+" in k, k))
     label = {s: _seeds_spaced(s) for s in seeds}
     names = {**cv["recipes"], **{k: " + ".join(k.split("+")) + ": the two networks' logits "
                                  "averaged, as the bundled graph does" for k in keys if "+" in k}}

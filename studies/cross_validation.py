@@ -44,6 +44,7 @@ log = logging.getLogger("cross_validation")
 
 OOF_FILE = "cross_validation_oof.json"
 RESULT_FILE = "cross_validation.json"
+FIGURE_FILE = "cross_validation.png"
 RECIPES = ("A", "B", "C", "D")
 FOLDS = (1, 2, 3, 4)
 PAIRS = {"A+B": ("A", "B"), "A+C": ("A", "C"), "D+B": ("D", "B")}
@@ -249,6 +250,57 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------- figure
+
+
+def plot(oof: dict, result: dict, path: Path) -> Path:
+    """Left: the out-of-fold ROC curves of A, B and A+B (each seed) with the operating-point
+    target (sensitivity 0.90 with specificity 0.80) marked. Right: the sensitivity reached on
+    held-out images against the one a threshold was fitted for, with the specificity it costs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from busdx.evaluation.classification import roc_curve
+
+    labels = np.asarray(oof["images"]["label"], dtype=int)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
+    styles = {"A": ":", "B": "--", "A+B": "-"}
+    for (name, s), colour in zip(oof["seeds"].items(), ("tab:blue", "tab:orange"), strict=False):
+        z = {r: np.asarray(v) for r, v in s["logits"].items()}
+        z["A+B"] = (z["A"] + z["B"]) / 2
+        for key, style in styles.items():
+            fpr, tpr = roc_curve(labels, z[key])
+            auc = result["seeds"][name]["auc"][key]["pooled_auc"]
+            left.plot(fpr, tpr, style, color=colour, lw=1.4 if key == "A+B" else 1,
+                      label=f"{key}, {name.replace('seed', 'seed ')} (AUC {auc:.3f})")
+    left.plot([0.20], [TARGET_SENSITIVITY], "k*", ms=12, label="target: sens 0.90, spec 0.80")
+    left.fill_between([0, 0.20], TARGET_SENSITIVITY, 1.0, color="0.9", zorder=0,
+                      label="meets both targets")
+    left.set(xlim=(0, 0.6), ylim=(0.5, 1.0), xlabel="1 - specificity", ylabel="sensitivity",
+             title=f"Out-of-fold ROC, folds 1-4 ({len(labels)} images, ground-truth crops)")
+    left.legend(fontsize=7, loc="lower right")
+    for (name, s), colour in zip(result["seeds"].items(), ("tab:blue", "tab:orange"),
+                                 strict=False):
+        rows = [s["threshold_within"], *s["threshold_margins"]]
+        target = [m["target"] for m in rows]
+        right.plot(target, [m["mean_sensitivity"] for m in rows], "o-", color=colour,
+                   label=f"sensitivity elsewhere, {name.replace('seed', 'seed ')}")
+        right.plot(target, [m["mean_specificity"] for m in rows], "s--", color=colour,
+                   label=f"specificity elsewhere, {name.replace('seed', 'seed ')}")
+    right.axhline(TARGET_SENSITIVITY, color="k", lw=0.8)
+    right.axhline(0.80, color="0.5", lw=0.8, ls=":")
+    right.set(xlabel="sensitivity the threshold was fitted for (on 60% of a fold)",
+              ylabel="mean on the fold's other 40%", ylim=(0.5, 1.0),
+              title="A+B: a threshold's sensitivity on other images")
+    right.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------------- model card
 
 RECIPE_NAMES = {
@@ -326,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = analyse(json.loads((out / OOF_FILE).read_text()))
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    plot(json.loads((out / OOF_FILE).read_text()), result, out / FIGURE_FILE)
     if args.models:
         write_card(Path(args.models), result)
     for name, s in result["seeds"].items():

@@ -255,7 +255,7 @@ def test_cross_validation_threshold_and_pair_helpers_on_known_scores():
     assert hi["mean_specificity"] < lo["mean_specificity"]
 
 
-def test_cross_validation_study_reproduces_its_recorded_answer():
+def test_cross_validation_study_reproduces_its_recorded_answer(tmp_path):
     """Rule T's answers come from the out-of-fold logits kept beside them."""
     study = _load("cross_validation")
     folder = ROOT / "reports" / "studies"
@@ -274,6 +274,8 @@ def test_cross_validation_study_reproduces_its_recorded_answer():
             "seeds"][name]["threshold_within"]
     for name, e in recorded["ensembles"].items():
         assert result["ensembles"][name]["pooled_auc"] == pytest.approx(e["pooled_auc"], abs=1e-9)
+    figure = study.plot(oof, result, tmp_path / "cv.png")
+    assert figure.stat().st_size > 10_000
 
 
 @pytest.mark.full_data

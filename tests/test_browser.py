@@ -8,6 +8,7 @@ toggles the overlays by mouse and keyboard, and saves screenshots to test-output
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import subprocess
@@ -103,6 +104,16 @@ def test_upload_shows_result(server, browser, fixtures_root, output_dir):
     call = page.locator("#call").inner_text().lower()
     assert "benign" in call or "malignant" in call
     assert "%" in page.locator("#prob-text").inner_text()
+    # the threshold's meaning on held-out images, from the card the server reports
+    card = json.loads(urllib.request.urlopen(server + "/api/model").read())["card"]
+    test = card.get("classifier", {}).get("test") or {}
+    note = page.locator("#operating-note")
+    if test.get("sensitivity") is not None:
+        assert note.is_visible()
+        assert f"{100 * test['sensitivity']:.1f}%" in note.inner_text()
+        assert f"{100 * test['specificity']:.1f}%" in note.inner_text()
+    else:
+        assert note.is_hidden()
     band = page.locator("#band-name").inner_text().strip()
     assert band in {"3", "4A", "4B", "4C", "5"}
     # the threshold lies in band 4B: a benign call in 4A/4B says that BI-RADS 4 still applies

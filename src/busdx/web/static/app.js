@@ -14,6 +14,7 @@ const els = {
   bandText: $("band-text"), note: $("note"), inputWarnings: $("input-warnings"),
   measures: $("measures-body"),
   timingsSummary: $("timings-summary"), timingsList: $("timings-list"), version: $("version"),
+  operatingNote: $("operating-note"),
   disclaimer: $("disclaimer"),
 };
 
@@ -152,6 +153,8 @@ function renderResult(r) {
   els.inputWarnings.hidden = warnings.length === 0;
   renderMeasurements(r);
   renderTimings(r.timings_ms);
+  els.operatingNote.textContent = operatingNote;
+  els.operatingNote.hidden = !operatingNote;
   els.version.textContent = `Model ${r.model_version} · busdx ${r.busdx_version}` +
     (siteNote ? ` · ${siteNote}` : "");
   if (r.disclaimer) els.disclaimer.textContent = r.disclaimer;
@@ -269,10 +272,31 @@ document.addEventListener("keydown", (e) => {
 // Set once from /api/model: models recalibrated on a site's images say so beside the version,
 // so a reader knows which operating point the call used.
 let siteNote = "";
+// What a call at the threshold has meant on held-out images, so that "validated" has numbers:
+// the bundled models' test fold, or a recalibrated site's out-of-fold estimate.
+let operatingNote = "";
+
+function describeOperatingPoint(classifier) {
+  const site = classifier.site_calibration;
+  if (site && site.out_of_fold) {
+    const oof = site.out_of_fold;
+    return `Recalibrated on ${site.n} images of one site: out of fold there, calls at this ` +
+      `threshold caught ${pct(oof.sensitivity)} of cancers and cleared ` +
+      `${pct(oof.specificity)} of benign lesions.`;
+  }
+  const test = classifier.test;
+  if (!test || test.sensitivity == null || test.specificity == null) return "";
+  return `On ${test.n} held-out BUS-BRA images (test fold ${test.test_fold}), calls at this ` +
+    `threshold caught ${pct(test.sensitivity)} of cancers (sensitivity) and cleared ` +
+    `${pct(test.specificity)} of benign lesions (specificity). Other scanners and hospitals ` +
+    "can differ.";
+}
 
 fetch("/api/model").then((r) => (r.ok ? r.json() : null)).then((card) => {
   if (card && card.disclaimer) els.disclaimer.textContent = card.disclaimer;
-  const site = card && card.card && card.card.classifier && card.card.classifier.site_calibration;
+  const classifier = card && card.card && card.card.classifier;
+  if (classifier) operatingNote = describeOperatingPoint(classifier);
+  const site = classifier && classifier.site_calibration;
   if (site && site.out_of_fold) {
     const oof = site.out_of_fold;
     siteNote = `probability and threshold recalibrated on ${site.n} images of one site ` +

@@ -54,6 +54,7 @@ REPS = 2000
 SPLITS = 200  # question 3, within-network splits per fold
 FIT_SHARE = 0.6
 MARGIN_TARGETS = (0.92, 0.94, 0.96)
+TRIAGE_SENSITIVITIES = (0.95, 0.98)  # among BI-RADS 4 cancers: a biopsy triage must miss few
 SEED = 0
 COMMAND = ("busdx train classification --data ../shared/data/busbra --val-fold {k} --seed {seed} "
            "--no-export --device cuda --workers 2 --threads 1 --max-minutes 6.5 "
@@ -91,7 +92,8 @@ def collect(data: str, runs: list[str]) -> dict:
                 r = by_id[image_id]
                 if r.fold != k or r.label != label:
                     raise SystemExit(f"{image_id}: fold or label disagree with the index")
-                images[image_id] = {"patient": r.patient, "label": r.label, "fold": r.fold}
+                images[image_id] = {"patient": r.patient, "label": r.label, "fold": r.fold,
+                                    "birads": r.birads}
                 logits[image_id] = round(float(z), 5)
             s["runs"][f"{recipe}{k}"] = {
                 "command": COMMAND.format(k=k, seed=seed, recipe=RECIPE_FLAGS[recipe]),
@@ -109,7 +111,7 @@ def collect(data: str, runs: list[str]) -> dict:
         "note": "out-of-fold logits on ground-truth crops, each network averaged with its mirror; "
                 "images carried to the GPU as WebP (quality 90), ImageNet weights as float16",
         "images": {"id": ids, **{key: [images[i][key] for i in ids]
-                                 for key in ("patient", "label", "fold")}},
+                                 for key in ("patient", "label", "fold", "birads")}},
         "seeds": {name: {"runs": dict(sorted(s["runs"].items())),
                          "logits": {r: [s["logits"][r][i] for i in ids]
                                     for r in sorted(s["logits"])}}
@@ -193,6 +195,19 @@ def threshold_within(labels, scores, patients, folds, splits: int,
             "mean_specificity": float(spec.mean())}
 
 
+def birads4_triage(labels, scores, patients, birads, reps: int) -> dict:
+    """Within BI-RADS 4, where a biopsy is recommended: how well the scores rank, and the share
+    of benign lesions a threshold keeping most cancers would call benign (points of the pooled
+    ROC curve, not validated operating points)."""
+    keep = birads == 4
+    y, z = labels[keep], scores[keep]
+    ci = bootstrap_cis(y, z, patients[keep], {"auc": roc_auc}, reps=reps, seed=SEED)["auc"]
+    return {"n": int(keep.sum()), "n_malignant": int(y.sum()), "auc": roc_auc(y, z),
+            "auc_ci95": list(ci),
+            "benign_cleared_at_sensitivity": {str(t): specificity_at(y, z, t)
+                                              for t in TRIAGE_SENSITIVITIES}}
+
+
 def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
     img = oof["images"]
     labels = np.asarray(img["label"], dtype=int)
@@ -221,6 +236,9 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
             row["threshold_margins"] = [
                 threshold_within(labels, z["A+B"], patients, folds, splits, target)
                 for target in MARGIN_TARGETS]
+            if "birads" in img:
+                row["birads4_triage"] = birads4_triage(
+                    labels, z["A+B"], patients, np.asarray(img["birads"], dtype=int), reps)
         out["seeds"][name] = row
     names = list(oof["seeds"])
     if len(names) > 1:  # the seeds' networks averaged per fold: what a seed ensemble adds
@@ -342,6 +360,8 @@ def card_summary(result: dict) -> dict:
         "aux_gain": result["question_1"],
         "strong_two_view": {name: s["strong_two_view"]["pairs"] for name, s in seeds.items()
                             if "strong_two_view" in s},
+        "birads4_triage": {name: s["birads4_triage"] for name, s in seeds.items()
+                           if "birads4_triage" in s},
     }
 
 

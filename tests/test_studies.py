@@ -272,6 +272,7 @@ def test_cross_validation_study_reproduces_its_recorded_answer(tmp_path):
             assert got["pooled_auc_ci95"] == pytest.approx(auc["pooled_auc_ci95"], abs=1e-9)
         assert result["seeds"][name]["threshold_within"] == recorded[
             "seeds"][name]["threshold_within"]
+        assert result["seeds"][name]["birads4_triage"] == recorded["seeds"][name]["birads4_triage"]
     for name, e in recorded["ensembles"].items():
         assert result["ensembles"][name]["pooled_auc"] == pytest.approx(e["pooled_auc"], abs=1e-9)
     figure = study.plot(oof, result, tmp_path / "cv.png")
@@ -290,8 +291,8 @@ def test_cross_validation_record_matches_the_dataset(busbra_root):
     assert images["id"] == expected
     for i, image_id in enumerate(images["id"]):
         r = by_id[image_id]
-        assert (images["patient"][i], images["label"][i], images["fold"][i]) == (
-            r.patient, r.label, r.fold)
+        assert (images["patient"][i], images["label"][i], images["fold"][i],
+                images["birads"][i]) == (r.patient, r.label, r.fold, r.birads)
 
 
 def test_the_model_card_shows_the_recorded_cross_validation():

@@ -262,6 +262,20 @@ def _cross_validation_lines(cv: dict | None) -> list[str]:
                      "share below 0.90", "mean specificity elsewhere"],
                     [[fmt(m["target"], 2), fmt(m["mean_sensitivity"]),
                       fmt(m["share_below_0.90"], 2), fmt(m["mean_specificity"])] for m in fit])
+    triage = cv.get("birads4_triage") or {}
+    if triage:
+        first = next(iter(triage.values()))
+        rows = "; ".join(
+            f"{_seeds_spaced(name)}: AUC {fmt(t['auc'])}{_ci(t, 'auc')}, "
+            + ", ".join(f"{fmt(share)} at sensitivity {level}" for level, share in
+                        t["benign_cleared_at_sensitivity"].items())
+            for name, t in triage.items())
+        lines += ["Within BI-RADS 4, where the radiologists recommended a biopsy "
+                  f"({first['n']} images, {first['n_malignant']} cancers): A+B's out-of-fold "
+                  "AUC, and the share of benign lesions that a threshold keeping most of the "
+                  f"cancers would call benign: {rows}. "
+                  "These are points of the out-of-fold ROC curve, not validated operating "
+                  "points: a biopsy-triage threshold would need its own.", ""]
     aux = cv["aux_gain"]
     lines += [f"Auxiliary targets (C against B, rule S's follow-up): A+C minus A+B "
               f"{aux['difference']:+.3f} ({signed_interval(aux['difference_ci95'])}) on "

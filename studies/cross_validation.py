@@ -353,7 +353,8 @@ def card_summary(result: dict) -> dict:
             name: s["auc"]["A+B"]["pooled_specificity_at_sensitivity_0.90"]
             for name, s in seeds.items()},
         "threshold_fit": [{key: m[key] for key in ("target", "mean_sensitivity",
-                                                   "share_below_0.90", "mean_specificity")}
+                                                   "share_below_0.90", "mean_specificity",
+                                                   "fit_share", "splits")}
                           for m in (seeds[first]["threshold_within"],
                                     *seeds[first]["threshold_margins"])],
         "threshold_fit_seed": first,

@@ -214,79 +214,101 @@ def _ensemble_sentence(ensembles: dict | None) -> str:
             if larger else "")
 
 
+def _cv_auc_lines(cv: dict) -> list[str]:
+    """The recipes' pooled out-of-fold AUCs, per fold, larger averages, and the ROC point at
+    sensitivity 0.90."""
+    seeds = list(cv["pooled_auc"])
+    # the card's JSON is written with sorted keys: order the rows here, single networks first
+    keys = sorted(cv["pooled_auc"][seeds[0]], key=lambda k: ("+" in k, k))
+    names = {**cv["recipes"], **{k: " + ".join(k.split("+")) + ": the two networks' logits "
+                                 "averaged, as the bundled graph does" for k in keys if "+" in k}}
+
+    def cell(seed: str, key: str) -> str:
+        row = cv["pooled_auc"][seed].get(key)
+        return f"{fmt(row[0])} ({fmt(row[1])}-{fmt(row[2])})" if row else ""
+
+    lines = _table(["recipe", *(_seeds_spaced(s) for s in seeds), "what"],
+                   [[k, *(cell(s, k) for s in seeds), names.get(k, "")] for k in keys])
+    per_fold = ", ".join(f"fold {k} {fmt(v)}" for k, v in cv["per_fold_auc"][seeds[0]].items())
+    specs = cv["specificity_at_sensitivity_0.90"]
+    spec = " and ".join(f"{fmt(v)} ({_seeds_spaced(s)})" for s, v in specs.items())
+    seed_pair = cv.get("seed_ensemble_auc")
+    return lines + [
+        f"A+B per fold ({_seeds_spaced(seeds[0])}): {per_fold}."
+        + (f" Averaging the two seeds' networks gives A+B {fmt(seed_pair[0])} "
+           f"({fmt(seed_pair[1])}-{fmt(seed_pair[2])})." if seed_pair else "")
+        + _ensemble_sentence(cv.get("ensembles"))
+        + f" On A+B's pooled out-of-fold ROC curve the specificity at sensitivity 0.90 is {spec}"
+        + (": on BUS-BRA this recipe does not reach sensitivity 0.90 with specificity 0.80, "
+           "whatever the threshold." if max(specs.values()) < 0.80 else "."), ""]
+
+
+def _cv_threshold_lines(cv: dict) -> list[str]:
+    """How a threshold fitted for a sensitivity on part of a fold holds on the rest."""
+    fit = cv["threshold_fit"]
+    first = fit[0]
+    lines = ["How well a threshold fitted for a sensitivity holds on other images: each fold's "
+             f"A+B scores cut by patient, {first['fit_share']:.0%} (about the size of the "
+             "validation set) to fit the threshold and the rest to score it, "
+             f"{first['splits']} splits over the four folds "
+             f"({_seeds_spaced(cv['threshold_fit_seed'])}). Fitted for "
+             f"{fmt(first['target'], 2)}, as the product's threshold is, the sensitivity "
+             f"elsewhere is {fmt(first['mean_sensitivity'])} on average and below 0.90 in "
+             f"{first['share_below_0.90']:.0%} of the splits; a margin buys sensitivity with "
+             "specificity:", ""]
+    return lines + _table(["sensitivity fitted for", "mean sensitivity elsewhere",
+                           "share below 0.90", "mean specificity elsewhere"],
+                          [[fmt(m["target"], 2), fmt(m["mean_sensitivity"]),
+                            fmt(m["share_below_0.90"], 2), fmt(m["mean_specificity"])]
+                           for m in fit])
+
+
+def _cv_triage_lines(triage: dict | None) -> list[str]:
+    """Within BI-RADS 4: the AUC and the benign lesions cleared at high sensitivity."""
+    if not triage:
+        return []
+    first = next(iter(triage.values()))
+    rows = "; ".join(
+        f"{_seeds_spaced(name)}: AUC {fmt(t['auc'])}{_ci(t, 'auc')}, "
+        + ", ".join(f"{fmt(share)} at sensitivity {level}"
+                    for level, share in t["benign_cleared_at_sensitivity"].items())
+        for name, t in triage.items())
+    return ["Within BI-RADS 4, where the radiologists recommended a biopsy "
+            f"({first['n']} images, {first['n_malignant']} cancers): A+B's out-of-fold AUC, and "
+            "the share of benign lesions that a threshold keeping most of the cancers would call "
+            f"benign: {rows}. These are points of the out-of-fold ROC curve, not validated "
+            "operating points: a biopsy-triage threshold would need its own.", ""]
+
+
+def _cv_question_lines(cv: dict) -> list[str]:
+    """The rule's recipe questions: the auxiliary targets, strong augmentation for two views."""
+    aux = cv["aux_gain"]
+    line = (f"Auxiliary targets (C against B, rule S's follow-up): A+C minus A+B "
+            f"{aux['difference']:+.3f} ({signed_interval(aux['difference_ci95'])}) on "
+            f"{_seeds_spaced(aux['decided_on'])}; gain shown: {'yes' if aux['gain'] else 'no'}.")
+    if cv.get("strong_two_view"):
+        strong = "; ".join(f"{g['difference']:+.3f} ({signed_interval(g['difference_ci95'])}) "
+                           f"on {_seeds_spaced(s)}" for s, g in cv["strong_two_view"].items())
+        line += (f" Strong augmentation for the two-view network (D+B minus A+B): {strong}; "
+                 "rule P turned it down on the validation images alone.")
+    return [line, ""]
+
+
 def _cross_validation_lines(cv: dict | None) -> list[str]:
     """The bundled members' recipes cross-validated on folds 1-4 (studies/cross_validation.py)."""
     if not cv:
         return []
-    seeds = list(cv["pooled_auc"])
-    # the card's JSON is written with sorted keys: order the rows here, single networks first
-    keys = sorted(cv["pooled_auc"][seeds[0]], key=lambda k: ("+" in k, k))
-    label = {s: _seeds_spaced(s) for s in seeds}
-    names = {**cv["recipes"], **{k: " + ".join(k.split("+")) + ": the two networks' logits "
-                                 "averaged, as the bundled graph does" for k in keys if "+" in k}}
-    lines = ["## Cross-validation of the recipes (folds 1-4)", "",
-             "The test fold is one sample of images, and the validation images chose the members. "
-             "To see what the members' recipes do beyond both, each was trained four times "
-             "(`--val-fold k`: on three of folds 1-4, the epoch kept by AUC on the fourth), so "
-             f"that each of the {cv['n_images']} training-fold images ({cv['n_patients']} "
+    intro = ("The test fold is one sample of images, and the validation images chose the "
+             "members. To see what the members' recipes do beyond both, each was trained four "
+             "times (`--val-fold k`: on three of folds 1-4, the epoch kept by AUC on the fourth), "
+             f"so that each of the {cv['n_images']} training-fold images ({cv['n_patients']} "
              "patients) is scored by networks that did not train on it: ground-truth crops, each "
              "network averaged with its mirror; fold 5 not read. These networks are not the "
              "bundled ones. Pooled out-of-fold ROC AUC with patient-bootstrap 95% CIs; source: "
-             f"{cv['source']}.", ""]
-    lines += _table(["recipe", *label.values(), "what"],
-                    [[k, *(f"{fmt(cv['pooled_auc'][s][k][0])} ({fmt(cv['pooled_auc'][s][k][1])}-"
-                           f"{fmt(cv['pooled_auc'][s][k][2])})" if k in cv["pooled_auc"][s]
-                           else "" for s in seeds), names.get(k, "")] for k in keys])
-    per_fold = ", ".join(f"fold {k} {fmt(v)}" for k, v in cv["per_fold_auc"][seeds[0]].items())
-    specs = cv["specificity_at_sensitivity_0.90"]
-    spec = " and ".join(f"{fmt(v)} ({label[s]})" for s, v in specs.items())
-    lines += [f"A+B per fold ({label[seeds[0]]}): {per_fold}."
-              + (f" Averaging the two seeds' networks gives A+B {fmt(cv['seed_ensemble_auc'][0])} "
-                 f"({fmt(cv['seed_ensemble_auc'][1])}-{fmt(cv['seed_ensemble_auc'][2])})."
-                 if cv.get("seed_ensemble_auc") else "")
-              + _ensemble_sentence(cv.get("ensembles"))
-              + f" On A+B's pooled out-of-fold ROC curve the specificity at sensitivity 0.90 is "
-              f"{spec}"
-              + (": on BUS-BRA this recipe does not reach sensitivity 0.90 with specificity 0.80, "
-                 "whatever the threshold." if max(specs.values()) < 0.80 else "."), ""]
-    fit = cv["threshold_fit"]
-    lines += ["How well a threshold fitted for a sensitivity holds on other images: each fold's "
-              "A+B scores cut by patient, 60% (about the size of the validation set) to fit the "
-              "threshold and the rest to score it, 200 times per fold "
-              f"({_seeds_spaced(cv['threshold_fit_seed'])}). Fitted for "
-              f"{fmt(fit[0]['target'], 2)}, as the product's threshold is, the sensitivity "
-              f"elsewhere is {fmt(fit[0]['mean_sensitivity'])} on average and below 0.90 in "
-              f"{fit[0]['share_below_0.90']:.0%} of the splits; a margin buys sensitivity with "
-              "specificity:", ""]
-    lines += _table(["sensitivity fitted for", "mean sensitivity elsewhere",
-                     "share below 0.90", "mean specificity elsewhere"],
-                    [[fmt(m["target"], 2), fmt(m["mean_sensitivity"]),
-                      fmt(m["share_below_0.90"], 2), fmt(m["mean_specificity"])] for m in fit])
-    triage = cv.get("birads4_triage") or {}
-    if triage:
-        first = next(iter(triage.values()))
-        rows = "; ".join(
-            f"{_seeds_spaced(name)}: AUC {fmt(t['auc'])}{_ci(t, 'auc')}, "
-            + ", ".join(f"{fmt(share)} at sensitivity {level}" for level, share in
-                        t["benign_cleared_at_sensitivity"].items())
-            for name, t in triage.items())
-        lines += ["Within BI-RADS 4, where the radiologists recommended a biopsy "
-                  f"({first['n']} images, {first['n_malignant']} cancers): A+B's out-of-fold "
-                  "AUC, and the share of benign lesions that a threshold keeping most of the "
-                  f"cancers would call benign: {rows}. "
-                  "These are points of the out-of-fold ROC curve, not validated operating "
-                  "points: a biopsy-triage threshold would need its own.", ""]
-    aux = cv["aux_gain"]
-    lines += [f"Auxiliary targets (C against B, rule S's follow-up): A+C minus A+B "
-              f"{aux['difference']:+.3f} ({signed_interval(aux['difference_ci95'])}) on "
-              f"{_seeds_spaced(aux['decided_on'])}; gain shown: "
-              f"{'yes' if aux['gain'] else 'no'}."]
-    if cv.get("strong_two_view"):
-        strong = "; ".join(f"{g['difference']:+.3f} ({signed_interval(g['difference_ci95'])}) "
-                           f"on {_seeds_spaced(s)}" for s, g in cv["strong_two_view"].items())
-        lines[-1] += (f" Strong augmentation for the two-view network (D+B minus A+B): {strong}; "
-                      "rule P turned it down on the validation images alone.")
-    return lines + [""]
+             f"{cv['source']}.")
+    return (["## Cross-validation of the recipes (folds 1-4)", "", intro, ""]
+            + _cv_auc_lines(cv) + _cv_threshold_lines(cv)
+            + _cv_triage_lines(cv.get("birads4_triage")) + _cv_question_lines(cv))
 
 
 def _birads_lines(birads: dict) -> list[str]:

@@ -135,11 +135,10 @@ def specificity_at(labels: np.ndarray, scores: np.ndarray, target: float) -> flo
 
 def auc_summary(labels, scores, patients, folds, reps: int) -> dict:
     ci = bootstrap_cis(labels, scores, patients, {"auc": roc_auc}, reps=reps, seed=SEED)["auc"]
+    per_fold = {str(k): roc_auc(labels[folds == k], scores[folds == k]) for k in FOLDS}
     return {
         "pooled_auc": roc_auc(labels, scores), "pooled_auc_ci95": list(ci),
-        "per_fold_auc": {str(k): roc_auc(labels[folds == k], scores[folds == k]) for k in FOLDS},
-        "mean_fold_auc": float(np.mean([roc_auc(labels[folds == k], scores[folds == k])
-                                        for k in FOLDS])),
+        "per_fold_auc": per_fold, "mean_fold_auc": float(np.mean(list(per_fold.values()))),
         "pooled_specificity_at_sensitivity_0.90": specificity_at(labels, scores,
                                                                   TARGET_SENSITIVITY),
     }

@@ -9,12 +9,16 @@ out. Run from the repository root; the output folder must be git-ignored (``.gpu
 
     python studies/cv_device/prep.py --data ../shared/data/busbra --out .gpu
     cp studies/cv_device/run.py .gpu/
+
+It also writes ``bundled_val.json``: the ids of the bundled split's validation images, which
+the ``v`` runs of ``run.py`` hold out.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import pickle
 from pathlib import Path
 
@@ -23,6 +27,7 @@ import torch
 from PIL import Image
 
 from busdx.data.index import load_index
+from busdx.data.splits import SplitConfig, make_split
 from busdx.models.pretrained import lite_weights_path
 from busdx.training.classification import auxiliary_targets, load_samples
 
@@ -77,6 +82,9 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "data.pkl", "wb") as fh:
         pickle.dump(items, fh)
+    # rule V's bundled-split runs hold out the CLI's validation images (split seed 0)
+    val = make_split(index, SplitConfig(test_fold=5, seed=0)).val
+    (root / "bundled_val.json").write_text(json.dumps(sorted(r.id for r in val)))
     print(len(items), "images; per fold", np.bincount([i["fold"] for i in items])[1:])
     for n in (1, 2):
         sd = torch.load(lite_weights_path(f"tf_efficientnet_lite{n}"), map_location="cpu",

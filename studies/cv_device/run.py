@@ -10,6 +10,7 @@ root, with the folder made by ``prep.py`` carried:
     export PYTHONPATH=src:.gpu/shim DEADLINE=480
     python .gpu/run.py launch $OUT /tmp/runs 6.5 2      # recipes A, B, C; folds 1-4; SEED=0
     JOBS=D1s0,D2s0,D3s0,D4s0 KEEP= python .gpu/run.py launch $OUT /tmp/runs 3.3 2
+    JOBS=E1,E2,E3,E4,F1,F2,F3,F4,Ev,Fv,Dv KEEP=Ev,Fv,Dv python .gpu/run.py launch ...  # rule V
 
 ``JOBS`` picks runs by recipe letter, fold and optionally ``s<seed>`` (else ``SEED``);
 ``KEEP`` names the runs whose float16 checkpoints come back; the launcher stops any run still
@@ -38,6 +39,8 @@ RECIPES = {
     "B": {"arch": "lite2", "input": "crop", "augment": "strong"},
     "C": {"arch": "lite2", "input": "crop", "augment": "strong", "aux_weight": 0.3},
     "D": {"arch": "lite1", "input": "both", "augment": "strong"},
+    "E": {"arch": "lite1", "input": "both", "augment": "default", "size": 288},
+    "F": {"arch": "lite2", "input": "crop", "augment": "strong", "size": 288},
 }
 JOBS = (os.environ["JOBS"].split(",") if os.environ.get("JOBS")
         else [f"{r}{k}" for r in "ABC" for k in (1, 2, 3, 4)])
@@ -67,7 +70,9 @@ def job(name, runs, max_minutes, workers, max_batches=None, epochs=None):
     from busdx.training import classification as tc
 
     logging.basicConfig(level=logging.INFO, format=f"{name} %(asctime)s %(message)s")
-    k = int(name[1])
+    # fold k of 1-4 as validation, or "v": the bundled split's validation images (the CLI's
+    # train/validation split of folds 1-4, split seed 0; their ids in bundled_val.json)
+    k = None if name[1] == "v" else int(name[1])
     seed = {"seed": int(name[3:])} if len(name) > 2 else {}
     cfg = dict(BASE, **RECIPES[name[0]], **seed, val_fold=k, max_minutes=max_minutes,
                workers=workers, threads=1, max_batches=max_batches)
@@ -75,9 +80,15 @@ def job(name, runs, max_minutes, workers, max_batches=None, epochs=None):
         cfg["epochs"] = epochs
     config = tc.ClassifierTrainConfig(**cfg)
     data = samples()
-    train = [s for it, s in data if it["fold"] != k]
-    val = [s for it, s in data if it["fold"] == k]
-    aux = np.array([it["aux"] for it, _ in data if it["fold"] != k], dtype=np.int64)
+    if k is None:
+        held = set(json.loads((HERE / "bundled_val.json").read_text()))
+        is_val = [it["id"] in held for it, _ in data]
+    else:
+        is_val = [it["fold"] == k for it, _ in data]
+    train = [s for (_, s), v in zip(data, is_val, strict=True) if not v]
+    val = [s for (_, s), v in zip(data, is_val, strict=True) if v]
+    aux = np.array([it["aux"] for (it, _), v in zip(data, is_val, strict=True) if not v],
+                   dtype=np.int64)
     out = Path(runs) / name
     result = tc.train_classifier(train, val, config, out, aux=aux if config.aux_weight else None)
     model, ckpt = tc.load_checkpoint(result.checkpoint)
@@ -97,7 +108,8 @@ def job(name, runs, max_minutes, workers, max_batches=None, epochs=None):
         "best_val_auc": result.best_val_auc, "wall_minutes": result.wall_minutes,
         "device": result.device, "history": result.history,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__, "ids": [s.id for s in val], "labels": [s.label for s in val],
+        "torch": torch.__version__, "images": "WebP q90 copy (studies/cv_device/prep.py)",
+        "ids": [s.id for s in val], "labels": [s.label for s in val],
         "logits": np.concatenate(plain).tolist(),
         "logits_mirror": np.concatenate(mirrored).tolist(),
     }

@@ -45,9 +45,9 @@ log = logging.getLogger("cross_validation")
 OOF_FILE = "cross_validation_oof.json"
 RESULT_FILE = "cross_validation.json"
 FIGURE_FILE = "cross_validation.png"
-RECIPES = ("A", "B", "C", "D")
+RECIPES = ("A", "B", "C", "D")  # rule T's; E and F are rule V's
 FOLDS = (1, 2, 3, 4)
-PAIRS = {"A+B": ("A", "B"), "A+C": ("A", "C"), "D+B": ("D", "B")}
+PAIRS = {"A+B": ("A", "B"), "A+C": ("A", "C"), "D+B": ("D", "B"), "E+F": ("E", "F")}
 TARGET_SENSITIVITY = 0.90
 MIN_GAIN = 0.005  # rule T, question 1
 REPS = 2000
@@ -63,7 +63,9 @@ COMMAND = ("busdx train classification --data ../shared/data/busbra --val-fold {
 RECIPE_FLAGS = {"A": "--arch lite1 --input both",
                 "B": "--arch lite2 --input crop --augment strong",
                 "C": "--arch lite2 --input crop --augment strong --aux-weight 0.3",
-                "D": "--arch lite1 --input both --augment strong"}
+                "D": "--arch lite1 --input both --augment strong",
+                "E": "--arch lite1 --input both --size 288",
+                "F": "--arch lite2 --input crop --augment strong --size 288"}
 
 
 # ---------------------------------------------------------------------------- collect
@@ -84,6 +86,9 @@ def collect(data: str, runs: list[str]) -> dict:
         if failed:
             raise SystemExit(f"{path}: runs failed: {failed}")
         for run in record["runs"]:
+            if run["name"][1] == "v":  # trained on the bundled split: not out of fold
+                log.info("%s: %s is a bundled-split run, left out", path, run["name"])
+                continue
             recipe, k, seed = run["name"][0], int(run["name"][1]), run["config"]["seed"]
             s = seeds.setdefault(f"seed{seed}", {"runs": {}, "logits": {}})
             logits = s["logits"].setdefault(recipe, {})
@@ -228,6 +233,11 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
             row["strong_two_view"] = {
                 "pairs": compare_pairs(labels, z["A+B"], z["D+B"], patients, reps),
                 "two_view_networks": compare_pairs(labels, z["A"], z["D"], patients, reps)}
+        if "E" in z and "F" in z:  # rule V: both networks at 288 pixels instead of 224
+            row["resolution"] = {
+                "pairs": compare_pairs(labels, z["A+B"], z["E+F"], patients, reps),
+                "two_view_networks": compare_pairs(labels, z["A"], z["E"], patients, reps),
+                "crop_networks": compare_pairs(labels, z["B"], z["F"], patients, reps)}
         if "A+B" in z:
             row["threshold_transfer"] = threshold_transfer(labels, z["A+B"], folds)
             row["threshold_within"] = threshold_within(labels, z["A+B"], patients, folds, splits)
@@ -245,11 +255,12 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
         ab = (z["A"] + z["B"]) / 2
         out["seed_ensemble"] = {"seeds": names,
                                 "A+B": auc_summary(labels, ab, patients, folds, reps)}
-    # how far averaging more networks goes: every recipe of one seed, then of all seeds
-    members = {f"all recipes, {n}": [oof["seeds"][n]["logits"][r] for r in oof["seeds"][n]
-                                     ["logits"]] for n in names}
-    members["all recipes, all seeds"] = [v for n in names for v in oof["seeds"][n]["logits"]
-                                         .values()]
+    # how far averaging more networks goes: every recipe of one seed, then of all seeds (rule
+    # T's recipes, so that later rules' networks leave its record as it was)
+    members = {f"all recipes, {n}": [oof["seeds"][n]["logits"][r] for r in RECIPES]
+               for n in names}
+    members["all recipes, all seeds"] = [oof["seeds"][n]["logits"][r] for n in names
+                                         for r in RECIPES]
     out["ensembles"] = {name: {"networks_per_image": len(m),
                                "pooled_auc": roc_auc(labels, np.mean(m, axis=0))}
                         for name, m in members.items()}
@@ -264,14 +275,36 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
         "difference": first["difference"], "difference_ci95": first["difference_ci95"],
         "same_sign_on_other_seeds": bool(replicated),
     }
+    if "resolution" in out["seeds"][names[0]]:
+        out["rule_v"] = rule_v(out, names)
     return out
+
+
+def rule_v(out: dict, names: list[str]) -> dict:
+    """Rule V's decision: E+F beats A+B on the first seed (paired interval above 0) and beats
+    every seed's A+B by MIN_GAIN, so that one seed's luck does not decide."""
+    first = out["seeds"][names[0]]
+    pairs = first["resolution"]["pairs"]
+    ef = first["auc"]["E+F"]["pooled_auc"]
+    to_each = {n: ef - out["seeds"][n]["auc"]["A+B"]["pooled_auc"] for n in names}
+    gain = (pairs["difference"] >= MIN_GAIN and pairs["difference_ci95"][0] > 0
+            and all(d >= MIN_GAIN for d in to_each.values()))
+    return {"rule": f"E+F (288 pixels) beats A+B by >= {MIN_GAIN} pooled out-of-fold AUC on "
+                    f"{names[0]} with the paired interval above 0, and by >= {MIN_GAIN} "
+                    "against every seed's A+B",
+            "gain": bool(gain), "decided_on": names[0], "difference": pairs["difference"],
+            "difference_ci95": pairs["difference_ci95"],
+            "difference_to_each_seed": to_each,
+            "two_view_networks": first["resolution"]["two_view_networks"],
+            "crop_networks": first["resolution"]["crop_networks"]}
 
 
 # ---------------------------------------------------------------------------- figure
 
 
 def plot(oof: dict, result: dict, path: Path) -> Path:
-    """Left: the out-of-fold ROC curves of A, B and A+B (each seed) with the operating-point
+    """Left: the out-of-fold ROC curves of A, B and A+B (each seed) and rule V's E+F, with the
+    operating-point
     target (sensitivity 0.90 with specificity 0.80) marked. Right: the sensitivity reached on
     held-out images against the one a threshold was fitted for, with the specificity it costs."""
     import matplotlib
@@ -292,6 +325,12 @@ def plot(oof: dict, result: dict, path: Path) -> Path:
             auc = result["seeds"][name]["auc"][key]["pooled_auc"]
             left.plot(fpr, tpr, style, color=colour, lw=1.4 if key == "A+B" else 1,
                       label=f"{key}, {name.replace('seed', 'seed ')} (AUC {auc:.3f})")
+    first, s = next(iter(oof["seeds"].items()))
+    if "E" in s["logits"] and "F" in s["logits"]:  # rule V's pair, at 288 pixels
+        fpr, tpr = roc_curve(labels, (np.asarray(s["logits"]["E"]) + s["logits"]["F"]) / 2)
+        auc = result["seeds"][first]["auc"]["E+F"]["pooled_auc"]
+        left.plot(fpr, tpr, "-", color="tab:green", lw=1.2,
+                  label=f"E+F (288 px), {first.replace('seed', 'seed ')} (AUC {auc:.3f})")
     left.plot([0.20], [TARGET_SENSITIVITY], "k*", ms=12, label="target: sens 0.90, spec 0.80")
     left.fill_between([0, 0.20], TARGET_SENSITIVITY, 1.0, color="0.9", zorder=0,
                       label="meets both targets")
@@ -325,6 +364,8 @@ RECIPE_NAMES = {
     "B": "crop lite2, strong augmentation (the bundled crop member's recipe)",
     "C": "B with the auxiliary histology and BI-RADS targets (--aux-weight 0.3)",
     "D": "A with strong augmentation",
+    "E": "A at 288 pixels (rule V)",
+    "F": "B at 288 pixels (rule V)",
 }
 
 
@@ -362,6 +403,7 @@ def card_summary(result: dict) -> dict:
                             if "strong_two_view" in s},
         "birads4_triage": {name: s["birads4_triage"] for name, s in seeds.items()
                            if "birads4_triage" in s},
+        "resolution": result.get("rule_v"),
     }
 
 
@@ -406,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             lo, hi = v["pooled_auc_ci95"]
             log.info("%s %-4s pooled AUC %.4f (%.4f-%.4f), folds %s", name, key, v["pooled_auc"],
                      lo, hi, " ".join(f"{x:.3f}" for x in v["per_fold_auc"].values()))
-        for key, label in (("aux_gain", "A+C minus A+B"), ("strong_two_view", "D+B minus A+B")):
+        for key, label in (("aux_gain", "A+C minus A+B"), ("strong_two_view", "D+B minus A+B"),
+                           ("resolution", "E+F minus A+B")):
             if key in s:
                 g = s[key]["pairs"]
                 log.info("%s %s: %+.4f (%+.4f to %+.4f)", name, label, g["difference"],
@@ -419,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                  s["threshold_transfer"]["mean_sensitivity"],
                  s["threshold_transfer"]["mean_specificity"])
     log.info("question 1: %s", json.dumps(result["question_1"]))
+    if "rule_v" in result:
+        log.info("rule V: %s", json.dumps(result["rule_v"]))
     return 0
 
 

@@ -265,6 +265,8 @@ def test_cross_validation_study_reproduces_its_recorded_answer(tmp_path):
     result = study.analyse(oof)
     assert result["question_1"] == recorded["question_1"]
     assert not result["question_1"]["gain"]
+    assert result["rule_v"] == recorded["rule_v"]  # rule V: the pair at 288 pixels
+    assert not result["rule_v"]["gain"]
     for name, seed in recorded["seeds"].items():
         for key, auc in seed["auc"].items():
             got = result["seeds"][name]["auc"][key]
@@ -277,6 +279,27 @@ def test_cross_validation_study_reproduces_its_recorded_answer(tmp_path):
         assert result["ensembles"][name]["pooled_auc"] == pytest.approx(e["pooled_auc"], abs=1e-9)
     figure = study.plot(oof, result, tmp_path / "cv.png")
     assert figure.stat().st_size > 10_000
+
+
+def test_rule_v_needs_a_gain_on_the_deciding_seed_and_against_every_seed():
+    study = _load("cross_validation")
+
+    def out(diff, lo, ef, ab):
+        pair = {"difference": diff, "difference_ci95": [lo, diff + 0.01]}
+        seeds = {n: {"auc": {"A+B": {"pooled_auc": v}, "E+F": {"pooled_auc": ef}},
+                     "resolution": {"pairs": pair, "two_view_networks": pair,
+                                    "crop_networks": pair}} for n, v in ab.items()}
+        return {"seeds": seeds}
+
+    names = ["seed0", "seed1"]
+    assert study.rule_v(out(0.008, 0.001, 0.933, {"seed0": 0.925, "seed1": 0.927}), names)["gain"]
+    # the second seed's pair is too close: a seed's luck, not a gain
+    assert not study.rule_v(out(0.008, 0.001, 0.933, {"seed0": 0.925, "seed1": 0.930}),
+                            names)["gain"]
+    assert not study.rule_v(out(0.008, -0.001, 0.933, {"seed0": 0.925, "seed1": 0.927}),
+                            names)["gain"]
+    assert not study.rule_v(out(0.004, 0.001, 0.929, {"seed0": 0.925, "seed1": 0.920}),
+                            names)["gain"]
 
 
 @pytest.mark.full_data

@@ -281,7 +281,8 @@ def _cv_triage_lines(triage: dict | None) -> list[str]:
 
 
 def _cv_question_lines(cv: dict) -> list[str]:
-    """The rule's recipe questions: the auxiliary targets, strong augmentation for two views."""
+    """The rules' recipe questions: the auxiliary targets, strong augmentation for two views,
+    input resolution."""
     aux = cv["aux_gain"]
     line = (f"Auxiliary targets (C against B, rule S's follow-up): A+C minus A+B "
             f"{aux['difference']:+.3f} ({signed_interval(aux['difference_ci95'])}) on "
@@ -291,6 +292,17 @@ def _cv_question_lines(cv: dict) -> list[str]:
                            f"on {_seeds_spaced(s)}" for s, g in cv["strong_two_view"].items())
         line += (f" Strong augmentation for the two-view network (D+B minus A+B): {strong}; "
                  "rule P turned it down on the validation images alone.")
+    res = cv.get("resolution")
+    if res:
+        each = ", ".join(f"{d:+.3f} against {_seeds_spaced(s)}"
+                         for s, d in sorted(res["difference_to_each_seed"].items()))
+        parts = [("E minus A", res["two_view_networks"]), ("F minus B", res["crop_networks"])]
+        alone = "; ".join(f"{name} {g['difference']:+.3f} ({signed_interval(g['difference_ci95'])})"
+                          for name, g in parts)
+        line += (f" Input resolution (rule V: both networks at 288 pixels instead of 224, "
+                 f"{_seeds_spaced(res['decided_on'])}): E+F minus A+B {res['difference']:+.3f} "
+                 f"({signed_interval(res['difference_ci95'])}; {each}); alone, {alone}; gain "
+                 f"shown: {'yes' if res['gain'] else 'no'}.")
     return [line, ""]
 
 

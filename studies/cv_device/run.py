@@ -41,6 +41,7 @@ RECIPES = {
     "D": {"arch": "lite1", "input": "both", "augment": "strong"},
     "E": {"arch": "lite1", "input": "both", "augment": "default", "size": 288},
     "F": {"arch": "lite2", "input": "crop", "augment": "strong", "size": 288},
+    "G": {"arch": "lite2", "input": "both", "augment": "default"},
 }
 JOBS = (os.environ["JOBS"].split(",") if os.environ.get("JOBS")
         else [f"{r}{k}" for r in "ABC" for k in (1, 2, 3, 4)])

@@ -11,6 +11,9 @@ ground-truth crop, averaged with its mirror as the shipped graph does. Four reci
 - C: B with the auxiliary histology and BI-RADS targets (``--aux-weight 0.3``, rule S);
 - D: A with strong augmentation (rule P's rejected option; the rule's second addendum).
 
+Later rules add recipes scored the same way: rule V's E and F (A and B at 288 pixels, seed 0)
+and rule W's G (A on the lite2 backbone, seed 0) with F's seed-1 replication.
+
 The runs were made on an H200 (``studies/cv_device/``); their out-of-fold logits are kept in
 ``reports/studies/cross_validation_oof.json``. From those this script answers the rule's three
 questions (``docs/selection_rules.md``, rule T) into ``reports/studies/cross_validation.json``:
@@ -24,7 +27,8 @@ questions (``docs/selection_rules.md``, rule T) into ``reports/studies/cross_val
    fold into a 60% fitting part, about the size of the product's validation set, and the rest).
 
     python studies/cross_validation.py collect --data ../shared/data/busbra \\
-        --runs runs/cls/cv27/cv_seed0.json runs/cls/cv27/cv_seed1.json runs/cls/cv27/cv_strong.json
+        --runs runs/cls/cv27/cv_seed0.json runs/cls/cv27/cv_seed1.json runs/cls/cv27/cv_strong.json \\
+               runs/cls/v28/cv.json runs/cls/w28/cv.json
     python studies/cross_validation.py analyse --models models   # + the model card's summary
 """
 
@@ -47,7 +51,8 @@ RESULT_FILE = "cross_validation.json"
 FIGURE_FILE = "cross_validation.png"
 RECIPES = ("A", "B", "C", "D")  # rule T's; E and F are rule V's
 FOLDS = (1, 2, 3, 4)
-PAIRS = {"A+B": ("A", "B"), "A+C": ("A", "C"), "D+B": ("D", "B"), "E+F": ("E", "F")}
+PAIRS = {"A+B": ("A", "B"), "A+C": ("A", "C"), "D+B": ("D", "B"), "E+F": ("E", "F"),
+         "G+B": ("G", "B")}
 TARGET_SENSITIVITY = 0.90
 MIN_GAIN = 0.005  # rule T, question 1
 REPS = 2000
@@ -65,7 +70,8 @@ RECIPE_FLAGS = {"A": "--arch lite1 --input both",
                 "C": "--arch lite2 --input crop --augment strong --aux-weight 0.3",
                 "D": "--arch lite1 --input both --augment strong",
                 "E": "--arch lite1 --input both --size 288",
-                "F": "--arch lite2 --input crop --augment strong --size 288"}
+                "F": "--arch lite2 --input crop --augment strong --size 288",
+                "G": "--arch lite2 --input both"}
 
 
 # ---------------------------------------------------------------------------- collect
@@ -238,6 +244,12 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
                 "pairs": compare_pairs(labels, z["A+B"], z["E+F"], patients, reps),
                 "two_view_networks": compare_pairs(labels, z["A"], z["E"], patients, reps),
                 "crop_networks": compare_pairs(labels, z["B"], z["F"], patients, reps)}
+        if "F" in z:  # rule W, question 1: the crop network at 288 pixels, each seed
+            row["crop_288"] = compare_pairs(labels, z["B"], z["F"], patients, reps)
+        if "G" in z:  # rule W, question 2: the two-view network on the larger backbone
+            row["two_view_lite2"] = {
+                "pairs": compare_pairs(labels, z["A+B"], z["G+B"], patients, reps),
+                "two_view_networks": compare_pairs(labels, z["A"], z["G"], patients, reps)}
         if "A+B" in z:
             row["threshold_transfer"] = threshold_transfer(labels, z["A+B"], folds)
             row["threshold_within"] = threshold_within(labels, z["A+B"], patients, folds, splits)
@@ -277,6 +289,8 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
     }
     if "resolution" in out["seeds"][names[0]]:
         out["rule_v"] = rule_v(out, names)
+    if "two_view_lite2" in out["seeds"][names[0]]:
+        out["rule_w"] = rule_w(out, names)
     return out
 
 
@@ -297,6 +311,25 @@ def rule_v(out: dict, names: list[str]) -> dict:
             "difference_to_each_seed": to_each,
             "two_view_networks": first["resolution"]["two_view_networks"],
             "crop_networks": first["resolution"]["crop_networks"]}
+
+
+def rule_w(out: dict, names: list[str]) -> dict:
+    """Rule W: is the crop network's gain at 288 pixels replicated on the other seeds, and does
+    a lite2 two-view network gain (rule V's conditions, with G+B in place of E+F)?"""
+    crop = {n: out["seeds"][n]["crop_288"] for n in names if "crop_288" in out["seeds"][n]}
+    first = out["seeds"][names[0]]
+    pairs = first["two_view_lite2"]["pairs"]
+    gb = first["auc"]["G+B"]["pooled_auc"]
+    to_each = {n: gb - out["seeds"][n]["auc"]["A+B"]["pooled_auc"] for n in names}
+    gain = (pairs["difference"] >= MIN_GAIN and pairs["difference_ci95"][0] > 0
+            and all(d >= MIN_GAIN for d in to_each.values()))
+    return {"crop_288": crop,
+            "crop_288_replicated": all(c["difference"] >= MIN_GAIN for c in crop.values()),
+            "two_view_lite2": {"gain": bool(gain), "decided_on": names[0],
+                               "difference": pairs["difference"],
+                               "difference_ci95": pairs["difference_ci95"],
+                               "difference_to_each_seed": to_each,
+                               "two_view_networks": first["two_view_lite2"]["two_view_networks"]}}
 
 
 # ---------------------------------------------------------------------------- figure
@@ -366,6 +399,7 @@ RECIPE_NAMES = {
     "D": "A with strong augmentation",
     "E": "A at 288 pixels (rule V)",
     "F": "B at 288 pixels (rule V)",
+    "G": "A with the lite2 backbone (rule W)",
 }
 
 
@@ -404,6 +438,7 @@ def card_summary(result: dict) -> dict:
         "birads4_triage": {name: s["birads4_triage"] for name, s in seeds.items()
                            if "birads4_triage" in s},
         "resolution": result.get("rule_v"),
+        "rule_w": result.get("rule_w"),
     }
 
 
@@ -449,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s %-4s pooled AUC %.4f (%.4f-%.4f), folds %s", name, key, v["pooled_auc"],
                      lo, hi, " ".join(f"{x:.3f}" for x in v["per_fold_auc"].values()))
         for key, label in (("aux_gain", "A+C minus A+B"), ("strong_two_view", "D+B minus A+B"),
-                           ("resolution", "E+F minus A+B")):
+                           ("resolution", "E+F minus A+B"),
+                           ("two_view_lite2", "G+B minus A+B")):
             if key in s:
                 g = s[key]["pairs"]
                 log.info("%s %s: %+.4f (%+.4f to %+.4f)", name, label, g["difference"],
@@ -464,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("question 1: %s", json.dumps(result["question_1"]))
     if "rule_v" in result:
         log.info("rule V: %s", json.dumps(result["rule_v"]))
+    if "rule_w" in result:
+        log.info("rule W: %s", json.dumps(result["rule_w"]))
     return 0
 
 

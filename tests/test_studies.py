@@ -267,6 +267,8 @@ def test_cross_validation_study_reproduces_its_recorded_answer(tmp_path):
     assert not result["question_1"]["gain"]
     assert result["rule_v"] == recorded["rule_v"]  # rule V: the pair at 288 pixels
     assert not result["rule_v"]["gain"]
+    assert result["rule_w"] == recorded["rule_w"]  # rule W: replication and a lite2 two-view
+    assert not result["rule_w"]["crop_288_replicated"]
     for name, seed in recorded["seeds"].items():
         for key, auc in seed["auc"].items():
             got = result["seeds"][name]["auc"][key]

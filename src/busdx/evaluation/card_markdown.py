@@ -280,30 +280,41 @@ def _cv_triage_lines(triage: dict | None) -> list[str]:
             "operating points: a biopsy-triage threshold would need its own.", ""]
 
 
+def _difference(g: dict) -> str:
+    return f"{g['difference']:+.3f} ({signed_interval(g['difference_ci95'])})"
+
+
 def _cv_question_lines(cv: dict) -> list[str]:
-    """The rules' recipe questions: the auxiliary targets, strong augmentation for two views,
-    input resolution."""
+    """The rules' recipe questions, one bullet each: the auxiliary targets, strong augmentation
+    for two views, input resolution, a larger two-view backbone."""
     aux = cv["aux_gain"]
-    line = (f"Auxiliary targets (C against B, rule S's follow-up): A+C minus A+B "
-            f"{aux['difference']:+.3f} ({signed_interval(aux['difference_ci95'])}) on "
-            f"{_seeds_spaced(aux['decided_on'])}; gain shown: {'yes' if aux['gain'] else 'no'}.")
+    items = [f"Auxiliary targets (rule T, C against B): A+C minus A+B {_difference(aux)} on "
+             f"{_seeds_spaced(aux['decided_on'])}; gain shown: {'yes' if aux['gain'] else 'no'}."]
     if cv.get("strong_two_view"):
-        strong = "; ".join(f"{g['difference']:+.3f} ({signed_interval(g['difference_ci95'])}) "
-                           f"on {_seeds_spaced(s)}" for s, g in cv["strong_two_view"].items())
-        line += (f" Strong augmentation for the two-view network (D+B minus A+B): {strong}; "
-                 "rule P turned it down on the validation images alone.")
+        strong = "; ".join(f"{_difference(g)} on {_seeds_spaced(s)}"
+                           for s, g in cv["strong_two_view"].items())
+        items.append(f"Strong augmentation for the two-view network (D+B minus A+B): {strong}; "
+                     "rule P turned it down on the validation images alone.")
     res = cv.get("resolution")
     if res:
         each = ", ".join(f"{d:+.3f} against {_seeds_spaced(s)}"
                          for s, d in sorted(res["difference_to_each_seed"].items()))
-        parts = [("E minus A", res["two_view_networks"]), ("F minus B", res["crop_networks"])]
-        alone = "; ".join(f"{name} {g['difference']:+.3f} ({signed_interval(g['difference_ci95'])})"
-                          for name, g in parts)
-        line += (f" Input resolution (rule V: both networks at 288 pixels instead of 224, "
-                 f"{_seeds_spaced(res['decided_on'])}): E+F minus A+B {res['difference']:+.3f} "
-                 f"({signed_interval(res['difference_ci95'])}; {each}); alone, {alone}; gain "
-                 f"shown: {'yes' if res['gain'] else 'no'}.")
-    return [line, ""]
+        items.append(
+            f"Input resolution (rule V: both networks at 288 pixels instead of 224, "
+            f"{_seeds_spaced(res['decided_on'])}): E+F minus A+B {_difference(res)}; "
+            f"{each}. Alone, E minus A {_difference(res['two_view_networks'])} and F minus B "
+            f"{_difference(res['crop_networks'])}. Gain shown: {'yes' if res['gain'] else 'no'}.")
+    w = cv.get("rule_w")
+    if w:
+        crop = "; ".join(f"{_difference(c)} on {_seeds_spaced(s)}"
+                         for s, c in sorted(w["crop_288"].items()))
+        g = w["two_view_lite2"]
+        items.append(f"Rule W: the crop network at 288 pixels, F minus B, {crop}; replicated: "
+                     f"{'yes' if w['crop_288_replicated'] else 'no'}. The two-view network on "
+                     f"the lite2 backbone, G+B minus A+B on {_seeds_spaced(g['decided_on'])}: "
+                     f"{_difference(g)}; gain shown: {'yes' if g['gain'] else 'no'}.")
+    return ["Recipe questions (a gain needs at least +0.005 with the paired patient-bootstrap "
+            "interval above 0):", "", *(f"- {item}" for item in items), ""]
 
 
 def _cross_validation_lines(cv: dict | None) -> list[str]:

@@ -296,11 +296,9 @@ fetch("/api/model").then((r) => (r.ok ? r.json() : null)).then((card) => {
   if (card && card.disclaimer) els.disclaimer.textContent = card.disclaimer;
   const classifier = card && card.card && card.card.classifier;
   if (classifier) operatingNote = describeOperatingPoint(classifier);
+  // the out-of-fold sensitivity and specificity are in the operating note; not repeated here
   const site = classifier && classifier.site_calibration;
   if (site && site.out_of_fold) {
-    const oof = site.out_of_fold;
-    siteNote = `probability and threshold recalibrated on ${site.n} images of one site ` +
-      `(expected sensitivity ${pct(oof.sensitivity)}, specificity ${pct(oof.specificity)}, ` +
-      "out of fold)";
+    siteNote = `probability and threshold recalibrated on ${site.n} images of one site`;
   }
 }).catch(() => {});

@@ -294,21 +294,27 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
     return out
 
 
-def rule_v(out: dict, names: list[str]) -> dict:
-    """Rule V's decision: E+F beats A+B on the first seed (paired interval above 0) and beats
-    every seed's A+B by MIN_GAIN, so that one seed's luck does not decide."""
+def pair_decision(out: dict, names: list[str], question: str, pair: str) -> dict:
+    """Rules V and W's test of a new pair against A+B: at least MIN_GAIN on the first seed
+    with the paired interval above 0, and at least MIN_GAIN against every seed's A+B, so that
+    one seed's luck does not decide."""
     first = out["seeds"][names[0]]
-    pairs = first["resolution"]["pairs"]
-    ef = first["auc"]["E+F"]["pooled_auc"]
-    to_each = {n: ef - out["seeds"][n]["auc"]["A+B"]["pooled_auc"] for n in names}
+    pairs = first[question]["pairs"]
+    auc = first["auc"][pair]["pooled_auc"]
+    to_each = {n: auc - out["seeds"][n]["auc"]["A+B"]["pooled_auc"] for n in names}
     gain = (pairs["difference"] >= MIN_GAIN and pairs["difference_ci95"][0] > 0
             and all(d >= MIN_GAIN for d in to_each.values()))
+    return {"gain": bool(gain), "decided_on": names[0], "difference": pairs["difference"],
+            "difference_ci95": pairs["difference_ci95"], "difference_to_each_seed": to_each}
+
+
+def rule_v(out: dict, names: list[str]) -> dict:
+    """Rule V: does the pair at 288 pixels (E+F) beat A+B?"""
+    first = out["seeds"][names[0]]
     return {"rule": f"E+F (288 pixels) beats A+B by >= {MIN_GAIN} pooled out-of-fold AUC on "
                     f"{names[0]} with the paired interval above 0, and by >= {MIN_GAIN} "
                     "against every seed's A+B",
-            "gain": bool(gain), "decided_on": names[0], "difference": pairs["difference"],
-            "difference_ci95": pairs["difference_ci95"],
-            "difference_to_each_seed": to_each,
+            **pair_decision(out, names, "resolution", "E+F"),
             "two_view_networks": first["resolution"]["two_view_networks"],
             "crop_networks": first["resolution"]["crop_networks"]}
 
@@ -318,18 +324,11 @@ def rule_w(out: dict, names: list[str]) -> dict:
     a lite2 two-view network gain (rule V's conditions, with G+B in place of E+F)?"""
     crop = {n: out["seeds"][n]["crop_288"] for n in names if "crop_288" in out["seeds"][n]}
     first = out["seeds"][names[0]]
-    pairs = first["two_view_lite2"]["pairs"]
-    gb = first["auc"]["G+B"]["pooled_auc"]
-    to_each = {n: gb - out["seeds"][n]["auc"]["A+B"]["pooled_auc"] for n in names}
-    gain = (pairs["difference"] >= MIN_GAIN and pairs["difference_ci95"][0] > 0
-            and all(d >= MIN_GAIN for d in to_each.values()))
     return {"crop_288": crop,
             "crop_288_replicated": all(c["difference"] >= MIN_GAIN for c in crop.values()),
-            "two_view_lite2": {"gain": bool(gain), "decided_on": names[0],
-                               "difference": pairs["difference"],
-                               "difference_ci95": pairs["difference_ci95"],
-                               "difference_to_each_seed": to_each,
-                               "two_view_networks": first["two_view_lite2"]["two_view_networks"]}}
+            "two_view_lite2": {**pair_decision(out, names, "two_view_lite2", "G+B"),
+                               "two_view_networks": first["two_view_lite2"]
+                               ["two_view_networks"]}}
 
 
 # ---------------------------------------------------------------------------- figure

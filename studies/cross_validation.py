@@ -412,7 +412,7 @@ def card_summary(result: dict) -> dict:
     first = next(iter(seeds))
     return {
         "source": f"`reports/studies/{RESULT_FILE}`, written by `studies/cross_validation.py` "
-                  "(rule T of `docs/selection_rules.md`)",
+                  "(rules T, V and W of `docs/selection_rules.md`)",
         "n_images": result["n_images"], "n_patients": result["n_patients"],
         "n_malignant": result["n_malignant"],
         "recipes": RECIPE_NAMES,

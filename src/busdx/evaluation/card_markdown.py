@@ -322,9 +322,9 @@ def _cross_validation_lines(cv: dict | None) -> list[str]:
     if not cv:
         return []
     intro = ("The test fold is one sample of images, and the validation images chose the "
-             "members. To see what the members' recipes do beyond both, each was trained four "
-             "times per seed (`--val-fold k`: on three of folds 1-4, the epoch kept by AUC on the "
-             "fourth), "
+             "members. To see what the members' recipes and their variants do beyond both, each "
+             "recipe was trained four times for each seed shown (`--val-fold k`: on three of "
+             "folds 1-4, the epoch kept by AUC on the fourth), "
              f"so that each of the {cv['n_images']} training-fold images ({cv['n_patients']} "
              "patients) is scored by networks that did not train on it: ground-truth crops, each "
              "network averaged with its mirror; fold 5 not read. These networks are not the "

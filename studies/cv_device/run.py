@@ -15,6 +15,13 @@ root, with the folder made by ``prep.py`` carried:
 ``JOBS`` picks runs by recipe letter, fold and optionally ``s<seed>`` (else ``SEED``);
 ``KEEP`` names the runs whose float16 checkpoints come back; the launcher stops any run still
 going after ``DEADLINE`` seconds and collects the rest.
+
+A call's transfer is limited to 64 MiB, the carried ``.gpu`` (about 55 MiB) included: move
+``models/*.onnx`` out of the checkout for the call and back after it. Eight to twelve runs side
+by side on an H200 take three to six minutes (288-pixel and two-view runs the longest); the
+returned ``cv.json`` goes to ``studies/cross_validation.py collect --runs ...``. A new question
+is a new recipe letter here and in that script's ``RECIPE_FLAGS``, and a rule in
+``docs/selection_rules.md`` committed before the call.
 """
 
 from __future__ import annotations

@@ -53,6 +53,15 @@ RECIPES = ("A", "B", "C", "D")  # rule T's; E and F are rule V's
 FOLDS = (1, 2, 3, 4)
 PAIRS = {"A+B": ("A", "B"), "A+C": ("A", "C"), "D+B": ("D", "B"), "E+F": ("E", "F"),
          "G+B": ("G", "B")}
+# each rule's question: named comparisons (baseline, candidate) of scores, asked of a seed whose
+# runs include them
+QUESTIONS = {
+    "aux_gain": {"pairs": ("A+B", "A+C"), "crop_networks": ("B", "C")},  # rule T
+    "strong_two_view": {"pairs": ("A+B", "D+B"), "two_view_networks": ("A", "D")},  # addendum 2
+    "resolution": {"pairs": ("A+B", "E+F"), "two_view_networks": ("A", "E"),  # rule V: 288 px
+                   "crop_networks": ("B", "F")},
+    "two_view_lite2": {"pairs": ("A+B", "G+B"), "two_view_networks": ("A", "G")},  # rule W
+}
 TARGET_SENSITIVITY = 0.90
 MIN_GAIN = 0.005  # rule T, question 1
 REPS = 2000
@@ -231,25 +240,12 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
             if a in z and b in z:
                 z[pair] = (z[a] + z[b]) / 2
         row = {"auc": {key: auc_summary(labels, v, patients, folds, reps) for key, v in z.items()}}
-        if "C" in z:
-            row["aux_gain"] = {
-                "pairs": compare_pairs(labels, z["A+B"], z["A+C"], patients, reps),
-                "crop_networks": compare_pairs(labels, z["B"], z["C"], patients, reps)}
-        if "D" in z:
-            row["strong_two_view"] = {
-                "pairs": compare_pairs(labels, z["A+B"], z["D+B"], patients, reps),
-                "two_view_networks": compare_pairs(labels, z["A"], z["D"], patients, reps)}
-        if "E" in z and "F" in z:  # rule V: both networks at 288 pixels instead of 224
-            row["resolution"] = {
-                "pairs": compare_pairs(labels, z["A+B"], z["E+F"], patients, reps),
-                "two_view_networks": compare_pairs(labels, z["A"], z["E"], patients, reps),
-                "crop_networks": compare_pairs(labels, z["B"], z["F"], patients, reps)}
+        for question, comparisons in QUESTIONS.items():
+            if all(key in z for pair in comparisons.values() for key in pair):
+                row[question] = {name: compare_pairs(labels, z[a], z[b], patients, reps)
+                                 for name, (a, b) in comparisons.items()}
         if "F" in z:  # rule W, question 1: the crop network at 288 pixels, each seed
             row["crop_288"] = compare_pairs(labels, z["B"], z["F"], patients, reps)
-        if "G" in z:  # rule W, question 2: the two-view network on the larger backbone
-            row["two_view_lite2"] = {
-                "pairs": compare_pairs(labels, z["A+B"], z["G+B"], patients, reps),
-                "two_view_networks": compare_pairs(labels, z["A"], z["G"], patients, reps)}
         if "A+B" in z:
             row["threshold_transfer"] = threshold_transfer(labels, z["A+B"], folds)
             row["threshold_within"] = threshold_within(labels, z["A+B"], patients, folds, splits)

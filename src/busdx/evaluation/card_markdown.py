@@ -77,16 +77,14 @@ def results_table(card: dict) -> str:
         if readers:
             rows.append(f"| radiologists' BI-RADS as a score: ROC AUC (95% CI); the model minus "
                         f"it | {fmt(readers['birads_auc'])}{_ci(readers, 'birads_auc')}; "
-                        f"{readers['difference']:+.3f} "
-                        f"({signed_interval(readers['difference_ci95'])}) | {on} |")
+                        f"{_difference(readers)} | {on} |")
     clf = card.get("classifier", {})
     cv = clf.get("recipe_cross_validation")
     if cv:
         seed, rows_ = next(iter(cv["pooled_auc"].items()))
-        auc, lo, hi = rows_["A+B"]
         rows.append(f"| ROC AUC of the bundled members' recipes, 4-fold cross-validation (out of "
                     f"fold, ground-truth crops, {_seeds_spaced(seed)}; 95% CI) | "
-                    f"{fmt(auc)} ({fmt(lo)}-{fmt(hi)}) | folds 1-4 ({cv['n_images']} images), "
+                    f"{_value_ci(rows_['A+B'])} | folds 1-4 ({cv['n_images']} images), "
                     "networks trained for it, not the bundled ones |")
     site = clf.get("site_calibration")
     if site:
@@ -167,6 +165,16 @@ def signed_interval(ci) -> str:
     return f"{ci[0]:+.3f} to {ci[1]:+.3f}"
 
 
+def _difference(g: dict) -> str:
+    """``-0.002 (-0.010 to +0.006)``: a paired difference and its interval."""
+    return f"{g['difference']:+.3f} ({signed_interval(g['difference_ci95'])})"
+
+
+def _value_ci(row) -> str:
+    """``0.925 (0.905-0.942)`` from a recorded ``[value, low, high]``."""
+    return f"{fmt(row[0])} ({fmt(row[1])}-{fmt(row[2])})"
+
+
 def _per_scanner_lines(test: dict) -> list[str]:
     """The classifier per scanner on the test fold, end to end at the frozen threshold."""
     groups = test.get("per_scanner")
@@ -225,7 +233,7 @@ def _cv_auc_lines(cv: dict) -> list[str]:
 
     def cell(seed: str, key: str) -> str:
         row = cv["pooled_auc"][seed].get(key)
-        return f"{fmt(row[0])} ({fmt(row[1])}-{fmt(row[2])})" if row else ""
+        return _value_ci(row) if row else ""
 
     lines = _table(["recipe", *(_seeds_spaced(s) for s in seeds), "what"],
                    [[k, *(cell(s, k) for s in seeds), names.get(k, "")] for k in keys])
@@ -235,8 +243,8 @@ def _cv_auc_lines(cv: dict) -> list[str]:
     seed_pair = cv.get("seed_ensemble_auc")
     return lines + [
         f"A+B per fold ({_seeds_spaced(seeds[0])}): {per_fold}."
-        + (f" Averaging the two seeds' networks gives A+B {fmt(seed_pair[0])} "
-           f"({fmt(seed_pair[1])}-{fmt(seed_pair[2])})." if seed_pair else "")
+        + (f" Averaging the two seeds' networks gives A+B {_value_ci(seed_pair)}."
+           if seed_pair else "")
         + _ensemble_sentence(cv.get("ensembles"))
         + f" On A+B's pooled out-of-fold ROC curve the specificity at sensitivity 0.90 is {spec}"
         + (": on BUS-BRA this recipe does not reach sensitivity 0.90 with specificity 0.80, "
@@ -278,10 +286,6 @@ def _cv_triage_lines(triage: dict | None) -> list[str]:
             "the share of benign lesions that a threshold keeping most of the cancers would call "
             f"benign: {rows}. These are points of the out-of-fold ROC curve, not validated "
             "operating points: a biopsy-triage threshold would need its own.", ""]
-
-
-def _difference(g: dict) -> str:
-    return f"{g['difference']:+.3f} ({signed_interval(g['difference_ci95'])})"
 
 
 def _cv_question_lines(cv: dict) -> list[str]:

@@ -19,6 +19,7 @@ def reevaluate(data_root: Path, models: Path = MODELS, masks: str | None = None)
     from busdx.data.splits import SplitConfig, make_split
     from busdx.evaluation.classification import (
         by_group,
+        evaluate_lesion_reading,
         evaluate_predictions,
         predict_records,
         reader_comparison,
@@ -40,6 +41,11 @@ def reevaluate(data_root: Path, models: Path = MODELS, masks: str | None = None)
               "per_birads": by_group(preds, [f"BI-RADS {r.birads}" for r in test],
                                      card["threshold"]),
               "readers": reader_comparison(preds, reps=50)}
+    lesion = card.get("lesion_reading") or {}
+    if lesion.get("test") and masks == "predicted":
+        groups["lesion_reading"] = evaluate_lesion_reading(
+            preds, [r.patient for r in test], card["temperature"], lesion["threshold"],
+            masks, empty, reps=50, logit_offset=card.get("logit_offset", 0.0))
     return report, recorded, groups
 
 
@@ -61,3 +67,34 @@ def test_bundled_classifier_reproduces_card_on_fold5(busbra_root):
     if recorded.get("readers"):
         for key in ("model_auc", "birads_auc", "difference"):
             assert groups["readers"][key] == pytest.approx(recorded["readers"][key], abs=5e-4)
+
+    lesion = groups.get("lesion_reading")
+    if lesion is not None:
+        recorded_lesion = load_card(MODELS / "model_card.json")["classifier"]["lesion_reading"]
+        for unit in ("image", "lesion"):
+            for key in ("n", "auc", "sensitivity", "specificity", "tp", "fp", "tn", "fn"):
+                assert lesion[unit][key] == pytest.approx(recorded_lesion["test"][unit][key],
+                                                          abs=5e-4), (unit, key)
+
+
+@pytest.mark.full_data
+@pytest.mark.slow
+def test_bundled_lesion_threshold_is_refitted_from_validation(busbra_root):
+    """Rule X's lesion threshold and its validation figures come back from the bundled models."""
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.evaluation.classification import fit_lesion_reading, predict_records
+
+    card = load_card(MODELS / "model_card.json").get("classifier", {})
+    recorded = card.get("lesion_reading")
+    if not recorded:
+        pytest.skip("the card has no lesion reading")
+    val = make_split(load_index(busbra_root), SplitConfig(test_fold=5, seed=0)).val
+    preds, _ = predict_records(val, MODELS, "predicted")
+    fit = fit_lesion_reading(preds, [r.patient for r in val], card["temperature"],
+                             card["calibration"]["target_sensitivity"])
+    assert fit["threshold"] == pytest.approx(recorded["threshold"], abs=1e-6)
+    assert fit["offered"] == recorded["offered"]
+    for key in ("n", "lesions", "auc_image_reading", "auc_lesion_reading", "sensitivity",
+                "specificity"):
+        assert fit["validation"][key] == pytest.approx(recorded["validation"][key], abs=5e-4), key

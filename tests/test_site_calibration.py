@@ -108,6 +108,11 @@ def test_the_copy_serves_the_refit_and_the_source_is_untouched(models_dir, fixtu
     assert site.settings.threshold == pytest.approx(fit.threshold)
     assert site.settings.logit_shift == pytest.approx(fit.logit_shift)
     assert site.version.startswith("site-") and site.version != bundled.version
+    # the lesion threshold was fitted under the bundled calibration: the copy does not offer it
+    assert site.settings.lesion_threshold is None
+    if bundled.settings.lesion_threshold is not None:
+        assert json.loads((out / "model_card.json").read_text())["classifier"][
+            "site_calibration"]["lesion_reading_dropped"]
     image = load_index(fixtures_root).records[0].image_path
     a, b = analyze(image, bundled, render_overlays=False), analyze(image, site,
                                                                    render_overlays=False)

@@ -55,7 +55,7 @@ def create_app(
         app.state.limiter = anyio.CapacityLimiter(concurrency)
         yield
 
-    from busdx.api.routers import analyze, meta
+    from busdx.api.routers import analyze, lesion, meta
 
     swagger_dir = _swagger_ui_dir()
     app = FastAPI(
@@ -96,6 +96,7 @@ def create_app(
 
     app.include_router(meta.router)
     app.include_router(analyze.router)
+    app.include_router(lesion.router)
     # Last: the page and its files at /, after every /api route.
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web")
     return app

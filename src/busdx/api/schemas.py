@@ -1,4 +1,5 @@
-"""The shape of /api/analyze's answer, for validation and the OpenAPI docs at /docs."""
+"""The shapes of /api/analyze's and /api/lesion's answers, for validation and the OpenAPI docs
+at /docs."""
 
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ class AnalyzeResponse(BaseModel):
     threshold: float
     risk_band: RiskBandOut
     lesion_found: bool
+    logit: float = Field(description="the served logit: probability = sigmoid(logit / "
+                                     "temperature); what /api/lesion averages over views")
+    temperature: float
     note: str
     input_check: InputCheckOut | None = Field(
         description="is the image like the training images? None when the card has no ranges")
@@ -71,3 +75,29 @@ class AnalyzeResponse(BaseModel):
     busdx_version: str
     disclaimer: str
     png: Pngs
+
+
+class LesionView(BaseModel):
+    logit: float = Field(allow_inf_nan=False,
+                         description="the view's `logit` from /api/analyze")
+    lesion_found: bool = Field(description="the view's `lesion_found` from /api/analyze")
+    model_version: str = Field(description="the view's `model_version` from /api/analyze")
+
+
+class LesionRequest(BaseModel):
+    views: list[LesionView] = Field(min_length=1, max_length=16,
+                                    description="the analysed views of one lesion")
+
+
+class LesionResponse(BaseModel):
+    probability: float = Field(description="calibrated probability of malignancy of the lesion")
+    label: str = Field(description="'benign' or 'malignant' at the lesion threshold")
+    threshold: float = Field(description="the lesion threshold (validated with both views)")
+    risk_band: RiskBandOut
+    logit: float = Field(description="mean of the views' logits")
+    views: int
+    views_without_lesion: int
+    note: str
+    model_version: str
+    busdx_version: str
+    disclaimer: str

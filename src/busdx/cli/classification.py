@@ -143,6 +143,14 @@ def register(subparsers, groups) -> None:
     evaluate.add_argument("--run", action="append", default=[], metavar="CHECKPOINT",
                           help="with --compare: a newly trained network to record (its "
                           "training.json lies beside it; repeatable)")
+    evaluate.add_argument("--fit-lesion-reading", action="store_true",
+                          help="first fit the lesion reading's threshold (rule X) on the "
+                               "validation images of --split-seed / --val-fold, predicted masks, "
+                               "and write it to the card")
+    evaluate.add_argument("--split-seed", type=int, default=0,
+                          help="the bundled models' validation split (with --fit-lesion-reading)")
+    evaluate.add_argument("--val-fold", type=int, default=None, metavar="K",
+                          help="a whole fold as validation (with --fit-lesion-reading)")
     evaluate.add_argument("--note", default=None,
                           help="with --compare: a note for the card (where the runs trained, say)")
     evaluate.set_defaults(func=run_evaluate)
@@ -583,6 +591,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     test = make_split(index, SplitConfig(test_fold=args.test_fold)).test
     models = Path(args.models)
     card = load_card(models / MODEL_CARD_FILE).get("classifier", {})
+    if args.fit_lesion_reading:
+        card["lesion_reading"] = _fit_lesion_reading(args, index, models, card)
     preds, empty = ec.predict_records(test, models, args.masks, args.threads)
     report = ec.evaluate_predictions(
         preds, card["temperature"], card["threshold"], logit_offset=card.get("logit_offset", 0.0),
@@ -602,9 +612,48 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         result["figures"] = [str(p) for p in save_figures(preds, report, Path(args.figures))]
     print_table(result)
+    values = _card_results(card, result)
+    lesion = card.get("lesion_reading") or {}
+    if args.fit_lesion_reading:
+        values["lesion_reading"] = lesion
+    if lesion.get("offered") and args.masks == "predicted":
+        # BUS-BRA's Case is one lesion: its -l and -r images are two planes of it
+        lesion_test = ec.evaluate_lesion_reading(
+            preds, [r.patient for r in test], card["temperature"], lesion["threshold"],
+            masks="predicted", empty_masks=empty, reps=args.reps,
+            logit_offset=card.get("logit_offset", 0.0))
+        for unit, r in ((u, lesion_test[u]) for u in ("image", "lesion")):
+            sys.stdout.write(f"\nlesion reading, per {unit} (threshold {r['threshold']:.4f})\n")
+            print_table(r, unit="images" if unit == "image" else "lesions")
+        values["lesion_reading"] = {**lesion, "test": {**lesion_test, "test_fold": args.test_fold}}
     if not args.no_card:
-        update_card(models / MODEL_CARD_FILE, "classifier", _card_results(card, result))
+        update_card(models / MODEL_CARD_FILE, "classifier", values)
     return 0
+
+
+def _fit_lesion_reading(args: argparse.Namespace, index, models: Path, card: dict) -> dict:
+    """Rule X: the lesion threshold from the validation images' served logits (predicted
+    masks), for the card's ``classifier.lesion_reading`` (replacing it, test section and all)."""
+    from busdx.data.splits import SplitConfig, make_split, validation_name
+    from busdx.evaluation import classification as ec
+
+    if card.get("site_calibration"):
+        raise BusdxError(f"{models} was recalibrated on a site's images: fit the lesion reading "
+                         "on the bundled models")
+    split = make_split(index, SplitConfig(test_fold=args.test_fold, seed=args.split_seed,
+                                          val_fold=args.val_fold))
+    preds, empty = ec.predict_records(split.val, models, "predicted", args.threads)
+    fit = ec.fit_lesion_reading(preds, [r.patient for r in split.val], card["temperature"],
+                                card.get("calibration", {}).get("target_sensitivity", 0.90))
+    fit["validation"].update(split=validation_name(args.split_seed, args.val_fold),
+                             empty_masks=empty, masks="predicted")
+    fit["command"] = args.invocation
+    v = fit["validation"]
+    log.info("lesion reading on validation: %d images, %d lesions; AUC %.4f (per-image reading "
+             "%.4f); threshold %.4f: sensitivity %.3f, specificity %.3f; offered: %s", v["n"],
+             v["lesions"], v["auc_lesion_reading"], v["auc_image_reading"], fit["threshold"],
+             v["sensitivity"], v["specificity"], fit["offered"])
+    return fit
 
 
 def run_select_members(args: argparse.Namespace) -> int:
@@ -653,10 +702,10 @@ def _ci_text(ci) -> str:
     return f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
 
 
-def print_table(r: dict, bootstrap: str = "patient") -> None:
+def print_table(r: dict, bootstrap: str = "patient", unit: str = "images") -> None:
     lo, hi = r["auc_ci95"]
     rows = [
-        ("images", r["n"]), ("masks", r["masks"]),
+        (unit, r["n"]), ("masks", r["masks"]),
         ("ROC AUC", f"{r['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}, {bootstrap} bootstrap)"),
         ("accuracy", f"{r['accuracy']:.3f}"), ("precision", f"{r['precision']:.3f}"),
         ("sensitivity", f"{r['sensitivity']:.3f}{_ci_text(r.get('sensitivity_ci95'))}"),

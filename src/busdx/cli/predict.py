@@ -1,9 +1,11 @@
-"""``busdx predict INPUT [INPUT ...] --csv OUT.csv [--masks-dir DIR] [--overlays-dir DIR]``.
+"""``busdx predict INPUT [INPUT ...] --csv OUT.csv [--masks-dir DIR] [--overlays-dir DIR]
+[--lesion-pattern REGEX --lesions-csv LESIONS.csv]``.
 
-One CSV row per image file. A file that cannot be analysed gets a row with ``error`` filled and
-the batch goes on (exit code 0); only usage errors (nothing to analyse, an unwritable CSV,
-missing models) stop the command with exit code 2. Lengths are in ``units`` (mm when the file
-carries a calibration, else px), areas in ``units`` squared.
+One CSV row per image file; with ``--lesion-pattern`` and ``--lesions-csv``, also one row per
+lesion, read from all its views (busdx.inference.lesion). A file that cannot be analysed gets a
+row with ``error`` filled and the batch goes on (exit code 0); only usage errors (nothing to
+analyse, an unwritable CSV, missing models) stop the command with exit code 2. Lengths are in
+``units`` (mm when the file carries a calibration, else px), areas in ``units`` squared.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -56,6 +59,14 @@ def register(subparsers, groups) -> None:
                         help="write <stem>.png masks (input size, values 0 and 255)")
     parser.add_argument("--overlays-dir", type=Path, metavar="DIR",
                         help="write <stem>_overlay.png (outline) and <stem>_heatmap.png")
+    parser.add_argument("--lesion-pattern", metavar="REGEX",
+                        help="views of one lesion: this regular expression is searched in each "
+                             "file's path (with / separators) and its first group names the "
+                             "lesion, e.g. '(bus_[0-9]+)-[lr]' for BUS-BRA's dual-view halves "
+                             "or '(.*)/[^/]+$' for one folder per lesion; a path it does not "
+                             "match is a lesion of its own")
+    parser.add_argument("--lesions-csv", type=Path, metavar="OUT.csv",
+                        help="with --lesion-pattern: one row per lesion, read from its views")
     parser.add_argument("--models", type=Path, metavar="DIR",
                         help="models folder (default: $BUSDX_MODELS, else the bundled models/)")
     parser.set_defaults(func=run)
@@ -79,6 +90,57 @@ def collect(inputs: list[Path]) -> list[Path]:
             seen.add(key)
             unique.append(path)
     return unique
+
+
+LESION_COLUMNS = (
+    "lesion", "views", "paths", "probability", "label", "threshold", "risk_band", "risk_text",
+    "views_without_lesion", "failed_views", "model_version", "note", "error",
+)
+
+
+def lesion_key(path: Path, pattern: re.Pattern | None) -> str:
+    """The lesion a file shows: the pattern's first group in its path, else the path itself."""
+    text = path.as_posix()
+    found = pattern.search(text) if pattern is not None else None
+    return found.group(1) if found and found.groups() else text
+
+
+def compile_pattern(text: str | None) -> re.Pattern | None:
+    if text is None:
+        return None
+    try:
+        pattern = re.compile(text)
+    except re.error as err:
+        raise BusdxError(f"--lesion-pattern is not a regular expression: {err}") from err
+    if pattern.groups < 1:
+        raise BusdxError("--lesion-pattern needs a group (...) that names the lesion")
+    return pattern
+
+
+def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold) -> list[dict]:
+    """One row per lesion: ``views`` holds (path, ViewScore) of the views analysed, ``failed``
+    the paths that could not be."""
+    from busdx.inference.lesion import read_lesion
+
+    rows = []
+    for key in sorted(set(views) | set(failed)):
+        done = views.get(key, [])
+        row = {"lesion": key, "views": len(done), "failed_views": len(failed.get(key, [])),
+               "paths": ";".join(str(p) for p, _ in done)}
+        if not done:
+            row["error"] = "no view of this lesion could be analysed"
+        else:
+            reading = read_lesion([v for _, v in done], threshold)
+            notes = [reading.note] if reading.note else []
+            if row["failed_views"]:
+                notes.append(f"{row['failed_views']} view(s) failed and were left out")
+            row.update(probability=reading.probability, label=reading.label,
+                       threshold=reading.threshold, risk_band=reading.risk.name,
+                       risk_text=reading.risk.text,
+                       views_without_lesion=reading.views_without_lesion,
+                       model_version=reading.model_version, note="; ".join(notes), error="")
+        rows.append({key: _fmt(row.get(key)) for key in LESION_COLUMNS})
+    return rows
 
 
 def _fmt(value) -> str | float | int:
@@ -164,7 +226,11 @@ def run(args: argparse.Namespace) -> int:
 
     from busdx.data.preprocess import ImageError
     from busdx.inference import Models, analyze
+    from busdx.inference.lesion import ViewScore
 
+    if (args.lesion_pattern is None) != (args.lesions_csv is None):
+        raise BusdxError("--lesion-pattern and --lesions-csv go together")
+    pattern = compile_pattern(args.lesion_pattern)
     files = collect(args.inputs)
     if not files:
         raise BusdxError("no image files found in the inputs")
@@ -172,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         log.warning("not found (error rows written): %s", ", ".join(missing))
     models = Models.load(args.models)
+    if pattern is not None and models.settings.lesion_threshold is None:
+        raise BusdxError("these models' card offers no lesion reading: leave out --lesion-pattern")
     _make_dir(args.masks_dir)
     _make_dir(args.overlays_dir)
     try:
@@ -182,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
         raise BusdxError(f"cannot write {args.csv}: {err.strerror or err}") from err
     name = _Namer()
     failed = unusual = 0
+    views: dict[str, list] = {}
+    failed_views: dict[str, list[str]] = {}
     with out, tqdm(files, desc="predict", unit="image", file=sys.stderr) as bar:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
@@ -191,15 +261,38 @@ def run(args: argparse.Namespace) -> int:
                 row = row_for(path, analysis)
                 unusual += bool(row["input_unusual"])
                 _write_outputs(name(path), analysis, args.masks_dir, args.overlays_dir)
+                if pattern is not None:
+                    views.setdefault(lesion_key(path, pattern), []).append(
+                        (path, ViewScore.of(analysis)))
             except (ImageError, BusdxError, OSError, ValueError) as err:
                 failed += 1
+                if pattern is not None:
+                    failed_views.setdefault(lesion_key(path, pattern), []).append(str(path))
                 message = str(err) or type(err).__name__
                 row = {key: "" for key in COLUMNS} | {"path": str(path), "error": message}
                 log.debug("failed: %s: %s", path, message)
             writer.writerow(row)
             out.flush()
     log.info("%d images analysed, %d failed; results in %s", len(files) - failed, failed, args.csv)
+    if pattern is not None:
+        rows = lesion_rows(views, failed_views, models.settings.lesion_threshold)
+        _write_csv(args.lesions_csv, LESION_COLUMNS, rows)
+        several = sum(int(r["views"] or 0) > 1 for r in rows)
+        log.info("%d lesions (%d read from several views); results in %s", len(rows), several,
+                 args.lesions_csv)
     if unusual:
         log.warning("%d image(s) unlike the training images, where the validated threshold may "
                     "not hold: see the input_unusual column", unusual)
     return 0
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    try:
+        if path.parent != Path(""):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.DictWriter(out, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as err:
+        raise BusdxError(f"cannot write {path}: {err.strerror or err}") from err

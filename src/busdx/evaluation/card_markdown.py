@@ -79,6 +79,18 @@ def results_table(card: dict) -> str:
                         f"it | {fmt(readers['birads_auc'])}{_ci(readers, 'birads_auc')}; "
                         f"{_difference(readers)} | {on} |")
     clf = card.get("classifier", {})
+    lesion_test = (clf.get("lesion_reading") or {}).get("test") or {}
+    if lesion_test.get("image") and not clf.get("site_calibration"):
+        r, n_lesions = lesion_test["image"], lesion_test["lesion"]["n"]
+        on = (f"fold {lesion_test.get('test_fold', 5)} ({r['n']} images of {n_lesions} lesions), "
+              "end to end, each image scored by its lesion's views")
+        rows += [
+            f"| lesion reading (the views of one lesion averaged): ROC AUC (95% CI) | "
+            f"{fmt(r['auc'])}{_ci(r, 'auc')} | {on} |",
+            f"| lesion reading: sensitivity / specificity at its frozen threshold (95% CI) | "
+            f"{fmt(r['sensitivity'])}{_ci(r, 'sensitivity')} / {fmt(r['specificity'])}"
+            f"{_ci(r, 'specificity')} | {on} |",
+        ]
     cv = clf.get("recipe_cross_validation")
     if cv:
         seed, rows_ = next(iter(cv["pooled_auc"].items()))
@@ -149,6 +161,52 @@ def _gt_mask_lines(clf: dict) -> list[str]:
             f"{fmt(gt.get('specificity'))}, TP / FP / TN / FN "
             + " / ".join(str(gt.get(k)) for k in ("tp", "fp", "tn", "fn"))
             + ". The gap to the end-to-end row is what the segmenter's errors cost.", ""]
+
+
+def _lesion_reading_lines(clf: dict) -> list[str]:
+    """Rule X's lesion reading: its validation fit and the test fold in both units."""
+    lesion = clf.get("lesion_reading")
+    if not lesion or clf.get("site_calibration"):
+        return []
+    val, test = lesion.get("validation") or {}, lesion.get("test") or {}
+
+    def row(name: str, r: dict, unit: str) -> list:
+        return [name, f"{r['n']} {unit}", f"{fmt(r['auc'])}{_ci(r, 'auc')}",
+                f"{fmt(r['sensitivity'])}{_ci(r, 'sensitivity')}",
+                f"{fmt(r['specificity'])}{_ci(r, 'specificity')}",
+                " / ".join(str(r[k]) for k in ("tp", "fp", "tn", "fn"))]
+
+    rows = [[f"validation, per image (the per-image reading: AUC {fmt(val['auc_image_reading'])})",
+             f"{val['n']} images", fmt(val["auc_lesion_reading"]), fmt(val["sensitivity"]),
+             fmt(val["specificity"]), " / ".join(str(val[k]) for k in ("tp", "fp", "tn", "fn"))]]
+    if test.get("image"):
+        fold = test.get("test_fold", 5)
+        rows += [row(f"fold {fold}, per image", test["image"], "images"),
+                 row(f"fold {fold}, per lesion", test["lesion"], "lesions")]
+    lines = [
+        "## Lesion reading (the views of one lesion)", "",
+        "A lesion is documented in two orthogonal planes and BI-RADS is assigned to the lesion; "
+        "811 of BUS-BRA's 1,064 lesions come as two images (the `-l` and `-r` halves of a "
+        "dual-view capture). Given several images of one lesion (`busdx predict "
+        "--lesion-pattern`, the API's `/api/lesion`, or several images on the page), the "
+        "product averages their served logits, turns the mean into a probability with the same "
+        "temperature, and calls it at its own threshold, fitted on validation by the per-image "
+        f"rule over images that each carry their lesion's reading: {fmt(lesion['threshold'], 4)} "
+        f"(the per-image threshold stays {fmt(clf.get('threshold'), 4)}). The rule (rule X in "
+        "`docs/selection_rules.md`) was fixed before the bundled models were read at lesion "
+        "level, and offers the reading only if it ranks validation at least as well as the "
+        f"per-image reading: {'it does' if lesion.get('offered') else 'it does not'}. A lesion "
+        "given as one image reads as that image, called at the lesion threshold. The rows above "
+        "and below that do not say otherwise are the per-image reading.", "",
+        *_table(["lesion reading", "n", "ROC AUC (95% CI)", "sensitivity (95% CI)",
+                 "specificity (95% CI)", "TP / FP / TN / FN"], rows),
+    ]
+    if test.get("image"):
+        lines.append(f"On fold {test.get('test_fold', 5)}, {test.get('multi_view_lesions')} of "
+                     f"the {test['lesion']['n']} lesions have two views. Per lesion, each lesion "
+                     "counts once; per image, a lesion seen twice counts twice, as in the "
+                     "per-image rows.")
+    return lines + [""]
 
 
 def _group_table(first: str, groups: dict) -> list[str]:
@@ -762,6 +820,7 @@ def render_model_card(card: dict) -> str:
     ]
     lines += _site_lines(clf.get("site_calibration"))
     lines += _gt_mask_lines(clf)
+    lines += _lesion_reading_lines(clf)
     seg_test = seg.get("test", {})
     if seg_test.get("dice_per_scanner"):
         lines += ["Segmentation Dice per scanner:", "",

@@ -7,6 +7,7 @@ card's frozen threshold, and report metrics with a patient-level bootstrap confi
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -497,3 +498,76 @@ def fit_operating_point(logits: np.ndarray, labels: np.ndarray, target_sensitivi
             "val_benign_cleared": int((~called[y == 0]).sum()), "val_benign": int((y == 0).sum()),
         },
     }
+
+
+# ---------------------------------------------------------------------------- lesion reading
+
+
+def lesion_predictions(preds: Sequence[Prediction], lesions: Sequence[str], temperature: float
+                       ) -> tuple[list[Prediction], list[Prediction]]:
+    """The lesion reading (busdx.inference.lesion) of every image, in two units: per image (each
+    image keeps its row and carries its lesion's logit and probability) and per lesion (one row
+    per lesion, named and labelled by its first image)."""
+    from busdx.inference.lesion import group_means
+    from busdx.training.calibration import calibrate
+
+    if len(preds) != len(lesions):
+        raise ValueError(f"{len(preds)} predictions but {len(lesions)} lesion labels")
+    by_lesion: dict[str, list[int]] = {}
+    for i, key in enumerate(lesions):
+        by_lesion.setdefault(str(key), []).append(i)
+    for key, members in by_lesion.items():
+        if len({preds[i].label for i in members}) > 1:
+            raise BusdxError(f"the images of lesion {key} disagree on its pathology")
+    z = group_means([p.logit for p in preds], lesions)
+    probs = calibrate(z, temperature)
+    images = [Prediction(p.id, p.patient, p.label, p.birads, float(zi), float(pi))
+              for p, zi, pi in zip(preds, z, probs, strict=True)]
+    return images, [images[members[0]] for members in by_lesion.values()]
+
+
+def fit_lesion_reading(preds: Sequence[Prediction], lesions: Sequence[str], temperature: float,
+                       target_sensitivity: float = 0.90) -> dict:
+    """Rule X's lesion threshold, fitted on VALIDATION predictions (the served logits): the
+    per-image rule (:func:`busdx.training.calibration.sensitivity_threshold`) over the images,
+    each carrying its lesion's probability. ``offered``: whether the lesion reading ranks the
+    validation images at least as well as the per-image reading (rule X's check)."""
+    from busdx.training.calibration import expected_calibration_error, sensitivity_threshold
+
+    images, per_lesion = lesion_predictions(preds, lesions, temperature)
+    y = np.array([p.label for p in images])
+    probs = np.array([p.prob for p in images])
+    threshold = sensitivity_threshold(probs, y, target_sensitivity)
+    m = binary_metrics(y, probs >= threshold)
+    auc_image = roc_auc(y, [p.prob for p in preds])
+    auc_lesion = roc_auc(y, probs)
+    return {
+        "threshold": threshold,
+        "offered": bool(auc_lesion >= auc_image),
+        "rule": "docs/selection_rules.md, rule X",
+        "threshold_rule": (f"most specific threshold with validation sensitivity >= "
+                           f"{target_sensitivity} over the validation images, each carrying its "
+                           "lesion's probability; midway to the next lower probability"),
+        "validation": {
+            "n": len(images), "lesions": len(per_lesion),
+            "multi_view_lesions": sum(n > 1 for n in Counter(map(str, lesions)).values()),
+            "auc_image_reading": auc_image, "auc_lesion_reading": auc_lesion,
+            "sensitivity": m.sensitivity, "specificity": m.specificity,
+            "tp": m.tp, "fp": m.fp, "tn": m.tn, "fn": m.fn,
+            "ece": expected_calibration_error(probs, y),
+        },
+    }
+
+
+def evaluate_lesion_reading(preds: Sequence[Prediction], lesions: Sequence[str],
+                            temperature: float, threshold: float, masks: str,
+                            empty_masks: int = 0, reps: int = 2000, seed: int = 0,
+                            logit_offset: float = 0.0) -> dict:
+    """The lesion reading at its frozen ``threshold``, per image and per lesion (rule X).
+    ``empty_masks`` counts images in both units."""
+    images, per_lesion = lesion_predictions(preds, lesions, temperature)
+    out: dict = {unit: evaluate_predictions(rows, temperature, threshold, masks, empty_masks,
+                                            reps, seed, logit_offset).to_dict()
+                 for unit, rows in (("image", images), ("lesion", per_lesion))}
+    out["multi_view_lesions"] = sum(n > 1 for n in Counter(map(str, lesions)).values())
+    return out

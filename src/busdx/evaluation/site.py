@@ -211,6 +211,10 @@ def write_site_models(
                for k in ("temperature", "logit_shift", "threshold")}}
     if earlier:
         fit["replaced"] = {k: v for k, v in earlier.items() if k != "replaced"}
+    # the lesion threshold was fitted under the bundled calibration and does not hold under the
+    # refitted one: a site copy offers no lesion reading
+    if section.pop("lesion_reading", None) is not None:
+        fit["lesion_reading_dropped"] = True
     section.update(temperature=calibration.temperature, logit_shift=calibration.logit_shift,
                    threshold=calibration.threshold, site_calibration=fit)
     digest = hashlib.sha256(json.dumps(

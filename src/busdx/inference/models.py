@@ -54,6 +54,9 @@ class ClassifierSettings:
     # Added to the graph's logit before the temperature: 0 for the bundled models, whose Platt
     # intercept is folded into the graph; a site recalibration (busdx.evaluation.site) sets it.
     logit_shift: float = 0.0
+    # The threshold for the mean logit of several views of one lesion (busdx.inference.lesion),
+    # from the card's ``lesion_reading`` where rule X offered it; None: no lesion reading.
+    lesion_threshold: float | None = None
 
     @property
     def all_contexts(self) -> tuple[float, ...]:
@@ -95,7 +98,11 @@ class ClassifierSettings:
         shift = float(section.get("logit_shift", 0.0))
         if not math.isfinite(shift):
             raise BusdxError(f"bad classifier logit_shift {shift}")
-        return cls(temperature, threshold, kind, config, contexts, shift)
+        lesion = section.get("lesion_reading") or {}
+        lesion_threshold = float(lesion["threshold"]) if lesion.get("offered") else None
+        if lesion_threshold is not None and not 0.0 < lesion_threshold < 1.0:
+            raise BusdxError(f"bad classifier lesion threshold {lesion_threshold}")
+        return cls(temperature, threshold, kind, config, contexts, shift, lesion_threshold)
 
 
 def _batch_axis_name(path: Path) -> str | None:

@@ -89,6 +89,8 @@ class Analysis:
                 "high": self.risk.high,
             },
             "lesion_found": self.lesion_found,
+            "logit": self.logit,
+            "temperature": self.temperature,
             "note": self.note,
             "input_check": self.input_check.as_dict() if self.input_check else None,
             "measurements": self.measurements.as_dict() if self.measurements else None,

@@ -1,7 +1,9 @@
-// busdx web page: upload one image, show the analysis. No framework, no external requests.
+// busdx web page: upload one image, or the views of one lesion, and show the analysis. No
+// framework, no external requests.
 "use strict";
 
 const MAX_BYTES = 25 * 1024 * 1024;
+const MAX_VIEWS = 4;
 const $ = (id) => document.getElementById(id);
 
 const els = {
@@ -16,6 +18,10 @@ const els = {
   timingsSummary: $("timings-summary"), timingsList: $("timings-list"), version: $("version"),
   operatingNote: $("operating-note"),
   disclaimer: $("disclaimer"),
+  lesion: $("lesion"), lesionTitle: $("lesion-title"), lesionCall: $("lesion-call"),
+  lesionProb: $("lesion-prob"), lesionBandName: $("lesion-band-name"),
+  lesionBandText: $("lesion-band-text"), lesionNote: $("lesion-note"),
+  viewButtons: $("view-buttons"), viewTitle: $("view-title"),
 };
 
 let busy = false;
@@ -191,49 +197,155 @@ async function errorText(response) {
   return `the server answered ${response.status} ${response.statusText}`;
 }
 
+function checkFile(file) {
+  if (file.size === 0) return `${file.name} is empty (zero bytes). Choose an image file.`;
+  if (file.size > MAX_BYTES) {
+    return `${file.name} is ${(file.size / 1048576).toFixed(1)} MB: the limit is 25 MB.`;
+  }
+  return "";
+}
+
+// One image through /api/analyze; throws an Error whose message is for the reader.
+async function analyzeOne(file) {
+  const form = new FormData();
+  form.append("file", file);
+  let response;
+  try {
+    response = await fetch("/api/analyze", { method: "POST", body: form });
+  } catch (_) {
+    throw new Error("The server could not be reached. Is busdx serve still running?");
+  }
+  if (!response.ok) throw new Error(`The image could not be analysed: ${await errorText(response)}`);
+  return response.json();
+}
+
+function doneText(result) {
+  const unusual = result.input_check && result.input_check.warnings.length > 0
+    ? " The image is unlike the training images: see the caution." : "";
+  return (result.lesion_found
+    ? `Done: ${result.label} call, probability ${pct(result.probability)}, ` +
+      `risk band ${result.risk_band.name}.`
+    : "Done: no lesion found; see the note.") + unusual;
+}
+
 async function analyze(file) {
   if (busy || !file) return;
   showError("");
-  if (file.size === 0) {
-    showError("This file is empty (zero bytes). Choose an image file.");
-    return;
-  }
-  if (file.size > MAX_BYTES) {
-    showError(`This file is ${(file.size / 1048576).toFixed(1)} MB: the limit is 25 MB.`);
-    return;
-  }
+  const problem = checkFile(file);
+  if (problem) { showError(problem); return; }
   busy = true;
   setStatus("Analysing the image…", true);
-  const form = new FormData();
-  form.append("file", file);
   try {
-    const response = await fetch("/api/analyze", { method: "POST", body: form });
-    if (!response.ok) {
-      const detail = await errorText(response);
-      setStatus("");
-      showError(`The image could not be analysed: ${detail}`);
-      return;
-    }
-    const result = await response.json();
+    const result = await analyzeOne(file);
+    els.lesion.hidden = true;
     renderResult(result);
-    const unusual = result.input_check && result.input_check.warnings.length > 0
-      ? " The image is unlike the training images: see the caution." : "";
-    setStatus((result.lesion_found
-      ? `Done: ${result.label} call, probability ${pct(result.probability)}, ` +
-        `risk band ${result.risk_band.name}.`
-      : "Done: no lesion found; see the note.") + unusual);
+    setStatus(doneText(result));
     els.results.focus({ preventScroll: true });
   } catch (err) {
     setStatus("");
-    showError("The server could not be reached. Is busdx serve still running?");
+    showError(err.message);
   } finally {
     busy = false;
     els.file.value = "";
   }
 }
 
+// The views of one lesion: each analysed as one image, then read together by /api/lesion.
+async function analyzeLesion(files) {
+  if (busy) return;
+  showError("");
+  if (files.length > MAX_VIEWS) {
+    showError(`${files.length} files: give at most ${MAX_VIEWS} views of one lesion.`);
+    return;
+  }
+  const problem = files.map(checkFile).find((text) => text);
+  if (problem) { showError(problem); return; }
+  busy = true;
+  const views = [];
+  try {
+    for (const [i, file] of files.entries()) {
+      setStatus(`Analysing view ${i + 1} of ${files.length} (${file.name})…`, true);
+      try {
+        views.push({ name: file.name, result: await analyzeOne(file) });
+      } catch (err) {
+        throw new Error(`${file.name}: ${err.message}`);
+      }
+    }
+    setStatus("Reading the lesion from its views…", true);
+    const response = await fetch("/api/lesion", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ views: views.map(({ result: r }) => ({
+        logit: r.logit, lesion_found: r.lesion_found, model_version: r.model_version })) }),
+    });
+    const lesion = response.ok ? await response.json() : null;
+    renderLesion(lesion, views, lesion ? "" : await errorText(response));
+    setStatus(lesion
+      ? `Done: lesion read from ${views.length} views: ${lesion.label} call, probability ` +
+        `${pct(lesion.probability)}, risk band ${lesion.risk_band.name}.`
+      : `Done: ${views.length} views analysed one by one; no lesion reading.`);
+    els.results.focus({ preventScroll: true });
+  } catch (err) {
+    setStatus("");
+    showError(err.message);
+  } finally {
+    busy = false;
+    els.file.value = "";
+  }
+}
+
+function analyzeFiles(list) {
+  const files = Array.from(list || []);
+  if (files.length === 1) analyze(files[0]);
+  else if (files.length > 1) analyzeLesion(files);
+}
+
+function showView(views, index) {
+  renderResult(views[index].result);
+  els.viewTitle.textContent = `View ${index + 1} of ${views.length}: ${views[index].name}`;
+  for (const [i, button] of Array.from(els.viewButtons.children).entries()) {
+    button.setAttribute("aria-pressed", String(i === index));
+  }
+}
+
+function renderLesion(lesion, views, problem) {
+  els.viewButtons.replaceChildren(...views.map((view, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "secondary";
+    button.textContent = `View ${i + 1}`;
+    button.title = view.name;
+    button.addEventListener("click", () => showView(views, i));
+    return button;
+  }));
+  els.lesionTitle.textContent = `Lesion, read from ${views.length} views`;
+  if (lesion) {
+    const malignant = lesion.label === "malignant";
+    els.lesionCall.className = `call ${lesion.label}`;
+    const small = document.createElement("small");
+    small.textContent = `The mean of the views is ${malignant ? "at or above" : "below"} the ` +
+      `threshold validated for lesions read from their views, ${pct(lesion.threshold)}.`;
+    els.lesionCall.replaceChildren(
+      document.createTextNode(malignant ? "Lesion call: malignant" : "Lesion call: benign"), small);
+    els.lesionProb.textContent = `Probability of malignancy: ${pct(lesion.probability)} ` +
+      `(lesion threshold ${pct(lesion.threshold)})`;
+    els.lesionBandName.textContent = lesion.risk_band.name;
+    els.lesionBandText.textContent = lesion.risk_band.text;
+    els.lesionNote.textContent = "Give only images of the same lesion. " + (lesion.note || "");
+  } else {
+    els.lesionCall.className = "call none";
+    els.lesionCall.replaceChildren(document.createTextNode("No lesion reading"));
+    els.lesionProb.textContent = "";
+    els.lesionBandName.textContent = "";
+    els.lesionBandText.textContent = "";
+    els.lesionNote.textContent = `${problem}. Each view below is read on its own.`;
+  }
+  els.lesion.hidden = false;
+  showView(views, 0);
+}
+
 els.pick.addEventListener("click", () => els.file.click());
-els.file.addEventListener("change", () => analyze(els.file.files[0]));
+els.file.addEventListener("change", () => analyzeFiles(els.file.files));
 els.another.addEventListener("click", () => { showError(""); setStatus(""); showDropzone(); });
 els.showOutline.addEventListener("change", applyToggles);
 els.base.addEventListener("load", fitImage);
@@ -249,9 +361,7 @@ for (const target of [els.dropzone, els.figure]) {
   target.addEventListener("drop", (e) => {
     e.preventDefault();
     els.dropzone.classList.remove("over");
-    const files = e.dataTransfer && e.dataTransfer.files;
-    if (files && files.length > 1) showError("Drop one image at a time; the first one is analysed.");
-    if (files && files.length) analyze(files[0]);
+    analyzeFiles(e.dataTransfer && e.dataTransfer.files);
   });
 }
 // A file dropped outside the drop zone must not make the browser navigate away.

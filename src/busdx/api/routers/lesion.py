@@ -1,0 +1,45 @@
+"""POST /api/lesion: one reading of a lesion from its views, already analysed by /api/analyze.
+
+The client sends back each view's served logit rather than the images again: the reading is the
+mean of those logits under the card's temperature, called at the card's lesion threshold
+(busdx.inference.lesion). Views analysed by other models than the ones loaded are refused, since
+their logits are on another scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+
+from busdx.api.schemas import LesionRequest, LesionResponse
+from busdx.inference.lesion import ViewScore, read_lesion
+
+router = APIRouter(prefix="/api", tags=["analysis"])
+
+
+@router.post(
+    "/lesion",
+    summary="Read one lesion from several analysed views of it",
+    description=(
+        "Send the `logit`, `lesion_found` and `model_version` of each view of one lesion, as "
+        "/api/analyze returned them (two orthogonal planes, typically). Returns the lesion's "
+        "calibrated probability, its call at the lesion threshold validated on BUS-BRA with "
+        "both views, and its risk band. Decision support, not a diagnosis."
+    ),
+    response_model=LesionResponse,
+    responses={409: {"description": "No lesion reading in these models' card, or views "
+                                     "analysed by other models"}},
+)
+def lesion(request: Request, body: LesionRequest) -> dict[str, Any]:
+    models = request.app.state.models
+    threshold = models.settings.lesion_threshold
+    if threshold is None:
+        raise HTTPException(409, "these models' card offers no lesion reading")
+    stale = sorted({v.model_version for v in body.views} - {models.version})
+    if stale:
+        raise HTTPException(409, f"views analysed by other models ({', '.join(stale)}): analyse "
+                                 f"them again with {models.version}")
+    views = [ViewScore(v.logit, models.settings.temperature, v.lesion_found, v.model_version)
+             for v in body.views]
+    return read_lesion(views, threshold).to_json()

@@ -1,0 +1,120 @@
+"""Reading one lesion from several images of it (rule X of docs/selection_rules.md).
+
+A lesion is documented in two orthogonal planes, and BI-RADS is assigned to the lesion, not to
+one image. Each image is analysed as usual (busdx.inference.pipeline); the lesion's logit is the
+mean of their served logits, turned into a probability by the card's temperature exactly as for
+one image, so a lesion given as one image reads as that image does. The call uses the card's
+lesion threshold (``classifier.lesion_reading``), fitted on validation images that each carried
+their lesion's reading: averaging two views makes the scores of one lesion less spread, so the
+per-image threshold is not the right one for them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from busdx import DISCLAIMER, __version__
+from busdx.errors import BusdxError
+from busdx.inference.risk import RiskBand, risk_band
+
+
+def group_means(values: Sequence[float], groups: Sequence[str]) -> np.ndarray:
+    """Each value replaced by the mean over its group (the views of one lesion)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) != len(groups):
+        raise ValueError(f"{len(v)} values but {len(groups)} group labels")
+    _, inverse = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    sums = np.bincount(inverse, weights=v)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse]
+
+
+@dataclass(frozen=True)
+class ViewScore:
+    """What a lesion reading needs of one analysed view, without its image arrays (a folder of
+    images is read view by view and the lesions are read at the end)."""
+
+    logit: float
+    temperature: float
+    lesion_found: bool
+    model_version: str
+
+    @classmethod
+    def of(cls, analysis) -> ViewScore:
+        return cls(analysis.logit, analysis.temperature, analysis.lesion_found,
+                   analysis.model_version)
+
+
+@dataclass(frozen=True)
+class LesionReading:
+    probability: float  # calibrated, from the mean of the views' served logits
+    label: str  # "benign" or "malignant" at ``threshold``
+    threshold: float  # the card's lesion threshold
+    risk: RiskBand
+    logit: float  # mean of the views' served logits
+    temperature: float
+    views: int
+    views_without_lesion: int  # views where the segmenter found nothing (whole-image logit)
+    note: str
+    model_version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "probability": self.probability,
+            "label": self.label,
+            "threshold": self.threshold,
+            "risk_band": {"name": self.risk.name, "text": self.risk.text,
+                          "low": self.risk.low, "high": self.risk.high},
+            "logit": self.logit,
+            "views": self.views,
+            "views_without_lesion": self.views_without_lesion,
+            "note": self.note,
+            "model_version": self.model_version,
+            "busdx_version": __version__,
+            "disclaimer": DISCLAIMER,
+        }
+
+
+def read_lesion(analyses: Sequence, lesion_threshold: float | None) -> LesionReading:
+    """The lesion reading of ``analyses`` (busdx.inference.Analysis or ViewScore: the views of
+    one lesion, analysed by the same models). ``lesion_threshold``: the models' ``settings.lesion_threshold``;
+    None means the card offers no lesion reading."""
+    if lesion_threshold is None:
+        raise BusdxError("these models' card has no lesion reading (classifier.lesion_reading): "
+                         "analyse the images one by one, or fit it with `busdx evaluate "
+                         "classification --fit-lesion-reading`")
+    if not analyses:
+        raise BusdxError("a lesion reading needs at least one image")
+    versions = {a.model_version for a in analyses}
+    temperatures = {a.temperature for a in analyses}
+    if len(versions) > 1 or len(temperatures) > 1:
+        raise BusdxError(f"the views were analysed by different models: {sorted(versions)}")
+    logit = float(np.mean([a.logit for a in analyses]))
+    temperature = analyses[0].temperature
+    probability = float(np.exp(-np.logaddexp(0.0, -logit / temperature)))
+    if not math.isfinite(probability):
+        raise ValueError("the views' logits are not finite")
+    missing = sum(not a.lesion_found for a in analyses)
+    notes = []
+    if missing:
+        notes.append(f"no lesion found in {missing} of {len(analyses)} views: their probability "
+                     "is from the whole image and is less reliable")
+    if len(analyses) == 1:
+        notes.append("one view: the reading is that image's, called at the lesion threshold")
+    return LesionReading(
+        probability=probability,
+        label="malignant" if probability >= lesion_threshold else "benign",
+        threshold=lesion_threshold,
+        risk=risk_band(min(max(probability, 0.0), 1.0)),
+        logit=logit,
+        temperature=temperature,
+        views=len(analyses),
+        views_without_lesion=missing,
+        note="; ".join(notes),
+        model_version=analyses[0].model_version,
+    )

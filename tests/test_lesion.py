@@ -1,0 +1,214 @@
+"""The lesion reading (rule X): several views of one lesion read together, in the engine, the
+evaluation, the CLI and the API."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from busdx.api.app import create_app
+from busdx.cli.main import main
+from busdx.cli.predict import compile_pattern, lesion_key
+from busdx.errors import BusdxError
+from busdx.evaluation.classification import (
+    Prediction,
+    evaluate_lesion_reading,
+    fit_lesion_reading,
+    lesion_predictions,
+    roc_auc,
+)
+from busdx.inference.lesion import ViewScore, group_means, read_lesion
+from busdx.inference.models import ClassifierSettings
+from stand_in_models import STAND_IN_CARD, build_stand_in_models
+
+
+def _view(logit, found=True, version="v1", temperature=2.0):
+    return ViewScore(logit, temperature, found, version)
+
+
+def test_group_means_average_within_each_group():
+    out = group_means([1.0, 3.0, 5.0, -2.0], ["a", "a", "b", 7])
+    assert out.tolist() == [2.0, 2.0, 5.0, -2.0]
+    with pytest.raises(ValueError):
+        group_means([1.0], ["a", "b"])
+
+
+def test_read_lesion_averages_logits_under_the_temperature():
+    reading = read_lesion([_view(1.0), _view(3.0)], 0.5)
+    assert reading.logit == 2.0 and reading.views == 2
+    assert reading.probability == pytest.approx(1 / (1 + math.exp(-2.0 / 2.0)))
+    assert reading.label == "malignant" and reading.note == ""
+    assert reading.risk.name == "4C"
+    body = reading.to_json()
+    assert body["disclaimer"] and body["risk_band"]["name"] == "4C"
+
+
+def test_one_view_reads_as_that_image_at_the_lesion_threshold():
+    reading = read_lesion([_view(-1.0)], 0.4)
+    assert reading.probability == pytest.approx(1 / (1 + math.exp(0.5)))  # 0.378
+    assert reading.label == "benign" and reading.threshold == 0.4
+    assert "one view" in reading.note
+
+
+def test_read_lesion_refuses_what_it_cannot_read():
+    with pytest.raises(BusdxError, match="no lesion reading"):
+        read_lesion([_view(0.0)], None)
+    with pytest.raises(BusdxError, match="at least one"):
+        read_lesion([], 0.5)
+    with pytest.raises(BusdxError, match="different models"):
+        read_lesion([_view(0.0), _view(0.0, version="v2")], 0.5)
+
+
+def test_views_without_a_lesion_are_counted_and_noted():
+    reading = read_lesion([_view(0.0, found=False), _view(1.0)], 0.5)
+    assert reading.views_without_lesion == 1
+    assert "no lesion found in 1 of 2 views" in reading.note
+
+
+def _preds(rng, n_lesions=60):
+    """Two views per lesion: a lesion effect shared by its views plus view noise."""
+    preds, lesions = [], []
+    for i in range(n_lesions):
+        label = int(i % 3 == 0)
+        centre = rng.normal(1.5 if label else -1.5, 1.0)
+        for view in "lr":
+            z = centre + rng.normal(0, 1.5)
+            preds.append(Prediction(f"bus_{i:04d}-{view}", str(i), label, 4, z,
+                                    1 / (1 + math.exp(-z))))
+            lesions.append(str(i))
+    return preds, lesions
+
+
+def test_lesion_predictions_give_each_image_its_lesion_mean():
+    preds, lesions = _preds(np.random.default_rng(0))
+    images, per_lesion = lesion_predictions(preds, lesions, 1.0)
+    assert len(images) == len(preds) and len(per_lesion) == len(set(lesions))
+    assert images[0].logit == images[1].logit == pytest.approx((preds[0].logit + preds[1].logit) / 2)
+    assert images[0].prob == pytest.approx(1 / (1 + math.exp(-images[0].logit)))
+    # averaging the views' noise away ranks better than one view at a time
+    y = [p.label for p in preds]
+    assert roc_auc(y, [p.logit for p in images]) > roc_auc(y, [p.logit for p in preds])
+    bad = preds[:2]
+    bad[1] = Prediction(bad[1].id, bad[1].patient, 1 - bad[0].label, 4, 0.0, 0.5)
+    with pytest.raises(BusdxError, match="disagree"):
+        lesion_predictions(bad, lesions[:2], 1.0)
+
+
+def test_fit_lesion_reading_keeps_the_target_sensitivity_on_validation():
+    preds, lesions = _preds(np.random.default_rng(1))
+    fit = fit_lesion_reading(preds, lesions, 1.0, 0.90)
+    v = fit["validation"]
+    assert v["sensitivity"] >= 0.90 and v["lesions"] == 60 and v["multi_view_lesions"] == 60
+    assert fit["offered"] == (v["auc_lesion_reading"] >= v["auc_image_reading"])
+    test = evaluate_lesion_reading(preds, lesions, 1.0, fit["threshold"], "predicted", reps=20)
+    assert test["image"]["n"] == 120 and test["lesion"]["n"] == 60
+    assert test["image"]["sensitivity"] == pytest.approx(v["sensitivity"])
+    assert test["multi_view_lesions"] == 60
+
+
+def _card(lesion: dict | None):
+    card = json.loads(json.dumps(STAND_IN_CARD))
+    if lesion is not None:
+        card["classifier"]["lesion_reading"] = lesion
+    return card
+
+
+def test_settings_take_the_lesion_threshold_only_when_offered():
+    assert ClassifierSettings.from_card(_card(None)).lesion_threshold is None
+    off = _card({"threshold": 0.3, "offered": False})
+    assert ClassifierSettings.from_card(off).lesion_threshold is None
+    assert ClassifierSettings.from_card(_card({"threshold": 0.3, "offered": True})
+                                        ).lesion_threshold == 0.3
+    with pytest.raises(BusdxError, match="lesion threshold"):
+        ClassifierSettings.from_card(_card({"threshold": 1.5, "offered": True}))
+
+
+def test_lesion_key_from_a_pattern():
+    pattern = compile_pattern(r"(bus_\d+)-[lr]")
+    assert lesion_key(Path("in/bus_0007-l.png"), pattern) == "bus_0007"
+    assert lesion_key(Path("in/bus_0851-s.png"), pattern) == "in/bus_0851-s.png"
+    by_folder = compile_pattern(r"(.*)/[^/]+$")
+    assert lesion_key(Path("cases/12/a.png"), by_folder) == "cases/12"
+    with pytest.raises(BusdxError, match="group"):
+        compile_pattern(r"bus_\d+")
+    with pytest.raises(BusdxError, match="regular expression"):
+        compile_pattern(r"(unclosed")
+
+
+@pytest.fixture(scope="module")
+def lesion_models(tmp_path_factory):
+    return build_stand_in_models(tmp_path_factory.mktemp("models"),
+                                 _card({"threshold": 0.45, "offered": True}))
+
+
+def _rows(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_predict_writes_one_row_per_lesion(tmp_path, fixtures_root, lesion_models, monkeypatch):
+    monkeypatch.setenv("BUSDX_MODELS", str(lesion_models))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("bus_0007-l.png", "bus_0007-r.png", "bus_0851-s.png"):
+        shutil.copy(fixtures_root / "Images" / name, folder / name)
+    (folder / "bus_0009-l.png").write_bytes(b"not an image")
+    images, lesions_csv = tmp_path / "images.csv", tmp_path / "lesions.csv"
+    assert main(["predict", str(folder), "--csv", str(images), "--lesion-pattern",
+                 r"(bus_\d+)-[lrs]", "--lesions-csv", str(lesions_csv)]) == 0
+    by_path = {r["path"]: r for r in _rows(images)}
+    rows = {r["lesion"]: r for r in _rows(lesions_csv)}
+    assert set(rows) == {"bus_0007", "bus_0009", "bus_0851"}
+    two = rows["bus_0007"]
+    assert two["views"] == "2" and two["failed_views"] == "0" and two["error"] == ""
+    logits = [math.log(float(by_path[str(folder / n)]["probability"])
+                       / (1 - float(by_path[str(folder / n)]["probability"]))) * 1.5
+              for n in ("bus_0007-l.png", "bus_0007-r.png")]
+    expected = 1 / (1 + math.exp(-np.mean(logits) / 1.5))
+    assert float(two["probability"]) == pytest.approx(expected, abs=1e-5)
+    assert two["label"] == ("malignant" if expected >= 0.45 else "benign")
+    assert rows["bus_0851"]["views"] == "1" and "one view" in rows["bus_0851"]["note"]
+    assert rows["bus_0009"]["error"] and rows["bus_0009"]["views"] == "0"
+
+
+def test_predict_refuses_a_lesion_pattern_without_a_lesion_reading(tmp_path, fixtures_root,
+                                                                 monkeypatch):
+    monkeypatch.setenv("BUSDX_MODELS", str(build_stand_in_models(tmp_path / "m")))
+    image = fixtures_root / "Images" / "bus_0007-l.png"
+    args = ["predict", str(image), "--csv", str(tmp_path / "a.csv")]
+    assert main(args + ["--lesion-pattern", "(bus)"]) == 2  # without --lesions-csv
+    assert main(args + ["--lesion-pattern", "(bus)", "--lesions-csv", str(tmp_path / "l.csv")]) == 2
+
+
+def test_api_reads_a_lesion_from_analysed_views(fixtures_root, lesion_models, tmp_path):
+    with TestClient(create_app(lesion_models)) as client:
+        views = []
+        for name in ("bus_0007-l.png", "bus_0007-r.png"):
+            data = (fixtures_root / "Images" / name).read_bytes()
+            body = client.post("/api/analyze", files={"file": (name, data, "image/png")}).json()
+            assert body["probability"] == pytest.approx(
+                1 / (1 + math.exp(-body["logit"] / body["temperature"])))
+            views.append({k: body[k] for k in ("logit", "lesion_found", "model_version")})
+        answer = client.post("/api/lesion", json={"views": views})
+        assert answer.status_code == 200, answer.text
+        lesion = answer.json()
+        mean = (views[0]["logit"] + views[1]["logit"]) / 2
+        assert lesion["logit"] == pytest.approx(mean) and lesion["views"] == 2
+        assert lesion["probability"] == pytest.approx(1 / (1 + math.exp(-mean / 1.5)))
+        assert lesion["threshold"] == 0.45 and lesion["disclaimer"]
+        stale = [dict(views[0], model_version="other")]
+        assert client.post("/api/lesion", json={"views": stale}).status_code == 409
+        assert client.post("/api/lesion", json={"views": []}).status_code == 422
+        assert client.post("/api/lesion", json={"views": [dict(views[0], logit="nan")]}
+                           ).status_code == 422
+    plain = build_stand_in_models(tmp_path / "plain")
+    with TestClient(create_app(plain)) as client:
+        answer = client.post("/api/lesion", json={"views": [dict(views[0])]})
+        assert answer.status_code == 409 and "no lesion reading" in answer.json()["detail"]

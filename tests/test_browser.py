@@ -236,3 +236,39 @@ def test_keyboard_only_upload_and_drop(server, browser, fixtures_root, tmp_path,
         assert "none found" in page.locator("#measures-body").inner_text()
     page.screenshot(path=str(output_dir / "browser-dropped.png"))
     page.close()
+
+
+def test_two_views_of_one_lesion_give_one_lesion_reading(server, browser, fixtures_root,
+                                                          output_dir):
+    views = [fixtures_root / "Images" / f"bus_0007-{side}.png" for side in "lr"]
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server + "/")
+    page.set_input_files("#file", [str(v) for v in views])
+    page.wait_for_selector("#lesion:not([hidden])", timeout=90_000)
+    card = json.loads(urllib.request.urlopen(server + "/api/model").read())["card"]
+    offered = (card["classifier"].get("lesion_reading") or {}).get("offered")
+    call = page.locator("#lesion-call").inner_text().lower()
+    if offered:
+        assert "lesion call: benign" in call or "lesion call: malignant" in call
+        assert "lesion threshold" in page.locator("#lesion-prob").inner_text()
+        assert "read from 2 views" in page.locator("#status").inner_text()
+    else:
+        assert "no lesion reading" in call
+    buttons = page.locator("#view-buttons button")
+    assert buttons.count() == 2
+    assert "bus_0007-l.png" in page.locator("#view-title").inner_text()
+    buttons.nth(1).click()
+    assert "View 2 of 2: bus_0007-r.png" in page.locator("#view-title").inner_text()
+    assert buttons.nth(1).get_attribute("aria-pressed") == "true"
+    page.screenshot(path=str(output_dir / "browser-lesion.png"), full_page=True)
+    # one image afterwards: the lesion block goes away
+    shown = int(page.evaluate("document.body.dataset.analyses"))
+    page.keyboard.press("n")
+    page.set_input_files("#file", str(views[0]))
+    page.wait_for_function(f"() => document.body.dataset.analyses === '{shown + 1}'",
+                           timeout=60_000)
+    assert page.locator("#lesion").is_hidden()
+    assert not errors, errors
+    page.close()

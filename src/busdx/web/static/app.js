@@ -325,13 +325,18 @@ function renderLesion(lesion, views, problem) {
     const small = document.createElement("small");
     small.textContent = `The mean of the views is ${malignant ? "at or above" : "below"} the ` +
       `threshold validated for lesions read from their views, ${pct(lesion.threshold)}.`;
+    if (!malignant && lesion.risk_band.name !== "3") {
+      small.textContent += ` Its risk band, ${lesion.risk_band.name}, is a BI-RADS 4 range, ` +
+        "in which a biopsy is usually considered.";
+    }
     els.lesionCall.replaceChildren(
       document.createTextNode(malignant ? "Lesion call: malignant" : "Lesion call: benign"), small);
     els.lesionProb.textContent = `Probability of malignancy: ${pct(lesion.probability)} ` +
       `(lesion threshold ${pct(lesion.threshold)})`;
     els.lesionBandName.textContent = lesion.risk_band.name;
     els.lesionBandText.textContent = lesion.risk_band.text;
-    els.lesionNote.textContent = "Give only images of the same lesion. " + (lesion.note || "");
+    els.lesionNote.textContent = [lesionOperatingNote, lesion.note,
+      "Give only images of the same lesion."].filter((text) => text).join(" ");
   } else {
     els.lesionCall.className = "call none";
     els.lesionCall.replaceChildren(document.createTextNode("No lesion reading"));
@@ -385,6 +390,16 @@ let siteNote = "";
 // What a call at the threshold has meant on held-out images, so that "validated" has numbers:
 // the bundled models' test fold, or a recalibrated site's out-of-fold estimate.
 let operatingNote = "";
+// The same for lesion calls, from the lesion reading's test-fold rows.
+let lesionOperatingNote = "";
+
+function describeLesionPoint(classifier) {
+  const test = classifier.lesion_reading && classifier.lesion_reading.test;
+  if (classifier.site_calibration || !test || !test.image || !test.lesion) return "";
+  return `On ${test.lesion.n} held-out BUS-BRA lesions (${test.image.n} images, test fold ` +
+    `${test.test_fold}), lesion calls at this threshold caught ${pct(test.lesion.sensitivity)} ` +
+    `of cancers and cleared ${pct(test.lesion.specificity)} of benign lesions.`;
+}
 
 function describeOperatingPoint(classifier) {
   const site = classifier.site_calibration;
@@ -405,7 +420,10 @@ function describeOperatingPoint(classifier) {
 fetch("/api/model").then((r) => (r.ok ? r.json() : null)).then((card) => {
   if (card && card.disclaimer) els.disclaimer.textContent = card.disclaimer;
   const classifier = card && card.card && card.card.classifier;
-  if (classifier) operatingNote = describeOperatingPoint(classifier);
+  if (classifier) {
+    operatingNote = describeOperatingPoint(classifier);
+    lesionOperatingNote = describeLesionPoint(classifier);
+  }
   // the out-of-fold sensitivity and specificity are in the operating note; not repeated here
   const site = classifier && classifier.site_calibration;
   if (site && site.out_of_fold) {

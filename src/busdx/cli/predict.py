@@ -280,6 +280,9 @@ def run(args: argparse.Namespace) -> int:
         several = sum(int(r["views"] or 0) > 1 for r in rows)
         log.info("%d lesions (%d read from several views); results in %s", len(rows), several,
                  args.lesions_csv)
+        if several == 0 and len(files) > 1:
+            log.warning("--lesion-pattern put every file in a lesion of its own: check that its "
+                        "first group names what the views of one lesion share")
     if unusual:
         log.warning("%d image(s) unlike the training images, where the validated threshold may "
                     "not hold: see the input_unusual column", unusual)

@@ -228,18 +228,11 @@ function doneText(result) {
     : "Done: no lesion found; see the note.") + unusual;
 }
 
-async function analyze(file) {
-  if (busy || !file) return;
-  showError("");
-  const problem = checkFile(file);
-  if (problem) { showError(problem); return; }
+// One analysis at a time: the busy flag, the error shown in place of a result, the picker reset.
+async function whileBusy(work) {
   busy = true;
-  setStatus("Analysing the image…", true);
   try {
-    const result = await analyzeOne(file);
-    els.lesion.hidden = true;
-    renderResult(result);
-    setStatus(doneText(result));
+    await work();
     els.results.focus({ preventScroll: true });
   } catch (err) {
     setStatus("");
@@ -248,6 +241,20 @@ async function analyze(file) {
     busy = false;
     els.file.value = "";
   }
+}
+
+async function analyze(file) {
+  if (busy || !file) return;
+  showError("");
+  const problem = checkFile(file);
+  if (problem) { showError(problem); return; }
+  await whileBusy(async () => {
+    setStatus("Analysing the image…", true);
+    const result = await analyzeOne(file);
+    els.lesion.hidden = true;
+    renderResult(result);
+    setStatus(doneText(result));
+  });
 }
 
 // The views of one lesion: each analysed as one image, then read together by /api/lesion.
@@ -260,9 +267,8 @@ async function analyzeLesion(files) {
   }
   const problem = files.map(checkFile).find((text) => text);
   if (problem) { showError(problem); return; }
-  busy = true;
-  const views = [];
-  try {
+  await whileBusy(async () => {
+    const views = [];
     for (const [i, file] of files.entries()) {
       setStatus(`Analysing view ${i + 1} of ${files.length} (${file.name})…`, true);
       try {
@@ -284,14 +290,7 @@ async function analyzeLesion(files) {
       ? `Done: lesion read from ${views.length} views: ${lesion.label} call, probability ` +
         `${pct(lesion.probability)}, risk band ${lesion.risk_band.name}.`
       : `Done: ${views.length} views analysed one by one; no lesion reading.`);
-    els.results.focus({ preventScroll: true });
-  } catch (err) {
-    setStatus("");
-    showError(err.message);
-  } finally {
-    busy = false;
-    els.file.value = "";
-  }
+  });
 }
 
 function analyzeFiles(list) {

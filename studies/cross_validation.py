@@ -12,7 +12,8 @@ ground-truth crop, averaged with its mirror as the shipped graph does. Four reci
 - D: A with strong augmentation (rule P's rejected option; the rule's second addendum).
 
 Later rules add recipes scored the same way: rule V's E and F (A and B at 288 pixels, seed 0)
-and rule W's G (A on the lite2 backbone, seed 0) with F's seed-1 replication.
+and rule W's G (A on the lite2 backbone, seed 0) with F's seed-1 replication. Rule X reads the
+same A+B scores per lesion: each image scored by the mean over its lesion's views.
 
 The runs were made on an H200 (``studies/cv_device/``); their out-of-fold logits are kept in
 ``reports/studies/cross_validation_oof.json``. From those this script answers the rule's three
@@ -42,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from busdx.evaluation.classification import binary_metrics, bootstrap_cis, roc_auc
+from busdx.inference.lesion import group_means
 from busdx.training.calibration import sensitivity_threshold
 
 log = logging.getLogger("cross_validation")
@@ -247,6 +249,12 @@ def analyse(oof: dict, reps: int = REPS, splits: int = SPLITS) -> dict:
         if "F" in z:  # rule W, question 1: the crop network at 288 pixels, each seed
             row["crop_288"] = compare_pairs(labels, z["B"], z["F"], patients, reps)
         if "A+B" in z:
+            # rule X: each image scored by the mean over its lesion's views (a BUS-BRA case is
+            # one lesion), beside the per-image scores it is compared with
+            lesion = group_means(z["A+B"], patients)
+            row["lesion_reading"] = {
+                "auc": auc_summary(labels, lesion, patients, folds, reps),
+                "minus_per_image": compare_pairs(labels, z["A+B"], lesion, patients, reps)}
             row["threshold_transfer"] = threshold_transfer(labels, z["A+B"], folds)
             row["threshold_within"] = threshold_within(labels, z["A+B"], patients, folds, splits)
             # the price of a margin: fitting for a higher sensitivity than the one wanted
@@ -408,7 +416,7 @@ def card_summary(result: dict) -> dict:
     first = next(iter(seeds))
     return {
         "source": f"`reports/studies/{RESULT_FILE}`, written by `studies/cross_validation.py` "
-                  "(rules T, V and W of `docs/selection_rules.md`)",
+                  "(rules T, V, W and X of `docs/selection_rules.md`)",
         "n_images": result["n_images"], "n_patients": result["n_patients"],
         "n_malignant": result["n_malignant"],
         "recipes": RECIPE_NAMES,
@@ -434,6 +442,12 @@ def card_summary(result: dict) -> dict:
                            if "birads4_triage" in s},
         "resolution": result.get("rule_v"),
         "rule_w": result.get("rule_w"),
+        "lesion_reading": {name: {
+            "pooled_auc": _auc_row(s["lesion_reading"]["auc"]),
+            "minus_per_image": s["lesion_reading"]["minus_per_image"],
+            "specificity_at_sensitivity_0.90":
+                s["lesion_reading"]["auc"]["pooled_specificity_at_sensitivity_0.90"]}
+            for name, s in seeds.items() if "lesion_reading" in s} or None,
     }
 
 

@@ -277,6 +277,8 @@ def test_cross_validation_study_reproduces_its_recorded_answer(tmp_path):
         assert result["seeds"][name]["threshold_within"] == recorded[
             "seeds"][name]["threshold_within"]
         assert result["seeds"][name]["birads4_triage"] == recorded["seeds"][name]["birads4_triage"]
+        # rule X: the same scores read per lesion
+        assert result["seeds"][name]["lesion_reading"] == recorded["seeds"][name]["lesion_reading"]
     for name, e in recorded["ensembles"].items():
         assert result["ensembles"][name]["pooled_auc"] == pytest.approx(e["pooled_auc"], abs=1e-9)
     figure = study.plot(oof, result, tmp_path / "cv.png")

@@ -305,8 +305,20 @@ def _cv_auc_lines(cv: dict) -> list[str]:
            if seed_pair else "")
         + _ensemble_sentence(cv.get("ensembles"))
         + f" On A+B's pooled out-of-fold ROC curve the specificity at sensitivity 0.90 is {spec}"
-        + (": on BUS-BRA this recipe does not reach sensitivity 0.90 with specificity 0.80, "
-           "whatever the threshold." if max(specs.values()) < 0.80 else "."), ""]
+        + (": read image by image on BUS-BRA, this recipe does not reach sensitivity 0.90 with "
+           "specificity 0.80, whatever the threshold." if max(specs.values()) < 0.80 else ".")
+        + _cv_lesion_sentence(cv.get("lesion_reading")), ""]
+
+
+def _cv_lesion_sentence(lesion: dict | None) -> str:
+    """Rule X's lesion reading of the same out-of-fold scores."""
+    if not lesion:
+        return ""
+    parts = [f"AUC {_value_ci(v['pooled_auc'])}, {_difference(v['minus_per_image'])} over the "
+             f"per-image scores, with specificity {fmt(v['specificity_at_sensitivity_0.90'])} at "
+             f"sensitivity 0.90 ({_seeds_spaced(s)})" for s, v in lesion.items()]
+    return (" Read per lesion instead (rule X: each image scored by the mean of A+B over its "
+            f"lesion's views), A+B reaches {'; and '.join(parts)}.")
 
 
 def _cv_threshold_lines(cv: dict) -> list[str]:

@@ -242,12 +242,9 @@ def run(args: argparse.Namespace) -> int:
         raise BusdxError("these models' card offers no lesion reading: leave out --lesion-pattern")
     _make_dir(args.masks_dir)
     _make_dir(args.overlays_dir)
-    try:
-        if args.csv.parent != Path(""):
-            args.csv.parent.mkdir(parents=True, exist_ok=True)
-        out = args.csv.open("w", newline="", encoding="utf-8")
-    except OSError as err:
-        raise BusdxError(f"cannot write {args.csv}: {err.strerror or err}") from err
+    out = _open_csv(args.csv)
+    # opened now, so that an unwritable path stops the command before the batch, not after it
+    lesions_out = _open_csv(args.lesions_csv) if pattern is not None else None
     name = _Namer()
     failed = unusual = 0
     views: dict[str, list] = {}
@@ -276,7 +273,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("%d images analysed, %d failed; results in %s", len(files) - failed, failed, args.csv)
     if pattern is not None:
         rows = lesion_rows(views, failed_views, models.settings.lesion_threshold)
-        _write_csv(args.lesions_csv, LESION_COLUMNS, rows)
+        with lesions_out:
+            writer = csv.DictWriter(lesions_out, fieldnames=LESION_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
         several = sum(int(r["views"] or 0) > 1 for r in rows)
         log.info("%d lesions (%d read from several views); results in %s", len(rows), several,
                  args.lesions_csv)
@@ -289,13 +289,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+
+def _open_csv(path: Path):
     try:
         if path.parent != Path(""):
             path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as out:
-            writer = csv.DictWriter(out, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        return path.open("w", newline="", encoding="utf-8")
     except OSError as err:
         raise BusdxError(f"cannot write {path}: {err.strerror or err}") from err

@@ -20,6 +20,7 @@ import numpy as np
 
 from busdx import DISCLAIMER, __version__
 from busdx.errors import BusdxError
+from busdx.inference.pipeline import sigmoid
 from busdx.inference.risk import RiskBand, risk_band
 
 
@@ -68,8 +69,7 @@ class LesionReading:
             "probability": self.probability,
             "label": self.label,
             "threshold": self.threshold,
-            "risk_band": {"name": self.risk.name, "text": self.risk.text,
-                          "low": self.risk.low, "high": self.risk.high},
+            "risk_band": self.risk.as_dict(),
             "logit": self.logit,
             "views": self.views,
             "views_without_lesion": self.views_without_lesion,
@@ -82,8 +82,8 @@ class LesionReading:
 
 def read_lesion(analyses: Sequence, lesion_threshold: float | None) -> LesionReading:
     """The lesion reading of ``analyses`` (busdx.inference.Analysis or ViewScore: the views of
-    one lesion, analysed by the same models). ``lesion_threshold``: the models' ``settings.lesion_threshold``;
-    None means the card offers no lesion reading."""
+    one lesion, analysed by the same models). ``lesion_threshold``: the models'
+    ``settings.lesion_threshold``; None means the card offers no lesion reading."""
     if lesion_threshold is None:
         raise BusdxError("these models' card has no lesion reading (classifier.lesion_reading): "
                          "analyse the images one by one, or fit it with `busdx evaluate "
@@ -96,7 +96,8 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None) -> LesionRea
         raise BusdxError(f"the views were analysed by different models: {sorted(versions)}")
     logit = float(np.mean([a.logit for a in analyses]))
     temperature = analyses[0].temperature
-    probability = float(np.exp(-np.logaddexp(0.0, -logit / temperature)))
+    # the function one image's probability comes from, so one view reads exactly as its image
+    probability = float(sigmoid(logit / temperature))
     if not math.isfinite(probability):
         raise ValueError("the views' logits are not finite")
     missing = sum(not a.lesion_found for a in analyses)

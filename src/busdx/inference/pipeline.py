@@ -82,12 +82,7 @@ class Analysis:
             "probability": self.probability,
             "label": self.label,
             "threshold": self.threshold,
-            "risk_band": {
-                "name": self.risk.name,
-                "text": self.risk.text,
-                "low": self.risk.low,
-                "high": self.risk.high,
-            },
+            "risk_band": self.risk.as_dict(),
             "lesion_found": self.lesion_found,
             "logit": self.logit,
             "temperature": self.temperature,

@@ -16,6 +16,10 @@ class RiskBand:
     high: float  # exclusive upper bound (1.0 inclusive for the last band)
     text: str
 
+    def as_dict(self) -> dict:
+        """The API's ``risk_band`` object."""
+        return {"name": self.name, "text": self.text, "low": self.low, "high": self.high}
+
 
 RISK_BANDS = (
     RiskBand("3", 0.0, 0.02, "probably benign (<= 2%)"),

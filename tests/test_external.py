@@ -14,6 +14,7 @@ from PIL import Image
 
 from busdx.cli.main import main
 from busdx.data.index import load_index
+from busdx.errors import BusdxError
 from busdx.evaluation.external import ExternalDataError, evaluate_external, read_external
 from stand_in_models import build_stand_in_models, real_models_dir
 
@@ -138,13 +139,15 @@ def test_a_mask_of_the_wrong_size_costs_its_dice_not_its_classification(
     assert "17x11" in row["mask_error"] and "dice" not in row and row["probability"] >= 0
 
 
-def _labels_csv(records, path: Path, birads: bool = True) -> Path:
+def _labels_csv(records, path: Path, birads: bool = True, lesion: bool = False) -> Path:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "label", "mask", "patient"] + (["birads"] if birads else []))
+        w.writerow(["image", "label", "mask", "patient"] + (["birads"] if birads else [])
+                   + (["lesion"] if lesion else []))
         for r in records:
+            # BUS-BRA's Case is one lesion: its -l and -r images are two planes of it
             w.writerow([r.image_path, r.pathology, r.mask_path, r.patient]
-                       + ([r.birads] if birads else []))
+                       + ([r.birads] if birads else []) + ([r.patient] if lesion else []))
     return path
 
 
@@ -211,7 +214,7 @@ def test_the_test_fold_as_external_images_reproduces_the_card(busbra_root, tmp_p
     if recorded is None or recorded.get("masks") != "predicted":
         pytest.skip("no end-to-end test section in the bundled card")
     test = make_split(load_index(busbra_root), SplitConfig(test_fold=5)).test
-    dataset = read_external(tmp_path, _labels_csv(test, tmp_path / "labels.csv"))
+    dataset = read_external(tmp_path, _labels_csv(test, tmp_path / "labels.csv", lesion=True))
     result = evaluate_external(dataset, Models.load(models_dir, threads=2),
                                logit_offset=card["classifier"].get("logit_offset", 0.0),
                                reps=50, progress=False)
@@ -221,3 +224,108 @@ def test_the_test_fold_as_external_images_reproduces_the_card(busbra_root, tmp_p
                                                                                "fn")]
     served = card["segmenter"]["test"]["postprocessed"]["dice"]["mean"]
     assert result.segmentation["dice"]["mean"] == pytest.approx(served, abs=1e-6)
+    # and, given each image's lesion, the card's lesion reading on the test fold
+    lesion_card = card["classifier"].get("lesion_reading", {}).get("test")
+    if lesion_card is not None:
+        for unit in ("image", "lesion"):
+            got, recorded = result.lesion_reading[unit], lesion_card[unit]
+            assert got["auc"] == pytest.approx(recorded["auc"], abs=1e-6), unit
+            assert [got[k] for k in ("n", "tp", "fp", "tn", "fn")] == [
+                recorded[k] for k in ("n", "tp", "fp", "tn", "fn")], unit
+
+
+# ------------------------------------------------------------- the lesion reading on a site's set
+
+
+def test_a_lesion_pattern_scores_the_lesion_reading_as_on_the_test_fold(fixtures_root, tmp_path):
+    """Views grouped by --lesion-pattern give rule X's lesion reading, per image and per lesion,
+    with the same numbers as the test-fold evaluation's code on the same predictions."""
+    from busdx.evaluation.classification import evaluate_lesion_reading, lesion_predictions
+    from busdx.inference.models import Models
+
+    models_dir = build_stand_in_models(tmp_path / "models", _card_with_lesion_reading(0.45))
+    records = _busi_layout(fixtures_root, tmp_path / "busi")
+    out = tmp_path / "out"
+    rc = main(["evaluate", "external", "--data", str(tmp_path / "busi"), "--out", str(out),
+               "--models", str(models_dir), "--reps", "50",
+               "--lesion-pattern", r"(bus_\d+)-[lr]"])
+    assert rc == 0
+    report = json.loads((out / "external.json").read_text())
+    lesion = report["lesion_reading"]
+    assert lesion["threshold"] == 0.45 and "pattern" in report["lesions_from"]
+    pairs = {r.patient for r in records if r.side != "single"}
+    singles = [r for r in records if r.side == "single"]
+    assert lesion["multi_view_lesions"] == len(pairs)
+    assert lesion["image"]["n"] == len(records)
+    assert lesion["lesion"]["n"] == len(pairs) + len(singles)
+    # without patient ids the lesion, not the image, is what the bootstrap resamples
+    assert report["bootstrap_unit"].startswith("lesion")
+
+    with (out / "external_images.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if not r["error"]]
+    by_lesion: dict[str, set[str]] = {}
+    for r in rows:
+        by_lesion.setdefault(r["lesion"] or r["image"], set()).add(r["lesion_probability"])
+        assert r["lesion_call"] == ("malignant" if float(r["lesion_probability"]) >= 0.45
+                                    else "benign")
+    assert all(len(p) == 1 for p in by_lesion.values())  # one reading per lesion
+    assert {r["lesion"] for r in rows if r["lesion"]} == {f"bus_{int(c):04d}" for c in pairs}
+
+    # the same predictions through the test fold's code
+    from busdx.evaluation.external import read_external
+
+    dataset = read_external(tmp_path / "busi", lesion_pattern=r"(bus_\d+)-[lr]")
+    models = Models.load(models_dir, threads=1)
+    result = evaluate_external(dataset, models, reps=50, progress=False)
+    keys = [k for k, c in zip(dataset.lesion_keys(), dataset.cases, strict=True)
+            if c.image.name != "damaged.png"]
+    theirs = evaluate_lesion_reading(result.predictions, keys, models.settings.temperature, 0.45,
+                                     masks="predicted", reps=50,
+                                     empty_masks=result.classification.empty_masks)
+    for unit in ("image", "lesion"):
+        for key in ("n", "auc", "tp", "fp", "tn", "fn", "auc_ci95"):
+            assert lesion[unit][key] == pytest.approx(theirs[unit][key]), (unit, key)
+    images, _ = lesion_predictions(result.predictions, keys, models.settings.temperature)
+    assert sorted(round(p.prob, 6) for p in images) == sorted(
+        float(r["lesion_probability"]) for r in rows)
+
+
+def _card_with_lesion_reading(threshold: float) -> dict:
+    from stand_in_models import STAND_IN_CARD
+
+    card = json.loads(json.dumps(STAND_IN_CARD))
+    card["classifier"]["lesion_reading"] = {"threshold": threshold, "offered": True}
+    return card
+
+
+def test_a_lesion_column_groups_views_and_bad_groupings_are_refused(fixtures_root, tmp_path):
+    records = load_index(fixtures_root).records
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", "lesion"])
+        for r in records:
+            w.writerow([r.image_path, r.pathology, r.patient if r.side != "single" else ""])
+    dataset = read_external(tmp_path, path)
+    assert dataset.lesions_from == "the 'lesion' column" and not dataset.has_patients
+    keys = dataset.lesion_keys()
+    assert len(set(keys)) == len({r.patient for r in records})
+    # no patient column: a lesion's views share a bootstrap unit
+    assert [c.patient for c in dataset.cases] == [r.patient if r.side != "single"
+                                                  else str(r.image_path) for r in records]
+    with pytest.raises(ExternalDataError, match="use one of them"):
+        read_external(tmp_path, path, lesion_pattern=r"(bus_\d+)")
+    # a pattern that joins a benign and a malignant lesion is caught before anything runs
+    _busi_layout(fixtures_root, tmp_path / "busi")
+    with pytest.raises(ExternalDataError, match="groups benign and malignant"):
+        read_external(tmp_path / "busi", lesion_pattern=r"(bus)_")
+    with pytest.raises(BusdxError, match="needs a group"):
+        read_external(tmp_path / "busi", lesion_pattern=r"bus_\d+")
+
+
+def test_a_lesion_pattern_needs_models_with_a_lesion_reading(fixtures_root, tmp_path):
+    _busi_layout(fixtures_root, tmp_path / "busi")
+    plain = build_stand_in_models(tmp_path / "plain")
+    rc = main(["evaluate", "external", "--data", str(tmp_path / "busi"), "--out",
+               str(tmp_path / "o"), "--models", str(plain), "--lesion-pattern", r"(bus_\d+)-[lr]"])
+    assert rc == 2 and not (tmp_path / "o").exists()

@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 
 from busdx.api.app import create_app
 from busdx.cli.main import main
-from busdx.cli.predict import compile_pattern, lesion_key
 from busdx.errors import BusdxError
 from busdx.evaluation.classification import (
     Prediction,
@@ -24,7 +23,13 @@ from busdx.evaluation.classification import (
     lesion_predictions,
     roc_auc,
 )
-from busdx.inference.lesion import ViewScore, group_means, read_lesion
+from busdx.inference.lesion import (
+    ViewScore,
+    compile_pattern,
+    group_means,
+    lesion_key,
+    read_lesion,
+)
 from busdx.inference.models import ClassifierSettings
 from stand_in_models import STAND_IN_CARD, build_stand_in_models
 

@@ -2,7 +2,9 @@
 
 Runs the bundled models on labelled images from elsewhere, end to end and at the operating point
 frozen on BUS-BRA validation (nothing is refitted). Writes external.json, external_images.csv
-and the ROC, confusion and reliability figures into --out. The model card is left alone: these
+and the ROC, confusion and reliability figures into --out. When the views of each lesion are
+grouped (a 'lesion' column in the labels CSV, or --lesion-pattern), the lesion reading is scored
+too, at the card's frozen lesion threshold, per image and per lesion. The model card is left alone: these
 are your images, not the card's test fold. Images that cannot be read are listed with their error
 and left out of the metrics.
 
@@ -34,12 +36,18 @@ def register(subparsers, groups) -> None:
                    help="benign/ and malignant/ folders (masks as <stem>_mask.png, as in BUSI), "
                    "or any folder with a labels CSV")
     p.add_argument("--labels", type=Path, metavar="CSV",
-                   help="columns image,label[,mask,patient,birads], paths relative to the CSV "
+                   help="columns image,label[,mask,patient,birads,lesion], paths relative to "
+                   "the CSV "
                    "(default: DIR/labels.csv when present, else the class folders)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
                    help="external.json, external_images.csv and the figures")
     p.add_argument("--models", type=Path, metavar="DIR",
                    help="models folder (default: $BUSDX_MODELS, else the bundled models/)")
+    p.add_argument("--lesion-pattern", metavar="REGEX",
+                   help="also score the lesion reading: this regular expression is searched in "
+                   "each image's path (relative to DIR, or as written in the CSV) and its first "
+                   "group names the lesion, e.g. '(bus_[0-9]+)-[lr]' or '(.*)/[^/]+$' for one "
+                   "folder per lesion (a labels CSV can give a 'lesion' column instead)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--recalibrate", type=Path, metavar="DIR",
@@ -71,10 +79,12 @@ def run(args: argparse.Namespace) -> int:
     if args.target_sensitivity is not None and not 0.0 < args.target_sensitivity < 1.0:
         raise BusdxError(f"--target-sensitivity must be between 0 and 1, not "
                          f"{args.target_sensitivity}")
-    dataset = read_external(args.data, args.labels)
+    dataset = read_external(args.data, args.labels, lesion_pattern=args.lesion_pattern)
     log.info("%d images (%s)%s", len(dataset.cases), dataset.layout,
              "".join(f"; skipped {n} {what}" for what, n in dataset.skipped.items()))
     models = Models.load(args.models, threads=args.threads)
+    if args.lesion_pattern is not None and models.settings.lesion_threshold is None:
+        raise BusdxError("these models' card offers no lesion reading: leave out --lesion-pattern")
     card = models.card.get("classifier", {})
     # the uncalibrated ECE undoes everything added to the network's own logit
     result = evaluate_external(
@@ -98,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
     _write(args.out, report, result.rows)
     if refused is not None:
         raise refused
-    bootstrap = "patient" if dataset.has_patients else "image"
+    bootstrap = ("patient" if dataset.has_patients
+                 else "lesion" if dataset.lesions_from is not None else "image")
     print_table(report["classification"], bootstrap)
+    _print_lesion_reading(report["lesion_reading"], bootstrap)
     seg = report["segmentation"]
     if seg:
         sys.stdout.write(f"{'Dice':16s} {seg['dice']['mean']:.3f} ± {seg['dice']['std']:.3f} "
@@ -129,6 +141,20 @@ def run(args: argparse.Namespace) -> int:
                  args.recalibrate, args.recalibrate)
     log.info("wrote %s", args.out / "external.json")
     return 0
+
+
+def _print_lesion_reading(lesion: dict | None, bootstrap: str) -> None:
+    from busdx.cli.classification import print_table
+
+    if lesion is None:
+        return
+    if "skipped" in lesion:
+        log.warning("lesion reading not scored: %s", lesion["skipped"])
+        return
+    for unit in ("image", "lesion"):
+        sys.stdout.write(f"\nlesion reading, per {unit} (threshold {lesion['threshold']:.4f}; "
+                         f"{lesion['multi_view_lesions']} lesions with several views)\n")
+        print_table(lesion[unit], bootstrap, unit="images" if unit == "image" else "lesions")
 
 
 def _write(out: Path, report: dict, rows: list[dict]) -> None:

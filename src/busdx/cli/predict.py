@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -96,25 +95,6 @@ LESION_COLUMNS = (
     "lesion", "views", "paths", "probability", "label", "threshold", "risk_band", "risk_text",
     "views_without_lesion", "failed_views", "model_version", "note", "error",
 )
-
-
-def lesion_key(path: Path, pattern: re.Pattern | None) -> str:
-    """The lesion a file shows: the pattern's first group in its path, else the path itself."""
-    text = path.as_posix()
-    found = pattern.search(text) if pattern is not None else None
-    return found.group(1) if found and found.groups() else text
-
-
-def compile_pattern(text: str | None) -> re.Pattern | None:
-    if text is None:
-        return None
-    try:
-        pattern = re.compile(text)
-    except re.error as err:
-        raise BusdxError(f"--lesion-pattern is not a regular expression: {err}") from err
-    if pattern.groups < 1:
-        raise BusdxError("--lesion-pattern needs a group (...) that names the lesion")
-    return pattern
 
 
 def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold) -> list[dict]:
@@ -226,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
 
     from busdx.data.preprocess import ImageError
     from busdx.inference import Models, analyze
-    from busdx.inference.lesion import ViewScore
+    from busdx.inference.lesion import ViewScore, compile_pattern, lesion_key
 
     if (args.lesion_pattern is None) != (args.lesions_csv is None):
         raise BusdxError("--lesion-pattern and --lesions-csv go together")

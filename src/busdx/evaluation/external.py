@@ -15,6 +15,11 @@ Two layouts are read:
   beside their image as ``<stem>_mask.png`` (more than one, ``<stem>_mask_1.png`` ..., are
   merged). A ``normal/`` folder (no lesion) is counted and skipped: the classifier answers
   benign-or-malignant for a lesion.
+
+When the images of one lesion are grouped (a ``lesion`` column, or ``lesion_pattern``: a regular
+expression whose first group, searched in each image's path, names its lesion), the lesion
+reading (busdx.inference.lesion, rule X) is scored too, at the card's frozen lesion threshold,
+per image and per lesion, exactly as on BUS-BRA's test fold.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import csv
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +39,9 @@ from busdx.evaluation.classification import (
     ClassificationReport,
     Prediction,
     birads_sections,
+    evaluate_lesion_reading,
     evaluate_predictions,
+    lesion_predictions,
 )
 from busdx.evaluation.metrics import dice, iou, summarise
 from busdx.inference.decode import is_image_file
@@ -57,6 +64,7 @@ class ExternalCase:
     patient: str
     masks: tuple[Path, ...] = ()  # ground truth, merged when several
     birads: int | None = None
+    lesion: str | None = None  # the lesion it shows, when the views of a lesion are grouped
 
 
 @dataclass
@@ -66,15 +74,33 @@ class ExternalDataset:
     cases: list[ExternalCase]
     skipped: dict[str, int] = field(default_factory=dict)
     has_patients: bool = False
+    lesions_from: str | None = None  # where the lesion of each image came from, when given
+
+    def lesion_keys(self, cases: Sequence[ExternalCase] | None = None) -> list[str]:
+        """The lesion of each case; an image outside every group is a lesion of its own."""
+        return [c.lesion or f"image:{c.image}" for c in (self.cases if cases is None else cases)]
 
 
-def read_external(root: str | Path, labels: str | Path | None = None) -> ExternalDataset:
+def read_external(root: str | Path, labels: str | Path | None = None,
+                  lesion_pattern: str | None = None) -> ExternalDataset:
+    """``lesion_pattern``: group the views of each lesion by this regular expression's first
+    group, searched in each image's path relative to the folder (or as written in the CSV)."""
+    from busdx.inference.lesion import compile_pattern
+
     root = Path(root)
     if not root.is_dir():
         raise ExternalDataError(f"{root} is not a folder")
+    pattern = compile_pattern(lesion_pattern)
     if labels is None and (root / "labels.csv").is_file():
         labels = root / "labels.csv"
     dataset = _read_csv(Path(labels)) if labels is not None else _read_folders(root)
+    if pattern is not None:
+        if dataset.lesions_from is not None:
+            raise ExternalDataError(f"{dataset.root} gives a 'lesion' column and --lesion-pattern "
+                                    "was given too: use one of them")
+        _group_by_pattern(dataset, pattern)
+    if dataset.lesions_from is not None:
+        _check_lesions(dataset)
     counts = np.bincount([c.label for c in dataset.cases], minlength=2)
     if counts.min() == 0:
         raise ExternalDataError(
@@ -105,16 +131,54 @@ def _read_csv(path: Path) -> ExternalDataset:
                                     f"{', '.join(map(str, BIRADS_LEVELS))}")
         image = path.parent / row["image"].strip()
         mask = (row.get("mask") or "").strip()
+        lesion = (row.get("lesion") or "").strip() or None
         cases.append(ExternalCase(
             image=image, label=label,
-            patient=(row.get("patient") or "").strip() or row["image"].strip(),
+            # without a patient id, a lesion's views still go into the bootstrap together
+            patient=(row.get("patient") or "").strip() or lesion or row["image"].strip(),
             masks=(path.parent / mask,) if mask else (),
             birads=int(birads) if birads else None,
+            lesion=lesion,
         ))
     has_patients = bool(rows) and "patient" in columns and all(
         (r.get("patient") or "").strip() for r in rows)
     return ExternalDataset(path.parent, f"labels CSV ({path.name})", cases,
-                           has_patients=has_patients)
+                           has_patients=has_patients,
+                           lesions_from="the 'lesion' column" if "lesion" in columns else None)
+
+
+def _group_by_pattern(dataset: ExternalDataset, pattern) -> None:
+    from busdx.inference.lesion import lesion_key
+
+    cases = []
+    for c in dataset.cases:
+        path = c.image.relative_to(dataset.root) if c.image.is_relative_to(dataset.root) \
+            else c.image
+        key = lesion_key(path, pattern)
+        lesion = key if key != path.as_posix() else None  # unmatched: a lesion of its own
+        patient = c.patient if dataset.has_patients or lesion is None else lesion
+        cases.append(replace(c, lesion=lesion, patient=patient))
+    dataset.cases = cases
+    dataset.lesions_from = f"--lesion-pattern {pattern.pattern!r}"
+
+
+def _check_lesions(dataset: ExternalDataset) -> None:
+    """The views of one lesion share its pathology (and its patient, when patients are given):
+    a grouping that mixes them is a wrong pattern or column, caught before the long run."""
+    groups: dict[str, list[ExternalCase]] = {}
+    for case, key in zip(dataset.cases, dataset.lesion_keys(), strict=True):
+        groups.setdefault(key, []).append(case)
+    for key, cases in groups.items():
+        names = ", ".join(c.image.name for c in cases[:4]) + (" ..." if len(cases) > 4 else "")
+        if len({c.label for c in cases}) > 1:
+            raise ExternalDataError(f"lesion {key!r} groups benign and malignant images "
+                                    f"({names}): check {dataset.lesions_from}")
+        if dataset.has_patients and len({c.patient for c in cases}) > 1:
+            raise ExternalDataError(f"lesion {key!r} groups images of different patients "
+                                    f"({names}): check {dataset.lesions_from}")
+    if not any(len(cases) > 1 for cases in groups.values()):
+        log.warning("%s puts every image in a lesion of its own: the lesion reading is then the "
+                    "per-image reading at the lesion threshold", dataset.lesions_from)
 
 
 def _read_folders(root: Path) -> ExternalDataset:
@@ -160,6 +224,8 @@ class ExternalResult:
     input_check: dict | None = None  # images unlike the training images, and their calls
     # the model beside the site's BI-RADS, when every image has one
     reader_sections: dict = field(default_factory=dict)
+    # rule X's lesion reading per image and per lesion, when the views of lesions are grouped
+    lesion_reading: dict | None = None
 
     def to_dict(self) -> dict:
         d = self.dataset
@@ -174,11 +240,15 @@ class ExternalResult:
             "classes": {"benign": sum(1 for p in self.predictions if p.label == 0),
                         "malignant": sum(1 for p in self.predictions if p.label == 1)},
             "bootstrap_unit": "patient" if d.has_patients
+            else "lesion (no patient ids given: intervals are too narrow if a patient has several)"
+            if d.lesions_from is not None
             else "image (no patient ids given: intervals are too narrow if a patient has several)",
+            "lesions_from": d.lesions_from,
             "operating_point": "frozen on BUS-BRA validation (nothing refitted here)",
             "classification": {**self.classification.to_dict(), **self.reader_sections},
             "segmentation": self.segmentation,
             "input_check": self.input_check,
+            "lesion_reading": self.lesion_reading,
         }
 
 
@@ -207,10 +277,12 @@ def evaluate_external(
 
     from busdx.inference.pipeline import analyze
 
-    rows, preds, dices, ious = [], [], [], []
-    for case in tqdm(dataset.cases, desc="external", unit="image", disable=not progress):
+    rows, preds, dices, ious, keys = [], [], [], [], []
+    for case, key in tqdm(list(zip(dataset.cases, dataset.lesion_keys(), strict=True)),
+                          desc="external", unit="image", disable=not progress):
         row = {"image": str(case.image.relative_to(dataset.root)) if case.image.is_relative_to(
-            dataset.root) else str(case.image), "truth": "malignant" if case.label else "benign"}
+            dataset.root) else str(case.image), "truth": "malignant" if case.label else "benign",
+            "lesion": case.lesion}
         try:
             a = analyze(case.image, models, render_overlays=False)
         except (BusdxError, OSError, ValueError) as err:
@@ -226,6 +298,7 @@ def evaluate_external(
             row["mask_error"] = str(err)
         preds.append(Prediction(str(case.image), case.patient, case.label, case.birads,
                                 float(a.logit), a.probability))
+        keys.append(key)
         row.update(probability=round(a.probability, 6), call=a.label, risk_band=a.risk.name,
                    lesion_found=a.lesion_found)
         if a.input_check is not None:
@@ -251,12 +324,39 @@ def evaluate_external(
         segmentation = {"n": len(dices), "what": "served mask (largest component, holes filled) "
                         "against the ground truth, at original resolution",
                         "dice": summarise(dices), "iou": summarise(ious)}
+    lesion = None
+    if dataset.lesions_from is not None:
+        lesion = _lesion_reading(preds, keys, rows, settings, reps, seed, logit_offset)
     return ExternalResult(dataset, rows, report, preds, segmentation,
                           failed=sum(1 for r in rows if "error" in r),
                           mask_failed=sum(1 for r in rows if "mask_error" in r),
                           input_check=_input_check_summary(rows),
                           reader_sections=birads_sections(preds, settings.threshold, reps=reps,
-                                                          seed=seed))
+                                                          seed=seed),
+                          lesion_reading=lesion)
+
+
+def _lesion_reading(preds: list[Prediction], keys: list[str], rows: list[dict], settings,
+                    reps: int, seed: int, logit_offset: float) -> dict:
+    """Rule X's lesion reading of the analysed images at the card's frozen lesion threshold;
+    a view that could not be analysed is left out of its lesion, as ``busdx predict`` does.
+    Each analysed row gets its lesion's probability and call."""
+    if settings.lesion_threshold is None:
+        return {"skipped": "these models' card offers no lesion reading (a site recalibration "
+                           "drops it: its threshold belongs to the bundled calibration)"}
+    images, _ = lesion_predictions(preds, keys, settings.temperature)
+    analysed = (r for r in rows if "error" not in r)
+    for row, p in zip(analysed, images, strict=True):
+        row.update(lesion_probability=round(p.prob, 6),
+                   lesion_call="malignant" if p.prob >= settings.lesion_threshold else "benign")
+    empty = sum(1 for r in rows if r.get("lesion_found") is False)
+    return {"threshold": settings.lesion_threshold,
+            "rule": "docs/selection_rules.md, rule X: the mean of the views' served logits, "
+                    "called at the card's lesion threshold (frozen on BUS-BRA validation)",
+            **evaluate_lesion_reading(preds, keys, settings.temperature,
+                                      settings.lesion_threshold, masks="predicted",
+                                      empty_masks=empty, reps=reps, seed=seed,
+                                      logit_offset=logit_offset)}
 
 
 def _input_check_summary(rows: list[dict]) -> dict | None:
@@ -284,4 +384,5 @@ def _input_check_summary(rows: list[dict]) -> dict | None:
 
 
 ROW_COLUMNS: Sequence[str] = ("image", "truth", "probability", "call", "risk_band", "lesion_found",
-                              "input_unusual", "dice", "iou", "error", "mask_error")
+                              "input_unusual", "dice", "iou", "lesion", "lesion_probability",
+                              "lesion_call", "error", "mask_error")

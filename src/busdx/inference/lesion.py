@@ -12,8 +12,10 @@ per-image threshold is not the right one for them.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,27 @@ from busdx import DISCLAIMER, __version__
 from busdx.errors import BusdxError
 from busdx.inference.pipeline import sigmoid
 from busdx.inference.risk import RiskBand, risk_band
+
+
+def compile_pattern(text: str | None) -> re.Pattern | None:
+    """``--lesion-pattern``: a regular expression whose first group names the lesion."""
+    if text is None:
+        return None
+    try:
+        pattern = re.compile(text)
+    except re.error as err:
+        raise BusdxError(f"--lesion-pattern is not a regular expression: {err}") from err
+    if pattern.groups < 1:
+        raise BusdxError("--lesion-pattern needs a group (...) that names the lesion")
+    return pattern
+
+
+def lesion_key(path: PurePath | str, pattern: re.Pattern | None) -> str:
+    """The lesion a file shows: the pattern's first group in its path, else the path itself
+    (a lesion of one view)."""
+    text = PurePath(path).as_posix()
+    found = pattern.search(text) if pattern is not None else None
+    return found.group(1) if found and found.groups() else text
 
 
 def group_means(values: Sequence[float], groups: Sequence[str]) -> np.ndarray:

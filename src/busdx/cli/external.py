@@ -133,8 +133,9 @@ def run(args: argparse.Namespace) -> int:
                     "left out of Dice): see %s", result.mask_failed,
                     args.out / "external_images.csv")
     if not dataset.has_patients:
-        log.warning("no patient ids: the intervals resample images, and are too narrow when "
-                    "a patient has several images (give a 'patient' column in a labels CSV)")
+        log.warning("no patient ids: the intervals resample %s, and are too narrow when a "
+                    "patient has several (give a 'patient' column in a labels CSV)",
+                    "lesions" if dataset.lesions_from is not None else "images")
     if site is not None:
         _print_site(site)
         log.info("wrote the recalibrated models to %s (serve them with --models %s)",

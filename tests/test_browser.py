@@ -175,6 +175,28 @@ def test_an_image_unlike_the_training_images_gets_a_caution(server, browser, fix
     page.close()
 
 
+def test_a_framed_screen_capture_says_its_frame_was_cut_off(server, browser, fixtures_root,
+                                                            tmp_path, output_dir):
+    import numpy as np
+    from PIL import Image
+
+    image = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    gray = np.asarray(Image.open(image).convert("L"))
+    h, w = gray.shape
+    framed = np.zeros((h + 80, w + 240), np.uint8)
+    framed[40:40 + h, 120:120 + w] = gray
+    path = tmp_path / "capture.png"
+    Image.fromarray(framed).save(path)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    note = page.locator("#scan-note")
+    assert note.is_visible() and f"{w} x {h}" in note.inner_text()
+    page.screenshot(path=str(output_dir / "browser-framed.png"))
+    page.close()
+
+
 def test_bad_file_shows_clear_error(server, browser, tmp_path, output_dir):
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"this is not an image")

@@ -345,3 +345,29 @@ def test_the_card_claims_an_unreachable_operating_point_only_when_its_evidence_s
     summary["specificity_at_sensitivity_0.90"] = {"seed0": 0.85}
     assert "does not reach" not in "\n".join(_cross_validation_lines(summary))
     assert _cross_validation_lines(None) == []
+
+
+def test_margins_frames_put_the_image_in_a_black_frame_of_the_named_size():
+    study = _load("margins")
+    image = np.full((100, 200), 0.5, dtype=np.float32)
+    framed = study.frame(image, study.FRAMES["top 10%, sides 30%"], np.random.default_rng(0))
+    assert framed.shape == (110, 320)
+    np.testing.assert_array_equal(framed[10:, 60:260], image)
+    assert framed[:10].max() <= 3 / 255 and framed[:, :60].max() <= 3 / 255
+
+
+@pytest.mark.full_data
+def test_margins_study_reproduces_its_recorded_answer(busbra_root):
+    study = _load("margins")
+    recorded = json.loads((ROOT / "reports" / "studies" / "margins.json").read_text())
+    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
+    assert result["model_version"] == recorded["model_version"]
+    for name, c in recorded["conditions"].items():
+        got = result["conditions"][name]
+        assert got["auc"] == pytest.approx(c["auc"], abs=1e-4), name
+        assert (got["calls_flipped"], got["images_cut"]) == (c["calls_flipped"],
+                                                             c["images_cut"]), name
+    # what the served analysis promises: a frame on three or four edges is undone exactly
+    for name in ("sides 25%, cut", "all edges 15%, cut", "top 10%, sides 30%, cut"):
+        assert result["conditions"][name]["calls_flipped"] == 0, name
+        assert result["conditions"][name]["images_cut"] == result["n"], name

@@ -29,11 +29,21 @@ class MeasurementsOut(BaseModel):
     area_px: int
 
 
+class ScanAreaOut(BaseModel):
+    top: int
+    left: int
+    width: int
+    height: int
+
+
 class ImageInfo(BaseModel):
     width: int
     height: int
     format: str
     pixel_spacing_mm: list[float] | None = Field(description="(row, column) mm per pixel")
+    scan_area: ScanAreaOut | None = Field(
+        None, description="the part analysed when a black frame around the scan was cut off "
+        "(null: the whole image)")
 
 
 class Pngs(BaseModel):

@@ -38,7 +38,8 @@ MEASUREMENT_COLUMNS = (
 COLUMNS = (
     ("path", "probability", "label", "threshold", "risk_band", "risk_text", "lesion_found")
     + MEASUREMENT_COLUMNS
-    + ("image_width", "image_height", "pixel_spacing_mm", "model_version", "time_ms", "note")
+    + ("image_width", "image_height", "pixel_spacing_mm", "scan_area", "model_version",
+       "time_ms", "note")
     + ("input_unusual",)
     + ("error",)
 )
@@ -149,6 +150,11 @@ def row_for(path: Path, analysis) -> dict:
             if analysis.pixel_spacing_mm
             else ""
         ),
+        # "left top width height" of the part analysed when a black frame was cut off
+        "scan_area": (" ".join(str(v) for v in (analysis.scan_area.left, analysis.scan_area.top,
+                                                analysis.scan_area.width,
+                                                analysis.scan_area.height))
+                      if analysis.scan_area else ""),
         "model_version": analysis.model_version,
         "time_ms": analysis.timings_ms.get("total"),
         "note": analysis.note,

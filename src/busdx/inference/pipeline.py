@@ -1,13 +1,14 @@
 """One analysis of one image, shared by the CLI, the API and the tests.
 
-decode -> input check (busdx.inference.quality: is the image like the training images?) ->
-letterbox -> segmenter -> sigmoid -> back to the original grid (bilinear) -> above the
-card's segmenter threshold (0.5) -> largest connected component, holes filled -> lesion crop
-(busdx.data.crop, one per context of the card) -> classifier, logits averaged over the crops
--> calibrated probability sigmoid((logit + shift) / T) (the card's shift is 0 but after a site
-recalibration, busdx.evaluation.site), label at the card's threshold, risk band -> heatmap
-(the CAM of the crop at the card's context, ReLU, scaled to [0, 1], mapped back onto the
-image) -> measurements -> overlays.
+decode -> scan area (busdx.inference.scan_area: a screen capture's black frame cut off; the
+outputs are put back on the whole image's grid) -> input check (busdx.inference.quality: is
+the image like the training images?) -> letterbox -> segmenter -> sigmoid -> back to the
+original grid (bilinear) -> above the card's segmenter threshold (0.5) -> largest connected
+component, holes filled -> lesion crop (busdx.data.crop, one per context of the card) ->
+classifier, logits averaged over the crops -> calibrated probability sigmoid((logit + shift) /
+T) (the card's shift is 0 but after a site recalibration, busdx.evaluation.site), label at the
+card's threshold, risk band -> heatmap (the CAM of the crop at the card's context, ReLU, scaled
+to [0, 1], mapped back onto the image) -> measurements -> overlays.
 
 When the segmenter finds no lesion, the classifier still sees the whole image (letterboxed, as
 busdx.data.crop does without a mask), measurements are None and ``note`` says so: the user gets
@@ -35,6 +36,7 @@ from busdx.inference.models import ClassifierSettings, Models
 from busdx.inference.overlay import Overlays, render
 from busdx.inference.quality import InputCheck, check_image
 from busdx.inference.risk import RiskBand, risk_band
+from busdx.inference.scan_area import ScanArea, find_scan_area
 from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
 
 NO_LESION_NOTE = (
@@ -75,6 +77,8 @@ class Analysis:
     timings_ms: dict[str, float] = field(default_factory=dict)
     # the image's statistics against the training images' ranges (card: input_check)
     input_check: InputCheck | None = None
+    # the part analysed when black margins were cut off (None: the whole image)
+    scan_area: ScanArea | None = None
 
     def to_json(self, images: bool = True) -> dict[str, Any]:
         """The API's answer: plain JSON types, the PNGs base64-encoded."""
@@ -94,6 +98,7 @@ class Analysis:
                 "height": self.height,
                 "format": self.format,
                 "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
+                "scan_area": self.scan_area.as_dict() if self.scan_area else None,
             },
             "timings_ms": self.timings_ms,
             "model_version": self.model_version,
@@ -197,27 +202,37 @@ def analyze(
     *,
     render_overlays: bool = True,
     max_pixels: int = MAX_PIXELS,
+    trim_margins: bool = True,
 ) -> Analysis:
-    """Analyse one image: bytes of a file, a path, an array, or an already decoded image."""
+    """Analyse one image: bytes of a file, a path, an array, or an already decoded image.
+    ``trim_margins=False`` analyses the whole image, black frame and all (for studies)."""
     clock = _Clock()
     decoded = source if isinstance(source, DecodedImage) else decode(source, max_pixels)
     image = decoded.image
     h, w = image.shape
     clock.lap("decode")
+    area = find_scan_area(image) if trim_margins else None
+    if area is not None and area.is_whole((h, w)):
+        area = None
+    scan = area.crop(image) if area else image
     # a caution, not a gate: the analysis goes on whatever it says
-    input_check = (check_image(image, models.input_ranges, models.input_texture_long_side)
+    input_check = (check_image(scan, models.input_ranges, models.input_texture_long_side)
                    if models.input_ranges else None)
     clock.lap("input_check")
-    mask = segment(image, models)
+    mask = segment(scan, models)
     clock.lap("segment")
     settings = models.settings
-    logit, cam, _, box = classify(image, mask, models)
+    logit, cam, _, box = classify(scan, mask, models)
     logit += settings.logit_shift
     probability = float(sigmoid(logit / settings.temperature))
     if not math.isfinite(probability):
         raise ValueError("the classifier returned a non-finite logit")
     clock.lap("classify")
-    heat = heatmap(cam, box, h, w, settings.crop.size)
+    heat = heatmap(cam, box, *scan.shape, settings.crop.size)
+    if area is not None:
+        mask, heat = area.paste(mask, (h, w)), area.paste(heat, (h, w))
+        if box is not None:
+            box = replace(box, top=box.top + area.top, left=box.left + area.left)
     clock.lap("heatmap")
     lesion_found = bool(mask.any())
     measurements = measure(mask, decoded.pixel_spacing_mm) if lesion_found else None
@@ -247,4 +262,5 @@ def analyze(
         overlays=overlays,
         timings_ms=clock.total(),
         input_check=input_check,
+        scan_area=area,
     )

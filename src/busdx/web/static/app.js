@@ -14,6 +14,7 @@ const els = {
   result: $("result"), results: $("results"), call: $("call"), probText: $("prob-text"),
   bar: $("bar"), fill: $("bar-fill"), marker: $("bar-marker"), bandName: $("band-name"),
   bandText: $("band-text"), note: $("note"), inputWarnings: $("input-warnings"),
+  scanNote: $("scan-note"),
   measures: $("measures-body"),
   timingsSummary: $("timings-summary"), timingsList: $("timings-list"), version: $("version"),
   operatingNote: $("operating-note"),
@@ -157,6 +158,10 @@ function renderResult(r) {
     return p;
   }));
   els.inputWarnings.hidden = warnings.length === 0;
+  const area = r.image && r.image.scan_area;
+  els.scanNote.textContent = area ? `Black frame cut off: the ${area.width} x ${area.height} ` +
+    `pixel scan area was analysed (the frame is not part of the scan).` : "";
+  els.scanNote.hidden = !area;
   renderMeasurements(r);
   renderTimings(r.timings_ms);
   els.operatingNote.textContent = operatingNote;

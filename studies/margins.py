@@ -1,0 +1,128 @@
+"""What does a black frame around the scan do to the product, and does cutting it off undo it?
+
+BUS-BRA's images are cut to the scan area; a screen capture or another system's export often
+is not. Each VALIDATION image (patient-wise, fold 5 not read) is put in a black frame (pixel
+values 0-3 of 255, as a compressed capture's black) of a few shapes, and goes through the
+product's own analysis twice: as served (``busdx.inference.analyze``, which cuts the frame off:
+busdx.inference.scan_area) and with the cut turned off (``trim_margins=False``). Per condition:
+the AUC, sensitivity and specificity at the frozen threshold, how many calls flip against the
+unframed image, and how far the calibrated probability moves. A frame on the bottom edge alone
+is not cut (a faded far field looks the same), and the study shows what that costs.
+
+Descriptive: no model or threshold is chosen by it.
+
+    python studies/margins.py --data ../shared/data/busbra --out reports/studies
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("margins")
+
+SEED = 0
+# (top, bottom, left, right) as fractions of the image's height and width
+FRAMES = {
+    "none": (0.0, 0.0, 0.0, 0.0),
+    "sides 25%": (0.0, 0.0, 0.25, 0.25),
+    "all edges 15%": (0.15, 0.15, 0.15, 0.15),
+    "top 10%, sides 30%": (0.10, 0.0, 0.30, 0.30),
+    "bottom 20% only": (0.0, 0.20, 0.0, 0.0),
+}
+
+
+def frame(image: np.ndarray, edges: tuple[float, float, float, float],
+          rng: np.random.Generator) -> np.ndarray:
+    """``image`` in a black frame whose edges are the given fractions of its size."""
+    h, w = image.shape
+    top, bottom = round(edges[0] * h), round(edges[1] * h)
+    left, right = round(edges[2] * w), round(edges[3] * w)
+    out = (rng.integers(0, 4, (top + h + bottom, left + w + right)) / 255).astype(np.float32)
+    out[top:top + h, left:left + w] = image
+    return out
+
+
+def collect(data: str, models_dir: str | None, threads: int) -> dict:
+    from tqdm import tqdm
+
+    from busdx.data.index import load_index, resolve_root
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.inference.decode import decode
+    from busdx.inference.models import Models
+    from busdx.inference.pipeline import analyze
+
+    models = Models.load(models_dir, threads=threads)
+    records = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5)).val
+    rows: dict[str, list[dict]] = {}
+    for i, r in enumerate(tqdm(records, desc="validation images")):
+        image = decode(str(r.image_path)).image
+        for name, edges in FRAMES.items():
+            framed = frame(image, edges, np.random.default_rng([SEED, i]))
+            for trim in (True, False) if name != "none" else (True,):
+                a = analyze(framed, models, render_overlays=False, trim_margins=trim)
+                key = name if name == "none" else f"{name}, {'cut' if trim else 'not cut'}"
+                rows.setdefault(key, []).append({
+                    "id": r.id, "label": r.label, "probability": a.probability,
+                    "malignant": a.label == "malignant", "cut": a.scan_area is not None})
+    return {"threshold": models.settings.threshold, "model_version": models.version,
+            "rows": rows}
+
+
+def summarise(collected: dict) -> dict:
+    from busdx.evaluation.classification import roc_auc
+
+    rows = collected["rows"]
+    base = rows["none"]
+    y = np.array([r["label"] for r in base])
+    base_p = np.array([r["probability"] for r in base])
+    base_call = np.array([r["malignant"] for r in base])
+    out = {}
+    for name, part in rows.items():
+        p = np.array([r["probability"] for r in part])
+        call = np.array([r["malignant"] for r in part])
+        out[name] = {
+            "auc": roc_auc(y, p),
+            "sensitivity": float(call[y == 1].mean()),
+            "specificity": float((~call[y == 0]).mean()),
+            "calls_flipped": int((call != base_call).sum()),
+            "mean_abs_probability_change": float(np.abs(p - base_p).mean()),
+            "images_cut": int(sum(r["cut"] for r in part)),
+        }
+    return {
+        "question": "what does a black frame around the scan do to the calls, and does cutting "
+                    "it off (busdx.inference.scan_area) undo it?",
+        "split": "validation (fold 5 not read)",
+        "n": len(base), "malignant": int(y.sum()),
+        "model_version": collected["model_version"], "threshold": collected["threshold"],
+        "frames": {k: list(v) for k, v in FRAMES.items()},
+        "conditions": out,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="BUS-BRA root")
+    parser.add_argument("--models", default=None, help="models folder (default: the bundled)")
+    parser.add_argument("--out", default="reports/studies")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    result = summarise(collect(args.data, args.models, args.threads))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "margins.json").write_text(json.dumps(result, indent=2) + "\n")
+    for name, c in result["conditions"].items():
+        log.info("%-32s AUC %.3f  sensitivity %.3f  specificity %.3f  flipped %3d  cut %3d",
+                 name, c["auc"], c["sensitivity"], c["specificity"], c["calls_flipped"],
+                 c["images_cut"])
+    log.info("wrote %s", out / "margins.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""The scan area: a screen capture's black frame is cut off before the networks see the image,
+and an image already cut to its scan area (all of BUS-BRA's) is analysed exactly as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from busdx.data.index import load_index
+from busdx.data.preprocess import load_gray
+from busdx.inference.models import Models
+from busdx.inference.pipeline import analyze
+from busdx.inference.scan_area import ScanArea, find_scan_area
+from stand_in_models import build_stand_in_models, real_models_dir
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Models:
+    directory = real_models_dir() or build_stand_in_models(tmp_path_factory.mktemp("models"))
+    return Models.load(directory, threads=1)
+
+
+@pytest.fixture(scope="module")
+def scan(fixtures_root) -> np.ndarray:
+    return load_gray(load_index(fixtures_root).records[2].image_path)
+
+
+def _framed(image: np.ndarray, top: int, bottom: int, left: int, right: int,
+            noise: bool = True) -> np.ndarray:
+    h, w = image.shape
+    out = np.zeros((top + h + bottom, left + w + right), dtype=np.float32)
+    if noise:  # a JPEG'd black frame is not exactly 0
+        out += np.random.default_rng(0).integers(0, 4, out.shape) / 255
+    out[top:top + h, left:left + w] = image
+    return out
+
+
+def test_a_black_frame_is_found_exactly(scan):
+    h, w = scan.shape
+    assert find_scan_area(scan).is_whole(scan.shape)
+    area = find_scan_area(_framed(scan, 40, 60, 90, 70))
+    assert area == ScanArea(40, 40 + h, 90, 90 + w)
+
+
+def test_a_framed_image_is_analysed_as_its_scan_area(scan, models):
+    h, w = scan.shape
+    plain = analyze(scan, models, render_overlays=False)
+    assert plain.scan_area is None
+    framed = _framed(scan, 40, 60, 90, 70)
+    a = analyze(framed, models, render_overlays=False)
+    assert a.scan_area == ScanArea(40, 40 + h, 90, 90 + w)
+    assert a.logit == pytest.approx(plain.logit, abs=1e-5)
+    assert a.label == plain.label and a.risk.name == plain.risk.name
+    # the outputs are on the whole image's grid, nothing of them in the frame
+    assert a.mask.shape == framed.shape and a.heatmap.shape == framed.shape
+    np.testing.assert_array_equal(a.mask[40:40 + h, 90:90 + w], plain.mask)
+    assert a.mask.sum() == plain.mask.sum()
+    np.testing.assert_allclose(a.heatmap[40:40 + h, 90:90 + w], plain.heatmap, atol=1e-6)
+    if plain.crop_box is not None:
+        assert (a.crop_box.top, a.crop_box.left) == (plain.crop_box.top + 40,
+                                                     plain.crop_box.left + 90)
+    assert a.measurements == plain.measurements
+    assert a.to_json(images=False)["image"]["scan_area"] == {"top": 40, "left": 90, "width": w,
+                                                             "height": h}
+    # the frame analysed as part of the image reads differently: that is what the cut is for
+    whole = analyze(framed, models, render_overlays=False, trim_margins=False)
+    assert whole.scan_area is None and whole.logit != pytest.approx(plain.logit, abs=1e-5)
+
+
+def test_a_dark_far_field_alone_is_not_cut(scan):
+    """Deep rows where the echo has faded look like a margin; without a frame elsewhere the
+    bottom is kept, as on 20 of BUS-BRA's scans."""
+    h, w = scan.shape
+    assert find_scan_area(_framed(scan, 0, 80, 0, 0)).is_whole((h + 80, w))
+    # in a frame, the bottom margin goes too
+    assert find_scan_area(_framed(scan, 0, 80, 30, 0)) == ScanArea(0, h, 30, 30 + w)
+
+
+def test_text_in_the_frame_stops_the_cut(scan):
+    h, w = scan.shape
+    framed = _framed(scan, 0, 0, 100, 0, noise=False)
+    framed[10:30, 20:60] = 0.9  # a label burned into the frame
+    area = find_scan_area(framed)
+    assert area.left == 20 and area.right == 100 + w
+
+
+def test_a_mostly_black_image_is_analysed_whole():
+    image = np.zeros((300, 400), dtype=np.float32)
+    image[100:130, 100:130] = 0.5
+    assert find_scan_area(image).is_whole(image.shape)
+    assert find_scan_area(np.zeros((50, 50), dtype=np.float32)).is_whole((50, 50))
+
+
+@pytest.mark.full_data
+def test_every_busbra_scan_is_its_own_scan_area(busbra_root):
+    """The networks were trained, and the card scored, on these images uncut: the cut must
+    leave every one of them alone."""
+    cut = []
+    for r in load_index(busbra_root).records:
+        image = load_gray(r.image_path)
+        if not find_scan_area(image).is_whole(image.shape):
+            cut.append(r.id)
+    assert cut == []
+
+
+def test_the_api_and_the_csv_say_what_was_analysed(scan, models, tmp_path):
+    import csv
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from busdx.api.app import create_app
+    from busdx.cli.main import main
+
+    h, w = scan.shape
+    framed = (_framed(scan, 20, 30, 50, 40) * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(framed).save(buffer, format="PNG")
+    (tmp_path / "framed.png").write_bytes(buffer.getvalue())
+    with TestClient(create_app(models.directory)) as client:
+        body = client.post("/api/analyze", files={"file": ("framed.png", buffer.getvalue(),
+                                                           "image/png")}).json()
+    assert body["image"]["scan_area"] == {"top": 20, "left": 50, "width": w, "height": h}
+    assert (body["image"]["width"], body["image"]["height"]) == (w + 90, h + 50)
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_path / "framed.png"), "--csv", str(out), "--models",
+                 str(models.directory)]) == 0
+    with out.open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["scan_area"] == f"50 20 {w} {h}"

@@ -2,15 +2,15 @@
 
 BUS-BRA's images are cut to the scan area, and the networks learned from them. A screen capture
 or an export from another system often puts the scan in a black frame; the segmenter then sees
-a smaller lesion and the two-view classifier a shrunken scan. On the validation images, black
-margins of 15-30% lowered the AUC by about 0.02 and the sensitivity at the frozen threshold by
-0.05-0.11 (``studies/margins.py``, ``reports/studies/margins.json``). Cutting them off first
-gives the networks the image they were trained on.
+a smaller lesion and the two-view classifier a shrunken scan. On the validation images a black
+frame lowers the AUC and, more, the sensitivity at the frozen threshold, and cutting it off first
+gives the networks the image they were trained on (``studies/margins.py`` measures both;
+``reports/studies/margins.json``).
 
 A margin is a run of border rows (columns) in which fewer than ``fraction`` of the pixels are
 above ``level``: black, give or take compression noise. Text or a scale bar in the margin stops
 the cut there, so nothing that might be tissue is removed. The bottom edge is special: deep in
-the breast the echo fades, and 20 of BUS-BRA's 1,875 scans end in rows as black as a margin.
+the breast the echo fades, and some of BUS-BRA's scans end in rows as black as a margin.
 The bottom is therefore cut only when another edge had a margin (the image is framed), and an
 image cut to its scan area, as BUS-BRA's all are, is left exactly as it is (a test checks this on
 the whole dataset). numpy only.

@@ -294,3 +294,36 @@ def test_two_views_of_one_lesion_give_one_lesion_reading(server, browser, fixtur
     assert page.locator("#lesion").is_hidden()
     assert not errors, errors
     page.close()
+
+
+def test_a_dual_view_capture_is_read_as_one_lesion_from_its_panes(server, browser, fixtures_root,
+                                                                  tmp_path, output_dir):
+    import numpy as np
+    from PIL import Image
+
+    left, right = (np.asarray(Image.open(fixtures_root / "Images" / f"bus_0007-{s}.png")
+                              .convert("L")) for s in "lr")
+    h = max(left.shape[0], right.shape[0])
+    capture = np.zeros((h + 40, left.shape[1] + right.shape[1] + 60), np.uint8)
+    capture[20:20 + left.shape[0], 20:20 + left.shape[1]] = left
+    capture[20:20 + right.shape[0], 40 + left.shape[1]:40 + left.shape[1] + right.shape[1]] = right
+    path = tmp_path / "dual.png"
+    Image.fromarray(capture).save(path)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server + "/")
+    page.check("#dual-view")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#lesion:not([hidden])", timeout=90_000)
+    assert page.locator("#view-buttons button").count() == 2
+    assert "dual.png, left pane" in page.locator("#view-title").inner_text()
+    assert "read from 2 views" in page.locator("#lesion-title").inner_text()
+    page.screenshot(path=str(output_dir / "browser-dual-view.png"), full_page=True)
+    # a single scan given as a dual view: the reader is told why, and nothing is shown as read
+    page.keyboard.press("n")
+    page.set_input_files("#file", str(fixtures_root / "Images" / "bus_0007-l.png"))
+    page.wait_for_selector("#error:not([hidden])", timeout=60_000)
+    assert "dual-view capture" in page.locator("#error").inner_text()
+    assert not errors, errors
+    page.close()

@@ -129,3 +129,106 @@ def test_the_api_and_the_csv_say_what_was_analysed(scan, models, tmp_path):
     with out.open(newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["scan_area"] == f"50 20 {w} {h}"
+
+
+# ------------------------------------------------------------------------ dual-view captures
+
+
+def _capture(fixtures_root, gap: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BUS-BRA's bus_0007 halves put back side by side, as a scanner's dual view shows them,
+    in a black frame."""
+    left = load_gray(fixtures_root / "Images" / "bus_0007-l.png")
+    right = load_gray(fixtures_root / "Images" / "bus_0007-r.png")
+    h = max(left.shape[0], right.shape[0])
+    capture = np.zeros((h + 60, left.shape[1] + gap + right.shape[1] + 100), np.float32)
+    capture[30:30 + left.shape[0], 50:50 + left.shape[1]] = left
+    x = 50 + left.shape[1] + gap
+    capture[30:30 + right.shape[0], x:x + right.shape[1]] = right
+    return capture, left, right
+
+
+def test_a_dual_view_capture_splits_into_its_two_scans(fixtures_root):
+    from busdx.inference.scan_area import NoDualView, split_dual_view
+
+    capture, left, right = _capture(fixtures_root)
+    a, b = split_dual_view(capture)
+    np.testing.assert_array_equal(a.crop(capture), left)
+    np.testing.assert_array_equal(b.crop(capture), right)
+    # one scan is not a dual view: refused, not cut through the tissue
+    with pytest.raises(NoDualView, match="two files"):
+        split_dual_view(left)
+    with pytest.raises(NoDualView):
+        split_dual_view(_capture(fixtures_root, gap=0)[0])
+
+
+def test_each_pane_reads_as_its_own_image_and_the_lesion_as_both(fixtures_root, models,
+                                                                tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from busdx.cli.main import main
+    from busdx.inference.lesion import read_lesion
+
+    capture, left, right = _capture(fixtures_root)
+    panes = [analyze(capture, models, render_overlays=False, pane=p) for p in ("left", "right")]
+    for pane, image in zip(panes, (left, right), strict=True):
+        alone = analyze(image, models, render_overlays=False)
+        assert pane.logit == pytest.approx(alone.logit, abs=1e-6)
+        assert (pane.width, pane.height) == (image.shape[1], image.shape[0])
+    assert panes[0].to_json(images=False)["image"]["pane"] == {
+        "side": "left", "top": 30, "left": 50, "width": left.shape[1], "height": left.shape[0]}
+    with pytest.raises(ValueError, match="pane"):
+        analyze(capture, models, pane="middle")
+
+    path = tmp_path / "capture.png"
+    Image.fromarray((capture * 255).round().astype(np.uint8)).save(path)
+    if models.settings.lesion_threshold is None:
+        return
+    images, lesions = tmp_path / "images.csv", tmp_path / "lesions.csv"
+    assert main(["predict", str(path), "--dual-view", "--csv", str(images), "--lesions-csv",
+                 str(lesions), "--models", str(models.directory)]) == 0
+    with images.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [f"{path}#left", f"{path}#right"]
+    with lesions.open(newline="") as f:
+        (lesion,) = list(csv.DictReader(f))
+    expected = read_lesion(panes, models.settings.lesion_threshold)
+    assert lesion["views"] == "2" and lesion["lesion"] == str(path)
+    assert float(lesion["probability"]) == pytest.approx(expected.probability, abs=1e-5)
+    # a single scan given as a dual view: an error row per pane, the batch goes on
+    single = tmp_path / "single.png"
+    Image.fromarray((left * 255).round().astype(np.uint8)).save(single)
+    assert main(["predict", str(single), "--dual-view", "--csv", str(images), "--models",
+                 str(models.directory)]) == 0
+    with images.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all("dual-view" in r["error"] for r in rows)
+
+
+def test_the_api_analyses_one_pane_and_refuses_a_capture_without_two(fixtures_root, models):
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from busdx.api.app import create_app
+
+    capture, left, _ = _capture(fixtures_root)
+
+    def png(image: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    with TestClient(create_app(models.directory)) as client:
+        answer = client.post("/api/analyze?pane=right",
+                             files={"file": ("c.png", png(capture), "image/png")})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["image"]["pane"]["side"] == "right"
+        refused = client.post("/api/analyze?pane=left",
+                              files={"file": ("l.png", png(left), "image/png")})
+        assert refused.status_code == 422 and "dual-view" in refused.json()["detail"]
+        bad = client.post("/api/analyze?pane=top", files={"file": ("c.png", png(capture),
+                                                                    "image/png")})
+        assert bad.status_code == 422

@@ -36,6 +36,10 @@ class ScanAreaOut(BaseModel):
     height: int
 
 
+class PaneOut(ScanAreaOut):
+    side: str = Field(description="left or right")
+
+
 class ImageInfo(BaseModel):
     width: int
     height: int
@@ -44,6 +48,9 @@ class ImageInfo(BaseModel):
     scan_area: ScanAreaOut | None = Field(
         None, description="the part analysed when a black frame around the scan was cut off "
         "(null: the whole image)")
+    pane: PaneOut | None = Field(
+        None, description="with ?pane=: the pane analysed, in the capture's pixels (width and "
+        "height above are the pane's)")
 
 
 class Pngs(BaseModel):

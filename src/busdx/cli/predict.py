@@ -1,8 +1,10 @@
 """``busdx predict INPUT [INPUT ...] --csv OUT.csv [--masks-dir DIR] [--overlays-dir DIR]
-[--lesion-pattern REGEX --lesions-csv LESIONS.csv]``.
+[--lesion-pattern REGEX] [--dual-view] [--lesions-csv LESIONS.csv]``.
 
 One CSV row per image file; with ``--lesion-pattern`` and ``--lesions-csv``, also one row per
-lesion, read from all its views (busdx.inference.lesion). A file that cannot be analysed gets a
+lesion, read from all its views (busdx.inference.lesion). With ``--dual-view`` each file is a
+capture of a lesion's two planes side by side: one row per pane, and its panes are the views of
+one lesion. A file that cannot be analysed gets a
 row with ``error`` filled and the batch goes on (exit code 0); only usage errors (nothing to
 analyse, an unwritable CSV, missing models) stop the command with exit code 2. Lengths are in
 ``units`` (mm when the file carries a calibration, else px), areas in ``units`` squared.
@@ -66,7 +68,13 @@ def register(subparsers, groups) -> None:
                              "or '(.*)/[^/]+$' for one folder per lesion; a path it does not "
                              "match is a lesion of its own")
     parser.add_argument("--lesions-csv", type=Path, metavar="OUT.csv",
-                        help="with --lesion-pattern: one row per lesion, read from its views")
+                        help="with --lesion-pattern or --dual-view: one row per lesion, read "
+                             "from its views")
+    parser.add_argument("--dual-view", action="store_true",
+                        help="each file is a dual-view capture (a lesion's two planes side by "
+                             "side, split at the black gap between them): its panes get a row "
+                             "each (path#left, path#right) and are two views of one lesion, "
+                             "one lesion per file unless --lesion-pattern groups files")
     parser.add_argument("--models", type=Path, metavar="DIR",
                         help="models folder (default: $BUSDX_MODELS, else the bundled models/)")
     parser.set_defaults(func=run)
@@ -214,9 +222,14 @@ def run(args: argparse.Namespace) -> int:
     from busdx.inference import Models, analyze
     from busdx.inference.lesion import ViewScore, compile_pattern, lesion_key
 
-    if (args.lesion_pattern is None) != (args.lesions_csv is None):
-        raise BusdxError("--lesion-pattern and --lesions-csv go together")
+    if args.lesion_pattern is not None and args.lesions_csv is None:
+        raise BusdxError("--lesion-pattern needs --lesions-csv (where the lesions' rows go)")
+    if args.lesions_csv is not None and args.lesion_pattern is None and not args.dual_view:
+        raise BusdxError("--lesions-csv needs --lesion-pattern or --dual-view (which files are "
+                         "views of one lesion)")
     pattern = compile_pattern(args.lesion_pattern)
+    by_lesion = args.lesions_csv is not None
+    panes = ("left", "right") if args.dual_view else (None,)
     files = collect(args.inputs)
     if not files:
         raise BusdxError("no image files found in the inputs")
@@ -224,13 +237,14 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         log.warning("not found (error rows written): %s", ", ".join(missing))
     models = Models.load(args.models)
-    if pattern is not None and models.settings.lesion_threshold is None:
-        raise BusdxError("these models' card offers no lesion reading: leave out --lesion-pattern")
+    if by_lesion and models.settings.lesion_threshold is None:
+        raise BusdxError("these models' card offers no lesion reading: leave out "
+                         "--lesions-csv and --lesion-pattern")
     _make_dir(args.masks_dir)
     _make_dir(args.overlays_dir)
     out = _open_csv(args.csv)
     # opened now, so that an unwritable path stops the command before the batch, not after it
-    lesions_out = _open_csv(args.lesions_csv) if pattern is not None else None
+    lesions_out = _open_csv(args.lesions_csv) if by_lesion else None
     name = _Namer()
     failed = unusual = 0
     views: dict[str, list] = {}
@@ -239,25 +253,31 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
         for path in bar:
-            try:
-                analysis = analyze(path, models, render_overlays=False)
-                row = row_for(path, analysis)
-                unusual += bool(row["input_unusual"])
-                _write_outputs(name(path), analysis, args.masks_dir, args.overlays_dir)
-                if pattern is not None:
-                    views.setdefault(lesion_key(path, pattern), []).append(
-                        (path, ViewScore.of(analysis)))
-            except (ImageError, BusdxError, OSError, ValueError) as err:
-                failed += 1
-                if pattern is not None:
-                    failed_views.setdefault(lesion_key(path, pattern), []).append(str(path))
-                message = str(err) or type(err).__name__
-                row = {key: "" for key in COLUMNS} | {"path": str(path), "error": message}
-                log.debug("failed: %s: %s", path, message)
-            writer.writerow(row)
-            out.flush()
-    log.info("%d images analysed, %d failed; results in %s", len(files) - failed, failed, args.csv)
-    if pattern is not None:
+            for pane in panes:
+                # a pane is named like BUS-BRA's halves: <stem>-left.png beside <stem>-right.png
+                view = path if pane is None else Path(f"{path}#{pane}")
+                stem = path if pane is None else path.with_name(f"{path.stem}-{pane}.png")
+                try:
+                    analysis = analyze(path, models, render_overlays=False, pane=pane)
+                    row = row_for(view, analysis)
+                    unusual += bool(row["input_unusual"])
+                    _write_outputs(name(stem), analysis, args.masks_dir, args.overlays_dir)
+                    if by_lesion:
+                        views.setdefault(lesion_key(path, pattern), []).append(
+                            (view, ViewScore.of(analysis)))
+                except (ImageError, BusdxError, OSError, ValueError) as err:
+                    failed += 1
+                    if by_lesion:
+                        failed_views.setdefault(lesion_key(path, pattern), []).append(str(view))
+                    message = str(err) or type(err).__name__
+                    row = {key: "" for key in COLUMNS} | {"path": str(view), "error": message}
+                    log.debug("failed: %s: %s", view, message)
+                writer.writerow(row)
+                out.flush()
+    total = len(files) * len(panes)
+    log.info("%d %s analysed, %d failed; results in %s", total - failed,
+             "panes" if args.dual_view else "images", failed, args.csv)
+    if by_lesion:
         rows = lesion_rows(views, failed_views, models.settings.lesion_threshold)
         with lesions_out:
             writer = csv.DictWriter(lesions_out, fieldnames=LESION_COLUMNS)
@@ -266,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         several = sum(int(r["views"] or 0) > 1 for r in rows)
         log.info("%d lesions (%d read from several views); results in %s", len(rows), several,
                  args.lesions_csv)
-        if several == 0 and len(files) > 1:
+        if several == 0 and len(files) > 1 and not args.dual_view:
             log.warning("--lesion-pattern put every file in a lesion of its own: check that its "
                         "first group names what the views of one lesion share")
     if unusual:

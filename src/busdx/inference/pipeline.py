@@ -36,7 +36,7 @@ from busdx.inference.models import ClassifierSettings, Models
 from busdx.inference.overlay import Overlays, render
 from busdx.inference.quality import InputCheck, check_image
 from busdx.inference.risk import RiskBand, risk_band
-from busdx.inference.scan_area import ScanArea, find_scan_area
+from busdx.inference.scan_area import PANES, ScanArea, find_scan_area, split_dual_view
 from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
 
 NO_LESION_NOTE = (
@@ -79,6 +79,8 @@ class Analysis:
     input_check: InputCheck | None = None
     # the part analysed when black margins were cut off (None: the whole image)
     scan_area: ScanArea | None = None
+    # of a dual-view capture: which pane ("left" or "right") and where it is in the capture
+    pane: tuple[str, ScanArea] | None = None
 
     def to_json(self, images: bool = True) -> dict[str, Any]:
         """The API's answer: plain JSON types, the PNGs base64-encoded."""
@@ -99,6 +101,7 @@ class Analysis:
                 "format": self.format,
                 "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
                 "scan_area": self.scan_area.as_dict() if self.scan_area else None,
+                "pane": {"side": self.pane[0], **self.pane[1].as_dict()} if self.pane else None,
             },
             "timings_ms": self.timings_ms,
             "model_version": self.model_version,
@@ -203,11 +206,20 @@ def analyze(
     render_overlays: bool = True,
     max_pixels: int = MAX_PIXELS,
     trim_margins: bool = True,
+    pane: str | None = None,
 ) -> Analysis:
     """Analyse one image: bytes of a file, a path, an array, or an already decoded image.
-    ``trim_margins=False`` analyses the whole image, black frame and all (for studies)."""
+    ``trim_margins=False`` analyses the whole image, black frame and all (for studies).
+    ``pane`` ("left" or "right"): the image is a dual-view capture, and that pane of it is
+    analysed (busdx.inference.scan_area.split_dual_view); the result describes the pane."""
     clock = _Clock()
     decoded = source if isinstance(source, DecodedImage) else decode(source, max_pixels)
+    where = None
+    if pane is not None:
+        if pane not in PANES:
+            raise ValueError(f"pane must be one of {', '.join(PANES)}, not {pane!r}")
+        where = (pane, split_dual_view(decoded.image)[PANES.index(pane)])
+        decoded = replace(decoded, image=np.ascontiguousarray(where[1].crop(decoded.image)))
     image = decoded.image
     h, w = image.shape
     clock.lap("decode")
@@ -263,4 +275,5 @@ def analyze(
         timings_ms=clock.total(),
         input_check=input_check,
         scan_area=area,
+        pane=where,
     )

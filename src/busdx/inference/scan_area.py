@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from busdx.inference.errors import InputError
+
 # gray level at or below which a pixel is black (8-bit 4: compression noise on a black frame)
 LEVEL = 4 / 255
 # a border row or column is margin when fewer than this fraction of its pixels are brighter
@@ -29,6 +31,13 @@ FRACTION = 0.02
 # a scan area smaller than this share of the image's side is not believed: the image is
 # mostly black, and is analysed whole
 MIN_SHARE = 0.2
+# a dual-view capture's gap between its panes is looked for in this band of its scan area's width
+GAP_BAND = (0.3, 0.7)
+PANES = ("left", "right")
+
+
+class NoDualView(InputError):
+    """A capture given as dual-view in which no gap between two panes can be found."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,11 @@ class ScanArea:
     def as_dict(self) -> dict[str, int]:
         return {"top": self.top, "left": self.left, "width": self.width, "height": self.height}
 
+    def within(self, outer: ScanArea) -> ScanArea:
+        """This area, found in ``outer``'s crop, in the coordinates of ``outer``'s image."""
+        return ScanArea(self.top + outer.top, self.bottom + outer.top, self.left + outer.left,
+                        self.right + outer.left)
+
 
 def _margin(lit: np.ndarray) -> int:
     """How many leading entries of ``lit`` (per row or column: share of bright pixels) are
@@ -83,3 +97,35 @@ def find_scan_area(image: np.ndarray) -> ScanArea:
     if area.height < MIN_SHARE * h or area.width < MIN_SHARE * w:
         return ScanArea(0, h, 0, w)
     return area
+
+
+def split_dual_view(image: np.ndarray) -> tuple[ScanArea, ScanArea]:
+    """The two panes (left, right) of a dual-view capture: two scans side by side, as scanners
+    show a lesion's two planes and as BUS-BRA's -l/-r images were cut from. The panes are split
+    at the black gap between them nearest the middle (looked for in ``GAP_BAND`` of the scan
+    area's width), and each pane is cut to its own scan area. Without such a gap the capture is
+    refused (NoDualView) rather than cut through tissue at a guess."""
+    outer = find_scan_area(image)
+    part = outer.crop(image)
+    w = part.shape[1]
+    dark = (part > LEVEL).mean(axis=0) < FRACTION
+    lo, hi = int(GAP_BAND[0] * w), int(GAP_BAND[1] * w)
+    gaps = np.flatnonzero(dark[lo:hi]) + lo
+    if gaps.size == 0:
+        raise NoDualView("no black gap between two panes near the middle of the image: it does "
+                         "not look like a dual-view capture (give the two views as two files)")
+    # the gap's column nearest the middle, and the run of gap columns around it
+    middle = int(gaps[np.argmin(np.abs(gaps - w / 2))])
+    start, stop = middle, middle + 1
+    while start > 0 and dark[start - 1]:
+        start -= 1
+    while stop < w and dark[stop]:
+        stop += 1
+    panes = []
+    for left, right in ((0, start), (stop, w)):
+        pane = ScanArea(0, part.shape[0], left, right)
+        panes.append(find_scan_area(pane.crop(part)).within(pane).within(outer))
+    if min(p.width for p in panes) < MIN_SHARE * w / 2:
+        raise NoDualView("one side of the gap is too narrow to be a pane: it does not look like "
+                         "a dual-view capture (give the two views as two files)")
+    return panes[0], panes[1]

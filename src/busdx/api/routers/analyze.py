@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from busdx.api.schemas import AnalyzeResponse
 from busdx.data.preprocess import ImageError
@@ -53,7 +53,7 @@ OPENAPI_BODY = {
 }
 
 
-def _decode_and_analyze(data: bytes, models, max_pixels: int):
+def _decode_and_analyze(data: bytes, models, max_pixels: int, pane: str | None = None):
     """Decode (every failure is the input's: a 4xx) then analyse; timings include the decode."""
     start = time.perf_counter()
     try:
@@ -63,7 +63,7 @@ def _decode_and_analyze(data: bytes, models, max_pixels: int):
     except Exception as err:  # a decoder failing on odd input is still the input's problem
         raise InputError("the image could not be decoded") from err
     decode_ms = round((time.perf_counter() - start) * 1000.0, 2)
-    result = run_analysis(decoded, models, render_overlays=True)
+    result = run_analysis(decoded, models, render_overlays=True, pane=pane)
     result.timings_ms["decode"] = decode_ms
     result.timings_ms["total"] = round(result.timings_ms.get("total", 0.0) + decode_ms, 2)
     return result
@@ -75,19 +75,26 @@ def _decode_and_analyze(data: bytes, models, max_pixels: int):
     description=(
         "Segments the lesion, gives the calibrated probability of malignancy, the call at the "
         "validated threshold, the risk band, measurements, a heatmap and overlays (base64 "
-        "PNGs). Decision support, not a diagnosis."
+        "PNGs). With `pane=left` or `pane=right` the image is a dual-view capture (two "
+        "planes of one lesion side by side) and that pane is analysed; read the lesion from "
+        "both with /api/lesion. Decision support, not a diagnosis."
     ),
     response_model=AnalyzeResponse,
     responses=ERROR_RESPONSES,
     openapi_extra=OPENAPI_BODY,
 )
-async def analyze(request: Request) -> dict[str, Any]:
+async def analyze(
+    request: Request,
+    pane: Literal["left", "right"] | None = Query(
+        None, description="analyse this pane of a dual-view capture (422 when the image has no "
+                          "black gap between two panes near its middle)"),
+) -> dict[str, Any]:
     state = request.app.state
     data = await read_upload_from(request, state.limits.max_upload_bytes)
     # Inference runs in worker threads (at most ``concurrency`` at once, which bounds memory)
     # so /api/health keeps answering during an analysis.
     result = await anyio.to_thread.run_sync(
-        partial(_decode_and_analyze, data, state.models, state.limits.max_pixels),
+        partial(_decode_and_analyze, data, state.models, state.limits.max_pixels, pane),
         limiter=state.limiter,
     )
     del data

@@ -22,8 +22,9 @@ const els = {
   lesion: $("lesion"), lesionTitle: $("lesion-title"), lesionCall: $("lesion-call"),
   lesionProb: $("lesion-prob"), lesionBandName: $("lesion-band-name"),
   lesionBandText: $("lesion-band-text"), lesionNote: $("lesion-note"),
-  viewButtons: $("view-buttons"), viewTitle: $("view-title"),
+  viewButtons: $("view-buttons"), viewTitle: $("view-title"), dualView: $("dual-view"),
 };
+const PANES = ["left", "right"];
 
 let busy = false;
 
@@ -210,13 +211,15 @@ function checkFile(file) {
   return "";
 }
 
-// One image through /api/analyze; throws an Error whose message is for the reader.
-async function analyzeOne(file) {
+// One image (or one pane of a dual-view capture) through /api/analyze; throws an Error whose
+// message is for the reader.
+async function analyzeOne(file, pane = null) {
   const form = new FormData();
   form.append("file", file);
   let response;
   try {
-    response = await fetch("/api/analyze", { method: "POST", body: form });
+    const url = pane ? `/api/analyze?pane=${pane}` : "/api/analyze";
+    response = await fetch(url, { method: "POST", body: form });
   } catch (_) {
     throw new Error("The server could not be reached. Is busdx serve still running?");
   }
@@ -262,24 +265,29 @@ async function analyze(file) {
   });
 }
 
-// The views of one lesion: each analysed as one image, then read together by /api/lesion.
-async function analyzeLesion(files) {
+// The views of one lesion: each analysed as one image (each pane of each file for dual-view
+// captures), then read together by /api/lesion.
+async function analyzeLesion(files, dual) {
   if (busy) return;
   showError("");
-  if (files.length > MAX_VIEWS) {
-    showError(`${files.length} files: give at most ${MAX_VIEWS} views of one lesion.`);
+  const jobs = dual
+    ? files.flatMap((file) => PANES.map((pane) => ({ file, pane, name: `${file.name}, ${pane} pane` })))
+    : files.map((file) => ({ file, pane: null, name: file.name }));
+  if (jobs.length > MAX_VIEWS) {
+    showError(`${jobs.length} views: give at most ${MAX_VIEWS} views of one lesion` +
+      (dual ? ` (${MAX_VIEWS / 2} dual-view captures).` : "."));
     return;
   }
   const problem = files.map(checkFile).find((text) => text);
   if (problem) { showError(problem); return; }
   await whileBusy(async () => {
     const views = [];
-    for (const [i, file] of files.entries()) {
-      setStatus(`Analysing view ${i + 1} of ${files.length} (${file.name})…`, true);
+    for (const [i, job] of jobs.entries()) {
+      setStatus(`Analysing view ${i + 1} of ${jobs.length} (${job.name})…`, true);
       try {
-        views.push({ name: file.name, result: await analyzeOne(file) });
+        views.push({ name: job.name, result: await analyzeOne(job.file, job.pane) });
       } catch (err) {
-        throw new Error(`${file.name}: ${err.message}`);
+        throw new Error(`${job.name}: ${err.message}`);
       }
     }
     setStatus("Reading the lesion from its views…", true);
@@ -300,8 +308,9 @@ async function analyzeLesion(files) {
 
 function analyzeFiles(list) {
   const files = Array.from(list || []);
-  if (files.length === 1) analyze(files[0]);
-  else if (files.length > 1) analyzeLesion(files);
+  if (els.dualView.checked && files.length > 0) analyzeLesion(files, true);
+  else if (files.length === 1) analyze(files[0]);
+  else if (files.length > 1) analyzeLesion(files, false);
 }
 
 function showView(views, index) {

@@ -371,3 +371,28 @@ def test_margins_study_reproduces_its_recorded_answer(busbra_root):
     for name in ("sides 25%, cut", "all edges 15%, cut", "top 10%, sides 30%, cut"):
         assert result["conditions"][name]["calls_flipped"] == 0, name
         assert result["conditions"][name]["images_cut"] == result["n"], name
+
+
+def test_dual_view_captures_put_the_halves_side_by_side_in_a_frame():
+    study = _load("dual_view")
+    left, right = np.full((50, 40), 0.5, np.float32), np.full((60, 30), 0.7, np.float32)
+    image = study.capture(left, right, np.random.default_rng(0))
+    f, g = study.FRAME, study.GAP
+    assert image.shape == (60 + 2 * f, 40 + g + 30 + 2 * f)
+    np.testing.assert_array_equal(image[f:f + 50, f:f + 40], left)
+    np.testing.assert_array_equal(image[f:f + 60, f + 40 + g:f + 40 + g + 30], right)
+    assert image[f:f + 50, f + 40:f + 40 + g].max() <= 3 / 255
+
+
+@pytest.mark.full_data
+def test_dual_view_study_reproduces_its_recorded_answer(busbra_root):
+    study = _load("dual_view")
+    recorded = json.loads((ROOT / "reports" / "studies" / "dual_view.json").read_text())
+    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
+    assert result["model_version"] == recorded["model_version"]
+    assert result["captures_split_exactly"] == recorded["captures_split_exactly"]
+    for name, c in recorded["readings"].items():
+        assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
+        assert result["readings"][name]["calls_unlike_halves"] == c["calls_unlike_halves"]
+    # what --dual-view promises: the split capture is called as its two files are
+    assert result["readings"]["split"]["calls_unlike_halves"] == 0

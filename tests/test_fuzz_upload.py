@@ -161,3 +161,23 @@ def test_mutate_is_deterministic_and_changes_bytes():
     out = mutate(data, mutations)
     assert len(out) == 127 and out[3] == data[3] ^ 2
     assert np.frombuffer(out, np.uint8)[4:].tolist() == list(range(4, 127))
+
+
+@FUZZ
+@given(width=st.integers(2, 300), height=st.integers(2, 120), start=st.floats(0.0, 1.0),
+       span=st.floats(0.0, 0.6), side=st.sampled_from(["left", "right"]))
+def test_any_image_given_as_a_dual_view_is_split_or_refused(client, width, height, start, span,
+                                                            side):
+    """Noise with a black band anywhere (or nowhere): a pane is analysed, or the capture is
+    refused with a reason; never a 500."""
+    rng = np.random.default_rng(width * 1000 + height)
+    image = (rng.random((height, width)) * 255).astype(np.uint8)
+    a = int(start * width)
+    image[:, a:min(width, a + int(span * width))] = 0
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    response = client.post(f"/api/analyze?pane={side}",
+                           files={"file": ("dual.png", buf.getvalue(), "image/png")})
+    _check(response)
+    if response.status_code == 200:
+        assert response.json()["image"]["pane"]["side"] == side

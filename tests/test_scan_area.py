@@ -159,6 +159,8 @@ def test_a_dual_view_capture_splits_into_its_two_scans(fixtures_root):
         split_dual_view(left)
     with pytest.raises(NoDualView):
         split_dual_view(_capture(fixtures_root, gap=0)[0])
+    with pytest.raises(NoDualView, match="too narrow"):
+        split_dual_view(np.zeros((300, 400), np.float32))
 
 
 def test_each_pane_reads_as_its_own_image_and_the_lesion_as_both(fixtures_root, models,

@@ -121,6 +121,9 @@ def split_dual_view(image: np.ndarray) -> tuple[ScanArea, ScanArea]:
         start -= 1
     while stop < w and dark[stop]:
         stop += 1
+    if min(start, w - stop) < MIN_SHARE * w / 2:
+        raise NoDualView("one side of the gap is too narrow to be a pane: it does not look like "
+                         "a dual-view capture (give the two views as two files)")
     panes = []
     for left, right in ((0, start), (stop, w)):
         pane = ScanArea(0, part.shape[0], left, right)

@@ -329,3 +329,25 @@ def test_a_lesion_pattern_needs_models_with_a_lesion_reading(fixtures_root, tmp_
     rc = main(["evaluate", "external", "--data", str(tmp_path / "busi"), "--out",
                str(tmp_path / "o"), "--models", str(plain), "--lesion-pattern", r"(bus_\d+)-[lr]"])
     assert rc == 2 and not (tmp_path / "o").exists()
+
+
+def test_a_framed_capture_is_cut_and_counted(fixtures_root, models_dir, tmp_path):
+    records = load_index(fixtures_root).records[:4]
+    gray = np.asarray(Image.open(records[0].image_path).convert("L"))
+    framed = np.zeros((gray.shape[0] + 40, gray.shape[1] + 100), np.uint8)
+    framed[20:20 + gray.shape[0], 50:50 + gray.shape[1]] = gray
+    Image.fromarray(framed).save(tmp_path / "framed.png")
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        w.writerow(["framed.png", records[0].pathology])
+        for r in records[1:]:
+            w.writerow([r.image_path, r.pathology])
+    out = tmp_path / "out"
+    assert main(["evaluate", "external", "--data", str(tmp_path), "--out", str(out),
+                 "--models", str(models_dir), "--reps", "20"]) == 0
+    assert json.loads((out / "external.json").read_text())["framed"] == 1
+    with (out / "external_images.csv").open(newline="") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert rows["framed.png"]["scan_area"] == f"50 20 {gray.shape[1]} {gray.shape[0]}"
+    assert sum(bool(r["scan_area"]) for r in rows.values()) == 1

@@ -248,6 +248,8 @@ class ExternalResult:
             "classification": {**self.classification.to_dict(), **self.reader_sections},
             "segmentation": self.segmentation,
             "input_check": self.input_check,
+            # images whose black frame was cut off before the analysis (busdx.inference.scan_area)
+            "framed": sum(1 for r in self.rows if r.get("scan_area")),
             "lesion_reading": self.lesion_reading,
         }
 
@@ -303,6 +305,9 @@ def evaluate_external(
                    lesion_found=a.lesion_found)
         if a.input_check is not None:
             row["input_unusual"] = a.input_check.outside_text
+        if a.scan_area is not None:  # a black frame was cut off: a site should know
+            area = a.scan_area
+            row["scan_area"] = f"{area.left} {area.top} {area.width} {area.height}"
         if truth is not None:
             served = a.mask.astype(bool)
             d, j = dice(served, truth), iou(served, truth)
@@ -384,5 +389,6 @@ def _input_check_summary(rows: list[dict]) -> dict | None:
 
 
 ROW_COLUMNS: Sequence[str] = ("image", "truth", "probability", "call", "risk_band", "lesion_found",
-                              "input_unusual", "dice", "iou", "lesion", "lesion_probability",
+                              "input_unusual", "scan_area", "dice", "iou", "lesion",
+                              "lesion_probability",
                               "lesion_call", "error", "mask_error")

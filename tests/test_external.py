@@ -351,3 +351,52 @@ def test_a_framed_capture_is_cut_and_counted(fixtures_root, models_dir, tmp_path
         rows = {r["image"]: r for r in csv.DictReader(f)}
     assert rows["framed.png"]["scan_area"] == f"50 20 {gray.shape[1]} {gray.shape[0]}"
     assert sum(bool(r["scan_area"]) for r in rows.values()) == 1
+
+
+def test_dual_view_captures_score_as_their_halves_read_as_lesions(fixtures_root, models_dir,
+                                                                  tmp_path):
+    """Captures made of BUS-BRA's halves (masks too), evaluated with --dual-view, give the
+    numbers of the halves themselves grouped by a lesion column: per pane, per lesion, Dice."""
+    records = {r.id: r for r in load_index(fixtures_root).records}
+    cases = ("bus_0007", "bus_0009", "bus_0358", "bus_0360")
+    captures, halves = tmp_path / "captures", tmp_path / "halves"
+    captures.mkdir()
+    halves.mkdir()
+    with (captures / "labels.csv").open("w", newline="") as f1, \
+            (halves / "labels.csv").open("w", newline="") as f2:
+        a, b = csv.writer(f1), csv.writer(f2)
+        a.writerow(["image", "label", "mask"])
+        b.writerow(["image", "label", "mask", "lesion"])
+        for case in cases:
+            left, right = records[f"{case}-l"], records[f"{case}-r"]
+            for name, attr in (("capture", "image_path"), ("mask", "mask_path")):
+                parts = [np.asarray(Image.open(getattr(r, attr)).convert("L")) for r in (left,
+                                                                                        right)]
+                h = max(p.shape[0] for p in parts)
+                out = np.zeros((h + 40, parts[0].shape[1] + parts[1].shape[1] + 56), np.uint8)
+                out[20:20 + parts[0].shape[0], 20:20 + parts[0].shape[1]] = parts[0]
+                x = 36 + parts[0].shape[1]
+                out[20:20 + parts[1].shape[0], x:x + parts[1].shape[1]] = parts[1]
+                Image.fromarray(out).save(captures / f"{case}_{name}.png")
+            a.writerow([f"{case}_capture.png", left.pathology, f"{case}_mask.png"])
+            for r in (left, right):
+                b.writerow([r.image_path, r.pathology, r.mask_path, case])
+    runs = {}
+    for name, folder, extra in (("captures", captures, ["--dual-view"]), ("halves", halves, [])):
+        out = tmp_path / f"out_{name}"
+        assert main(["evaluate", "external", "--data", str(folder), "--out", str(out),
+                     "--models", str(models_dir), "--reps", "50", *extra]) == 0
+        runs[name] = json.loads((out / "external.json").read_text())
+    c, h = runs["captures"], runs["halves"]
+    assert c["dual_view"] and c["images"] == len(cases) and c["analysed"] == 2 * len(cases)
+    for key in ("auc", "tp", "fp", "tn", "fn"):
+        assert c["classification"][key] == pytest.approx(h["classification"][key]), key
+    assert c["segmentation"]["dice"]["mean"] == pytest.approx(h["segmentation"]["dice"]["mean"])
+    if h["lesion_reading"] and "skipped" not in h["lesion_reading"]:
+        for unit in ("image", "lesion"):
+            for key in ("n", "auc", "tp", "fp", "tn", "fn"):
+                assert c["lesion_reading"][unit][key] == pytest.approx(
+                    h["lesion_reading"][unit][key]), (unit, key)
+    with (tmp_path / "out_captures" / "external_images.csv").open(newline="") as f:
+        names = [r["image"] for r in csv.DictReader(f)]
+    assert names[:2] == ["bus_0007_capture.png#left", "bus_0007_capture.png#right"]

@@ -48,6 +48,10 @@ def register(subparsers, groups) -> None:
                    "each image's path (relative to DIR, or as written in the CSV) and its first "
                    "group names the lesion, e.g. '(bus_[0-9]+)-[lr]' or '(.*)/[^/]+$' for one "
                    "folder per lesion (a labels CSV can give a 'lesion' column instead)")
+    p.add_argument("--dual-view", action="store_true",
+                   help="each image is a dual-view capture (a lesion's two planes side by side): "
+                   "its panes are analysed as two views of one lesion, and a mask given for it "
+                   "is cut to each pane")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--recalibrate", type=Path, metavar="DIR",
@@ -79,12 +83,16 @@ def run(args: argparse.Namespace) -> int:
     if args.target_sensitivity is not None and not 0.0 < args.target_sensitivity < 1.0:
         raise BusdxError(f"--target-sensitivity must be between 0 and 1, not "
                          f"{args.target_sensitivity}")
-    dataset = read_external(args.data, args.labels, lesion_pattern=args.lesion_pattern)
+    dataset = read_external(args.data, args.labels, lesion_pattern=args.lesion_pattern,
+                            dual_view=args.dual_view)
     log.info("%d images (%s)%s", len(dataset.cases), dataset.layout,
              "".join(f"; skipped {n} {what}" for what, n in dataset.skipped.items()))
     models = Models.load(args.models, threads=args.threads)
     if args.lesion_pattern is not None and models.settings.lesion_threshold is None:
         raise BusdxError("these models' card offers no lesion reading: leave out --lesion-pattern")
+    if args.dual_view and models.settings.lesion_threshold is None:
+        log.warning("these models' card offers no lesion reading: the panes are scored one by "
+                    "one only")
     card = models.card.get("classifier", {})
     # the uncalibrated ECE undoes everything added to the network's own logit
     result = evaluate_external(

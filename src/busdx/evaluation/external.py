@@ -75,6 +75,7 @@ class ExternalDataset:
     skipped: dict[str, int] = field(default_factory=dict)
     has_patients: bool = False
     lesions_from: str | None = None  # where the lesion of each image came from, when given
+    dual_view: bool = False  # each image is a capture of two panes, analysed one by one
 
     def lesion_keys(self, cases: Sequence[ExternalCase] | None = None) -> list[str]:
         """The lesion of each case; an image outside every group is a lesion of its own."""
@@ -82,9 +83,11 @@ class ExternalDataset:
 
 
 def read_external(root: str | Path, labels: str | Path | None = None,
-                  lesion_pattern: str | None = None) -> ExternalDataset:
+                  lesion_pattern: str | None = None, dual_view: bool = False) -> ExternalDataset:
     """``lesion_pattern``: group the views of each lesion by this regular expression's first
-    group, searched in each image's path relative to the folder (or as written in the CSV)."""
+    group, searched in each image's path relative to the folder (or as written in the CSV).
+    ``dual_view``: each image is a dual-view capture whose two panes are views of one lesion
+    (with a pattern or a lesion column, of that lesion)."""
     from busdx.inference.lesion import compile_pattern
 
     root = Path(root)
@@ -99,6 +102,10 @@ def read_external(root: str | Path, labels: str | Path | None = None,
             raise ExternalDataError(f"{dataset.root} gives a 'lesion' column and --lesion-pattern "
                                     "was given too: use one of them")
         _group_by_pattern(dataset, pattern)
+    if dual_view:
+        dataset.dual_view = True
+        if dataset.lesions_from is None:
+            dataset.lesions_from = "--dual-view (the two panes of each capture)"
     if dataset.lesions_from is not None:
         _check_lesions(dataset)
     counts = np.bincount([c.label for c in dataset.cases], minlength=2)
@@ -176,7 +183,7 @@ def _check_lesions(dataset: ExternalDataset) -> None:
         if dataset.has_patients and len({c.patient for c in cases}) > 1:
             raise ExternalDataError(f"lesion {key!r} groups images of different patients "
                                     f"({names}): check {dataset.lesions_from}")
-    if not any(len(cases) > 1 for cases in groups.values()):
+    if not dataset.dual_view and not any(len(cases) > 1 for cases in groups.values()):
         log.warning("%s puts every image in a lesion of its own: the lesion reading is then the "
                     "per-image reading at the lesion threshold", dataset.lesions_from)
 
@@ -244,6 +251,9 @@ class ExternalResult:
             if d.lesions_from is not None
             else "image (no patient ids given: intervals are too narrow if a patient has several)",
             "lesions_from": d.lesions_from,
+            # with --dual-view each capture gives two panes: "analysed" and the metrics per
+            # image count panes
+            "dual_view": d.dual_view,
             "operating_point": "frozen on BUS-BRA validation (nothing refitted here)",
             "classification": {**self.classification.to_dict(), **self.reader_sections},
             "segmentation": self.segmentation,
@@ -254,7 +264,8 @@ class ExternalResult:
         }
 
 
-def _ground_truth(case: ExternalCase, shape: tuple[int, int]) -> np.ndarray:
+def _ground_truth(case: ExternalCase, shape: tuple[int, int], pane=None) -> np.ndarray:
+    """The case's merged masks; with ``pane`` (a ScanArea of the capture), cut to that pane."""
     from busdx.data.preprocess import load_mask
 
     merged = np.zeros(shape, dtype=bool)
@@ -264,7 +275,7 @@ def _ground_truth(case: ExternalCase, shape: tuple[int, int]) -> np.ndarray:
             raise ExternalDataError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, its "
                                     f"image {shape[1]}x{shape[0]}")
         merged |= mask.astype(bool)
-    return merged
+    return merged if pane is None else pane.crop(merged)
 
 
 def evaluate_external(
@@ -277,44 +288,45 @@ def evaluate_external(
     ECE only)."""
     from tqdm import tqdm
 
+    from busdx.inference.decode import decode
     from busdx.inference.pipeline import analyze
 
+    panes = ("left", "right") if dataset.dual_view else (None,)
     rows, preds, dices, ious, keys = [], [], [], [], []
     for case, key in tqdm(list(zip(dataset.cases, dataset.lesion_keys(), strict=True)),
                           desc="external", unit="image", disable=not progress):
-        row = {"image": str(case.image.relative_to(dataset.root)) if case.image.is_relative_to(
-            dataset.root) else str(case.image), "truth": "malignant" if case.label else "benign",
-            "lesion": case.lesion}
+        name = str(case.image.relative_to(dataset.root)) if case.image.is_relative_to(
+            dataset.root) else str(case.image)
         try:
-            a = analyze(case.image, models, render_overlays=False)
+            decoded = decode(case.image)
         except (BusdxError, OSError, ValueError) as err:
             log.warning("%s: %s", case.image, err)
-            rows.append({**row, "error": str(err)})
+            rows += [{"image": name if p is None else f"{name}#{p}", "error": str(err),
+                      "truth": "malignant" if case.label else "benign", "lesion": case.lesion}
+                     for p in panes]
             continue
-        truth = None
-        try:
-            truth = _ground_truth(case, a.mask.shape) if case.masks else None
-        except (BusdxError, OSError, ValueError) as err:
-            # a bad mask costs the image its Dice, not its place in the classification metrics
-            log.warning("%s: %s (left out of Dice and IoU)", case.image, err)
-            row["mask_error"] = str(err)
-        preds.append(Prediction(str(case.image), case.patient, case.label, case.birads,
-                                float(a.logit), a.probability))
-        keys.append(key)
-        row.update(probability=round(a.probability, 6), call=a.label, risk_band=a.risk.name,
-                   lesion_found=a.lesion_found)
-        if a.input_check is not None:
-            row["input_unusual"] = a.input_check.outside_text
-        if a.scan_area is not None:  # a black frame was cut off: a site should know
-            area = a.scan_area
-            row["scan_area"] = f"{area.left} {area.top} {area.width} {area.height}"
-        if truth is not None:
-            served = a.mask.astype(bool)
-            d, j = dice(served, truth), iou(served, truth)
-            dices.append(d)
-            ious.append(j)
-            row.update(dice=round(d, 6), iou=round(j, 6))
-        rows.append(row)
+        for pane in panes:
+            view = name if pane is None else f"{name}#{pane}"
+            row = {"image": view, "truth": "malignant" if case.label else "benign",
+                   "lesion": case.lesion}
+            try:
+                a = analyze(decoded, models, render_overlays=False, pane=pane)
+            except (BusdxError, OSError, ValueError) as err:
+                log.warning("%s: %s", view, err)
+                rows.append({**row, "error": str(err)})
+                continue
+            truth = None
+            try:
+                truth = (_ground_truth(case, decoded.image.shape, a.pane[1] if a.pane else None)
+                         if case.masks else None)
+            except (BusdxError, OSError, ValueError) as err:
+                # a bad mask costs the image its Dice, not its place in the classification metrics
+                log.warning("%s: %s (left out of Dice and IoU)", view, err)
+                row["mask_error"] = str(err)
+            rows.append(_scored_row(row, a, truth, dices, ious))
+            preds.append(Prediction(view if pane else str(case.image), case.patient, case.label,
+                                    case.birads, float(a.logit), a.probability))
+            keys.append(key)
     if not preds or len({p.label for p in preds}) < 2:
         raise ExternalDataError("too few images could be analysed to score both classes "
                                 f"({len(preds)} of {len(dataset.cases)}; see the warnings)")
@@ -339,6 +351,24 @@ def evaluate_external(
                           reader_sections=birads_sections(preds, settings.threshold, reps=reps,
                                                           seed=seed),
                           lesion_reading=lesion)
+
+
+def _scored_row(row: dict, a, truth: np.ndarray | None, dices: list, ious: list) -> dict:
+    """``row`` with the analysis ``a``'s answer, and its Dice and IoU against ``truth``."""
+    row.update(probability=round(a.probability, 6), call=a.label, risk_band=a.risk.name,
+               lesion_found=a.lesion_found)
+    if a.input_check is not None:
+        row["input_unusual"] = a.input_check.outside_text
+    if a.scan_area is not None:  # a black frame was cut off: a site should know
+        area = a.scan_area
+        row["scan_area"] = f"{area.left} {area.top} {area.width} {area.height}"
+    if truth is not None:
+        served = a.mask.astype(bool)
+        d, j = dice(served, truth), iou(served, truth)
+        dices.append(d)
+        ious.append(j)
+        row.update(dice=round(d, 6), iou=round(j, 6))
+    return row
 
 
 def _lesion_reading(preds: list[Prediction], keys: list[str], rows: list[dict], settings,

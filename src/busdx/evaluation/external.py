@@ -77,9 +77,9 @@ class ExternalDataset:
     lesions_from: str | None = None  # where the lesion of each image came from, when given
     dual_view: bool = False  # each image is a capture of two panes, analysed one by one
 
-    def lesion_keys(self, cases: Sequence[ExternalCase] | None = None) -> list[str]:
+    def lesion_keys(self) -> list[str]:
         """The lesion of each case; an image outside every group is a lesion of its own."""
-        return [c.lesion or f"image:{c.image}" for c in (self.cases if cases is None else cases)]
+        return [c.lesion or f"image:{c.image}" for c in self.cases]
 
 
 def read_external(root: str | Path, labels: str | Path | None = None,

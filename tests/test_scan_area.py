@@ -76,6 +76,14 @@ def test_a_dark_far_field_alone_is_not_cut(scan):
     assert find_scan_area(_framed(scan, 0, 80, 30, 0)) == ScanArea(0, h, 30, 30 + w)
 
 
+def test_a_border_row_or_two_is_not_a_frame(scan):
+    """A darkened scan's faint top rows are not a screen's frame, and do not license cutting
+    its faded far field either (seen on validation images darkened by 0.15)."""
+    h, w = scan.shape
+    image = _framed(scan, 2, 60, 0, 0, noise=False)
+    assert find_scan_area(image).is_whole(image.shape)
+
+
 def test_text_in_the_frame_stops_the_cut(scan):
     h, w = scan.shape
     framed = _framed(scan, 0, 0, 100, 0, noise=False)

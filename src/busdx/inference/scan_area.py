@@ -7,9 +7,10 @@ frame lowers the AUC and, more, the sensitivity at the frozen threshold, and cut
 gives the networks the image they were trained on (``studies/margins.py`` measures both;
 ``reports/studies/margins.json``).
 
-A margin is a run of border rows (columns) in which fewer than ``fraction`` of the pixels are
-above ``level``: black, give or take compression noise. Text or a scale bar in the margin stops
-the cut there, so nothing that might be tissue is removed. The bottom edge is special: deep in
+A margin is a run of border rows (columns) in which fewer than ``FRACTION`` of the pixels are
+above ``LEVEL``: black, give or take compression noise; runs thinner than ``MIN_FRAME`` of the
+side are left alone. Text or a scale bar in the margin stops the cut there, so nothing that
+might be tissue is removed. The bottom edge is special: deep in
 the breast the echo fades, and some of BUS-BRA's scans end in rows as black as a margin.
 The bottom is therefore cut only when another edge had a margin (the image is framed), and an
 image cut to its scan area, as BUS-BRA's all are, is left exactly as it is (a test checks this on
@@ -28,6 +29,9 @@ from busdx.inference.errors import InputError
 LEVEL = 4 / 255
 # a border row or column is margin when fewer than this fraction of its pixels are brighter
 FRACTION = 0.02
+# a margin thinner than this share of its side is left alone: a screen's frame is wider, and a
+# dark border row or two is as likely the scan's own (a darkened image's faint top rows)
+MIN_FRAME = 0.02
 # a scan area smaller than this share of the image's side is not believed: the image is
 # mostly black, and is analysed whole
 MIN_SHARE = 0.2
@@ -80,9 +84,10 @@ class ScanArea:
 
 def _margin(lit: np.ndarray) -> int:
     """How many leading entries of ``lit`` (per row or column: share of bright pixels) are
-    margin."""
+    margin; none when fewer than ``MIN_FRAME`` of them."""
     content = np.flatnonzero(lit >= FRACTION)
-    return int(content[0]) if content.size else len(lit)
+    margin = int(content[0]) if content.size else len(lit)
+    return margin if margin >= MIN_FRAME * len(lit) else 0
 
 
 def find_scan_area(image: np.ndarray) -> ScanArea:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -205,3 +206,16 @@ def test_validation_rates_show_their_counts_and_interval_when_the_card_has_them(
     text = render_model_card({"classifier": {"calibration": cal}})
     assert "| sensitivity at the threshold | 0.907 (68/75; 95% CI 0.82-0.95, Wilson) |" in text
     assert "| specificity at the threshold | 0.874 (132/151; 95% CI 0.81-0.92, Wilson) |" in text
+
+
+def test_readme_captures_block_is_the_recorded_studies():
+    """The frame and dual-view numbers in the README are the studies' recorded answers."""
+    from busdx.evaluation.report import CAPTURES_END, CAPTURES_START, render_captures_block
+
+    root = Path(__file__).resolve().parent.parent
+    block = render_captures_block(root / "reports" / "studies")
+    assert block is not None and "| split into its panes (served) |" in block
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    start, end = readme.index(CAPTURES_START), readme.index(CAPTURES_END) + len(CAPTURES_END)
+    assert readme[start:end] == block
+    assert render_captures_block(root / "no such folder") is None

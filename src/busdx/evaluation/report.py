@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 README_START = "<!-- results:start (written by `busdx report`; do not edit by hand) -->"
 README_END = "<!-- results:end -->"
+CAPTURES_START = "<!-- captures:start (written by `busdx report`; do not edit by hand) -->"
+CAPTURES_END = "<!-- captures:end -->"
 HISTORY_FILES = {"segmenter": "segmenter_history.json", "classifier": "classifier_history.json"}
 
 
@@ -102,14 +104,54 @@ def render_readme_block(card: dict, figures: dict[str, Path], readme_dir: Path) 
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, block: str) -> None:
+def update_readme(readme: Path, block: str, start: str = README_START, end: str = README_END,
+                  heading: str = "Results") -> None:
+    """Replace the block between ``start`` and ``end``, or append it under ``heading``."""
     text = readme.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text)
     else:
-        text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     readme.write_text(text, encoding="utf-8")
+
+
+def render_captures_block(studies: Path) -> str | None:
+    """What a black frame and a dual-view capture do to the calls, from the recorded answers
+    of studies/margins.py and studies/dual_view.py (None when either is missing)."""
+    try:
+        margins = json.loads((studies / "margins.json").read_text())
+        dual = json.loads((studies / "dual_view.json").read_text())
+    except FileNotFoundError:
+        return None
+    frames = margins["conditions"]
+    rows = []
+    for name in (k for k in margins["frames"] if k != "none"):
+        uncut, cut = frames[f"{name}, not cut"], frames[f"{name}, cut"]
+        rows.append(f"| {name} | {_fmt(uncut['auc'])} / {_fmt(cut['auc'])} | "
+                    f"{_fmt(uncut['sensitivity'])} / {_fmt(cut['sensitivity'])} | "
+                    f"{uncut['calls_flipped']} / {cut['calls_flipped']} | {cut['images_cut']} |")
+    none = frames["none"]
+    names = {"whole": "the capture as one image", "split": "split into its panes (served)",
+             "halves": "the two original images"}
+    readings = [f"| {names[k]} | {_fmt(r['auc'])} | {_fmt(r['sensitivity'])} | "
+                f"{_fmt(r['specificity'])} | {r['calls_unlike_halves']} |"
+                for k, r in dual["readings"].items()]
+    return "\n".join([
+        CAPTURES_START, "",
+        f"Black frames on the {margins['n']} validation images ({margins['malignant']} "
+        f"malignant; unframed: AUC {_fmt(none['auc'])}, sensitivity "
+        f"{_fmt(none['sensitivity'])} at the frozen threshold), uncut / cut "
+        "(`reports/studies/margins.json`):", "",
+        "| frame | AUC | sensitivity | calls flipped | images cut |", "|---|---|---|---|---|",
+        *rows, "",
+        f"Dual-view captures rebuilt from the {dual['lesions']} validation lesions with both "
+        f"halves ({dual['malignant']} malignant); {dual['captures_split_exactly']} split into "
+        "exactly their halves (`reports/studies/dual_view.json`):", "",
+        "| read as | AUC | sensitivity | specificity | calls unlike the halves' |",
+        "|---|---|---|---|---|", *readings, "",
+        CAPTURES_END,
+    ])
 
 
 def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5,
@@ -173,6 +215,9 @@ def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5
     if readme is not None:
         readme = Path(readme)
         update_readme(readme, render_readme_block(card, figures, readme.parent))
+        captures = render_captures_block(out / "studies")
+        if captures is not None:
+            update_readme(readme, captures, CAPTURES_START, CAPTURES_END, "Screen captures")
     for m in result.mismatches:
         log.warning("the re-evaluation disagrees with the model card: %s", m)
     return result

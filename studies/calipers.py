@@ -24,7 +24,6 @@ one class beyond the sham. Descriptive: no model is chosen by it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -241,18 +240,7 @@ def detection_grid(data: str, out: Path, n: int = 48, seed: int = SEED) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="BUS-BRA root")
-    parser.add_argument("--models", default=None, help="models folder (default: the bundled)")
-    parser.add_argument("--out", default="reports/studies")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = study(collect(args.data, args.models, args.threads))
-    (out / "calipers.json").write_text(json.dumps(result, indent=2) + "\n")
+def describe(result: dict, args, out: Path) -> None:
     detection_grid(args.data, out)
     for name, s in result["splits"].items():
         found = ", ".join(f"{c} {v['k']}/{v['n']}" for c, v in s["with_marks"].items())
@@ -261,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             log.info("  %-8s n %d, AUC %.4f (original %.4f), flipped %d, logit change %s", edit,
                      e["n"], e["auc"], e["auc_original"], e["calls_flipped"],
                      json.dumps(e["mean_logit_change"]))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _runner import run_study
+
+    return run_study(__doc__, "calipers",
+                     lambda a: study(collect(a.data, a.models, a.threads)), describe, argv)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ their two halves. Descriptive: no model or threshold is chosen by it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -115,25 +113,19 @@ def summarise(collected: dict) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="BUS-BRA root")
-    parser.add_argument("--models", default=None, help="models folder (default: the bundled)")
-    parser.add_argument("--out", default="reports/studies")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    result = summarise(collect(args.data, args.models, args.threads))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dual_view.json").write_text(json.dumps(result, indent=2) + "\n")
+def describe(result: dict, args, out: Path) -> None:
     log.info("%d lesions, %d captures split into exactly their halves", result["lesions"],
              result["captures_split_exactly"])
     for name, c in result["readings"].items():
         log.info("%-7s AUC %.3f  sensitivity %.3f  specificity %.3f  calls unlike the halves' %d",
                  name, c["auc"], c["sensitivity"], c["specificity"], c["calls_unlike_halves"])
-    log.info("wrote %s", out / "dual_view.json")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _runner import run_study
+
+    return run_study(__doc__, "dual_view",
+                     lambda a: summarise(collect(a.data, a.models, a.threads)), describe, argv)
 
 
 if __name__ == "__main__":

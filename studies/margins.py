@@ -16,8 +16,6 @@ Descriptive: no model or threshold is chosen by it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -104,24 +102,18 @@ def summarise(collected: dict) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="BUS-BRA root")
-    parser.add_argument("--models", default=None, help="models folder (default: the bundled)")
-    parser.add_argument("--out", default="reports/studies")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    result = summarise(collect(args.data, args.models, args.threads))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "margins.json").write_text(json.dumps(result, indent=2) + "\n")
+def describe(result: dict, args, out: Path) -> None:
     for name, c in result["conditions"].items():
         log.info("%-32s AUC %.3f  sensitivity %.3f  specificity %.3f  flipped %3d  cut %3d",
                  name, c["auc"], c["sensitivity"], c["specificity"], c["calls_flipped"],
                  c["images_cut"])
-    log.info("wrote %s", out / "margins.json")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _runner import run_study
+
+    return run_study(__doc__, "margins",
+                     lambda a: summarise(collect(a.data, a.models, a.threads)), describe, argv)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ out-of-fold AUC gains at least 0.005. The test fold is not read.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -133,25 +131,20 @@ def study(rows: dict[str, dict], seed: int = 0) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="BUS-BRA root")
-    parser.add_argument("--models", default=None, help="models folder (default: the bundled)")
-    parser.add_argument("--out", default="reports/studies")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    result = study(collect(args.data, args.models, args.threads))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shape_features.json").write_text(json.dumps(result, indent=2) + "\n")
+def describe(result: dict, args, out: Path) -> None:
     for name, auc in result["val_auc_each_feature"].items():
         log.info("%-22s validation AUC %.3f", name, auc)
     log.info("shape model AUC: train %.3f, validation %.3f", *result["shape_model_auc"].values())
     log.info("classifier alone %.4f, combined (out of fold) %.4f: gain %+.4f, %s",
              result["val_auc_classifier_alone"], result["val_auc_combined_out_of_fold"],
              result["gain"], "worth building" if result["worth_building"] else "not worth it")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _runner import run_study
+
+    return run_study(__doc__, "shape_features",
+                     lambda a: study(collect(a.data, a.models, a.threads)), describe, argv)
 
 
 if __name__ == "__main__":

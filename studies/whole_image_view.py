@@ -23,7 +23,6 @@ label is the scanner prior). Descriptive: no model is chosen by it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -174,24 +173,19 @@ def study(rows: dict) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="BUS-BRA root")
-    parser.add_argument("--models", default=None, help="models folder (default: the bundled)")
-    parser.add_argument("--out", default="reports/studies")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    result = study(collect(args.data, args.models, args.threads))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "whole_image_view.json").write_text(json.dumps(result, indent=2) + "\n")
+def describe(result: dict, args, out: Path) -> None:
     for name, c in result["conditions"].items():
         log.info("%-14s AUC %.4f, mean |probability change| %.3f, calls flipped %d of %d",
                  name, c["auc"], c["mean_abs_probability_change"], c["calls_flipped"], c["n"])
     for name, e in result["effects"].items():
         log.info("%-14s %s", name, json.dumps(e))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _runner import run_study
+
+    return run_study(__doc__, "whole_image_view",
+                     lambda a: study(collect(a.data, a.models, a.threads)), describe, argv)
 
 
 if __name__ == "__main__":

@@ -220,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
 
     from busdx.data.preprocess import ImageError
     from busdx.inference import Models, analyze
+    from busdx.inference.decode import decode
     from busdx.inference.lesion import ViewScore, compile_pattern, lesion_key
+    from busdx.inference.scan_area import PANES
 
     if args.lesion_pattern is not None and args.lesions_csv is None:
         raise BusdxError("--lesion-pattern needs --lesions-csv (where the lesions' rows go)")
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
                          "views of one lesion)")
     pattern = compile_pattern(args.lesion_pattern)
     by_lesion = args.lesions_csv is not None
-    panes = ("left", "right") if args.dual_view else (None,)
+    panes = PANES if args.dual_view else (None,)
     files = collect(args.inputs)
     if not files:
         raise BusdxError("no image files found in the inputs")
@@ -253,12 +255,16 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
         for path in bar:
+            decoded = None  # a dual-view capture is decoded once for both its panes
             for pane in panes:
                 # a pane is named like BUS-BRA's halves: <stem>-left.png beside <stem>-right.png
                 view = path if pane is None else Path(f"{path}#{pane}")
                 stem = path if pane is None else path.with_name(f"{path.stem}-{pane}.png")
                 try:
-                    analysis = analyze(path, models, render_overlays=False, pane=pane)
+                    if pane is not None and decoded is None:
+                        decoded = decode(path)
+                    analysis = analyze(path if pane is None else decoded, models,
+                                       render_overlays=False, pane=pane)
                     row = row_for(view, analysis)
                     unusual += bool(row["input_unusual"])
                     _write_outputs(name(stem), analysis, args.masks_dir, args.overlays_dir)

@@ -46,6 +46,7 @@ from busdx.evaluation.classification import (
 from busdx.evaluation.metrics import dice, iou, summarise
 from busdx.inference.decode import is_image_file
 from busdx.inference.quality import STATISTICS
+from busdx.inference.scan_area import PANES
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +265,7 @@ class ExternalResult:
         }
 
 
-def _ground_truth(case: ExternalCase, shape: tuple[int, int], pane=None) -> np.ndarray:
-    """The case's merged masks; with ``pane`` (a ScanArea of the capture), cut to that pane."""
+def _ground_truth(case: ExternalCase, shape: tuple[int, int]) -> np.ndarray:
     from busdx.data.preprocess import load_mask
 
     merged = np.zeros(shape, dtype=bool)
@@ -275,7 +275,7 @@ def _ground_truth(case: ExternalCase, shape: tuple[int, int], pane=None) -> np.n
             raise ExternalDataError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, its "
                                     f"image {shape[1]}x{shape[0]}")
         merged |= mask.astype(bool)
-    return merged if pane is None else pane.crop(merged)
+    return merged
 
 
 def evaluate_external(
@@ -291,39 +291,40 @@ def evaluate_external(
     from busdx.inference.decode import decode
     from busdx.inference.pipeline import analyze
 
-    panes = ("left", "right") if dataset.dual_view else (None,)
+    panes = PANES if dataset.dual_view else (None,)
     rows, preds, dices, ious, keys = [], [], [], [], []
     for case, key in tqdm(list(zip(dataset.cases, dataset.lesion_keys(), strict=True)),
                           desc="external", unit="image", disable=not progress):
         name = str(case.image.relative_to(dataset.root)) if case.image.is_relative_to(
             dataset.root) else str(case.image)
+        base = {"truth": "malignant" if case.label else "benign", "lesion": case.lesion}
+        views = [(p, name if p is None else f"{name}#{p}") for p in panes]
         try:
             decoded = decode(case.image)
         except (BusdxError, OSError, ValueError) as err:
             log.warning("%s: %s", case.image, err)
-            rows += [{"image": name if p is None else f"{name}#{p}", "error": str(err),
-                      "truth": "malignant" if case.label else "benign", "lesion": case.lesion}
-                     for p in panes]
+            rows += [{**base, "image": view, "error": str(err)} for _, view in views]
             continue
-        for pane in panes:
-            view = name if pane is None else f"{name}#{pane}"
-            row = {"image": view, "truth": "malignant" if case.label else "benign",
-                   "lesion": case.lesion}
+        # read once per image, cut to each pane of a capture
+        truth, mask_error = None, None
+        try:
+            truth = _ground_truth(case, decoded.image.shape) if case.masks else None
+        except (BusdxError, OSError, ValueError) as err:
+            # a bad mask costs the image its Dice, not its place in the classification metrics
+            log.warning("%s: %s (left out of Dice and IoU)", case.image, err)
+            mask_error = str(err)
+        for pane, view in views:
+            row = {**base, "image": view}
             try:
                 a = analyze(decoded, models, render_overlays=False, pane=pane)
             except (BusdxError, OSError, ValueError) as err:
                 log.warning("%s: %s", view, err)
                 rows.append({**row, "error": str(err)})
                 continue
-            truth = None
-            try:
-                truth = (_ground_truth(case, decoded.image.shape, a.pane[1] if a.pane else None)
-                         if case.masks else None)
-            except (BusdxError, OSError, ValueError) as err:
-                # a bad mask costs the image its Dice, not its place in the classification metrics
-                log.warning("%s: %s (left out of Dice and IoU)", view, err)
-                row["mask_error"] = str(err)
-            rows.append(_scored_row(row, a, truth, dices, ious))
+            if mask_error is not None:
+                row["mask_error"] = mask_error
+            pane_truth = truth if truth is None or a.pane is None else a.pane[1].crop(truth)
+            rows.append(_scored_row(row, a, pane_truth, dices, ious))
             preds.append(Prediction(view if pane else str(case.image), case.patient, case.label,
                                     case.birads, float(a.logit), a.probability))
             keys.append(key)

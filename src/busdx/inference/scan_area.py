@@ -44,6 +44,10 @@ class NoDualView(InputError):
     """A capture given as dual-view in which no gap between two panes can be found."""
 
 
+TOO_NARROW = ("one side of the gap is too narrow to be a pane: it does not look like a dual-view "
+              "capture (give the two views as two files)")
+
+
 @dataclass(frozen=True)
 class ScanArea:
     """Rows ``top:bottom`` and columns ``left:right`` of the image."""
@@ -127,13 +131,11 @@ def split_dual_view(image: np.ndarray) -> tuple[ScanArea, ScanArea]:
     while stop < w and dark[stop]:
         stop += 1
     if min(start, w - stop) < MIN_SHARE * w / 2:
-        raise NoDualView("one side of the gap is too narrow to be a pane: it does not look like "
-                         "a dual-view capture (give the two views as two files)")
+        raise NoDualView(TOO_NARROW)
     panes = []
     for left, right in ((0, start), (stop, w)):
         pane = ScanArea(0, part.shape[0], left, right)
         panes.append(find_scan_area(pane.crop(part)).within(pane).within(outer))
     if min(p.width for p in panes) < MIN_SHARE * w / 2:
-        raise NoDualView("one side of the gap is too narrow to be a pane: it does not look like "
-                         "a dual-view capture (give the two views as two files)")
+        raise NoDualView(TOO_NARROW)
     return panes[0], panes[1]

@@ -225,16 +225,18 @@ def dicom_bytes(
     return buf.getvalue()
 
 
-def calibration_region(mm_per_pixel: float, width: int, height: int) -> dict:
-    """An ultrasound region calibrated in cm (units code 3), as scanners write it."""
+def calibration_region(mm_per_pixel: float, width: int, height: int, left: int = 0,
+                       top: int = 0) -> dict:
+    """An ultrasound region calibrated in cm (units code 3), as scanners write it: a 2-D tissue
+    scan of ``width`` x ``height`` pixels at (``left``, ``top``)."""
     return {
         "RegionSpatialFormat": 1,
         "RegionDataType": 1,
         "RegionFlags": 0,
-        "RegionLocationMinX0": 0,
-        "RegionLocationMinY0": 0,
-        "RegionLocationMaxX1": width - 1,
-        "RegionLocationMaxY1": height - 1,
+        "RegionLocationMinX0": left,
+        "RegionLocationMinY0": top,
+        "RegionLocationMaxX1": left + width - 1,
+        "RegionLocationMaxY1": top + height - 1,
         "PhysicalUnitsXDirection": 3,
         "PhysicalUnitsYDirection": 3,
         "PhysicalDeltaX": mm_per_pixel / 10.0,

@@ -132,3 +132,47 @@ def test_pixel_limit_is_checked_from_the_header():
 def test_magic():
     assert is_dicom(dicom_bytes(GRAY)[:132])
     assert not is_dicom(b"\x89PNG" + b"\0" * 200)
+
+
+# ------------------------------------------------------------- declared scan regions
+
+
+def _regions(*regions: dict):
+    from busdx.inference.decode import decode_bytes
+
+    return decode_bytes(dicom_bytes(np.zeros((200, 300), np.uint8), regions=list(regions))).regions
+
+
+def test_declared_tissue_regions_are_read_left_to_right_and_clipped():
+    right = calibration_region(0.2, 120, 150, left=160, top=20)
+    left = calibration_region(0.1, 150, 150, left=5, top=20)
+    spill = calibration_region(0.1, 400, 100, left=250, top=150)  # runs off the image
+    regions = _regions(right, left, spill)
+    assert [(r.area.left, r.area.top, r.area.width, r.area.height) for r in regions] == [
+        (5, 20, 150, 150), (160, 20, 120, 150), (250, 150, 50, 50)]
+    assert [r.pixel_spacing_mm for r in regions] == [pytest.approx((0.1, 0.1)),
+                                                     pytest.approx((0.2, 0.2)),
+                                                     pytest.approx((0.1, 0.1))]
+
+
+def test_only_two_d_tissue_regions_count():
+    scan = calibration_region(0.1, 200, 150, left=40, top=20)
+    colour = dict(calibration_region(0.1, 80, 60, left=100, top=40), RegionDataType=2)
+    spectral = dict(calibration_region(0.1, 200, 30, left=40, top=170), RegionSpatialFormat=3)
+    tiny = calibration_region(0.1, 20, 20, left=0, top=0)
+    inside = calibration_region(0.1, 50, 50, left=60, top=40)  # a zoom box over the scan
+    regions = _regions(colour, spectral, tiny, scan, inside, scan)
+    assert [(r.area.left, r.area.top, r.area.width) for r in regions] == [(40, 20, 200)]
+    untyped = {k: v for k, v in scan.items() if k != "RegionDataType"}
+    assert len(_regions(untyped)) == 1
+    uncalibrated = dict(scan, PhysicalUnitsXDirection=0, PhysicalUnitsYDirection=0)
+    (region,) = _regions(uncalibrated)
+    assert region.pixel_spacing_mm is None
+
+
+def test_a_region_without_its_bounds_is_no_region_and_no_error():
+    broken = calibration_region(0.1, 200, 150)
+    del broken["RegionLocationMaxX1"]
+    out = decode_bytes(dicom_bytes(np.zeros((200, 300), np.uint8), regions=[broken]))
+    assert out.regions == () and out.pixel_spacing_mm == pytest.approx((0.1, 0.1))
+    assert decode_bytes(dicom_bytes(GRAY)).regions == ()

@@ -242,3 +242,128 @@ def test_the_api_analyses_one_pane_and_refuses_a_capture_without_two(fixtures_ro
         bad = client.post("/api/analyze?pane=top", files={"file": ("c.png", png(capture),
                                                                     "image/png")})
         assert bad.status_code == 422
+
+
+# ------------------------------------------------------------ a DICOM's declared regions
+
+
+def _screen(scans: list[np.ndarray], left: int = 70, top: int = 40) -> tuple[np.ndarray, list]:
+    """The scans side by side, touching, on a scanner's screen whose annotations (a settings
+    column, a title, a depth scale) stop the black frame rule; 8-bit, with each scan's box."""
+    h, w = max(s.shape[0] for s in scans), sum(s.shape[1] for s in scans)
+    screen = np.zeros((top + h + 30, left + w + 40), np.uint8)
+    boxes, x = [], left
+    for s in scans:
+        screen[top:top + s.shape[0], x:x + s.shape[1]] = np.round(s * 255).astype(np.uint8)
+        boxes.append((x, top, s.shape[1], s.shape[0]))
+        x += s.shape[1]
+    for i in range(12):  # settings text down the left margin
+        screen[top + 8 + 22 * i:top + 18 + 22 * i, 6:50] = 220
+    screen[8:20, 10:left + w // 2] = 255  # a title line
+    screen[top:top + h, left + w + 6] = 255  # the depth scale's line
+    return screen, boxes
+
+
+def _regions(boxes: list, mm: list[float]) -> list[dict]:
+    from stand_in_models import calibration_region
+
+    return [calibration_region(m, w, h, left=x, top=y)
+            for (x, y, w, h), m in zip(boxes, mm, strict=True)]
+
+
+def test_a_dicom_screen_is_analysed_as_its_declared_scan(scan, models):
+    """A scanner's annotations stop the black frame rule; the file's declared region does not
+    need it, and the scan is read exactly as the scan alone."""
+    from stand_in_models import dicom_bytes
+
+    h, w = scan.shape
+    pixels, boxes = _screen([scan])
+    screenshot = analyze(pixels, models, render_overlays=False)
+    assert screenshot.scan_area is None or screenshot.scan_area.left < boxes[0][0]
+    plain = analyze(np.round(scan * 255).astype(np.uint8), models, render_overlays=False)
+    a = analyze(dicom_bytes(pixels, regions=_regions(boxes, [0.07])), models,
+                render_overlays=False)
+    assert a.scan_area == ScanArea(40, 40 + h, 70, 70 + w)
+    assert (a.scan_area_from, a.regions) == ("ultrasound regions", 1)
+    assert a.logit == pytest.approx(plain.logit, abs=1e-5)
+    np.testing.assert_array_equal(a.mask[40:40 + h, 70:70 + w], plain.mask)
+    assert a.pixel_spacing_mm == pytest.approx((0.07, 0.07))
+    if plain.measurements is not None:
+        assert a.measurements.units == "mm"
+        assert a.measurements.area_px == plain.measurements.area_px
+    image = a.to_json(images=False)["image"]
+    assert (image["scan_area_from"], image["regions"]) == ("ultrasound regions", 1)
+    # studies that analyse the whole image turn the regions off too
+    whole = analyze(dicom_bytes(pixels, regions=_regions(boxes, [0.07])), models,
+                    render_overlays=False, trim_margins=False)
+    assert whole.scan_area is None and whole.scan_area_from is None
+
+
+def test_a_dicom_dual_view_splits_at_its_regions_even_with_no_gap(fixtures_root, models):
+    from busdx.inference.scan_area import NoDualView
+    from stand_in_models import dicom_bytes
+
+    _, left, right = _capture(fixtures_root)
+    pixels, boxes = _screen([left, right])
+    dicom = dicom_bytes(pixels, regions=_regions(boxes, [0.1, 0.05])[::-1])
+    for side, image, box, mm in zip(("left", "right"), (left, right), boxes, (0.1, 0.05),
+                                    strict=True):
+        pane = analyze(dicom, models, render_overlays=False, pane=side)
+        alone = analyze(np.round(image * 255).astype(np.uint8), models, render_overlays=False)
+        assert pane.pane == (side, ScanArea(box[1], box[1] + box[3], box[0], box[0] + box[2]))
+        assert pane.logit == pytest.approx(alone.logit, abs=1e-5)
+        assert pane.pixel_spacing_mm == pytest.approx((mm, mm))
+        assert pane.scan_area_from == "ultrasound regions" and pane.regions == 2
+    # the same screen without its regions has no gap to split at
+    with pytest.raises(NoDualView):
+        analyze(pixels, models, render_overlays=False, pane="left")
+    # read whole, the two regions bound the scan and the answer says there are two
+    whole = analyze(dicom, models, render_overlays=False)
+    assert whole.scan_area == ScanArea(boxes[0][1], boxes[0][1] + max(b[3] for b in boxes),
+                                       boxes[0][0], boxes[1][0] + boxes[1][2])
+    assert whole.regions == 2 and whole.pane is None
+
+
+def test_one_declared_region_holding_both_panes_is_split_at_its_gap(fixtures_root, models):
+    from stand_in_models import dicom_bytes
+
+    capture, left, right = _capture(fixtures_root)
+    pixels = np.round(capture * 255).astype(np.uint8)
+    pixels[5:15, 5:capture.shape[1] - 5] = 255  # a title line the frame rule would stop at
+    box = (40, 30, capture.shape[1] - 80, capture.shape[0] - 60)  # some black either side
+    dicom = dicom_bytes(pixels, regions=_regions([box], [0.1]))
+    for side, image in zip(("left", "right"), (left, right), strict=True):
+        pane = analyze(dicom, models, render_overlays=False, pane=side)
+        scan = pane.scan_area.crop(pane.image) if pane.scan_area else pane.image
+        np.testing.assert_allclose(scan, np.round(image * 255) / 255, atol=1e-6)
+        assert pane.pixel_spacing_mm == pytest.approx((0.1, 0.1))
+
+
+def test_the_api_and_the_csv_say_the_regions_found_the_scan(scan, models, tmp_path):
+    import csv
+
+    from fastapi.testclient import TestClient
+
+    from busdx.api.app import create_app
+    from busdx.cli.main import main
+    from stand_in_models import dicom_bytes
+
+    h, w = scan.shape
+    pixels, boxes = _screen([scan, scan])
+    data = dicom_bytes(pixels, regions=_regions(boxes, [0.1, 0.1]))
+    (tmp_path / "screen.dcm").write_bytes(data)
+    with TestClient(create_app(models.directory)) as client:
+        whole = client.post("/api/analyze", files={"file": ("s.dcm", data)}).json()
+        right = client.post("/api/analyze?pane=right", files={"file": ("s.dcm", data)}).json()
+    assert whole["image"]["regions"] == 2 and whole["image"]["pane"] is None
+    assert whole["image"]["scan_area_from"] == "ultrasound regions"
+    assert right["image"]["pane"] == {"side": "right", "top": 40, "left": 70 + w, "width": w,
+                                      "height": h}
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(tmp_path / "screen.dcm"), "--dual-view", "--csv", str(out),
+                 "--models", str(models.directory)]) == 0
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"].rsplit("#", 1)[1] for r in rows] == ["left", "right"]
+    assert [r["scan_area_from"] for r in rows] == ["ultrasound regions"] * 2
+    assert all(r["error"] == "" and r["pixel_spacing_mm"] == "0.1 0.1" for r in rows)

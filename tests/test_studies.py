@@ -396,3 +396,41 @@ def test_dual_view_study_reproduces_its_recorded_answer(busbra_root):
         assert result["readings"][name]["calls_unlike_halves"] == c["calls_unlike_halves"]
     # what --dual-view promises: the split capture is called as its two files are
     assert result["readings"]["split"]["calls_unlike_halves"] == 0
+
+
+def test_scanner_screens_put_the_scans_where_the_dicom_says():
+    from busdx.inference.decode import decode_bytes
+
+    study = _load("scanner_screens")
+    a, b = np.full((60, 48), 0.5, np.float32), np.full((70, 40), 0.7, np.float32)
+    pixels, boxes = study.screen([a, b], np.random.default_rng(0))
+    assert [box[2:] for box in boxes] == [(48, 60), (40, 70)]
+    assert boxes[1][0] == boxes[0][0] + 48  # the panes touch
+    for (x, y, w, h), scan in zip(boxes, (a, b), strict=True):
+        np.testing.assert_array_equal(pixels[y:y + h, x:x + w], np.round(scan * 255))
+    outside = pixels.copy()
+    for x, y, w, h in boxes:
+        outside[y:y + h, x:x + w] = 0
+    assert outside.max() == 255  # the annotations are there
+    decoded = decode_bytes(study.screen_dicom(pixels, boxes))
+    assert [(r.area.left, r.area.top, r.area.width, r.area.height) for r in decoded.regions] \
+        == boxes
+    assert decoded.pixel_spacing_mm == pytest.approx((study.MM_PER_PIXEL,) * 2)
+
+
+@pytest.mark.full_data
+def test_scanner_screens_study_reproduces_its_recorded_answer(busbra_root):
+    study = _load("scanner_screens")
+    recorded = json.loads((ROOT / "reports" / "studies" / "scanner_screens.json").read_text())
+    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
+    assert result["model_version"] == recorded["model_version"]
+    for name, c in recorded["readings"].items():
+        assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
+        assert result["readings"][name]["calls_flipped"] == c["calls_flipped"], name
+        assert result["readings"][name].get("cut_exactly") == c.get("cut_exactly"), name
+    for key in ("panes_exact", "screenshots_refused"):
+        assert result["dual_view"][key] == recorded["dual_view"][key]
+    # what the regions promise: a DICOM screen reads as its scan, a dual view as its halves
+    assert result["readings"]["dicom"]["calls_flipped"] == 0
+    assert result["readings"]["dicom"]["cut_exactly"] == result["images"]
+    assert result["dual_view"]["readings"]["dicom"]["calls_flipped"] == 0

@@ -46,11 +46,18 @@ class ImageInfo(BaseModel):
     format: str
     pixel_spacing_mm: list[float] | None = Field(description="(row, column) mm per pixel")
     scan_area: ScanAreaOut | None = Field(
-        None, description="the part analysed when a black frame around the scan was cut off "
-        "(null: the whole image)")
+        None, description="the part analysed when the DICOM's declared regions or a black "
+        "frame bounded the scan (null: the whole image)")
     pane: PaneOut | None = Field(
         None, description="with ?pane=: the pane analysed, in the capture's pixels (width and "
         "height above are the pane's)")
+    scan_area_from: str | None = Field(
+        None, description="what located the scan area or the pane: 'ultrasound regions' (the "
+        "DICOM file's SequenceOfUltrasoundRegions) or 'black frame' (a black frame around the "
+        "scan); null when the whole image was analysed")
+    regions: int = Field(
+        0, description="how many 2-D tissue regions the DICOM file declares; two side by side "
+        "make a dual-view capture, to be read with ?pane=left and ?pane=right")
 
 
 class Pngs(BaseModel):

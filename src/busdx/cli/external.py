@@ -134,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
             f"(calls right: {acc(check['calls_when_unusual'])} of those, "
             f"{acc(check['calls_otherwise'])} of the rest)\n")
     if report["framed"]:
-        sys.stdout.write(f"{'black frame cut':16s} {report['framed']} of "
-                         f"{len(result.predictions)} images (their scan_area column)\n")
+        sys.stdout.write(f"{'scan area cut':16s} {report['framed']} of "
+                         f"{len(result.predictions)} images (frame or screen: their scan_area column)\n")
     if result.failed:
         log.warning("%d image(s) could not be analysed: see %s", result.failed,
                     args.out / "external_images.csv")

@@ -40,7 +40,8 @@ MEASUREMENT_COLUMNS = (
 COLUMNS = (
     ("path", "probability", "label", "threshold", "risk_band", "risk_text", "lesion_found")
     + MEASUREMENT_COLUMNS
-    + ("image_width", "image_height", "pixel_spacing_mm", "scan_area", "model_version",
+    + ("image_width", "image_height", "pixel_spacing_mm", "scan_area", "scan_area_from",
+       "model_version",
        "time_ms", "note")
     + ("input_unusual",)
     + ("error",)
@@ -163,6 +164,8 @@ def row_for(path: Path, analysis) -> dict:
                                                 analysis.scan_area.width,
                                                 analysis.scan_area.height))
                       if analysis.scan_area else ""),
+        # "ultrasound regions" (the DICOM's declared scans) or "black frame"; empty: neither
+        "scan_area_from": analysis.scan_area_from or "",
         "model_version": analysis.model_version,
         "time_ms": analysis.timings_ms.get("total"),
         "note": analysis.note,

@@ -259,7 +259,7 @@ class ExternalResult:
             "classification": {**self.classification.to_dict(), **self.reader_sections},
             "segmentation": self.segmentation,
             "input_check": self.input_check,
-            # images whose black frame was cut off before the analysis (busdx.inference.scan_area)
+            # images whose frame or screen was cut off before the analysis (scan_area column)
             "framed": sum(1 for r in self.rows if r.get("scan_area")),
             "lesion_reading": self.lesion_reading,
         }
@@ -360,9 +360,11 @@ def _scored_row(row: dict, a, truth: np.ndarray | None, dices: list, ious: list)
                lesion_found=a.lesion_found)
     if a.input_check is not None:
         row["input_unusual"] = a.input_check.outside_text
-    if a.scan_area is not None:  # a black frame was cut off: a site should know
+    if a.scan_area is not None:  # a frame or a screen was cut off: a site should know
         area = a.scan_area
         row["scan_area"] = f"{area.left} {area.top} {area.width} {area.height}"
+    if a.scan_area_from is not None:
+        row["scan_area_from"] = a.scan_area_from
     if truth is not None:
         served = a.mask.astype(bool)
         d, j = dice(served, truth), iou(served, truth)
@@ -420,6 +422,6 @@ def _input_check_summary(rows: list[dict]) -> dict | None:
 
 
 ROW_COLUMNS: Sequence[str] = ("image", "truth", "probability", "call", "risk_band", "lesion_found",
-                              "input_unusual", "scan_area", "dice", "iou", "lesion",
+                              "input_unusual", "scan_area", "scan_area_from", "dice", "iou", "lesion",
                               "lesion_probability",
                               "lesion_call", "error", "mask_error")

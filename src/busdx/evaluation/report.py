@@ -117,8 +117,9 @@ def update_readme(readme: Path, block: str, start: str = README_START, end: str 
 
 
 def render_captures_block(studies: Path) -> str | None:
-    """What a black frame and a dual-view capture do to the calls, from the recorded answers
-    of studies/margins.py and studies/dual_view.py (None when either is missing)."""
+    """What a black frame, a dual-view capture and a scanner's screen do to the calls, from the
+    recorded answers of studies/margins.py, studies/dual_view.py and
+    studies/scanner_screens.py (None when either of the first two is missing)."""
     try:
         margins = json.loads((studies / "margins.json").read_text())
         dual = json.loads((studies / "dual_view.json").read_text())
@@ -150,8 +151,39 @@ def render_captures_block(studies: Path) -> str | None:
         "exactly their halves (`reports/studies/dual_view.json`):", "",
         "| read as | AUC | sensitivity | specificity | calls unlike the halves' |",
         "|---|---|---|---|---|", *readings, "",
+        *_screens_lines(studies / "scanner_screens.json"),
         CAPTURES_END,
     ])
+
+
+def _screens_lines(path: Path) -> list[str]:
+    """The scanner-screen study's tables for the captures block (none before it has run)."""
+    if not path.exists():
+        return []
+    screens = json.loads(path.read_text())
+    names = {"plain": "the image itself", "screenshot": "the screen as a screenshot",
+             "dicom": "the screen as a DICOM declaring its region (served)"}
+    singles = [f"| {names[k]} | {_fmt(r['auc'])} | {_fmt(r['sensitivity'])} | "
+               f"{_fmt(r['specificity'])} | {r['calls_flipped']} | "
+               f"{r.get('cut_exactly', '-')} |" for k, r in screens["readings"].items()]
+    dual = screens["dual_view"]
+    names = {"dicom": "split at the DICOM's two regions (served)",
+             "halves": "the two original images"}
+    lesions = [f"| {names[k]} | {_fmt(r['auc'])} | {_fmt(r['sensitivity'])} | "
+               f"{_fmt(r['specificity'])} | {r['calls_flipped']} |"
+               for k, r in dual["readings"].items()]
+    return [
+        f"Scanner screens (a title, a settings column, a depth scale and a body marker around "
+        f"the scan) made from the {screens['images']} validation images ({screens['malignant']} "
+        "malignant), and dual-view screens whose panes touch, from the "
+        f"{dual['lesions']} lesions with both halves: {dual['screenshots_refused']} of those "
+        f"are refused as screenshots (no gap), and {dual['panes_exact']} split into exactly "
+        "their halves at the regions (`reports/studies/scanner_screens.json`):", "",
+        "| read as | AUC | sensitivity | specificity | calls flipped | cut to the scan |",
+        "|---|---|---|---|---|---|", *singles, "",
+        "| dual-view screen, read as a lesion | AUC | sensitivity | specificity | "
+        "calls unlike the halves' |", "|---|---|---|---|---|", *lesions, "",
+    ]
 
 
 def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5,

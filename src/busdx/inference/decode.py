@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from busdx.data.preprocess import MAX_PIXELS, pil_to_array, to_gray_float
-from busdx.inference.dicom import is_dicom, read_dicom
+from busdx.inference.dicom import ScanRegion, is_dicom, read_dicom
 from busdx.inference.errors import (
     CorruptImage,
     EmptyInput,
@@ -47,6 +47,8 @@ class DecodedImage:
     image: np.ndarray  # float32 HxW in [0, 1]
     format: str  # "PNG", "JPEG", "BMP", "TIFF", "DICOM" or "array"
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, column); None: unknown
+    # the scan regions a DICOM file declares (2-D tissue, left to right); none for rasters
+    regions: tuple[ScanRegion, ...] = ()
 
     @property
     def height(self) -> int:
@@ -63,7 +65,7 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
         raise EmptyInput("the file is empty (zero bytes)")
     if is_dicom(data[:132]):
         dcm = read_dicom(data, max_pixels)
-        return DecodedImage(dcm.image, "DICOM", dcm.pixel_spacing_mm)
+        return DecodedImage(dcm.image, "DICOM", dcm.pixel_spacing_mm, dcm.regions)
     return _decode_raster(data, max_pixels)
 
 

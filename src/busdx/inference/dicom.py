@@ -1,9 +1,13 @@
-"""DICOM input: the first frame as grayscale in [0, 1], and the pixel size when the file says it.
+"""DICOM input: the first frame as grayscale in [0, 1], the pixel size when the file says it, and
+the scan regions the scanner declares.
 
 Only pydicom is needed for uncompressed files (and for the compressed transfer syntaxes pydicom
 decodes with the plugins that happen to be installed); anything else is refused with a clear
 message instead of a traceback. Ultrasound files give their calibration in the
 SequenceOfUltrasoundRegions (PhysicalDeltaX/Y, usually in cm); PixelSpacing is the fallback.
+The same sequence says where on the screen each scan is (RegionLocationMin/Max): a scanner's
+DICOM is a screen, with text, a body marker and a depth scale around the scan, which no black
+frame rule can cut off reliably, and the regions give the scan's exact bounds.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from busdx.data.preprocess import to_gray_float
 from busdx.inference.errors import CorruptImage, TooLarge, UnsupportedFormat
+from busdx.inference.scan_area import ScanArea
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,10 @@ MAGIC_OFFSET = 128
 CM_UNITS = 3  # PhysicalUnitsX/YDirection code for centimetres
 GRAY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
+SPATIAL_2D = 1  # RegionSpatialFormat of a 2-D image (not M-mode, spectral or a waveform)
+TISSUE = 1  # RegionDataType of B-mode tissue (not colour flow or Doppler)
+# a declared region smaller than this (pixels, either side) is not a scan a lesion could be in
+MIN_REGION = 32
 
 
 def is_dicom(head: bytes) -> bool:
@@ -32,28 +41,76 @@ def is_dicom(head: bytes) -> bool:
 
 
 @dataclass(frozen=True)
+class ScanRegion:
+    """A 2-D tissue region the file declares: where the scan is, and its calibration if any."""
+
+    area: ScanArea
+    pixel_spacing_mm: tuple[float, float] | None  # (row, column)
+
+
+@dataclass(frozen=True)
 class DicomImage:
     image: np.ndarray  # float32 HxW in [0, 1]
     pixel_spacing_mm: tuple[float, float] | None  # (row, column) spacing
     photometric: str
     frames: int
+    regions: tuple[ScanRegion, ...] = ()  # the 2-D tissue regions, left to right
+
+
+def _region_spacing(region) -> tuple[float, float] | None:
+    """(row, column) mm per pixel of one region calibrated in cm, else None."""
+    units_x = region.get("PhysicalUnitsXDirection")
+    units_y = region.get("PhysicalUnitsYDirection")
+    dx, dy = region.get("PhysicalDeltaX"), region.get("PhysicalDeltaY")
+    if units_x != CM_UNITS or units_y != CM_UNITS or dx is None or dy is None:
+        return None
+    try:
+        dx_mm, dy_mm = abs(float(dx)) * 10.0, abs(float(dy)) * 10.0
+    except (TypeError, ValueError):
+        return None
+    return (dy_mm, dx_mm) if dx_mm > 0 and dy_mm > 0 else None
 
 
 def ultrasound_spacing(ds) -> tuple[float, float] | None:
     """(row, column) mm per pixel from the first 2-D ultrasound region calibrated in cm."""
-    regions = ds.get("SequenceOfUltrasoundRegions")
-    if not regions:
-        return None
-    for region in regions:
-        units_x = region.get("PhysicalUnitsXDirection")
-        units_y = region.get("PhysicalUnitsYDirection")
-        dx, dy = region.get("PhysicalDeltaX"), region.get("PhysicalDeltaY")
-        if units_x != CM_UNITS or units_y != CM_UNITS or dx is None or dy is None:
-            continue
-        dx_mm, dy_mm = abs(float(dx)) * 10.0, abs(float(dy)) * 10.0
-        if dx_mm > 0 and dy_mm > 0:
-            return dy_mm, dx_mm
+    for region in ds.get("SequenceOfUltrasoundRegions") or ():
+        spacing = _region_spacing(region)
+        if spacing is not None:
+            return spacing
     return None
+
+
+def scan_regions(ds, rows: int, cols: int) -> tuple[ScanRegion, ...]:
+    """The 2-D tissue regions of SequenceOfUltrasoundRegions, clipped to the image, left to
+    right. A region without a data type counts as tissue (some exporters leave it out); colour
+    flow, Doppler and M-mode regions do not count, nor do degenerate ones, nor one that lies
+    inside another (a zoom box drawn over the scan, say). A damaged sequence gives none: the
+    regions refine the analysis, and the black frame rule takes over without them."""
+    found: list[ScanRegion] = []
+    try:
+        for region in ds.get("SequenceOfUltrasoundRegions") or ():
+            if region.get("RegionSpatialFormat") != SPATIAL_2D:
+                continue
+            if region.get("RegionDataType", TISSUE) != TISSUE:
+                continue
+            x0, y0 = int(region.RegionLocationMinX0), int(region.RegionLocationMinY0)
+            x1, y1 = int(region.RegionLocationMaxX1), int(region.RegionLocationMaxY1)
+            # the Max coordinates are inclusive
+            area = ScanArea(max(0, y0), min(rows, y1 + 1), max(0, x0), min(cols, x1 + 1))
+            if area.height < MIN_REGION or area.width < MIN_REGION:
+                continue
+            found.append(ScanRegion(area, _region_spacing(region)))
+    except (AttributeError, TypeError, ValueError):
+        return ()
+    kept = [r for i, r in enumerate(found)
+            if not any(j != i and _inside(r.area, o.area) and (r.area != o.area or j < i)
+                       for j, o in enumerate(found))]
+    return tuple(sorted(kept, key=lambda r: (r.area.left, r.area.top)))
+
+
+def _inside(a: ScanArea, b: ScanArea) -> bool:
+    return (a.top >= b.top and a.bottom <= b.bottom and a.left >= b.left
+            and a.right <= b.right)
 
 
 def pixel_spacing(ds) -> tuple[float, float] | None:
@@ -126,4 +183,5 @@ def read_dicom(data: bytes, max_pixels: int) -> DicomImage:
         image = to_gray_float(gray.astype(np.float32))
     else:
         image = to_gray_float(frame)
-    return DicomImage(image, pixel_spacing(ds), photometric, frames)
+    return DicomImage(image, pixel_spacing(ds), photometric, frames,
+                      scan_regions(ds, *image.shape))

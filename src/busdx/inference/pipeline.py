@@ -1,7 +1,8 @@
 """One analysis of one image, shared by the CLI, the API and the tests.
 
-decode -> scan area (busdx.inference.scan_area: a screen capture's black frame cut off; the
-outputs are put back on the whole image's grid) -> input check (busdx.inference.quality: is
+decode -> scan area (a DICOM's declared ultrasound regions, busdx.inference.dicom, then
+busdx.inference.scan_area: a screen capture's black frame cut off; the outputs are put back on
+the whole image's grid) -> input check (busdx.inference.quality: is
 the image like the training images?) -> letterbox -> segmenter -> sigmoid -> back to the
 original grid (bilinear) -> above the card's segmenter threshold (0.5) -> largest connected
 component, holes filled -> lesion crop (busdx.data.crop, one per context of the card) ->
@@ -36,8 +37,18 @@ from busdx.inference.models import ClassifierSettings, Models
 from busdx.inference.overlay import Overlays, render
 from busdx.inference.quality import InputCheck, check_image
 from busdx.inference.risk import RiskBand, risk_band
-from busdx.inference.scan_area import PANES, ScanArea, find_scan_area, split_dual_view
+from busdx.inference.scan_area import (
+    PANES,
+    ScanArea,
+    bounding,
+    find_scan_area_within,
+    split_dual_view,
+)
 from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
+
+# how the part analysed was found (Analysis.scan_area_from)
+FROM_REGIONS = "ultrasound regions"  # the DICOM file's SequenceOfUltrasoundRegions
+FROM_FRAME = "black frame"  # busdx.inference.scan_area's rule
 
 NO_LESION_NOTE = (
     "No lesion found by the segmenter: the probability is from the whole image and is less "
@@ -81,6 +92,10 @@ class Analysis:
     scan_area: ScanArea | None = None
     # of a dual-view capture: which pane ("left" or "right") and where it is in the capture
     pane: tuple[str, ScanArea] | None = None
+    # what located the pane or the scan area: FROM_REGIONS or FROM_FRAME (None: neither)
+    scan_area_from: str | None = None
+    # how many 2-D tissue regions the DICOM file declares (two side by side: a dual view)
+    regions: int = 0
 
     def to_json(self, images: bool = True) -> dict[str, Any]:
         """The API's answer: plain JSON types, the PNGs base64-encoded."""
@@ -102,6 +117,8 @@ class Analysis:
                 "pixel_spacing_mm": list(self.pixel_spacing_mm) if self.pixel_spacing_mm else None,
                 "scan_area": self.scan_area.as_dict() if self.scan_area else None,
                 "pane": {"side": self.pane[0], **self.pane[1].as_dict()} if self.pane else None,
+                "scan_area_from": self.scan_area_from,
+                "regions": self.regions,
             },
             "timings_ms": self.timings_ms,
             "model_version": self.model_version,
@@ -211,21 +228,32 @@ def analyze(
     """Analyse one image: bytes of a file, a path, an array, or an already decoded image.
     ``trim_margins=False`` analyses the whole image, black frame and all (for studies).
     ``pane`` ("left" or "right"): the image is a dual-view capture, and that pane of it is
-    analysed (busdx.inference.scan_area.split_dual_view); the result describes the pane."""
+    analysed (a DICOM's two declared regions, else busdx.inference.scan_area.split_dual_view);
+    the result describes the pane. A DICOM file's declared scan regions bound the scan area,
+    and the black frame rule then runs inside them."""
     clock = _Clock()
     decoded = source if isinstance(source, DecodedImage) else decode(source, max_pixels)
-    where = None
+    declared = len(decoded.regions)
+    regions = decoded.regions if trim_margins else ()
+    where, located = None, None
     if pane is not None:
         if pane not in PANES:
             raise ValueError(f"pane must be one of {', '.join(PANES)}, not {pane!r}")
-        where = (pane, split_dual_view(decoded.image)[PANES.index(pane)])
-        decoded = replace(decoded, image=np.ascontiguousarray(where[1].crop(decoded.image)))
+        decoded, where, located = _pane(decoded, regions, pane)
+        regions = ()
     image = decoded.image
     h, w = image.shape
     clock.lap("decode")
-    area = find_scan_area(image) if trim_margins else None
-    if area is not None and area.is_whole((h, w)):
-        area = None
+    area = None
+    if trim_margins:
+        outer = bounding([r.area for r in regions]) if regions else None
+        area = find_scan_area_within(image, outer)
+        if len(regions) == 1 and regions[0].pixel_spacing_mm is not None:
+            decoded = replace(decoded, pixel_spacing_mm=regions[0].pixel_spacing_mm)
+        if area.is_whole((h, w)):
+            area = None
+        elif located is None:
+            located = FROM_REGIONS if regions else FROM_FRAME
     scan = area.crop(image) if area else image
     # a caution, not a gate: the analysis goes on whatever it says
     input_check = (check_image(scan, models.input_ranges, models.input_texture_long_side)
@@ -276,4 +304,27 @@ def analyze(
         input_check=input_check,
         scan_area=area,
         pane=where,
+        scan_area_from=located,
+        regions=declared,
     )
+
+
+def _pane(decoded: DecodedImage, regions: tuple, pane: str
+          ) -> tuple[DecodedImage, tuple[str, ScanArea], str | None]:
+    """The pane of a dual-view capture, as an image of its own: the decoded pane, (side, where
+    it is in the capture) and what located it. Two regions side by side declared by a DICOM
+    file are the panes, gap or not; otherwise the black gap between the panes is looked for
+    (inside the one declared region, if there is one)."""
+    side = PANES.index(pane)
+    spacing = decoded.pixel_spacing_mm
+    if len(regions) == 2 and regions[0].area.right <= regions[1].area.left:
+        area, located = regions[side].area, FROM_REGIONS
+        spacing = regions[side].pixel_spacing_mm or spacing
+    else:
+        outer = bounding([r.area for r in regions]) if regions else None
+        area, located = split_dual_view(decoded.image, outer)[side], None
+        if len(regions) == 1:
+            spacing = regions[0].pixel_spacing_mm or spacing
+    crop = np.ascontiguousarray(area.crop(decoded.image))
+    return (replace(decoded, image=crop, pixel_spacing_mm=spacing, regions=()), (pane, area),
+            located)

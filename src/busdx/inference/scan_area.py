@@ -108,13 +108,30 @@ def find_scan_area(image: np.ndarray) -> ScanArea:
     return area
 
 
-def split_dual_view(image: np.ndarray) -> tuple[ScanArea, ScanArea]:
+def bounding(areas: list[ScanArea] | tuple[ScanArea, ...]) -> ScanArea:
+    """The smallest area holding all of ``areas`` (at least one)."""
+    return ScanArea(min(a.top for a in areas), max(a.bottom for a in areas),
+                    min(a.left for a in areas), max(a.right for a in areas))
+
+
+def find_scan_area_within(image: np.ndarray, outer: ScanArea | None) -> ScanArea:
+    """The scan area inside ``outer`` (a DICOM's declared regions, say), in the image's
+    coordinates: the black frame rule applied to ``outer``'s crop; the whole image's without
+    ``outer``."""
+    if outer is None:
+        return find_scan_area(image)
+    return find_scan_area(outer.crop(image)).within(outer)
+
+
+def split_dual_view(image: np.ndarray, outer: ScanArea | None = None
+                    ) -> tuple[ScanArea, ScanArea]:
     """The two panes (left, right) of a dual-view capture: two scans side by side, as scanners
     show a lesion's two planes and as BUS-BRA's -l/-r images were cut from. The panes are split
     at the black gap between them nearest the middle (looked for in ``GAP_BAND`` of the scan
     area's width), and each pane is cut to its own scan area. Without such a gap the capture is
-    refused (NoDualView) rather than cut through tissue at a guess."""
-    outer = find_scan_area(image)
+    refused (NoDualView) rather than cut through tissue at a guess. ``outer``: where in the
+    image to look (a DICOM's one declared region holding both panes)."""
+    outer = find_scan_area_within(image, outer)
     part = outer.crop(image)
     w = part.shape[1]
     dark = (part > LEVEL).mean(axis=0) < FRACTION

@@ -159,10 +159,9 @@ function renderResult(r) {
     return p;
   }));
   els.inputWarnings.hidden = warnings.length === 0;
-  const area = r.image && r.image.scan_area;
-  els.scanNote.textContent = area ? `Black frame cut off: the ${area.width} x ${area.height} ` +
-    `pixel scan area was analysed (the frame is not part of the scan).` : "";
-  els.scanNote.hidden = !area;
+  const scanNote = scanAreaNote(r.image || {});
+  els.scanNote.textContent = scanNote;
+  els.scanNote.hidden = !scanNote;
   renderMeasurements(r);
   renderTimings(r.timings_ms);
   els.operatingNote.textContent = operatingNote;
@@ -209,6 +208,24 @@ function checkFile(file) {
     return `${file.name} is ${(file.size / 1048576).toFixed(1)} MB: the limit is 25 MB.`;
   }
   return "";
+}
+
+// What the page should say about the part of the file that was analysed.
+function scanAreaNote(image) {
+  const area = image.scan_area;
+  const notes = [];
+  if (area && image.scan_area_from === "ultrasound regions") {
+    notes.push(`Scan area from the DICOM file's ultrasound regions: the ${area.width} x ` +
+      `${area.height} pixel scan was analysed (the screen around it is not part of the scan).`);
+  } else if (area) {
+    notes.push(`Black frame cut off: the ${area.width} x ${area.height} pixel scan area was ` +
+      `analysed (the frame is not part of the scan).`);
+  }
+  if (!image.pane && image.regions === 2) {
+    notes.push("The file declares two scans side by side: if they are the lesion's two " +
+      "planes, tick \"Dual-view capture\" and drop it again to read them as one lesion.");
+  }
+  return notes.join(" ");
 }
 
 // One image (or one pane of a dual-view capture) through /api/analyze; throws an Error whose

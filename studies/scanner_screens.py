@@ -10,14 +10,20 @@ scan is (SequenceOfUltrasoundRegions), and the product reads that first.
 
 Every VALIDATION image (patient-wise, fold 5 not read) is put on such a screen (drawn here:
 pixel values 0-3 of 255 for black, text and marks at full brightness; the scan is unchanged)
-and read through the product's own analysis in three ways:
+and read through the product's own analysis in four ways:
 
 - plain: the image file itself (the reference);
-- screenshot: the screen as an image with no declared regions (a PNG or JPEG export);
+- uncut: the screen analysed whole (``trim_margins=False``), what the screen would cost;
+- screenshot: the screen as an image with no declared regions (a PNG export): the black frame
+  rule, annotations and all;
 - DICOM: the screen in a DICOM file declaring the scan's region, as scanners write it.
 
 Per reading: the AUC, sensitivity and specificity at the frozen threshold, the calls that flip
-against the plain image, and how many screens were cut to exactly the scan. Then every
+against the plain image, and how many screens were cut to exactly the scan, to within ``NEAR``
+pixels of it on every edge without losing any of what it shows (a faded far field's black last
+rows may go, as on any framed image), or into what the scan shows; and where the cut falls on
+the same screenshot saved as a JPEG (no analysis: the compression alone changes calls, which
+studies/robustness.py measures). Then every
 validation lesion with both halves is put on a dual-view screen with the two panes touching,
 and read as one lesion from the DICOM's two regions (``analyze(pane=...)``), against the two
 original images read as one lesion; the same screen as a screenshot is refused (no gap).
@@ -44,6 +50,7 @@ MARGINS = (0.12, 0.08, 0.24, 0.12)
 MIN_MARGINS = (20, 12, 64, 36)
 SETTINGS = ("Gn 52", "DR 66", "FR 27", "D 4.0cm", "Frq 12M", "AO 100%", "MI 1.1", "TIS 0.3",
             "Focus 1.8", "SRI 3", "CRI 2", "Map G")
+JPEG_QUALITY = 85
 MM_PER_PIXEL = 0.08  # the declared regions' calibration (a 12 MHz linear probe's order)
 
 
@@ -117,11 +124,33 @@ def screen_dicom(pixels: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> 
     return buf.getvalue()
 
 
-def _exact(area, box: tuple[int, int, int, int]) -> bool:
-    return area is not None and (area.left, area.top, area.width, area.height) == box
+NEAR = 8  # pixels an analysed area's edge may lie off the scan's and count as near
+# a row or column of the scan under this share of pixels above this level is black: the black
+# frame rule's own definition (busdx.inference.scan_area.FRACTION and LEVEL)
+BLACK, BLACK_SHARE = 4 / 255, 0.02
+
+
+def _fit(area, box: tuple[int, int, int, int], shape: tuple[int, int],
+         scan: np.ndarray) -> dict[str, bool]:
+    """How the analysed area fits the scan's box: exactly; every edge within NEAR pixels without
+    losing anything of the scan but black rows or columns (a faded far field's last rows, which
+    the black frame rule takes for frame on any framed image); or cutting into what the scan
+    shows (a row or column of it that is not black)."""
+    x, y, w, h = box
+    top, left, bottom, right = ((area.top, area.left, area.bottom, area.right) if area
+                                else (0, 0, *shape))
+    lit = scan > BLACK
+    rows, cols = lit.mean(axis=1), lit.mean(axis=0)
+    lost = np.concatenate([rows[:max(0, top - y)], rows[max(0, bottom - y):],
+                           cols[:max(0, left - x)], cols[max(0, right - x):]])
+    cut_into = bool((lost >= BLACK_SHARE).any())
+    edges = (y - top, x - left, bottom - (y + h), right - (x + w))
+    return {"exact": max(map(abs, edges)) == 0,
+            "near": max(map(abs, edges)) <= NEAR and not cut_into, "cut_into": cut_into}
 
 
 def collect(data: str, models_dir: str | None, threads: int) -> dict:
+    from PIL import Image
     from tqdm import tqdm
 
     from busdx.data.index import load_index, resolve_root
@@ -131,6 +160,7 @@ def collect(data: str, models_dir: str | None, threads: int) -> dict:
     from busdx.inference.lesion import read_lesion
     from busdx.inference.models import Models
     from busdx.inference.pipeline import analyze
+    from busdx.inference.scan_area import find_scan_area
 
     models = Models.load(models_dir, threads=threads)
     val = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5)).val
@@ -139,13 +169,22 @@ def collect(data: str, models_dir: str | None, threads: int) -> dict:
         scan = decode(str(r.image_path)).image
         pixels, boxes = screen([scan], np.random.default_rng([SEED, i]))
         row = {"image": r.image_path.name, "label": r.label}
-        for name, source in (("plain", scan), ("screenshot", pixels),
-                             ("dicom", screen_dicom(pixels, boxes))):
-            a = analyze(source, models, render_overlays=False)
+        for name, source, trim in (("plain", scan, True), ("uncut", pixels, False),
+                                   ("screenshot", pixels, True),
+                                   ("dicom", screen_dicom(pixels, boxes), True)):
+            a = analyze(source, models, render_overlays=False, trim_margins=trim)
             row[name] = a.probability
             row[f"{name}_malignant"] = a.label == "malignant"
-            if name != "plain":
-                row[f"{name}_exact"] = _exact(a.scan_area, boxes[0])
+            if name not in ("plain", "uncut"):
+                fit = _fit(a.scan_area, boxes[0], pixels.shape, scan)
+                row.update({f"{name}_{k}": v for k, v in fit.items()})
+        # the same screenshot saved as a JPEG, as many exports are: where the cut falls (ringing
+        # around the annotations makes them harder to tell from tissue)
+        jpeg = io.BytesIO()
+        Image.fromarray(pixels).save(jpeg, format="JPEG", quality=JPEG_QUALITY)
+        area = find_scan_area(decode(jpeg.getvalue()).image)
+        fit = _fit(None if area.is_whole(pixels.shape) else area, boxes[0], pixels.shape, scan)
+        row.update({f"jpeg_{k}": v for k, v in fit.items()})
         images.append(row)
     halves: dict[str, dict[str, object]] = {}
     for r in val:
@@ -170,8 +209,9 @@ def collect(data: str, models_dir: str | None, threads: int) -> dict:
             "lesion": lesion, "label": a.label,
             "dicom": split.probability, "dicom_malignant": split.label == "malignant",
             "halves": apart.probability, "halves_malignant": apart.label == "malignant",
-            "panes_exact": all(_exact(p.pane[1] if p.scan_area is None else None, box)
-                               for p, box in zip(panes, boxes, strict=True)),
+            "panes_exact": all(p.scan_area is None
+                               and _fit(p.pane[1], box, pixels.shape, scan)["exact"]
+                               for p, box, scan in zip(panes, boxes, scans, strict=True)),
             "screenshot_refused": refused,
         })
     return {"threshold": models.settings.threshold, "lesion_threshold": threshold,
@@ -191,11 +231,16 @@ def summarise(collected: dict) -> dict:
     y = np.array([r["label"] for r in images])
     plain = np.array([r["plain_malignant"] for r in images])
     readings = {}
-    for name in ("plain", "screenshot", "dicom"):
+    for name in ("plain", "uncut", "screenshot", "dicom"):
         readings[name] = _reading(y, np.array([r[name] for r in images]),
                                   np.array([r[f"{name}_malignant"] for r in images]), plain)
-        if name != "plain":
-            readings[name]["cut_exactly"] = int(sum(r[f"{name}_exact"] for r in images))
+        if name not in ("plain", "uncut"):
+            for key, field in (("cut_exactly", "exact"), ("cut_near", "near"),
+                               ("scan_cut_into", "cut_into")):
+                readings[name][key] = int(sum(r[f"{name}_{field}"] for r in images))
+    jpeg = {key: int(sum(r[f"jpeg_{field}"] for r in images))
+            for key, field in (("cut_exactly", "exact"), ("cut_near", "near"),
+                               ("scan_cut_into", "cut_into"))}
     ly = np.array([r["label"] for r in lesions])
     halves = np.array([r["halves_malignant"] for r in lesions])
     dual = {name: _reading(ly, np.array([r[name] for r in lesions]),
@@ -208,6 +253,7 @@ def summarise(collected: dict) -> dict:
         "split": "validation (fold 5 not read)",
         "images": len(images), "malignant": int(y.sum()),
         "threshold": collected["threshold"],
+        "near_px": NEAR,
         "screen": {"margins": dict(zip(("top", "bottom", "left", "right"), MARGINS,
                                        strict=True)),
                    "min_margins_px": dict(zip(("top", "bottom", "left", "right"), MIN_MARGINS,
@@ -216,6 +262,7 @@ def summarise(collected: dict) -> dict:
                                   "marker"},
         "model_version": collected["model_version"],
         "readings": readings,
+        "jpeg_screenshot_cut": {"quality": JPEG_QUALITY, **jpeg},
         "dual_view": {
             "lesions": len(lesions), "malignant": int(ly.sum()),
             "lesion_threshold": collected["lesion_threshold"],
@@ -229,9 +276,13 @@ def summarise(collected: dict) -> dict:
 def describe(result: dict, args, out: Path) -> None:
     log.info("%d validation images on a scanner's screen", result["images"])
     for name, c in result["readings"].items():
-        log.info("%-10s AUC %.3f  sensitivity %.3f  specificity %.3f  flipped %3d  cut exactly %s",
-                 name, c["auc"], c["sensitivity"], c["specificity"], c["calls_flipped"],
-                 c.get("cut_exactly", "-"))
+        log.info("%-10s AUC %.3f  sensitivity %.3f  specificity %.3f  flipped %3d  cut exactly "
+                 "%s, within %d px %s, into the scan %s", name, c["auc"], c["sensitivity"],
+                 c["specificity"], c["calls_flipped"], c.get("cut_exactly", "-"),
+                 result["near_px"], c.get("cut_near", "-"), c.get("scan_cut_into", "-"))
+    j = result["jpeg_screenshot_cut"]
+    log.info("as JPEG %d: cut exactly %d, within %d px %d, into the scan %d", j["quality"],
+             j["cut_exactly"], result["near_px"], j["cut_near"], j["scan_cut_into"])
     d = result["dual_view"]
     log.info("%d lesions on dual-view screens with touching panes: %d split exactly from the "
              "regions, %d screenshots refused", d["lesions"], d["panes_exact"],

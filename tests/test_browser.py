@@ -327,3 +327,48 @@ def test_a_dual_view_capture_is_read_as_one_lesion_from_its_panes(server, browse
     assert "dual-view capture" in page.locator("#error").inner_text()
     assert not errors, errors
     page.close()
+
+
+def test_a_dual_view_dicom_screen_is_read_from_its_declared_regions(server, browser,
+                                                                    fixtures_root, tmp_path,
+                                                                    output_dir):
+    """A scanner's dual-view DICOM: annotations around two touching panes. Dropped alone, the
+    page says the file declares two scans; ticked as a dual view, the panes are read as one
+    lesion from the declared regions."""
+    import numpy as np
+    from PIL import Image
+
+    from stand_in_models import calibration_region, dicom_bytes
+
+    left, right = (np.asarray(Image.open(fixtures_root / "Images" / f"bus_0007-{s}.png")
+                              .convert("L")) for s in "lr")
+    h = max(left.shape[0], right.shape[0])
+    screen = np.zeros((h + 70, left.shape[1] + right.shape[1] + 110), np.uint8)
+    boxes = [(70, 40, left.shape[1], left.shape[0]),
+             (70 + left.shape[1], 40, right.shape[1], right.shape[0])]
+    for (x, y, w, hh), scan in zip(boxes, (left, right), strict=True):
+        screen[y:y + hh, x:x + w] = scan
+    for i in range(10):  # the settings column
+        screen[48 + 24 * i:56 + 24 * i, 8:50:2] = 230
+    screen[10:20, 80:400:2] = 255  # the title
+    path = tmp_path / "screen.dcm"
+    path.write_bytes(dicom_bytes(screen, regions=[calibration_region(0.08, w, hh, x, y)
+                                                  for x, y, w, hh in boxes]))
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server + "/")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    note = page.locator("#scan-note").inner_text()
+    assert "ultrasound regions" in note and "Dual-view capture" in note
+    page.screenshot(path=str(output_dir / "browser-dicom-screen.png"), full_page=True)
+    page.keyboard.press("n")
+    page.check("#dual-view")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#lesion:not([hidden])", timeout=90_000)
+    assert "read from 2 views" in page.locator("#lesion-title").inner_text()
+    assert "mm" in page.locator("#result").inner_text()  # the regions' calibration
+    page.screenshot(path=str(output_dir / "browser-dicom-dual-view.png"), full_page=True)
+    assert not errors, errors
+    page.close()

@@ -84,12 +84,60 @@ def test_a_border_row_or_two_is_not_a_frame(scan):
     assert find_scan_area(image).is_whole(image.shape)
 
 
-def test_text_in_the_frame_stops_the_cut(scan):
+def test_a_screen_s_annotations_are_cut_off_with_its_frame(scan):
+    """Text, a depth scale and a logo in the frame are not tissue: the cut goes past them."""
     h, w = scan.shape
-    framed = _framed(scan, 0, 0, 100, 0, noise=False)
-    framed[10:30, 20:60] = 0.9  # a label burned into the frame
+    framed = _framed(scan, 30, 20, 100, 40)
+    framed[40:52, 6:80:3] = 0.9  # a line of text (thin strokes) in the left margin
+    framed[60:80, 20:60] = 0.85  # a solid label
+    framed[30:30 + h, 100 + w + 4] = 1.0  # a depth scale's line beside the scan
+    framed[5:12, 110:400] = 0.95  # a title line across the top
     area = find_scan_area(framed)
-    assert area.left == 20 and area.right == 100 + w
+    assert (area.top, area.bottom, area.left) == (30, 30 + h, 100)
+    assert 100 + w <= area.right <= 100 + w + 5  # the scale's line may stay: it is 4 px out
+
+
+def test_a_jpeg_screen_s_annotations_are_cut_off_too(scan):
+    """Compression rings around text: many dim pixels that must not pass for tissue."""
+    import io
+
+    from PIL import Image
+
+    from busdx.inference.decode import decode_bytes
+
+    h, w = scan.shape
+    framed = _framed(scan, 30, 20, 100, 40)
+    for i in range(10):  # settings text down the left margin
+        framed[40 + 20 * i:48 + 20 * i, 8:70:2] = 0.9
+    framed[6:14, 110:300:2] = 0.95  # the title
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(framed * 255).astype(np.uint8)).save(buffer, "JPEG", quality=85)
+    area = find_scan_area(decode_bytes(buffer.getvalue()).image)
+    assert 22 <= area.top <= 30 and 92 <= area.left <= 100  # no tissue lost, little screen kept
+    assert area.bottom >= 30 + h and area.right >= 100 + w
+
+
+def test_text_in_a_faded_far_field_keeps_the_far_field(scan):
+    """Below the scan the bottom edge follows the black frame rule alone: text burned into a
+    dark far field (as on some of BUS-BRA's scans) does not license cutting the far field."""
+    h, w = scan.shape
+    image = _framed(scan, 0, 0, 60, 60, noise=False)
+    image[h - 60:, 60:60 + w] = np.minimum(image[h - 60:, 60:60 + w], 3 / 255)  # faded
+    image[h - 20:h - 10, 100:200:2] = 0.9  # "MAMA ESQUERDA"
+    area = find_scan_area(image)
+    # the text stops the cut; only the black rows under it go, as in any framed image
+    assert (area.left, area.right, area.bottom) == (60, 60 + w, h - 10)
+
+
+def test_dim_texture_in_the_frame_stops_the_cut(scan):
+    """What is dim and textured like tissue beside the scan (a faded far field, a darkened
+    scan's edge) is kept, however sparse: annotations are drawn bright."""
+    h, w = scan.shape
+    framed = _framed(scan, 0, 0, 100, 0)
+    rng = np.random.default_rng(1)
+    dim = rng.random((h, 100)) < 0.05
+    framed[:, :100][dim] = 0.1  # sparse dim speckle
+    assert find_scan_area(framed).left == 0
 
 
 def test_a_mostly_black_image_is_analysed_whole():
@@ -272,14 +320,15 @@ def _regions(boxes: list, mm: list[float]) -> list[dict]:
 
 
 def test_a_dicom_screen_is_analysed_as_its_declared_scan(scan, models):
-    """A scanner's annotations stop the black frame rule; the file's declared region does not
-    need it, and the scan is read exactly as the scan alone."""
+    """The file's declared region gives the scan exactly, and it is read as the scan alone; the
+    same screen as a screenshot is cut by the pixels, past its annotations."""
     from stand_in_models import dicom_bytes
 
     h, w = scan.shape
     pixels, boxes = _screen([scan])
     screenshot = analyze(pixels, models, render_overlays=False)
-    assert screenshot.scan_area is None or screenshot.scan_area.left < boxes[0][0]
+    assert (screenshot.scan_area.left, screenshot.scan_area.top) == (70, 40)
+    assert screenshot.scan_area_from == "black frame" and screenshot.regions == 0
     plain = analyze(np.round(scan * 255).astype(np.uint8), models, render_overlays=False)
     a = analyze(dicom_bytes(pixels, regions=_regions(boxes, [0.07])), models,
                 render_overlays=False)

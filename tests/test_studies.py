@@ -427,10 +427,13 @@ def test_scanner_screens_study_reproduces_its_recorded_answer(busbra_root):
     for name, c in recorded["readings"].items():
         assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
         assert result["readings"][name]["calls_flipped"] == c["calls_flipped"], name
-        assert result["readings"][name].get("cut_exactly") == c.get("cut_exactly"), name
+        for key in ("cut_exactly", "cut_near", "scan_cut_into"):
+            assert result["readings"][name].get(key) == c.get(key), (name, key)
     for key in ("panes_exact", "screenshots_refused"):
         assert result["dual_view"][key] == recorded["dual_view"][key]
     # what the regions promise: a DICOM screen reads as its scan, a dual view as its halves
     assert result["readings"]["dicom"]["calls_flipped"] == 0
     assert result["readings"]["dicom"]["cut_exactly"] == result["images"]
+    # and the pixels never cut into a scan, annotations or not
+    assert result["readings"]["screenshot"]["scan_cut_into"] == 0
     assert result["dual_view"]["readings"]["dicom"]["calls_flipped"] == 0

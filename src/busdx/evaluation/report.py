@@ -161,12 +161,14 @@ def _screens_lines(path: Path) -> list[str]:
     if not path.exists():
         return []
     screens = json.loads(path.read_text())
-    names = {"plain": "the image itself", "screenshot": "the screen as a screenshot",
+    names = {"plain": "the image itself", "uncut": "the screen read whole (nothing cut)",
+             "screenshot": "the screen as a screenshot (served: cut by its pixels)",
              "dicom": "the screen as a DICOM declaring its region (served)"}
     singles = [f"| {names[k]} | {_fmt(r['auc'])} | {_fmt(r['sensitivity'])} | "
                f"{_fmt(r['specificity'])} | {r['calls_flipped']} | "
-               f"{r.get('cut_exactly', '-')} |" for k, r in screens["readings"].items()]
-    dual = screens["dual_view"]
+               + (f"{r['cut_exactly']} / {r['cut_near']} / {r['scan_cut_into']} |"
+                  if "cut_exactly" in r else "- |") for k, r in screens["readings"].items()]
+    dual, jpeg = screens["dual_view"], screens["jpeg_screenshot_cut"]
     names = {"dicom": "split at the DICOM's two regions (served)",
              "halves": "the two original images"}
     lesions = [f"| {names[k]} | {_fmt(r['auc'])} | {_fmt(r['sensitivity'])} | "
@@ -179,8 +181,14 @@ def _screens_lines(path: Path) -> list[str]:
         f"{dual['lesions']} lesions with both halves: {dual['screenshots_refused']} of those "
         f"are refused as screenshots (no gap), and {dual['panes_exact']} split into exactly "
         "their halves at the regions (`reports/studies/scanner_screens.json`):", "",
-        "| read as | AUC | sensitivity | specificity | calls flipped | cut to the scan |",
+        "| read as | AUC | sensitivity | specificity | calls flipped | "
+        f"cut exactly / within {screens['near_px']} px / into the scan's content |",
         "|---|---|---|---|---|---|", *singles, "",
+        f"Saved as JPEG (quality {jpeg['quality']}), which blurs the annotations into the black "
+        f"around them, the same screenshots are cut to within {screens['near_px']} px of the "
+        f"scan in {jpeg['cut_near']} of {screens['images']} (exactly in {jpeg['cut_exactly']}); "
+        "the others keep more of the screen's edge, and "
+        f"{jpeg['scan_cut_into']} of them also lost rows or columns the scan shows.", "",
         "| dual-view screen, read as a lesion | AUC | sensitivity | specificity | "
         "calls unlike the halves' |", "|---|---|---|---|---|", *lesions, "",
     ]

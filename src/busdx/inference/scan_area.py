@@ -9,12 +9,24 @@ gives the networks the image they were trained on (``studies/margins.py`` measur
 
 A margin is a run of border rows (columns) in which fewer than ``FRACTION`` of the pixels are
 above ``LEVEL``: black, give or take compression noise; runs thinner than ``MIN_FRAME`` of the
-side are left alone. Text or a scale bar in the margin stops the cut there, so nothing that
-might be tissue is removed. The bottom edge is special: deep in
-the breast the echo fades, and some of BUS-BRA's scans end in rows as black as a margin.
-The bottom is therefore cut only when another edge had a margin (the image is framed), and an
-image cut to its scan area, as BUS-BRA's all are, is left exactly as it is (a test checks this on
-the whole dataset). numpy only.
+side are left alone. The bottom edge is special: deep in the breast the echo fades, and some of
+BUS-BRA's scans end in rows as black as a margin. The bottom is therefore cut only when another
+edge had a margin (the image is framed).
+
+A scanner's screen also writes in its margins: a title, the settings, a depth scale, a body
+marker. Taken for tissue, they would stop the cut. So the rule is run a second time on the scan's
+own pixels: the bright pixels of the large connected regions (``BLOCK``-pixel blocks mostly
+bright, in components at least ``KEEP`` of the largest), which text, thin lines and small
+symbols are not. The top, left or right edge is cut deeper by this second run only where the
+strip it removes looks like annotations: sparse (at most ``SPARSE`` of its pixels bright) and
+drawn bright (at least ``MARK_SHARE`` of their light in pixels at or above ``MARK``), which a
+faded far field or a darkened scan's dim speckle is not. The bottom is left to the black frame
+rule, since some scans carry text burned into their faded far field (bus_0165-l's "MAMA
+ESQUERDA"). A DICOM file's declared regions, when there are any, bound the scan before any of
+this (busdx.inference.pipeline).
+
+An image cut to its scan area, as BUS-BRA's all are, is left exactly as it is (a test checks this
+on the whole dataset). numpy only.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from busdx.inference.components import label_runs
 from busdx.inference.errors import InputError
 
 # gray level at or below which a pixel is black (8-bit 4: compression noise on a black frame)
@@ -35,6 +48,16 @@ MIN_FRAME = 0.02
 # a scan area smaller than this share of the image's side is not believed: the image is
 # mostly black, and is analysed whole
 MIN_SHARE = 0.2
+# the scan's own pixels: blocks of BLOCK x BLOCK pixels mostly bright, in connected regions of
+# at least KEEP of the largest one's blocks (two panes are both kept; text and lines are not)
+BLOCK = 4
+KEEP = 0.1
+# a strip cut away as annotations holds at most SPARSE bright pixels, and at least MARK_SHARE of
+# their light is in pixels at or above MARK: annotations are drawn bright, a faded far field's
+# speckle is dim
+SPARSE = 0.25
+MARK = 0.5
+MARK_SHARE = 0.5
 # a dual-view capture's gap between its panes is looked for in this band of its scan area's width
 GAP_BAND = (0.3, 0.7)
 PANES = ("left", "right")
@@ -94,10 +117,9 @@ def _margin(lit: np.ndarray) -> int:
     return margin if margin >= MIN_FRAME * len(lit) else 0
 
 
-def find_scan_area(image: np.ndarray) -> ScanArea:
-    """The scan area of a gray float image in [0, 1] (see the module's docstring)."""
-    h, w = image.shape
-    bright = image > LEVEL
+def _margins(bright: np.ndarray) -> ScanArea:
+    """The black frame rule on a mask of the pixels that count as bright."""
+    h, w = bright.shape
     rows, cols = bright.mean(axis=1), bright.mean(axis=0)
     top, left, right = _margin(rows), _margin(cols), _margin(cols[::-1])
     framed = top or left or right
@@ -105,6 +127,98 @@ def find_scan_area(image: np.ndarray) -> ScanArea:
     area = ScanArea(top, h - bottom, left, w - right)
     if area.height < MIN_SHARE * h or area.width < MIN_SHARE * w:
         return ScanArea(0, h, 0, w)
+    return area
+
+
+def _scan_pixels(bright: np.ndarray) -> np.ndarray:
+    """``bright`` without what lies outside the large connected regions (see the module's
+    docstring); ``bright`` itself for an image too small to judge."""
+    h, w = bright.shape
+    hb, wb = h // BLOCK, w // BLOCK
+    if hb < 8 or wb < 8:
+        return bright
+    blocks = bright[:hb * BLOCK, :wb * BLOCK].reshape(hb, BLOCK, wb, BLOCK).mean(axis=(1, 3))
+    runs, roots = label_runs(blocks > 0.5, 8)
+    sizes: dict[int, int] = {}
+    for (_, start, end), root in zip(runs, roots, strict=True):
+        sizes[root] = sizes.get(root, 0) + end - start
+    if not sizes:
+        return bright
+    kept = {root for root, size in sizes.items() if size >= KEEP * max(sizes.values())}
+    scan = np.zeros(blocks.shape, dtype=bool)
+    for (y, start, end), root in zip(runs, roots, strict=True):
+        if root in kept:
+            scan[y, start:end] = True
+    # one block more all round, so that the scan's ragged edge keeps its pixels
+    grown = scan.copy()
+    grown[1:] |= scan[:-1]
+    grown[:-1] |= scan[1:]
+    scan = grown.copy()
+    scan[:, 1:] |= grown[:, :-1]
+    scan[:, :-1] |= grown[:, 1:]
+    full = np.repeat(np.repeat(scan, BLOCK, axis=0), BLOCK, axis=1)
+    full = np.pad(full, ((0, h - full.shape[0]), (0, w - full.shape[1])), mode="edge")
+    return bright & full
+
+
+def _annotations(image: np.ndarray, bright: np.ndarray, rows: slice, cols: slice) -> bool:
+    """Whether the strip ``rows`` x ``cols`` holds only what a screen writes: sparse, bright
+    marks (or nothing)."""
+    strip = bright[rows, cols]
+    count = int(strip.sum())
+    if count > SPARSE * strip.size:
+        return False
+    if count == 0:
+        return True
+    # weighted by brightness: a compressed capture's ringing around text is many dim pixels
+    # but little light, and the marks themselves carry most of it
+    values = image[rows, cols][strip]
+    return float(values[values >= MARK].sum() / values.sum()) >= MARK_SHARE
+
+
+def _snap(lit: np.ndarray, edge: int) -> int:
+    """``edge`` moved in to just past the black gap between a mark and the scan: the scan's
+    pixels were grown by a block all round, which can keep a depth scale drawn a few pixels off
+    the scan. ``lit``: each row's (column's) bright share, from ``edge`` inwards."""
+    black = np.flatnonzero(lit[:2 * BLOCK] < FRACTION)
+    return edge + int(black[-1]) + 1 if black.size else edge
+
+
+def _may_be_annotated(bright: np.ndarray) -> bool:
+    """Whether a screen's margin may lie along the top, left or right edge: a band there is at
+    most half bright. Tissue reaching the edges is denser, and the search for annotations (a
+    few milliseconds) is skipped."""
+    h, w = bright.shape
+    rows, cols = max(1, int(MIN_FRAME * h)), max(1, int(MIN_FRAME * w))
+    return min(bright[:rows].mean(), bright[:, :cols].mean(), bright[:, -cols:].mean()) <= 0.5
+
+
+def find_scan_area(image: np.ndarray) -> ScanArea:
+    """The scan area of a gray float image in [0, 1] (see the module's docstring)."""
+    h, w = image.shape
+    bright = image > LEVEL
+    frame = _margins(bright)
+    if not _may_be_annotated(frame.crop(bright)):
+        return frame
+    marked = _margins(_scan_pixels(bright))
+    if marked == frame:
+        return frame
+    top, bottom, left, right = frame.top, frame.bottom, frame.left, frame.right
+    rows, cols = slice(frame.top, frame.bottom), slice(frame.left, frame.right)
+    if marked.top > top and _annotations(image, bright, slice(top, marked.top), cols):
+        top = _snap(bright[marked.top:marked.bottom, cols].mean(axis=1), marked.top)
+    if marked.left > left and _annotations(image, bright, rows, slice(left, marked.left)):
+        left = _snap(bright[rows, marked.left:marked.right].mean(axis=0), marked.left)
+    if marked.right < right and _annotations(image, bright, rows, slice(marked.right, right)):
+        lit = bright[rows, marked.left:marked.right].mean(axis=0)[::-1]
+        right = marked.right - _snap(lit, 0)
+    # the bottom by the black frame rule alone, below the scan's columns (text burned into a
+    # faded far field looks just like a screen's marks), now that the marks beside it are gone
+    if (top, left, right) != (frame.top, frame.left, frame.right):
+        bottom = h - _margin(bright[:, left:right].mean(axis=1)[::-1])
+    area = ScanArea(top, bottom, left, right)
+    if area.height < MIN_SHARE * h or area.width < MIN_SHARE * w:
+        return frame
     return area
 
 

@@ -219,7 +219,7 @@ function scanAreaNote(image) {
       `${area.height} pixel scan was analysed (the screen around it is not part of the scan).`);
   } else if (area) {
     notes.push(`Black frame cut off: the ${area.width} x ${area.height} pixel scan area was ` +
-      `analysed (the frame is not part of the scan).`);
+      `analysed (the frame, and anything written in it, is not part of the scan).`);
   }
   if (!image.pane && image.regions === 2) {
     notes.push("The file declares two scans side by side: if they are the lesion's two " +

@@ -388,8 +388,9 @@ def test_one_declared_region_holding_both_panes_is_split_at_its_gap(fixtures_roo
         assert pane.pixel_spacing_mm == pytest.approx((0.1, 0.1))
 
 
-def test_the_api_and_the_csv_say_the_regions_found_the_scan(scan, models, tmp_path):
+def test_the_api_and_the_csv_say_the_regions_found_the_scan(scan, models, tmp_path, caplog):
     import csv
+    import logging
 
     from fastapi.testclient import TestClient
 
@@ -416,3 +417,11 @@ def test_the_api_and_the_csv_say_the_regions_found_the_scan(scan, models, tmp_pa
     assert [r["path"].rsplit("#", 1)[1] for r in rows] == ["left", "right"]
     assert [r["scan_area_from"] for r in rows] == ["ultrasound regions"] * 2
     assert all(r["error"] == "" and r["pixel_spacing_mm"] == "0.1 0.1" for r in rows)
+    # read as one image, the file is flagged: its two scans are probably one lesion's planes
+    with caplog.at_level(logging.WARNING):
+        assert main(["predict", str(tmp_path / "screen.dcm"), "--csv", str(out), "--models",
+                     str(models.directory)]) == 0
+    with out.open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["regions"], row["scan_area_from"]) == ("2", "ultrasound regions")
+    assert "--dual-view" in caplog.text

@@ -40,7 +40,7 @@ MEASUREMENT_COLUMNS = (
 COLUMNS = (
     ("path", "probability", "label", "threshold", "risk_band", "risk_text", "lesion_found")
     + MEASUREMENT_COLUMNS
-    + ("image_width", "image_height", "pixel_spacing_mm", "scan_area", "scan_area_from",
+    + ("image_width", "image_height", "pixel_spacing_mm", "scan_area", "scan_area_from", "regions",
        "model_version",
        "time_ms", "note")
     + ("input_unusual",)
@@ -166,6 +166,8 @@ def row_for(path: Path, analysis) -> dict:
                       if analysis.scan_area else ""),
         # "ultrasound regions" (the DICOM's declared scans) or "black frame"; empty: neither
         "scan_area_from": analysis.scan_area_from or "",
+        # the 2-D tissue scans a DICOM file declares (two side by side: a dual view)
+        "regions": analysis.regions,
         "model_version": analysis.model_version,
         "time_ms": analysis.timings_ms.get("total"),
         "note": analysis.note,
@@ -251,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     # opened now, so that an unwritable path stops the command before the batch, not after it
     lesions_out = _open_csv(args.lesions_csv) if by_lesion else None
     name = _Namer()
-    failed = unusual = 0
+    failed = unusual = dual_regions = 0
     views: dict[str, list] = {}
     failed_views: dict[str, list[str]] = {}
     with out, tqdm(files, desc="predict", unit="image", file=sys.stderr) as bar:
@@ -270,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
                                        render_overlays=False, pane=pane)
                     row = row_for(view, analysis)
                     unusual += bool(row["input_unusual"])
+                    dual_regions += pane is None and analysis.regions == 2
                     _write_outputs(name(stem), analysis, args.masks_dir, args.overlays_dir)
                     if by_lesion:
                         views.setdefault(lesion_key(path, pattern), []).append(
@@ -298,6 +301,11 @@ def run(args: argparse.Namespace) -> int:
         if several == 0 and len(files) > 1 and not args.dual_view:
             log.warning("--lesion-pattern put every file in a lesion of its own: check that its "
                         "first group names what the views of one lesion share")
+    if dual_regions:
+        log.warning("%d DICOM file(s) declare two scans side by side, read here as one image: "
+                    "if they are a lesion's two planes, --dual-view reads each scan apart and "
+                    "--lesions-csv the lesion from both (their regions column says 2)",
+                    dual_regions)
     if unusual:
         log.warning("%d image(s) unlike the training images, where the validated threshold may "
                     "not hold: see the input_unusual column", unusual)

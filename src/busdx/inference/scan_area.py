@@ -205,13 +205,14 @@ def find_scan_area(image: np.ndarray) -> ScanArea:
         return frame
     top, bottom, left, right = frame.top, frame.bottom, frame.left, frame.right
     rows, cols = slice(frame.top, frame.bottom), slice(frame.left, frame.right)
+    # the scan's own rows and columns, to find the black gap beside it without the marks
+    scan = marked.crop(bright)
     if marked.top > top and _annotations(image, bright, slice(top, marked.top), cols):
-        top = _snap(bright[marked.top:marked.bottom, cols].mean(axis=1), marked.top)
+        top = _snap(scan.mean(axis=1), marked.top)
     if marked.left > left and _annotations(image, bright, rows, slice(left, marked.left)):
-        left = _snap(bright[rows, marked.left:marked.right].mean(axis=0), marked.left)
+        left = _snap(scan.mean(axis=0), marked.left)
     if marked.right < right and _annotations(image, bright, rows, slice(marked.right, right)):
-        lit = bright[rows, marked.left:marked.right].mean(axis=0)[::-1]
-        right = marked.right - _snap(lit, 0)
+        right = marked.right - _snap(scan.mean(axis=0)[::-1], 0)
     # the bottom by the black frame rule alone, below the scan's columns (text burned into a
     # faded far field looks just like a screen's marks), now that the marks beside it are gone
     if (top, left, right) != (frame.top, frame.left, frame.right):

@@ -176,3 +176,45 @@ def test_a_region_without_its_bounds_is_no_region_and_no_error():
     out = decode_bytes(dicom_bytes(np.zeros((200, 300), np.uint8), regions=[broken]))
     assert out.regions == () and out.pixel_spacing_mm == pytest.approx((0.1, 0.1))
     assert decode_bytes(dicom_bytes(GRAY)).regions == ()
+
+
+# ------------------------------------------------- compressed files as scanners write them
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "YBR_FULL_422"])
+def test_jpeg_baseline_decodes_with_the_serving_set(photometric):
+    """Most scanners store ultrasound as JPEG Baseline, colour ones as YBR_FULL_422: Pillow,
+    in the serving set, decodes it for pydicom."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    gray = GRAY
+    array = gray if photometric == "MONOCHROME2" else np.stack([gray] * 3, axis=-1)
+    out = decode_bytes(dicom_bytes(array, photometric=photometric,
+                                   transfer_syntax=JPEGBaseline8Bit,
+                                   pixel_data=encapsulate([_jpeg(array)])))
+    assert out.image.shape == gray.shape
+    assert np.abs(out.image - gray / 255).mean() < 4 / 255  # lossy, but the same picture
+
+
+def test_rle_lossless_decodes_exactly():
+    import io
+
+    from pydicom import dcmread
+    from pydicom.uid import RLELossless
+
+    ds = dcmread(io.BytesIO(dicom_bytes(GRAY)))
+    ds.compress(RLELossless)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    np.testing.assert_allclose(decode_bytes(buffer.getvalue()).image, GRAY / 255, atol=1e-6)

@@ -218,3 +218,17 @@ def test_rle_lossless_decodes_exactly():
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     np.testing.assert_allclose(decode_bytes(buffer.getvalue()).image, GRAY / 255, atol=1e-6)
+
+
+def test_jpeg_2000_lossless_decodes_exactly():
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    buffer = io.BytesIO()
+    Image.fromarray(GRAY).save(buffer, format="JPEG2000", irreversible=False)
+    out = decode_bytes(dicom_bytes(GRAY, transfer_syntax=JPEG2000Lossless,
+                                   pixel_data=encapsulate([buffer.getvalue()])))
+    np.testing.assert_allclose(out.image, GRAY / 255, atol=1e-6)

@@ -105,7 +105,13 @@ def sensitivity_threshold(probs: np.ndarray, labels: np.ndarray, target: float =
     k = int(np.ceil(target * len(pos)))
     top = float(pos[max(k, 1) - 1])
     below = probs[probs < top]
-    return top if len(below) == 0 else float((top + below.max()) / 2.0)
+    if len(below) == 0:
+        return top
+    low = float(below.max())
+    middle = (top + low) / 2.0
+    # two probabilities a float's last bit apart have no midpoint between them: the top of the
+    # gap then keeps the counts, where the rounded midpoint would fall on the lower case
+    return middle if low < middle < top else top
 
 
 def threshold_rule(target: float) -> str:

@@ -3,10 +3,10 @@ file's declared ultrasound regions give the scan back?
 
 A scanner stores its screen, not the scan alone: a title line, a column of settings, a depth
 scale and a body marker sit around the scan, and a dual-view screen puts the two planes side by
-side, often with no gap between them. The annotations stop the black frame rule
-(busdx.inference.scan_area), which leaves a margin alone when anything in it is bright, and
-without a gap the panes cannot be found from the pixels. A DICOM file also declares where each
-scan is (SequenceOfUltrasoundRegions), and the product reads that first.
+side, often with no gap between them. The black frame rule (busdx.inference.scan_area) has to
+tell the annotations from the scan, and without a gap the panes cannot be found from the pixels
+at all. A DICOM file also declares where each scan is (SequenceOfUltrasoundRegions), and the
+product reads that first.
 
 Every VALIDATION image (patient-wise, fold 5 not read) is put on such a screen (drawn here:
 pixel values 0-3 of 255 for black, text and marks at full brightness; the scan is unchanged)
@@ -125,9 +125,6 @@ def screen_dicom(pixels: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> 
 
 
 NEAR = 8  # pixels an analysed area's edge may lie off the scan's and count as near
-# a row or column of the scan under this share of pixels above this level is black: the black
-# frame rule's own definition (busdx.inference.scan_area.FRACTION and LEVEL)
-BLACK, BLACK_SHARE = 4 / 255, 0.02
 
 
 def _fit(area, box: tuple[int, int, int, int], shape: tuple[int, int],
@@ -139,11 +136,14 @@ def _fit(area, box: tuple[int, int, int, int], shape: tuple[int, int],
     x, y, w, h = box
     top, left, bottom, right = ((area.top, area.left, area.bottom, area.right) if area
                                 else (0, 0, *shape))
-    lit = scan > BLACK
+    # black, as the black frame rule defines it: under FRACTION of the pixels above LEVEL
+    from busdx.inference.scan_area import FRACTION, LEVEL
+
+    lit = scan > LEVEL
     rows, cols = lit.mean(axis=1), lit.mean(axis=0)
     lost = np.concatenate([rows[:max(0, top - y)], rows[max(0, bottom - y):],
                            cols[:max(0, left - x)], cols[max(0, right - x):]])
-    cut_into = bool((lost >= BLACK_SHARE).any())
+    cut_into = bool((lost >= FRACTION).any())
     edges = (y - top, x - left, bottom - (y + h), right - (x + w))
     return {"exact": max(map(abs, edges)) == 0,
             "near": max(map(abs, edges)) <= NEAR and not cut_into, "cut_into": cut_into}

@@ -40,9 +40,8 @@ MEASUREMENT_COLUMNS = (
 COLUMNS = (
     ("path", "probability", "label", "threshold", "risk_band", "risk_text", "lesion_found")
     + MEASUREMENT_COLUMNS
-    + ("image_width", "image_height", "pixel_spacing_mm", "scan_area", "scan_area_from", "regions",
-       "model_version",
-       "time_ms", "note")
+    + ("image_width", "image_height", "pixel_spacing_mm", "scan_area", "scan_area_from",
+       "regions", "model_version", "time_ms", "note")
     + ("input_unusual",)
     + ("error",)
 )

@@ -63,6 +63,21 @@ def _bbox(mask: np.ndarray) -> tuple[slice, slice] | None:
     return slice(int(top), int(bottom) + 1), slice(int(left), int(right) + 1)
 
 
+def _sizes(runs: list, roots: list[int]) -> dict[int, int]:
+    """Each component's pixel count, by its root label."""
+    sizes: dict[int, int] = {}
+    for (_, start, end), root in zip(runs, roots, strict=True):
+        sizes[root] = sizes.get(root, 0) + end - start
+    return sizes
+
+
+def _paint(out: np.ndarray, runs: list, roots: list[int], keep: set[int]) -> np.ndarray:
+    for (y, start, end), root in zip(runs, roots, strict=True):
+        if root in keep:
+            out[y, start:end] = 1
+    return out
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected foreground component as uint8 {0, 1} (all zero if none)."""
     mask = np.asarray(mask, dtype=bool)
@@ -72,15 +87,23 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         return out
     # labelling only the foreground's bounding box gives the same components, faster
     runs, roots = label_runs(mask[box], 8)
-    sizes: dict[int, int] = {}
-    for (_, start, end), root in zip(runs, roots, strict=True):
-        sizes[root] = sizes.get(root, 0) + end - start
+    sizes = _sizes(runs, roots)
     best = max(sizes, key=lambda r: (sizes[r], -r))
-    inner = out[box]
-    for (y, start, end), root in zip(runs, roots, strict=True):
-        if root == best:
-            inner[y, start:end] = 1
+    _paint(out[box], runs, roots, {best})
     return out
+
+
+def large_components(mask: np.ndarray, share: float) -> np.ndarray:
+    """The 8-connected foreground components of at least ``share`` of the largest one's size,
+    as a bool mask (all False if none)."""
+    mask = np.asarray(mask, dtype=bool)
+    runs, roots = label_runs(mask, 8)
+    sizes = _sizes(runs, roots)
+    out = np.zeros(mask.shape, dtype=bool)
+    if not sizes:
+        return out
+    least = share * max(sizes.values())
+    return _paint(out, runs, roots, {root for root, size in sizes.items() if size >= least})
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -6,8 +6,8 @@ decodes with the plugins that happen to be installed); anything else is refused 
 message instead of a traceback. Ultrasound files give their calibration in the
 SequenceOfUltrasoundRegions (PhysicalDeltaX/Y, usually in cm); PixelSpacing is the fallback.
 The same sequence says where on the screen each scan is (RegionLocationMin/Max): a scanner's
-DICOM is a screen, with text, a body marker and a depth scale around the scan, which no black
-frame rule can cut off reliably, and the regions give the scan's exact bounds.
+DICOM is a screen, with text, a body marker and a depth scale around the scan, which the black
+frame rule tells from the scan only approximately; the regions give the scan's exact bounds.
 """
 
 from __future__ import annotations

@@ -246,8 +246,7 @@ def analyze(
     clock.lap("decode")
     area = None
     if trim_margins:
-        outer = bounding([r.area for r in regions]) if regions else None
-        area = find_scan_area_within(image, outer)
+        area = find_scan_area_within(image, bounding([r.area for r in regions]))
         if len(regions) == 1 and regions[0].pixel_spacing_mm is not None:
             decoded = replace(decoded, pixel_spacing_mm=regions[0].pixel_spacing_mm)
         if area.is_whole((h, w)):
@@ -321,8 +320,8 @@ def _pane(decoded: DecodedImage, regions: tuple, pane: str
         area, located = regions[side].area, FROM_REGIONS
         spacing = regions[side].pixel_spacing_mm or spacing
     else:
-        outer = bounding([r.area for r in regions]) if regions else None
-        area, located = split_dual_view(decoded.image, outer)[side], None
+        area = split_dual_view(decoded.image, bounding([r.area for r in regions]))[side]
+        located = None
         if len(regions) == 1:
             spacing = regions[0].pixel_spacing_mm or spacing
     crop = np.ascontiguousarray(area.crop(decoded.image))

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from busdx.inference.components import label_runs
+from busdx.inference.components import large_components
 from busdx.inference.errors import InputError
 
 # gray level at or below which a pixel is black (8-bit 4: compression noise on a black frame)
@@ -138,17 +138,9 @@ def _scan_pixels(bright: np.ndarray) -> np.ndarray:
     if hb < 8 or wb < 8:
         return bright
     blocks = bright[:hb * BLOCK, :wb * BLOCK].reshape(hb, BLOCK, wb, BLOCK).mean(axis=(1, 3))
-    runs, roots = label_runs(blocks > 0.5, 8)
-    sizes: dict[int, int] = {}
-    for (_, start, end), root in zip(runs, roots, strict=True):
-        sizes[root] = sizes.get(root, 0) + end - start
-    if not sizes:
+    scan = large_components(blocks > 0.5, KEEP)
+    if not scan.any():
         return bright
-    kept = {root for root, size in sizes.items() if size >= KEEP * max(sizes.values())}
-    scan = np.zeros(blocks.shape, dtype=bool)
-    for (y, start, end), root in zip(runs, roots, strict=True):
-        if root in kept:
-            scan[y, start:end] = True
     # one block more all round, so that the scan's ragged edge keeps its pixels
     grown = scan.copy()
     grown[1:] |= scan[:-1]
@@ -223,8 +215,10 @@ def find_scan_area(image: np.ndarray) -> ScanArea:
     return area
 
 
-def bounding(areas: list[ScanArea] | tuple[ScanArea, ...]) -> ScanArea:
-    """The smallest area holding all of ``areas`` (at least one)."""
+def bounding(areas: list[ScanArea] | tuple[ScanArea, ...]) -> ScanArea | None:
+    """The smallest area holding all of ``areas``; None for none."""
+    if not areas:
+        return None
     return ScanArea(min(a.top for a in areas), max(a.bottom for a in areas),
                     min(a.left for a in areas), max(a.right for a in areas))
 

@@ -372,3 +372,49 @@ def test_a_dual_view_dicom_screen_is_read_from_its_declared_regions(server, brow
     page.screenshot(path=str(output_dir / "browser-dicom-dual-view.png"), full_page=True)
     assert not errors, errors
     page.close()
+
+
+def test_a_cine_loop_is_read_at_the_frame_the_reader_picks(server, browser, fixtures_root,
+                                                           tmp_path, output_dir):
+    """A multi-frame DICOM whose first frame is blank (as a loop started before the probe
+    touched the skin): the page says which frame of how many it read, and its frame box reads
+    the last frame, then any other."""
+    import numpy as np
+    from PIL import Image
+
+    from stand_in_models import dicom_bytes
+
+    scan = np.asarray(Image.open(fixtures_root / "Images" / "bus_0007-l.png").convert("L"))
+    loop = np.stack([np.full_like(scan, 3), scan[:, ::-1], scan])
+    path = tmp_path / "loop.dcm"
+    path.write_bytes(dicom_bytes(loop))
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server + "/")
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("() => document.body.dataset.analyses === '1'", timeout=60_000)
+    assert "holds 3 frames" in page.locator("#scan-note").inner_text()
+    assert page.locator("#frame-picker").is_visible()
+    assert page.locator("#frame-count").inner_text() == "3"
+    first = page.locator("#prob-text").inner_text()
+
+    page.click("#frame-last")
+    page.wait_for_function("() => document.body.dataset.analyses === '2'", timeout=60_000)
+    assert "Frame 3 of 3" in page.locator("#status").inner_text()
+    assert "frame 3 was analysed" in page.locator("#scan-note").inner_text()
+    assert page.input_value("#frame-number") == "3"
+    assert page.locator("#prob-text").inner_text() != first
+    page.screenshot(path=str(output_dir / "browser-cine-loop.png"), full_page=True)
+
+    page.fill("#frame-number", "2")
+    page.click("#frame-picker button[type=submit]")
+    page.wait_for_function("() => document.body.dataset.analyses === '3'", timeout=60_000)
+    assert "Frame 2 of 3" in page.locator("#status").inner_text()
+
+    page.keyboard.press("n")
+    page.set_input_files("#file", str(fixtures_root / "Images" / "bus_0007-l.png"))
+    page.wait_for_function("() => document.body.dataset.analyses === '4'", timeout=60_000)
+    assert page.locator("#frame-picker").is_hidden()
+    assert not errors, errors
+    page.close()

@@ -58,6 +58,11 @@ class ImageInfo(BaseModel):
     regions: int = Field(
         0, description="how many 2-D tissue regions the DICOM file declares; two side by side "
         "make a dual-view capture, to be read with ?pane=left and ?pane=right")
+    frame: int = Field(
+        1, description="the frame analysed, counted from 1 (choose it with ?frame=)")
+    frames: int = Field(
+        1, description="how many frames the file holds: more than 1 for a DICOM cine loop or a "
+        "multi-page TIFF, of which one frame is analysed")
 
 
 class Pngs(BaseModel):

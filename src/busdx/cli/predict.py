@@ -1,13 +1,15 @@
 """``busdx predict INPUT [INPUT ...] --csv OUT.csv [--masks-dir DIR] [--overlays-dir DIR]
-[--lesion-pattern REGEX] [--dual-view] [--lesions-csv LESIONS.csv]``.
+[--lesion-pattern REGEX] [--dual-view] [--lesions-csv LESIONS.csv] [--frame N]``.
 
 One CSV row per image file; with ``--lesion-pattern`` and ``--lesions-csv``, also one row per
 lesion, read from all its views (busdx.inference.lesion). With ``--dual-view`` each file is a
 capture of a lesion's two planes side by side: one row per pane, and its panes are the views of
-one lesion. A file that cannot be analysed gets a
-row with ``error`` filled and the batch goes on (exit code 0); only usage errors (nothing to
-analyse, an unwritable CSV, missing models) stop the command with exit code 2. Lengths are in
-``units`` (mm when the file carries a calibration, else px), areas in ``units`` squared.
+one lesion. A cine loop (a multi-frame DICOM) or a multi-page TIFF is read at one frame, the
+first unless ``--frame`` names another; its ``frames`` column says how many it holds. A file
+that cannot be analysed gets a row with ``error`` filled and the batch goes on (exit code 0);
+only usage errors (nothing to analyse, an unwritable CSV, missing models) stop the command
+with exit code 2. Lengths are in ``units`` (mm when the file carries a calibration, else px),
+areas in ``units`` squared.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ COLUMNS = (
     ("path", "probability", "label", "threshold", "risk_band", "risk_text", "lesion_found")
     + MEASUREMENT_COLUMNS
     + ("image_width", "image_height", "pixel_spacing_mm", "scan_area", "scan_area_from",
-       "regions", "model_version", "time_ms", "note")
+       "regions", "frame", "frames", "model_version", "time_ms", "note")
     + ("input_unusual",)
     + ("error",)
 )
@@ -75,9 +77,22 @@ def register(subparsers, groups) -> None:
                              "side, split at the black gap between them): its panes get a row "
                              "each (path#left, path#right) and are two views of one lesion, "
                              "one lesion per file unless --lesion-pattern groups files")
+    parser.add_argument("--frame", type=_frame, metavar="N",
+                        help="the frame to analyse in cine loops and multi-page TIFFs: a number "
+                             "from 1, a negative number counted from the end, 'first' (the "
+                             "default) or 'last'; a file without that frame gets an error row")
     parser.add_argument("--models", type=Path, metavar="DIR",
                         help="models folder (default: $BUSDX_MODELS, else the bundled models/)")
     parser.set_defaults(func=run)
+
+
+def _frame(text: str) -> int | None:
+    from busdx.inference.decode import parse_frame
+
+    try:
+        return parse_frame(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def collect(inputs: list[Path]) -> list[Path]:
@@ -167,6 +182,9 @@ def row_for(path: Path, analysis) -> dict:
         "scan_area_from": analysis.scan_area_from or "",
         # the 2-D tissue scans a DICOM file declares (two side by side: a dual view)
         "regions": analysis.regions,
+        # the frame analysed (from 1) of the file's frames (more than 1: a cine loop)
+        "frame": analysis.frame,
+        "frames": analysis.frames,
         "model_version": analysis.model_version,
         "time_ms": analysis.timings_ms.get("total"),
         "note": analysis.note,
@@ -252,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     # opened now, so that an unwritable path stops the command before the batch, not after it
     lesions_out = _open_csv(args.lesions_csv) if by_lesion else None
     name = _Namer()
-    failed = unusual = dual_regions = 0
+    failed = unusual = dual_regions = loops = 0
     views: dict[str, list] = {}
     failed_views: dict[str, list[str]] = {}
     with out, tqdm(files, desc="predict", unit="image", file=sys.stderr) as bar:
@@ -266,12 +284,13 @@ def run(args: argparse.Namespace) -> int:
                 stem = path if pane is None else path.with_name(f"{path.stem}-{pane}.png")
                 try:
                     if pane is not None and decoded is None:
-                        decoded = decode(path)
+                        decoded = decode(path, frame=args.frame)
                     analysis = analyze(path if pane is None else decoded, models,
-                                       render_overlays=False, pane=pane)
+                                       render_overlays=False, pane=pane, frame=args.frame)
                     row = row_for(view, analysis)
                     unusual += bool(row["input_unusual"])
                     dual_regions += pane is None and analysis.regions == 2
+                    loops += pane in (None, PANES[0]) and analysis.frames > 1
                     _write_outputs(name(stem), analysis, args.masks_dir, args.overlays_dir)
                     if by_lesion:
                         views.setdefault(lesion_key(path, pattern), []).append(
@@ -305,6 +324,10 @@ def run(args: argparse.Namespace) -> int:
                     "if they are a lesion's two planes, --dual-view reads each scan apart and "
                     "--lesions-csv the lesion from both (their regions column says 2)",
                     dual_regions)
+    if loops and args.frame is None:
+        log.warning("%d file(s) hold several frames (cine loops or multi-page TIFFs), read here "
+                    "at their first frame: --frame N or --frame last reads another (their "
+                    "frames column says how many)", loops)
     if unusual:
         log.warning("%d image(s) unlike the training images, where the validated threshold may "
                     "not hold: see the input_unusual column", unusual)

@@ -1,8 +1,10 @@
 """Any supported input (bytes, a path, or an array) -> grayscale float image + pixel size.
 
 Raster formats go through Pillow (PNG, JPEG, BMP, TIFF; 8 or 16 bit; gray, RGB or RGBA), DICOM
-through pydicom (busdx.inference.dicom). The pixel limit is checked from the header, before any
-pixel is decoded, so a small file that claims a huge image (a decompression bomb) costs nothing.
+through pydicom (busdx.inference.dicom). Files of many frames (a DICOM cine loop, a multi-page
+TIFF) give one frame, the first unless ``frame`` names another, and say how many they hold.
+The pixel limit is checked from the header, before any pixel is decoded, so a small file that
+claims a huge image (a decompression bomb) costs nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from busdx.data.preprocess import MAX_PIXELS, pil_to_array, to_gray_float
-from busdx.inference.dicom import ScanRegion, is_dicom, read_dicom
+from busdx.inference.dicom import ScanRegion, frame_index, is_dicom, read_dicom
 from busdx.inference.errors import (
     CorruptImage,
     EmptyInput,
@@ -49,6 +51,8 @@ class DecodedImage:
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, column); None: unknown
     # the scan regions a DICOM file declares (2-D tissue, left to right); none for rasters
     regions: tuple[ScanRegion, ...] = ()
+    frames: int = 1  # how many frames the file holds (a cine loop, a multi-page TIFF)
+    frame: int = 1  # the one decoded, counted from 1
 
     @property
     def height(self) -> int:
@@ -59,17 +63,20 @@ class DecodedImage:
         return int(self.image.shape[1])
 
 
-def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
-    """Decode an in-memory file; raises an InputError subclass with a user-safe message."""
+def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, frame: int | None = None
+                 ) -> DecodedImage:
+    """Decode an in-memory file; raises an InputError subclass with a user-safe message.
+    ``frame``: which frame of a file of many (from 1; negative from the end; None: the first)."""
     if not data:
         raise EmptyInput("the file is empty (zero bytes)")
     if is_dicom(data[:132]):
-        dcm = read_dicom(data, max_pixels)
-        return DecodedImage(dcm.image, "DICOM", dcm.pixel_spacing_mm, dcm.regions)
-    return _decode_raster(data, max_pixels)
+        dcm = read_dicom(data, max_pixels, frame)
+        return DecodedImage(dcm.image, "DICOM", dcm.pixel_spacing_mm, dcm.regions,
+                            dcm.frames, dcm.frame)
+    return _decode_raster(data, max_pixels, frame)
 
 
-def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
+def _decode_raster(data: bytes, max_pixels: int, frame: int | None = None) -> DecodedImage:
     supported = "PNG, JPEG, BMP, TIFF or DICOM"
     try:
         with warnings.catch_warnings():
@@ -92,7 +99,12 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
                 f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels"
             )
         fmt = str(img.format)
+        # Only TIFF pages are frames: a JPEG's second picture (MPO) is a preview or a depth map.
+        frames = int(getattr(img, "n_frames", 1) or 1) if fmt == "TIFF" else 1
+        index = frame_index(frame, frames)
         try:
+            if index:
+                img.seek(index)
             img.load()
             # Phone photos and some exporters store the rotation in EXIF rather than pixels.
             array = pil_to_array(ImageOps.exif_transpose(img))
@@ -100,10 +112,11 @@ def _decode_raster(data: bytes, max_pixels: int) -> DecodedImage:
             raise TooLarge(f"the image is over the limit of {max_pixels} pixels") from err
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise CorruptImage(f"the {fmt} data is truncated or damaged") from err
-    return DecodedImage(to_gray_float(array), fmt)
+    return DecodedImage(to_gray_float(array), fmt, frames=frames, frame=index + 1)
 
 
-def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS, frame: int | None = None
+                ) -> DecodedImage:
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -111,18 +124,40 @@ def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS) -> DecodedImage:
         raise InputError("is a directory, not an image file") from err
     except OSError as err:
         raise InputError(f"cannot read the file: {err.strerror or err}") from err
-    return decode_bytes(data, max_pixels)
+    return decode_bytes(data, max_pixels, frame)
 
 
-def decode(source: bytes | str | Path | np.ndarray, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+def decode(source: bytes | str | Path | np.ndarray, max_pixels: int = MAX_PIXELS,
+           frame: int | None = None) -> DecodedImage:
     """Bytes (an uploaded file), a path, or an already loaded array (gray, RGB or RGBA)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_bytes(bytes(source), max_pixels)
+        return decode_bytes(bytes(source), max_pixels, frame)
     if isinstance(source, np.ndarray):
         if source.size > max_pixels:
             raise TooLarge(f"the image is over the limit of {max_pixels} pixels")
+        frame_index(frame, 1)
         return DecodedImage(to_gray_float(source), "array")
-    return decode_file(source, max_pixels)
+    return decode_file(source, max_pixels, frame)
+
+
+def parse_frame(text: str | int | None) -> int | None:
+    """A frame as a user writes it: a number from 1, a negative number from the end, or
+    "first"/"last"; None or "" is the first. ValueError with a message otherwise."""
+    if text is None or isinstance(text, int):
+        return text
+    word = text.strip().lower()
+    if word in ("", "first"):
+        return None
+    if word == "last":
+        return -1
+    try:
+        value = int(word)
+    except ValueError:
+        value = 0
+    if value == 0:
+        raise ValueError(f"frame must be a number from 1, a negative number counted from the "
+                         f"end, 'first' or 'last', not {text!r}")
+    return value
 
 
 def is_image_file(path: Path) -> bool:

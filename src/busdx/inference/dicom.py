@@ -1,5 +1,6 @@
-"""DICOM input: the first frame as grayscale in [0, 1], the pixel size when the file says it, and
-the scan regions the scanner declares.
+"""DICOM input: one frame as grayscale in [0, 1] (the first unless another is asked for: a cine
+loop is many frames, and the reader picks the one that shows the lesion best), the pixel size
+when the file says it, and the scan regions the scanner declares.
 
 Only pydicom is needed for uncompressed files (and for the compressed transfer syntaxes pydicom
 decodes with the plugins that happen to be installed); anything else is refused with a clear
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from busdx.data.preprocess import to_gray_float
-from busdx.inference.errors import CorruptImage, TooLarge, UnsupportedFormat
+from busdx.inference.errors import CorruptImage, NoSuchFrame, TooLarge, UnsupportedFormat
 from busdx.inference.scan_area import ScanArea
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class DicomImage:
     image: np.ndarray  # float32 HxW in [0, 1]
     pixel_spacing_mm: tuple[float, float] | None  # (row, column) spacing
     photometric: str
-    frames: int
+    frames: int  # how many the file holds
+    frame: int  # the one decoded, counted from 1
     regions: tuple[ScanRegion, ...] = ()  # the 2-D tissue regions, left to right
 
 
@@ -133,8 +135,22 @@ def _scale(frame: np.ndarray, ds) -> np.ndarray:
     return to_gray_float(frame).astype(np.float64)
 
 
-def read_dicom(data: bytes, max_pixels: int) -> DicomImage:
-    """Decode the first frame of a DICOM file held in memory."""
+def frame_index(frame: int | None, frames: int) -> int:
+    """The 0-based index of ``frame``: counted from 1, or from the end when negative (-1 is the
+    last; cine loops stored after a freeze end on the frozen image). None is the first."""
+    if frame is None:
+        return 0
+    if frame == 0 or not -frames <= frame <= frames:
+        raise NoSuchFrame(
+            f"frame {frame} was asked for, but the file holds "
+            f"{frames} frame{'s' if frames != 1 else ''} (frames count from 1; -1 is the last)"
+        )
+    return frame - 1 if frame > 0 else frames + frame
+
+
+def read_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> DicomImage:
+    """Decode one frame (the first unless ``frame`` says, see ``frame_index``) of a DICOM file
+    held in memory."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import pixel_array
@@ -153,6 +169,7 @@ def read_dicom(data: bytes, max_pixels: int) -> DicomImage:
         raise CorruptImage("the DICOM file lacks its image size (Rows, Columns)") from err
     if rows * cols > max_pixels:
         raise TooLarge(f"image of {cols}x{rows} pixels is over the limit of {max_pixels} pixels")
+    index = frame_index(frame, frames)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric not in GRAY + COLOUR:
         raise UnsupportedFormat(
@@ -163,25 +180,25 @@ def read_dicom(data: bytes, max_pixels: int) -> DicomImage:
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     syntax_name = getattr(syntax, "name", str(syntax))
     try:
-        # index=0 decodes only the first frame; raw=False converts YBR to RGB with pydicom's
-        # convert_color_space, which knows whether the decoder already did so.
-        frame = pixel_array(ds, index=0 if frames > 1 else None, raw=False)
+        # index decodes only that frame, not the whole loop; raw=False converts YBR to RGB with
+        # pydicom's convert_color_space, which knows whether the decoder already did so.
+        pixels = pixel_array(ds, index=index if frames > 1 else None, raw=False)
     except Exception as err:  # decoders raise many types; none of them should become a 500
         log.debug("DICOM decode failed: %s", type(err).__name__)
         raise UnsupportedFormat(
             f"cannot decode DICOM pixel data with transfer syntax {syntax_name}: "
             "the decoder is missing or the data is damaged"
         ) from err
-    if frame.ndim == 3 and samples == 1:
-        frame = frame[0]  # some decoders keep a leading frame axis
+    if pixels.ndim == 3 and samples == 1:
+        pixels = pixels[0]  # some decoders keep a leading frame axis
     if photometric in GRAY:
-        if frame.ndim != 2:
-            raise UnsupportedFormat(f"unexpected DICOM pixel array shape {frame.shape}")
-        gray = _scale(frame, ds)
+        if pixels.ndim != 2:
+            raise UnsupportedFormat(f"unexpected DICOM pixel array shape {pixels.shape}")
+        gray = _scale(pixels, ds)
         if photometric == "MONOCHROME1":  # MONOCHROME1: low values are bright
             gray = 1.0 - gray
         image = to_gray_float(gray.astype(np.float32))
     else:
-        image = to_gray_float(frame)
-    return DicomImage(image, pixel_spacing(ds), photometric, frames,
+        image = to_gray_float(pixels)
+    return DicomImage(image, pixel_spacing(ds), photometric, frames, index + 1,
                       scan_regions(ds, *image.shape))

@@ -32,3 +32,9 @@ class CorruptImage(InputError):
     """A known format whose data is damaged or truncated."""
 
     status = 422
+
+
+class NoSuchFrame(InputError):
+    """A frame number the file does not have (a cine loop's frame 40 of 30, say)."""
+
+    status = 422

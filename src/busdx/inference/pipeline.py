@@ -96,6 +96,9 @@ class Analysis:
     scan_area_from: str | None = None
     # how many 2-D tissue regions the DICOM file declares (two side by side: a dual view)
     regions: int = 0
+    # of a file of many frames (a cine loop): the frame analysed, counted from 1, and how many
+    frame: int = 1
+    frames: int = 1
 
     def to_json(self, images: bool = True) -> dict[str, Any]:
         """The API's answer: plain JSON types, the PNGs base64-encoded."""
@@ -119,6 +122,8 @@ class Analysis:
                 "pane": {"side": self.pane[0], **self.pane[1].as_dict()} if self.pane else None,
                 "scan_area_from": self.scan_area_from,
                 "regions": self.regions,
+                "frame": self.frame,
+                "frames": self.frames,
             },
             "timings_ms": self.timings_ms,
             "model_version": self.model_version,
@@ -224,15 +229,18 @@ def analyze(
     max_pixels: int = MAX_PIXELS,
     trim_margins: bool = True,
     pane: str | None = None,
+    frame: int | None = None,
 ) -> Analysis:
     """Analyse one image: bytes of a file, a path, an array, or an already decoded image.
     ``trim_margins=False`` analyses the whole image, black frame and all (for studies).
     ``pane`` ("left" or "right"): the image is a dual-view capture, and that pane of it is
     analysed (a DICOM's two declared regions, else busdx.inference.scan_area.split_dual_view);
     the result describes the pane. A DICOM file's declared scan regions bound the scan area,
-    and the black frame rule then runs inside them."""
+    and the black frame rule then runs inside them. ``frame``: which frame of a cine loop or a
+    multi-page TIFF to analyse (busdx.inference.decode.decode; ignored for a decoded image)."""
     clock = _Clock()
-    decoded = source if isinstance(source, DecodedImage) else decode(source, max_pixels)
+    decoded = (source if isinstance(source, DecodedImage)
+               else decode(source, max_pixels, frame))
     declared = len(decoded.regions)
     regions = decoded.regions if trim_margins else ()
     where, located = None, None
@@ -305,6 +313,8 @@ def analyze(
         pane=where,
         scan_area_from=located,
         regions=declared,
+        frame=decoded.frame,
+        frames=decoded.frames,
     )
 
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 
 from busdx.api.schemas import AnalyzeResponse
 from busdx.data.preprocess import ImageError
-from busdx.inference.decode import decode_bytes
+from busdx.inference.decode import decode_bytes, parse_frame
 from busdx.inference.errors import InputError
 from busdx.inference.pipeline import analyze as run_analysis
 
@@ -29,7 +29,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Empty file or malformed request"},
     413: {"description": "File over the byte limit, or image over the pixel limit"},
     415: {"description": "Not a supported image (PNG, JPEG, BMP, TIFF, DICOM)"},
-    422: {"description": "Damaged or truncated image, or no file field"},
+    422: {"description": "Damaged or truncated image, no file field, or no such frame"},
 }
 OPENAPI_BODY = {
     "requestBody": {
@@ -53,11 +53,12 @@ OPENAPI_BODY = {
 }
 
 
-def _decode_and_analyze(data: bytes, models, max_pixels: int, pane: str | None = None):
+def _decode_and_analyze(data: bytes, models, max_pixels: int, pane: str | None = None,
+                        frame: int | None = None):
     """Decode (every failure is the input's: a 4xx) then analyse; timings include the decode."""
     start = time.perf_counter()
     try:
-        decoded = decode_bytes(data, max_pixels)
+        decoded = decode_bytes(data, max_pixels, frame)
     except ImageError:
         raise
     except Exception as err:  # a decoder failing on odd input is still the input's problem
@@ -77,7 +78,9 @@ def _decode_and_analyze(data: bytes, models, max_pixels: int, pane: str | None =
         "validated threshold, the risk band, measurements, a heatmap and overlays (base64 "
         "PNGs). With `pane=left` or `pane=right` the image is a dual-view capture (two "
         "planes of one lesion side by side) and that pane is analysed; read the lesion from "
-        "both with /api/lesion. Decision support, not a diagnosis."
+        "both with /api/lesion. A cine loop (a multi-frame DICOM) or a multi-page TIFF is read "
+        "at one frame, the first unless `frame` names another; `image.frames` says how many it "
+        "holds. Decision support, not a diagnosis."
     ),
     response_model=AnalyzeResponse,
     responses=ERROR_RESPONSES,
@@ -88,13 +91,21 @@ async def analyze(
     pane: Literal["left", "right"] | None = Query(
         None, description="analyse this pane of a dual-view capture (422 when the image has no "
                           "black gap between two panes near its middle)"),
+    frame: str | None = Query(
+        None, description="the frame of a cine loop or multi-page TIFF to analyse: a number from "
+                          "1, a negative number counted from the end, 'first' or 'last' (422 "
+                          "when the file has no such frame)"),
 ) -> dict[str, Any]:
     state = request.app.state
+    try:
+        chosen = parse_frame(frame)
+    except ValueError as err:
+        raise InputError(str(err)) from err
     data = await read_upload_from(request, state.limits.max_upload_bytes)
     # Inference runs in worker threads (at most ``concurrency`` at once, which bounds memory)
     # so /api/health keeps answering during an analysis.
     result = await anyio.to_thread.run_sync(
-        partial(_decode_and_analyze, data, state.models, state.limits.max_pixels, pane),
+        partial(_decode_and_analyze, data, state.models, state.limits.max_pixels, pane, chosen),
         limiter=state.limiter,
     )
     del data

@@ -14,7 +14,8 @@ const els = {
   result: $("result"), results: $("results"), call: $("call"), probText: $("prob-text"),
   bar: $("bar"), fill: $("bar-fill"), marker: $("bar-marker"), bandName: $("band-name"),
   bandText: $("band-text"), note: $("note"), inputWarnings: $("input-warnings"),
-  scanNote: $("scan-note"),
+  scanNote: $("scan-note"), framePicker: $("frame-picker"), frameNumber: $("frame-number"),
+  frameCount: $("frame-count"), frameLast: $("frame-last"),
   measures: $("measures-body"),
   timingsSummary: $("timings-summary"), timingsList: $("timings-list"), version: $("version"),
   operatingNote: $("operating-note"),
@@ -27,6 +28,8 @@ const els = {
 const PANES = ["left", "right"];
 
 let busy = false;
+// The file of the single image on show, kept so that another frame of a cine loop can be read.
+let shownFile = null;
 
 function pct(p, digits = 1) {
   return `${(100 * p).toFixed(digits)}%`;
@@ -162,6 +165,11 @@ function renderResult(r) {
   const scanNote = scanAreaNote(r.image || {});
   els.scanNote.textContent = scanNote;
   els.scanNote.hidden = !scanNote;
+  const frames = (r.image && r.image.frames) || 1;
+  els.framePicker.hidden = !(shownFile && frames > 1);
+  els.frameNumber.max = String(frames);
+  els.frameNumber.value = String(r.image ? r.image.frame : 1);
+  els.frameCount.textContent = String(frames);
   renderMeasurements(r);
   renderTimings(r.timings_ms);
   els.operatingNote.textContent = operatingNote;
@@ -221,6 +229,10 @@ function scanAreaNote(image) {
     notes.push(`Black frame cut off: the ${area.width} x ${area.height} pixel scan area was ` +
       `analysed (the frame, and anything written in it, is not part of the scan).`);
   }
+  if (image.frames > 1) {
+    notes.push(`The file holds ${image.frames} frames (a cine loop): frame ${image.frame} was ` +
+      "analysed. Check that it shows the lesion, or choose another frame.");
+  }
   if (!image.pane && image.regions === 2) {
     notes.push("The file declares two scans side by side: if they are the lesion's two " +
       "planes, tick \"Dual-view capture\" and drop it again to read them as one lesion.");
@@ -230,12 +242,15 @@ function scanAreaNote(image) {
 
 // One image (or one pane of a dual-view capture) through /api/analyze; throws an Error whose
 // message is for the reader.
-async function analyzeOne(file, pane = null) {
+async function analyzeOne(file, pane = null, frame = null) {
   const form = new FormData();
   form.append("file", file);
+  const query = new URLSearchParams();
+  if (pane) query.set("pane", pane);
+  if (frame !== null) query.set("frame", String(frame));
   let response;
   try {
-    const url = pane ? `/api/analyze?pane=${pane}` : "/api/analyze";
+    const url = query.toString() ? `/api/analyze?${query}` : "/api/analyze";
     response = await fetch(url, { method: "POST", body: form });
   } catch (_) {
     throw new Error("The server could not be reached. Is busdx serve still running?");
@@ -268,17 +283,19 @@ async function whileBusy(work) {
   }
 }
 
-async function analyze(file) {
+async function analyze(file, frame = null) {
   if (busy || !file) return;
   showError("");
   const problem = checkFile(file);
   if (problem) { showError(problem); return; }
   await whileBusy(async () => {
-    setStatus("Analysing the image…", true);
-    const result = await analyzeOne(file);
+    setStatus(frame === null ? "Analysing the image…" : `Analysing frame ${frame}…`, true);
+    const result = await analyzeOne(file, null, frame);
+    shownFile = file;
     els.lesion.hidden = true;
     renderResult(result);
-    setStatus(doneText(result));
+    setStatus((result.image.frames > 1 ? `Frame ${result.image.frame} of ` +
+      `${result.image.frames}. ` : "") + doneText(result));
   });
 }
 
@@ -298,6 +315,7 @@ async function analyzeLesion(files, dual) {
   const problem = files.map(checkFile).find((text) => text);
   if (problem) { showError(problem); return; }
   await whileBusy(async () => {
+    shownFile = null;
     const views = [];
     for (const [i, job] of jobs.entries()) {
       setStatus(`Analysing view ${i + 1} of ${jobs.length} (${job.name})…`, true);
@@ -386,6 +404,11 @@ els.showOutline.addEventListener("change", applyToggles);
 els.base.addEventListener("load", fitImage);
 window.addEventListener("resize", fitImage);
 els.showHeatmap.addEventListener("change", applyToggles);
+els.framePicker.addEventListener("submit", (e) => {
+  e.preventDefault();
+  if (els.framePicker.reportValidity()) analyze(shownFile, Number(els.frameNumber.value));
+});
+els.frameLast.addEventListener("click", () => analyze(shownFile, "last"));
 
 for (const target of [els.dropzone, els.figure]) {
   target.addEventListener("dragover", (e) => {

@@ -186,6 +186,7 @@ def test_labels_csv_matches_the_test_fold_evaluation(fixtures_root, models_dir, 
     ("image,label\na.png,benign\nb.png,maybe\n", "line 3: label 'maybe'"),
     ("image,label\na.png,benign\nb.png,0\n", "2 benign and 0 malignant"),
     ("image,label,birads\na.png,benign,7\nb.png,1,4\n", "line 2: BI-RADS '7'"),
+    ("image,label,frame\na.dcm,benign,\nb.dcm,1,0\n", "line 3: frame must be"),
 ])
 def test_labels_csv_errors_name_the_problem(tmp_path, content, message):
     (tmp_path / "labels.csv").write_text(content)
@@ -400,3 +401,36 @@ def test_dual_view_captures_score_as_their_halves_read_as_lesions(fixtures_root,
     with (tmp_path / "out_captures" / "external_images.csv").open(newline="") as f:
         names = [r["image"] for r in csv.DictReader(f)]
     assert names[:2] == ["bus_0007_capture.png#left", "bus_0007_capture.png#right"]
+
+
+def test_a_cine_loop_is_scored_at_its_labelled_frame(fixtures_root, models_dir, tmp_path):
+    """The frame column says which frame of a loop the label and the mask belong to; the frame
+    scored is that frame, not the first, and a frame the loop lacks is an error row."""
+    from stand_in_models import dicom_bytes
+
+    records = load_index(fixtures_root).records[:4]
+    gray = np.asarray(Image.open(records[0].image_path).convert("L"))
+    loop = np.stack([np.full_like(gray, 2), gray[::-1], gray])  # the lesion is in frame 3
+    (tmp_path / "loop.dcm").write_bytes(dicom_bytes(loop))
+    with (tmp_path / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", "mask", "frame"])
+        w.writerow(["loop.dcm", records[0].pathology, records[0].mask_path, "last"])
+        w.writerow(["loop.dcm", records[0].pathology, "", "7"])
+        for r in records:
+            w.writerow([r.image_path, r.pathology, r.mask_path, ""])
+    out = tmp_path / "out"
+    assert main(["evaluate", "external", "--data", str(tmp_path), "--out", str(out),
+                 "--models", str(models_dir), "--reps", "20"]) == 0
+    report = json.loads((out / "external.json").read_text())
+    assert report["cine_loops"] == 1 and report["failed"] == 1
+    with (out / "external_images.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    loop_row, missing = rows[0], rows[1]
+    assert (loop_row["frame"], loop_row["frames"]) == ("3", "3")
+    assert "holds 3 frames" in missing["error"]
+    # frame 3 is the image itself: the same reading and the same Dice as the PNG's
+    png = rows[2]
+    assert float(loop_row["probability"]) == pytest.approx(float(png["probability"]), abs=2e-6)
+    assert float(loop_row["dice"]) == pytest.approx(float(png["dice"]), abs=1e-6)
+    assert png["frame"] == "" and png["frames"] == ""

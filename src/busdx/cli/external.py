@@ -36,7 +36,7 @@ def register(subparsers, groups) -> None:
                    help="benign/ and malignant/ folders (masks as <stem>_mask.png, as in BUSI), "
                    "or any folder with a labels CSV")
     p.add_argument("--labels", type=Path, metavar="CSV",
-                   help="columns image,label[,mask,patient,birads,lesion], paths relative to "
+                   help="columns image,label[,mask,patient,birads,lesion,frame], paths relative to "
                    "the CSV "
                    "(default: DIR/labels.csv when present, else the class folders)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",

@@ -9,8 +9,9 @@ Every image goes through ``busdx.inference.analyze``, the function the web page,
 Two layouts are read:
 
 - a labels CSV (``--labels``, or ``labels.csv`` in the folder): columns ``image`` and ``label``
-  (benign/malignant or 0/1), optionally ``mask``, ``patient`` and ``birads``; paths relative to
-  the CSV's folder;
+  (benign/malignant or 0/1), optionally ``mask``, ``patient``, ``birads`` and ``frame`` (which
+  frame of a cine loop the label and the mask belong to; the first when empty); paths relative
+  to the CSV's folder;
 - class folders, as in BUSI: ``benign/`` and ``malignant/`` (any case), with ground-truth masks
   beside their image as ``<stem>_mask.png`` (more than one, ``<stem>_mask_1.png`` ..., are
   merged). A ``normal/`` folder (no lesion) is counted and skipped: the classifier answers
@@ -66,6 +67,7 @@ class ExternalCase:
     masks: tuple[Path, ...] = ()  # ground truth, merged when several
     birads: int | None = None
     lesion: str | None = None  # the lesion it shows, when the views of a lesion are grouped
+    frame: int | None = None  # of a cine loop (busdx.inference.decode.parse_frame); None: first
 
 
 @dataclass
@@ -119,6 +121,8 @@ def read_external(root: str | Path, labels: str | Path | None = None,
 
 
 def _read_csv(path: Path) -> ExternalDataset:
+    from busdx.inference.decode import parse_frame
+
     if not path.is_file():
         raise ExternalDataError(f"labels file {path} not found")
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -140,6 +144,10 @@ def _read_csv(path: Path) -> ExternalDataset:
         image = path.parent / row["image"].strip()
         mask = (row.get("mask") or "").strip()
         lesion = (row.get("lesion") or "").strip() or None
+        try:
+            frame = parse_frame(row.get("frame"))
+        except ValueError as err:
+            raise ExternalDataError(f"{path}, line {n}: {err}") from err
         cases.append(ExternalCase(
             image=image, label=label,
             # without a patient id, a lesion's views still go into the bootstrap together
@@ -147,6 +155,7 @@ def _read_csv(path: Path) -> ExternalDataset:
             masks=(path.parent / mask,) if mask else (),
             birads=int(birads) if birads else None,
             lesion=lesion,
+            frame=frame,
         ))
     has_patients = bool(rows) and "patient" in columns and all(
         (r.get("patient") or "").strip() for r in rows)
@@ -261,6 +270,8 @@ class ExternalResult:
             "input_check": self.input_check,
             # images whose frame or screen was cut off before the analysis (scan_area column)
             "framed": sum(1 for r in self.rows if r.get("scan_area")),
+            # cine loops, each read at one frame (the labels CSV's frame column, else the first)
+            "cine_loops": sum(1 for r in self.rows if r.get("frames")),
             "lesion_reading": self.lesion_reading,
         }
 
@@ -300,7 +311,7 @@ def evaluate_external(
         base = {"truth": "malignant" if case.label else "benign", "lesion": case.lesion}
         views = [(p, name if p is None else f"{name}#{p}") for p in panes]
         try:
-            decoded = decode(case.image)
+            decoded = decode(case.image, frame=case.frame)
         except (BusdxError, OSError, ValueError) as err:
             log.warning("%s: %s", case.image, err)
             rows += [{**base, "image": view, "error": str(err)} for _, view in views]
@@ -365,6 +376,8 @@ def _scored_row(row: dict, a, truth: np.ndarray | None, dices: list, ious: list)
         row["scan_area"] = f"{area.left} {area.top} {area.width} {area.height}"
     if a.scan_area_from is not None:
         row["scan_area_from"] = a.scan_area_from
+    if a.frames > 1:  # a cine loop: which of its frames was scored
+        row.update(frame=a.frame, frames=a.frames)
     if truth is not None:
         served = a.mask.astype(bool)
         d, j = dice(served, truth), iou(served, truth)
@@ -422,6 +435,7 @@ def _input_check_summary(rows: list[dict]) -> dict | None:
 
 
 ROW_COLUMNS: Sequence[str] = ("image", "truth", "probability", "call", "risk_band", "lesion_found",
-                              "input_unusual", "scan_area", "scan_area_from", "dice", "iou", "lesion",
+                              "input_unusual", "scan_area", "scan_area_from", "frame", "frames",
+                              "dice", "iou", "lesion",
                               "lesion_probability",
                               "lesion_call", "error", "mask_error")

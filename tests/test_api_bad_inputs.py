@@ -174,3 +174,24 @@ def test_internal_failure_is_a_json_500_without_details(models_dir, monkeypatch)
         response = _post(c, encode(synthetic_image(), "PNG"))
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error: the analysis failed"}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten", "5000"])
+def test_serve_refuses_an_upload_limit_that_is_not_one(value, capsys):
+    from busdx.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--max-upload-mb", value])
+    assert exit_.value.code == 2
+    assert "whole number of MB" in capsys.readouterr().err
+
+
+def test_serve_passes_its_upload_limit_to_the_app(models_dir, monkeypatch):
+    import uvicorn
+
+    from busdx.cli.main import main
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.setdefault("app", app))
+    assert main(["serve", "--models", str(models_dir), "--max-upload-mb", "200"]) == 0
+    assert served["app"].state.limits.max_upload_bytes == 200 * 2**20

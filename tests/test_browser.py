@@ -54,6 +54,9 @@ def _wait_until_up(url: str, proc: subprocess.Popen, seconds: float = 60.0) -> N
     raise RuntimeError("busdx serve did not answer in time")
 
 
+UPLOAD_MB = 30
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not CHROMIUM.exists():
@@ -63,7 +66,9 @@ def server(tmp_path_factory):
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
     env = os.environ | {"BUSDX_MODELS": str(models)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "busdx.cli.main", "serve", "--port", str(port)],
+        # a limit other than the default, which the page must learn from the server
+        [sys.executable, "-m", "busdx.cli.main", "serve", "--port", str(port),
+         "--max-upload-mb", str(UPLOAD_MB)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -208,6 +213,16 @@ def test_bad_file_shows_clear_error(server, browser, tmp_path, output_dir):
     assert "could not be analysed" in text and "not a supported image" in text
     assert page.locator("#result").is_hidden()
     page.screenshot(path=str(output_dir / "browser-error.png"))
+
+    # the server's own limit, not a number built into the page, decides and is shown
+    assert page.locator("#max-mb").inner_text() == str(UPLOAD_MB)
+    big = tmp_path / "loop.dcm"
+    with big.open("wb") as f:
+        f.truncate((UPLOAD_MB + 1) * 2**20)
+    page.set_input_files("#file", str(big))
+    page.wait_for_function("() => document.getElementById('error').textContent.includes('MB')")
+    text = page.locator("#error").inner_text()
+    assert f"up to {UPLOAD_MB} MB" in text and "--max-upload-mb" in text
     page.close()
 
 

@@ -17,14 +17,14 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from busdx import DISCLAIMER, __version__
-from busdx.data.preprocess import MAX_PIXELS, ImageError
+from busdx.data.preprocess import MAX_PIXELS, MAX_UPLOAD_MB, ImageError
 from busdx.inference.errors import InputError
 from busdx.inference.models import Models
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "web" / "static"
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 # The page uses only its own files and data: URLs. /docs is exempt: Swagger UI's page has an
 # inline script (its files are served from here, see _offline_docs).
 PAGE_CSP = (

@@ -29,6 +29,8 @@ DEFAULT_SIZE = 224
 # Decompression bombs: refuse images above this many pixels before decoding them.
 MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# The largest upload the server takes by default (busdx serve --max-upload-mb changes it).
+MAX_UPLOAD_MB = 25
 
 
 class ImageError(BusdxError, ValueError):

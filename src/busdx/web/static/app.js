@@ -2,7 +2,8 @@
 // framework, no external requests.
 "use strict";
 
-const MAX_BYTES = 25 * 1024 * 1024;
+// The server's own limit replaces this once /api/model has answered (busdx serve --max-upload-mb).
+let maxBytes = 25 * 1024 * 1024;
 const MAX_VIEWS = 4;
 const $ = (id) => document.getElementById(id);
 
@@ -212,8 +213,10 @@ async function errorText(response) {
 
 function checkFile(file) {
   if (file.size === 0) return `${file.name} is empty (zero bytes). Choose an image file.`;
-  if (file.size > MAX_BYTES) {
-    return `${file.name} is ${(file.size / 1048576).toFixed(1)} MB: the limit is 25 MB.`;
+  if (file.size > maxBytes) {
+    return `${file.name} is ${(file.size / 1048576).toFixed(1)} MB: this server takes files ` +
+      `up to ${Math.floor(maxBytes / 1048576)} MB (whoever runs it can raise that with ` +
+      "busdx serve --max-upload-mb).";
   }
   return "";
 }
@@ -472,6 +475,10 @@ function describeOperatingPoint(classifier) {
 
 fetch("/api/model").then((r) => (r.ok ? r.json() : null)).then((card) => {
   if (card && card.disclaimer) els.disclaimer.textContent = card.disclaimer;
+  if (card && card.limits && card.limits.max_upload_bytes > 0) {
+    maxBytes = card.limits.max_upload_bytes;
+    $("max-mb").textContent = String(Math.floor(maxBytes / 1048576));
+  }
   const classifier = card && card.card && card.card.classifier;
   if (classifier) {
     operatingNote = describeOperatingPoint(classifier);

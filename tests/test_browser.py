@@ -180,6 +180,35 @@ def test_an_image_unlike_the_training_images_gets_a_caution(server, browser, fix
     page.close()
 
 
+def test_colour_over_the_scan_gets_a_caution(server, browser, fixtures_root, tmp_path,
+                                             output_dir):
+    """A Doppler box (drawn as studies/colour_overlays.py draws it) is warned on the page,
+    whatever ranges the card has; the call is still shown."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location(
+        "colour_overlays", Path(__file__).resolve().parents[1] / "studies" / "colour_overlays.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    grey = np.asarray(Image.open(fixtures_root / "Images" / "bus_0009-l.png").convert("L"))
+    mask = np.asarray(Image.open(fixtures_root / "Masks" / "mask_0009-l.png").convert("L")) > 0
+    path = tmp_path / "doppler.png"
+    Image.fromarray(study.doppler(grey, study.colour_box(mask), np.random.default_rng(0))).save(
+        path)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    caution = page.locator("#input-warnings")
+    assert caution.is_visible() and "in colour" in caution.inner_text()
+    assert page.locator("#call").is_visible()
+    page.screenshot(path=str(output_dir / "browser-colour.png"))
+    page.close()
+
+
 def test_a_framed_screen_capture_says_its_frame_was_cut_off(server, browser, fixtures_root,
                                                             tmp_path, output_dir):
     import numpy as np

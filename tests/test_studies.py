@@ -437,3 +437,39 @@ def test_scanner_screens_study_reproduces_its_recorded_answer(busbra_root):
     # and the pixels never cut into a scan, annotations or not
     assert result["readings"]["screenshot"]["scan_cut_into"] == 0
     assert result["dual_view"]["readings"]["dicom"]["calls_flipped"] == 0
+
+
+def test_colour_overlays_draw_colour_inside_the_box_only():
+    from busdx.inference.quality import colour_mask
+
+    study = _load("colour_overlays")
+    grey = np.tile(np.linspace(20, 220, 120).astype(np.uint8), (90, 1))
+    mask = np.zeros_like(grey, bool)
+    mask[30:50, 40:70] = True
+    box = study.colour_box(mask)
+    assert box == (22, 58, 28, 82)  # grown by 40% of the lesion's height and width
+    top, bottom, left, right = box
+    for draw in (study.doppler, study.elastography):
+        rgb = draw(grey, box, np.random.default_rng(0))
+        colour = colour_mask(rgb)
+        assert colour is not None and colour[top:bottom, left:right].any()
+        outside = colour.copy()
+        outside[top:bottom, left:right] = False
+        assert not outside.any(), draw.__name__
+        np.testing.assert_array_equal(rgb[:top, :, 0], grey[:top])  # the rest stays grey
+    assert colour_mask(study.grey_rgb(grey)) is None
+
+
+@pytest.mark.full_data
+def test_colour_overlays_study_reproduces_its_recorded_answer(busbra_root):
+    study = _load("colour_overlays")
+    recorded = json.loads((ROOT / "reports" / "studies" / "colour_overlays.json").read_text())
+    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
+    assert result["model_version"] == recorded["model_version"]
+    for name, c in recorded["readings"].items():
+        for key in ("calls_flipped", "calls_flipped_warned", "warned"):
+            assert result["readings"][name][key] == c[key], (name, key)
+        assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
+    # what the warning promises: grey images (stored as colour or tinted) are not warned
+    for name in ("plain", "colour_jpeg", "tinted"):
+        assert result["readings"][name]["warned"] == 0, name

@@ -83,6 +83,9 @@ class InputCheckOut(BaseModel):
     outside: dict[str, str] = Field(
         description="each statistic outside the training images' range: 'low' or 'high'")
     warnings: list[str] = Field(description="one sentence per statistic outside its range")
+    colour: float = Field(
+        0.0, description="share of the scan's pixels in colour (a Doppler or elastography "
+        "overlay, say); above 0.01 it is in outside as 'colour': 'high', with a warning")
 
 
 class AnalyzeResponse(BaseModel):

@@ -426,9 +426,9 @@ def _input_check_summary(rows: list[dict]) -> dict | None:
     return {
         "unusual": len(unusual),
         "fraction_unusual": len(unusual) / len(checked),
-        "by_statistic": {f"{k} {side}": sum(1 for r in unusual
-                                            if f"{k} {side}" in r["input_unusual"].split("; "))
-                         for k in STATISTICS for side in ("low", "high")},
+        "by_statistic": {name: sum(1 for r in unusual if name in r["input_unusual"].split("; "))
+                         for name in [f"{k} {side}" for k in STATISTICS
+                                      for side in ("low", "high")] + ["colour high"]},
         "calls_when_unusual": calls(unusual),
         "calls_otherwise": calls([r for r in checked if not r["input_unusual"]]),
     }

@@ -152,6 +152,7 @@ def render_captures_block(studies: Path) -> str | None:
         "| read as | AUC | sensitivity | specificity | calls unlike the halves' |",
         "|---|---|---|---|---|", *readings, "",
         *_screens_lines(studies / "scanner_screens.json"),
+        *_colour_lines(studies / "colour_overlays.json"),
         CAPTURES_END,
     ])
 
@@ -191,6 +192,29 @@ def _screens_lines(path: Path) -> list[str]:
         f"{jpeg['scan_cut_into']} of them also lost rows or columns the scan shows.", "",
         "| dual-view screen, read as a lesion | AUC | sensitivity | specificity | "
         "calls unlike the halves' |", "|---|---|---|---|---|", *lesions, "",
+    ]
+
+
+def _colour_lines(path: Path) -> list[str]:
+    """The colour-overlay study's table for the captures block (none before it has run)."""
+    if not path.exists():
+        return []
+    colour = json.loads(path.read_text())
+    names = {"plain": "the image itself", "colour_jpeg": "stored as a colour JPEG",
+             "tinted": "a sepia-tinted grey map", "doppler": "a colour Doppler box",
+             "elastography": "an elastography map"}
+    rows = [f"| {names[k]} | {_fmt(r['auc'])} | {_fmt(r['sensitivity'])} | "
+            f"{_fmt(r['specificity'])} | {r['calls_flipped']} ({r['calls_flipped_warned']}) | "
+            f"{r['warned']} |" for k, r in colour["readings"].items()]
+    return [
+        f"Colour in the scan, drawn on the {colour['images']} validation images "
+        f"({colour['malignant']} malignant; the boxes over each lesion, the flow and the "
+        "strain placed at random, whatever the label). The product reads every image as grey, "
+        "and warns when more than "
+        f"{100 * colour['levels']['colour_share']:.0f}% of the scan is in saturated colour "
+        "(`reports/studies/colour_overlays.json`):", "",
+        "| the image as | AUC | sensitivity | specificity | calls flipped (of them warned) | "
+        "images warned |", "|---|---|---|---|---|---|", *rows, "",
     ]
 
 

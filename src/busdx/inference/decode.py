@@ -26,6 +26,7 @@ from busdx.inference.errors import (
     TooLarge,
     UnsupportedFormat,
 )
+from busdx.inference.quality import colour_mask
 
 RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -53,6 +54,8 @@ class DecodedImage:
     regions: tuple[ScanRegion, ...] = ()
     frames: int = 1  # how many frames the file holds (a cine loop, a multi-page TIFF)
     frame: int = 1  # the one decoded, counted from 1
+    # the pixels in colour (busdx.inference.quality.colour_mask); None: none, or a grey image
+    colour: np.ndarray | None = None
 
     @property
     def height(self) -> int:
@@ -72,7 +75,7 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, frame: int | None = 
     if is_dicom(data[:132]):
         dcm = read_dicom(data, max_pixels, frame)
         return DecodedImage(dcm.image, "DICOM", dcm.pixel_spacing_mm, dcm.regions,
-                            dcm.frames, dcm.frame)
+                            dcm.frames, dcm.frame, dcm.colour)
     return _decode_raster(data, max_pixels, frame)
 
 
@@ -112,7 +115,8 @@ def _decode_raster(data: bytes, max_pixels: int, frame: int | None = None) -> De
             raise TooLarge(f"the image is over the limit of {max_pixels} pixels") from err
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise CorruptImage(f"the {fmt} data is truncated or damaged") from err
-    return DecodedImage(to_gray_float(array), fmt, frames=frames, frame=index + 1)
+    return DecodedImage(to_gray_float(array), fmt, frames=frames, frame=index + 1,
+                        colour=colour_mask(array))
 
 
 def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS, frame: int | None = None
@@ -136,7 +140,7 @@ def decode(source: bytes | str | Path | np.ndarray, max_pixels: int = MAX_PIXELS
         if source.size > max_pixels:
             raise TooLarge(f"the image is over the limit of {max_pixels} pixels")
         frame_index(frame, 1)
-        return DecodedImage(to_gray_float(source), "array")
+        return DecodedImage(to_gray_float(source), "array", colour=colour_mask(source))
     return decode_file(source, max_pixels, frame)
 
 

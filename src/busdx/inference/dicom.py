@@ -21,6 +21,7 @@ import numpy as np
 
 from busdx.data.preprocess import to_gray_float
 from busdx.inference.errors import CorruptImage, NoSuchFrame, TooLarge, UnsupportedFormat
+from busdx.inference.quality import colour_mask
 from busdx.inference.scan_area import ScanArea
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class DicomImage:
     frames: int  # how many the file holds
     frame: int  # the one decoded, counted from 1
     regions: tuple[ScanRegion, ...] = ()  # the 2-D tissue regions, left to right
+    colour: np.ndarray | None = None  # the pixels in colour (quality.colour_mask), if any
 
 
 def _region_spacing(region) -> tuple[float, float] | None:
@@ -197,8 +199,8 @@ def read_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> DicomI
         gray = _scale(pixels, ds)
         if photometric == "MONOCHROME1":  # MONOCHROME1: low values are bright
             gray = 1.0 - gray
-        image = to_gray_float(gray.astype(np.float32))
+        image, colour = to_gray_float(gray.astype(np.float32)), None
     else:
-        image = to_gray_float(pixels)
+        image, colour = to_gray_float(pixels), colour_mask(pixels)
     return DicomImage(image, pixel_spacing(ds), photometric, frames, index + 1,
-                      scan_regions(ds, *image.shape))
+                      scan_regions(ds, *image.shape), colour)

@@ -262,9 +262,13 @@ def analyze(
         elif located is None:
             located = FROM_REGIONS if regions else FROM_FRAME
     scan = area.crop(image) if area else image
+    colour = decoded.colour
+    colour_share = float((area.crop(colour) if area else colour).mean()) if colour is not None \
+        else 0.0
     # a caution, not a gate: the analysis goes on whatever it says
-    input_check = (check_image(scan, models.input_ranges, models.input_texture_long_side)
-                   if models.input_ranges else None)
+    input_check = (check_image(scan, models.input_ranges, models.input_texture_long_side,
+                               colour_share)
+                   if models.input_ranges or colour_share > 0 else None)
     clock.lap("input_check")
     mask = segment(scan, models)
     clock.lap("segment")
@@ -335,5 +339,6 @@ def _pane(decoded: DecodedImage, regions: tuple, pane: str
         if len(regions) == 1:
             spacing = regions[0].pixel_spacing_mm or spacing
     crop = np.ascontiguousarray(area.crop(decoded.image))
-    return (replace(decoded, image=crop, pixel_spacing_mm=spacing, regions=()), (pane, area),
-            located)
+    colour = area.crop(decoded.colour) if decoded.colour is not None else None
+    return (replace(decoded, image=crop, pixel_spacing_mm=spacing, regions=(), colour=colour),
+            (pane, area), located)

@@ -21,6 +21,16 @@ the letterbox-like black margins of a screen capture do not count) say how unlik
 Each is compared with the range the training images span (``fit_ranges``: by default their
 0.5th to 99.5th percentiles), kept in the model card's ``input_check`` section. An image
 outside a range gets a warning, never a refusal: the user decides. numpy only.
+
+A fourth check needs no fitting: every training image is grey B-mode (BUS-BRA's 1,875 are
+8-bit grey), so colour painted over the scan (a colour or power Doppler box, an elastography
+map) is something the networks never saw, and turned into grey it reads as tissue.
+``colour_mask`` marks the pixels whose channels differ by more than ``CHROMA`` of the full
+scale (JPEG's chroma noise on a grey image stays well below it) and by more than
+``SATURATION`` of their brightest channel: overlays paint saturated hues, while a grey map
+tinted sepia or blue, as some scanners show B-mode, keeps every pixel pale and turns into a
+plain grey image (studies/colour_overlays.py measures both). More than ``COLOUR_SHARE`` of the
+scan in colour gets a warning.
 """
 
 from __future__ import annotations
@@ -31,6 +41,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 STATISTICS = ("brightness", "contrast", "texture")
+# a pixel is in colour when its channels differ by more than this share of the full scale ...
+CHROMA = 0.2
+# ... and by more than this share of its brightest channel (a tinted grey map stays below)
+SATURATION = 0.5
+# more than this share of the scan's pixels in colour gets a warning (coloured calipers or a
+# coloured label inside the scan cover less)
+COLOUR_SHARE = 0.01
 # gray level below which a pixel is background (black margins, not tissue)
 BACKGROUND = 0.02
 PERCENTILES = (0.5, 99.5)
@@ -111,12 +128,33 @@ def fit_ranges(
                    float(np.percentile([r[name] for r in rows], hi))] for name in STATISTICS}
 
 
+def colour_mask(array: np.ndarray) -> np.ndarray | None:
+    """The pixels of an RGB or RGBA array (integer or float in [0, 1]) whose channels differ by
+    more than ``CHROMA`` of the full scale and ``SATURATION`` of their brightest channel; None
+    for a grey array or one without such pixels."""
+    array = np.asarray(array)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        return None
+    rgb = array[..., :3]
+    if rgb.dtype == np.uint8:
+        full = 255.0
+    elif np.issubdtype(rgb.dtype, np.integer):  # the bits in use, as to_gray_float scales them
+        full = float(2 ** max(8, int(rgb.max()).bit_length()) - 1)
+    else:
+        full = 1.0
+    peak = rgb.max(axis=2).astype(np.float64)
+    chroma = peak - rgb.min(axis=2)
+    mask = (chroma > CHROMA * full) & (chroma > SATURATION * peak)
+    return mask if mask.any() else None
+
+
 @dataclass(frozen=True)
 class InputCheck:
     statistics: dict[str, float]
     # per statistic outside its range: "low" or "high"
     outside: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    colour: float = 0.0  # share of the scan's pixels in colour (see colour_mask)
 
     @property
     def unusual(self) -> bool:
@@ -129,19 +167,25 @@ class InputCheck:
 
     def as_dict(self) -> dict:
         return {"statistics": self.statistics, "outside": self.outside,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "colour": self.colour}
 
 
 def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None,
-                texture_long_side: int | None = None) -> InputCheck:
+                texture_long_side: int | None = None, colour: float = 0.0) -> InputCheck:
     """The image's statistics and, for each outside ``ranges`` (None: no check), a warning;
-    ``texture_long_side`` must be the one the ranges were fitted with."""
+    ``texture_long_side`` must be the one the ranges were fitted with. ``colour``: the share of
+    the image's pixels in colour, warned above ``COLOUR_SHARE`` whatever the ranges."""
     stats = image_statistics(image, texture_long_side)
-    if not ranges:
-        return InputCheck(stats)
     outside, warnings = {}, []
+    if colour > COLOUR_SHARE:
+        outside["colour"] = "high"
+        warnings.append(
+            f"{100 * colour:.1f}% of the scan is in colour (a Doppler or elastography "
+            "overlay?). The models learned from grey B-mode images only and read colour as "
+            "tissue, which moves calls: analyse the plain B-mode image where you can."
+        )
     for name in STATISTICS:
-        if name not in ranges:
+        if not ranges or name not in ranges:
             continue
         lo, hi = ranges[name]
         side = "low" if stats[name] < lo else "high" if stats[name] > hi else None
@@ -154,4 +198,4 @@ def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None,
             f"{lo:.3g} to {hi:.3g}). The threshold behind the call was validated on images like "
             "those and may not hold here."
         )
-    return InputCheck(stats, outside, tuple(warnings))
+    return InputCheck(stats, outside, tuple(warnings), colour)

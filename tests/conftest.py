@@ -41,3 +41,23 @@ def output_dir() -> Path:
     out = REPO / "test-output"
     out.mkdir(exist_ok=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def stand_in_dir(tmp_path_factory) -> Path:
+    """Stand-in models (tiny networks with the real models' inputs, outputs and card), built
+    once for the session: tests read them and never write there."""
+    from stand_in_models import build_stand_in_models
+
+    return build_stand_in_models(tmp_path_factory.mktemp("stand_in_models"))
+
+
+@pytest.fixture(scope="module")
+def stand_in_client(stand_in_dir):
+    """The API over the stand-in models."""
+    from fastapi.testclient import TestClient
+
+    from busdx.api.app import create_app
+
+    with TestClient(create_app(stand_in_dir)) as client:
+        yield client

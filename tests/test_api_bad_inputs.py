@@ -11,7 +11,6 @@ from PIL import Image
 
 from busdx.api.app import Limits, create_app
 from stand_in_models import (
-    build_stand_in_models,
     dicom_bytes,
     encode,
     jpeg_ls_dicom,
@@ -20,19 +19,8 @@ from stand_in_models import (
 )
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    return build_stand_in_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def client(models_dir):
-    with TestClient(create_app(models_dir)) as client:
-        yield client
-
-
-def _post(client, data: bytes, name: str = "upload.png"):
-    return client.post("/api/analyze", files={"file": (name, data, "application/octet-stream")})
+def _post(stand_in_client, data: bytes, name: str = "upload.png"):
+    return stand_in_client.post("/api/analyze", files={"file": (name, data, "application/octet-stream")})
 
 
 def _expect(response, status: int, *words: str) -> None:
@@ -44,43 +32,43 @@ def _expect(response, status: int, *words: str) -> None:
         assert word in detail.lower(), detail
 
 
-def test_zero_bytes(client):
-    _expect(_post(client, b""), 400, "empty")
+def test_zero_bytes(stand_in_client):
+    _expect(_post(stand_in_client, b""), 400, "empty")
 
 
-def test_not_an_image(client):
-    _expect(_post(client, b"%PDF-1.7 definitely not an ultrasound image"), 415, "not a supported")
+def test_not_an_image(stand_in_client):
+    _expect(_post(stand_in_client, b"%PDF-1.7 definitely not an ultrasound image"), 415, "not a supported")
 
 
-def test_unsupported_raster_format(client):
+def test_unsupported_raster_format(stand_in_client):
     gif = io.BytesIO()
     Image.new("L", (32, 32)).save(gif, format="GIF")
-    _expect(_post(client, gif.getvalue(), "a.gif"), 415, "png, jpeg")
+    _expect(_post(stand_in_client, gif.getvalue(), "a.gif"), 415, "png, jpeg")
 
 
-def test_truncated_png(client):
+def test_truncated_png(stand_in_client):
     png = encode(synthetic_image(), "PNG")
-    _expect(_post(client, png[: len(png) // 2]), 422, "truncated")
+    _expect(_post(stand_in_client, png[: len(png) // 2]), 422, "truncated")
 
 
-def test_truncated_jpeg(client):
+def test_truncated_jpeg(stand_in_client):
     jpeg = encode(synthetic_image(), "JPEG")
-    _expect(_post(client, jpeg[:200]), 422)
+    _expect(_post(stand_in_client, jpeg[:200]), 422)
 
 
-def test_png_header_only(client):
-    _expect(_post(client, encode(synthetic_image(), "PNG")[:40]), 422, "png", "truncated")
+def test_png_header_only(stand_in_client):
+    _expect(_post(stand_in_client, encode(synthetic_image(), "PNG")[:40]), 422, "png", "truncated")
 
 
-def test_over_the_size_limit(client):
+def test_over_the_size_limit(stand_in_client):
     # 25 MB of a valid PNG prefix plus padding: refused by size before any decoding.
     data = encode(synthetic_image(), "PNG") + b"\0" * (25 * 1024 * 1024)
-    _expect(_post(client, data), 413, "25 mb")
+    _expect(_post(stand_in_client, data), 413, "25 mb")
 
 
-def test_size_limit_is_enforced_while_streaming(models_dir):
+def test_size_limit_is_enforced_while_streaming(stand_in_dir):
     limits = Limits(max_upload_bytes=100_000)
-    with TestClient(create_app(models_dir, limits=limits)) as small:
+    with TestClient(create_app(stand_in_dir, limits=limits)) as small:
         ok = encode(synthetic_image(), "PNG")
         assert len(ok) < 100_000 and _post(small, ok).status_code == 200
         # A chunked body has no Content-Length: the limit must hold while the body streams.
@@ -103,53 +91,53 @@ def test_size_limit_is_enforced_while_streaming(models_dir):
 
 
 @pytest.mark.parametrize("size", [(100_000, 100_000), (60_000, 1_000)])
-def test_decompression_bomb_header(client, size):
+def test_decompression_bomb_header(stand_in_client, size):
     # Over twice Pillow's own limit, and between its warning and error levels.
-    _expect(_post(client, png_header_only(*size)), 413, "pixels")
+    _expect(_post(stand_in_client, png_header_only(*size)), 413, "pixels")
 
 
-def test_large_but_compressible_png_over_the_pixel_limit(models_dir):
-    with TestClient(create_app(models_dir, limits=Limits(max_pixels=1_000_000))) as small:
+def test_large_but_compressible_png_over_the_pixel_limit(stand_in_dir):
+    with TestClient(create_app(stand_in_dir, limits=Limits(max_pixels=1_000_000))) as small:
         data = encode(np.zeros((1_100, 1_000), np.uint8), "PNG")
         assert len(data) < 10_000  # tiny file, large image
         _expect(_post(small, data), 413, "pixels")
 
 
-def test_dicom_with_compressed_syntax_and_no_decoder(client):
-    _expect(_post(client, jpeg_ls_dicom(), "a.dcm"), 415, "jpeg-ls")
+def test_dicom_with_compressed_syntax_and_no_decoder(stand_in_client):
+    _expect(_post(stand_in_client, jpeg_ls_dicom(), "a.dcm"), 415, "jpeg-ls")
 
 
-def test_dicom_without_pixel_data(client):
-    _expect(_post(client, dicom_bytes(synthetic_image(), with_pixels=False), "a.dcm"), 415, "pixel")
+def test_dicom_without_pixel_data(stand_in_client):
+    _expect(_post(stand_in_client, dicom_bytes(synthetic_image(), with_pixels=False), "a.dcm"), 415, "pixel")
 
 
-def test_dicom_over_the_pixel_limit(models_dir):
-    with TestClient(create_app(models_dir, limits=Limits(max_pixels=1_000))) as small:
+def test_dicom_over_the_pixel_limit(stand_in_dir):
+    with TestClient(create_app(stand_in_dir, limits=Limits(max_pixels=1_000))) as small:
         _expect(_post(small, dicom_bytes(synthetic_image()), "a.dcm"), 413, "pixels")
 
 
-def test_truncated_dicom(client):
+def test_truncated_dicom(stand_in_client):
     data = dicom_bytes(synthetic_image())
-    response = _post(client, data[: len(data) - 5000], "a.dcm")
+    response = _post(stand_in_client, data[: len(data) - 5000], "a.dcm")
     assert response.status_code in (415, 422) and response.json()["detail"]
 
 
-def test_tiny_image(client):
-    _expect(_post(client, encode(np.zeros((4, 4), np.uint8), "PNG")), 422, "too small")
+def test_tiny_image(stand_in_client):
+    _expect(_post(stand_in_client, encode(np.zeros((4, 4), np.uint8), "PNG")), 422, "too small")
 
 
-def test_missing_file_field(client):
-    response = client.post("/api/analyze", files={"image": ("a.png", b"abc")})
+def test_missing_file_field(stand_in_client):
+    response = stand_in_client.post("/api/analyze", files={"image": ("a.png", b"abc")})
     _expect(response, 422, "'file'")
 
 
-def test_not_multipart(client):
-    response = client.post("/api/analyze", content=b"abc", headers={"content-type": "image/png"})
+def test_not_multipart(stand_in_client):
+    response = stand_in_client.post("/api/analyze", content=b"abc", headers={"content-type": "image/png"})
     _expect(response, 415, "multipart")
 
 
-def test_malformed_multipart(client):
-    response = client.post(
+def test_malformed_multipart(stand_in_client):
+    response = stand_in_client.post(
         "/api/analyze",
         content=b"--x\r\nthis is not a part header\r\n\r\n",
         headers={"content-type": "multipart/form-data; boundary=x"},
@@ -157,20 +145,20 @@ def test_malformed_multipart(client):
     assert 400 <= response.status_code < 500 and response.json()["detail"]
 
 
-def test_service_still_healthy_after_bad_inputs(client):
-    _post(client, b"junk")
-    assert client.get("/api/health").status_code == 200
-    assert _post(client, encode(synthetic_image(), "PNG")).status_code == 200
+def test_service_still_healthy_after_bad_inputs(stand_in_client):
+    _post(stand_in_client, b"junk")
+    assert stand_in_client.get("/api/health").status_code == 200
+    assert _post(stand_in_client, encode(synthetic_image(), "PNG")).status_code == 200
 
 
-def test_internal_failure_is_a_json_500_without_details(models_dir, monkeypatch):
+def test_internal_failure_is_a_json_500_without_details(stand_in_dir, monkeypatch):
     import busdx.api.routers.analyze as route
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret path /home/patient/x.png")
 
     monkeypatch.setattr(route, "run_analysis", broken)
-    with TestClient(create_app(models_dir), raise_server_exceptions=False) as c:
+    with TestClient(create_app(stand_in_dir), raise_server_exceptions=False) as c:
         response = _post(c, encode(synthetic_image(), "PNG"))
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error: the analysis failed"}
@@ -186,12 +174,12 @@ def test_serve_refuses_an_upload_limit_that_is_not_one(value, capsys):
     assert "whole number of MB" in capsys.readouterr().err
 
 
-def test_serve_passes_its_upload_limit_to_the_app(models_dir, monkeypatch):
+def test_serve_passes_its_upload_limit_to_the_app(stand_in_dir, monkeypatch):
     import uvicorn
 
     from busdx.cli.main import main
 
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.setdefault("app", app))
-    assert main(["serve", "--models", str(models_dir), "--max-upload-mb", "200"]) == 0
+    assert main(["serve", "--models", str(stand_in_dir), "--max-upload-mb", "200"]) == 0
     assert served["app"].state.limits.max_upload_bytes == 200 * 2**20

@@ -9,13 +9,11 @@ import logging
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from busdx.api.app import create_app
 from busdx.cli.main import main
 from busdx.inference.decode import decode_bytes
 from busdx.inference.quality import CHROMA, COLOUR_SHARE, check_image, colour_mask
-from stand_in_models import build_stand_in_models, dicom_bytes, encode, synthetic_image
+from stand_in_models import dicom_bytes, encode, synthetic_image
 
 GRAY = synthetic_image(200, 260)
 
@@ -35,12 +33,6 @@ def doppler(gray: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
     rgb[flow & red] = (220, 40, 30)
     rgb[flow & ~red] = (30, 90, 230)
     return rgb
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    with TestClient(create_app(build_stand_in_models(tmp_path_factory.mktemp("m")))) as client:
-        yield client
 
 
 def test_grey_arrays_have_no_colour():
@@ -91,10 +83,10 @@ def test_the_warning_comes_above_the_share_whatever_the_ranges():
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "DICOM"])
-def test_a_doppler_box_is_warned(client, fmt):
+def test_a_doppler_box_is_warned(stand_in_client, fmt):
     rgb = doppler(GRAY, 0.04)
     data = dicom_bytes(rgb, photometric="RGB") if fmt == "DICOM" else encode(rgb, fmt)
-    body = client.post("/api/analyze", files={"file": ("d", data)}).json()
+    body = stand_in_client.post("/api/analyze", files={"file": ("d", data)}).json()
     check = body["input_check"]
     assert check["outside"].get("colour") == "high"
     # JPEG halves the colour resolution: the edges of small blobs turn pale, as in a real export
@@ -102,16 +94,16 @@ def test_a_doppler_box_is_warned(client, fmt):
     assert any("in colour" in w and "B-mode" in w for w in check["warnings"])
 
 
-def test_a_few_coloured_marks_are_not_warned(client):
+def test_a_few_coloured_marks_are_not_warned(stand_in_client):
     rgb = np.repeat(GRAY[..., None], 3, axis=2).copy()
     for y, x in ((40, 60), (120, 200)):  # two yellow caliper crosses
         rgb[y - 6:y + 7, x] = rgb[y, x - 6:x + 7] = (240, 220, 0)
-    body = client.post("/api/analyze", files={"file": ("c.png", encode(rgb, "PNG"))}).json()
+    body = stand_in_client.post("/api/analyze", files={"file": ("c.png", encode(rgb, "PNG"))}).json()
     assert 0 < body["input_check"]["colour"] < COLOUR_SHARE
     assert "colour" not in body["input_check"]["outside"]
 
 
-def test_colour_in_a_cut_off_frame_does_not_count(client):
+def test_colour_in_a_cut_off_frame_does_not_count(stand_in_client):
     """A screen's coloured settings column and title outside the scan are cut off with the
     frame, and with them their colour."""
     rgb = np.zeros((GRAY.shape[0] + 60, GRAY.shape[1] + 120, 3), np.uint8)
@@ -120,24 +112,24 @@ def test_colour_in_a_cut_off_frame_does_not_count(client):
         rgb[40 + 24 * i:48 + 24 * i, 8:46:2] = (240, 220, 0)
     rgb[8:18, 80:300:2] = (0, 220, 240)  # a cyan title
     assert colour_mask(rgb).mean() > COLOUR_SHARE  # the screen as a whole is coloured
-    body = client.post("/api/analyze", files={"file": ("s.png", encode(rgb, "PNG"))}).json()
+    body = stand_in_client.post("/api/analyze", files={"file": ("s.png", encode(rgb, "PNG"))}).json()
     assert body["image"]["scan_area"] is not None
     assert body["input_check"] is None or body["input_check"]["colour"] == 0.0
 
 
-def test_each_pane_of_a_capture_is_judged_on_its_own_colour(client):
+def test_each_pane_of_a_capture_is_judged_on_its_own_colour(stand_in_client):
     left = np.repeat(GRAY[..., None], 3, axis=2)
     capture = np.concatenate([left, np.zeros((GRAY.shape[0], 12, 3), np.uint8),
                               doppler(GRAY, 0.05)], axis=1)
     data = encode(capture, "PNG")
-    sides = {side: client.post(f"/api/analyze?pane={side}", files={"file": ("c.png", data)})
+    sides = {side: stand_in_client.post(f"/api/analyze?pane={side}", files={"file": ("c.png", data)})
              .json()["input_check"] for side in ("left", "right")}
     assert sides["right"]["outside"].get("colour") == "high"
     assert sides["left"] is None or "colour" not in sides["left"]["outside"]
 
 
-def test_predict_flags_colour_in_its_csv(tmp_path, tmp_path_factory, monkeypatch, caplog):
-    monkeypatch.setenv("BUSDX_MODELS", str(build_stand_in_models(tmp_path_factory.mktemp("m"))))
+def test_predict_flags_colour_in_its_csv(tmp_path, stand_in_dir, monkeypatch, caplog):
+    monkeypatch.setenv("BUSDX_MODELS", str(stand_in_dir))
     (tmp_path / "doppler.png").write_bytes(encode(doppler(GRAY, 0.04), "PNG"))
     (tmp_path / "plain.png").write_bytes(encode(GRAY, "PNG"))
     out = tmp_path / "o.csv"

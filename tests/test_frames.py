@@ -10,14 +10,12 @@ import logging
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from busdx.api.app import create_app
 from busdx.cli.main import main
 from busdx.inference.decode import decode, decode_bytes, parse_frame
 from busdx.inference.errors import NoSuchFrame
-from stand_in_models import build_stand_in_models, dicom_bytes, encode, synthetic_image
+from stand_in_models import dicom_bytes, encode, synthetic_image
 
 GRAY = synthetic_image(150, 200)
 # three frames that differ everywhere, so the frame decoded can be told from the pixels
@@ -29,17 +27,6 @@ def _tiff_pages(pages: np.ndarray) -> bytes:
     out = io.BytesIO()
     images[0].save(out, format="TIFF", save_all=True, append_images=images[1:])
     return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def stand_in(tmp_path_factory):
-    return build_stand_in_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def client(stand_in):
-    with TestClient(create_app(stand_in)) as client:
-        yield client
 
 
 @pytest.mark.parametrize("encoder", [dicom_bytes, _tiff_pages], ids=["dicom", "tiff"])
@@ -93,8 +80,8 @@ def _image_png(body: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("query", "index"), [("", 0), ("?frame=2", 1), ("?frame=last", 2)])
-def test_the_api_analyses_the_frame_asked_for(client, query, index):
-    response = client.post(f"/api/analyze{query}", files={"file": ("loop.dcm", dicom_bytes(LOOP))})
+def test_the_api_analyses_the_frame_asked_for(stand_in_client, query, index):
+    response = stand_in_client.post(f"/api/analyze{query}", files={"file": ("loop.dcm", dicom_bytes(LOOP))})
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["image"]["frames"], body["image"]["frame"]) == (3, index + 1)
@@ -103,24 +90,24 @@ def test_the_api_analyses_the_frame_asked_for(client, query, index):
     assert np.abs(shown.astype(int) - LOOP[index].astype(int)).mean() < 2
 
 
-def test_the_api_reports_one_frame_for_a_plain_image(client):
-    body = client.post("/api/analyze", files={"file": ("a.png", encode(GRAY, "PNG"))}).json()
+def test_the_api_reports_one_frame_for_a_plain_image(stand_in_client):
+    body = stand_in_client.post("/api/analyze", files={"file": ("a.png", encode(GRAY, "PNG"))}).json()
     assert (body["image"]["frames"], body["image"]["frame"]) == (1, 1)
 
 
 @pytest.mark.parametrize(("query", "words"), [("?frame=9", "holds 3 frames"),
                                               ("?frame=zero", "'first' or 'last'")])
-def test_the_api_refuses_a_frame_it_cannot_give(client, query, words):
-    response = client.post(f"/api/analyze{query}", files={"file": ("loop.dcm", dicom_bytes(LOOP))})
+def test_the_api_refuses_a_frame_it_cannot_give(stand_in_client, query, words):
+    response = stand_in_client.post(f"/api/analyze{query}", files={"file": ("loop.dcm", dicom_bytes(LOOP))})
     assert response.status_code == 422
     assert words in response.json()["detail"]
 
 
-def test_a_pane_of_a_cine_loop_frame(client):
+def test_a_pane_of_a_cine_loop_frame(stand_in_client):
     capture = np.zeros((3, 150, 410), np.uint8)
     capture[:, :, :200] = LOOP
     capture[:, :, 210:] = LOOP
-    body = client.post("/api/analyze?pane=right&frame=-1",
+    body = stand_in_client.post("/api/analyze?pane=right&frame=-1",
                        files={"file": ("loop.dcm", dicom_bytes(capture))}).json()
     assert body["image"]["pane"]["left"] == 210 and body["image"]["frame"] == 3
     assert (body["image"]["width"], body["image"]["height"]) == (200, 150)
@@ -131,8 +118,8 @@ def _rows(path) -> dict[str, dict]:
         return {row["path"]: row for row in csv.DictReader(fh)}
 
 
-def test_predict_reads_one_frame_says_which_and_warns(tmp_path, stand_in, monkeypatch, caplog):
-    monkeypatch.setenv("BUSDX_MODELS", str(stand_in))
+def test_predict_reads_one_frame_says_which_and_warns(tmp_path, stand_in_dir, monkeypatch, caplog):
+    monkeypatch.setenv("BUSDX_MODELS", str(stand_in_dir))
     loop, still = tmp_path / "loop.dcm", tmp_path / "still.png"
     loop.write_bytes(dicom_bytes(LOOP))
     still.write_bytes(encode(GRAY, "PNG"))
@@ -162,8 +149,8 @@ def test_predict_reads_one_frame_says_which_and_warns(tmp_path, stand_in, monkey
     assert "holds 1 frame" in rows[str(still)]["error"] and rows[str(still)]["probability"] == ""
 
 
-def test_predict_refuses_a_frame_that_is_not_one(tmp_path, stand_in, monkeypatch, capsys):
-    monkeypatch.setenv("BUSDX_MODELS", str(stand_in))
+def test_predict_refuses_a_frame_that_is_not_one(tmp_path, stand_in_dir, monkeypatch, capsys):
+    monkeypatch.setenv("BUSDX_MODELS", str(stand_in_dir))
     with pytest.raises(SystemExit) as exit_:
         main(["predict", str(tmp_path), "--csv", str(tmp_path / "o.csv"), "--frame", "0"])
     assert exit_.value.code == 2

@@ -21,6 +21,16 @@ def _load(name: str):
     return module
 
 
+def _rerun(name: str, busbra_root: Path) -> tuple[dict, dict]:
+    """A study run again on the full data by its own code, and the answer it recorded; both
+    describe the same bundled models."""
+    study = _load(name)
+    recorded = json.loads((ROOT / "reports" / "studies" / f"{name}.json").read_text())
+    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
+    assert result["model_version"] == recorded["model_version"]
+    return result, recorded
+
+
 def test_shape_features_of_a_dark_upright_ellipse():
     study = _load("shape_features")
     yy, xx = np.mgrid[:200, :200]
@@ -104,10 +114,7 @@ def test_robustness_summary_flags_drops_against_the_unperturbed_images():
 @pytest.mark.full_data
 @pytest.mark.slow
 def test_robustness_study_reproduces_its_recorded_answer(busbra_root):
-    study = _load("robustness")
-    recorded = json.loads((ROOT / "reports" / "studies" / "robustness.json").read_text())
-    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
-    assert result["model_version"] == recorded["model_version"]
+    result, recorded = _rerun("robustness", busbra_root)
     for name, s in recorded["conditions"].items():
         for key in ("auc", "sensitivity", "specificity", "mean_dice"):
             assert result["conditions"][name][key] == pytest.approx(s[key], abs=1e-3), (name, key)
@@ -358,10 +365,7 @@ def test_margins_frames_put_the_image_in_a_black_frame_of_the_named_size():
 
 @pytest.mark.full_data
 def test_margins_study_reproduces_its_recorded_answer(busbra_root):
-    study = _load("margins")
-    recorded = json.loads((ROOT / "reports" / "studies" / "margins.json").read_text())
-    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
-    assert result["model_version"] == recorded["model_version"]
+    result, recorded = _rerun("margins", busbra_root)
     for name, c in recorded["conditions"].items():
         got = result["conditions"][name]
         assert got["auc"] == pytest.approx(c["auc"], abs=1e-4), name
@@ -386,10 +390,7 @@ def test_dual_view_captures_put_the_halves_side_by_side_in_a_frame():
 
 @pytest.mark.full_data
 def test_dual_view_study_reproduces_its_recorded_answer(busbra_root):
-    study = _load("dual_view")
-    recorded = json.loads((ROOT / "reports" / "studies" / "dual_view.json").read_text())
-    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
-    assert result["model_version"] == recorded["model_version"]
+    result, recorded = _rerun("dual_view", busbra_root)
     assert result["captures_split_exactly"] == recorded["captures_split_exactly"]
     for name, c in recorded["readings"].items():
         assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
@@ -420,10 +421,7 @@ def test_scanner_screens_put_the_scans_where_the_dicom_says():
 
 @pytest.mark.full_data
 def test_scanner_screens_study_reproduces_its_recorded_answer(busbra_root):
-    study = _load("scanner_screens")
-    recorded = json.loads((ROOT / "reports" / "studies" / "scanner_screens.json").read_text())
-    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
-    assert result["model_version"] == recorded["model_version"]
+    result, recorded = _rerun("scanner_screens", busbra_root)
     for name, c in recorded["readings"].items():
         assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
         assert result["readings"][name]["calls_flipped"] == c["calls_flipped"], name
@@ -462,10 +460,7 @@ def test_colour_overlays_draw_colour_inside_the_box_only():
 
 @pytest.mark.full_data
 def test_colour_overlays_study_reproduces_its_recorded_answer(busbra_root):
-    study = _load("colour_overlays")
-    recorded = json.loads((ROOT / "reports" / "studies" / "colour_overlays.json").read_text())
-    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
-    assert result["model_version"] == recorded["model_version"]
+    result, recorded = _rerun("colour_overlays", busbra_root)
     for name, c in recorded["readings"].items():
         for key in ("calls_flipped", "calls_flipped_warned", "warned"):
             assert result["readings"][name][key] == c[key], (name, key)

@@ -23,7 +23,7 @@ from bench_common import REPO, RESULTS_DIR, busy_processes, setup_logging
 log = logging.getLogger("benchmarks.run")
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("tune_ort", "latency", "throughput", "load_test", "quantize")
+STEPS = ("tune_ort", "latency", "throughput", "load_test", "quantize", "decode")
 
 FULL = {
     "tune_ort": [],
@@ -31,6 +31,7 @@ FULL = {
     "throughput": [],
     "load_test": ["--requests", "1000", "--clients", "16"],
     "quantize": [],
+    "decode": [],
 }
 QUICK = {  # smoke runs: every code path, tiny counts, no meaningful timings
     "tune_ort": ["--reps", "2", "--per-worker", "2"],
@@ -39,8 +40,9 @@ QUICK = {  # smoke runs: every code path, tiny counts, no meaningful timings
     "load_test": ["--requests", "24", "--clients", "4", "--images", "2", "--warmup", "4",
                   "--settle", "0.5"],
     "quantize": ["--calibration", "2", "--limit", "4", "--reps", "2"],
+    "decode": ["--frames", "8", "--reps", "2"],
 }
-DATA_FREE = {"tune_ort"}  # steps that take no --data
+DATA_FREE = {"tune_ort", "decode"}  # steps that take no --data
 
 
 def step_command(step: str, args: argparse.Namespace, extra: list[str]) -> list[str]:

@@ -90,3 +90,12 @@ def test_markdown_is_rendered_from_the_results(quick_run):
         assert heading in text
     assert f"{lat['analysis']['onnxruntime']['total_ms']['p50']:.1f}" in text
     assert "stand-in models" in text
+
+
+def test_decode_reads_one_frame_of_a_loop_without_copying_it(quick_run):
+    dec = _load(quick_run[0], "decode")
+    loops = [c for c in dec["cases"] if c["frames"] > 1]
+    assert {c["frame"] for c in loops} >= {1, loops[-1]["frames"]}
+    assert all(c["ms"]["p50"] > 0 and c["peak_mb"] > 0 for c in dec["cases"])
+    assert dec["targets"]["memory_met"], dec["targets"]
+    assert "Decoding large inputs" in quick_run[1].read_text()

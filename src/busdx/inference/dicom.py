@@ -158,7 +158,9 @@ def read_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> DicomI
     from pydicom.pixels import pixel_array
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        # The pixel data stays in ``data`` (deferred): a cine loop's frames are read one at a
+        # time below, not copied whole into the dataset.
+        ds = pydicom.dcmread(io.BytesIO(data), defer_size="1 MB")
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
         raise CorruptImage(f"cannot read the DICOM file: {err}") from err
     if "PixelData" not in ds:
@@ -182,9 +184,10 @@ def read_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> DicomI
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     syntax_name = getattr(syntax, "name", str(syntax))
     try:
-        # index decodes only that frame, not the whole loop; raw=False converts YBR to RGB with
-        # pydicom's convert_color_space, which knows whether the decoder already did so.
-        pixels = pixel_array(ds, index=index if frames > 1 else None, raw=False)
+        # From the file, index reads and decodes only that frame: a long loop is not copied
+        # whole into memory a second time. raw=False converts YBR to RGB with pydicom's
+        # convert_color_space, which knows whether the decoder already did so.
+        pixels = pixel_array(io.BytesIO(data), index=index if frames > 1 else None, raw=False)
     except Exception as err:  # decoders raise many types; none of them should become a 500
         log.debug("DICOM decode failed: %s", type(err).__name__)
         raise UnsupportedFormat(

@@ -135,15 +135,18 @@ def colour_mask(array: np.ndarray) -> np.ndarray | None:
     array = np.asarray(array)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         return None
-    rgb = array[..., :3]
-    if rgb.dtype == np.uint8:
+    r, g, b = array[..., 0], array[..., 1], array[..., 2]
+    if np.array_equal(r, g) and np.array_equal(g, b):  # grey stored as colour: the usual case
+        return None
+    if array.dtype == np.uint8:
         full = 255.0
-    elif np.issubdtype(rgb.dtype, np.integer):  # the bits in use, as to_gray_float scales them
-        full = float(2 ** max(8, int(rgb.max()).bit_length()) - 1)
+    elif np.issubdtype(array.dtype, np.integer):  # the bits in use, as to_gray_float scales them
+        full = float(2 ** max(8, int(array[..., :3].max()).bit_length()) - 1)
     else:
         full = 1.0
-    peak = rgb.max(axis=2).astype(np.float64)
-    chroma = peak - rgb.min(axis=2)
+    # channel by channel: much faster than max/min over the last axis of an HxWx3 array
+    peak = np.maximum(np.maximum(r, g), b).astype(np.float32)
+    chroma = peak - np.minimum(np.minimum(r, g), b)
     mask = (chroma > CHROMA * full) & (chroma > SATURATION * peak)
     return mask if mask.any() else None
 

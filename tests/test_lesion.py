@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from busdx.api.app import create_app
 from busdx.cli.main import main
@@ -75,6 +76,15 @@ def test_views_without_a_lesion_are_counted_and_noted():
     reading = read_lesion([_view(0.0, found=False), _view(1.0)], 0.5)
     assert reading.views_without_lesion == 1
     assert "no lesion found in 1 of 2 views" in reading.note
+
+
+def test_views_with_a_caution_are_counted_and_noted():
+    plain = read_lesion([_view(0.0), _view(1.0)], 0.5)
+    assert plain.views_unusual == 0 and "unlike" not in plain.note
+    warned = read_lesion([ViewScore(0.0, 2.0, True, "v1", unusual=True), _view(1.0)], 0.5)
+    assert warned.views_unusual == 1 and warned.to_json()["views_unusual"] == 1
+    assert "1 of 2 views unlike the training images" in warned.note
+    assert warned.probability == plain.probability  # a caution, not a change of reading
 
 
 def _preds(rng, n_lesions=60):
@@ -165,14 +175,22 @@ def test_predict_writes_one_row_per_lesion(tmp_path, fixtures_root, lesion_model
     for name in ("bus_0007-l.png", "bus_0007-r.png", "bus_0851-s.png"):
         shutil.copy(fixtures_root / "Images" / name, folder / name)
     (folder / "bus_0009-l.png").write_bytes(b"not an image")
+    # one view of a third lesion with colour over it: the lesion's row carries the caution
+    grey = np.asarray(Image.open(fixtures_root / "Images" / "bus_0358-l.png").convert("L"))
+    colour = np.repeat(grey[..., None], 3, axis=2).copy()
+    colour[40:120, 40:200] = (220, 40, 30)
+    Image.fromarray(colour).save(folder / "bus_0358-l.png")
+    shutil.copy(fixtures_root / "Images" / "bus_0358-r.png", folder / "bus_0358-r.png")
     images, lesions_csv = tmp_path / "images.csv", tmp_path / "lesions.csv"
     assert main(["predict", str(folder), "--csv", str(images), "--lesion-pattern",
                  r"(bus_\d+)-[lrs]", "--lesions-csv", str(lesions_csv)]) == 0
     by_path = {r["path"]: r for r in _rows(images)}
     rows = {r["lesion"]: r for r in _rows(lesions_csv)}
-    assert set(rows) == {"bus_0007", "bus_0009", "bus_0851"}
+    assert set(rows) == {"bus_0007", "bus_0009", "bus_0358", "bus_0851"}
     two = rows["bus_0007"]
     assert two["views"] == "2" and two["failed_views"] == "0" and two["error"] == ""
+    assert rows["bus_0358"]["views_unusual"] == "1" and "unlike" in rows["bus_0358"]["note"]
+    assert "colour high" in by_path[str(folder / "bus_0358-l.png")]["input_unusual"]
     logits = [math.log(float(by_path[str(folder / n)]["probability"])
                        / (1 - float(by_path[str(folder / n)]["probability"]))) * 1.5
               for n in ("bus_0007-l.png", "bus_0007-r.png")]
@@ -210,6 +228,10 @@ def test_api_reads_a_lesion_from_analysed_views(fixtures_root, lesion_models, tm
         assert lesion["threshold"] == 0.45 and lesion["disclaimer"]
         stale = [dict(views[0], model_version="other")]
         assert client.post("/api/lesion", json={"views": stale}).status_code == 409
+        flagged = client.post("/api/lesion", json={"views": [dict(views[0], unusual=True),
+                                                             views[1]]}).json()
+        assert flagged["views_unusual"] == 1 and flagged["logit"] == pytest.approx(mean)
+        assert lesion["views_unusual"] == 0  # not sent: no caution
         assert client.post("/api/lesion", json={"views": []}).status_code == 422
         assert client.post("/api/lesion", json={"views": [dict(views[0], logit="nan")]}
                            ).status_code == 422

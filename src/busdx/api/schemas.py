@@ -114,6 +114,8 @@ class LesionView(BaseModel):
                          description="the view's `logit` from /api/analyze")
     lesion_found: bool = Field(description="the view's `lesion_found` from /api/analyze")
     model_version: str = Field(description="the view's `model_version` from /api/analyze")
+    unusual: bool = Field(False, description="whether the view's `input_check.outside` was not "
+                                             "empty (a caution)")
 
 
 class LesionRequest(BaseModel):
@@ -129,6 +131,7 @@ class LesionResponse(BaseModel):
     logit: float = Field(description="mean of the views' logits")
     views: int
     views_without_lesion: int
+    views_unusual: int = Field(0, description="views sent with `unusual` true")
     note: str
     model_version: str
     busdx_version: str

@@ -117,7 +117,7 @@ def collect(inputs: list[Path]) -> list[Path]:
 
 LESION_COLUMNS = (
     "lesion", "views", "paths", "probability", "label", "threshold", "risk_band", "risk_text",
-    "views_without_lesion", "failed_views", "model_version", "note", "error",
+    "views_without_lesion", "views_unusual", "failed_views", "model_version", "note", "error",
 )
 
 
@@ -142,6 +142,7 @@ def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold)
                        threshold=reading.threshold, risk_band=reading.risk.name,
                        risk_text=reading.risk.text,
                        views_without_lesion=reading.views_without_lesion,
+                       views_unusual=reading.views_unusual,
                        model_version=reading.model_version, note="; ".join(notes), error="")
         rows.append({key: _fmt(row.get(key)) for key in LESION_COLUMNS})
     return rows

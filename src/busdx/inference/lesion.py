@@ -67,11 +67,12 @@ class ViewScore:
     temperature: float
     lesion_found: bool
     model_version: str
+    unusual: bool = False  # the view got the input check's caution (unlike the training images)
 
     @classmethod
     def of(cls, analysis) -> ViewScore:
         return cls(analysis.logit, analysis.temperature, analysis.lesion_found,
-                   analysis.model_version)
+                   analysis.model_version, analysis.unusual)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class LesionReading:
     views_without_lesion: int  # views where the segmenter found nothing (whole-image logit)
     note: str
     model_version: str
+    views_unusual: int = 0  # views the input check found unlike the training images
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class LesionReading:
             "logit": self.logit,
             "views": self.views,
             "views_without_lesion": self.views_without_lesion,
+            "views_unusual": self.views_unusual,
             "note": self.note,
             "model_version": self.model_version,
             "busdx_version": __version__,
@@ -128,6 +131,10 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None) -> LesionRea
     if missing:
         notes.append(f"no lesion found in {missing} of {len(analyses)} views: their probability "
                      "is from the whole image and is less reliable")
+    unusual = sum(a.unusual for a in analyses)
+    if unusual:
+        notes.append(f"{unusual} of {len(analyses)} views unlike the training images (see their "
+                     "cautions): the lesion threshold may not hold for this reading either")
     if len(analyses) == 1:
         notes.append("one view: the reading is that image's, called at the lesion threshold")
     return LesionReading(
@@ -141,4 +148,5 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None) -> LesionRea
         views_without_lesion=missing,
         note="; ".join(notes),
         model_version=analyses[0].model_version,
+        views_unusual=unusual,
     )

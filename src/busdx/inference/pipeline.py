@@ -100,6 +100,11 @@ class Analysis:
     frame: int = 1
     frames: int = 1
 
+    @property
+    def unusual(self) -> bool:
+        """Whether the input check found the image unlike the training images (a caution)."""
+        return bool(self.input_check and self.input_check.unusual)
+
     def to_json(self, images: bool = True) -> dict[str, Any]:
         """The API's answer: plain JSON types, the PNGs base64-encoded."""
         out: dict[str, Any] = {

@@ -23,7 +23,8 @@ router = APIRouter(prefix="/api", tags=["analysis"])
     summary="Read one lesion from several analysed views of it",
     description=(
         "Send the `logit`, `lesion_found` and `model_version` of each view of one lesion, as "
-        "/api/analyze returned them (two orthogonal planes, typically). Returns the lesion's "
+        "/api/analyze returned them (two orthogonal planes, typically), and `unusual` when its "
+        "`input_check.outside` was not empty. Returns the lesion's "
         "calibrated probability, its call at the lesion threshold validated on BUS-BRA with "
         "both views, and its risk band. Decision support, not a diagnosis."
     ),
@@ -40,6 +41,6 @@ def lesion(request: Request, body: LesionRequest) -> dict[str, Any]:
     if stale:
         raise HTTPException(409, f"views analysed by other models ({', '.join(stale)}): analyse "
                                  f"them again with {models.version}")
-    views = [ViewScore(v.logit, models.settings.temperature, v.lesion_found, v.model_version)
-             for v in body.views]
+    views = [ViewScore(v.logit, models.settings.temperature, v.lesion_found, v.model_version,
+                       v.unusual) for v in body.views]
     return read_lesion(views, threshold).to_json()

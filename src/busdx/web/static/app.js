@@ -333,7 +333,8 @@ async function analyzeLesion(files, dual) {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ views: views.map(({ result: r }) => ({
-        logit: r.logit, lesion_found: r.lesion_found, model_version: r.model_version })) }),
+        logit: r.logit, lesion_found: r.lesion_found, model_version: r.model_version,
+        unusual: Boolean(r.input_check && Object.keys(r.input_check.outside).length) })) }),
     });
     const lesion = response.ok ? await response.json() : null;
     renderLesion(lesion, views, lesion ? "" : await errorText(response));

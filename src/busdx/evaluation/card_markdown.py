@@ -796,6 +796,22 @@ def _input_check_lines(check: dict | None) -> list[str]:
         f"images and {test.get('unusual')} of {test.get('n')} test images. "
         f"Written by `{check.get('command', 'busdx evaluate input-check')}`.",
         "",
+        *_colour_lines(),
+    ]
+
+
+def _colour_lines() -> list[str]:
+    from busdx.inference.quality import CHROMA, COLOUR_SHARE, SATURATION
+
+    return [
+        "A fourth check needs no range: every training image is grey B-mode, so colour painted "
+        "over the scan (a colour or power Doppler box, an elastography map) reaches the "
+        "networks as grey tissue. A scan with more than "
+        f"{100 * COLOUR_SHARE:g}% of its pixels in saturated colour (channels apart by more "
+        f"than {CHROMA:g} of the full scale and {SATURATION:g} of the brightest) gets a warning; "
+        "a grey image stored as colour or a pale tinted grey map does not. "
+        "`studies/colour_overlays.py` measures what such overlays cost the calls.",
+        "",
     ]
 
 
@@ -857,6 +873,9 @@ def render_model_card(card: dict) -> str:
         "- Every BUS-BRA image carries burned-in scanner text and some carry caliper marks: a "
         "model can learn such shortcuts. " + _input_limit(clf.get("input", "crop")),
         "- One lesion per image is assumed; the largest predicted region is analysed.",
+        "- Grey B-mode only: colour Doppler, power Doppler and elastography are not read. Colour "
+        "over the scan is analysed as grey and warned; analyse the plain B-mode image. A cine "
+        "loop is read at one frame (the first unless another is chosen).",
         "- The risk band maps the calibrated probability onto BI-RADS likelihood ranges. It is an "
         "aid to reading the probability, not a BI-RADS assessment, which also weighs the "
         "clinical context.",

@@ -26,8 +26,10 @@ analysis as:
   blue-green-red scale.
 
 Per condition: the AUC, sensitivity and specificity at the frozen threshold, the calls that
-flip against the plain image (and how many of those were warned), how many images were warned,
-and the share of the scan in colour.
+flip against the plain image (and how many of those were warned), how many images were warned
+and filled, and the share of the scan in colour. The Doppler and elastography images are read
+as served (thin colour filled in from the grey around it: rule Y in docs/selection_rules.md)
+and unfilled, on two drawing seeds; ``rule_y`` scores the rule's conditions on both.
 Descriptive: no model, threshold or level is chosen by it.
 
     python studies/colour_overlays.py --data ../shared/data/busbra --out reports/studies
@@ -44,11 +46,13 @@ import numpy as np
 log = logging.getLogger("colour_overlays")
 
 SEED = 0
+RULE_Y_SEEDS = (0, 1)  # drawing seeds: 0 was read before rule Y was written, 1 was not
 BOX_GROW = 0.4  # the colour box around the lesion's box, grown by this share of its size
 FLOW = 0.10  # the share of the Doppler box that shows flow
 JPEG_QUALITY = 85
 SEPIA = (1.0, 0.85, 0.65)  # channel gains of the tinted grey map
 CONDITIONS = ("plain", "colour_jpeg", "tinted", "doppler", "elastography")
+OVERLAYS = ("doppler", "elastography")
 
 
 def colour_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -145,46 +149,82 @@ def collect(data: str, models_dir: str | None, threads: int) -> dict:
     for i, r in enumerate(tqdm(val, desc="validation images")):
         grey = np.asarray(Image.open(r.image_path).convert("L"))
         box = colour_box(np.asarray(Image.open(r.mask_path).convert("L")) > 0)
-        rng = np.random.default_rng([SEED, i])
         sources = {"plain": r.image_path.read_bytes(), "colour_jpeg": _jpeg(grey_rgb(grey)),
-                   "tinted": tinted(grey), "doppler": doppler(grey, box, rng),
-                   "elastography": elastography(grey, box, rng)}
+                   "tinted": tinted(grey)}
+        for seed in RULE_Y_SEEDS:
+            rng = np.random.default_rng([seed, i])
+            suffix = "" if seed == SEED else f"_seed{seed}"
+            sources[f"doppler{suffix}"] = doppler(grey, box, rng)
+            sources[f"elastography{suffix}"] = elastography(grey, box, rng)
         row = {"image": r.image_path.name, "label": r.label}
         for name, source in sources.items():
-            a = analyze(source, models, render_overlays=False)
-            check = a.input_check
-            row[name] = a.probability
-            row[f"{name}_malignant"] = a.label == "malignant"
-            row[f"{name}_colour"] = check.colour if check else 0.0
-            row[f"{name}_warned"] = bool(check and "colour" in check.outside)
+            fills = (True, False) if name.startswith(OVERLAYS) else (True,)
+            for fill in fills:
+                a = analyze(source, models, render_overlays=False, fill_colour=fill)
+                check = a.input_check
+                key = name if fill else f"{name}_unfilled"
+                row[key] = a.probability
+                row[f"{key}_malignant"] = a.label == "malignant"
+                row[f"{key}_colour"] = check.colour if check else 0.0
+                row[f"{key}_warned"] = bool(check and "colour" in check.outside)
+                row[f"{key}_filled"] = bool(check and check.colour_filled)
         images.append(row)
     return {"threshold": models.settings.threshold, "model_version": models.version,
             "images": images}
 
 
-def summarise(collected: dict) -> dict:
+def _reading(images: list[dict], name: str) -> dict:
     from busdx.evaluation.classification import roc_auc
+
+    y = np.array([r["label"] for r in images])
+    plain = np.array([r["plain_malignant"] for r in images])
+    p = np.array([r[name] for r in images])
+    call = np.array([r[f"{name}_malignant"] for r in images])
+    share = np.array([r[f"{name}_colour"] for r in images])
+    return {
+        "auc": roc_auc(y, p), "sensitivity": float(call[y == 1].mean()),
+        "specificity": float((~call[y == 0]).mean()),
+        "calls_flipped": int((call != plain).sum()),
+        "calls_flipped_warned": int(sum(r[f"{name}_warned"] for r, c, p0
+                                        in zip(images, call, plain, strict=True) if c != p0)),
+        "mean_probability_change": float(np.mean(p - np.array([r["plain"] for r in images]))),
+        "warned": int(sum(r[f"{name}_warned"] for r in images)),
+        "filled": int(sum(r[f"{name}_filled"] for r in images)),
+        "colour_share": {"median": float(np.median(share)), "min": float(share.min()),
+                         "max": float(share.max())},
+    }
+
+
+def rule_y(images: list[dict]) -> dict:
+    """Rule Y's four conditions on each drawing seed (docs/selection_rules.md)."""
+    seeds = {}
+    for seed in RULE_Y_SEEDS:
+        suffix = "" if seed == SEED else f"_seed{seed}"
+        served, unfilled = (_reading(images, f"doppler{suffix}{k}") for k in ("", "_unfilled"))
+        elasto = _reading(images, f"elastography{suffix}")
+        seeds[f"seed{seed}"] = {
+            "doppler_served": served, "doppler_unfilled": unfilled,
+            "elastography_filled": elasto["filled"],
+            "conditions": {
+                "flips_at_most_half": served["calls_flipped"] <= unfilled["calls_flipped"] / 2,
+                "auc_not_lower": served["auc"] >= unfilled["auc"],
+                "no_elastography_filled": elasto["filled"] == 0,
+                "grey_unchanged": all(_reading(images, n)["filled"] == 0
+                                      for n in ("plain", "colour_jpeg", "tinted")),
+            },
+        }
+    return {"rule": "docs/selection_rules.md, rule Y", "seeds": seeds,
+            "ships": all(all(s["conditions"].values()) for s in seeds.values())}
+
+
+def summarise(collected: dict) -> dict:
     from busdx.inference.quality import CHROMA, COLOUR_SHARE, SATURATION
 
     images = collected["images"]
     y = np.array([r["label"] for r in images])
-    plain = np.array([r["plain_malignant"] for r in images])
-    readings = {}
-    for name in CONDITIONS:
-        p = np.array([r[name] for r in images])
-        call = np.array([r[f"{name}_malignant"] for r in images])
-        share = np.array([r[f"{name}_colour"] for r in images])
-        readings[name] = {
-            "auc": roc_auc(y, p), "sensitivity": float(call[y == 1].mean()),
-            "specificity": float((~call[y == 0]).mean()),
-            "calls_flipped": int((call != plain).sum()),
-            "calls_flipped_warned": int(sum(r[f"{name}_warned"] for r, c, p0
-                                            in zip(images, call, plain, strict=True) if c != p0)),
-            "mean_probability_change": float(np.mean(p - np.array([r["plain"] for r in images]))),
-            "warned": int(sum(r[f"{name}_warned"] for r in images)),
-            "colour_share": {"median": float(np.median(share)), "min": float(share.min()),
-                             "max": float(share.max())},
-        }
+    readings = {name: _reading(images, name) for name in CONDITIONS}
+    readings.update({f"{name}_unfilled": _reading(images, f"{name}_unfilled")
+                     for name in OVERLAYS})
     return {
         "question": "colour inside the scan (Doppler, elastography, a tinted map, a grey image "
                     "stored as colour): what does it cost the call, and is it warned?",
@@ -199,17 +239,26 @@ def summarise(collected: dict) -> dict:
                     "sepia": list(SEPIA)},
         "model_version": collected["model_version"],
         "readings": readings,
+        "rule_y": rule_y(images),
     }
 
 
 def describe(result: dict, args, out: Path) -> None:
     log.info("%d validation images with colour in the scan", result["images"])
     for name, c in result["readings"].items():
-        log.info("%-12s AUC %.3f  sensitivity %.3f  specificity %.3f  flipped %3d (%d warned)  "
-                 "mean change %+.3f  warned %3d  colour share median %.3f (max %.3f)", name,
-                 c["auc"], c["sensitivity"], c["specificity"], c["calls_flipped"],
+        log.info("%-21s AUC %.3f  sensitivity %.3f  specificity %.3f  flipped %3d (%d warned)  "
+                 "mean change %+.3f  warned %3d  filled %3d  colour share median %.3f (max %.3f)",
+                 name, c["auc"], c["sensitivity"], c["specificity"], c["calls_flipped"],
                  c["calls_flipped_warned"], c["mean_probability_change"], c["warned"],
-                 c["colour_share"]["median"], c["colour_share"]["max"])
+                 c["filled"], c["colour_share"]["median"], c["colour_share"]["max"])
+    y = result["rule_y"]
+    for seed, r in y["seeds"].items():
+        log.info("rule Y, %s: Doppler served flips %d (AUC %.3f), unfilled %d (AUC %.3f); "
+                 "elastography filled %d; conditions %s", seed,
+                 r["doppler_served"]["calls_flipped"], r["doppler_served"]["auc"],
+                 r["doppler_unfilled"]["calls_flipped"], r["doppler_unfilled"]["auc"],
+                 r["elastography_filled"], r["conditions"])
+    log.info("rule Y ships: %s", y["ships"])
 
 
 def main(argv: list[str] | None = None) -> int:

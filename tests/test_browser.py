@@ -203,7 +203,8 @@ def test_colour_over_the_scan_gets_a_caution(server, browser, fixtures_root, tmp
     page.set_input_files("#file", str(path))
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)
     caution = page.locator("#input-warnings")
-    assert caution.is_visible() and "in colour" in caution.inner_text()
+    assert caution.is_visible() and "thin colour" in caution.inner_text()
+    assert "filled in" in caution.inner_text()  # flow is filled from the grey around it
     assert page.locator("#call").is_visible()
     page.screenshot(path=str(output_dir / "browser-colour.png"))
     page.close()

@@ -12,7 +12,14 @@ import pytest
 
 from busdx.cli.main import main
 from busdx.inference.decode import decode_bytes
-from busdx.inference.quality import CHROMA, COLOUR_SHARE, check_image, colour_mask
+from busdx.inference.pipeline import analyze
+from busdx.inference.quality import (
+    CHROMA,
+    COLOUR_SHARE,
+    check_image,
+    colour_mask,
+    fill_colour,
+)
 from stand_in_models import dicom_bytes, encode, synthetic_image
 
 GRAY = synthetic_image(200, 260)
@@ -91,7 +98,8 @@ def test_a_doppler_box_is_warned(stand_in_client, fmt):
     assert check["outside"].get("colour") == "high"
     # JPEG halves the colour resolution: the edges of small blobs turn pale, as in a real export
     assert check["colour"] == pytest.approx(0.04, abs=0.025 if fmt == "JPEG" else 0.01)
-    assert any("in colour" in w and "B-mode" in w for w in check["warnings"])
+    assert any("thin colour" in w and "filled in" in w for w in check["warnings"])
+    assert check["colour_filled"] is True  # flow is thin: filled in from the grey around it
 
 
 def test_a_few_coloured_marks_are_not_warned(stand_in_client):
@@ -140,3 +148,42 @@ def test_predict_flags_colour_in_its_csv(tmp_path, stand_in_dir, monkeypatch, ca
         rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(f)}
     assert "colour high" in rows["doppler.png"]["input_unusual"]
     assert "colour" not in rows["plain.png"]["input_unusual"]
+
+
+def test_thin_colour_is_filled_from_the_grey_around_it():
+    grey = GRAY / 255.0
+    rgb = doppler(GRAY, 0.04)
+    mask = colour_mask(rgb)
+    filled = fill_colour(grey.astype(np.float32), mask)
+    assert filled is not None
+    np.testing.assert_array_equal(filled[~mask], grey[~mask].astype(np.float32))
+    # flow over the speckle is replaced by speckle-like grey, not by the flow's luma
+    assert abs(filled[mask].mean() - grey[mask].mean()) < 0.05
+
+
+def test_solid_colour_is_not_filled(stand_in_dir):
+    """An elastography-like map blended over a box: a fill would smear the lesion away, so it
+    is read as it is, and warned."""
+    from busdx.inference.models import Models
+
+    rgb = np.repeat(GRAY[..., None], 3, axis=2).astype(np.float64)
+    rgb[50:150, 60:200] = 0.5 * rgb[50:150, 60:200] + 0.5 * np.array([0, 200, 40])
+    rgb = rgb.astype(np.uint8)
+    mask = colour_mask(rgb)
+    assert fill_colour(GRAY / 255.0, mask) is None
+    a = analyze(rgb, Models.load(stand_in_dir), render_overlays=False)
+    assert a.input_check.outside["colour"] == "high" and not a.input_check.colour_filled
+    assert any("in colour (a Doppler or elastography" in w for w in a.input_check.warnings)
+
+
+def test_the_fill_can_be_turned_off_for_studies(stand_in_dir):
+    from busdx.inference.models import Models
+
+    models = Models.load(stand_in_dir)
+    rgb = doppler(GRAY, 0.04)
+    served = analyze(rgb, models, render_overlays=False)
+    unfilled = analyze(rgb, models, render_overlays=False, fill_colour=False)
+    assert served.input_check.colour_filled and not unfilled.input_check.colour_filled
+    assert served.input_check.colour == unfilled.input_check.colour
+    # the image the page shows is the one analysed
+    assert not np.array_equal(served.image, unfilled.image)

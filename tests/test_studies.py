@@ -462,9 +462,16 @@ def test_colour_overlays_draw_colour_inside_the_box_only():
 def test_colour_overlays_study_reproduces_its_recorded_answer(busbra_root):
     result, recorded = _rerun("colour_overlays", busbra_root)
     for name, c in recorded["readings"].items():
-        for key in ("calls_flipped", "calls_flipped_warned", "warned"):
+        for key in ("calls_flipped", "calls_flipped_warned", "warned", "filled"):
             assert result["readings"][name][key] == c[key], (name, key)
         assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
     # what the warning promises: grey images (stored as colour or tinted) are not warned
     for name in ("plain", "colour_jpeg", "tinted"):
         assert result["readings"][name]["warned"] == 0, name
+    # rule Y: why the fill is served, on both drawing seeds
+    assert result["rule_y"]["ships"]
+    for seed, r in recorded["rule_y"]["seeds"].items():
+        got = result["rule_y"]["seeds"][seed]
+        assert got["conditions"] == r["conditions"], seed
+        for reading in ("doppler_served", "doppler_unfilled"):
+            assert got[reading]["calls_flipped"] == r[reading]["calls_flipped"], (seed, reading)

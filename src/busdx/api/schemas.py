@@ -86,6 +86,9 @@ class InputCheckOut(BaseModel):
     colour: float = Field(
         0.0, description="share of the scan's pixels in colour (a Doppler or elastography "
         "overlay, say); above 0.01 it is in outside as 'colour': 'high', with a warning")
+    colour_filled: bool = Field(
+        False, description="the colour was thin (colour flow) and was filled in from the grey "
+        "around it before the analysis; solid colour (an elastography map) is not filled")
 
 
 class AnalyzeResponse(BaseModel):

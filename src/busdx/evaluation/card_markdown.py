@@ -809,8 +809,10 @@ def _colour_lines() -> list[str]:
         "networks as grey tissue. A scan with more than "
         f"{100 * COLOUR_SHARE:g}% of its pixels in saturated colour (channels apart by more "
         f"than {CHROMA:g} of the full scale and {SATURATION:g} of the brightest) gets a warning; "
-        "a grey image stored as colour or a pale tinted grey map does not. "
-        "`studies/colour_overlays.py` measures what such overlays cost the calls.",
+        "a grey image stored as colour or a pale tinted grey map does not. Thin colour (flow) "
+        "is also filled in from the grey around it before the analysis, which gives back part "
+        "of what it costs; solid colour (an elastography map) is not (rule Y, "
+        "`docs/selection_rules.md`). `studies/colour_overlays.py` measures both.",
         "",
     ]
 
@@ -874,8 +876,9 @@ def render_model_card(card: dict) -> str:
         "model can learn such shortcuts. " + _input_limit(clf.get("input", "crop")),
         "- One lesion per image is assumed; the largest predicted region is analysed.",
         "- Grey B-mode only: colour Doppler, power Doppler and elastography are not read. Colour "
-        "over the scan is analysed as grey and warned; analyse the plain B-mode image. A cine "
-        "loop is read at one frame (the first unless another is chosen).",
+        "over the scan is warned, thin flow filled in from the grey around it and solid colour "
+        "analysed as grey; analyse the plain B-mode image. A cine loop is read at one frame "
+        "(the first unless another is chosen).",
         "- The risk band maps the calibrated probability onto BI-RADS likelihood ranges. It is an "
         "aid to reading the probability, not a BI-RADS assessment, which also weighs the "
         "clinical context.",

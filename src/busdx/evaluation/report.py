@@ -201,20 +201,36 @@ def _colour_lines(path: Path) -> list[str]:
         return []
     colour = json.loads(path.read_text())
     names = {"plain": "the image itself", "colour_jpeg": "stored as a colour JPEG",
-             "tinted": "a sepia-tinted grey map", "doppler": "a colour Doppler box",
-             "elastography": "an elastography map"}
+             "tinted": "a sepia-tinted grey map",
+             "doppler": "a colour Doppler box (served: thin colour filled)",
+             "elastography": "an elastography map (served: solid colour, not filled)",
+             "doppler_unfilled": "a colour Doppler box, read unfilled",
+             "elastography_unfilled": "an elastography map, read unfilled"}
     rows = [f"| {names[k]} | {_fmt(r['auc'])} | {_fmt(r['sensitivity'])} | "
             f"{_fmt(r['specificity'])} | {r['calls_flipped']} ({r['calls_flipped_warned']}) | "
-            f"{r['warned']} |" for k, r in colour["readings"].items()]
+            f"{r['warned']} | {r.get('filled', 0)} |" for k, r in colour["readings"].items()]
+    rule = colour.get("rule_y")
+    replication = ""
+    if rule and "seed1" in rule["seeds"]:
+        s1 = rule["seeds"]["seed1"]
+        replication = (f" Drawn again with another seed, the Doppler images flip "
+                       f"{s1['doppler_served']['calls_flipped']} calls served against "
+                       f"{s1['doppler_unfilled']['calls_flipped']} unfilled (AUC "
+                       f"{_fmt(s1['doppler_served']['auc'])} against "
+                       f"{_fmt(s1['doppler_unfilled']['auc'])}); rule Y "
+                       f"{'ships' if rule['ships'] else 'does not ship'} "
+                       "(`docs/selection_rules.md`).")
     return [
         f"Colour in the scan, drawn on the {colour['images']} validation images "
         f"({colour['malignant']} malignant; the boxes over each lesion, the flow and the "
         "strain placed at random, whatever the label). The product reads every image as grey, "
         "and warns when more than "
         f"{100 * colour['levels']['colour_share']:.0f}% of the scan is in saturated colour "
-        "(`reports/studies/colour_overlays.json`):", "",
+        "(`reports/studies/colour_overlays.json`). Thin colour (flow) is filled in from the "
+        "grey around it before the analysis; solid colour is left as it is:", "",
         "| the image as | AUC | sensitivity | specificity | calls flipped (of them warned) | "
-        "images warned |", "|---|---|---|---|---|---|", *rows, "",
+        "images warned | images filled |", "|---|---|---|---|---|---|---|", *rows, "",
+        *([replication.strip(), ""] if replication else []),
     ]
 
 

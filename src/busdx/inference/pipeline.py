@@ -35,7 +35,8 @@ from busdx.inference.decode import DecodedImage, decode
 from busdx.inference.measure import Measurements, measure
 from busdx.inference.models import ClassifierSettings, Models
 from busdx.inference.overlay import Overlays, render
-from busdx.inference.quality import InputCheck, check_image
+from busdx.inference.quality import COLOUR_SHARE, InputCheck, check_image
+from busdx.inference.quality import fill_colour as fill_thin_colour
 from busdx.inference.risk import RiskBand, risk_band
 from busdx.inference.scan_area import (
     PANES,
@@ -235,6 +236,7 @@ def analyze(
     trim_margins: bool = True,
     pane: str | None = None,
     frame: int | None = None,
+    fill_colour: bool = True,
 ) -> Analysis:
     """Analyse one image: bytes of a file, a path, an array, or an already decoded image.
     ``trim_margins=False`` analyses the whole image, black frame and all (for studies).
@@ -242,7 +244,8 @@ def analyze(
     analysed (a DICOM's two declared regions, else busdx.inference.scan_area.split_dual_view);
     the result describes the pane. A DICOM file's declared scan regions bound the scan area,
     and the black frame rule then runs inside them. ``frame``: which frame of a cine loop or a
-    multi-page TIFF to analyse (busdx.inference.decode.decode; ignored for a decoded image)."""
+    multi-page TIFF to analyse (busdx.inference.decode.decode; ignored for a decoded image).
+    ``fill_colour=False`` leaves thin colour over the scan as it is (for studies; rule Y)."""
     clock = _Clock()
     decoded = (source if isinstance(source, DecodedImage)
                else decode(source, max_pixels, frame))
@@ -268,11 +271,19 @@ def analyze(
             located = FROM_REGIONS if regions else FROM_FRAME
     scan = area.crop(image) if area else image
     colour = decoded.colour
-    colour_share = float((area.crop(colour) if area else colour).mean()) if colour is not None \
-        else 0.0
+    if colour is not None and area is not None:
+        colour = area.crop(colour)
+    colour_share = float(colour.mean()) if colour is not None else 0.0
+    filled = None
+    if fill_colour and colour_share > COLOUR_SHARE:
+        filled = fill_thin_colour(scan, colour)
+        if filled is not None:  # the picture shows what was analysed
+            scan = filled
+            image = image.copy()
+            (area or ScanArea(0, h, 0, w)).crop(image)[...] = filled
     # a caution, not a gate: the analysis goes on whatever it says
     input_check = (check_image(scan, models.input_ranges, models.input_texture_long_side,
-                               colour_share)
+                               colour_share, filled is not None)
                    if models.input_ranges or colour_share > 0 else None)
     clock.lap("input_check")
     mask = segment(scan, models)

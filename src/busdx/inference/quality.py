@@ -30,7 +30,9 @@ scale (JPEG's chroma noise on a grey image stays well below it) and by more than
 ``SATURATION`` of their brightest channel: overlays paint saturated hues, while a grey map
 tinted sepia or blue, as some scanners show B-mode, keeps every pixel pale and turns into a
 plain grey image (studies/colour_overlays.py measures both). More than ``COLOUR_SHARE`` of the
-scan in colour gets a warning.
+scan in colour gets a warning. Thin colour (colour flow) is also filled in from the grey
+around it before the analysis (``fill_colour``, rule Y in docs/selection_rules.md); solid colour
+(an elastography map blended over the lesion) is not, since a fill would erase what it covers.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ SATURATION = 0.5
 # more than this share of the scan's pixels in colour gets a warning (coloured calipers or a
 # coloured label inside the scan cover less)
 COLOUR_SHARE = 0.01
+# the fill (rule Y): each colour pixel takes the mean of the grey pixels in this window ...
+FILL_WINDOW = 11
+# ... when at least FILL_THIN of the colour pixels have at least FILL_SUPPORT of their window grey
+FILL_SUPPORT = 0.3
+FILL_THIN = 0.9
 # gray level below which a pixel is background (black margins, not tissue)
 BACKGROUND = 0.02
 PERCENTILES = (0.5, 99.5)
@@ -151,6 +158,32 @@ def colour_mask(array: np.ndarray) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+def _box_mean(x: np.ndarray, size: int) -> np.ndarray:
+    """The mean of each ``size`` x ``size`` window (edges repeated), by summed-area tables."""
+    r = size // 2
+    padded = np.pad(x.astype(np.float64), r, mode="edge")
+    table = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1))
+    table[1:, 1:] = padded.cumsum(0).cumsum(1)
+    h, w = x.shape
+    total = (table[size:size + h, size:size + w] - table[:h, size:size + w]
+             - table[size:size + h, :w] + table[:h, :w])
+    return total / (size * size)
+
+
+def fill_colour(image: np.ndarray, colour: np.ndarray) -> np.ndarray | None:
+    """``image`` (grey, [0, 1]) with its ``colour`` pixels replaced by the mean of the grey
+    pixels in the FILL_WINDOW window around each; None (nothing filled) when the colour is
+    solid: fewer than FILL_THIN of its pixels have FILL_SUPPORT of their window grey."""
+    grey = (~colour).astype(np.float64)
+    support = _box_mean(grey, FILL_WINDOW)
+    if float((support[colour] >= FILL_SUPPORT).mean()) < FILL_THIN:
+        return None
+    values = _box_mean(np.where(colour, 0.0, image), FILL_WINDOW)
+    out = np.array(image, dtype=np.float32, copy=True)
+    out[colour] = (values[colour] / np.maximum(support[colour], 1e-6)).astype(np.float32)
+    return out
+
+
 @dataclass(frozen=True)
 class InputCheck:
     statistics: dict[str, float]
@@ -158,6 +191,7 @@ class InputCheck:
     outside: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     colour: float = 0.0  # share of the scan's pixels in colour (see colour_mask)
+    colour_filled: bool = False  # the colour was thin and filled in before the analysis
 
     @property
     def unusual(self) -> bool:
@@ -170,19 +204,26 @@ class InputCheck:
 
     def as_dict(self) -> dict:
         return {"statistics": self.statistics, "outside": self.outside,
-                "warnings": list(self.warnings), "colour": self.colour}
+                "warnings": list(self.warnings), "colour": self.colour,
+                "colour_filled": self.colour_filled}
 
 
 def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None,
-                texture_long_side: int | None = None, colour: float = 0.0) -> InputCheck:
+                texture_long_side: int | None = None, colour: float = 0.0,
+                colour_filled: bool = False) -> InputCheck:
     """The image's statistics and, for each outside ``ranges`` (None: no check), a warning;
     ``texture_long_side`` must be the one the ranges were fitted with. ``colour``: the share of
-    the image's pixels in colour, warned above ``COLOUR_SHARE`` whatever the ranges."""
+    the image's pixels in colour, warned above ``COLOUR_SHARE`` whatever the ranges;
+    ``colour_filled``: whether it was filled in (``fill_colour``) before the analysis."""
     stats = image_statistics(image, texture_long_side)
     outside, warnings = {}, []
     if colour > COLOUR_SHARE:
         outside["colour"] = "high"
         warnings.append(
+            f"{100 * colour:.1f}% of the scan was in thin colour (a Doppler overlay?), filled "
+            "in from the grey around it before the analysis. The models learned from grey "
+            "B-mode images only and the fill only partly restores them: analyse the plain "
+            "B-mode image where you can." if colour_filled else
             f"{100 * colour:.1f}% of the scan is in colour (a Doppler or elastography "
             "overlay?). The models learned from grey B-mode images only and read colour as "
             "tissue, which moves calls: analyse the plain B-mode image where you can."
@@ -201,4 +242,4 @@ def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None,
             f"{lo:.3g} to {hi:.3g}). The threshold behind the call was validated on images like "
             "those and may not hold here."
         )
-    return InputCheck(stats, outside, tuple(warnings), colour)
+    return InputCheck(stats, outside, tuple(warnings), colour, colour_filled and colour > COLOUR_SHARE)

@@ -18,7 +18,7 @@ from busdx.inference.quality import (
     COLOUR_SHARE,
     check_image,
     colour_mask,
-    fill_colour,
+    fill_thin_colour,
 )
 from stand_in_models import dicom_bytes, encode, synthetic_image
 
@@ -154,7 +154,7 @@ def test_thin_colour_is_filled_from_the_grey_around_it():
     grey = GRAY / 255.0
     rgb = doppler(GRAY, 0.04)
     mask = colour_mask(rgb)
-    filled = fill_colour(grey.astype(np.float32), mask)
+    filled = fill_thin_colour(grey.astype(np.float32), mask)
     assert filled is not None
     np.testing.assert_array_equal(filled[~mask], grey[~mask].astype(np.float32))
     # flow over the speckle is replaced by speckle-like grey, not by the flow's luma
@@ -170,7 +170,7 @@ def test_solid_colour_is_not_filled(stand_in_dir):
     rgb[50:150, 60:200] = 0.5 * rgb[50:150, 60:200] + 0.5 * np.array([0, 200, 40])
     rgb = rgb.astype(np.uint8)
     mask = colour_mask(rgb)
-    assert fill_colour(GRAY / 255.0, mask) is None
+    assert fill_thin_colour(GRAY / 255.0, mask) is None
     a = analyze(rgb, Models.load(stand_in_dir), render_overlays=False)
     assert a.input_check.outside["colour"] == "high" and not a.input_check.colour_filled
     assert any("in colour (a Doppler or elastography" in w for w in a.input_check.warnings)

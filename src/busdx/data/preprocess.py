@@ -41,7 +41,8 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
-def _integer_scale(array: np.ndarray) -> float:
+def integer_scale(array: np.ndarray) -> float:
+    """The full scale of an integer array: 255 for 8 bits, else the bits its peak needs."""
     if array.dtype == np.uint8:
         return 255.0
     peak = int(array.max()) if array.size else 0
@@ -65,7 +66,7 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
             array = array.astype(np.float64) - float(array.min())
             data = array / max(float(array.max()), 1.0)
         else:
-            data = array.astype(np.float64) / _integer_scale(array)
+            data = array.astype(np.float64) / integer_scale(array)
     else:
         data = array.astype(np.float64)
         finite = np.isfinite(data)

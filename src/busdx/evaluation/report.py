@@ -208,18 +208,9 @@ def _colour_lines(path: Path) -> list[str]:
              "elastography_unfilled": "an elastography map, read unfilled"}
     rows = [f"| {names[k]} | {_fmt(r['auc'])} | {_fmt(r['sensitivity'])} | "
             f"{_fmt(r['specificity'])} | {r['calls_flipped']} ({r['calls_flipped_warned']}) | "
-            f"{r['warned']} | {r.get('filled', 0)} |" for k, r in colour["readings"].items()]
-    rule = colour.get("rule_y")
-    replication = ""
-    if rule and "seed1" in rule["seeds"]:
-        s1 = rule["seeds"]["seed1"]
-        replication = (f" Drawn again with another seed, the Doppler images flip "
-                       f"{s1['doppler_served']['calls_flipped']} calls served against "
-                       f"{s1['doppler_unfilled']['calls_flipped']} unfilled (AUC "
-                       f"{_fmt(s1['doppler_served']['auc'])} against "
-                       f"{_fmt(s1['doppler_unfilled']['auc'])}); rule Y "
-                       f"{'ships' if rule['ships'] else 'does not ship'} "
-                       "(`docs/selection_rules.md`).")
+            f"{r['warned']} | {r['filled']} |" for k, r in colour["readings"].items()]
+    rule = colour["rule_y"]
+    s1 = rule["seeds"]["seed1"]
     return [
         f"Colour in the scan, drawn on the {colour['images']} validation images "
         f"({colour['malignant']} malignant; the boxes over each lesion, the flow and the "
@@ -230,7 +221,12 @@ def _colour_lines(path: Path) -> list[str]:
         "grey around it before the analysis; solid colour is left as it is:", "",
         "| the image as | AUC | sensitivity | specificity | calls flipped (of them warned) | "
         "images warned | images filled |", "|---|---|---|---|---|---|---|", *rows, "",
-        *([replication.strip(), ""] if replication else []),
+        f"Drawn again with another seed, the Doppler images flip "
+        f"{s1['doppler_served']['calls_flipped']} calls served against "
+        f"{s1['doppler_unfilled']['calls_flipped']} unfilled (AUC "
+        f"{_fmt(s1['doppler_served']['auc'])} against {_fmt(s1['doppler_unfilled']['auc'])}); "
+        f"rule Y {'ships' if rule['ships'] else 'does not ship'} (`docs/selection_rules.md`).",
+        "",
     ]
 
 

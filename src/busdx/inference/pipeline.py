@@ -35,8 +35,7 @@ from busdx.inference.decode import DecodedImage, decode
 from busdx.inference.measure import Measurements, measure
 from busdx.inference.models import ClassifierSettings, Models
 from busdx.inference.overlay import Overlays, render
-from busdx.inference.quality import COLOUR_SHARE, InputCheck, check_image
-from busdx.inference.quality import fill_colour as fill_thin_colour
+from busdx.inference.quality import COLOUR_SHARE, InputCheck, check_image, fill_thin_colour
 from busdx.inference.risk import RiskBand, risk_band
 from busdx.inference.scan_area import (
     PANES,

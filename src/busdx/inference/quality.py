@@ -20,7 +20,7 @@ the letterbox-like black margins of a screen capture do not count) say how unlik
 
 Each is compared with the range the training images span (``fit_ranges``: by default their
 0.5th to 99.5th percentiles), kept in the model card's ``input_check`` section. An image
-outside a range gets a warning, never a refusal: the user decides. numpy only.
+outside a range gets a warning, never a refusal: the user decides.
 
 A fourth check needs no fitting: every training image is grey B-mode (BUS-BRA's 1,875 are
 8-bit grey), so colour painted over the scan (a colour or power Doppler box, an elastography
@@ -31,7 +31,7 @@ scale (JPEG's chroma noise on a grey image stays well below it) and by more than
 tinted sepia or blue, as some scanners show B-mode, keeps every pixel pale and turns into a
 plain grey image (studies/colour_overlays.py measures both). More than ``COLOUR_SHARE`` of the
 scan in colour gets a warning. Thin colour (colour flow) is also filled in from the grey
-around it before the analysis (``fill_colour``, rule Y in docs/selection_rules.md); solid colour
+around it before the analysis (``fill_thin_colour``, rule Y in docs/selection_rules.md); solid colour
 (an elastography map blended over the lesion) is not, since a fill would erase what it covers.
 """
 
@@ -41,6 +41,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from busdx.data.preprocess import integer_scale
 
 STATISTICS = ("brightness", "contrast", "texture")
 # a pixel is in colour when its channels differ by more than this share of the full scale ...
@@ -145,12 +147,8 @@ def colour_mask(array: np.ndarray) -> np.ndarray | None:
     r, g, b = array[..., 0], array[..., 1], array[..., 2]
     if np.array_equal(r, g) and np.array_equal(g, b):  # grey stored as colour: the usual case
         return None
-    if array.dtype == np.uint8:
-        full = 255.0
-    elif np.issubdtype(array.dtype, np.integer):  # the bits in use, as to_gray_float scales them
-        full = float(2 ** max(8, int(array[..., :3].max()).bit_length()) - 1)
-    else:
-        full = 1.0
+    # the scale to_gray_float divides by
+    full = integer_scale(array[..., :3]) if np.issubdtype(array.dtype, np.integer) else 1.0
     # channel by channel: much faster than max/min over the last axis of an HxWx3 array
     peak = np.maximum(np.maximum(r, g), b).astype(np.float32)
     chroma = peak - np.minimum(np.minimum(r, g), b)
@@ -170,7 +168,7 @@ def _box_mean(x: np.ndarray, size: int) -> np.ndarray:
     return total / (size * size)
 
 
-def fill_colour(image: np.ndarray, colour: np.ndarray) -> np.ndarray | None:
+def fill_thin_colour(image: np.ndarray, colour: np.ndarray) -> np.ndarray | None:
     """``image`` (grey, [0, 1]) with its ``colour`` pixels replaced by the mean of the grey
     pixels in the FILL_WINDOW window around each; None (nothing filled) when the colour is
     solid: fewer than FILL_THIN of its pixels have FILL_SUPPORT of their window grey."""
@@ -214,7 +212,7 @@ def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None,
     """The image's statistics and, for each outside ``ranges`` (None: no check), a warning;
     ``texture_long_side`` must be the one the ranges were fitted with. ``colour``: the share of
     the image's pixels in colour, warned above ``COLOUR_SHARE`` whatever the ranges;
-    ``colour_filled``: whether it was filled in (``fill_colour``) before the analysis."""
+    ``colour_filled``: whether it was filled in (``fill_thin_colour``) before the analysis."""
     stats = image_statistics(image, texture_long_side)
     outside, warnings = {}, []
     if colour > COLOUR_SHARE:

@@ -108,22 +108,49 @@ def sham_marks(width: int, marks: list[tuple[int, int]]) -> list[tuple[int, int]
             if all(max(abs(r - r0), abs(c - c0)) > 12 for r0, c0 in marks)]
 
 
+def image_row(record, models) -> dict:
+    """One image: how many marks were found and, where there are some, the logit of the image
+    as it is, with its marks filled, and with the same fill at the mirrored spots (sham)."""
+    from busdx.inference.decode import decode
+    from busdx.inference.pipeline import classify, segment
+
+    def logit(image: np.ndarray) -> float:
+        return classify(image, segment(image, models), models)[0] + models.settings.logit_shift
+
+    image = decode(str(record.image_path)).image
+    marks = find_marks(image)
+    row = {"id": record.id, "patient": record.patient, "label": record.label,
+           "marks": len(marks), "logits": None}
+    if marks:
+        sham = sham_marks(image.shape[1], marks)
+        row["logits"] = {"original": logit(image),
+                         "removed": logit(fill(image, mark_mask(image.shape, marks))),
+                         "sham": logit(fill(image, mark_mask(image.shape, sham))) if sham
+                         else None}
+    return row
+
+
+def recorded_image(collected: dict, split: str, j: int) -> dict:
+    """The ``j``-th image of ``split`` as ``image_row`` gives it, from a collected record."""
+    part = collected["rows"][split]
+    row = {"id": part["ids"][j], "patient": part["patients"][j], "label": part["labels"][j],
+           "marks": part["marks"][j], "logits": None}
+    if part["marks"][j]:
+        k = sum(1 for m in part["marks"][:j] if m)  # the logits are kept for marked images only
+        row["logits"] = {edit: values[k] for edit, values in part["logits"].items()}
+    return row
+
+
 def collect(data: str, models_dir: str | None, threads: int,
             splits: tuple[str, ...] = ("training", "validation")) -> dict:
     from tqdm import tqdm
 
     from busdx.data.index import load_index, resolve_root
     from busdx.data.splits import SplitConfig, make_split
-    from busdx.inference.decode import decode
     from busdx.inference.models import Models
-    from busdx.inference.pipeline import classify, segment
 
     models = Models.load(models_dir, threads=threads)
     split = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5))
-
-    def logit(image: np.ndarray) -> float:
-        return classify(image, segment(image, models), models)[0] + models.settings.logit_shift
-
     rows = {}
     for name, records in (("training", split.train), ("validation", split.val)):
         if name not in splits:
@@ -131,19 +158,12 @@ def collect(data: str, models_dir: str | None, threads: int,
         part = {"ids": [], "patients": [], "labels": [], "marks": [], "logits": {}}
         edited = {e: [] for e in ("original", *EDITS)}
         for r in tqdm(records, desc=name, leave=False):
-            image = decode(str(r.image_path)).image
-            marks = find_marks(image)
-            part["ids"].append(r.id)
-            part["patients"].append(r.patient)
-            part["labels"].append(r.label)
-            part["marks"].append(len(marks))
-            if not marks:
-                continue
-            sham = sham_marks(image.shape[1], marks)
-            edited["original"].append(logit(image))
-            edited["removed"].append(logit(fill(image, mark_mask(image.shape, marks))))
-            edited["sham"].append(logit(fill(image, mark_mask(image.shape, sham))) if sham
-                                  else None)
+            row = image_row(r, models)
+            for key, field in (("ids", "id"), ("patients", "patient"), ("labels", "label"),
+                               ("marks", "marks")):
+                part[key].append(row[field])
+            for edit, value in (row["logits"] or {}).items():
+                edited[edit].append(value)
         part["logits"] = edited
         rows[name] = part
     return {"rows": rows, "temperature": models.settings.temperature,
@@ -254,8 +274,8 @@ def describe(result: dict, args, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from _runner import run_study
 
-    return run_study(__doc__, "calipers",
-                     lambda a: study(collect(a.data, a.models, a.threads)), describe, argv)
+    return run_study(__doc__, "calipers", lambda a: collect(a.data, a.models, a.threads), study,
+                     describe, argv)
 
 
 if __name__ == "__main__":

@@ -134,41 +134,48 @@ def _jpeg(rgb: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def collect(data: str, models_dir: str | None, threads: int) -> dict:
+def image_row(i: int, record, models, baseline=None) -> dict:
+    """The ``i``-th validation image as its file, stored as colour, tinted, and under the
+    overlays of every drawing seed (seeded by ``i``), filled and not."""
     from PIL import Image
-    from tqdm import tqdm
 
-    from busdx.data.index import load_index, resolve_root
-    from busdx.data.splits import SplitConfig, make_split
-    from busdx.inference.models import Models
     from busdx.inference.pipeline import analyze
 
+    grey = np.asarray(Image.open(record.image_path).convert("L"))
+    box = colour_box(np.asarray(Image.open(record.mask_path).convert("L")) > 0)
+    sources = {"plain": record.image_path.read_bytes(), "colour_jpeg": _jpeg(grey_rgb(grey)),
+               "tinted": tinted(grey)}
+    for seed in RULE_Y_SEEDS:
+        rng = np.random.default_rng([seed, i])
+        suffix = "" if seed == SEED else f"_seed{seed}"
+        sources[f"doppler{suffix}"] = doppler(grey, box, rng)
+        sources[f"elastography{suffix}"] = elastography(grey, box, rng)
+    row = {"image": record.image_path.name, "label": record.label}
+    for name, source in sources.items():
+        fills = (True, False) if name.startswith(OVERLAYS) else (True,)
+        for fill in fills:
+            # the file itself: the analysis the studies share
+            a = (baseline.analysis(record, models) if name == "plain" and baseline is not None
+                 else analyze(source, models, render_overlays=False, fill_colour=fill))
+            check = a.input_check
+            key = name if fill else f"{name}_unfilled"
+            row[key] = a.probability
+            row[f"{key}_malignant"] = a.label == "malignant"
+            row[f"{key}_colour"] = check.colour if check else 0.0
+            row[f"{key}_warned"] = bool(check and "colour" in check.outside)
+            row[f"{key}_filled"] = bool(check and check.colour_filled)
+    return row
+
+
+def collect(data: str, models_dir: str | None, threads: int, baseline=None) -> dict:
+    from _runner import validation_records
+    from tqdm import tqdm
+
+    from busdx.inference.models import Models
+
     models = Models.load(models_dir, threads=threads)
-    val = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5)).val
-    images = []
-    for i, r in enumerate(tqdm(val, desc="validation images")):
-        grey = np.asarray(Image.open(r.image_path).convert("L"))
-        box = colour_box(np.asarray(Image.open(r.mask_path).convert("L")) > 0)
-        sources = {"plain": r.image_path.read_bytes(), "colour_jpeg": _jpeg(grey_rgb(grey)),
-                   "tinted": tinted(grey)}
-        for seed in RULE_Y_SEEDS:
-            rng = np.random.default_rng([seed, i])
-            suffix = "" if seed == SEED else f"_seed{seed}"
-            sources[f"doppler{suffix}"] = doppler(grey, box, rng)
-            sources[f"elastography{suffix}"] = elastography(grey, box, rng)
-        row = {"image": r.image_path.name, "label": r.label}
-        for name, source in sources.items():
-            fills = (True, False) if name.startswith(OVERLAYS) else (True,)
-            for fill in fills:
-                a = analyze(source, models, render_overlays=False, fill_colour=fill)
-                check = a.input_check
-                key = name if fill else f"{name}_unfilled"
-                row[key] = a.probability
-                row[f"{key}_malignant"] = a.label == "malignant"
-                row[f"{key}_colour"] = check.colour if check else 0.0
-                row[f"{key}_warned"] = bool(check and "colour" in check.outside)
-                row[f"{key}_filled"] = bool(check and check.colour_filled)
-        images.append(row)
+    images = [image_row(i, r, models, baseline)
+              for i, r in enumerate(tqdm(validation_records(data), desc="validation images"))]
     return {"threshold": models.settings.threshold, "model_version": models.version,
             "images": images}
 
@@ -264,8 +271,8 @@ def describe(result: dict, args, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from _runner import run_study
 
-    return run_study(__doc__, "colour_overlays",
-                     lambda a: summarise(collect(a.data, a.models, a.threads)), describe, argv)
+    return run_study(__doc__, "colour_overlays", lambda a: collect(a.data, a.models, a.threads),
+                     summarise, describe, argv)
 
 
 if __name__ == "__main__":

@@ -42,43 +42,45 @@ def capture(left: np.ndarray, right: np.ndarray, rng: np.random.Generator) -> np
     return out
 
 
-def collect(data: str, models_dir: str | None, threads: int) -> dict:
-    from tqdm import tqdm
+def lesion_row(i: int, lesion: str, a, b, models, baseline=None) -> dict:
+    """The ``i``-th validation lesion (halves ``a`` and ``b``) read whole, split and as its two
+    files (the capture's black is seeded by ``i``)."""
+    from _runner import plain_analysis
 
-    from busdx.data.index import load_index, resolve_root
-    from busdx.data.splits import SplitConfig, make_split
     from busdx.inference.decode import decode
     from busdx.inference.lesion import read_lesion
-    from busdx.inference.models import Models
     from busdx.inference.pipeline import analyze
     from busdx.inference.scan_area import split_dual_view
 
-    models = Models.load(models_dir, threads=threads)
     threshold = models.settings.lesion_threshold
-    val = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5)).val
-    halves: dict[str, dict[str, object]] = {}
-    for r in val:
-        if r.side in ("left", "right"):
-            halves.setdefault(r.patient, {})[r.side] = r
-    pairs = [(k, v["left"], v["right"]) for k, v in sorted(halves.items()) if len(v) == 2]
-    rows = []
-    for i, (lesion, a, b) in enumerate(tqdm(pairs, desc="validation lesions")):
-        left, right = (decode(str(r.image_path)).image for r in (a, b))
-        image = capture(left, right, np.random.default_rng([SEED, i]))
-        panes = split_dual_view(image)
-        exact = all(p.crop(image).shape == half.shape and np.array_equal(p.crop(image), half)
-                    for p, half in zip(panes, (left, right), strict=True))
-        whole = analyze(image, models, render_overlays=False)
-        split = read_lesion([analyze(image, models, render_overlays=False, pane=p)
-                             for p in ("left", "right")], threshold)
-        apart = read_lesion([analyze(h, models, render_overlays=False) for h in (left, right)],
-                            threshold)
-        rows.append({"lesion": lesion, "label": a.label, "split_exact": exact,
-                     "whole": whole.probability, "whole_malignant": whole.label == "malignant",
-                     "split": split.probability, "split_malignant": split.label == "malignant",
-                     "halves": apart.probability,
-                     "halves_malignant": apart.label == "malignant"})
-    return {"threshold": models.settings.threshold, "lesion_threshold": threshold,
+    left, right = (decode(str(r.image_path)).image for r in (a, b))
+    image = capture(left, right, np.random.default_rng([SEED, i]))
+    panes = split_dual_view(image)
+    exact = all(p.crop(image).shape == half.shape and np.array_equal(p.crop(image), half)
+                for p, half in zip(panes, (left, right), strict=True))
+    whole = analyze(image, models, render_overlays=False)
+    split = read_lesion([analyze(image, models, render_overlays=False, pane=p)
+                         for p in ("left", "right")], threshold)
+    apart = read_lesion([plain_analysis(r, h, models, baseline)
+                         for r, h in ((a, left), (b, right))], threshold)
+    return {"lesion": lesion, "label": a.label, "split_exact": exact,
+            "whole": whole.probability, "whole_malignant": whole.label == "malignant",
+            "split": split.probability, "split_malignant": split.label == "malignant",
+            "halves": apart.probability, "halves_malignant": apart.label == "malignant"}
+
+
+def collect(data: str, models_dir: str | None, threads: int, baseline=None) -> dict:
+    from _runner import lesion_pairs, validation_records
+    from tqdm import tqdm
+
+    from busdx.inference.models import Models
+
+    models = Models.load(models_dir, threads=threads)
+    pairs = lesion_pairs(validation_records(data))
+    rows = [lesion_row(i, lesion, a, b, models, baseline)
+            for i, (lesion, a, b) in enumerate(tqdm(pairs, desc="validation lesions"))]
+    return {"threshold": models.settings.threshold,
+            "lesion_threshold": models.settings.lesion_threshold,
             "model_version": models.version, "rows": rows}
 
 
@@ -124,8 +126,8 @@ def describe(result: dict, args, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from _runner import run_study
 
-    return run_study(__doc__, "dual_view",
-                     lambda a: summarise(collect(a.data, a.models, a.threads)), describe, argv)
+    return run_study(__doc__, "dual_view", lambda a: collect(a.data, a.models, a.threads),
+                     summarise, describe, argv)
 
 
 if __name__ == "__main__":

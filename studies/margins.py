@@ -45,28 +45,44 @@ def frame(image: np.ndarray, edges: tuple[float, float, float, float],
     return out
 
 
-def collect(data: str, models_dir: str | None, threads: int) -> dict:
-    from tqdm import tqdm
+def image_rows(i: int, record, models, baseline=None) -> dict[str, dict]:
+    """The ``i``-th validation image's row under every condition (the frame's noise is seeded
+    by ``i``)."""
+    from _runner import plain_analysis
 
-    from busdx.data.index import load_index, resolve_root
-    from busdx.data.splits import SplitConfig, make_split
     from busdx.inference.decode import decode
-    from busdx.inference.models import Models
     from busdx.inference.pipeline import analyze
 
+    image = decode(str(record.image_path)).image
+    rows = {}
+    for name, edges in FRAMES.items():
+        framed = frame(image, edges, np.random.default_rng([SEED, i]))
+        for trim in (True, False) if name != "none" else (True,):
+            # no frame: the image itself, whose analysis the studies share
+            a = (plain_analysis(record, image, models, baseline) if name == "none"
+                 else analyze(framed, models, render_overlays=False, trim_margins=trim))
+            key = name if name == "none" else f"{name}, {'cut' if trim else 'not cut'}"
+            rows[key] = {"id": record.id, "label": record.label, "probability": a.probability,
+                         "malignant": a.label == "malignant", "cut": a.scan_area is not None}
+    return rows
+
+
+def recorded_image(collected: dict, i: int) -> dict[str, dict]:
+    """The ``i``-th image's rows as ``image_rows`` gives them, from a collected record."""
+    return {key: part[i] for key, part in collected["rows"].items()}
+
+
+def collect(data: str, models_dir: str | None, threads: int, baseline=None) -> dict:
+    from _runner import validation_records
+    from tqdm import tqdm
+
+    from busdx.inference.models import Models
+
     models = Models.load(models_dir, threads=threads)
-    records = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5)).val
     rows: dict[str, list[dict]] = {}
-    for i, r in enumerate(tqdm(records, desc="validation images")):
-        image = decode(str(r.image_path)).image
-        for name, edges in FRAMES.items():
-            framed = frame(image, edges, np.random.default_rng([SEED, i]))
-            for trim in (True, False) if name != "none" else (True,):
-                a = analyze(framed, models, render_overlays=False, trim_margins=trim)
-                key = name if name == "none" else f"{name}, {'cut' if trim else 'not cut'}"
-                rows.setdefault(key, []).append({
-                    "id": r.id, "label": r.label, "probability": a.probability,
-                    "malignant": a.label == "malignant", "cut": a.scan_area is not None})
+    for i, r in enumerate(tqdm(validation_records(data), desc="validation images")):
+        for key, row in image_rows(i, r, models, baseline).items():
+            rows.setdefault(key, []).append(row)
     return {"threshold": models.settings.threshold, "model_version": models.version,
             "rows": rows}
 
@@ -112,8 +128,8 @@ def describe(result: dict, args, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from _runner import run_study
 
-    return run_study(__doc__, "margins",
-                     lambda a: summarise(collect(a.data, a.models, a.threads)), describe, argv)
+    return run_study(__doc__, "margins", lambda a: collect(a.data, a.models, a.threads),
+                     summarise, describe, argv)
 
 
 if __name__ == "__main__":

@@ -163,34 +163,49 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
-def collect(data: str, models_dir: str | None, threads: int) -> dict:
-    """Per condition and validation image: label, calibrated probability, call, Dice."""
-    from tqdm import tqdm
+def image_rows(i: int, record, models, baseline=None) -> dict[str, dict]:
+    """The ``i``-th validation image's row under every condition (random conditions are seeded
+    by ``i``): label, calibrated probability, call, caution, Dice."""
+    from _runner import plain_analysis
 
-    from busdx.data.index import load_index, resolve_root
     from busdx.data.preprocess import load_mask
-    from busdx.data.splits import SplitConfig, make_split
     from busdx.inference.decode import decode
-    from busdx.inference.models import Models
     from busdx.inference.pipeline import analyze
 
+    image = decode(str(record.image_path)).image
+    truth = load_mask(record.mask_path)
+    rows = {}
+    for c in CONDITIONS:
+        rng = np.random.default_rng([SEED, i])
+        result = (plain_analysis(record, image, models, baseline) if c.kind == "none"
+                  else analyze(c.apply(image, rng), models, render_overlays=False))
+        mask = result.mask[:, ::-1] if c.kind == "mirror" else result.mask
+        mask = _to_shape(mask, truth.shape)
+        rows[c.name] = {"id": record.id, "patient": record.patient, "label": record.label,
+                        "probability": result.probability,
+                        "malignant": result.label == "malignant",
+                        "unusual": bool(result.input_check and result.input_check.unusual),
+                        "dice": dice(mask, truth)}
+    return rows
+
+
+def recorded_image(collected: dict, i: int) -> dict[str, dict]:
+    """The ``i``-th image's rows as ``image_rows`` gives them, from a collected record."""
+    return {name: part[i] for name, part in collected["rows"].items()}
+
+
+def collect(data: str, models_dir: str | None, threads: int, baseline=None) -> dict:
+    """Per condition and validation image: label, calibrated probability, call, Dice."""
+    from _runner import validation_records
+    from tqdm import tqdm
+
+    from busdx.inference.models import Models
+
     models = Models.load(models_dir, threads=threads)
-    records = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5)).val
     rows: dict[str, list[dict]] = {c.name: [] for c in CONDITIONS}
-    for i, r in enumerate(tqdm(records, desc="validation images")):
-        image = decode(str(r.image_path)).image
-        truth = load_mask(r.mask_path)
-        for c in CONDITIONS:
-            rng = np.random.default_rng([SEED, i])
-            result = analyze(c.apply(image, rng), models, render_overlays=False)
-            mask = result.mask[:, ::-1] if c.kind == "mirror" else result.mask
-            mask = _to_shape(mask, truth.shape)
-            rows[c.name].append({"id": r.id, "patient": r.patient, "label": r.label,
-                                 "probability": result.probability,
-                                 "malignant": result.label == "malignant",
-                                 "unusual": bool(result.input_check
-                                                 and result.input_check.unusual),
-                                 "dice": dice(mask, truth)})
+    for i, r in enumerate(tqdm(validation_records(data), desc="validation images")):
+        for name, row in image_rows(i, r, models, baseline).items():
+            rows[name].append(row)
     return {"threshold": models.settings.threshold, "model_version": models.version,
             "rows": rows}
 
@@ -374,7 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.data:
         parser.error("--data is required to run the study")
-    result = summarise(collect(args.data, args.models, args.threads))
+    from _runner import rows_path, write_rows
+
+    collected = collect(args.data, args.models, args.threads)
+    write_rows(collected, rows_path(out, "robustness"))
+    result = summarise(collected)
     (out / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "robustness.png")
     for name, s in result["conditions"].items():

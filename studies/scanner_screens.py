@@ -149,72 +149,90 @@ def _fit(area, box: tuple[int, int, int, int], shape: tuple[int, int],
             "near": max(map(abs, edges)) <= NEAR and not cut_into, "cut_into": cut_into}
 
 
-def collect(data: str, models_dir: str | None, threads: int) -> dict:
+def image_row(i: int, record, models, baseline=None) -> dict:
+    """The ``i``-th validation image read as itself, on a screen (annotations seeded by
+    ``i``) uncut, as a screenshot and as a DICOM declaring its scan; and where the cut falls in
+    the screenshot saved as a JPEG."""
+    from _runner import plain_analysis
     from PIL import Image
-    from tqdm import tqdm
 
-    from busdx.data.index import load_index, resolve_root
-    from busdx.data.splits import SplitConfig, make_split
     from busdx.inference.decode import decode
-    from busdx.inference.errors import InputError
-    from busdx.inference.lesion import read_lesion
-    from busdx.inference.models import Models
     from busdx.inference.pipeline import analyze
     from busdx.inference.scan_area import find_scan_area
 
-    models = Models.load(models_dir, threads=threads)
-    val = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5)).val
-    images = []
-    for i, r in enumerate(tqdm(val, desc="validation images")):
-        scan = decode(str(r.image_path)).image
-        pixels, boxes = screen([scan], np.random.default_rng([SEED, i]))
-        row = {"image": r.image_path.name, "label": r.label}
-        for name, source, trim in (("plain", scan, True), ("uncut", pixels, False),
-                                   ("screenshot", pixels, True),
-                                   ("dicom", screen_dicom(pixels, boxes), True)):
-            a = analyze(source, models, render_overlays=False, trim_margins=trim)
-            row[name] = a.probability
-            row[f"{name}_malignant"] = a.label == "malignant"
-            if name not in ("plain", "uncut"):
-                fit = _fit(a.scan_area, boxes[0], pixels.shape, scan)
-                row.update({f"{name}_{k}": v for k, v in fit.items()})
-        # the same screenshot saved as a JPEG, as many exports are: where the cut falls (ringing
-        # around the annotations makes them harder to tell from tissue)
-        jpeg = io.BytesIO()
-        Image.fromarray(pixels).save(jpeg, format="JPEG", quality=JPEG_QUALITY)
-        area = find_scan_area(decode(jpeg.getvalue()).image)
-        fit = _fit(None if area.is_whole(pixels.shape) else area, boxes[0], pixels.shape, scan)
-        row.update({f"jpeg_{k}": v for k, v in fit.items()})
-        images.append(row)
-    halves: dict[str, dict[str, object]] = {}
-    for r in val:
-        if r.side in ("left", "right"):
-            halves.setdefault(r.patient, {})[r.side] = r
-    pairs = [(k, v["left"], v["right"]) for k, v in sorted(halves.items()) if len(v) == 2]
+    scan = decode(str(record.image_path)).image
+    pixels, boxes = screen([scan], np.random.default_rng([SEED, i]))
+    row = {"image": record.image_path.name, "label": record.label}
+    for name, source, trim in (("plain", scan, True), ("uncut", pixels, False),
+                               ("screenshot", pixels, True),
+                               ("dicom", screen_dicom(pixels, boxes), True)):
+        a = (plain_analysis(record, scan, models, baseline) if name == "plain"
+             else analyze(source, models, render_overlays=False, trim_margins=trim))
+        row[name] = a.probability
+        row[f"{name}_malignant"] = a.label == "malignant"
+        if name not in ("plain", "uncut"):
+            fit = _fit(a.scan_area, boxes[0], pixels.shape, scan)
+            row.update({f"{name}_{k}": v for k, v in fit.items()})
+    # the same screenshot saved as a JPEG, as many exports are: where the cut falls (ringing
+    # around the annotations makes them harder to tell from tissue)
+    jpeg = io.BytesIO()
+    Image.fromarray(pixels).save(jpeg, format="JPEG", quality=JPEG_QUALITY)
+    area = find_scan_area(decode(jpeg.getvalue()).image)
+    fit = _fit(None if area.is_whole(pixels.shape) else area, boxes[0], pixels.shape, scan)
+    row.update({f"jpeg_{k}": v for k, v in fit.items()})
+    return row
+
+
+def lesion_row(i: int, lesion: str, a, b, models, baseline=None) -> dict:
+    """The ``i``-th validation lesion's halves on one dual-view screen (seeded by ``i``): read
+    from the DICOM's two regions, against its two files; and whether the screenshot, whose
+    panes touch, is refused."""
+    from _runner import plain_analysis
+
+    from busdx.inference.decode import decode
+    from busdx.inference.errors import InputError
+    from busdx.inference.lesion import read_lesion
+    from busdx.inference.pipeline import analyze
+
     threshold = models.settings.lesion_threshold
-    lesions = []
-    for i, (lesion, a, b) in enumerate(tqdm(pairs, desc="validation lesions")):
-        scans = [decode(str(r.image_path)).image for r in (a, b)]
-        pixels, boxes = screen(scans, np.random.default_rng([SEED, 1, i]))
-        dicom = screen_dicom(pixels, boxes)
-        panes = [analyze(dicom, models, render_overlays=False, pane=p) for p in ("left", "right")]
-        split = read_lesion(panes, threshold)
-        apart = read_lesion([analyze(s, models, render_overlays=False) for s in scans], threshold)
-        try:
-            analyze(pixels, models, render_overlays=False, pane="left")
-            refused = False
-        except InputError:
-            refused = True
-        lesions.append({
-            "lesion": lesion, "label": a.label,
-            "dicom": split.probability, "dicom_malignant": split.label == "malignant",
-            "halves": apart.probability, "halves_malignant": apart.label == "malignant",
-            "panes_exact": all(p.scan_area is None
-                               and _fit(p.pane[1], box, pixels.shape, scan)["exact"]
-                               for p, box, scan in zip(panes, boxes, scans, strict=True)),
-            "screenshot_refused": refused,
-        })
-    return {"threshold": models.settings.threshold, "lesion_threshold": threshold,
+    scans = [decode(str(r.image_path)).image for r in (a, b)]
+    pixels, boxes = screen(scans, np.random.default_rng([SEED, 1, i]))
+    dicom = screen_dicom(pixels, boxes)
+    panes = [analyze(dicom, models, render_overlays=False, pane=p) for p in ("left", "right")]
+    split = read_lesion(panes, threshold)
+    apart = read_lesion([plain_analysis(r, s, models, baseline)
+                         for r, s in zip((a, b), scans, strict=True)], threshold)
+    try:
+        analyze(pixels, models, render_overlays=False, pane="left")
+        refused = False
+    except InputError:
+        refused = True
+    return {
+        "lesion": lesion, "label": a.label,
+        "dicom": split.probability, "dicom_malignant": split.label == "malignant",
+        "halves": apart.probability, "halves_malignant": apart.label == "malignant",
+        "panes_exact": all(p.scan_area is None
+                           and _fit(p.pane[1], box, pixels.shape, scan)["exact"]
+                           for p, box, scan in zip(panes, boxes, scans, strict=True)),
+        "screenshot_refused": refused,
+    }
+
+
+def collect(data: str, models_dir: str | None, threads: int, baseline=None) -> dict:
+    from _runner import lesion_pairs, validation_records
+    from tqdm import tqdm
+
+    from busdx.inference.models import Models
+
+    models = Models.load(models_dir, threads=threads)
+    val = validation_records(data)
+    images = [image_row(i, r, models, baseline)
+              for i, r in enumerate(tqdm(val, desc="validation images"))]
+    lesions = [lesion_row(i, lesion, a, b, models, baseline)
+               for i, (lesion, a, b) in enumerate(tqdm(lesion_pairs(val),
+                                                       desc="validation lesions"))]
+    return {"threshold": models.settings.threshold,
+            "lesion_threshold": models.settings.lesion_threshold,
             "model_version": models.version, "images": images, "lesions": lesions}
 
 
@@ -295,8 +313,8 @@ def describe(result: dict, args, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from _runner import run_study
 
-    return run_study(__doc__, "scanner_screens",
-                     lambda a: summarise(collect(a.data, a.models, a.threads)), describe, argv)
+    return run_study(__doc__, "scanner_screens", lambda a: collect(a.data, a.models, a.threads),
+                     summarise, describe, argv)
 
 
 if __name__ == "__main__":

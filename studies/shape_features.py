@@ -63,35 +63,41 @@ def features(image: np.ndarray, mask: np.ndarray) -> list[float] | None:
             grey[mask].std() / (inside + 1.0)]
 
 
-def collect(data: str, models_dir: str | None, threads: int) -> dict[str, dict]:
+def image_row(record, part: str, models) -> dict:
+    """One image: its label, the classifier's logit and the shape features of its outline."""
+    from busdx.inference.decode import decode
+    from busdx.inference.pipeline import classify, segment
+
+    image = decode(str(record.image_path)).image
+    mask = segment(image, models)
+    return {"part": part, "label": record.label, "patient": record.patient,
+            "logit": classify(image, mask, models)[0], "features": features(image, mask)}
+
+
+def collect(data: str, models_dir: str | None, threads: int) -> dict:
     from tqdm import tqdm
 
     from busdx.data.index import load_index, resolve_root
     from busdx.data.splits import SplitConfig, make_split
-    from busdx.inference.decode import decode
     from busdx.inference.models import Models
-    from busdx.inference.pipeline import classify, segment
 
     models = Models.load(models_dir, threads=threads)
     split = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5))
     rows = {}
     for part, records in (("train", split.train), ("val", split.val)):
         for r in tqdm(records, desc=part, leave=False):
-            image = decode(str(r.image_path)).image
-            mask = segment(image, models)
-            logit = classify(image, mask, models)[0]
-            rows[r.id] = {"part": part, "label": r.label, "patient": r.patient, "logit": logit,
-                          "features": features(image, mask)}
-    return rows
+            rows[r.id] = image_row(r, part, models)
+    return {"model_version": models.version, "images": rows}
 
 
-def study(rows: dict[str, dict], seed: int = 0) -> dict:
+def study(collected: dict, seed: int = 0) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    rows = collected["images"]
     ids = sorted(rows)
     part = np.array([rows[i]["part"] for i in ids])
     y = np.array([rows[i]["label"] for i in ids])
@@ -115,6 +121,7 @@ def study(rows: dict[str, dict], seed: int = 0) -> dict:
     return {
         "question": "do scale-free shape and echo features of the served mask add to the "
                     "classifier's logit?",
+        "model_version": collected["model_version"],
         "rule": f"build it in only if the out-of-fold validation AUC gains >= {MIN_GAIN}",
         "n_train": int(train.sum()), "n_val": int(val.sum()),
         "no_lesion": {"train": int(np.sum(missing & train)), "val": int(np.sum(missing & val))},
@@ -143,8 +150,8 @@ def describe(result: dict, args, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from _runner import run_study
 
-    return run_study(__doc__, "shape_features",
-                     lambda a: study(collect(a.data, a.models, a.threads)), describe, argv)
+    return run_study(__doc__, "shape_features", lambda a: collect(a.data, a.models, a.threads),
+                     study, describe, argv)
 
 
 if __name__ == "__main__":

@@ -55,42 +55,45 @@ def _log_odds(k: int, n: int) -> float:
     return math.log((k + 0.5) / (n - k + 0.5))  # +0.5: finite for a scanner of one class
 
 
+def image_batch(record, models) -> np.ndarray:
+    """The classifier's batch for one image, as the product builds it."""
+    from busdx.inference.decode import decode
+    from busdx.inference.pipeline import classifier_inputs, segment
+
+    image = decode(str(record.image_path)).image
+    return classifier_inputs(image, segment(image, models), models.settings)[0]
+
+
+def swapped_logit(own: np.ndarray, donor: np.ndarray, models) -> float:
+    """The served logit of ``own``'s batch with its whole-image view taken from ``donor``'s."""
+    from busdx.models.contract import INPUT_NAME
+
+    x = own.copy()
+    # view 1 is the whole image; a lesion-less image's batch is whole images only
+    x[:, 1] = donor[0, 1]
+    z = models.classifier.run(None, {INPUT_NAME: x})[0]
+    return float(np.mean(z)) + models.settings.logit_shift
+
+
 def collect(data: str, models_dir: str | None, threads: int) -> dict:
     from tqdm import tqdm
 
     from busdx.data.index import load_index, resolve_root
     from busdx.data.splits import SplitConfig, make_split
-    from busdx.inference.decode import decode
     from busdx.inference.models import Models
-    from busdx.inference.pipeline import classifier_inputs, segment
-    from busdx.models.contract import INPUT_NAME
 
     models = Models.load(models_dir, threads=threads)
     if models.settings.views != 2:
         raise SystemExit("the models' classifier sees one view: nothing to swap")
     split = make_split(load_index(resolve_root(data)), SplitConfig(test_fold=5))
     val = split.val
-    batches = []
-    for r in tqdm(val, desc="validation", leave=False):
-        image = decode(str(r.image_path)).image
-        batches.append(classifier_inputs(image, segment(image, models), models.settings)[0])
+    batches = [image_batch(r, models) for r in tqdm(val, desc="validation", leave=False)]
     scanners, patients = [r.scanner for r in val], [r.patient for r in val]
     donors = {"own": list(range(len(val))),
               "same scanner": pick_donors(scanners, patients, same=True),
               "other scanner": pick_donors(scanners, patients, same=False)}
-    logits: dict[str, list[float | None]] = {}
-    for name, chosen in donors.items():
-        out = []
-        for i, j in enumerate(chosen):
-            if j is None:
-                out.append(None)
-                continue
-            x = batches[i].copy()
-            # view 1 is the whole image; a lesion-less image's batch is whole images only
-            x[:, 1] = batches[j][0, 1]
-            z = models.classifier.run(None, {INPUT_NAME: x})[0]
-            out.append(float(np.mean(z)) + models.settings.logit_shift)
-        logits[name] = out
+    logits = {name: [None if j is None else swapped_logit(batches[i], batches[j], models)
+                     for i, j in enumerate(chosen)] for name, chosen in donors.items()}
     train_counts = Counter((r.scanner, r.label) for r in split.train)
     prior = {s: _log_odds(train_counts[(s, 1)], train_counts[(s, 0)] + train_counts[(s, 1)])
              for s in sorted({r.scanner for r in split.train})}
@@ -184,8 +187,8 @@ def describe(result: dict, args, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from _runner import run_study
 
-    return run_study(__doc__, "whole_image_view",
-                     lambda a: study(collect(a.data, a.models, a.threads)), describe, argv)
+    return run_study(__doc__, "whole_image_view", lambda a: collect(a.data, a.models, a.threads),
+                     study, describe, argv)
 
 
 if __name__ == "__main__":

@@ -32,14 +32,19 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("ROC AUC needs both classes")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
+    # The bootstraps call this thousands of times, hence one unstable sort and no second one.
+    # Order within a run of equal scores does not matter (the run shares its midrank), and the
+    # ranks are multiples of 1/2, so their sum is exact in any order.
+    order = np.argsort(s)
     sorted_s = s[order]
-    # midranks: equal scores share the mean of their positions
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    mid = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(mid, counts)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    starts = np.empty(len(s), dtype=bool)
+    starts[0] = True
+    np.not_equal(sorted_s[1:], sorted_s[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)
+    counts = np.diff(first, append=len(s))
+    ranks = np.repeat(first + (counts - 1) / 2.0 + 1.0, counts)  # in sorted order
+    rank_sum = ranks[y[order] == 1].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,12 +127,19 @@ def bootstrap_cis(
     s = np.asarray(scores, dtype=np.float64)
     groups = np.asarray(groups)
     uniq, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    # each group's members, in index order, as one run of ``by_group``: a resample's indices are
+    # the picked groups' runs one after the other, gathered without a Python loop
+    by_group = np.argsort(inverse, kind="stable")
+    sizes = np.bincount(inverse, minlength=len(uniq))
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {name: [] for name in statistics}
     for _ in range(reps):
         pick = rng.integers(0, len(uniq), len(uniq))
-        idx = np.concatenate([members[g] for g in pick])
+        picked = sizes[pick]
+        ends = np.cumsum(picked)
+        offsets = np.repeat(starts[pick] - (ends - picked), picked)
+        idx = by_group[offsets + np.arange(ends[-1])]
         if y[idx].min() == y[idx].max():
             continue
         for name, statistic in statistics.items():

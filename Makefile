@@ -1,12 +1,16 @@
-# busdx: `make run` serves the web app with the bundled models; `make test` runs the whole suite.
+# busdx: `make run` serves the web app with the bundled models; `make test` runs the fast test tier
+# (lint included); `make reproduce` runs the full-data tier. tests/README.md says which is which.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DATA   ?= ../shared/data/busbra
+# the full-data tier reads BUSDX_DATA when it is set, else DATA
+BUSDX_DATA ?= $(abspath $(DATA))
+PYTEST := $(BIN)/python -m pytest -q -ra --durations=20
 
-.PHONY: install install-train run test lint chromium check preview report benchmark clean
+.PHONY: install install-train run test reproduce lint chromium check preview report benchmark clean
 
 # The serving set only: numpy, pillow, onnxruntime, fastapi... no torch.
 install: $(VENV)/.serve
@@ -37,8 +41,16 @@ chromium:
 lint: install-train
 	$(BIN)/ruff check src tests benchmarks studies
 
+# The fast tier: no full dataset, no study re-run over hundreds of images. At most 10 minutes.
 test: install-train chromium lint
-	$(BIN)/python -m pytest -q -ra
+	$(PYTEST) -m "not full_data"
+
+# The full-data tier: the bundled models' published numbers, the studies' re-runs, anything that
+# scores hundreds of images. At most 25 minutes. A missing dataset or model fails it.
+reproduce: install-train
+	@test -f "$(BUSDX_DATA)/bus_data.csv" || { echo "make reproduce needs the complete BUS-BRA \
+	dataset: no bus_data.csv in $(BUSDX_DATA). Set DATA=... (or BUSDX_DATA=...) to its folder."; exit 2; }
+	BUSDX_DATA="$(BUSDX_DATA)" BUSDX_TESTS_STRICT=1 $(PYTEST) -m full_data -n auto
 
 check: install
 	$(BIN)/busdx data check --data $(DATA)

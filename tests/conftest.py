@@ -1,25 +1,34 @@
-"""Shared fixtures: the committed BUS-BRA fixtures, and the full dataset when it is present."""
+"""Shared fixtures: the committed BUS-BRA fixtures, the stand-in models, and, for the full-data
+tier, the complete dataset and the bundled models' fold-5 evaluation (computed once per run)."""
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tiers import full_data_root, threads, unavailable
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 FIXTURES = TESTS / "fixtures" / "busbra"
-FULL_DATA_CANDIDATES = (REPO.parent / "shared" / "data" / "busbra",)
+MODELS = REPO / "models"
+
+# A test that asks for one of these reads the full datasets: it belongs to the full tier
+# (`make reproduce`) whatever its markers say, so the fast tier can never start it by accident.
+FULL_DATA_FIXTURES = {"busbra_root", "fold5", "fold5_segmenter", "study_baseline"}
+# The full tier's longest tests (the studies re-run over every image), started first so that
+# the parallel workers of `make reproduce` finish together rather than one waiting on the other.
+LONGEST_FIRST = "test_a_study_rerun_on_the_full_data"
 
 
-def full_data_root() -> Path | None:
-    """The complete BUS-BRA root: $BUSDX_DATA, else ../shared/data/busbra; None if absent."""
-    env = os.environ.get("BUSDX_DATA")
-    for candidate in ([Path(env)] if env else []) + list(FULL_DATA_CANDIDATES):
-        if (candidate / "bus_data.csv").is_file() and (candidate / "Images").is_dir():
-            return candidate
-    return None
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if FULL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.full_data)
+    items.sort(key=lambda item: LONGEST_FIRST not in item.nodeid)  # stable: order kept else
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +40,8 @@ def fixtures_root() -> Path:
 def busbra_root() -> Path:
     root = full_data_root()
     if root is None:
-        pytest.skip("the complete BUS-BRA dataset is not available (set BUSDX_DATA)")
+        unavailable("the complete BUS-BRA dataset is not available (set BUSDX_DATA to its "
+                    "folder, the one holding bus_data.csv and Images/)")
     return root
 
 
@@ -61,3 +71,60 @@ def stand_in_client(stand_in_dir):
 
     with TestClient(create_app(stand_in_dir)) as client:
         yield client
+
+
+@dataclass(frozen=True)
+class Fold5:
+    """The bundled models on BUS-BRA's test fold, as their card was written: the records, the
+    end-to-end predictions (predicted masks, as served) and how many masks came out empty."""
+
+    records: list
+    predictions: list
+    empty_masks: int
+
+
+def _test_fold() -> int:
+    from busdx.evaluation.model_card import load_card
+    from stand_in_models import REAL_MODELS_MISSING, real_models_dir
+
+    if real_models_dir() is None:
+        unavailable(REAL_MODELS_MISSING)
+    return load_card(MODELS / "model_card.json")["classifier"]["test"].get("test_fold", 5)
+
+
+@pytest.fixture(scope="session")
+def fold5(busbra_root) -> Fold5:
+    """Fold 5 scored end to end once per run: every full-tier test of the bundled models'
+    published numbers reads these predictions instead of analysing the 383 images again."""
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.evaluation.classification import predict_records
+
+    fold = _test_fold()
+    records = make_split(load_index(busbra_root), SplitConfig(test_fold=fold)).test
+    predictions, empty = predict_records(records, MODELS, "predicted", threads=threads())
+    return Fold5(records, predictions, empty)
+
+
+@pytest.fixture(scope="session")
+def fold5_segmenter(busbra_root):
+    """The segmenter alone on fold 5 against the ground-truth masks, once per run (a fixture of
+    its own, so that parallel workers never compute one thing twice)."""
+    from busdx.evaluation.segmentation import evaluate_segmenter
+
+    return evaluate_segmenter(str(busbra_root), MODELS / "segmenter.onnx",
+                              test_fold=_test_fold(), threads=threads())
+
+
+@pytest.fixture(scope="session")
+def study_baseline(busbra_root):
+    """The served analysis of each unaltered validation image, computed once per run and
+    shared by every study re-run of the full tier (studies/_runner.py: Baseline)."""
+    from _runner import Baseline
+
+    from busdx.inference.models import Models
+    from stand_in_models import REAL_MODELS_MISSING, real_models_dir
+
+    if real_models_dir() is None:
+        unavailable(REAL_MODELS_MISSING)
+    return Baseline(Models.load(MODELS, threads=threads()))

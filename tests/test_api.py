@@ -24,13 +24,14 @@ from stand_in_models import (
     real_models_dir,
     synthetic_image,
 )
+from tiers import unavailable
 
 
 @pytest.fixture(scope="module")
 def real_client():
     directory = real_models_dir()
     if directory is None:
-        pytest.skip(REAL_MODELS_MISSING)
+        unavailable(REAL_MODELS_MISSING)
     with TestClient(create_app(directory)) as client:
         yield client
 

@@ -18,19 +18,33 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "busbra"
 
 
+class QuickRun:
+    """``benchmarks/run.py --quick`` one step at a time, each step once, into one results folder
+    (each run renders the report from every result there so far): a test waits only for the
+    steps it reads."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.models = build_stand_in_models(tmp / "models")
+        self.out, self.md, self.quant = tmp / "results", tmp / "BENCHMARKS.md", tmp / "quant"
+        self.done: set[str] = set()
+
+    def steps(self, *names: str) -> tuple[Path, Path]:
+        todo = [n for n in names if n not in self.done]
+        if todo:
+            proc = subprocess.run(
+                [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--data",
+                 str(FIXTURES), "--models", str(self.models), "--out", str(self.out), "--md",
+                 str(self.md), "--quant-work", str(self.quant), "--only", *todo],
+                capture_output=True, text=True, timeout=600, cwd=REPO,
+            )
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            self.done.update(todo)
+        return self.out, self.md
+
+
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bench")
-    models = build_stand_in_models(tmp / "models")
-    out, md = tmp / "results", tmp / "BENCHMARKS.md"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--data", str(FIXTURES),
-         "--models", str(models), "--out", str(out), "--md", str(md),
-         "--quant-work", str(tmp / "quant")],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out, md
+def quick(tmp_path_factory) -> QuickRun:
+    return QuickRun(tmp_path_factory.mktemp("bench"))
 
 
 def _load(out: Path, name: str) -> dict:
@@ -39,8 +53,8 @@ def _load(out: Path, name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def test_latency_compares_both_backends_on_the_same_pipeline(quick_run):
-    lat = _load(quick_run[0], "latency")
+def test_latency_compares_both_backends_on_the_same_pipeline(quick):
+    lat = _load(quick.steps("latency")[0], "latency")
     for backend in ("onnxruntime", "torch_eager"):
         total = lat["analysis"][backend]["total_ms"]
         assert total["n"] == 2 and total["p50"] > 0
@@ -54,14 +68,14 @@ def test_latency_compares_both_backends_on_the_same_pipeline(quick_run):
     assert lat["total_gflops_per_image"] == 0
 
 
-def test_throughput_runs_busdx_predict(quick_run):
-    tp = _load(quick_run[0], "throughput")
+def test_throughput_runs_busdx_predict(quick):
+    tp = _load(quick.steps("throughput")[0], "throughput")
     assert tp["images"] == 2 and tp["analysed"] == 2 and tp["errors"] == 0
     assert tp["images_per_s_wall"] > 0
 
 
-def test_load_test_answers_every_request_without_5xx(quick_run):
-    lt = _load(quick_run[0], "load_test")
+def test_load_test_answers_every_request_without_5xx(quick):
+    lt = _load(quick.steps("load_test")[0], "load_test")
     assert lt["address"].startswith("http://127.0.0.1:")
     assert lt["requests"] == lt["planned_requests"] == 24
     assert lt["server_errors_5xx"] == 0
@@ -72,17 +86,20 @@ def test_load_test_answers_every_request_without_5xx(quick_run):
     assert lt["memory"]["peak_vmhwm_mb"] > 0
 
 
-def test_tuning_and_quantisation_recorded(quick_run):
-    tune = _load(quick_run[0], "tune_ort")
+def test_tuning_recorded(quick):
+    tune = _load(quick.steps("tune_ort")[0], "tune_ort")
     assert len(tune["options"]) >= 4 and tune["batches"] and tune["concurrency"]
-    q = _load(quick_run[0], "quantization")
+
+
+def test_quantisation_recorded(quick):
+    q = _load(quick.steps("quantize")[0], "quantization")
     assert set(q["results"]) == {"fp32", "int8_segmenter", "int8_classifier", "int8_both"}
     assert q["decision"]["kept"] in q["results"]
     assert q["quantisation"]["classifier"]["same_output_shapes"] is True
 
 
-def test_markdown_is_rendered_from_the_results(quick_run):
-    out, md = quick_run
+def test_markdown_is_rendered_from_the_results(quick):
+    out, md = quick.steps("tune_ort", "latency", "throughput", "load_test", "quantize")
     text = md.read_text()
     lat = _load(out, "latency")
     for heading in ("## Summary", "## Latency", "## FLOPs", "## ONNX Runtime settings",
@@ -92,10 +109,11 @@ def test_markdown_is_rendered_from_the_results(quick_run):
     assert "stand-in models" in text
 
 
-def test_decode_reads_one_frame_of_a_loop_without_copying_it(quick_run):
-    dec = _load(quick_run[0], "decode")
+def test_decode_reads_one_frame_of_a_loop_without_copying_it(quick):
+    out, md = quick.steps("decode")
+    dec = _load(out, "decode")
     loops = [c for c in dec["cases"] if c["frames"] > 1]
     assert {c["frame"] for c in loops} >= {1, loops[-1]["frames"]}
     assert all(c["ms"]["p50"] > 0 and c["peak_mb"] > 0 for c in dec["cases"])
     assert dec["targets"]["memory_met"], dec["targets"]
-    assert "Decoding large inputs" in quick_run[1].read_text()
+    assert "Decoding large inputs" in md.read_text()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from stand_in_models import build_stand_in_models, real_models_dir
+from tiers import unavailable
 
 pytestmark = pytest.mark.browser
 
@@ -60,7 +61,7 @@ UPLOAD_MB = 30
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is absent (make test installs it: apt-get install chromium)")
+        unavailable("/usr/bin/chromium is absent (make test installs it: apt-get install chromium)")
     models = real_models_dir() or build_stand_in_models(tmp_path_factory.mktemp("models"))
     port = _free_port()
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")

@@ -17,6 +17,7 @@ from busdx.data.index import load_index
 from busdx.errors import BusdxError
 from busdx.evaluation.external import ExternalDataError, evaluate_external, read_external
 from stand_in_models import build_stand_in_models, real_models_dir
+from tiers import threads
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +217,7 @@ def test_the_test_fold_as_external_images_reproduces_the_card(busbra_root, tmp_p
         pytest.skip("no end-to-end test section in the bundled card")
     test = make_split(load_index(busbra_root), SplitConfig(test_fold=5)).test
     dataset = read_external(tmp_path, _labels_csv(test, tmp_path / "labels.csv", lesion=True))
-    result = evaluate_external(dataset, Models.load(models_dir, threads=2),
+    result = evaluate_external(dataset, Models.load(models_dir, threads=threads()),
                                logit_offset=card["classifier"].get("logit_offset", 0.0),
                                reps=50, progress=False)
     got = result.classification.to_dict()

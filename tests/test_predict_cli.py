@@ -20,6 +20,7 @@ from stand_in_models import (
     real_models_dir,
     synthetic_image,
 )
+from tiers import unavailable
 
 REQUIRED = ("path", "probability", "label", "risk_band", "error")
 
@@ -148,7 +149,7 @@ def test_same_stem_in_two_folders_keeps_both_masks(tmp_path, use_stand_in):
 def test_real_models_on_fixtures(tmp_path, fixtures_root, monkeypatch):
     directory = real_models_dir()
     if directory is None:
-        pytest.skip(REAL_MODELS_MISSING)
+        unavailable(REAL_MODELS_MISSING)
     monkeypatch.setenv("BUSDX_MODELS", str(directory))
     images = sorted((fixtures_root / "Images").glob("*.png"))[:4]
     out, masks = tmp_path / "out.csv", tmp_path / "masks"

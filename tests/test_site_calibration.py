@@ -22,6 +22,7 @@ from busdx.evaluation.site import (
 )
 from busdx.training.calibration import expected_calibration_error, sigmoid
 from stand_in_models import build_stand_in_models, real_models_dir
+from tiers import threads
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_recalibrating_on_busbra_images_end_to_end(busbra_root, tmp_path):
         f"{r.image_path},{r.pathology},{r.patient}\n" for r in chosen))
     out, site = tmp_path / "out", tmp_path / "site"
     rc = main(["evaluate", "external", "--data", str(tmp_path), "--labels", str(labels),
-               "--out", str(out), "--models", str(models), "--reps", "20", "--threads", "2",
+               "--out", str(out), "--models", str(models), "--reps", "20", "--threads", str(threads()),
                "--recalibrate", str(site)])
     assert rc == 0
     fit = json.loads((out / "external.json").read_text())["site_calibration"]

@@ -21,16 +21,6 @@ def _load(name: str):
     return module
 
 
-def _rerun(name: str, busbra_root: Path) -> tuple[dict, dict]:
-    """A study run again on the full data by its own code, and the answer it recorded; both
-    describe the same bundled models."""
-    study = _load(name)
-    recorded = json.loads((ROOT / "reports" / "studies" / f"{name}.json").read_text())
-    result = study.summarise(study.collect(str(busbra_root), None, threads=2))
-    assert result["model_version"] == recorded["model_version"]
-    return result, recorded
-
-
 def test_shape_features_of_a_dark_upright_ellipse():
     study = _load("shape_features")
     yy, xx = np.mgrid[:200, :200]
@@ -46,17 +36,6 @@ def test_shape_features_of_a_dark_upright_ellipse():
     assert f["log_echo_ratio"] < -1.0 and f["log_posterior_ratio"] < -0.8
     assert f["heterogeneity"] == pytest.approx(0.0, abs=1e-9)
     assert study.features(image, np.zeros((200, 200), np.uint8)) is None
-
-
-@pytest.mark.full_data
-@pytest.mark.slow
-def test_shape_features_study_reproduces_its_recorded_answer(busbra_root):
-    study = _load("shape_features")
-    recorded = json.loads((ROOT / "reports" / "studies" / "shape_features.json").read_text())
-    result = study.study(study.collect(str(busbra_root), None, threads=2))
-    for key in ("val_auc_classifier_alone", "val_auc_combined_out_of_fold", "gain"):
-        assert result[key] == pytest.approx(recorded[key], abs=1e-4)
-    assert result["worth_building"] == recorded["worth_building"]
 
 
 def test_robustness_conditions_change_images_as_named():
@@ -111,19 +90,6 @@ def test_robustness_summary_flags_drops_against_the_unperturbed_images():
     assert blurred["site_recalibrated"] is None  # too few images to refit
 
 
-@pytest.mark.full_data
-@pytest.mark.slow
-def test_robustness_study_reproduces_its_recorded_answer(busbra_root):
-    result, recorded = _rerun("robustness", busbra_root)
-    for name, s in recorded["conditions"].items():
-        for key in ("auc", "sensitivity", "specificity", "mean_dice"):
-            assert result["conditions"][name][key] == pytest.approx(s[key], abs=1e-3), (name, key)
-        refit = result["conditions"][name]["site_recalibrated"]
-        for key in ("sensitivity", "specificity"):
-            assert refit[key] == pytest.approx(s["site_recalibrated"][key], abs=0.01), (name, key)
-    assert result["flagged"] == recorded["flagged"]
-
-
 def test_robustness_comparison_counts_neither_the_unperturbed_image_nor_the_mirror():
     study = _load("robustness")
 
@@ -174,20 +140,6 @@ def test_whole_image_donors_are_other_patients_of_the_asked_scanner():
     assert same == study.pick_donors(scanners, patients, same=True)  # seeded
 
 
-@pytest.mark.full_data
-def test_whole_image_view_study_reproduces_its_recorded_answer(busbra_root):
-    study = _load("whole_image_view")
-    recorded = json.loads((ROOT / "reports" / "studies" / "whole_image_view.json").read_text())
-    result = study.study(study.collect(str(busbra_root), None, threads=2))
-    assert result["model_version"] == recorded["model_version"]
-    for name, c in recorded["conditions"].items():
-        assert result["conditions"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4)
-        assert result["conditions"][name]["calls_flipped"] == c["calls_flipped"]
-    for name, e in recorded["effects"].items():
-        assert result["effects"][name]["donor_label_slope"] == pytest.approx(
-            e["donor_label_slope"], abs=1e-3)
-
-
 def _stamp(image: np.ndarray, r: int, c: int, strokes: list[tuple[int, int, int, int]]) -> None:
     """Bright strokes (row0, row1, col0, col1 relative to (r, c), ends included)."""
     for r0, r1, c0, c1 in strokes:
@@ -215,26 +167,6 @@ def test_caliper_marks_are_found_letters_passed_over_and_filled_away():
     # sham spots mirror the marks across the midline, never onto a mark
     assert study.sham_marks(160, marks) == [(marks[0][0], 159 - marks[0][1])]
     assert study.sham_marks(81, [(40, 40)]) == []
-
-
-@pytest.mark.full_data
-def test_calipers_study_reproduces_its_recorded_answer(busbra_root):
-    """On the validation images (the training images take the study five times longer)."""
-    study = _load("calipers")
-    recorded = json.loads((ROOT / "reports" / "studies" / "calipers.json").read_text())
-    result = study.study(study.collect(str(busbra_root), None, threads=2,
-                                       splits=("validation",)))
-    assert result["model_version"] == recorded["model_version"]
-    for name, s in recorded["splits"].items():
-        if name not in result["splits"]:
-            continue
-        assert result["splits"][name]["with_marks"] == s["with_marks"]
-        for edit, e in s["edits"].items():
-            got = result["splits"][name]["edits"][edit]
-            assert got["calls_flipped"] == e["calls_flipped"]
-            for cls, change in e["mean_logit_change"].items():
-                assert got["mean_logit_change"][cls]["mean"] == pytest.approx(change["mean"],
-                                                                              abs=1e-3)
 
 
 def test_cross_validation_threshold_and_pair_helpers_on_known_scores():
@@ -363,20 +295,6 @@ def test_margins_frames_put_the_image_in_a_black_frame_of_the_named_size():
     assert framed[:10].max() <= 3 / 255 and framed[:, :60].max() <= 3 / 255
 
 
-@pytest.mark.full_data
-def test_margins_study_reproduces_its_recorded_answer(busbra_root):
-    result, recorded = _rerun("margins", busbra_root)
-    for name, c in recorded["conditions"].items():
-        got = result["conditions"][name]
-        assert got["auc"] == pytest.approx(c["auc"], abs=1e-4), name
-        assert (got["calls_flipped"], got["images_cut"]) == (c["calls_flipped"],
-                                                             c["images_cut"]), name
-    # what the served analysis promises: a frame on three or four edges is undone exactly
-    for name in ("sides 25%, cut", "all edges 15%, cut", "top 10%, sides 30%, cut"):
-        assert result["conditions"][name]["calls_flipped"] == 0, name
-        assert result["conditions"][name]["images_cut"] == result["n"], name
-
-
 def test_dual_view_captures_put_the_halves_side_by_side_in_a_frame():
     study = _load("dual_view")
     left, right = np.full((50, 40), 0.5, np.float32), np.full((60, 30), 0.7, np.float32)
@@ -386,17 +304,6 @@ def test_dual_view_captures_put_the_halves_side_by_side_in_a_frame():
     np.testing.assert_array_equal(image[f:f + 50, f:f + 40], left)
     np.testing.assert_array_equal(image[f:f + 60, f + 40 + g:f + 40 + g + 30], right)
     assert image[f:f + 50, f + 40:f + 40 + g].max() <= 3 / 255
-
-
-@pytest.mark.full_data
-def test_dual_view_study_reproduces_its_recorded_answer(busbra_root):
-    result, recorded = _rerun("dual_view", busbra_root)
-    assert result["captures_split_exactly"] == recorded["captures_split_exactly"]
-    for name, c in recorded["readings"].items():
-        assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
-        assert result["readings"][name]["calls_unlike_halves"] == c["calls_unlike_halves"]
-    # what --dual-view promises: the split capture is called as its two files are
-    assert result["readings"]["split"]["calls_unlike_halves"] == 0
 
 
 def test_scanner_screens_put_the_scans_where_the_dicom_says():
@@ -417,24 +324,6 @@ def test_scanner_screens_put_the_scans_where_the_dicom_says():
     assert [(r.area.left, r.area.top, r.area.width, r.area.height) for r in decoded.regions] \
         == boxes
     assert decoded.pixel_spacing_mm == pytest.approx((study.MM_PER_PIXEL,) * 2)
-
-
-@pytest.mark.full_data
-def test_scanner_screens_study_reproduces_its_recorded_answer(busbra_root):
-    result, recorded = _rerun("scanner_screens", busbra_root)
-    for name, c in recorded["readings"].items():
-        assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
-        assert result["readings"][name]["calls_flipped"] == c["calls_flipped"], name
-        for key in ("cut_exactly", "cut_near", "scan_cut_into"):
-            assert result["readings"][name].get(key) == c.get(key), (name, key)
-    for key in ("panes_exact", "screenshots_refused"):
-        assert result["dual_view"][key] == recorded["dual_view"][key]
-    # what the regions promise: a DICOM screen reads as its scan, a dual view as its halves
-    assert result["readings"]["dicom"]["calls_flipped"] == 0
-    assert result["readings"]["dicom"]["cut_exactly"] == result["images"]
-    # and the pixels never cut into a scan, annotations or not
-    assert result["readings"]["screenshot"]["scan_cut_into"] == 0
-    assert result["dual_view"]["readings"]["dicom"]["calls_flipped"] == 0
 
 
 def test_colour_overlays_draw_colour_inside_the_box_only():
@@ -458,20 +347,223 @@ def test_colour_overlays_draw_colour_inside_the_box_only():
     assert colour_mask(study.grey_rgb(grey)) is None
 
 
-@pytest.mark.full_data
-def test_colour_overlays_study_reproduces_its_recorded_answer(busbra_root):
-    result, recorded = _rerun("colour_overlays", busbra_root)
-    for name, c in recorded["readings"].items():
-        for key in ("calls_flipped", "calls_flipped_warned", "warned", "filled"):
-            assert result["readings"][name][key] == c[key], (name, key)
-        assert result["readings"][name]["auc"] == pytest.approx(c["auc"], abs=1e-4), name
-    # what the warning promises: grey images (stored as colour or tinted) are not warned
-    for name in ("plain", "colour_jpeg", "tinted"):
-        assert result["readings"][name]["warned"] == 0, name
-    # rule Y: why the fill is served, on both drawing seeds
-    assert result["rule_y"]["ships"]
-    for seed, r in recorded["rule_y"]["seeds"].items():
-        got = result["rule_y"]["seeds"][seed]
-        assert got["conditions"] == r["conditions"], seed
-        for reading in ("doppler_served", "doppler_unfilled"):
-            assert got[reading]["calls_flipped"] == r[reading]["calls_flipped"], (seed, reading)
+
+# ------------------------------------------------------- the recorded studies: rows and summaries
+#
+# Each study that analyses images keeps its per-image rows (reports/studies/NAME_rows.json)
+# beside its summary (NAME.json). The fast tier checks that the summary follows from the rows
+# and re-runs the fixture images of the validation split against their rows; the full tier
+# re-runs every image (sharing one analysis of each unaltered image between the studies) and
+# compares rows and summary.
+
+STUDIES = ("robustness", "colour_overlays", "margins", "shape_features", "calipers",
+           "scanner_screens", "dual_view", "whole_image_view")  # the longest to re-run first
+RECORDED = ROOT / "reports" / "studies"
+VALIDATION_FIXTURES = ROOT / "tests" / "fixtures" / "busbra-validation"
+ROWS_TOLERANCE = 1e-6  # a probability or logit computed again (another CPU may round otherwise)
+SUMMARY_TOLERANCE = 1e-4
+# the refit operating point moves in steps of one image when a probability moves a hair
+LOOSER = {"site_recalibrated": 0.01}
+
+
+def _rows(name: str) -> dict:
+    return json.loads((RECORDED / f"{name}_rows.json").read_text())
+
+
+def _summary(name: str) -> dict:
+    return json.loads((RECORDED / f"{name}.json").read_text())
+
+
+def _summarise(study, collected: dict) -> dict:
+    """The study's summary of ``collected``, as its JSON record holds it."""
+    summarise = getattr(study, "summarise", None) or study.study
+    return json.loads(json.dumps(summarise(collected)))
+
+
+def _assert_same(got, expected, tol: float, where: str = "", looser: dict | None = None) -> None:
+    """``got`` equals ``expected``: the same keys, lengths, strings, integers and flags; floats
+    within ``tol`` (NaN equal to NaN); under a key of ``looser``, within its tolerance."""
+    looser = looser or {}
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), where
+        for key in expected:
+            _assert_same(got[key], expected[key], looser.get(key, tol), f"{where}/{key}", looser)
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), where
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            _assert_same(g, e, tol, f"{where}[{i}]", looser)
+    elif isinstance(expected, float) and not isinstance(got, bool) and got is not None:
+        assert got == pytest.approx(expected, abs=tol, nan_ok=True), where
+    else:
+        assert got == expected, where
+
+
+def _json(value):
+    return json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_a_study_summary_follows_from_its_recorded_rows(name):
+    """Pure: the recorded summary is what the study's own code makes of the recorded rows."""
+    rows, recorded = _rows(name), _summary(name)
+    assert rows["model_version"] == recorded["model_version"]
+    _assert_same(_summarise(_load(name), rows), recorded, 1e-12)
+
+
+def test_the_recorded_studies_keep_their_promises():
+    """What the served analysis promises, as the recorded studies found it (the full tier checks
+    that a re-run finds the same)."""
+    margins = _summary("margins")
+    for name in ("sides 25%, cut", "all edges 15%, cut", "top 10%, sides 30%, cut"):
+        assert margins["conditions"][name]["calls_flipped"] == 0, name  # a frame is undone
+        assert margins["conditions"][name]["images_cut"] == margins["n"], name
+    # --dual-view: the split capture is called as its two files are
+    assert _summary("dual_view")["readings"]["split"]["calls_unlike_halves"] == 0
+    screens = _summary("scanner_screens")
+    # a DICOM screen reads as its scan, a dual view as its halves; the pixels never cut a scan
+    assert screens["readings"]["dicom"]["calls_flipped"] == 0
+    assert screens["readings"]["dicom"]["cut_exactly"] == screens["images"]
+    assert screens["readings"]["screenshot"]["scan_cut_into"] == 0
+    assert screens["dual_view"]["readings"]["dicom"]["calls_flipped"] == 0
+    colour = _summary("colour_overlays")
+    for name in ("plain", "colour_jpeg", "tinted"):  # grey images are not warned
+        assert colour["readings"][name]["warned"] == 0, name
+    assert colour["rule_y"]["ships"]  # why the fill is served: its conditions on both seeds
+    assert all(all(seed["conditions"].values()) for seed in colour["rule_y"]["seeds"].values())
+
+
+# --- the fast tier: the fixture images of the validation split, re-run against their rows
+
+
+@pytest.fixture(scope="module")
+def real_models():
+    from busdx.inference.models import Models
+    from stand_in_models import REAL_MODELS_MISSING, real_models_dir
+    from tiers import unavailable
+
+    directory = real_models_dir()
+    if directory is None:
+        unavailable(REAL_MODELS_MISSING)
+    return Models.load(directory, threads=2)
+
+
+@pytest.fixture(scope="module")
+def fixture_records(fixtures_root) -> dict:
+    """The committed fixtures by id: the validation split's (tests/fixtures/busbra-validation)
+    and the others (training and test images)."""
+    from busdx.data.index import load_index
+
+    return {r.id: r for root in (VALIDATION_FIXTURES, fixtures_root)
+            for r in load_index(root).records}
+
+
+def _validation_fixtures(fixture_records: dict) -> list:
+    return [r for r in fixture_records.values() if VALIDATION_FIXTURES in r.image_path.parents]
+
+
+def _position(ids: list[str], record) -> int:
+    assert record.id in ids, f"{record.id} is not among the study's recorded images"
+    return ids.index(record.id)
+
+
+def _check_models(real_models, rows: dict) -> None:
+    if real_models.version != rows["model_version"]:
+        pytest.fail(f"the rows were recorded with models {rows['model_version']}, not the "
+                    f"bundled {real_models.version}: run the study again", pytrace=False)
+
+
+@pytest.mark.parametrize("name", ["robustness", "margins"])
+def test_fixed_images_rerun_as_recorded_per_condition(name, real_models, fixture_records):
+    study, rows = _load(name), _rows(name)
+    _check_models(real_models, rows)
+    ids = [row["id"] for row in next(iter(rows["rows"].values()))]
+    for record in _validation_fixtures(fixture_records):
+        i = _position(ids, record)
+        _assert_same(_json(study.image_rows(i, record, real_models)),
+                     study.recorded_image(rows, i), ROWS_TOLERANCE, record.id)
+
+
+@pytest.mark.parametrize("name", ["scanner_screens", "colour_overlays"])
+def test_fixed_images_rerun_as_recorded_per_image(name, real_models, fixture_records):
+    study, rows = _load(name), _rows(name)
+    _check_models(real_models, rows)
+    files = [row["image"] for row in rows["images"]]
+    for record in _validation_fixtures(fixture_records):
+        i = files.index(record.image_path.name)
+        _assert_same(_json(study.image_row(i, record, real_models)), rows["images"][i],
+                     ROWS_TOLERANCE, record.id)
+
+
+@pytest.mark.parametrize(("name", "part"), [("dual_view", "rows"), ("scanner_screens", "lesions")])
+def test_fixed_lesions_rerun_as_recorded(name, part, real_models, fixture_records):
+    from _runner import lesion_pairs
+
+    study, rows = _load(name), _rows(name)
+    _check_models(real_models, rows)
+    lesions = [row["lesion"] for row in rows[part]]
+    pairs = lesion_pairs(_validation_fixtures(fixture_records))
+    assert len(pairs) == 2
+    for lesion, left, right in pairs:
+        i = lesions.index(lesion)
+        _assert_same(_json(study.lesion_row(i, lesion, left, right, real_models)), rows[part][i],
+                     ROWS_TOLERANCE, lesion)
+
+
+def test_fixed_images_rerun_as_recorded_by_the_calipers_study(real_models, fixture_records):
+    study, rows = _load("calipers"), _rows("calipers")
+    _check_models(real_models, rows)
+    found = marked = 0
+    for record in fixture_records.values():
+        for split, part in rows["rows"].items():
+            if record.id in part["ids"]:
+                j = part["ids"].index(record.id)
+                got = _json(study.image_row(record, real_models))
+                _assert_same(got, study.recorded_image(rows, split, j), ROWS_TOLERANCE, record.id)
+                found, marked = found + 1, marked + bool(got["marks"])
+    assert found >= 4 and marked >= 2  # the validation fixtures, bus_0118's marks among them
+
+
+def test_fixed_images_rerun_as_recorded_by_the_shape_features_study(real_models,
+                                                                     fixture_records):
+    study, rows = _load("shape_features"), _rows("shape_features")
+    _check_models(real_models, rows)
+    images = rows["images"]
+    chosen = [r for r in fixture_records.values() if r.id in images]
+    assert len(chosen) >= 4
+    for record in chosen:
+        got = study.image_row(record, images[record.id]["part"], real_models)
+        _assert_same(_json(got), images[record.id], ROWS_TOLERANCE, record.id)
+
+
+def test_fixed_images_rerun_as_recorded_by_the_whole_image_view_study(real_models,
+                                                                       fixture_records):
+    study, rows = _load("whole_image_view"), _rows("whole_image_view")
+    _check_models(real_models, rows)
+    batches = {r.id: study.image_batch(r, real_models) for r in fixture_records.values()
+               if r.id in rows["ids"]}
+    checked = 0
+    for name, donors in rows["donors"].items():
+        for i, j in enumerate(donors):
+            own, donor = rows["ids"][i], None if j is None else rows["ids"][j]
+            if own in batches and donor in batches:
+                got = study.swapped_logit(batches[own], batches[donor], real_models)
+                assert got == pytest.approx(rows["logits"][name][i], abs=ROWS_TOLERANCE), (name,
+                                                                                          own)
+                checked += 1
+    assert checked >= 4  # each validation fixture with its own whole image at least
+
+
+# --- the full tier: every image again
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_a_study_rerun_on_the_full_data_gives_its_recorded_rows_and_summary(name, busbra_root,
+                                                                            study_baseline):
+    from tiers import threads
+
+    study, rows = _load(name), _rows(name)
+    shared = {"baseline": study_baseline} if "baseline" in study.collect.__code__.co_varnames \
+        else {}
+    collected = _json(study.collect(str(busbra_root), None, threads=threads(), **shared))
+    _assert_same(collected, rows, ROWS_TOLERANCE, name)
+    _assert_same(_summarise(study, collected), _summary(name), SUMMARY_TOLERANCE, name, LOOSER)

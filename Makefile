@@ -50,7 +50,7 @@ test: install-train chromium lint
 reproduce: install-train
 	@test -f "$(BUSDX_DATA)/bus_data.csv" || { echo "make reproduce needs the complete BUS-BRA \
 	dataset: no bus_data.csv in $(BUSDX_DATA). Set DATA=... (or BUSDX_DATA=...) to its folder."; exit 2; }
-	BUSDX_DATA="$(BUSDX_DATA)" BUSDX_TESTS_STRICT=1 $(PYTEST) -m full_data -n auto
+	BUSDX_DATA="$(BUSDX_DATA)" BUSDX_TESTS_STRICT=1 $(PYTEST) -m full_data -n auto --maxschedchunk 1
 
 check: install
 	$(BIN)/busdx data check --data $(DATA)

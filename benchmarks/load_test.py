@@ -7,6 +7,8 @@ multipart field), while one more thread polls GET /api/health every 200 ms. Reco
 status code, 5xx and connection errors (must be zero), latency percentiles, whether health kept
 answering, and the server's memory from /proc/PID/status (VmRSS before, after warm-up, after the
 run; VmHWM for the peak). Growth is measured after the run against the warmed-up server.
+Meanwhile a few slow clients send the start of an upload and then nothing: each must get a 408
+once the server's upload timeout (set short here) has passed, without holding anyone up.
 
     python benchmarks/load_test.py --data ../shared/data/busbra
 """
@@ -138,9 +140,10 @@ def request_plan(valid: list[Payload], invalid: list[Payload], n: int, invalid_f
 # ---------------------------------------------------------------------------- server
 
 
-def start_server(models: str | None, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(models: str | None, port: int, log_path: Path, upload_timeout: float
+                 ) -> subprocess.Popen:
     command = [sys.executable, "-m", "busdx.cli.main", "serve", "--host", HOST,
-               "--port", str(port)]
+               "--port", str(port), "--upload-timeout", str(upload_timeout)]
     if models:
         command += ["--models", str(models)]
     logfile = log_path.open("wb")
@@ -281,6 +284,32 @@ class MemorySampler(threading.Thread):
 # ---------------------------------------------------------------------------- main
 
 
+class SlowClient(threading.Thread):
+    """Sends the headers and the first bytes of an upload, then nothing; records the status the
+    server answers with and after how long."""
+
+    def __init__(self, port: int, wait: float):
+        super().__init__(daemon=True)
+        self.port, self.wait = port, wait
+        self.status: int | None = None
+        self.seconds: float | None = None
+
+    def run(self) -> None:
+        start = time.monotonic()
+        try:
+            with socket.create_connection((HOST, self.port), timeout=self.wait) as sock:
+                sock.sendall(b"POST /api/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: multipart/form-data; boundary=slow\r\n"
+                             b"Content-Length: 1000000\r\n\r\n--slow\r\nContent-Disposition: "
+                             b"form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+                             + b"\0" * 1024)
+                answer = sock.recv(64)
+            self.status = int(answer.split()[1]) if answer.startswith(b"HTTP/") else None
+        except (OSError, ValueError, IndexError):
+            self.status = None
+        self.seconds = round(time.monotonic() - start, 2)
+
+
 def summarise(outcomes: list[Outcome], wall: float) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     by_kind: dict[str, dict[str, int]] = {}
@@ -319,7 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = f"http://{HOST}:{port}"
     with tempfile.TemporaryDirectory(prefix="busdx-load-") as tmp:
         log_path = Path(tmp) / "server.log"
-        proc = start_server(args.models, port, log_path)
+        proc = start_server(args.models, port, log_path, args.upload_timeout)
         try:
             wait_healthy(base, proc, args.startup_timeout)
             mem_started = proc_memory_mb(proc.pid)
@@ -332,11 +361,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             poller, sampler = HealthPoller(base), MemorySampler(proc.pid)
             poller.start()
             sampler.start()
+            slow = [SlowClient(port, args.upload_timeout + 30) for _ in range(args.slow_clients)]
+            for client in slow:
+                client.start()
             log.info("%d requests from %d clients against %s", len(plan), args.clients, base)
             start = time.monotonic()
             outcomes = run_clients(base, plan, args.clients, args.request_timeout,
                                    start + args.max_seconds)
             wall = time.monotonic() - start
+            for client in slow:
+                client.join(args.upload_timeout + 35)
             time.sleep(args.settle)
             poller.stop.set()
             sampler.stop.set()
@@ -367,6 +401,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "memory_growth_within_50mb": growth <= MAX_GROWTH_MB,
         "health_answered_throughout": health["failed"] == 0 and health["ok"] > 0,
         "server_alive_after_run": alive,
+        "slow_clients_timed_out": all(c.status == 408 for c in slow),
     }
     return {
         "benchmark": "load_test",
@@ -382,6 +417,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_requests": args.warmup,
         **summary,
         "health": health,
+        "slow_clients": {"clients": len(slow), "upload_timeout_s": args.upload_timeout,
+                         "statuses": [c.status for c in slow],
+                         "seconds": [c.seconds for c in slow]},
         "memory": memory,
         "checks": checks,
         "passed": all(checks.values()),
@@ -403,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=900.0,
                         help="stop sending new requests after this long")
     parser.add_argument("--startup-timeout", type=float, default=120.0)
+    parser.add_argument("--slow-clients", type=int, default=4,
+                        help="clients that start an upload and stall (each must get a 408)")
+    parser.add_argument("--upload-timeout", type=float, default=3.0,
+                        help="the server's upload timeout for this run (busdx serve "
+                             "--upload-timeout), short so the slow clients end soon")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds after the run before memory is read")
     args = parser.parse_args(argv)

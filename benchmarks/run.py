@@ -38,7 +38,7 @@ QUICK = {  # smoke runs: every code path, tiny counts, no meaningful timings
     "latency": ["-n", "2", "--warmup", "1", "--reps", "2", "--n-overlays", "1"],
     "throughput": ["--limit", "2"],
     "load_test": ["--requests", "24", "--clients", "4", "--images", "2", "--warmup", "4",
-                  "--settle", "0.5"],
+                  "--settle", "0.5", "--slow-clients", "2", "--upload-timeout", "1"],
     "quantize": ["--calibration", "2", "--limit", "4", "--reps", "2"],
     "decode": ["--frames", "8", "--reps", "2"],
 }

@@ -123,6 +123,12 @@ def summary(results: dict[str, dict]) -> list[str]:
                      _ok(c["health_answered_throughout"])])
         rows.append(["Server peak memory, VmHWM (MB)", "recorded",
                      _f(lt["memory"]["peak_vmhwm_mb"]), ""])
+        slow = lt.get("slow_clients")
+        if slow:  # results written before the slow clients existed have none
+            rows.append([f"Load test: stalled uploads answered 408 (timeout "
+                         f"{_f(slow['upload_timeout_s'])} s)", f"all {slow['clients']}",
+                         str(sum(s == 408 for s in slow["statuses"])),
+                         _ok(c["slow_clients_timed_out"])])
     dec = results.get("decode")
     if dec:
         t = dec["targets"]
@@ -322,6 +328,9 @@ def load_section(lt: dict) -> list[str]:
              f"{_f(lt['latency_ms_valid'].get('p95'))}"],
             ["latency p50 / p95 (ms), invalid", f"{_f(lt['latency_ms_invalid'].get('p50'))} / "
              f"{_f(lt['latency_ms_invalid'].get('p95'))}"],
+            *([["stalled uploads (start, then nothing)",
+                f"{lt['slow_clients']['clients']}, answered {lt['slow_clients']['statuses']} "
+                f"after {lt['slow_clients']['seconds']} s"]] if lt.get("slow_clients") else []),
             ["health answered", f"{h['ok']} of {h['requests']}, p95 "
              f"{_f(h['latency_ms'].get('p95'))} ms, longest gap "
              f"{_f(h['longest_gap_between_answers_s'], 2)} s"],

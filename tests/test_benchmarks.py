@@ -84,6 +84,9 @@ def test_load_test_answers_every_request_without_5xx(quick):
     assert lt["errors_without_detail"] == 0
     assert lt["health"]["ok"] > 0 and lt["health"]["failed"] == 0
     assert lt["memory"]["peak_vmhwm_mb"] > 0
+    # clients that start an upload and stall get a 408 and hold no one up
+    assert lt["slow_clients"]["statuses"] == [408, 408]
+    assert lt["checks"]["slow_clients_timed_out"]
 
 
 def test_tuning_recorded(quick):

@@ -281,11 +281,7 @@ def test_keyboard_only_upload_and_drop(server, browser, fixtures_root, tmp_path,
     assert page.evaluate("document.body.dataset.analyses") == "1"
 
     page.keyboard.press("n")
-    bright = tmp_path / "bright.png"
-    from PIL import Image
-
-    Image.new("L", (320, 240), 250).save(bright)  # no lesion for the stand-in segmenter
-    data = base64.b64encode(bright.read_bytes()).decode()
+    data = base64.b64encode(images[2].read_bytes()).decode()
     transfer = page.evaluate_handle(
         """(b64) => {
             const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -298,7 +294,7 @@ def test_keyboard_only_upload_and_drop(server, browser, fixtures_root, tmp_path,
     page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
     page.wait_for_function("() => document.body.dataset.analyses === '2'", timeout=60_000)
     assert page.locator("#call").is_visible()
-    if not page.locator("#note").is_hidden():  # the stand-in finds nothing in a blank image
+    if not page.locator("#note").is_hidden():  # a segmenter that finds nothing says so
         assert "no lesion" in page.locator("#note").inner_text().lower()
         assert "no lesion found" in page.locator("#call").inner_text().lower()
         assert "none found" in page.locator("#measures-body").inner_text()
@@ -439,28 +435,32 @@ def test_a_cine_loop_is_read_at_the_frame_the_reader_picks(server, browser, fixt
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(server + "/")
     page.set_input_files("#file", str(path))
-    page.wait_for_function("() => document.body.dataset.analyses === '1'", timeout=60_000)
-    assert "holds 3 frames" in page.locator("#scan-note").inner_text()
+    # the first frame is blank: no call on it, but the frame box offers the loop's others
+    page.wait_for_selector("#error:not([hidden])", timeout=60_000)
+    assert "frame 1 of 3 is blank" in page.locator("#error").inner_text()
+    assert page.locator("#result").is_hidden()
     assert page.locator("#frame-picker").is_visible()
     assert page.locator("#frame-count").inner_text() == "3"
-    first = page.locator("#prob-text").inner_text()
+    page.screenshot(path=str(output_dir / "browser-cine-loop-blank-frame.png"), full_page=True)
 
     page.click("#frame-last")
-    page.wait_for_function("() => document.body.dataset.analyses === '2'", timeout=60_000)
+    page.wait_for_function("() => document.body.dataset.analyses === '1'", timeout=60_000)
+    assert page.locator("#error").is_hidden()
+    assert "holds 3 frames" in page.locator("#scan-note").inner_text()
     assert "Frame 3 of 3" in page.locator("#status").inner_text()
     assert "frame 3 was analysed" in page.locator("#scan-note").inner_text()
     assert page.input_value("#frame-number") == "3"
-    assert page.locator("#prob-text").inner_text() != first
     page.screenshot(path=str(output_dir / "browser-cine-loop.png"), full_page=True)
 
     page.fill("#frame-number", "2")
     page.click("#frame-picker button[type=submit]")
-    page.wait_for_function("() => document.body.dataset.analyses === '3'", timeout=60_000)
+    page.wait_for_function("() => document.body.dataset.analyses === '2'", timeout=60_000)
     assert "Frame 2 of 3" in page.locator("#status").inner_text()
 
     page.keyboard.press("n")
+    assert page.locator("#frame-picker").is_hidden()
     page.set_input_files("#file", str(fixtures_root / "Images" / "bus_0007-l.png"))
-    page.wait_for_function("() => document.body.dataset.analyses === '4'", timeout=60_000)
+    page.wait_for_function("() => document.body.dataset.analyses === '3'", timeout=60_000)
     assert page.locator("#frame-picker").is_hidden()
     assert not errors, errors
     page.close()

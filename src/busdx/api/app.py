@@ -7,17 +7,20 @@ models, and no CORS middleware: the page is served by the same origin.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from busdx import DISCLAIMER, __version__
-from busdx.data.preprocess import MAX_PIXELS, MAX_UPLOAD_MB, ImageError
+from busdx.data.preprocess import MAX_PIXELS, MAX_UPLOAD_MB, UPLOAD_SECONDS, ImageError
 from busdx.inference.errors import InputError
 from busdx.inference.models import Models
 
@@ -35,8 +38,22 @@ PAGE_CSP = (
 
 @dataclass(frozen=True)
 class Limits:
+    """What one request may cost (docs/api.md, "Limits")."""
+
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     max_pixels: int = MAX_PIXELS
+    # uploads being received at once (each holds its bytes in memory until analysed); more
+    # wait for a place, up to upload_seconds
+    max_uploads: int = 8
+    # seconds a client may take to send its upload, and an upload may wait for a place (a
+    # stalled client holds memory and a place)
+    upload_seconds: float = UPLOAD_SECONDS
+    # the body of a JSON route (/api/lesion): a few views' numbers
+    max_json_bytes: int = 64 * 1024
+
+
+# an error answer quotes no more than this of what the client sent
+ECHO_CHARS = 120
 
 
 def create_app(
@@ -45,14 +62,20 @@ def create_app(
     models: Models | None = None,
     limits: Limits = Limits(),
     concurrency: int = 2,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
-    """The app; ``models`` (already loaded) wins over ``models_dir`` (loaded at startup)."""
+    """The app; ``models`` (already loaded) wins over ``models_dir`` (loaded at startup).
+    ``allowed_hosts``: the Host names requests may carry (others get a 400: a page on another
+    site cannot reach a loopback server through DNS rebinding); None checks none (tests, or a
+    proxy in front that checks them)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.models = models if models is not None else Models.load(models_dir)
         # Created inside the running loop; bounds concurrent analyses (and so memory).
         app.state.limiter = anyio.CapacityLimiter(concurrency)
+        # places for uploads being received (Limits.max_uploads)
+        app.state.upload_slots = anyio.Semaphore(limits.max_uploads)
         yield
 
     from busdx.api.routers import analyze, lesion, meta
@@ -75,7 +98,16 @@ def create_app(
     @app.exception_handler(ImageError)
     async def input_error(request: Request, err: ImageError) -> JSONResponse:
         status = err.status if isinstance(err, InputError) else 422
-        return JSONResponse({"detail": str(err)}, status_code=status)
+        extra = err.extra if isinstance(err, InputError) else {}
+        return JSONResponse({"detail": str(err), **extra}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes the input, which may be huge or not valid JSON (NaN)
+        errors = [{"loc": [str(part)[:ECHO_CHARS] for part in e.get("loc", ())],
+                   "msg": str(e.get("msg", ""))[:ECHO_CHARS], "type": str(e.get("type", ""))}
+                  for e in err.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:
@@ -94,12 +126,61 @@ def create_app(
             response.headers["Cache-Control"] = "no-store"
         return response
 
+    app.add_middleware(JSONBodyLimit, limit=limits.max_json_bytes)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.include_router(meta.router)
     app.include_router(analyze.router)
     app.include_router(lesion.router)
     # Last: the page and its files at /, after every /api route.
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web")
     return app
+
+
+class JSONBodyLimit:
+    """A POST body that is not a multipart upload (the JSON of /api/lesion, or anything sent in
+    its place) is read here, up to ``limit`` bytes, before a route parses it: a larger one is a
+    413 at once, without being read whole or parsed on the event loop. Uploads (multipart) have
+    their own limits (busdx.api.upload)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or _is_multipart(scope):
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse({"detail": f"the request body is over the limit of "
+                                            f"{self.limit // 1024} KB"}, status_code=413)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await too_large(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await too_large(scope, receive, send)
+                return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _is_multipart(scope) -> bool:
+    kind = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+    return kind == b"multipart/form-data"
 
 
 def _swagger_ui_dir() -> Path | None:

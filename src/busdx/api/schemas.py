@@ -63,6 +63,11 @@ class ImageInfo(BaseModel):
     frames: int = Field(
         1, description="how many frames the file holds: more than 1 for a DICOM cine loop or a "
         "multi-page TIFF, of which one frame is analysed")
+    pixel_spacing_note: str | None = Field(
+        None, description="when the DICOM file declares a pixel size that no ultrasound image "
+        "has (zero, negative, not finite, under 0.001 mm or over 10 mm), or a PixelSpacing that "
+        "is not two numbers: why it was ignored. pixel_spacing_mm is then null and the "
+        "measurements are in pixels")
 
 
 class Pngs(BaseModel):
@@ -112,11 +117,16 @@ class AnalyzeResponse(BaseModel):
     png: Pngs
 
 
+# A served logit is a few tens at most; far beyond, the mean of views would overflow.
+MAX_ABS_LOGIT = 1000.0
+
+
 class LesionView(BaseModel):
-    logit: float = Field(allow_inf_nan=False,
+    logit: float = Field(allow_inf_nan=False, ge=-MAX_ABS_LOGIT, le=MAX_ABS_LOGIT,
                          description="the view's `logit` from /api/analyze")
     lesion_found: bool = Field(description="the view's `lesion_found` from /api/analyze")
-    model_version: str = Field(description="the view's `model_version` from /api/analyze")
+    model_version: str = Field(max_length=64,
+                               description="the view's `model_version` from /api/analyze")
     unusual: bool = Field(False, description="whether the view's `input_check.outside` was not "
                                              "empty (a caution)")
 

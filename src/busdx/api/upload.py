@@ -11,6 +11,8 @@ from busdx.inference.errors import EmptyInput, InputError, TooLarge, Unsupported
 
 # Room for the multipart framing and small extra fields around the file itself.
 FRAMING_ALLOWANCE = 64 * 1024
+# RFC 2046 allows boundaries of 1 to 70 characters; a longer one is a malformed request.
+MAX_BOUNDARY = 70
 
 
 class _Collector:
@@ -78,13 +80,16 @@ async def read_upload(
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise UnsupportedFormat(f"send the image as multipart/form-data in a field named {field!r}")
+    if len(boundary) > MAX_BOUNDARY:
+        raise InputError(f"the multipart boundary is {len(boundary)} characters long; at most "
+                         f"{MAX_BOUNDARY} are allowed")
     body_limit = limit + FRAMING_ALLOWANCE
     if content_length and content_length.isdigit() and int(content_length) > body_limit:
         raise TooLarge(f"the file is over the limit of {limit // (1024 * 1024)} MB")
     collector = _Collector(field, limit)
-    parser = MultipartParser(boundary, collector.callbacks())
     received = 0
     try:
+        parser = MultipartParser(boundary, collector.callbacks())
         async for chunk in stream:
             received += len(chunk)
             if received > body_limit:

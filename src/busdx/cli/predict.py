@@ -8,8 +8,11 @@ one lesion. A cine loop (a multi-frame DICOM) or a multi-page TIFF is read at on
 first unless ``--frame`` names another; its ``frames`` column says how many it holds. A file
 that cannot be analysed gets a row with ``error`` filled and the batch goes on (exit code 0);
 only usage errors (nothing to analyse, an unwritable CSV, missing models) stop the command
-with exit code 2. Lengths are in ``units`` (mm when the file carries a calibration, else px),
-areas in ``units`` squared.
+with exit code 2. Only regular files are read (a FIFO or a device named on the command line gets
+an error row, never a hang), each up to busdx.inference.decode.MAX_FILE_BYTES; in a folder,
+what is neither an image nor a folder (a dangling link, a FIFO, an unreadable subfolder, a link
+to a folder, which is not followed) is named in a warning. Lengths are in ``units`` (mm when
+the file carries a calibration, else px), areas in ``units`` squared.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -95,24 +100,62 @@ def _frame(text: str) -> int | None:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
-def collect(inputs: list[Path]) -> list[Path]:
-    """Files given by name are always tried; folders contribute the images they hold."""
+def collect(inputs: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files to analyse, and what folders held that was skipped, with why. Files given by
+    name are always tried (each gets a row); folders contribute the images they hold, walked
+    without following links to folders (a link loop cannot trap the walk)."""
     from busdx.inference.decode import is_image_file
 
     found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    not_images = 0
+
+    def unreadable(err: OSError) -> None:
+        skipped.append((Path(err.filename or "?"), f"folder not read: {err.strerror or err}"))
+
     for item in inputs:
-        if item.is_dir():
-            found.extend(p for p in sorted(item.rglob("*")) if is_image_file(p))
-        else:
+        if not item.is_dir():  # a file, or anything else named: its row says what it is
             found.append(item)
-    seen: set[Path] = set()
+            continue
+        for root, dirs, files in os.walk(item, onerror=unreadable):
+            dirs.sort()
+            for name in list(dirs):
+                if os.path.islink(os.path.join(root, name)):
+                    dirs.remove(name)
+                    skipped.append((Path(root, name), "a link to a folder, not followed (name "
+                                                      "it on the command line to include it)"))
+            for name in sorted(files):
+                path = Path(root, name)
+                try:
+                    mode = os.stat(path).st_mode
+                except OSError:
+                    skipped.append((path, "a link to nothing (dangling, or a loop)"))
+                    continue
+                if not stat.S_ISREG(mode):
+                    skipped.append((path, "not a regular file (a FIFO, a device or a socket)"))
+                elif is_image_file(path):
+                    found.append(path)
+                else:
+                    not_images += 1
+    if not_images:
+        log.info("%d file(s) in the folders are not images and were skipped", not_images)
+    seen: set[str] = set()
     unique = []
     for path in found:
-        key = path.resolve()
+        key = os.path.realpath(path)  # never raises, link loops included
         if key not in seen:
             seen.add(key)
             unique.append(path)
-    return unique
+    return unique, skipped
+
+
+def _warn_skipped(skipped: list[tuple[Path, str]], shown: int = 10) -> None:
+    if not skipped:
+        return
+    lines = [f"  {path}: {why}" for path, why in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append(f"  ... and {len(skipped) - shown} more")
+    log.warning("%d path(s) in the folders were skipped:\n%s", len(skipped), "\n".join(lines))
 
 
 LESION_COLUMNS = (
@@ -188,7 +231,8 @@ def row_for(path: Path, analysis) -> dict:
         "frames": analysis.frames,
         "model_version": analysis.model_version,
         "time_ms": analysis.timings_ms.get("total"),
-        "note": analysis.note,
+        # the analysis's note, and why the file's calibration was ignored if it was
+        "note": "; ".join(n for n in (analysis.note, analysis.spacing_note) if n),
         # e.g. "texture low; contrast high": statistics outside the training images' ranges
         "input_unusual": analysis.input_check.outside_text if analysis.input_check else "",
         "error": "",
@@ -255,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
     pattern = compile_pattern(args.lesion_pattern)
     by_lesion = args.lesions_csv is not None
     panes = PANES if args.dual_view else (None,)
-    files = collect(args.inputs)
+    files, skipped = collect(args.inputs)
+    _warn_skipped(skipped)
     if not files:
         raise BusdxError("no image files found in the inputs")
     missing = [str(p) for p in args.inputs if not p.exists()]
@@ -296,11 +341,15 @@ def run(args: argparse.Namespace) -> int:
                     if by_lesion:
                         views.setdefault(lesion_key(path, pattern), []).append(
                             (view, ViewScore.of(analysis)))
-                except (ImageError, BusdxError, OSError, ValueError) as err:
+                except Exception as err:  # one file never stops the batch
                     failed += 1
                     if by_lesion:
                         failed_views.setdefault(lesion_key(path, pattern), []).append(str(view))
-                    message = str(err) or type(err).__name__
+                    if isinstance(err, (ImageError, BusdxError, OSError, ValueError)):
+                        message = str(err) or type(err).__name__
+                    else:  # not the input's fault as far as we know: say so, keep the trace
+                        log.debug("unexpected failure on %s", view, exc_info=True)
+                        message = f"internal error ({type(err).__name__}): the analysis failed"
                     row = {key: "" for key in COLUMNS} | {"path": str(view), "error": message}
                     log.debug("failed: %s: %s", view, message)
                 writer.writerow(row)

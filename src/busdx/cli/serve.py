@@ -1,5 +1,5 @@
-"""``busdx serve [--host 127.0.0.1] [--port 8000] [--max-upload-mb 25]``: the web page, the REST
-API and its docs."""
+"""``busdx serve [--host 127.0.0.1] [--port 8000] [--max-upload-mb 25] [--allowed-host NAME]``:
+the web page, the REST API and its docs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from busdx.data.preprocess import MAX_UPLOAD_MB
+from busdx.data.preprocess import MAX_UPLOAD_MB, UPLOAD_SECONDS
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 
 def register(subparsers, groups) -> None:
@@ -28,7 +30,25 @@ def register(subparsers, groups) -> None:
                              "uncompressed DICOM cine loops often need more). Each analysis in "
                              "progress holds its file in memory, about twice over while a DICOM "
                              "is read")
+    parser.add_argument("--upload-timeout", type=_seconds, default=UPLOAD_SECONDS,
+                        metavar="S", help="seconds a client may take to send its file (default "
+                        f"{UPLOAD_SECONDS:g}); a slower one gets a 408")
+    parser.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                        help="a host name the server answers to (repeat for several; '*' for "
+                             "any). Default: the loopback names and --host. Requests naming "
+                             "another host get a 400, so that a web page elsewhere cannot "
+                             "reach this server through DNS rebinding; add the name users "
+                             "type, e.g. --allowed-host busdx.hospital.local")
     parser.set_defaults(func=run)
+
+
+def allowed_hosts(host: str, extra: list[str] | None) -> list[str]:
+    """The Host names to accept: the loopback names, the bound address (unless it is every
+    address), and those asked for."""
+    names = list(LOOPBACK_NAMES)
+    if host not in ("0.0.0.0", "::", ""):
+        names.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
+    return list(dict.fromkeys(names + list(extra or [])))
 
 
 def _megabytes(text: str) -> int:
@@ -41,6 +61,16 @@ def _megabytes(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"seconds from 0.1 to 3600, not {text!r}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -49,9 +79,13 @@ def run(args: argparse.Namespace) -> int:
 
     # Load before binding, so missing models are a clear error rather than a failed startup.
     models = Models.load(args.models)
-    app = create_app(models=models, limits=Limits(max_upload_bytes=args.max_upload_mb * 2**20))
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    hosts = allowed_hosts(args.host, args.allowed_host)
+    limits = Limits(max_upload_bytes=args.max_upload_mb * 2**20,
+                    upload_seconds=args.upload_timeout)
+    app = create_app(models=models, limits=limits, allowed_hosts=hosts)
+    if args.host not in LOOPBACK_NAMES:
         log.warning("serving on %s: anyone who can reach this address can use it", args.host)
+    log.info("answering requests for the host names %s", ", ".join(hosts))
     log.info("open http://%s:%d/ (API docs at /docs)", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=True)
     return 0

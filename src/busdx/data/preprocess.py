@@ -31,6 +31,8 @@ MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # The largest upload the server takes by default (busdx serve --max-upload-mb changes it).
 MAX_UPLOAD_MB = 25
+# seconds a client may take to send an upload to busdx serve (busdx.api.app.Limits)
+UPLOAD_SECONDS = 60.0
 
 
 class ImageError(BusdxError, ValueError):

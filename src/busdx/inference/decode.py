@@ -10,6 +10,8 @@ claims a huge image (a decompression bomb) costs nothing.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,21 @@ SIGNATURES = {
 }
 
 
+# Pages of a TIFF examined at most: counting them costs more than linear time in Pillow, and a
+# small file can hold tens of thousands. A cine loop exported as TIFF has a few hundred.
+MAX_FRAMES = 1000
+# The decoded pixels' size before conversion (width x height x channels x bytes per channel):
+# an RGBA image takes four times the memory of a grey one of the same pixel count, and every
+# copy the analysis makes scales with it. 100 MB lets a grey image reach the pixel limit and
+# an RGB screen capture 33 million pixels.
+MAX_DECODED_BYTES = 100 * 2**20
+# The largest file read from disk (busdx predict, evaluate): uncompressed cine loops can be
+# large, but a path that keeps giving bytes (a device, say) must not fill the memory.
+MAX_FILE_BYTES = 1024 * 2**20
+# bytes per channel of Pillow's modes (the rest hold 8-bit channels)
+_MODE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
+
+
 def _signature(data: bytes) -> str | None:
     return next((fmt for magic, fmt in SIGNATURES.items() if data.startswith(magic)), None)
 
@@ -56,6 +73,8 @@ class DecodedImage:
     frame: int = 1  # the one decoded, counted from 1
     # the pixels in colour (busdx.inference.quality.colour_mask); None: none, or a grey image
     colour: np.ndarray | None = None
+    # why a calibration the file declares was not used (an implausible pixel size), if so
+    spacing_note: str | None = None
 
     @property
     def height(self) -> int:
@@ -75,7 +94,7 @@ def decode_bytes(data: bytes, max_pixels: int = MAX_PIXELS, frame: int | None = 
     if is_dicom(data[:132]):
         dcm = read_dicom(data, max_pixels, frame)
         return DecodedImage(dcm.image, "DICOM", dcm.pixel_spacing_mm, dcm.regions,
-                            dcm.frames, dcm.frame, dcm.colour)
+                            dcm.frames, dcm.frame, dcm.colour, dcm.spacing_note)
     return _decode_raster(data, max_pixels, frame)
 
 
@@ -101,9 +120,14 @@ def _decode_raster(data: bytes, max_pixels: int, frame: int | None = None) -> De
             raise TooLarge(
                 f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels"
             )
+        decoded_bytes = width * height * len(img.getbands()) * _MODE_BYTES.get(img.mode, 1)
+        if decoded_bytes > MAX_DECODED_BYTES:
+            raise TooLarge(f"image of {width}x{height} pixels in mode {img.mode} would take "
+                           f"{decoded_bytes // 2**20} MB decoded, over the limit of "
+                           f"{MAX_DECODED_BYTES // 2**20} MB")
         fmt = str(img.format)
         # Only TIFF pages are frames: a JPEG's second picture (MPO) is a preview or a depth map.
-        frames = int(getattr(img, "n_frames", 1) or 1) if fmt == "TIFF" else 1
+        frames = _count_pages(img) if fmt == "TIFF" else 1
         index = frame_index(frame, frames)
         try:
             if index:
@@ -119,16 +143,51 @@ def _decode_raster(data: bytes, max_pixels: int, frame: int | None = None) -> De
                         colour=colour_mask(array))
 
 
-def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS, frame: int | None = None
-                ) -> DecodedImage:
+def _count_pages(img) -> int:
+    """A TIFF's pages, looking at MAX_FRAMES of them at most (TooLarge beyond). Page by page:
+    each seek reads one more page's header."""
+    try:
+        for page in range(1, MAX_FRAMES + 1):
+            try:
+                img.seek(page)
+            except EOFError:
+                return page
+    except (OSError, SyntaxError, ValueError) as err:
+        raise CorruptImage("the TIFF's list of pages is damaged") from err
+    finally:
+        img.seek(0)
+    raise TooLarge(f"the TIFF holds more than {MAX_FRAMES} pages; at most {MAX_FRAMES} are read")
+
+
+def read_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``: an InputError, never a hang or a
+    memory blow-up, for a folder, a FIFO, a device, a socket, a dangling or looping link, or a
+    file over the limit."""
     path = Path(path)
     try:
-        data = path.read_bytes()
-    except IsADirectoryError as err:
-        raise InputError("is a directory, not an image file") from err
+        info = os.stat(path)
+    except OSError as err:  # missing, a dangling or looping link, no permission on the way
+        raise InputError(f"cannot read the file: {err.strerror or err}") from err
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError("is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError("not a regular file (a FIFO, a device or a socket): not read")
+    if info.st_size > max_bytes:
+        raise TooLarge(f"the file is {info.st_size // 2**20} MB, over the limit of "
+                       f"{max_bytes // 2**20} MB")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)  # a file that grew since the stat is still bounded
     except OSError as err:
         raise InputError(f"cannot read the file: {err.strerror or err}") from err
-    return decode_bytes(data, max_pixels, frame)
+    if len(data) > max_bytes:
+        raise TooLarge(f"the file is over the limit of {max_bytes // 2**20} MB")
+    return data
+
+
+def decode_file(path: str | Path, max_pixels: int = MAX_PIXELS, frame: int | None = None
+                ) -> DecodedImage:
+    return decode_bytes(read_file(path), max_pixels, frame)
 
 
 def decode(source: bytes | str | Path | np.ndarray, max_pixels: int = MAX_PIXELS,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,9 @@ SPATIAL_2D = 1  # RegionSpatialFormat of a 2-D image (not M-mode, spectral or a 
 TISSUE = 1  # RegionDataType of B-mode tissue (not colour flow or Doppler)
 # a declared region smaller than this (pixels, either side) is not a scan a lesion could be in
 MIN_REGION = 32
+# A pixel size outside this range (mm) is not one an ultrasound image has (a breast scan's pixels
+# are 0.03-0.5 mm): the file's calibration is ignored and the lengths are given in pixels.
+SPACING_RANGE_MM = (0.001, 10.0)
 
 
 def is_dicom(head: bytes) -> bool:
@@ -59,24 +63,56 @@ class DicomImage:
     frame: int  # the one decoded, counted from 1
     regions: tuple[ScanRegion, ...] = ()  # the 2-D tissue regions, left to right
     colour: np.ndarray | None = None  # the pixels in colour (quality.colour_mask), if any
+    # why a calibration the file declares was not used (an implausible pixel size), if so
+    spacing_note: str | None = None
+
+
+class ImplausibleSpacing(ValueError):
+    """A declared pixel size that no ultrasound image has (zero, negative, huge, tiny, not a
+    number): the message says which, for the answer."""
+
+
+def plausible_spacing(row_mm: object, col_mm: object, source: str) -> tuple[float, float]:
+    """(row, column) mm per pixel, when both are finite numbers in SPACING_RANGE_MM; else
+    ImplausibleSpacing naming ``source`` (the attribute they came from)."""
+    try:
+        row, col = float(row_mm), float(col_mm)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ImplausibleSpacing(f"{source} is not a pair of numbers") from err
+    low, high = SPACING_RANGE_MM
+    for value in (row, col):
+        if not (math.isfinite(value) and low <= abs(value) <= high):
+            raise ImplausibleSpacing(f"{source} gives {value:g} mm per pixel, outside the "
+                                     f"{low:g}-{high:g} mm an ultrasound pixel can measure")
+    return abs(row), abs(col)
 
 
 def _region_spacing(region) -> tuple[float, float] | None:
-    """(row, column) mm per pixel of one region calibrated in cm, else None."""
+    """(row, column) mm per pixel of one region calibrated in cm; None when it declares none.
+    ImplausibleSpacing when it declares one no scan has."""
     units_x = region.get("PhysicalUnitsXDirection")
     units_y = region.get("PhysicalUnitsYDirection")
     dx, dy = region.get("PhysicalDeltaX"), region.get("PhysicalDeltaY")
     if units_x != CM_UNITS or units_y != CM_UNITS or dx is None or dy is None:
         return None
     try:
-        dx_mm, dy_mm = abs(float(dx)) * 10.0, abs(float(dy)) * 10.0
-    except (TypeError, ValueError):
+        dx_mm, dy_mm = float(dx) * 10.0, float(dy) * 10.0
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ImplausibleSpacing("PhysicalDeltaX/Y of an ultrasound region is not a number") \
+            from err
+    return plausible_spacing(dy_mm, dx_mm, "PhysicalDeltaX/Y of an ultrasound region")
+
+
+def _region_spacing_or_none(region) -> tuple[float, float] | None:
+    try:
+        return _region_spacing(region)
+    except ImplausibleSpacing:
         return None
-    return (dy_mm, dx_mm) if dx_mm > 0 and dy_mm > 0 else None
 
 
 def ultrasound_spacing(ds) -> tuple[float, float] | None:
-    """(row, column) mm per pixel from the first 2-D ultrasound region calibrated in cm."""
+    """(row, column) mm per pixel from the first 2-D ultrasound region calibrated in cm.
+    ImplausibleSpacing when the first calibrated region declares a size no scan has."""
     for region in ds.get("SequenceOfUltrasoundRegions") or ():
         spacing = _region_spacing(region)
         if spacing is not None:
@@ -103,7 +139,7 @@ def scan_regions(ds, rows: int, cols: int) -> tuple[ScanRegion, ...]:
             area = ScanArea(max(0, y0), min(rows, y1 + 1), max(0, x0), min(cols, x1 + 1))
             if area.height < MIN_REGION or area.width < MIN_REGION:
                 continue
-            found.append(ScanRegion(area, _region_spacing(region)))
+            found.append(ScanRegion(area, _region_spacing_or_none(region)))
     except (AttributeError, TypeError, ValueError):
         return ()
     kept = [r for i, r in enumerate(found)
@@ -117,16 +153,28 @@ def _inside(a: ScanArea, b: ScanArea) -> bool:
             and a.right <= b.right)
 
 
-def pixel_spacing(ds) -> tuple[float, float] | None:
-    spacing = ultrasound_spacing(ds)
-    if spacing is not None:
-        return spacing
-    value = ds.get("PixelSpacing")
-    if value is not None and len(value) == 2:
-        row, col = abs(float(value[0])), abs(float(value[1]))
-        if row > 0 and col > 0:
-            return row, col
-    return None
+def pixel_spacing(ds) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) mm per pixel: the ultrasound regions' calibration, else PixelSpacing; and,
+    when the file declares a size no ultrasound pixel has (or a PixelSpacing that is not two
+    numbers), None and a sentence saying so: the lengths are then given in pixels."""
+    try:
+        spacing = ultrasound_spacing(ds)
+        if spacing is not None:
+            return spacing, None
+        value = ds.get("PixelSpacing")
+        if value is None:
+            return None, None
+        # one number (DSfloat) where two belong: a single-valued PixelSpacing
+        values = [value] if isinstance(value, (int, float, str, bytes)) else list(value)
+        if len(values) != 2:
+            raise ImplausibleSpacing(f"PixelSpacing holds {len(values)} value"
+                                     f"{'s' if len(values) != 1 else ''}, not 2")
+        return plausible_spacing(values[0], values[1], "PixelSpacing"), None
+    except ImplausibleSpacing as err:
+        return None, f"the file's calibration was ignored: {err}; lengths are in pixels"
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None, "the file's calibration was ignored: it could not be read; lengths are " \
+                     "in pixels"
 
 
 def _scale(frame: np.ndarray, ds) -> np.ndarray:
@@ -173,6 +221,13 @@ def read_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> DicomI
         raise CorruptImage("the DICOM file lacks its image size (Rows, Columns)") from err
     if rows * cols > max_pixels:
         raise TooLarge(f"image of {cols}x{rows} pixels is over the limit of {max_pixels} pixels")
+    from busdx.inference.decode import MAX_DECODED_BYTES
+
+    allocated = max(1, int(ds.get("BitsAllocated", 8) or 8) // 8)
+    if rows * cols * samples * allocated > MAX_DECODED_BYTES:  # one frame, decoded
+        raise TooLarge(f"a frame of {cols}x{rows} pixels with {samples} channel(s) of "
+                       f"{8 * allocated} bits would take {rows * cols * samples * allocated // 2**20}"
+                       f" MB decoded, over the limit of {MAX_DECODED_BYTES // 2**20} MB")
     index = frame_index(frame, frames)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric not in GRAY + COLOUR:
@@ -205,5 +260,6 @@ def read_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> DicomI
         image, colour = to_gray_float(gray.astype(np.float32)), None
     else:
         image, colour = to_gray_float(pixels), colour_mask(pixels)
-    return DicomImage(image, pixel_spacing(ds), photometric, frames, index + 1,
-                      scan_regions(ds, *image.shape), colour)
+    spacing, spacing_note = pixel_spacing(ds)
+    return DicomImage(image, spacing, photometric, frames, index + 1,
+                      scan_regions(ds, *image.shape), colour, spacing_note)

@@ -7,9 +7,14 @@ from busdx.data.preprocess import ImageError
 
 
 class InputError(ImageError):
-    """An upload or file that cannot be analysed. ``status`` is the HTTP answer."""
+    """An upload or file that cannot be analysed. ``status`` is the HTTP answer; ``extra``,
+    fields the answer carries beside its ``detail`` (a cine loop's frame count, say)."""
 
     status = 422
+
+    def __init__(self, *args, extra: dict | None = None) -> None:
+        super().__init__(*args)
+        self.extra = extra or {}
 
 
 class EmptyInput(InputError):
@@ -30,6 +35,13 @@ class UnsupportedFormat(InputError):
 
 class CorruptImage(InputError):
     """A known format whose data is damaged or truncated."""
+
+    status = 422
+
+
+class BlankImage(InputError):
+    """An image (or the scan area or pane of one) with nothing to analyse: one grey level
+    nearly everywhere, or a strip too thin to hold a lesion."""
 
     status = 422
 

@@ -144,6 +144,8 @@ def _session(path: Path, threads: int, batch: int | None = None):
 def _open(path: Path, options):
     import onnxruntime as ort
 
+    if os.environ.get("ORT_DISABLE_TELEMETRY") == "1":  # see busdx/__init__.py
+        ort.disable_telemetry_events()
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types

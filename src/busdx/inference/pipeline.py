@@ -32,10 +32,17 @@ from busdx.data.crop import CropBox, lesion_crop
 from busdx.data.preprocess import MAX_PIXELS, Letterbox, _resize, prepare
 from busdx.inference.components import fill_holes, largest_component
 from busdx.inference.decode import DecodedImage, decode
+from busdx.inference.errors import BlankImage
 from busdx.inference.measure import Measurements, measure
 from busdx.inference.models import ClassifierSettings, Models
 from busdx.inference.overlay import Overlays, render
-from busdx.inference.quality import COLOUR_SHARE, InputCheck, check_image, fill_thin_colour
+from busdx.inference.quality import (
+    COLOUR_SHARE,
+    InputCheck,
+    check_image,
+    fill_thin_colour,
+    is_blank,
+)
 from busdx.inference.risk import RiskBand, risk_band
 from busdx.inference.scan_area import (
     PANES,
@@ -49,6 +56,9 @@ from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
 # how the part analysed was found (Analysis.scan_area_from)
 FROM_REGIONS = "ultrasound regions"  # the DICOM file's SequenceOfUltrasoundRegions
 FROM_FRAME = "black frame"  # busdx.inference.scan_area's rule
+
+# A scan area or pane thinner than this (pixels) holds no lesion the networks could outline.
+MIN_SCAN_SIDE = 16
 
 NO_LESION_NOTE = (
     "No lesion found by the segmenter: the probability is from the whole image and is less "
@@ -99,6 +109,8 @@ class Analysis:
     # of a file of many frames (a cine loop): the frame analysed, counted from 1, and how many
     frame: int = 1
     frames: int = 1
+    # why the file's declared pixel size was not used (not a size an ultrasound pixel has)
+    spacing_note: str | None = None
 
     @property
     def unusual(self) -> bool:
@@ -129,6 +141,7 @@ class Analysis:
                 "regions": self.regions,
                 "frame": self.frame,
                 "frames": self.frames,
+                "pixel_spacing_note": self.spacing_note,
             },
             "timings_ms": self.timings_ms,
             "model_version": self.model_version,
@@ -269,6 +282,7 @@ def analyze(
         elif located is None:
             located = FROM_REGIONS if regions else FROM_FRAME
     scan = area.crop(image) if area else image
+    _check_content(scan, area is not None or pane is not None, decoded)
     colour = decoded.colour
     if colour is not None and area is not None:
         colour = area.crop(colour)
@@ -334,7 +348,30 @@ def analyze(
         regions=declared,
         frame=decoded.frame,
         frames=decoded.frames,
+        spacing_note=decoded.spacing_note,
     )
+
+
+def _check_content(scan: np.ndarray, part: bool, decoded: DecodedImage) -> None:
+    """BlankImage for a scan that cannot be analysed: a strip a few pixels wide, or one grey
+    level nearly everywhere (an all-black, all-white or all-grey picture). A call on it would
+    be the networks' guess about nothing. ``part``: the scan is a part of the image (a scan
+    area or a pane), which the message says; a frame of a cine loop says which, and the answer
+    carries the loop's frame count so that another frame can be chosen."""
+    what = "the scan area or pane found" if part else "the image"
+    loop = {}
+    if decoded.frames > 1:
+        what = f"frame {decoded.frame} of {decoded.frames}" + (" (its scan area or pane)"
+                                                              if part else "")
+        loop = {"frame": decoded.frame, "frames": decoded.frames}
+    another = "; choose another frame" if loop else ""
+    h, w = scan.shape
+    if min(h, w) < MIN_SCAN_SIDE:
+        raise BlankImage(f"{what} is {w}x{h} pixels: too small to hold a lesion (at least "
+                         f"{MIN_SCAN_SIDE} pixels each way){another}", extra=loop)
+    if is_blank(scan):
+        raise BlankImage(f"{what} is blank (one grey level nearly everywhere): there is no "
+                         f"scan to analyse{another}", extra=loop)
 
 
 def _pane(decoded: DecodedImage, regions: tuple, pane: str

@@ -117,6 +117,20 @@ def image_statistics(image: np.ndarray, texture_long_side: int | None = None
             "texture": _texture(shrink_to(x, texture_long_side))}
 
 
+# An image is blank when fewer than BLANK_SHARE of its pixels differ from its median grey level
+# by more than BLANK_LEVEL: an all-black, all-white or all-grey picture, or one whose only
+# content is a few characters of text. Every BUS-BRA and BrEaST-Lesions-USG scan has far more
+# (the full-data tier checks it), and a network's call on such an image means nothing.
+BLANK_LEVEL = 4 / 255
+BLANK_SHARE = 0.01
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """Whether ``image`` (float grey levels in [0, 1]) is blank (see BLANK_SHARE)."""
+    x = np.asarray(image, dtype=np.float32)[::2, ::2]  # every fourth pixel decides as well
+    return float(np.mean(np.abs(x - np.median(x)) > BLANK_LEVEL)) < BLANK_SHARE
+
+
 def fit_long_side(shapes: Iterable[tuple[int, int]]) -> int:
     """The median long side of the training images, the scale the texture is compared at."""
     sides = [max(int(h), int(w)) for h, w in shapes]

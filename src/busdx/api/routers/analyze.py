@@ -12,7 +12,8 @@ from functools import partial
 from typing import Any, Literal
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 
 from busdx.api.schemas import AnalyzeResponse
 from busdx.data.preprocess import ImageError
@@ -27,10 +28,16 @@ router = APIRouter(prefix="/api", tags=["analysis"])
 UPLOAD_FIELD = "file"
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Empty file or malformed request"},
-    413: {"description": "File over the byte limit, or image over the pixel limit"},
+    408: {"description": "The upload took longer than the server allows"},
+    413: {"description": "File over the byte limit, image over the pixel or decoded-size limit, "
+                         "or a TIFF of too many pages"},
     415: {"description": "Not a supported image (PNG, JPEG, BMP, TIFF, DICOM)"},
-    422: {"description": "Damaged or truncated image, no file field, or no such frame"},
+    422: {"description": "Damaged or truncated image, no file field, no such frame, or nothing "
+                         "to analyse (a blank image, a scan area or pane a few pixels wide)"},
+    503: {"description": "Too many uploads arriving at once: try again (Retry-After)"},
 }
+# Answered, for the log's sake, to a client that left before its analysis started.
+CLIENT_GONE = 499
 OPENAPI_BODY = {
     "requestBody": {
         "required": True,
@@ -101,19 +108,43 @@ async def analyze(
         chosen = parse_frame(frame)
     except ValueError as err:
         raise InputError(str(err)) from err
-    data = await read_upload_from(request, state.limits.max_upload_bytes)
-    # Inference runs in worker threads (at most ``concurrency`` at once, which bounds memory)
-    # so /api/health keeps answering during an analysis.
-    result = await anyio.to_thread.run_sync(
-        partial(_decode_and_analyze, data, state.models, state.limits.max_pixels, pane, chosen),
-        limiter=state.limiter,
-    )
+    data = await _receive(request)
+    # At most ``concurrency`` analyses at once, which bounds memory; each in a worker thread, so
+    # /api/health keeps answering during an analysis.
+    async with state.limiter:
+        if await request.is_disconnected():  # waited for a slot and left: no one to answer
+            log.info("a client left before its analysis started: not analysed")
+            return JSONResponse({"detail": "client disconnected"}, status_code=CLIENT_GONE)
+        result = await anyio.to_thread.run_sync(
+            partial(_decode_and_analyze, data, state.models, state.limits.max_pixels, pane,
+                    chosen))
     del data
     log.info(
         "analysed a %dx%d %s image in %.0f ms",
         result.width, result.height, result.format, result.timings_ms.get("total", 0.0),
     )
     return result.to_json(images=True)
+
+
+async def _receive(request: Request) -> bytes:
+    """The upload, within the app's limits on uploads received at once and on the time to send
+    one (busdx.api.app.Limits)."""
+    state = request.app.state
+    limits = state.limits
+    with anyio.move_on_after(limits.upload_seconds) as waiting:
+        await state.upload_slots.acquire()  # nothing is read before: a waiting upload costs none
+    if waiting.cancelled_caught:
+        raise HTTPException(503, f"{limits.max_uploads} uploads have been arriving for "
+                                 f"{limits.upload_seconds:g} s: try again in a few seconds",
+                            headers={"Retry-After": "5"})
+    try:
+        with anyio.fail_after(limits.upload_seconds):
+            return await read_upload_from(request, limits.max_upload_bytes)
+    except TimeoutError as err:
+        raise HTTPException(408, f"the upload took longer than {limits.upload_seconds:g} s") \
+            from err
+    finally:
+        state.upload_slots.release()
 
 
 async def read_upload_from(request: Request, limit: int) -> bytes:

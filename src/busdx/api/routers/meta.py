@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -30,5 +31,24 @@ def model(request: Request) -> dict[str, Any]:
         "classifier_input": models.settings.input,
         "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels},
         "disclaimer": DISCLAIMER,
-        "card": models.card,
+        "card": served_card(models.card),
     }
+
+
+# How the models were made on a build machine: commands, checkpoints and run folders. They say
+# nothing a user of the served models needs and can name the machine's paths.
+BUILD_KEYS = frozenset({"command", "commands", "checkpoint", "checkpoints", "run", "runs",
+                        "new_runs", "recovered_from", "candidates", "kept", "left_out", "graph"})
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])(/[\w.-]+){2,}|[A-Za-z]:\\[^\s]*")
+
+
+def served_card(card: Any) -> Any:
+    """The model card as /api/model serves it: without the BUILD_KEYS records, and with any
+    absolute path left in its text replaced by <path>."""
+    if isinstance(card, dict):
+        return {k: served_card(v) for k, v in card.items() if k not in BUILD_KEYS}
+    if isinstance(card, list):
+        return [served_card(v) for v in card]
+    if isinstance(card, str):
+        return ABSOLUTE_PATH.sub("<path>", card)
+    return card

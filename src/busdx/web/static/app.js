@@ -166,11 +166,7 @@ function renderResult(r) {
   const scanNote = scanAreaNote(r.image || {});
   els.scanNote.textContent = scanNote;
   els.scanNote.hidden = !scanNote;
-  const frames = (r.image && r.image.frames) || 1;
-  els.framePicker.hidden = !(shownFile && frames > 1);
-  els.frameNumber.max = String(frames);
-  els.frameNumber.value = String(r.image ? r.image.frame : 1);
-  els.frameCount.textContent = String(frames);
+  showFramePicker(shownFile ? (r.image && r.image.frames) || 1 : 1, r.image ? r.image.frame : 1);
   renderMeasurements(r);
   renderTimings(r.timings_ms);
   els.operatingNote.textContent = operatingNote;
@@ -202,13 +198,27 @@ function applyToggles() {
   els.legend.hidden = !els.showHeatmap.checked;
 }
 
-async function errorText(response) {
+// The frame box of a file of several frames (a cine loop): shown with its result, or with the
+// error when the frame read was blank, so that another frame can be chosen.
+function showFramePicker(frames, frame) {
+  els.framePicker.hidden = !(frames > 1);
+  els.frameNumber.max = String(frames);
+  els.frameNumber.value = String(frame);
+  els.frameCount.textContent = String(frames);
+}
+
+// An error answer's text, and the frame count it carries for a blank frame of a loop.
+async function errorOf(response) {
+  const error = new Error(`the server answered ${response.status} ${response.statusText}`);
   try {
     const body = await response.json();
-    if (typeof body.detail === "string") return body.detail;
-    if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
+    if (typeof body.detail === "string") error.message = body.detail;
+    if (Array.isArray(body.detail)) error.message = body.detail.map((d) => d.msg).join("; ");
+    error.frames = body.frames || 1;
+    error.frame = body.frame || 1;
   } catch (_) { /* not JSON */ }
-  return `the server answered ${response.status} ${response.statusText}`;
+  error.message = `The image could not be analysed: ${error.message}`;
+  return error;
 }
 
 function checkFile(file) {
@@ -258,7 +268,7 @@ async function analyzeOne(file, pane = null, frame = null) {
   } catch (_) {
     throw new Error("The server could not be reached. Is busdx serve still running?");
   }
-  if (!response.ok) throw new Error(`The image could not be analysed: ${await errorText(response)}`);
+  if (!response.ok) throw await errorOf(response);
   return response.json();
 }
 
@@ -293,7 +303,18 @@ async function analyze(file, frame = null) {
   if (problem) { showError(problem); return; }
   await whileBusy(async () => {
     setStatus(frame === null ? "Analysing the image…" : `Analysing frame ${frame}…`, true);
-    const result = await analyzeOne(file, null, frame);
+    let result;
+    try {
+      result = await analyzeOne(file, null, frame);
+    } catch (err) {
+      if (err.frames > 1) {  // a blank frame of a loop: no result, but the loop's other frames
+        shownFile = file;
+        els.result.hidden = true;
+        els.empty.hidden = false;
+        showFramePicker(err.frames, err.frame);
+      }
+      throw err;
+    }
     shownFile = file;
     els.lesion.hidden = true;
     renderResult(result);
@@ -337,7 +358,8 @@ async function analyzeLesion(files, dual) {
         unusual: Boolean(r.input_check && Object.keys(r.input_check.outside).length) })) }),
     });
     const lesion = response.ok ? await response.json() : null;
-    renderLesion(lesion, views, lesion ? "" : await errorText(response));
+    renderLesion(lesion, views, lesion ? "" : (await errorOf(response)).message
+      .replace("The image could not be analysed: ", ""));
     setStatus(lesion
       ? `Done: lesion read from ${views.length} views: ${lesion.label} call, probability ` +
         `${pct(lesion.probability)}, risk band ${lesion.risk_band.name}.`
@@ -403,7 +425,9 @@ function renderLesion(lesion, views, problem) {
 
 els.pick.addEventListener("click", () => els.file.click());
 els.file.addEventListener("change", () => analyzeFiles(els.file.files));
-els.another.addEventListener("click", () => { showError(""); setStatus(""); showDropzone(); });
+els.another.addEventListener("click", () => {
+  showError(""); setStatus(""); showFramePicker(1, 1); showDropzone();
+});
 els.showOutline.addEventListener("change", applyToggles);
 els.base.addEventListener("load", fitImage);
 window.addEventListener("resize", fitImage);
@@ -438,7 +462,7 @@ document.addEventListener("keydown", (e) => {
   if (els.figure.hidden) return;
   if (key === "o") { els.showOutline.checked = !els.showOutline.checked; applyToggles(); }
   else if (key === "h") { els.showHeatmap.checked = !els.showHeatmap.checked; applyToggles(); }
-  else if (key === "n") { showError(""); setStatus(""); showDropzone(); }
+  else if (key === "n") { showError(""); setStatus(""); showFramePicker(1, 1); showDropzone(); }
 });
 
 // Set once from /api/model: models recalibrated on a site's images say so beside the version,

@@ -51,24 +51,24 @@ def allowed_hosts(host: str, extra: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names + list(extra or [])))
 
 
-def _megabytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 4096:
-        raise argparse.ArgumentTypeError(f"a whole number of MB from 1 to 4096, not {text!r}")
-    return value
+def _bounded(kind: type, low: float, high: float, what: str):
+    """An argparse type: a ``kind`` number from ``low`` to ``high``, else a message naming
+    ``what`` it counts."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} from {low:g} to {high:g}, not {text!r}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0.1 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"seconds from 0.1 to 3600, not {text!r}")
-    return value
+_megabytes = _bounded(int, 1, 4096, "a whole number of MB")
+_seconds = _bounded(float, 0.1, 3600, "seconds")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
                     upload_seconds=args.upload_timeout)
     app = create_app(models=models, limits=limits, allowed_hosts=hosts)
     if args.host not in LOOPBACK_NAMES:
-        log.warning("serving on %s: anyone who can reach this address can use it", args.host)
+        log.warning("serving on %s: anyone who can reach this address can use it; requests "
+                    "must name one of the allowed hosts (add the name users type with "
+                    "--allowed-host)", args.host)
     log.info("answering requests for the host names %s", ", ".join(hosts))
     log.info("open http://%s:%d/ (API docs at /docs)", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=True)

@@ -72,6 +72,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.models = models if models is not None else Models.load(models_dir)
+        # what /api/model serves of the card, cleaned once rather than on every request
+        app.state.served_card = served_card(app.state.models.card)
         # Created inside the running loop; bounds concurrent analyses (and so memory).
         app.state.limiter = anyio.CapacityLimiter(concurrency)
         # places for uploads being received (Limits.max_uploads)
@@ -79,6 +81,7 @@ def create_app(
         yield
 
     from busdx.api.routers import analyze, lesion, meta
+    from busdx.api.routers.meta import served_card
 
     swagger_dir = _swagger_ui_dir()
     app = FastAPI(

@@ -31,6 +31,11 @@ MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # The largest upload the server takes by default (busdx serve --max-upload-mb changes it).
 MAX_UPLOAD_MB = 25
+# The decoded pixels' size before conversion (width x height x channels x bytes per channel):
+# an RGBA image takes four times the memory of a grey one of the same pixel count, and every
+# copy the analysis makes scales with it. 100 MB lets a grey image reach the pixel limit and
+# an RGB screen capture 33 million pixels.
+MAX_DECODED_BYTES = 100 * 2**20
 # seconds a client may take to send an upload to busdx serve (busdx.api.app.Limits)
 UPLOAD_SECONDS = 60.0
 

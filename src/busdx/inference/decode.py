@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from busdx.data.preprocess import MAX_PIXELS, pil_to_array, to_gray_float
+from busdx.data.preprocess import MAX_DECODED_BYTES, MAX_PIXELS, pil_to_array, to_gray_float
 from busdx.inference.dicom import ScanRegion, frame_index, is_dicom, read_dicom
 from busdx.inference.errors import (
     CorruptImage,
@@ -46,11 +46,6 @@ SIGNATURES = {
 # Pages of a TIFF examined at most: counting them costs more than linear time in Pillow, and a
 # small file can hold tens of thousands. A cine loop exported as TIFF has a few hundred.
 MAX_FRAMES = 1000
-# The decoded pixels' size before conversion (width x height x channels x bytes per channel):
-# an RGBA image takes four times the memory of a grey one of the same pixel count, and every
-# copy the analysis makes scales with it. 100 MB lets a grey image reach the pixel limit and
-# an RGB screen capture 33 million pixels.
-MAX_DECODED_BYTES = 100 * 2**20
 # The largest file read from disk (busdx predict, evaluate): uncompressed cine loops can be
 # large, but a path that keeps giving bytes (a device, say) must not fill the memory.
 MAX_FILE_BYTES = 1024 * 2**20

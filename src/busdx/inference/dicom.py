@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from busdx.data.preprocess import to_gray_float
+from busdx.data.preprocess import MAX_DECODED_BYTES, to_gray_float
 from busdx.inference.errors import CorruptImage, NoSuchFrame, TooLarge, UnsupportedFormat
 from busdx.inference.quality import colour_mask
 from busdx.inference.scan_area import ScanArea
@@ -221,8 +221,6 @@ def read_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> DicomI
         raise CorruptImage("the DICOM file lacks its image size (Rows, Columns)") from err
     if rows * cols > max_pixels:
         raise TooLarge(f"image of {cols}x{rows} pixels is over the limit of {max_pixels} pixels")
-    from busdx.inference.decode import MAX_DECODED_BYTES
-
     allocated = max(1, int(ds.get("BitsAllocated", 8) or 8) // 8)
     if rows * cols * samples * allocated > MAX_DECODED_BYTES:  # one frame, decoded
         raise TooLarge(f"a frame of {cols}x{rows} pixels with {samples} channel(s) of "

@@ -31,7 +31,7 @@ def model(request: Request) -> dict[str, Any]:
         "classifier_input": models.settings.input,
         "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels},
         "disclaimer": DISCLAIMER,
-        "card": served_card(models.card),
+        "card": request.app.state.served_card,
     }
 
 

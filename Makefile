@@ -12,7 +12,7 @@ PYTEST := $(BIN)/python -m pytest -q -ra --durations=20
 
 .PHONY: install install-train run test reproduce lint chromium check preview report benchmark clean
 
-# The serving set only: numpy, pillow, onnxruntime, fastapi... no torch.
+# The serving set only: numpy, pillow, opencv, onnxruntime, fastapi... no torch.
 install: $(VENV)/.serve
 $(VENV)/.serve: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

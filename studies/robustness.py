@@ -110,9 +110,9 @@ def _to_shape(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """An outline on an up-sampled image, back on the ground truth's grid for Dice."""
     if mask.shape == shape:
         return mask
-    from busdx.data.preprocess import _resize
+    from busdx.data.preprocess import resize
 
-    return _resize(np.asarray(mask, dtype=np.uint8), shape[0], shape[1], nearest=True) > 0
+    return resize(np.asarray(mask, dtype=np.uint8), shape[0], shape[1], nearest=True) > 0
 
 
 def jpeg(image: np.ndarray, quality: float, rng) -> bytes:

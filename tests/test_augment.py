@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from busdx.data.augment import AugmentConfig, Augmenter, downscale, gaussian_blur
+from busdx.data.augment import AugmentConfig, Augmenter
 from busdx.data.preprocess import load_gray, load_mask, prepare_pair
 
 
@@ -55,21 +55,56 @@ def test_output_stays_in_unit_range(fixtures_root):
         assert xa.dtype == np.float32 and xa.min() >= 0 and xa.max() <= 1
 
 
+NOTHING = {"p_rotate": 0, "p_affine": 0, "p_elastic": 0, "p_hflip": 0, "p_intensity": 0,
+           "p_gamma": 0, "p_speckle": 0, "p_blur": 0, "p_downscale": 0}
+
+
+def _only(**kwargs) -> Augmenter:
+    return Augmenter(AugmentConfig(**{**NOTHING, **kwargs}))
+
+
+def test_nothing_drawn_leaves_the_pair_as_it_was(fixtures_root):
+    x, m = _pair(fixtures_root)
+    xa, ma = _only()(x, m, np.random.default_rng(0))
+    assert np.array_equal(xa, x) and np.array_equal(ma, m)
+
+
 def test_blur_preserves_mean():
     img = np.random.default_rng(0).random((40, 40)).astype(np.float32)
-    out = gaussian_blur(img, 1.0)
+    out, _ = _only(p_blur=1, blur_sigma=(1.0, 1.0))(img, None, np.random.default_rng(0))
     assert abs(out.mean() - img.mean()) < 0.01 and out.std() < img.std()
 
 
 def test_downscale_loses_detail_but_keeps_shape_and_mean():
     img = np.random.default_rng(0).random((60, 80)).astype(np.float32)
-    out = downscale(img, 0.4)
+    down = _only(p_downscale=1, downscale=(0.4, 0.4))
+    out, _ = down(img, None, np.random.default_rng(0))
     assert out.shape == img.shape and out.dtype == np.float32
     assert abs(out.mean() - img.mean()) < 0.02
     # white noise has all its energy at fine scales: a lower resolution removes most of it
     assert out.std() < 0.5 * img.std()
     smooth = np.tile(np.linspace(0, 1, 80, dtype=np.float32), (60, 1))
-    assert np.abs(downscale(smooth, 0.4) - smooth)[5:-5, 5:-5].max() < 0.02
+    assert np.abs(down(smooth, None, np.random.default_rng(0))[0] - smooth)[5:-5, 5:-5].max() < 0.02
+
+
+def test_speckle_is_multiplicative():
+    img = np.full((50, 50), 0.4, np.float32)
+    img[:, :25] = 0.0
+    out, _ = _only(p_speckle=1, speckle_sigma=(0.2, 0.2))(img, None, np.random.default_rng(0))
+    assert (out[:, :25] == 0).all()  # black stays black
+    assert 0.05 < out[:, 25:].std() / 0.4 < 0.3
+
+
+def test_batches_do_not_depend_on_torch_seed(fixtures_root):
+    import torch
+
+    x, m = _pair(fixtures_root)
+    aug = Augmenter(AugmentConfig.preset("strong"))
+    torch.manual_seed(0)
+    a = aug(x, m, np.random.default_rng(3))
+    torch.manual_seed(1)
+    b = aug(x, m, np.random.default_rng(3))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
 def test_presets():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +132,60 @@ def test_fill_holes_fills_inside_only():
     open_mask[5:15, 5:15] = 1
     open_mask[8:12, 8:20] = 0  # channel to the right border
     assert fill_holes(open_mask).sum() == open_mask.sum()
+
+
+# --- the OpenCV implementation against the numpy one it replaced ------------------------------
+
+NUMPY_RECORDS = Path(__file__).parent / "fixtures" / "numpy-measurements"
+
+
+def _bundled_models():
+    from busdx.inference.models import Models
+    from stand_in_models import REAL_MODELS_MISSING, real_models_dir
+    from tiers import threads, unavailable
+
+    directory = real_models_dir()
+    if directory is None:
+        unavailable(REAL_MODELS_MISSING)
+    return Models.load(directory, threads=threads())
+
+
+def _matches_numpy_record(paths: list[Path], record_file: str) -> None:
+    """Analysed as served, each image gives the logit (1e-6) and mask (exactly) it gave before
+    OpenCV, and its measurements in pixels and millimetres agree to 1e-9 (relative): the
+    definitions did not change, only the code that computes them."""
+    from busdx.inference import analyze
+
+    record = json.loads((NUMPY_RECORDS / record_file).read_text())
+    models = _bundled_models()
+    assert len(paths) == len(record["images"])
+    for path in paths:
+        old = record["images"][path.name]
+        result = analyze(path.read_bytes(), models, render_overlays=False)
+        assert result.logit == pytest.approx(old["logit"], abs=1e-6), path.name
+        assert int(result.mask.sum()) == old["mask_px"], path.name
+        assert result.lesion_found == ("px" in old), path.name
+        if not result.lesion_found:
+            continue
+        for unit, fresh in (("px", result.measurements),
+                            ("mm", measure(result.mask, tuple(record["spacing_mm"])))):
+            for field, value in zip(record["fields"], old[unit], strict=True):
+                new = getattr(fresh, field)
+                if isinstance(value, str):
+                    assert new == value, (path.name, unit, field)
+                else:
+                    assert new == pytest.approx(value, rel=1e-9, abs=1e-9), (path.name, unit, field)
+
+
+def test_opencv_measures_the_fixtures_as_the_numpy_code_did(fixtures_root):
+    images = sorted((fixtures_root / "Images").glob("*.png"))
+    images += sorted((fixtures_root.parent / "busbra-validation" / "Images").glob("*.png"))
+    _matches_numpy_record(images, "fixture_images.json")
+
+
+def test_opencv_measures_busbra_fold5_as_the_numpy_code_did(busbra_root):
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+
+    records = make_split(load_index(busbra_root), SplitConfig(test_fold=5)).test
+    _matches_numpy_record([Path(r.image_path) for r in records], "busbra_fold5.json")

@@ -257,20 +257,15 @@ class _Namer:
 
 
 def _write_outputs(stem: str, analysis, masks_dir: Path | None, overlays_dir: Path | None):
-    from PIL import Image
-
     from busdx.inference import overlay as ov
 
     if masks_dir is not None:
-        Image.fromarray(ov.mask_png_array(analysis.mask)).save(masks_dir / f"{stem}.png")
+        (masks_dir / f"{stem}.png").write_bytes(ov.png_bytes(ov.mask_png_array(analysis.mask)))
     if overlays_dir is not None:
-        base = ov.gray_rgb(analysis.image)
-        Image.fromarray(ov.composite(base, ov.outline_layer(analysis.mask))).save(
-            overlays_dir / f"{stem}_overlay.png"
-        )
-        Image.fromarray(ov.composite(base, ov.heatmap_layer(analysis.heatmap))).save(
-            overlays_dir / f"{stem}_heatmap.png"
-        )
+        pictures = ov.draw(analysis.image, analysis.mask, analysis.heatmap)
+        (overlays_dir / f"{stem}_overlay.png").write_bytes(ov.png_bytes(pictures["overlay"]))
+        (overlays_dir / f"{stem}_heatmap.png").write_bytes(
+            ov.png_bytes(pictures["heatmap_overlay"]))
 
 
 def _make_dir(path: Path | None) -> None:

@@ -3,16 +3,25 @@
 The original recipe's rotations, flips and brightness/contrast, plus changes that ultrasound
 images really show between machines and operators: multiplicative speckle-like noise, gamma
 (the scanner's gain curve), blur (focus and resolution), down-sampling (a lower-resolution
-scanner or export), scale and elastic deformation (probe pressure). All geometric changes are
-composed into one sampling grid and applied in a single resample, so the mask never drifts from
-the image. Only numpy is used.
+scanner or export), scale and elastic deformation (probe pressure).
+
+The transforms are torchvision's (``transforms.v2``): image and mask go through each geometric
+transform together as ``tv_tensors``, so the mask is resampled by nearest neighbour on the same
+geometry and never drifts from the image. Every random draw comes from the numpy generator the
+caller passes, seeded per image, so an augmented batch depends neither on torch's global seed
+nor on how many workers prepare it. torch is imported when an image is first augmented, so
+that the command line can offer the presets without it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -57,107 +66,80 @@ class AugmentConfig:
 AUGMENT_PRESETS = ("default", "strong")
 
 
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    radius = max(1, int(round(3 * sigma)))
-    x = np.arange(-radius, radius + 1, dtype=np.float32)
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur with reflected borders."""
-    k = gaussian_kernel(sigma)
-    r = len(k) // 2
-    padded = np.pad(image, r, mode="reflect")
-    rows = sum(k[i] * padded[:, i : i + image.shape[1]] for i in range(len(k)))
-    return sum(k[i] * rows[i : i + image.shape[0], :] for i in range(len(k))).astype(np.float32)
-
-
-def remap(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, nearest: bool) -> np.ndarray:
-    """Sample ``image`` at float coordinates; outside the image is 0 (background)."""
-    h, w = image.shape
-    if nearest:
-        yi, xi = np.rint(ys).astype(int), np.rint(xs).astype(int)
-        inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-        out = np.zeros(ys.shape, dtype=image.dtype)
-        out[inside] = image[yi[inside], xi[inside]]
-        return out
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    fy, fx = (ys - y0).astype(np.float32), (xs - x0).astype(np.float32)
-    padded = np.pad(image, 1)
-    out = np.zeros(ys.shape, dtype=np.float32)
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            yy = np.clip(y0 + dy + 1, 0, h + 1)
-            xx = np.clip(x0 + dx + 1, 0, w + 1)
-            out += wy * wx * padded[yy, xx]
-    return out
-
-
 class Augmenter:
-    """``Augmenter(config)(image, mask, rng)`` -> (image, mask), both the input's shape."""
+    """``Augmenter(config)(image, mask, rng)`` -> (image, mask), both the input's shape: a float32
+    image in [0, 1] and a uint8 mask (or None)."""
 
     def __init__(self, config: AugmentConfig | None = None):
         self.config = config or AugmentConfig()
 
-    def _grid(self, h: int, w: int, rng: np.random.Generator):
+    def _geometry(self, pair: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
+        import torch
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        bilinear = InterpolationMode.BILINEAR
         c = self.config
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        cy, cx = (h - 1) / 2, (w - 1) / 2
-        # Inverse mapping: for each output pixel, where to sample in the input.
-        u, v = xs - cx, ys - cy
-        if rng.random() < c.p_hflip:
-            u = -u
-        if rng.random() < c.p_vflip:
-            v = -v
-        angle = np.deg2rad(rng.uniform(-c.rotate_deg, c.rotate_deg)) if rng.random() < c.p_rotate else 0.0
-        scale, ty, tx = 1.0, 0.0, 0.0
+        h, w = pair[0].shape[-2:]
+        # the draws keep their order whatever is applied, so presets that differ only in
+        # intensity share their geometry seed by seed
+        hflip, vflip = rng.random() < c.p_hflip, rng.random() < c.p_vflip
+        angle = float(rng.uniform(-c.rotate_deg, c.rotate_deg)) if rng.random() < c.p_rotate else 0.0
+        scale, shift = 1.0, [0.0, 0.0]
         if rng.random() < c.p_affine:
-            scale = rng.uniform(*c.scale)
+            scale = float(rng.uniform(*c.scale))
             ty, tx = rng.uniform(-c.translate, c.translate, size=2) * (h, w)
-        cos, sin = np.cos(angle), np.sin(angle)
-        src_x = (cos * u + sin * v) / scale + cx - tx
-        src_y = (-sin * u + cos * v) / scale + cy - ty
+            shift = [float(tx), float(ty)]
+        elastic = None
         if rng.random() < c.p_elastic:
             g = c.elastic_grid
-            coarse = rng.normal(0.0, c.elastic_alpha, size=(2, g, g)).astype(np.float32)
-            dy, dx = (_upsample(coarse[i], h, w) for i in range(2))
-            src_y, src_x = src_y + dy, src_x + dx
-        return src_y, src_x
+            coarse = torch.from_numpy(rng.normal(0.0, c.elastic_alpha, size=(1, 2, g, g)))
+            # pixels -> grid_sample's [-1, 1] units, as (x, y) per pixel
+            smooth = torch.nn.functional.interpolate(coarse.float(), size=(h, w), mode="bicubic",
+                                                     align_corners=True)
+            elastic = (smooth[0] * torch.tensor([2.0 / h, 2.0 / w])[:, None, None]
+                       ).flip(0).permute(1, 2, 0)[None]
+        if hflip:
+            pair = [F.horizontal_flip(t) for t in pair]
+        if vflip:
+            pair = [F.vertical_flip(t) for t in pair]
+        if angle or scale != 1.0 or any(shift):
+            pair = [F.affine(t, angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0],
+                             interpolation=bilinear) for t in pair]
+        if elastic is not None:
+            pair = [F.elastic(t, elastic, interpolation=bilinear) for t in pair]
+        return pair
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator):
+        import torch
+        from torchvision import tv_tensors
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
         c = self.config
-        ys, xs = self._grid(*image.shape, rng)
-        out = remap(image, ys, xs, nearest=False)
-        out_mask = remap(mask, ys, xs, nearest=True) if mask is not None else None
+        pair = [tv_tensors.Image(torch.from_numpy(np.array(image, dtype=np.float32))[None])]
+        if mask is not None:
+            pair.append(tv_tensors.Mask(torch.from_numpy(np.array(mask, dtype=np.uint8))[None]))
+        pair = self._geometry(pair, rng)
+        out = pair[0].clamp(0.0, 1.0)
         if rng.random() < c.p_intensity:
-            mean = float(out.mean())
-            out = (out - mean) * rng.uniform(*c.contrast) + mean + rng.uniform(-c.brightness, c.brightness)
+            out = F.adjust_contrast(out, float(rng.uniform(*c.contrast)))
+            out = out + float(rng.uniform(-c.brightness, c.brightness))  # additive: the gain offset
         if rng.random() < c.p_gamma:
-            out = np.clip(out, 0.0, 1.0) ** rng.uniform(*c.gamma)
+            out = F.adjust_gamma(out.clamp(0.0, 1.0), float(rng.uniform(*c.gamma)))
         if rng.random() < c.p_speckle:
             sigma = rng.uniform(*c.speckle_sigma)
-            out = out * (1.0 + sigma * rng.standard_normal(out.shape).astype(np.float32))
+            noise = torch.from_numpy(rng.standard_normal(out.shape[-2:], dtype=np.float32))
+            out = out * (1.0 + float(sigma) * noise)  # multiplicative, as speckle is
         if rng.random() < c.p_blur:
-            out = gaussian_blur(out, rng.uniform(*c.blur_sigma))
+            sigma = float(rng.uniform(*c.blur_sigma))
+            side = 2 * max(1, round(3 * sigma)) + 1
+            out = F.gaussian_blur(out, [side, side], [sigma, sigma])
         if rng.random() < c.p_downscale:
-            out = downscale(out, rng.uniform(*c.downscale))
-        return np.clip(out, 0.0, 1.0).astype(np.float32), out_mask
-
-
-def downscale(image: np.ndarray, factor: float) -> np.ndarray:
-    """Down-sampled to ``factor`` of each side (anti-aliased) and interpolated back."""
-    h, w = image.shape
-    sh, sw = max(2, round(h * factor)), max(2, round(w * factor))
-    smooth = gaussian_blur(image, 0.5 / factor)
-    ys, xs = np.meshgrid(np.linspace(0, h - 1, sh, dtype=np.float32),
-                         np.linspace(0, w - 1, sw, dtype=np.float32), indexing="ij")
-    return _upsample(remap(smooth, ys, xs, nearest=False), h, w)
-
-
-def _upsample(coarse: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Smoothly interpolate a coarse grid of displacements to h x w."""
-    gy = np.linspace(0, coarse.shape[0] - 1, h, dtype=np.float32)
-    gx = np.linspace(0, coarse.shape[1] - 1, w, dtype=np.float32)
-    yy, xx = np.meshgrid(gy, gx, indexing="ij")
-    return remap(coarse, yy, xx, nearest=False)
+            h, w = out.shape[-2:]
+            factor = rng.uniform(*c.downscale)
+            small = F.resize(out, [max(2, round(h * factor)), max(2, round(w * factor))],
+                             antialias=True)
+            out = F.resize(small, [h, w], interpolation=InterpolationMode.BILINEAR, antialias=False)
+        image_out = out.clamp(0.0, 1.0)[0].numpy().astype(np.float32)
+        return image_out, (pair[1][0].numpy() if mask is not None else None)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from busdx.data.preprocess import Letterbox, _resize
+from busdx.data.preprocess import Letterbox, resize, resize_input
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class CropBox:
         y1, x1 = min(self.top + self.side, h), min(self.left + self.side, w)
         if y1 > y0 and x1 > x0:
             out[y0 - self.top : y1 - self.top, x0 - self.left : x1 - self.left] = image[y0:y1, x0:x1]
-        return np.clip(_resize(out, size, size, nearest=False), 0.0, 1.0)
+        return np.clip(resize_input(out, size, size), 0.0, 1.0)
 
     def paste(self, array: np.ndarray, height: int, width: int) -> np.ndarray:
         """Map a map over the crop (any square size) back onto an ``height`` x ``width`` grid."""
         full = np.zeros((height, width), dtype=np.float32)
-        patch = _resize(array.astype(np.float32), self.side, self.side, nearest=False)
+        patch = resize(array.astype(np.float32), self.side, self.side, nearest=False)
         y0, x0 = max(self.top, 0), max(self.left, 0)
         y1, x1 = min(self.top + self.side, height), min(self.left + self.side, width)
         if y1 > y0 and x1 > x0:

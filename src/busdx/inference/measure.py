@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
-from PIL import Image
 
 ISOTROPY_TOLERANCE = 0.01
 
@@ -49,96 +49,50 @@ class Measurements:
         return asdict(self)
 
 
-def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """mask moved by (dy, dx) with zeros shifted in."""
-    h, w = mask.shape
-    out = np.zeros_like(mask)
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[
-        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out
-
-
 def border(mask: np.ndarray) -> np.ndarray:
-    """Foreground pixels with a 4-neighbour outside the mask."""
-    mask = mask.astype(bool)
-    inner = mask.copy()
-    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        inner &= _shift(mask, dy, dx)
-    return mask & ~inner
+    """Foreground pixels with a 4-neighbour outside the mask (outside the image counts)."""
+    mask = np.asarray(mask, dtype=np.uint8)
+    inner = cv2.erode(mask, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return (mask > inner).astype(bool)
+
+
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+# scikit-image's perimeter: each border pixel's code sums its border neighbours' weights, and
+# the code says whether it is a straight (1), diagonal (sqrt 2) or corner ((1 + sqrt 2) / 2) step
+_CODE_KERNEL = np.array([[10, 2, 10], [2, 1, 2], [10, 2, 10]], dtype=np.float32)
+_STEP_LENGTH = np.zeros(50, dtype=np.float64)
+_STEP_LENGTH[[5, 7, 15, 17, 25, 27]] = 1.0
+_STEP_LENGTH[[21, 33]] = math.sqrt(2.0)
+_STEP_LENGTH[[13, 23]] = (1.0 + math.sqrt(2.0)) / 2.0
 
 
 def perimeter_px(mask: np.ndarray) -> float:
     """Border length in pixels (scikit-image's 4-connectivity weighting)."""
-    edge = np.pad(border(mask), 1).astype(np.int32)
-    kernel = ((10, 2, 10), (2, 1, 2), (10, 2, 10))
-    codes = np.zeros_like(edge)
-    for i, row in enumerate(kernel):
-        for j, weight in enumerate(row):
-            codes += weight * _shift(edge, 1 - i, 1 - j)
-    weights = np.zeros(50, dtype=np.float64)
-    weights[[5, 7, 15, 17, 25, 27]] = 1.0
-    weights[[21, 33]] = math.sqrt(2.0)
-    weights[[13, 23]] = (1.0 + math.sqrt(2.0)) / 2.0
-    return float(weights[np.clip(codes, 0, 49)].sum())
+    edge = border(mask).astype(np.float32)
+    codes = cv2.filter2D(edge, -1, _CODE_KERNEL, borderType=cv2.BORDER_CONSTANT)
+    return float(_STEP_LENGTH[np.rint(codes).astype(np.intp)].sum())
 
 
-def _hull(points: np.ndarray) -> np.ndarray:
-    """Convex hull (Andrew's monotone chain) of Nx2 points, counter-clockwise."""
-    pts = sorted(set(map(tuple, points.tolist())))
-    if len(pts) <= 2:
-        return np.asarray(pts, dtype=np.float64)
-
-    def cross(o, a, b):
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-    lower: list = []
-    for p in pts:
-        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
-            lower.pop()
-        lower.append(p)
-    upper: list = []
-    for p in reversed(pts):
-        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
-            upper.pop()
-        upper.append(p)
-    return np.asarray(lower[:-1] + upper[:-1], dtype=np.float64)
-
-
-def _extreme_corners(mask: np.ndarray) -> np.ndarray:
-    """Pixel corners (x, y) of the first and last pixel of every row: enough for the hull."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    first = mask[ys].argmax(axis=1)
-    last = mask.shape[1] - 1 - mask[ys, ::-1].argmax(axis=1)
-    corners = [
-        np.stack([first, ys], 1),
-        np.stack([first, ys + 1], 1),
-        np.stack([last + 1, ys], 1),
-        np.stack([last + 1, ys + 1], 1),
-    ]
-    return np.concatenate(corners).astype(np.float64)
-
-
-def _polygon_area(poly: np.ndarray) -> float:
-    x, y = poly[:, 0], poly[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+def _corner_hull(mask: np.ndarray) -> np.ndarray:
+    """Convex hull (x, y) of the mask's pixel corners, not centres: a one-pixel lesion is 1 px
+    across. The outer contours' pixels carry every corner the hull can touch."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    centres = np.concatenate(contours).reshape(-1, 1, 2)
+    corners = (centres + np.array([[0, 0], [1, 0], [0, 1], [1, 1]])).reshape(-1, 2)
+    return cv2.convexHull(corners.astype(np.float32)).reshape(-1, 2).astype(np.float64)
 
 
 def _max_feret(hull: np.ndarray) -> float:
-    if len(hull) < 2:
-        return 0.0
     diff = hull[:, None, :] - hull[None, :, :]
     return float(np.sqrt((diff**2).sum(-1)).max())
 
 
 def _ellipse(mask: np.ndarray) -> tuple[float, float, float]:
-    ys, xs = np.nonzero(mask)
+    m = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    cov = np.array([[m["mu20"], m["mu11"]], [m["mu11"], m["mu02"]]]) / m["m00"]
     # A pixel is a unit square, not a point: its own variance (1/12) keeps thin shapes finite.
-    cov = np.cov(np.stack([xs, ys]).astype(np.float64), bias=True) if len(xs) > 1 else np.zeros(
-        (2, 2)
-    )
-    cov = cov + np.eye(2) / 12.0
-    values, vectors = np.linalg.eigh(cov)
+    values, vectors = np.linalg.eigh(cov + np.eye(2) / 12.0)
     minor, major = (4.0 * math.sqrt(max(v, 0.0)) for v in values)
     vx, vy = vectors[:, 1]
     angle = math.degrees(math.atan2(-vy, vx)) % 180.0  # y grows downwards in an image
@@ -153,34 +107,32 @@ def _isotropic(mask: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarr
     step = min(dy, dx)
     h, w = mask.shape
     size = (max(1, round(w * dx / step)), max(1, round(h * dy / step)))
-    img = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
-    return (np.asarray(img) > 127).astype(np.uint8), step
+    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT), step
 
 
 def measure(mask: np.ndarray, pixel_spacing_mm: tuple[float, float] | None = None) -> Measurements:
     """Measurements of a non-empty binary mask (one lesion)."""
-    mask = np.asarray(mask).astype(bool)
-    area_px = int(mask.sum())
+    mask = np.asarray(mask).astype(bool).astype(np.uint8)
+    area_px = cv2.countNonZero(mask)
     if area_px == 0:
         raise ValueError("cannot measure an empty mask")
-    # Work on the lesion's bounding box (plus a margin for the border tests), not the image.
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    mask = np.pad(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 1)
+    # Work on the lesion's box, not the image; the margin of one pixel sets where resampling
+    # to square pixels samples, as it always has.
+    x, y, w, h = cv2.boundingRect(mask)
+    mask = np.pad(mask[y : y + h, x : x + w], 1)
     if pixel_spacing_mm is None:
         units, iso, step, pixel_area = "px", mask, 1.0, 1.0
     else:
         units = "mm"
         iso, step = _isotropic(mask, pixel_spacing_mm)
-        iso = iso.astype(bool)
         pixel_area = pixel_spacing_mm[0] * pixel_spacing_mm[1]
     area = area_px * pixel_area
     perimeter = perimeter_px(iso) * step
-    hull = _hull(_extreme_corners(iso))
-    rows, cols = np.flatnonzero(iso.any(axis=1)), np.flatnonzero(iso.any(axis=0))
-    width = float(cols[-1] - cols[0] + 1) * step
-    height = float(rows[-1] - rows[0] + 1) * step
+    hull = _corner_hull(iso)
+    _, _, w, h = cv2.boundingRect(iso)
+    width, height = float(w) * step, float(h) * step
     major, minor, angle = _ellipse(iso)
-    hull_area = _polygon_area(hull) * step * step if len(hull) >= 3 else area
+    hull_area = cv2.contourArea(hull.astype(np.float32)) * step * step
     return Measurements(
         units=units,
         area=float(area),

@@ -29,7 +29,7 @@ import numpy as np
 
 from busdx import DISCLAIMER, __version__
 from busdx.data.crop import CropBox, lesion_crop
-from busdx.data.preprocess import MAX_PIXELS, Letterbox, _resize, prepare
+from busdx.data.preprocess import MAX_PIXELS, Letterbox, prepare, resize
 from busdx.inference.components import fill_holes, largest_component
 from busdx.inference.decode import DecodedImage, decode
 from busdx.inference.errors import BlankImage
@@ -235,7 +235,7 @@ def heatmap(
     if box is not None:
         full = box.paste(scaled, height, width)
     else:
-        full = Letterbox(height, width, size).invert(_resize(scaled, size, size, nearest=False))
+        full = Letterbox(height, width, size).invert(resize(scaled, size, size, nearest=False))
     return np.clip(full, 0.0, 1.0).astype(np.float32)
 
 

@@ -23,7 +23,7 @@ from bench_common import REPO, RESULTS_DIR, busy_processes, setup_logging
 log = logging.getLogger("benchmarks.run")
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("tune_ort", "latency", "throughput", "load_test", "quantize", "decode")
+STEPS = ("tune_ort", "latency", "throughput", "load_test", "quantize", "decode", "postprocess")
 
 FULL = {
     "tune_ort": [],
@@ -32,6 +32,7 @@ FULL = {
     "load_test": ["--requests", "1000", "--clients", "16"],
     "quantize": [],
     "decode": [],
+    "postprocess": [],
 }
 QUICK = {  # smoke runs: every code path, tiny counts, no meaningful timings
     "tune_ort": ["--reps", "2", "--per-worker", "2"],
@@ -41,6 +42,7 @@ QUICK = {  # smoke runs: every code path, tiny counts, no meaningful timings
                   "--settle", "0.5", "--slow-clients", "2", "--upload-timeout", "1"],
     "quantize": ["--calibration", "2", "--limit", "4", "--reps", "2"],
     "decode": ["--frames", "8", "--reps", "2"],
+    "postprocess": ["-n", "2", "--rounds", "1", "--warmup", "0", "--before", "HEAD"],
 }
 DATA_FREE = {"tune_ort", "decode"}  # steps that take no --data
 

@@ -120,3 +120,13 @@ def test_decode_reads_one_frame_of_a_loop_without_copying_it(quick):
     assert all(c["ms"]["p50"] > 0 and c["peak_mb"] > 0 for c in dec["cases"])
     assert dec["targets"]["memory_met"], dec["targets"]
     assert "Decoding large inputs" in md.read_text()
+
+
+def test_postprocess_times_both_sources_on_the_same_images(quick):
+    out, md = quick.steps("postprocess")
+    pp = _load(out, "postprocess")
+    for side in ("before", "after"):
+        assert pp[side]["non_model_ms"]["n"] == pp[side]["pictures_ms"]["n"] == 2
+        assert {"decode", "segment", "classify", "measure"} <= set(pp[side]["stages_ms_p50"])
+    assert set(pp["met"]) == {"non_model", "pictures"}
+    assert "The work around the networks" in md.read_text()

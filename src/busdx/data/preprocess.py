@@ -45,6 +45,10 @@ class ImageError(BusdxError, ValueError):
     """An input that cannot be read as an image (the message is safe to show a user)."""
 
 
+# i / 255 in float64, rounded to float32: what the general path below gives an 8-bit grey image
+_UINT8_LEVELS = (np.arange(256) / 255.0).astype(np.float32)
+
+
 def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
@@ -69,6 +73,8 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
         raise ImageError(f"image of {array.shape[1]}x{array.shape[0]} pixels is too small")
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
+    if array.dtype == np.uint8 and array.ndim == 2:  # the usual case, in one pass
+        return cv2.LUT(np.ascontiguousarray(array), _UINT8_LEVELS)
     if np.issubdtype(array.dtype, np.integer):
         if array.min() < 0:
             array = array.astype(np.float64) - float(array.min())

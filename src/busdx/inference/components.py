@@ -14,17 +14,28 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, stats[:, cv2.CC_STAT_AREA]
 
 
+def _box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns of the foreground's bounding box (None: no foreground)."""
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=np.uint8))
+    return (slice(y, y + h), slice(x, x + w)) if w else None
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected foreground component as uint8 {0, 1} (all zero if none); of
     equal ones, the one met first in row-major order."""
-    labels, sizes = _components(np.asarray(mask, dtype=bool))
-    if len(sizes) < 2:
-        return np.zeros(labels.shape, dtype=np.uint8)
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    box = _box(mask)
+    if box is None:
+        return out
+    # labelling the foreground's bounding box only: the same components, in the same order
+    labels, sizes = _components(mask[box])
     best = 1 + np.flatnonzero(sizes[1:] == sizes[1:].max())
     if len(best) > 1:  # OpenCV's numbering need not follow row-major order: ties are settled here
         flat = labels.ravel()
         best = best[np.argmin([np.argmax(flat == label) for label in best])]
-    return (labels == int(np.atleast_1d(best)[0])).astype(np.uint8)
+    out[box] = labels == int(np.atleast_1d(best)[0])
+    return out
 
 
 def large_components(mask: np.ndarray, share: float) -> np.ndarray:
@@ -41,8 +52,15 @@ def large_components(mask: np.ndarray, share: float) -> np.ndarray:
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill background regions that do not touch the border (4-connected background), as uint8
     {0, 1}."""
-    # A background frame around the mask joins every piece of background that touches the
-    # border, so one flood from a corner marks all that is not a hole.
-    framed = np.pad(np.asarray(mask, dtype=bool).astype(np.uint8), 1)
+    mask = np.asarray(mask, dtype=bool)
+    out = mask.astype(np.uint8)
+    box = _box(mask)
+    if box is None:
+        return out
+    # Background outside the foreground's bounding box reaches the border, so holes lie inside
+    # it; a background frame around the box joins every piece of background that reaches the
+    # box's edge, and one flood from a corner marks all that is not a hole.
+    framed = np.pad(out[box], 1)
     cv2.floodFill(framed, None, (0, 0), 2, flags=4)
-    return (framed[1:-1, 1:-1] != 2).astype(np.uint8)
+    out[box] = framed[1:-1, 1:-1] != 2
+    return out

@@ -203,7 +203,7 @@ def resize_input(image: np.ndarray, height: int, width: int) -> np.ndarray:
     fold 5), so the filter changes only with a retrain."""
     if image.shape == (height, width):
         return image.astype(np.float32)
-    img = Image.fromarray(image.astype(np.float32), mode="F")
+    img = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
     return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 

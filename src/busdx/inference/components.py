@@ -7,23 +7,29 @@ import numpy as np
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """8-connected labels and each label's pixel count (label 0 is the background)."""
+    """Of a {0, 1} uint8 mask: 8-connected labels and each label's pixel count (label 0 is the background)."""
     _, labels, stats, _ = cv2.connectedComponentsWithStats(
-        np.asarray(mask, dtype=np.uint8), connectivity=8, ltype=cv2.CV_32S
+        np.ascontiguousarray(mask), connectivity=8, ltype=cv2.CV_32S
     )
     return labels, stats[:, cv2.CC_STAT_AREA]
 
 
+def _as_uint8(mask: np.ndarray) -> np.ndarray:
+    """A {0, 1} uint8 array of the mask's foreground (a bool array's own bytes when it can)."""
+    mask = np.asarray(mask)
+    return np.ascontiguousarray(mask if mask.dtype == bool else mask != 0).view(np.uint8)
+
+
 def _box(mask: np.ndarray) -> tuple[slice, slice] | None:
     """The rows and columns of the foreground's bounding box (None: no foreground)."""
-    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=np.uint8))
+    x, y, w, h = cv2.boundingRect(mask)
     return (slice(y, y + h), slice(x, x + w)) if w else None
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected foreground component as uint8 {0, 1} (all zero if none); of
     equal ones, the one met first in row-major order."""
-    mask = np.asarray(mask, dtype=bool)
+    mask = _as_uint8(mask)
     out = np.zeros(mask.shape, dtype=np.uint8)
     box = _box(mask)
     if box is None:
@@ -41,7 +47,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def large_components(mask: np.ndarray, share: float) -> np.ndarray:
     """The 8-connected foreground components of at least ``share`` of the largest one's size,
     as a bool mask (all False if none)."""
-    labels, sizes = _components(np.asarray(mask, dtype=bool))
+    labels, sizes = _components(_as_uint8(mask))
     if len(sizes) < 2:
         return np.zeros(labels.shape, dtype=bool)
     keep = sizes >= share * sizes[1:].max()
@@ -52,9 +58,8 @@ def large_components(mask: np.ndarray, share: float) -> np.ndarray:
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill background regions that do not touch the border (4-connected background), as uint8
     {0, 1}."""
-    mask = np.asarray(mask, dtype=bool)
-    out = mask.astype(np.uint8)
-    box = _box(mask)
+    out = _as_uint8(mask).copy()
+    box = _box(out)
     if box is None:
         return out
     # Background outside the foreground's bounding box reaches the border, so holes lie inside

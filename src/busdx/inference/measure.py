@@ -113,13 +113,14 @@ def _isotropic(mask: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarr
 def measure(mask: np.ndarray, pixel_spacing_mm: tuple[float, float] | None = None) -> Measurements:
     """Measurements of a non-empty binary mask (one lesion)."""
     mask = np.asarray(mask)
-    mask = np.ascontiguousarray(mask if mask.dtype == bool else mask != 0).view(np.uint8)
-    x, y, w, h = cv2.boundingRect(mask)
+    if mask.dtype not in (np.uint8, np.bool_):
+        mask = mask != 0
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))  # any non-zero
     if w == 0:
         raise ValueError("cannot measure an empty mask")
     # Work on the lesion's box, not the image; the margin of one pixel sets where resampling
     # to square pixels samples, as it always has.
-    mask = np.pad(mask[y : y + h, x : x + w], 1)
+    mask = np.pad((mask[y : y + h, x : x + w] != 0).view(np.uint8), 1)
     area_px = cv2.countNonZero(mask)
     if pixel_spacing_mm is None:
         units, iso, step, pixel_area = "px", mask, 1.0, 1.0

@@ -53,11 +53,22 @@ def _heat_alpha_table() -> np.ndarray:
 _HEAT_ALPHA = _heat_alpha_table()  # opacity in [0, 1] by heat level 0..255
 
 
-def heatmap_colours(heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """BGR colours (inferno: perceptually ordered, readable in grey print) and the opacity
-    (float32 in [0, 1]) of a heatmap in [0, 1]: more opaque where the evidence is stronger."""
+def _heat_pictures(heat: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The heatmap as a BGRA layer (inferno colours, perceptually ordered and readable in grey
+    print, more opaque where the evidence is stronger) and over ``base`` (BGR)."""
     level = to_uint8(heat)
-    return cv2.applyColorMap(level, cv2.COLORMAP_INFERNO), cv2.LUT(level, _HEAT_ALPHA)
+    layer, over = np.zeros(base.shape[:2] + (4,), dtype=np.uint8), base.copy()
+    x, y, w, h = cv2.boundingRect(level)
+    if w == 0:
+        return layer, over
+    # the heat lies on the crop's window: colour and blend only there
+    box = (slice(y, y + h), slice(x, x + w))
+    colours = cv2.applyColorMap(level[box], cv2.COLORMAP_INFERNO)
+    alpha = cv2.LUT(level[box], _HEAT_ALPHA)
+    layer[box] = cv2.cvtColor(colours, cv2.COLOR_BGR2BGRA)
+    layer[box + (3,)] = to_uint8(alpha)
+    over[box] = cv2.blendLinear(colours, base[box], alpha, 1.0 - alpha)
+    return layer, over
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -115,15 +126,13 @@ def draw(image: np.ndarray, mask: np.ndarray, heat: np.ndarray) -> dict[str, np.
     contours = _contours(mask)
     outline = _draw_outline(np.zeros(grey.shape + (4,), dtype=np.uint8), contours,
                             (*_OUTLINE_BGR, 255))
-    colours, alpha = heatmap_colours(heat)
-    layer = cv2.cvtColor(colours, cv2.COLOR_BGR2BGRA)
-    layer[..., 3] = to_uint8(alpha)
+    heat_layer, heat_over = _heat_pictures(heat, base)
     return {
         "image": grey,
         "outline": outline,
-        "heatmap": layer,
+        "heatmap": heat_layer,
         "overlay": _draw_outline(base.copy(), contours, _OUTLINE_BGR),
-        "heatmap_overlay": cv2.blendLinear(colours, base, alpha, 1.0 - alpha),
+        "heatmap_overlay": heat_over,
     }
 
 
@@ -131,9 +140,9 @@ def render(
     image: np.ndarray, mask: np.ndarray, heat: np.ndarray, max_side: int = MAX_DISPLAY_SIDE
 ) -> Overlays:
     pictures = {"mask": mask_png_array(mask), **draw(*_to_display(image, mask, heat, max_side))}
-    # OpenCV lets go of the GIL while it encodes: two at a time, the largest first, take about
-    # half the time of one after the other
-    names = sorted(pictures, key=lambda name: -pictures[name].size)
+    # OpenCV lets go of the GIL while it encodes: two at a time, the slowest (the image with
+    # each layer) first, take about half the time of one after the other
+    names = ["heatmap_overlay", "overlay", "image", "heatmap", "outline", "mask"]
     with ThreadPoolExecutor(2) as pool:
         files = dict(zip(names, pool.map(png_bytes, [pictures[n] for n in names]), strict=True))
     return Overlays(**files)

@@ -171,9 +171,11 @@ class _Clock:
         return self.timings
 
 
-def segment(image: np.ndarray, models: Models) -> np.ndarray:
-    """The lesion mask (uint8 {0, 1}, the image's size): one component, no holes."""
-    x, box = prepare(image, models.segmenter_size)
+def segment(image: np.ndarray, models: Models,
+            letterboxed: tuple[np.ndarray, Letterbox] | None = None) -> np.ndarray:
+    """The lesion mask (uint8 {0, 1}, the image's size): one component, no holes.
+    ``letterboxed``: ``prepare(image, models.segmenter_size)``, when the caller has it."""
+    x, box = letterboxed or prepare(image, models.segmenter_size)
     (logits,) = models.segmenter.run([SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None]})
     # the mask map in float32: tanh form, no overflow, a quarter of float64 sigmoid's time
     prob = 0.5 + 0.5 * np.tanh(0.5 * logits[0, 0].astype(np.float32))
@@ -182,7 +184,8 @@ def segment(image: np.ndarray, models: Models) -> np.ndarray:
 
 
 def classifier_inputs(
-    image: np.ndarray, mask: np.ndarray | None, settings: ClassifierSettings
+    image: np.ndarray, mask: np.ndarray | None, settings: ClassifierSettings,
+    whole: np.ndarray | None = None,
 ) -> tuple[np.ndarray, CropBox | None, int]:
     """The classifier's batch [K, V, S, S] for one image, the window of the heatmap's crop (None:
     the whole image) and that crop's index in the batch.
@@ -190,9 +193,12 @@ def classifier_inputs(
     With a lesion, one crop per context of the card (averaging over how much surrounding tissue
     is shown makes the call less sensitive to where the predicted outline falls); without one,
     or with ``input: image``, the whole image once. With ``input: both`` each crop is paired
-    with the whole image (V = 2); without a lesion both views are the whole image."""
-    if settings.input == "image" or mask is None or not mask.any():
+    with the whole image (V = 2); without a lesion both views are the whole image. ``whole``:
+    the image letterboxed at the crop size, when the caller has it (it is not free: ~0.5 ms)."""
+    if whole is None and (settings.views == 2 or settings.input == "image" or mask is None
+                          or not mask.any()):
         whole, _ = lesion_crop(image, None, settings.crop)
+    if settings.input == "image" or mask is None or not mask.any():
         return _views(whole[None], whole, settings), None, 0
     contexts = settings.all_contexts
     crops, boxes = [], []
@@ -201,8 +207,6 @@ def classifier_inputs(
         crops.append(x)
         boxes.append(box)
     primary = contexts.index(settings.crop.context) if settings.crop.context in contexts else 0
-    # the letterboxed whole image only for a two-view classifier: it is not free (~0.5 ms)
-    whole = lesion_crop(image, None, settings.crop)[0] if settings.views == 2 else None
     return _views(np.stack(crops), whole, settings), boxes[primary], primary
 
 
@@ -215,11 +219,11 @@ def _views(crops: np.ndarray, whole: np.ndarray | None, settings: ClassifierSett
 
 
 def classify(
-    image: np.ndarray, mask: np.ndarray | None, models: Models
+    image: np.ndarray, mask: np.ndarray | None, models: Models, whole: np.ndarray | None = None
 ) -> tuple[float, np.ndarray, np.ndarray, CropBox | None]:
     """(mean logit over the crops, the heatmap crop's CAM, that crop, its window or None when
-    the whole image is used)."""
-    x, box, primary = classifier_inputs(image, mask, models.settings)
+    the whole image is used); ``whole`` as in :func:`classifier_inputs`."""
+    x, box, primary = classifier_inputs(image, mask, models.settings, whole)
     logit, cam = models.classifier.run(None, {INPUT_NAME: x})[:2]
     logits = np.asarray(logit, dtype=np.float64).reshape(-1)
     return float(logits.mean()), np.asarray(cam)[primary, 0], x[primary, 0], box
@@ -236,7 +240,8 @@ def heatmap(
         full = box.paste(scaled, height, width)
     else:
         full = Letterbox(height, width, size).invert(resize(scaled, size, size, nearest=False))
-    return np.clip(full, 0.0, 1.0).astype(np.float32)
+    full = np.asarray(full, dtype=np.float32)
+    return np.clip(full, 0.0, 1.0, out=full)
 
 
 def analyze(
@@ -299,10 +304,13 @@ def analyze(
                                colour_share, filled is not None)
                    if models.input_ranges or colour_share > 0 else None)
     clock.lap("input_check")
-    mask = segment(scan, models)
+    letterboxed = prepare(scan, models.segmenter_size)
+    mask = segment(scan, models, letterboxed)
     clock.lap("segment")
     settings = models.settings
-    logit, cam, _, box = classify(scan, mask, models)
+    # the segmenter's input is the whole view a classifier of the same size is given
+    whole = letterboxed[0] if models.segmenter_size == settings.crop.size else None
+    logit, cam, _, box = classify(scan, mask, models, whole)
     logit += settings.logit_shift
     probability = float(sigmoid(logit / settings.temperature))
     if not math.isfinite(probability):

@@ -7,7 +7,8 @@ import numpy as np
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Of a {0, 1} uint8 mask: 8-connected labels and each label's pixel count (label 0 is the background)."""
+    """A {0, 1} uint8 mask's 8-connected labels and each label's pixel count (label 0: the
+    background)."""
     _, labels, stats, _ = cv2.connectedComponentsWithStats(
         np.ascontiguousarray(mask), connectivity=8, ltype=cv2.CV_32S
     )
@@ -36,11 +37,10 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         return out
     # labelling the foreground's bounding box only: the same components, in the same order
     labels, sizes = _components(mask[box])
-    best = 1 + np.flatnonzero(sizes[1:] == sizes[1:].max())
-    if len(best) > 1:  # OpenCV's numbering need not follow row-major order: ties are settled here
-        flat = labels.ravel()
-        best = best[np.argmin([np.argmax(flat == label) for label in best])]
-    out[box] = labels == int(np.atleast_1d(best)[0])
+    largest = 1 + np.flatnonzero(sizes[1:] == sizes[1:].max())
+    # OpenCV's numbering need not follow row-major order, so a tie is settled here
+    first = [np.argmax(labels.ravel() == label) for label in largest] if len(largest) > 1 else [0]
+    out[box] = labels == largest[int(np.argmin(first))]
     return out
 
 

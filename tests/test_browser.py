@@ -464,3 +464,49 @@ def test_a_cine_loop_is_read_at_the_frame_the_reader_picks(server, browser, fixt
     assert page.locator("#frame-picker").is_hidden()
     assert not errors, errors
     page.close()
+
+
+def test_a_result_never_outlives_its_image(server, browser, fixtures_root, tmp_path, output_dir):
+    """The result on show always belongs to the last file chosen: an upload error, a file too
+    large and "Analyse another" clear it, and each result names its file, when it was analysed
+    and the model."""
+    image = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not an image")
+    big = tmp_path / "loop.dcm"
+    with big.open("wb") as f:
+        f.truncate((UPLOAD_MB + 1) * 2**20)
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+
+    def analyse_image() -> None:
+        before = page.evaluate("() => Number(document.body.dataset.analyses || 0)")
+        page.set_input_files("#file", str(image))
+        page.wait_for_function(f"() => Number(document.body.dataset.analyses || 0) > {before}",
+                               timeout=60_000)
+        assert page.locator("#call").is_visible()
+
+    def nothing_shown() -> None:
+        assert page.locator("#result").is_hidden() and page.locator("#call").is_hidden()
+        assert page.locator("#figure").is_hidden()  # nor the last image and its outline
+        assert page.locator("#empty").is_visible()
+
+    analyse_image()
+    source = page.locator("#source").inner_text()
+    model = json.loads(urllib.request.urlopen(server + "/api/model").read())["model_version"]
+    assert image.name in source and model in source and "analysed" in source
+
+    for wrong in (bad, big):  # refused by the server, then by the page itself
+        page.set_input_files("#file", str(wrong))
+        page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+        nothing_shown()
+        page.screenshot(path=str(output_dir / f"browser-cleared-{wrong.suffix[1:]}.png"))
+        analyse_image()
+        assert page.locator("#error").is_hidden()
+
+    page.click("#another")
+    nothing_shown()
+    analyse_image()
+    page.keyboard.press("n")
+    nothing_shown()
+    page.close()

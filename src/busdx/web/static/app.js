@@ -18,7 +18,7 @@ const els = {
   scanNote: $("scan-note"), framePicker: $("frame-picker"), frameNumber: $("frame-number"),
   frameCount: $("frame-count"), frameLast: $("frame-last"),
   measures: $("measures-body"),
-  timingsSummary: $("timings-summary"), timingsList: $("timings-list"), version: $("version"),
+  source: $("source"), timingsSummary: $("timings-summary"), timingsList: $("timings-list"), version: $("version"),
   operatingNote: $("operating-note"),
   disclaimer: $("disclaimer"),
   lesion: $("lesion"), lesionTitle: $("lesion-title"), lesionCall: $("lesion-call"),
@@ -50,6 +50,31 @@ function showDropzone() {
   els.figure.hidden = true;
   els.dropzone.hidden = false;
   els.pick.focus();
+}
+
+// Nothing on show: the moment another file is chosen, an error arrives or the reader asks for
+// another image, the last result goes, its image and outline with it. A result must never
+// stand beside a file it does not belong to.
+function clearResult() {
+  els.result.hidden = true;
+  els.lesion.hidden = true;
+  els.viewButtons.replaceChildren();
+  els.empty.textContent = "No result on show.";
+  els.empty.hidden = false;
+  for (const img of [els.base, els.outline, els.heatmap]) img.removeAttribute("src");
+  els.figure.hidden = true;
+  els.dropzone.hidden = false;
+  showFramePicker(1, 1);
+}
+
+// Which file (frame, pane) a result is of, when it came and from which model.
+function sourceText(r, name, at) {
+  const image = r.image || {};
+  const parts = [name];
+  if (image.pane) parts.push(`${image.pane.side} pane`);
+  if (image.frames > 1) parts.push(`frame ${image.frame} of ${image.frames}`);
+  parts.push(`analysed ${at.toLocaleString()}`, `model ${r.model_version}`);
+  return parts.join(" · ");
 }
 
 function num(value, digits) {
@@ -105,7 +130,8 @@ function renderTimings(timings) {
   }
 }
 
-function renderResult(r) {
+function renderResult(r, name, at) {
+  els.source.textContent = sourceText(r, name, at);
   const png = (b64) => `data:image/png;base64,${b64}`;
   els.base.src = png(r.png.image);
   els.outline.src = png(r.png.outline);
@@ -289,6 +315,9 @@ async function whileBusy(work) {
     els.results.focus({ preventScroll: true });
   } catch (err) {
     setStatus("");
+    clearResult();
+    // a blank frame of a loop: no result, but the loop's other frames can be chosen
+    if (err.frames > 1) showFramePicker(err.frames, err.frame);
     showError(err.message);
   } finally {
     busy = false;
@@ -298,26 +327,15 @@ async function whileBusy(work) {
 
 async function analyze(file, frame = null) {
   if (busy || !file) return;
+  clearResult();
   showError("");
   const problem = checkFile(file);
   if (problem) { showError(problem); return; }
   await whileBusy(async () => {
     setStatus(frame === null ? "Analysing the image…" : `Analysing frame ${frame}…`, true);
-    let result;
-    try {
-      result = await analyzeOne(file, null, frame);
-    } catch (err) {
-      if (err.frames > 1) {  // a blank frame of a loop: no result, but the loop's other frames
-        shownFile = file;
-        els.result.hidden = true;
-        els.empty.hidden = false;
-        showFramePicker(err.frames, err.frame);
-      }
-      throw err;
-    }
-    shownFile = file;
-    els.lesion.hidden = true;
-    renderResult(result);
+    shownFile = file;  // kept even when the frame read is blank: another can be chosen
+    const result = await analyzeOne(file, null, frame);
+    renderResult(result, file.name, new Date());
     setStatus((result.image.frames > 1 ? `Frame ${result.image.frame} of ` +
       `${result.image.frames}. ` : "") + doneText(result));
   });
@@ -327,6 +345,7 @@ async function analyze(file, frame = null) {
 // captures), then read together by /api/lesion.
 async function analyzeLesion(files, dual) {
   if (busy) return;
+  clearResult();
   showError("");
   const jobs = dual
     ? files.flatMap((file) => PANES.map((pane) => ({ file, pane, name: `${file.name}, ${pane} pane` })))
@@ -344,7 +363,8 @@ async function analyzeLesion(files, dual) {
     for (const [i, job] of jobs.entries()) {
       setStatus(`Analysing view ${i + 1} of ${jobs.length} (${job.name})…`, true);
       try {
-        views.push({ name: job.name, result: await analyzeOne(job.file, job.pane) });
+        const result = await analyzeOne(job.file, job.pane);
+        views.push({ name: job.name, file: job.file.name, result, at: new Date() });
       } catch (err) {
         throw new Error(`${job.name}: ${err.message}`);
       }
@@ -375,7 +395,8 @@ function analyzeFiles(list) {
 }
 
 function showView(views, index) {
-  renderResult(views[index].result);
+  const view = views[index];
+  renderResult(view.result, view.file, view.at);
   els.viewTitle.textContent = `View ${index + 1} of ${views.length}: ${views[index].name}`;
   for (const [i, button] of Array.from(els.viewButtons.children).entries()) {
     button.setAttribute("aria-pressed", String(i === index));
@@ -425,9 +446,12 @@ function renderLesion(lesion, views, problem) {
 
 els.pick.addEventListener("click", () => els.file.click());
 els.file.addEventListener("change", () => analyzeFiles(els.file.files));
-els.another.addEventListener("click", () => {
-  showError(""); setStatus(""); showFramePicker(1, 1); showDropzone();
-});
+function another() {
+  shownFile = null;
+  showError(""); setStatus(""); clearResult(); showDropzone();
+}
+
+els.another.addEventListener("click", another);
 els.showOutline.addEventListener("change", applyToggles);
 els.base.addEventListener("load", fitImage);
 window.addEventListener("resize", fitImage);
@@ -462,7 +486,7 @@ document.addEventListener("keydown", (e) => {
   if (els.figure.hidden) return;
   if (key === "o") { els.showOutline.checked = !els.showOutline.checked; applyToggles(); }
   else if (key === "h") { els.showHeatmap.checked = !els.showHeatmap.checked; applyToggles(); }
-  else if (key === "n") { showError(""); setStatus(""); showFramePicker(1, 1); showDropzone(); }
+  else if (key === "n") another();
 });
 
 // Set once from /api/model: models recalibrated on a site's images say so beside the version,

@@ -510,3 +510,44 @@ def test_a_result_never_outlives_its_image(server, browser, fixtures_root, tmp_p
     page.keyboard.press("n")
     nothing_shown()
     page.close()
+
+
+def test_the_call_and_its_band_tell_one_story(server, browser, fixtures_root, output_dir):
+    """A benign call in a biopsy-range band (4A, 4B) is never shown in the green of
+    reassurance: it is amber and says so. The server's answer is rewritten in flight to each
+    case (calls and bands are the analysis's; only how the page shows them is tested)."""
+    image = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    import httpx
+
+    real = httpx.post(server + "/api/analyze", timeout=60,
+                      files={"file": (image.name, image.read_bytes(), "image/png")}).json()
+    cases = [("benign", 0.2, "4B", "caution"), ("benign", 0.05, "4A", "caution"),
+             ("benign", 0.01, "3", "benign"), ("malignant", 0.6, "4C", "malignant")]
+    for label, probability, band, kind in cases:
+        body = {**real, "label": label, "probability": probability, "lesion_found": True,
+                "risk_band": {**real["risk_band"], "name": band}}
+
+        page.route("**/api/analyze*", lambda route, _request, body=body: route.fulfill(json=body))
+        before = page.evaluate("() => Number(document.body.dataset.analyses || 0)")
+        page.set_input_files("#file", str(image))
+        page.wait_for_function(f"() => Number(document.body.dataset.analyses || 0) > {before}",
+                               timeout=60_000)
+        page.unroute("**/api/analyze*")
+        call = page.locator("#call")
+        assert call.get_attribute("class") == f"call {kind}", (label, band)
+        text = call.inner_text().lower()
+        colour = call.evaluate("e => getComputedStyle(e).backgroundColor")
+        fill = page.locator("#bar-fill").evaluate("e => getComputedStyle(e).backgroundColor")
+        green_bg, green = "rgb(229, 243, 234)", "rgb(29, 107, 63)"  # --benign-bg, --benign
+        if kind == "caution":
+            assert f"benign, in a biopsy range ({band.lower()})" in text
+            assert "biopsy is usually considered" in text and "not a reassurance" in text
+            assert colour != green_bg and fill != green
+            page.screenshot(path=str(output_dir / f"browser-benign-{band}.png"))
+        elif kind == "benign":
+            assert colour == green_bg and fill == green and "biopsy" not in text
+        else:
+            assert "malignant" in text and colour != green_bg
+    page.close()

@@ -130,6 +130,14 @@ function renderTimings(timings) {
   }
 }
 
+// A benign call inside a BI-RADS 4 band (4A, 4B: the threshold lies in 4B) is where a biopsy is
+// usually considered: it is shown in amber and says so, never in the green of reassurance.
+function callLook(label, band) {
+  if (label === "malignant") return { kind: "malignant", heading: "malignant" };
+  if (band === "3") return { kind: "benign", heading: "benign" };
+  return { kind: "caution", heading: `benign, in a biopsy range (${band})` };
+}
+
 function renderResult(r, name, at) {
   els.source.textContent = sourceText(r, name, at);
   const png = (b64) => `data:image/png;base64,${b64}`;
@@ -143,21 +151,18 @@ function renderResult(r, name, at) {
   fitImage();
 
   const malignant = r.label === "malignant";
+  const look = callLook(r.label, r.risk_band.name);
   const small = document.createElement("small");
   if (r.lesion_found) {
-    els.call.className = `call ${r.label}`;
-    els.call.replaceChildren(
-      document.createTextNode(malignant ? "Call: malignant" : "Call: benign"),
-    );
+    els.call.className = `call ${look.kind}`;
+    els.call.replaceChildren(document.createTextNode(`Call: ${look.heading}`));
     small.textContent = malignant
       ? `The probability is at or above the validated threshold of ${pct(r.threshold)}.`
       : `The probability is below the validated threshold of ${pct(r.threshold)}.`;
-    // The threshold sits inside band 4B, so a benign call can come with band 4A or 4B: BI-RADS
-    // 4 is where a biopsy is considered, and the reader should not take "benign" as "no work-up".
-    if (!malignant && r.risk_band.name !== "3") {
+    if (look.kind === "caution") {
       small.textContent = `The probability is below the validated threshold of ` +
         `${pct(r.threshold)}, but its risk band, ${r.risk_band.name}, is a BI-RADS 4 range, ` +
-        "in which a biopsy is usually considered.";
+        "in which a biopsy is usually considered: not a reassurance.";
     }
   } else {
     // Without a lesion the call comes from the whole image: shown, but not as a finding.
@@ -173,7 +178,7 @@ function renderResult(r, name, at) {
   els.probText.textContent = `Probability of malignancy: ${pct(r.probability, digits)} ` +
     `(threshold ${pct(r.threshold, digits)})`;
   els.fill.style.width = pct(r.probability, 2);
-  els.fill.style.background = malignant ? "var(--malignant)" : "var(--benign)";
+  els.fill.style.background = `var(--${look.kind})`;
   els.marker.style.left = pct(r.threshold, 2);
   els.bar.setAttribute("aria-label",
     `Probability ${pct(r.probability)} against the threshold ${pct(r.threshold)}`);
@@ -416,16 +421,17 @@ function renderLesion(lesion, views, problem) {
   els.lesionTitle.textContent = `Lesion, read from ${views.length} views`;
   if (lesion) {
     const malignant = lesion.label === "malignant";
-    els.lesionCall.className = `call ${lesion.label}`;
+    const look = callLook(lesion.label, lesion.risk_band.name);
+    els.lesionCall.className = `call ${look.kind}`;
     const small = document.createElement("small");
     small.textContent = `The mean of the views is ${malignant ? "at or above" : "below"} the ` +
       `threshold validated for lesions read from their views, ${pct(lesion.threshold)}.`;
-    if (!malignant && lesion.risk_band.name !== "3") {
+    if (look.kind === "caution") {
       small.textContent += ` Its risk band, ${lesion.risk_band.name}, is a BI-RADS 4 range, ` +
-        "in which a biopsy is usually considered.";
+        "in which a biopsy is usually considered: not a reassurance.";
     }
     els.lesionCall.replaceChildren(
-      document.createTextNode(malignant ? "Lesion call: malignant" : "Lesion call: benign"), small);
+      document.createTextNode(`Lesion call: ${look.heading}`), small);
     els.lesionProb.textContent = `Probability of malignancy: ${pct(lesion.probability)} ` +
       `(lesion threshold ${pct(lesion.threshold)})`;
     els.lesionBandName.textContent = lesion.risk_band.name;

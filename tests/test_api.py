@@ -228,3 +228,41 @@ def test_api_schema_lists_every_measurement_of_the_pipeline():
     from busdx.inference.measure import Measurements
 
     assert list(MeasurementsOut.model_fields) == [f.name for f in fields(Measurements)]
+
+
+def test_a_client_chooses_the_pictures_it_wants(client, fixtures_root):
+    path = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    upload = {"file": ("a.png", path.read_bytes(), "image/png")}
+    answers = {images: client.post(f"/api/analyze?images={images}", files=upload)
+               for images in ("all", "mask", "none")}
+    assert all(r.status_code == 200 for r in answers.values())
+    every = answers["all"].json()
+    assert all(every["png"][name] for name in ("image", "mask", "outline", "heatmap", "overlay",
+                                               "heatmap_overlay"))
+    mask = answers["mask"].json()["png"]
+    assert mask["mask"] == every["png"]["mask"]  # the same file, at the input's size
+    assert [name for name, value in mask.items() if value] == ["mask"]
+    assert answers["none"].json()["png"] is None
+    assert "render" not in answers["none"].json()["timings_ms"]
+    # the analysis itself does not depend on the pictures asked for
+    for images in ("mask", "none"):
+        for key in ("probability", "label", "logit", "measurements", "risk_band"):
+            assert answers[images].json()[key] == every[key], (images, key)
+    assert len(answers["none"].content) < len(answers["all"].content) / 5
+    assert client.post("/api/analyze?images=some", files=upload).status_code == 422
+
+
+def test_every_response_field_is_described_in_the_docs(client):
+    """Each field of both answers has a description in /docs, and docs/api.md's field table is
+    the one busdx.api.schemas writes from them."""
+    from pathlib import Path
+
+    from busdx.api.schemas import field_table
+
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("AnalyzeResponse", "LesionResponse", "ImageInfo", "MeasurementsOut", "Pngs",
+                 "RiskBandOut", "InputCheckOut", "ScanAreaOut"):
+        for field, schema in spec[name]["properties"].items():
+            assert schema.get("description"), f"{name}.{field} has no description"
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    assert field_table() in docs, "regenerate it: python -m busdx.api.schemas docs/api.md"

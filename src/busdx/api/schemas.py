@@ -1,39 +1,47 @@
 """The shapes of /api/analyze's and /api/lesion's answers, for validation and the OpenAPI docs
-at /docs."""
+at /docs; ``field_table`` writes docs/api.md's table of them from the same descriptions."""
 
 from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 
 class RiskBandOut(BaseModel):
     name: str = Field(description="BI-RADS-aligned band: 3, 4A, 4B, 4C or 5")
-    text: str
-    low: float
-    high: float
+    text: str = Field(description="the band in words, with its range of probabilities")
+    low: float = Field(description="the band's lowest probability")
+    high: float = Field(description="the band's highest probability")
 
 
 class MeasurementsOut(BaseModel):
     units: str = Field(description="'mm' when the file carries a calibration, else 'px'")
     area: float = Field(description="in units squared")
-    perimeter: float
+    perimeter: float = Field(description="length of the outline (scikit-image's weights)")
     longest_diameter: float = Field(description="maximum Feret diameter")
-    width: float
-    height: float
+    width: float = Field(description="extent along the image's x axis (the skin line)")
+    height: float = Field(description="extent along the image's y axis (depth)")
     orientation: str = Field(description="'parallel' (wider than tall) or 'not parallel'")
-    circularity: float
-    solidity: float
-    ellipse_major: float
-    ellipse_minor: float
-    ellipse_angle_deg: float
-    area_px: int
+    circularity: float = Field(description="4 pi area / perimeter^2: 1 for a disk, lower for "
+                                           "irregular margins")
+    solidity: float = Field(description="area / convex hull area: lower for lobulated or "
+                                        "spiculated margins")
+    ellipse_major: float = Field(description="major axis of the ellipse with the lesion's "
+                                             "second moments")
+    ellipse_minor: float = Field(description="its minor axis")
+    ellipse_angle_deg: float = Field(description="its major axis's angle from the horizontal, "
+                                                 "counter-clockwise as displayed, in [0, 180)")
+    area_px: int = Field(description="the lesion's pixel count")
 
 
 class ScanAreaOut(BaseModel):
-    top: int
-    left: int
-    width: int
-    height: int
+    top: int = Field(description="first row, in the file's pixels")
+    left: int = Field(description="first column, in the file's pixels")
+    width: int = Field(description="in pixels")
+    height: int = Field(description="in pixels")
 
 
 class PaneOut(ScanAreaOut):
@@ -41,9 +49,9 @@ class PaneOut(ScanAreaOut):
 
 
 class ImageInfo(BaseModel):
-    width: int
-    height: int
-    format: str
+    width: int = Field(description="of the image (or pane) analysed, in pixels")
+    height: int = Field(description="of the image (or pane) analysed, in pixels")
+    format: str = Field(description="PNG, JPEG, BMP, TIFF or DICOM")
     pixel_spacing_mm: list[float] | None = Field(description="(row, column) mm per pixel")
     scan_area: ScanAreaOut | None = Field(
         None, description="the part analysed when the DICOM's declared regions or a black "
@@ -74,12 +82,13 @@ class Pngs(BaseModel):
     """The mask is at the input's size; the pictures for display at most 1600 px on the longer
     side (the input's size for smaller images)."""
 
-    image: str = Field(description="base64 PNG: the grayscale image analysed")
-    mask: str = Field(description="base64 PNG: lesion mask, 0 and 255")
-    outline: str = Field(description="base64 PNG: transparent layer with the lesion outline")
-    heatmap: str = Field(description="base64 PNG: transparent heatmap layer")
-    overlay: str = Field(description="base64 PNG: image with the outline")
-    heatmap_overlay: str = Field(description="base64 PNG: image with the heatmap")
+    image: str | None = Field(None, description="base64 PNG: the grayscale image analysed")
+    mask: str = Field(description="base64 PNG: lesion mask, 0 and 255, at the input's size")
+    outline: str | None = Field(
+        None, description="base64 PNG: transparent layer with the lesion outline")
+    heatmap: str | None = Field(None, description="base64 PNG: transparent heatmap layer")
+    overlay: str | None = Field(None, description="base64 PNG: image with the outline")
+    heatmap_overlay: str | None = Field(None, description="base64 PNG: image with the heatmap")
 
 
 class InputCheckOut(BaseModel):
@@ -99,22 +108,29 @@ class InputCheckOut(BaseModel):
 class AnalyzeResponse(BaseModel):
     probability: float = Field(description="calibrated probability of malignancy")
     label: str = Field(description="'benign' or 'malignant' at the threshold")
-    threshold: float
-    risk_band: RiskBandOut
-    lesion_found: bool
+    threshold: float = Field(description="the validated threshold the call is made at")
+    risk_band: RiskBandOut = Field(description="the probability's BI-RADS-aligned band (an aid "
+                                               "to reading it, not a BI-RADS assessment)")
+    lesion_found: bool = Field(description="whether the segmenter outlined a lesion; false: the "
+                                           "probability is the whole image's, less reliable")
     logit: float = Field(description="the served logit: probability = sigmoid(logit / "
                                      "temperature); what /api/lesion averages over views")
-    temperature: float
-    note: str
+    temperature: float = Field(description="the calibration's temperature")
+    note: str = Field(description="what the reader must know (no lesion found, say); empty "
+                                  "when nothing")
     input_check: InputCheckOut | None = Field(
         description="is the image like the training images? None when the card has no ranges")
-    measurements: MeasurementsOut | None
-    image: ImageInfo
-    timings_ms: dict[str, float]
-    model_version: str
-    busdx_version: str
-    disclaimer: str
-    png: Pngs
+    measurements: MeasurementsOut | None = Field(
+        description="of the outlined lesion; null when no lesion was found")
+    image: ImageInfo = Field(description="the file and the part of it analysed")
+    timings_ms: dict[str, float] = Field(description="milliseconds per stage of the analysis, "
+                                                     "and the total")
+    model_version: str = Field(description="the models' version and their files' fingerprint")
+    busdx_version: str = Field(description="the busdx release that answered")
+    disclaimer: str = Field(description="decision support, not a diagnosis")
+    png: Pngs | None = Field(None, description="the pictures ?images= asked for: all six by "
+                                               "default; with images=mask the others are null; "
+                                               "null with images=none")
 
 
 # A served logit is a few tens at most; far beyond, the mean of views would overflow.
@@ -140,12 +156,56 @@ class LesionResponse(BaseModel):
     probability: float = Field(description="calibrated probability of malignancy of the lesion")
     label: str = Field(description="'benign' or 'malignant' at the lesion threshold")
     threshold: float = Field(description="the lesion threshold (validated with both views)")
-    risk_band: RiskBandOut
+    risk_band: RiskBandOut = Field(description="the lesion probability's BI-RADS-aligned band")
     logit: float = Field(description="mean of the views' logits")
-    views: int
-    views_without_lesion: int
+    views: int = Field(description="how many views were read")
+    views_without_lesion: int = Field(description="views in which no lesion was found (their "
+                                                  "logit is the whole image's)")
     views_unusual: int = Field(0, description="views sent with `unusual` true")
-    note: str
-    model_version: str
-    busdx_version: str
-    disclaimer: str
+    note: str = Field(description="what the reader must know about this reading; empty when "
+                                  "nothing")
+    model_version: str = Field(description="the models' version the views were analysed by")
+    busdx_version: str = Field(description="the busdx release that answered")
+    disclaimer: str = Field(description="decision support, not a diagnosis")
+
+
+def _nested(annotation) -> type[BaseModel] | None:
+    """The model a field holds (directly, or as ``Model | None``), if any."""
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def _rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for name, field in model.model_fields.items():
+        rows.append((f"{prefix}{name}", field.description or ""))
+        inner = _nested(field.annotation)
+        if inner is not None:
+            rows += _rows(inner, f"{prefix}{name}.")
+    return rows
+
+
+TABLE_BEGIN, TABLE_END = "<!-- response fields: begin -->", "<!-- response fields: end -->"
+
+
+def field_table() -> str:
+    """docs/api.md's table of every field of both answers, from the descriptions above."""
+    lines = [TABLE_BEGIN]
+    for title, model in (("/api/analyze", AnalyzeResponse), ("/api/lesion", LesionResponse)):
+        lines += ["", f"| {title} field | meaning |", "|---|---|"]
+        lines += [f"| `{name}` | {text.replace('|', '/')} |" for name, text in _rows(model)]
+    return "\n".join(lines + ["", TABLE_END])
+
+
+def write_field_table(path: str | Path) -> None:
+    """Replace the table between its markers in ``path`` (docs/api.md)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(TABLE_BEGIN), text.index(TABLE_END) + len(TABLE_END)
+    path.write_text(text[:start] + field_table() + text[end:], encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m busdx.api.schemas docs/api.md
+    import sys
+
+    write_field_table(sys.argv[1])

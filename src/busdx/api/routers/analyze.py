@@ -6,6 +6,7 @@ the client's (4xx with a ``detail``); only a failure after a successful decode i
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from functools import partial
@@ -19,6 +20,7 @@ from busdx.api.schemas import AnalyzeResponse
 from busdx.data.preprocess import ImageError
 from busdx.inference.decode import decode_bytes, parse_frame
 from busdx.inference.errors import InputError
+from busdx.inference.overlay import mask_png_array, png_bytes
 from busdx.inference.pipeline import analyze as run_analysis
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,9 @@ OPENAPI_BODY = {
 
 
 def _decode_and_analyze(data: bytes, models, max_pixels: int, pane: str | None = None,
-                        frame: int | None = None):
-    """Decode (every failure is the input's: a 4xx) then analyse; timings include the decode."""
+                        frame: int | None = None, images: str = "all"):
+    """Decode (every failure is the input's: a 4xx) then analyse; timings include the decode.
+    ``images``: which pictures to draw (``all``, ``mask`` or ``none``)."""
     start = time.perf_counter()
     try:
         decoded = decode_bytes(data, max_pixels, frame)
@@ -71,7 +74,7 @@ def _decode_and_analyze(data: bytes, models, max_pixels: int, pane: str | None =
     except Exception as err:  # a decoder failing on odd input is still the input's problem
         raise InputError("the image could not be decoded") from err
     decode_ms = round((time.perf_counter() - start) * 1000.0, 2)
-    result = run_analysis(decoded, models, render_overlays=True, pane=pane)
+    result = run_analysis(decoded, models, render_overlays=images == "all", pane=pane)
     result.timings_ms["decode"] = decode_ms
     result.timings_ms["total"] = round(result.timings_ms.get("total", 0.0) + decode_ms, 2)
     return result
@@ -87,7 +90,9 @@ def _decode_and_analyze(data: bytes, models, max_pixels: int, pane: str | None =
         "planes of one lesion side by side) and that pane is analysed; read the lesion from "
         "both with /api/lesion. A cine loop (a multi-frame DICOM) or a multi-page TIFF is read "
         "at one frame, the first unless `frame` names another; `image.frames` says how many it "
-        "holds. Decision support, not a diagnosis."
+        "holds. `images` chooses the pictures sent back: all six (the default), the mask only, "
+        "or none (drawing and encoding them is about a tenth of an analysis, and they are "
+        "most of an answer's bytes). Decision support, not a diagnosis."
     ),
     response_model=AnalyzeResponse,
     responses=ERROR_RESPONSES,
@@ -102,6 +107,8 @@ async def analyze(
         None, description="the frame of a cine loop or multi-page TIFF to analyse: a number from "
                           "1, a negative number counted from the end, 'first' or 'last' (422 "
                           "when the file has no such frame)"),
+    images: Literal["all", "mask", "none"] = Query(
+        "all", description="the pictures in `png`: all six, the mask only, or none"),
 ) -> dict[str, Any]:
     state = request.app.state
     try:
@@ -117,13 +124,16 @@ async def analyze(
             return JSONResponse({"detail": "client disconnected"}, status_code=CLIENT_GONE)
         result = await anyio.to_thread.run_sync(
             partial(_decode_and_analyze, data, state.models, state.limits.max_pixels, pane,
-                    chosen))
+                    chosen, images))
     del data
     log.info(
         "analysed a %dx%d %s image in %.0f ms",
         result.width, result.height, result.format, result.timings_ms.get("total", 0.0),
     )
-    return result.to_json(images=True)
+    answer = result.to_json(images=images == "all")
+    if images == "mask":
+        answer["png"] = {"mask": base64.b64encode(png_bytes(mask_png_array(result.mask))).decode()}
+    return answer
 
 
 async def _receive(request: Request) -> bytes:

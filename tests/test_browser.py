@@ -327,6 +327,16 @@ def test_two_views_of_one_lesion_give_one_lesion_reading(server, browser, fixtur
     assert "View 2 of 2: bus_0007-r.png" in page.locator("#view-title").inner_text()
     assert buttons.nth(1).get_attribute("aria-pressed") == "true"
     page.screenshot(path=str(output_dir / "browser-lesion.png"), full_page=True)
+    assert page.locator("#lesion-caution").is_hidden()  # the two views of one lesion agree
+    agreement = (card["classifier"].get("lesion_reading") or {}).get("agreement")
+    if agreement:  # a view of another patient beside one of them: a caution, plainly shown
+        page.keyboard.press("n")
+        page.set_input_files("#file", [str(views[0]),
+                                       str(fixtures_root / "Images" / "bus_0009-l.png")])
+        page.wait_for_selector("#lesion:not([hidden])", timeout=90_000)
+        caution = page.locator("#lesion-caution")
+        assert caution.is_visible() and "may not show one lesion" in caution.inner_text()
+        page.screenshot(path=str(output_dir / "browser-lesion-two-patients.png"))
     # one image afterwards: the lesion block goes away
     shown = int(page.evaluate("document.body.dataset.analyses"))
     page.keyboard.press("n")

@@ -25,6 +25,7 @@ from busdx.evaluation.classification import (
     roc_auc,
 )
 from busdx.inference.lesion import (
+    Agreement,
     ViewScore,
     compile_pattern,
     group_means,
@@ -32,7 +33,13 @@ from busdx.inference.lesion import (
     read_lesion,
 )
 from busdx.inference.models import ClassifierSettings
-from stand_in_models import STAND_IN_CARD, build_stand_in_models
+from stand_in_models import (
+    REAL_MODELS_MISSING,
+    STAND_IN_CARD,
+    build_stand_in_models,
+    real_models_dir,
+)
+from tiers import unavailable
 
 
 def _view(logit, found=True, version="v1", temperature=2.0):
@@ -239,3 +246,74 @@ def test_api_reads_a_lesion_from_analysed_views(fixtures_root, lesion_models, tm
     with TestClient(create_app(plain)) as client:
         answer = client.post("/api/lesion", json={"views": [dict(views[0])]})
         assert answer.status_code == 409 and "no lesion reading" in answer.json()["detail"]
+
+
+# --- views that cannot be one lesion
+
+
+def _scored(logit: float, diameter: float | None = None, units: str | None = None) -> ViewScore:
+    return ViewScore(logit, 1.0, diameter is not None, "m", False, diameter, units)
+
+
+def test_views_that_cannot_be_one_lesion_get_a_caution():
+    agree = Agreement(logit_spread=2.0, diameter_ratio=1.5)
+    assert agree.disagreement([_scored(0.0, 10, "px"), _scored(1.9, 14, "px")]) == ""
+    assert "probabilities differ" in agree.disagreement([_scored(0.0), _scored(2.1)])
+    assert "differ in size" in agree.disagreement([_scored(0.0, 10, "mm"), _scored(0.5, 16, "mm")])
+    # sizes in different units, or a view without a lesion: the sizes are not compared
+    assert agree.disagreement([_scored(0.0, 10, "mm"), _scored(0.5, 16, "px")]) == ""
+    assert agree.disagreement([_scored(0.0, 10, "px"), _scored(0.5)]) == ""
+    reading = read_lesion([_scored(0.0), _scored(3.0)], 0.5, agree)
+    assert reading.views_disagree and reading.to_json()["views_disagree"] is True
+    assert "may not show one lesion" in reading.note and reading.label  # still read
+    assert not read_lesion([_scored(0.0), _scored(3.0)], 0.5).views_disagree  # no limits: no check
+    assert not read_lesion([_scored(9.0)], 0.5, agree).views_disagree  # one view
+    assert Agreement.from_card(None) is None
+    with pytest.raises(BusdxError):
+        Agreement.from_card({"logit_spread": -1.0, "diameter_ratio": 2.0})
+
+
+def _bundled() -> Path:
+    directory = real_models_dir()
+    if directory is None:
+        unavailable(REAL_MODELS_MISSING)
+    return directory
+
+
+def test_views_of_two_patients_are_flagged_by_the_api_and_the_csv(fixtures_root, tmp_path,
+                                                                   monkeypatch):
+    """Two views of one BUS-BRA lesion read quietly; a view of another patient beside one of
+    them gets the caution, in /api/lesion and in the lesions CSV."""
+    directory = _bundled()
+    if real_models_dir() is None or ClassifierSettings.from_card(
+            json.loads((directory / "model_card.json").read_text())).lesion_agreement is None:
+        unavailable("the bundled card has no lesion_reading.agreement")
+    with TestClient(create_app(directory)) as client:
+        def view(name: str) -> dict:
+            data = (fixtures_root / "Images" / name).read_bytes()
+            body = client.post("/api/analyze?images=none",
+                               files={"file": (name, data, "image/png")}).json()
+            m = body["measurements"]
+            return {"logit": body["logit"], "lesion_found": body["lesion_found"],
+                    "model_version": body["model_version"], "longest_diameter":
+                    m and m["longest_diameter"], "units": m and m["units"]}
+
+        same = client.post("/api/lesion", json={"views": [view("bus_0007-l.png"),
+                                                          view("bus_0007-r.png")]}).json()
+        mixed = client.post("/api/lesion", json={"views": [view("bus_0007-l.png"),
+                                                           view("bus_0009-l.png")]}).json()
+    assert same["views_disagree"] is False and "may not show" not in same["note"]
+    assert mixed["views_disagree"] is True and "may not show one lesion" in mixed["note"]
+
+    monkeypatch.setenv("BUSDX_MODELS", str(directory))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("bus_0007-l.png", "bus_0007-r.png", "bus_0009-l.png"):
+        shutil.copy(fixtures_root / "Images" / name, folder / name)
+    lesions_csv = tmp_path / "lesions.csv"
+    # a pattern that wrongly takes 0007-l and 0009-l for one lesion (their side letter)
+    assert main(["predict", str(folder), "--csv", str(tmp_path / "i.csv"), "--lesion-pattern",
+                 r"bus_\d+-([lr])", "--lesions-csv", str(lesions_csv)]) == 0
+    rows = {r["lesion"]: r for r in _rows(lesions_csv)}
+    assert rows["l"]["views"] == "2" and rows["l"]["views_disagree"] == "true"
+    assert rows["r"]["views_disagree"] == "false"

@@ -357,7 +357,7 @@ def test_colour_overlays_draw_colour_inside_the_box_only():
 # compares rows and summary.
 
 STUDIES = ("robustness", "colour_overlays", "margins", "shape_features", "calipers",
-           "scanner_screens", "dual_view", "whole_image_view")  # the longest to re-run first
+           "scanner_screens", "view_agreement", "dual_view", "whole_image_view")  # longest first
 RECORDED = ROOT / "reports" / "studies"
 VALIDATION_FIXTURES = ROOT / "tests" / "fixtures" / "busbra-validation"
 ROWS_TOLERANCE = 1e-6  # a probability or logit computed again (another CPU may round otherwise)
@@ -533,6 +533,31 @@ def test_fixed_images_rerun_as_recorded_by_the_shape_features_study(real_models,
     for record in chosen:
         got = study.image_row(record, images[record.id]["part"], real_models)
         _assert_same(_json(got), images[record.id], ROWS_TOLERANCE, record.id)
+
+
+def test_fixed_lesions_rerun_as_recorded_by_the_view_agreement_study(real_models,
+                                                                     fixture_records):
+    study, rows = _load("view_agreement"), _rows("view_agreement")
+    _check_models(real_models, rows)
+    checked = 0
+    for lesion in rows["lesions"]["validation"]:
+        records = [fixture_records.get(f"bus_{int(lesion['lesion']):04d}-{side}")
+                   for side in ("l", "r")]
+        if all(records):
+            got = [_json(study.image_row(r, real_models)) for r in records]
+            _assert_same(got, lesion["views"], ROWS_TOLERANCE, lesion["lesion"])
+            checked += 1
+    assert checked >= 2  # the two validation fixture patients
+
+
+def test_the_served_lesion_limits_are_the_view_agreement_study_s():
+    """The card's lesion_reading.agreement, which serving reads, is what the study fitted."""
+    from busdx.evaluation.model_card import load_card
+
+    card = load_card(ROOT / "models" / "model_card.json")["classifier"]["lesion_reading"]
+    fitted = _summary("view_agreement")["agreement"]
+    for key, value in fitted.items():
+        assert card["agreement"][key] == value, key
 
 
 def test_fixed_images_rerun_as_recorded_by_the_whole_image_view_study(real_models,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -145,6 +146,11 @@ class LesionView(BaseModel):
                                description="the view's `model_version` from /api/analyze")
     unusual: bool = Field(False, description="whether the view's `input_check.outside` was not "
                                              "empty (a caution)")
+    longest_diameter: float | None = Field(
+        None, allow_inf_nan=False, gt=0, le=1e6,
+        description="the view's `measurements.longest_diameter` (null when no lesion was found)")
+    units: Literal["mm", "px"] | None = Field(
+        None, description="the view's `measurements.units`")
 
 
 class LesionRequest(BaseModel):
@@ -162,6 +168,10 @@ class LesionResponse(BaseModel):
     views_without_lesion: int = Field(description="views in which no lesion was found (their "
                                                   "logit is the whole image's)")
     views_unusual: int = Field(0, description="views sent with `unusual` true")
+    views_disagree: bool = Field(
+        False, description="the views differ more than any validation lesion's two views did "
+        "(served logits, or longest diameters in one unit) and may not show one lesion: the "
+        "note says how; a caution, the reading is still given")
     note: str = Field(description="what the reader must know about this reading; empty when "
                                   "nothing")
     model_version: str = Field(description="the models' version the views were analysed by")

@@ -160,13 +160,15 @@ def _warn_skipped(skipped: list[tuple[Path, str]], shown: int = 10) -> None:
 
 LESION_COLUMNS = (
     "lesion", "views", "paths", "probability", "label", "threshold", "risk_band", "risk_text",
-    "views_without_lesion", "views_unusual", "failed_views", "model_version", "note", "error",
+    "views_without_lesion", "views_unusual", "views_disagree", "failed_views", "model_version",
+    "note", "error",
 )
 
 
-def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold) -> list[dict]:
+def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold,
+                agreement=None) -> list[dict]:
     """One row per lesion: ``views`` holds (path, ViewScore) of the views analysed, ``failed``
-    the paths that could not be."""
+    the paths that could not be; ``agreement``: the models' ``settings.lesion_agreement``."""
     from busdx.inference.lesion import read_lesion
 
     rows = []
@@ -177,7 +179,7 @@ def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold)
         if not done:
             row["error"] = "no view of this lesion could be analysed"
         else:
-            reading = read_lesion([v for _, v in done], threshold)
+            reading = read_lesion([v for _, v in done], threshold, agreement)
             notes = [reading.note] if reading.note else []
             if row["failed_views"]:
                 notes.append(f"{row['failed_views']} view(s) failed and were left out")
@@ -186,6 +188,7 @@ def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold)
                        risk_text=reading.risk.text,
                        views_without_lesion=reading.views_without_lesion,
                        views_unusual=reading.views_unusual,
+                       views_disagree=reading.views_disagree,
                        model_version=reading.model_version, note="; ".join(notes), error="")
         rows.append({key: _fmt(row.get(key)) for key in LESION_COLUMNS})
     return rows
@@ -353,7 +356,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("%d %s analysed, %d failed; results in %s", total - failed,
              "panes" if args.dual_view else "images", failed, args.csv)
     if by_lesion:
-        rows = lesion_rows(views, failed_views, models.settings.lesion_threshold)
+        rows = lesion_rows(views, failed_views, models.settings.lesion_threshold,
+                           models.settings.lesion_agreement)
         with lesions_out:
             writer = csv.DictWriter(lesions_out, fieldnames=LESION_COLUMNS)
             writer.writeheader()

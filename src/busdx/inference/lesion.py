@@ -7,6 +7,12 @@ one image, so a lesion given as one image reads as that image does. The call use
 lesion threshold (``classifier.lesion_reading``), fitted on validation images that each carried
 their lesion's reading: averaging two views makes the scores of one lesion less spread, so the
 per-image threshold is not the right one for them.
+
+Views that cannot be one lesion get a caution (``views_disagree``): their served logits spread
+wider than ``logit_spread``, or, when every view outlined a lesion measured in the same units,
+their longest diameters differ by a larger factor than ``diameter_ratio``. Both come from the
+card's ``lesion_reading.agreement``: the widest any validation lesion's two views showed
+(studies/view_agreement.py, which also says how the rule did on the test fold).
 """
 
 from __future__ import annotations
@@ -59,6 +65,40 @@ def group_means(values: Sequence[float], groups: Sequence[str]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Agreement:
+    """How far views of one lesion may differ (the card's ``lesion_reading.agreement``)."""
+
+    logit_spread: float  # largest minus smallest served logit
+    diameter_ratio: float  # longest over shortest longest diameter, in one unit
+
+    @classmethod
+    def from_card(cls, section: dict[str, Any] | None) -> Agreement | None:
+        if not section:
+            return None
+        agreement = cls(float(section["logit_spread"]), float(section["diameter_ratio"]))
+        if not (agreement.logit_spread > 0 and agreement.diameter_ratio >= 1):
+            raise BusdxError(f"bad lesion_reading.agreement in the card: {section}")
+        return agreement
+
+    def disagreement(self, views: Sequence[ViewScore]) -> str:
+        """Why ``views`` cannot be one lesion, or "" when they can."""
+        logits = [v.logit for v in views]
+        why = []
+        if max(logits) - min(logits) > self.logit_spread:
+            low, high = (100 * float(sigmoid(z / views[0].temperature))
+                         for z in (min(logits), max(logits)))
+            why.append(f"their probabilities differ more than any two views of one validation "
+                       f"lesion did ({low:.1f}% to {high:.1f}%)")
+        sizes = [v.longest_diameter for v in views]
+        units = {v.units for v in views}
+        if all(sizes) and len(units) == 1 and max(sizes) > self.diameter_ratio * min(sizes):
+            why.append(f"their lesions differ in size more than any two views of one "
+                       f"validation lesion did (longest diameters {min(sizes):.3g} to "
+                       f"{max(sizes):.3g} {units.pop()})")
+        return " and ".join(why)
+
+
+@dataclass(frozen=True)
 class ViewScore:
     """What a lesion reading needs of one analysed view, without its image arrays (a folder of
     images is read view by view and the lesions are read at the end)."""
@@ -68,11 +108,16 @@ class ViewScore:
     lesion_found: bool
     model_version: str
     unusual: bool = False  # the view got the input check's caution (unlike the training images)
+    # the outlined lesion's longest diameter and its units ("mm" or "px"); None: no lesion
+    longest_diameter: float | None = None
+    units: str | None = None
 
     @classmethod
     def of(cls, analysis) -> ViewScore:
+        m = analysis.measurements
         return cls(analysis.logit, analysis.temperature, analysis.lesion_found,
-                   analysis.model_version, analysis.unusual)
+                   analysis.model_version, analysis.unusual,
+                   m.longest_diameter if m else None, m.units if m else None)
 
 
 @dataclass(frozen=True)
@@ -88,6 +133,8 @@ class LesionReading:
     note: str
     model_version: str
     views_unusual: int = 0  # views the input check found unlike the training images
+    # the views cannot be one lesion (Agreement): a caution, the reading is still given
+    views_disagree: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +146,7 @@ class LesionReading:
             "views": self.views,
             "views_without_lesion": self.views_without_lesion,
             "views_unusual": self.views_unusual,
+            "views_disagree": self.views_disagree,
             "note": self.note,
             "model_version": self.model_version,
             "busdx_version": __version__,
@@ -106,10 +154,12 @@ class LesionReading:
         }
 
 
-def read_lesion(analyses: Sequence, lesion_threshold: float | None) -> LesionReading:
+def read_lesion(analyses: Sequence, lesion_threshold: float | None,
+                agreement: Agreement | None = None) -> LesionReading:
     """The lesion reading of ``analyses`` (busdx.inference.Analysis or ViewScore: the views of
     one lesion, analysed by the same models). ``lesion_threshold``: the models'
-    ``settings.lesion_threshold``; None means the card offers no lesion reading."""
+    ``settings.lesion_threshold``; None means the card offers no lesion reading.
+    ``agreement``: the models' ``settings.lesion_agreement``; None: views are not compared."""
     if lesion_threshold is None:
         raise BusdxError("these models' card has no lesion reading (classifier.lesion_reading): "
                          "analyse the images one by one, or fit it with `busdx evaluate "
@@ -128,6 +178,11 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None) -> LesionRea
         raise ValueError("the views' logits are not finite")
     missing = sum(not a.lesion_found for a in analyses)
     notes = []
+    views = [a if isinstance(a, ViewScore) else ViewScore.of(a) for a in analyses]
+    apart = agreement.disagreement(views) if agreement is not None and len(views) > 1 else ""
+    if apart:
+        notes.append(f"these views may not show one lesion: {apart}. Check that they are "
+                     "images of the same lesion of the same patient")
     if missing:
         notes.append(f"no lesion found in {missing} of {len(analyses)} views: their probability "
                      "is from the whole image and is less reliable")
@@ -149,4 +204,5 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None) -> LesionRea
         note="; ".join(notes),
         model_version=analyses[0].model_version,
         views_unusual=unusual,
+        views_disagree=bool(apart),
     )

@@ -8,7 +8,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import busdx
 from busdx.data.crop import CropConfig
@@ -23,6 +23,9 @@ from busdx.models.contract import (
     SEGMENTER_OUTPUT,
     input_views,
 )
+
+if TYPE_CHECKING:
+    from busdx.inference.lesion import Agreement
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class ClassifierSettings:
     # The threshold for the mean logit of several views of one lesion (busdx.inference.lesion),
     # from the card's ``lesion_reading`` where rule X offered it; None: no lesion reading.
     lesion_threshold: float | None = None
+    # how far views of one lesion may differ before the reading warns (busdx.inference.lesion)
+    lesion_agreement: Agreement | None = None
 
     @property
     def all_contexts(self) -> tuple[float, ...]:
@@ -102,7 +107,11 @@ class ClassifierSettings:
         lesion_threshold = float(lesion["threshold"]) if lesion.get("offered") else None
         if lesion_threshold is not None and not 0.0 < lesion_threshold < 1.0:
             raise BusdxError(f"bad classifier lesion threshold {lesion_threshold}")
-        return cls(temperature, threshold, kind, config, contexts, shift, lesion_threshold)
+        from busdx.inference.lesion import Agreement  # lesion.py reads settings: no cycle at import
+
+        agreement = Agreement.from_card(lesion.get("agreement")) if lesion_threshold else None
+        return cls(temperature, threshold, kind, config, contexts, shift, lesion_threshold,
+                   agreement)
 
 
 def _batch_axis_name(path: Path) -> str | None:

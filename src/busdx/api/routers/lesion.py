@@ -24,9 +24,12 @@ router = APIRouter(prefix="/api", tags=["analysis"])
     description=(
         "Send the `logit`, `lesion_found` and `model_version` of each view of one lesion, as "
         "/api/analyze returned them (two orthogonal planes, typically), and `unusual` when its "
-        "`input_check.outside` was not empty. Returns the lesion's "
+        "`input_check.outside` was not empty, and its `measurements.longest_diameter` and "
+        "`units` so that views of different sizes are noticed. Returns the lesion's "
         "calibrated probability, its call at the lesion threshold validated on BUS-BRA with "
-        "both views, and its risk band. Decision support, not a diagnosis."
+        "both views, and its risk band; `views_disagree` (with a note) when the views differ "
+        "more than any validation lesion's two views did, in probability or in size, and so "
+        "may not show one lesion. Decision support, not a diagnosis."
     ),
     response_model=LesionResponse,
     responses={409: {"description": "No lesion reading in these models' card, or views "
@@ -42,5 +45,5 @@ def lesion(request: Request, body: LesionRequest) -> dict[str, Any]:
         raise HTTPException(409, f"views analysed by other models ({', '.join(stale)}): analyse "
                                  f"them again with {models.version}")
     views = [ViewScore(v.logit, models.settings.temperature, v.lesion_found, v.model_version,
-                       v.unusual) for v in body.views]
-    return read_lesion(views, threshold).to_json()
+                       v.unusual, v.longest_diameter, v.units) for v in body.views]
+    return read_lesion(views, threshold, models.settings.lesion_agreement).to_json()

@@ -24,6 +24,7 @@ const els = {
   lesion: $("lesion"), lesionTitle: $("lesion-title"), lesionCall: $("lesion-call"),
   lesionProb: $("lesion-prob"), lesionBandName: $("lesion-band-name"),
   lesionBandText: $("lesion-band-text"), lesionNote: $("lesion-note"),
+  lesionCaution: $("lesion-caution"),
   viewButtons: $("view-buttons"), viewTitle: $("view-title"), dualView: $("dual-view"),
 };
 const PANES = ["left", "right"];
@@ -380,7 +381,9 @@ async function analyzeLesion(files, dual) {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ views: views.map(({ result: r }) => ({
         logit: r.logit, lesion_found: r.lesion_found, model_version: r.model_version,
-        unusual: Boolean(r.input_check && Object.keys(r.input_check.outside).length) })) }),
+        unusual: Boolean(r.input_check && Object.keys(r.input_check.outside).length),
+        longest_diameter: r.measurements ? r.measurements.longest_diameter : null,
+        units: r.measurements ? r.measurements.units : null })) }),
     });
     const lesion = response.ok ? await response.json() : null;
     renderLesion(lesion, views, lesion ? "" : (await errorOf(response)).message
@@ -436,10 +439,15 @@ function renderLesion(lesion, views, problem) {
       `(lesion threshold ${pct(lesion.threshold)})`;
     els.lesionBandName.textContent = lesion.risk_band.name;
     els.lesionBandText.textContent = lesion.risk_band.text;
-    els.lesionNote.textContent = [lesionOperatingNote, lesion.note,
+    // Views that cannot be one lesion (two patients, say) are said first and plainly.
+    els.lesionCaution.textContent = lesion.views_disagree
+      ? `Caution: ${lesion.note}.` : "";
+    els.lesionCaution.hidden = !lesion.views_disagree;
+    els.lesionNote.textContent = [lesionOperatingNote, lesion.views_disagree ? "" : lesion.note,
       "Give only images of the same lesion."].filter((text) => text).join(" ");
   } else {
     els.lesionCall.className = "call none";
+    els.lesionCaution.hidden = true;
     els.lesionCall.replaceChildren(document.createTextNode("No lesion reading"));
     els.lesionProb.textContent = "";
     els.lesionBandName.textContent = "";

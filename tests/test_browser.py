@@ -561,3 +561,32 @@ def test_the_call_and_its_band_tell_one_story(server, browser, fixtures_root, ou
         else:
             assert "malignant" in text and colour != green_bg
     page.close()
+
+
+def test_a_phone_sees_its_result_and_the_focus_ring_is_calm(server, browser, fixtures_root,
+                                                            output_dir):
+    """On a phone the result comes into view after the analysis, the threshold's label stays
+    clear of the probability's text, and the keyboard's focus ring is not an alarm colour."""
+    image = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                            is_mobile=True, has_touch=True)
+    page.goto(server + "/")
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    page.wait_for_timeout(300)  # the scroll into view
+    call = page.locator("#call").bounding_box()
+    assert call["y"] >= 0 and call["y"] + call["height"] <= 844, call  # on screen
+    label = page.locator("#bar-marker span").bounding_box()
+    text = page.locator("#prob-text").bounding_box()
+    assert label["y"] >= text["y"] + text["height"], (label, text)  # below the text, not on it
+    page.screenshot(path=str(output_dir / "browser-phone.png"))
+    page.close()
+
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    page.keyboard.press("Tab")  # the skip link
+    page.keyboard.press("Tab")
+    ring = page.evaluate("() => getComputedStyle(document.activeElement).outlineColor")
+    r, g, b = (int(v) for v in ring[ring.index("(") + 1:ring.index(")")].split(",")[:3])
+    assert b > r and b > g, ring  # blue, not the amber or red of a warning
+    page.close()

@@ -319,6 +319,8 @@ async function whileBusy(work) {
   try {
     await work();
     els.results.focus({ preventScroll: true });
+    // one column (a phone): the result lies below the image, so bring it into view
+    if (window.matchMedia("(max-width: 900px)").matches) els.results.scrollIntoView();
   } catch (err) {
     setStatus("");
     clearResult();

@@ -590,3 +590,36 @@ def test_a_phone_sees_its_result_and_the_focus_ring_is_calm(server, browser, fix
     r, g, b = (int(v) for v in ring[ring.index("(") + 1:ring.index(")")].split(",")[:3])
     assert b > r and b > g, ring  # blue, not the amber or red of a warning
     page.close()
+
+
+def test_a_report_to_print_and_the_session_s_analyses(server, browser, fixtures_root,
+                                                      output_dir):
+    """Printed, the page is a report: image and outline, call, probability, band,
+    measurements, file, time, model and disclaimer, without the page's controls. The tab keeps
+    a list of its analyses (in memory only), and any of them can be shown again."""
+    first, second = (fixtures_root / "Images" / n for n in ("bus_0007-l.png", "bus_0009-l.png"))
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    assert page.locator("#history").is_hidden()  # nothing analysed yet
+    for n, image in enumerate((first, second), start=1):
+        page.set_input_files("#file", str(image))
+        page.wait_for_function(f"() => document.body.dataset.analyses === '{n}'", timeout=60_000)
+    entries = page.locator("#history-list li")
+    assert entries.count() == 2
+    assert second.name in entries.nth(0).inner_text()  # newest first
+    assert first.name in entries.nth(1).inner_text() and "%" in entries.nth(1).inner_text()
+    entries.nth(1).locator("button").click()
+    assert first.name in page.locator("#source").inner_text()
+    assert page.locator("#figure").is_visible() and page.locator("#call").is_visible()
+
+    page.emulate_media(media="print")
+    for shown in ("#notice", "#img-base", "#img-outline", "#call", "#prob-text", "#band-name",
+                  "#measures-body", "#source", "#version"):
+        assert page.locator(shown).is_visible(), shown
+    assert "not a diagnosis" in page.locator("#notice").inner_text()
+    for hidden in ("#another", "#print", "#show-outline", "#history", ".top nav", "#dual-view"):
+        assert page.locator(hidden).first.is_hidden(), hidden
+    page.pdf(path=str(output_dir / "report.pdf"))
+    page.screenshot(path=str(output_dir / "browser-print.png"), full_page=True)
+    page.emulate_media(media="screen")
+    page.close()

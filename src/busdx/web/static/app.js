@@ -26,7 +26,11 @@ const els = {
   lesionBandText: $("lesion-band-text"), lesionNote: $("lesion-note"),
   lesionCaution: $("lesion-caution"),
   viewButtons: $("view-buttons"), viewTitle: $("view-title"), dualView: $("dual-view"),
+  print: $("print"), history: $("history"), historyList: $("history-list"),
 };
+// This tab's analyses, newest first, in memory only (never sent or stored anywhere).
+const HISTORY_SIZE = 20;
+const history = [];
 const PANES = ["left", "right"];
 
 let busy = false;
@@ -343,7 +347,12 @@ async function analyze(file, frame = null) {
     setStatus(frame === null ? "Analysing the image…" : `Analysing frame ${frame}…`, true);
     shownFile = file;  // kept even when the frame read is blank: another can be chosen
     const result = await analyzeOne(file, null, frame);
-    renderResult(result, file.name, new Date());
+    const at = new Date();
+    renderResult(result, file.name, at);
+    remember({ label: file.name, at, result, show: () => {
+      shownFile = file;  // the frame box of a loop reads this file again
+      showImage(result, file.name, at);
+    } });
     setStatus((result.image.frames > 1 ? `Frame ${result.image.frame} of ` +
       `${result.image.frames}. ` : "") + doneText(result));
   });
@@ -388,13 +397,48 @@ async function analyzeLesion(files, dual) {
         units: r.measurements ? r.measurements.units : null })) }),
     });
     const lesion = response.ok ? await response.json() : null;
-    renderLesion(lesion, views, lesion ? "" : (await errorOf(response)).message
-      .replace("The image could not be analysed: ", ""));
+    const problem = lesion ? "" : (await errorOf(response)).message
+      .replace("The image could not be analysed: ", "");
+    renderLesion(lesion, views, problem);
+    remember({ label: `Lesion, ${views.length} views: ${files.map((f) => f.name).join(", ")}`,
+               at: views[views.length - 1].at, result: lesion, show: () => {
+                 shownFile = null;
+                 clearResult();
+                 renderLesion(lesion, views, problem);
+               } });
     setStatus(lesion
       ? `Done: lesion read from ${views.length} views: ${lesion.label} call, probability ` +
         `${pct(lesion.probability)}, risk band ${lesion.risk_band.name}.`
       : `Done: ${views.length} views analysed one by one; no lesion reading.`);
   });
+}
+
+function showImage(result, name, at) {
+  clearResult();
+  renderResult(result, name, at);
+}
+
+function remember(entry) {
+  history.unshift(entry);
+  history.length = Math.min(history.length, HISTORY_SIZE);
+  els.historyList.replaceChildren(...history.map((item) => {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link";
+    const r = item.result;
+    button.textContent = `${item.at.toLocaleTimeString()} · ${item.label}` + (r
+      ? ` · ${r.label}, ${pct(r.probability)}, band ${r.risk_band.name}` : " · no reading");
+    button.addEventListener("click", () => {
+      if (busy) return;
+      showError(""); setStatus("");
+      item.show();
+      els.results.scrollIntoView();
+    });
+    li.append(button);
+    return li;
+  }));
+  els.history.hidden = false;
 }
 
 function analyzeFiles(list) {
@@ -468,6 +512,7 @@ function another() {
 }
 
 els.another.addEventListener("click", another);
+els.print.addEventListener("click", () => window.print());
 els.showOutline.addEventListener("change", applyToggles);
 els.base.addEventListener("load", fitImage);
 window.addEventListener("resize", fitImage);
@@ -503,6 +548,7 @@ document.addEventListener("keydown", (e) => {
   if (key === "o") { els.showOutline.checked = !els.showOutline.checked; applyToggles(); }
   else if (key === "h") { els.showHeatmap.checked = !els.showHeatmap.checked; applyToggles(); }
   else if (key === "n") another();
+  else if (key === "p") window.print();
 });
 
 // Set once from /api/model: models recalibrated on a site's images say so beside the version,

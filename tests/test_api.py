@@ -266,3 +266,17 @@ def test_every_response_field_is_described_in_the_docs(client):
             assert schema.get("description"), f"{name}.{field} has no description"
     docs = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
     assert field_table() in docs, "regenerate it: python -m busdx.api.schemas docs/api.md"
+
+
+def test_the_model_card_is_a_page_to_read(real_client, client):
+    """The page's "Model card" link opens the card rendered as a page, not 110 KB of JSON."""
+    page = real_client.get("/model-card")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "<h1>busdx model card</h1>" in html and "<table>" in html and "<h2>" in html
+    assert "not a diagnosis" in html and 'href="/"' in html
+    assert "/work/" not in html and "/home/" not in html  # no build machine's paths
+    assert 'href="/model-card"' in real_client.get("/").text
+    # models without a MODEL_CARD.md beside them (the stand-ins): a plain 404
+    missing = client.get("/model-card")
+    assert missing.status_code == 404 and "/api/model" in missing.json()["detail"]

@@ -74,6 +74,7 @@ def create_app(
         app.state.models = models if models is not None else Models.load(models_dir)
         # what /api/model serves of the card, cleaned once rather than on every request
         app.state.served_card = served_card(app.state.models.card)
+        app.state.model_card_page = model_card_page(app.state.models.directory)
         # Created inside the running loop; bounds concurrent analyses (and so memory).
         app.state.limiter = anyio.CapacityLimiter(concurrency)
         # places for uploads being received (Limits.max_uploads)
@@ -81,7 +82,7 @@ def create_app(
         yield
 
     from busdx.api.routers import analyze, lesion, meta
-    from busdx.api.routers.meta import served_card
+    from busdx.api.routers.meta import model_card_page, served_card
 
     swagger_dir = _swagger_ui_dir()
     app = FastAPI(
@@ -133,6 +134,7 @@ def create_app(
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.include_router(meta.router)
+    app.include_router(meta.pages)
     app.include_router(analyze.router)
     app.include_router(lesion.router)
     # Last: the page and its files at /, after every /api route.

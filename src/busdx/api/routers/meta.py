@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import re
+from html import escape
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse
 
 from busdx import DISCLAIMER, __version__
 
 router = APIRouter(prefix="/api", tags=["meta"])
+# the model card as a page to read, beside the web page (not under /api)
+pages = APIRouter(tags=["meta"])
+MODEL_CARD_MD = "MODEL_CARD.md"
 
 
 @router.get("/health", summary="Liveness: the models are loaded and the service answers")
@@ -52,3 +58,33 @@ def served_card(card: Any) -> Any:
     if isinstance(card, str):
         return ABSOLUTE_PATH.sub("<path>", card)
     return card
+
+
+def model_card_page(directory: Path) -> str | None:
+    """The models' MODEL_CARD.md as a page of its own (tables kept, absolute paths replaced by
+    <path> as in /api/model); None when the folder has none."""
+    import markdown
+
+    path = directory / MODEL_CARD_MD
+    if not path.is_file():
+        return None
+    body = markdown.markdown(ABSOLUTE_PATH.sub("<path>", path.read_text(encoding="utf-8")),
+                             extensions=["tables", "fenced_code"])
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>busdx model card ({escape(directory.name)})</title>"
+        '<link rel="stylesheet" href="/app.css"></head>'
+        '<body class="card-page"><p class="back"><a href="/">Back to the analysis</a> · '
+        '<a href="/api/model">the card as JSON</a></p>'
+        f'<p class="notice"><strong>Decision support, not a diagnosis.</strong> {escape(DISCLAIMER)}'
+        f"</p><main class=\"card\">{body}</main></body></html>"
+    )
+
+
+@pages.get("/model-card", response_class=HTMLResponse, summary="The model card as a page")
+def model_card(request: Request) -> str:
+    page = request.app.state.model_card_page
+    if page is None:
+        raise HTTPException(404, f"these models come without a {MODEL_CARD_MD}: see /api/model")
+    return page

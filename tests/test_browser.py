@@ -623,3 +623,33 @@ def test_a_report_to_print_and_the_session_s_analyses(server, browser, fixtures_
     page.screenshot(path=str(output_dir / "browser-print.png"), full_page=True)
     page.emulate_media(media="screen")
     page.close()
+
+
+def test_an_empty_heatmap_is_said_in_words(server, browser, fixtures_root, output_dir):
+    """A result whose heatmap has nothing to draw says so where the legend was; one with a
+    heatmap shows the colour ramp."""
+    import httpx
+
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    seen = set()
+    for path in sorted((fixtures_root / "Images").glob("*.png")):
+        shown = httpx.post(server + "/api/analyze?images=none", timeout=60, files={
+            "file": (path.name, path.read_bytes(), "image/png")}).json()["heatmap_shown"]
+        if shown in seen:
+            continue
+        seen.add(shown)
+        before = page.evaluate("() => Number(document.body.dataset.analyses || 0)")
+        page.set_input_files("#file", str(path))
+        page.wait_for_function(f"() => Number(document.body.dataset.analyses || 0) > {before}",
+                               timeout=60_000)
+        page.check("#show-heatmap")
+        legend = page.locator("#legend-heatmap").inner_text()
+        assert ("nothing to show" in legend) != shown, (path.name, legend)
+        assert page.locator("#legend-ramp").is_visible() == shown
+        if not shown:
+            page.screenshot(path=str(output_dir / "browser-empty-heatmap.png"))
+        if len(seen) == 2:
+            break
+    assert seen == {True, False}
+    page.close()

@@ -309,3 +309,34 @@ def test_components_match_scipy_on_random_masks():
             expected = (labels == int(np.argmax(sizes)) + 1).astype(np.uint8)
         assert np.array_equal(largest_component(mask), expected), case
         assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask).astype(np.uint8)), case
+
+
+def test_the_heatmap_fades_out_at_its_crop_and_says_when_it_is_empty(fixtures_root):
+    """No square patch: on every edge of the crop window that lies inside the image, the
+    heatmap is (nearly) nothing; an empty heatmap is said in the answer (heatmap_shown)."""
+    from stand_in_models import REAL_MODELS_MISSING, real_models_dir
+    from tiers import unavailable
+
+    directory = real_models_dir()
+    if directory is None:
+        unavailable(REAL_MODELS_MISSING)
+    models = Models.load(directory)
+    shown = {}
+    for path in sorted((fixtures_root / "Images").glob("*.png")):
+        result = analyze(path.read_bytes(), models, render_overlays=False)
+        heat, box = result.heatmap, result.crop_box
+        shown[path.name] = result.to_json(images=False)["heatmap_shown"]
+        assert shown[path.name] == bool(heat.max() >= 0.1)
+        if box is None:
+            continue
+        h, w = heat.shape
+        bottom, right = box.top + box.side - 1, box.left + box.side - 1
+        cols = slice(max(box.left, 0), min(right + 1, w))
+        rows = slice(max(box.top, 0), min(bottom + 1, h))
+        edges = ([heat[box.top, cols]] if box.top >= 0 else []) + \
+                ([heat[bottom, cols]] if bottom < h else []) + \
+                ([heat[rows, box.left]] if box.left >= 0 else []) + \
+                ([heat[rows, right]] if right < w else [])
+        for edge in edges:
+            assert edge.max() <= 1e-3, path.name
+    assert any(shown.values()) and not all(shown.values())  # both cases among the fixtures

@@ -119,6 +119,8 @@ class AnalyzeResponse(BaseModel):
     temperature: float = Field(description="the calibration's temperature")
     note: str = Field(description="what the reader must know (no lesion found, say); empty "
                                   "when nothing")
+    heatmap_shown: bool = Field(description="whether the heatmap has anything to draw (evidence "
+                                            "of at least 0.1 of its peak); false: an empty layer")
     input_check: InputCheckOut | None = Field(
         description="is the image like the training images? None when the card has no ranges")
     measurements: MeasurementsOut | None = Field(

@@ -9,7 +9,8 @@ component, holes filled -> lesion crop (busdx.data.crop, one per context of the 
 classifier, logits averaged over the crops -> calibrated probability sigmoid((logit + shift) /
 T) (the card's shift is 0 but after a site recalibration, busdx.evaluation.site), label at the
 card's threshold, risk band -> heatmap (the CAM of the crop at the card's context, ReLU, scaled
-to [0, 1], mapped back onto the image) -> measurements -> overlays.
+to [0, 1], smoothed and faded out towards the crop's edge, mapped back onto the image) ->
+measurements -> overlays.
 
 When the segmenter finds no lesion, the classifier still sees the whole image (letterboxed, as
 busdx.data.crop does without a mask), measurements are None and ``note`` says so: the user gets
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from busdx import DISCLAIMER, __version__
@@ -35,7 +37,7 @@ from busdx.inference.decode import DecodedImage, decode
 from busdx.inference.errors import BlankImage
 from busdx.inference.measure import Measurements, measure
 from busdx.inference.models import ClassifierSettings, Models
-from busdx.inference.overlay import Overlays, render
+from busdx.inference.overlay import HEAT_FLOOR, Overlays, render
 from busdx.inference.quality import (
     COLOUR_SHARE,
     InputCheck,
@@ -128,6 +130,7 @@ class Analysis:
             "logit": self.logit,
             "temperature": self.temperature,
             "note": self.note,
+            "heatmap_shown": bool(self.heatmap.size and self.heatmap.max() >= HEAT_FLOOR),
             "input_check": self.input_check.as_dict() if self.input_check else None,
             "measurements": self.measurements.as_dict() if self.measurements else None,
             "image": {
@@ -237,11 +240,28 @@ def heatmap(
     peak = float(positive.max()) if positive.size else 0.0
     scaled = positive / peak if peak > 0 else np.zeros_like(positive)
     if box is not None:
-        full = box.paste(scaled, height, width)
+        full = box.paste(_feathered(scaled, box.side), height, width)
     else:
         full = Letterbox(height, width, size).invert(resize(scaled, size, size, nearest=False))
     full = np.asarray(full, dtype=np.float32)
     return np.clip(full, 0.0, 1.0, out=full)
+
+
+# the share of the crop's side over which the heatmap fades out towards the crop's edge
+FEATHER = 0.15
+
+
+def _feathered(cam: np.ndarray, side: int) -> np.ndarray:
+    """The CAM on the crop's ``side`` x ``side`` grid, smooth (bicubic from the network's coarse
+    grid) and fading to nothing at the crop's edge (a raised cosine over its outer FEATHER), so
+    that it shows as a region of evidence rather than a square patch."""
+    patch = np.clip(cv2.resize(cam.astype(np.float32), (side, side),
+                               interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+    ramp = np.ones(side, dtype=np.float32)
+    width = max(1, round(FEATHER * side))
+    edge = 0.5 - 0.5 * np.cos(np.pi * (np.arange(width, dtype=np.float32) + 0.5) / width)
+    ramp[:width], ramp[-width:] = edge, edge[::-1]
+    return patch * ramp[:, None] * ramp[None, :]
 
 
 def analyze(

@@ -11,7 +11,8 @@ const els = {
   dropzone: $("dropzone"), pick: $("pick"), file: $("file"), figure: $("figure"),
   base: $("img-base"), outline: $("img-outline"), heatmap: $("img-heatmap"),
   showOutline: $("show-outline"), showHeatmap: $("show-heatmap"), another: $("another"),
-  legend: $("legend-heatmap"), status: $("status"), error: $("error"), empty: $("empty"),
+  legend: $("legend-heatmap"), legendRamp: $("legend-ramp"), legendText: $("legend-text"),
+  status: $("status"), error: $("error"), empty: $("empty"),
   result: $("result"), results: $("results"), call: $("call"), probText: $("prob-text"),
   bar: $("bar"), fill: $("bar-fill"), marker: $("bar-marker"), bandName: $("band-name"),
   bandText: $("band-text"), note: $("note"), inputWarnings: $("input-warnings"),
@@ -150,6 +151,12 @@ function renderResult(r, name, at) {
   els.outline.src = png(r.png.outline);
   els.heatmap.src = png(r.png.heatmap);
   els.base.alt = `The analysed ultrasound image, ${r.image.width} by ${r.image.height} pixels`;
+  // An empty layer is said in words, not left as a legend over nothing.
+  els.legendRamp.hidden = !r.heatmap_shown;
+  els.legendText.textContent = r.heatmap_shown
+    ? "Heatmap: where the classifier found evidence of malignancy (brighter is stronger)."
+    : "Heatmap: nothing to show for this image: no part of it drove the call towards " +
+      "malignancy strongly enough to draw.";
   applyToggles();
   els.dropzone.hidden = true;
   els.figure.hidden = false;

@@ -653,3 +653,49 @@ def test_an_empty_heatmap_is_said_in_words(server, browser, fixtures_root, outpu
             break
     assert seen == {True, False}
     page.close()
+
+
+def test_the_image_can_be_zoomed_panned_and_windowed(server, browser, fixtures_root, output_dir):
+    """Zoom (buttons, keys, wheel) and pan move the image and its outline together; brightness
+    and contrast change the image, not its layers; a new result starts from the plain view."""
+    image = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+
+    def transform() -> str:
+        return page.locator("#zoom").evaluate("e => e.style.transform")
+
+    assert "scale(1)" in transform()
+    page.keyboard.press("+")
+    page.click("#zoom-in")
+    assert "scale(1.5625)" in transform()
+    box = page.locator("#stack").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -100)  # towards the pointer
+    assert "scale(1.953" in transform()
+    before = transform()
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 40, box["y"] + box["height"] / 2 + 30)
+    page.mouse.up()
+    assert transform() != before and "scale(1.953" in transform()  # panned, same zoom
+    # the outline is inside the zoomed element: it moves with the image
+    assert page.locator("#zoom #img-outline").count() == 1
+
+    page.locator("#brightness").fill("150")
+    page.locator("#contrast").fill("200")
+    assert page.locator("#img-base").evaluate("e => getComputedStyle(e).filter") == \
+        "brightness(1.5) contrast(2)"
+    assert page.locator("#img-outline").evaluate("e => getComputedStyle(e).filter") == "none"
+    page.screenshot(path=str(output_dir / "browser-zoomed.png"))
+    page.keyboard.press("0")
+    assert "scale(1)" in transform()
+    assert page.locator("#brightness").input_value() == "100"
+
+    page.click("#zoom-in")
+    page.keyboard.press("n")
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    assert "scale(1)" in transform()  # a new result: the plain view
+    page.close()

@@ -28,6 +28,8 @@ const els = {
   lesionCaution: $("lesion-caution"),
   viewButtons: $("view-buttons"), viewTitle: $("view-title"), dualView: $("dual-view"),
   print: $("print"), history: $("history"), historyList: $("history-list"),
+  stack: $("stack"), zoom: $("zoom"), zoomIn: $("zoom-in"), zoomOut: $("zoom-out"),
+  viewReset: $("view-reset"), brightness: $("brightness"), contrast: $("contrast"),
 };
 // This tab's analyses, newest first, in memory only (never sent or stored anywhere).
 const HISTORY_SIZE = 20;
@@ -146,6 +148,7 @@ function callLook(label, band) {
 
 function renderResult(r, name, at) {
   els.source.textContent = sourceText(r, name, at);
+  resetView();
   const png = (b64) => `data:image/png;base64,${b64}`;
   els.base.src = png(r.png.image);
   els.outline.src = png(r.png.outline);
@@ -233,6 +236,41 @@ function fitImage() {
   const scale = Math.min(availW / img.naturalWidth, availH / img.naturalHeight, 3);
   img.style.width = `${Math.floor(img.naturalWidth * scale)}px`;
   img.style.height = `${Math.floor(img.naturalHeight * scale)}px`;
+}
+
+// Zoom and pan of the image with its layers (one transform for all three, so the outline stays on
+// the lesion), and a window on the image alone (brightness and contrast; the layers keep theirs).
+const view = { zoom: 1, x: 0, y: 0 };
+const MAX_ZOOM = 8;
+
+function applyView() {
+  const w = els.stack.clientWidth;
+  const h = els.stack.clientHeight;
+  view.x = Math.min(0, Math.max(w - w * view.zoom, view.x));
+  view.y = Math.min(0, Math.max(h - h * view.zoom, view.y));
+  els.zoom.style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.zoom})`;
+  els.stack.classList.toggle("zoomed", view.zoom > 1);
+}
+
+// Zoom by ``factor`` about the point (cx, cy) of the shown image (its centre by default).
+function zoomBy(factor, cx = els.stack.clientWidth / 2, cy = els.stack.clientHeight / 2) {
+  const zoom = Math.min(MAX_ZOOM, Math.max(1, view.zoom * factor));
+  view.x = cx - (cx - view.x) * (zoom / view.zoom);
+  view.y = cy - (cy - view.y) * (zoom / view.zoom);
+  view.zoom = zoom;
+  applyView();
+}
+
+function applyWindow() {
+  els.base.style.filter = `brightness(${els.brightness.value}%) contrast(${els.contrast.value}%)`;
+}
+
+function resetView() {
+  Object.assign(view, { zoom: 1, x: 0, y: 0 });
+  applyView();
+  els.brightness.value = "100";
+  els.contrast.value = "100";
+  applyWindow();
 }
 
 function applyToggles() {
@@ -520,6 +558,31 @@ function another() {
 
 els.another.addEventListener("click", another);
 els.print.addEventListener("click", () => window.print());
+els.zoomIn.addEventListener("click", () => zoomBy(1.25));
+els.zoomOut.addEventListener("click", () => zoomBy(0.8));
+els.viewReset.addEventListener("click", resetView);
+els.brightness.addEventListener("input", applyWindow);
+els.contrast.addEventListener("input", applyWindow);
+els.stack.addEventListener("wheel", (e) => {
+  e.preventDefault();
+  const box = els.stack.getBoundingClientRect();
+  zoomBy(e.deltaY < 0 ? 1.25 : 0.8, e.clientX - box.left, e.clientY - box.top);
+}, { passive: false });
+let drag = null;
+els.stack.addEventListener("pointerdown", (e) => {
+  if (view.zoom <= 1) return;
+  drag = { x: e.clientX - view.x, y: e.clientY - view.y };
+  els.stack.setPointerCapture(e.pointerId);
+});
+els.stack.addEventListener("pointermove", (e) => {
+  if (!drag) return;
+  view.x = e.clientX - drag.x;
+  view.y = e.clientY - drag.y;
+  applyView();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  els.stack.addEventListener(type, () => { drag = null; });
+}
 els.showOutline.addEventListener("change", applyToggles);
 els.base.addEventListener("load", fitImage);
 window.addEventListener("resize", fitImage);
@@ -549,13 +612,16 @@ window.addEventListener("drop", (e) => e.preventDefault());
 document.addEventListener("keydown", (e) => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const tag = (e.target && e.target.tagName) || "";
-  if (tag === "INPUT" && e.target.type !== "checkbox") return;
+  if (tag === "INPUT" && !["checkbox", "range"].includes(e.target.type)) return;
   const key = e.key.toLowerCase();
   if (els.figure.hidden) return;
   if (key === "o") { els.showOutline.checked = !els.showOutline.checked; applyToggles(); }
   else if (key === "h") { els.showHeatmap.checked = !els.showHeatmap.checked; applyToggles(); }
   else if (key === "n") another();
   else if (key === "p") window.print();
+  else if (key === "+" || key === "=") zoomBy(1.25);
+  else if (key === "-") zoomBy(0.8);
+  else if (key === "0") resetView();
 });
 
 // Set once from /api/model: models recalibrated on a site's images say so beside the version,

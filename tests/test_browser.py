@@ -328,6 +328,15 @@ def test_two_views_of_one_lesion_give_one_lesion_reading(server, browser, fixtur
     assert buttons.nth(1).get_attribute("aria-pressed") == "true"
     page.screenshot(path=str(output_dir / "browser-lesion.png"), full_page=True)
     assert page.locator("#lesion-caution").is_hidden()  # the two views of one lesion agree
+    # the views side by side, each with its outline, in place of the one view
+    page.click("#side-by-side-toggle")
+    pair = page.locator("#side-by-side figure")
+    assert pair.count() == 2 and page.locator("#figure").is_hidden()
+    assert all(pair.nth(i).locator("img").evaluate("i => i.naturalWidth") > 0 for i in range(2))
+    assert "bus_0007-r.png" in pair.nth(1).inner_text() and "%" in pair.nth(1).inner_text()
+    page.screenshot(path=str(output_dir / "browser-side-by-side.png"))
+    page.click("#side-by-side-toggle")
+    assert page.locator("#side-by-side").is_hidden() and page.locator("#figure").is_visible()
     agreement = (card["classifier"].get("lesion_reading") or {}).get("agreement")
     if agreement:  # a view of another patient beside one of them: a caution, plainly shown
         page.keyboard.press("n")

@@ -30,6 +30,7 @@ const els = {
   print: $("print"), history: $("history"), historyList: $("history-list"),
   stack: $("stack"), zoom: $("zoom"), zoomIn: $("zoom-in"), zoomOut: $("zoom-out"),
   viewReset: $("view-reset"), brightness: $("brightness"), contrast: $("contrast"),
+  sideBySide: $("side-by-side"), sideBySideToggle: $("side-by-side-toggle"),
 };
 // This tab's analyses, newest first, in memory only (never sent or stored anywhere).
 const HISTORY_SIZE = 20;
@@ -64,6 +65,7 @@ function showDropzone() {
 // another image, the last result goes, its image and outline with it. A result must never
 // stand beside a file it does not belong to.
 function clearResult() {
+  showSideBySide(null);
   els.result.hidden = true;
   els.lesion.hidden = true;
   els.viewButtons.replaceChildren();
@@ -495,6 +497,7 @@ function analyzeFiles(list) {
 
 function showView(views, index) {
   const view = views[index];
+  showSideBySide(null);
   renderResult(view.result, view.file, view.at);
   els.viewTitle.textContent = `View ${index + 1} of ${views.length}: ${views[index].name}`;
   for (const [i, button] of Array.from(els.viewButtons.children).entries()) {
@@ -502,7 +505,34 @@ function showView(views, index) {
   }
 }
 
+// A lesion's views next to each other, each image with its outline, in place of the one view
+// on show; null puts the one view back.
+function showSideBySide(views) {
+  els.sideBySideToggle.setAttribute("aria-pressed", String(Boolean(views)));
+  els.sideBySide.hidden = !views;
+  if (!views) {
+    els.sideBySide.replaceChildren();
+    if (!els.result.hidden && els.base.getAttribute("src")) els.figure.hidden = false;
+    return;
+  }
+  els.sideBySide.replaceChildren(...views.map((view, i) => {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = `data:image/png;base64,${view.result.png.overlay}`;
+    img.alt = `View ${i + 1}, ${view.name}, with its lesion outline`;
+    const caption = document.createElement("figcaption");
+    const r = view.result;
+    caption.textContent = `View ${i + 1}: ${view.name} · ${r.label}, ${pct(r.probability)}, ` +
+      `band ${r.risk_band.name}`;
+    figure.append(img, caption);
+    return figure;
+  }));
+  els.figure.hidden = true;
+}
+
 function renderLesion(lesion, views, problem) {
+  els.sideBySideToggle.onclick = () => showSideBySide(
+    els.sideBySide.hidden ? views : null);
   els.viewButtons.replaceChildren(...views.map((view, i) => {
     const button = document.createElement("button");
     button.type = "button";

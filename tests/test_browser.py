@@ -708,3 +708,23 @@ def test_the_image_can_be_zoomed_panned_and_windowed(server, browser, fixtures_r
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)
     assert "scale(1)" in transform()  # a new result: the plain view
     page.close()
+
+
+def test_the_model_card_link_opens_a_page_to_read(server, browser, output_dir):
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    with page.context.expect_page() as opened:
+        page.click("text=Model card")
+    card = opened.value
+    card.wait_for_load_state()
+    assert card.url.endswith("/model-card")
+    heading = card.locator("h1")
+    if heading.count():  # the bundled models come with MODEL_CARD.md (stand-ins do not)
+        assert "model card" in heading.inner_text().lower()
+        assert card.locator("table").count() >= 1 and card.locator("h2").count() >= 3
+        assert "not a diagnosis" in card.locator(".notice").inner_text()
+        card.screenshot(path=str(output_dir / "browser-model-card.png"))
+    else:
+        assert "api/model" in card.content()
+    card.close()
+    page.close()

@@ -68,29 +68,27 @@ def collect(data: str, models_dir: str | None, threads: int, baseline=None) -> d
     return {"model_version": models.version, "lesions": lesions}
 
 
-def _spread(views: list[dict]) -> float:
-    logits = [v["logit"] for v in views]
-    return max(logits) - min(logits)
+def _scores(views: list[dict]) -> list:
+    """A lesion's recorded views as the served reading sees them."""
+    from busdx.inference.lesion import ViewScore
 
-
-def _ratio(views: list[dict]) -> float | None:
-    """Longest over shortest longest diameter; None when a view has no lesion or the units
-    differ (the rule then reads the logits only)."""
-    sizes = [v["longest_diameter"] for v in views]
-    if not all(sizes) or len({v["units"] for v in views}) != 1:
-        return None
-    return max(sizes) / min(sizes)
+    return [ViewScore(v["logit"], 1.0, v["lesion_found"], "", False, v["longest_diameter"],
+                      v["units"]) for v in views]
 
 
 def flagged(views: list[dict], spread: float, ratio: float) -> bool:
-    r = _ratio(views)
-    return _spread(views) > spread or (r is not None and r > ratio)
+    """Whether the served rule (busdx.inference.lesion.Agreement) cautions these views."""
+    from busdx.inference.lesion import Agreement
+
+    return bool(Agreement(spread, ratio).disagreement(_scores(views)))
 
 
 def summarise(collected: dict) -> dict:
+    from busdx.inference.lesion import diameter_ratio, logit_spread
+
     validation, test = collected["lesions"]["validation"], collected["lesions"]["test"]
-    spread = max(_spread(x["views"]) for x in validation)
-    ratio = max(r for x in validation if (r := _ratio(x["views"])) is not None)
+    spread = max(logit_spread(_scores(x["views"])) for x in validation)
+    ratio = max(r for x in validation if (r := diameter_ratio(_scores(x["views"]))) is not None)
     own = [flagged(x["views"], spread, ratio) for x in test]
     # each test lesion's left view beside the next lesion's right view: two patients
     mixed = [[test[i]["views"][0], test[(i + 1) % len(test)]["views"][1]]

@@ -323,10 +323,12 @@ def test_the_heatmap_fades_out_at_its_crop_and_says_when_it_is_empty(fixtures_ro
     models = Models.load(directory)
     shown = {}
     for path in sorted((fixtures_root / "Images").glob("*.png")):
-        result = analyze(path.read_bytes(), models, render_overlays=False)
+        result = analyze(path.read_bytes(), models)
         heat, box = result.heatmap, result.crop_box
         shown[path.name] = result.to_json(images=False)["heatmap_shown"]
         assert shown[path.name] == bool(heat.max() >= 0.1)
+        # and it is what the heatmap layer shows: some pixel drawn, or none
+        assert shown[path.name] == bool((_png(result.overlays.heatmap)[..., 3] > 0).any())
         if box is None:
             continue
         h, w = heat.shape

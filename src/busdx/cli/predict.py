@@ -263,7 +263,7 @@ def _write_outputs(stem: str, analysis, masks_dir: Path | None, overlays_dir: Pa
     from busdx.inference import overlay as ov
 
     if masks_dir is not None:
-        (masks_dir / f"{stem}.png").write_bytes(ov.png_bytes(ov.mask_png_array(analysis.mask)))
+        (masks_dir / f"{stem}.png").write_bytes(ov.mask_png(analysis.mask))
     if overlays_dir is not None:
         pictures = ov.draw(analysis.image, analysis.mask, analysis.heatmap)
         (overlays_dir / f"{stem}_overlay.png").write_bytes(ov.png_bytes(pictures["overlay"]))

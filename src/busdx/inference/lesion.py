@@ -82,20 +82,35 @@ class Agreement:
 
     def disagreement(self, views: Sequence[ViewScore]) -> str:
         """Why ``views`` cannot be one lesion, or "" when they can."""
-        logits = [v.logit for v in views]
         why = []
-        if max(logits) - min(logits) > self.logit_spread:
+        if logit_spread(views) > self.logit_spread:
+            logits = [v.logit for v in views]
             low, high = (100 * float(sigmoid(z / views[0].temperature))
                          for z in (min(logits), max(logits)))
             why.append(f"their probabilities differ more than any two views of one validation "
                        f"lesion did ({low:.1f}% to {high:.1f}%)")
-        sizes = [v.longest_diameter for v in views]
-        units = {v.units for v in views}
-        if all(sizes) and len(units) == 1 and max(sizes) > self.diameter_ratio * min(sizes):
+        ratio = diameter_ratio(views)
+        if ratio is not None and ratio > self.diameter_ratio:
+            sizes = [v.longest_diameter for v in views]
             why.append(f"their lesions differ in size more than any two views of one "
                        f"validation lesion did (longest diameters {min(sizes):.3g} to "
-                       f"{max(sizes):.3g} {units.pop()})")
+                       f"{max(sizes):.3g} {views[0].units})")
         return " and ".join(why)
+
+
+def logit_spread(views: Sequence[ViewScore]) -> float:
+    """The largest minus the smallest of the views' served logits."""
+    logits = [v.logit for v in views]
+    return max(logits) - min(logits)
+
+
+def diameter_ratio(views: Sequence[ViewScore]) -> float | None:
+    """The longest over the shortest of the views' longest diameters; None when a view has no
+    lesion or their units differ (sizes in px and mm cannot be compared)."""
+    sizes = [v.longest_diameter for v in views]
+    if not all(sizes) or len({v.units for v in views}) != 1:
+        return None
+    return max(sizes) / min(sizes)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,14 @@ def _heat_alpha_table() -> np.ndarray:
 _HEAT_ALPHA = _heat_alpha_table()  # opacity in [0, 1] by heat level 0..255
 
 
+def heat_drawn(heat: np.ndarray) -> bool:
+    """Whether the heatmap layer draws anything (its strongest level is not transparent)."""
+    if not heat.size:
+        return False
+    strongest = to_uint8(np.full((1, 1), np.max(heat), dtype=np.float32))  # as the layer rounds
+    return bool(_HEAT_ALPHA[strongest[0, 0]] > 0)
+
+
 def _heat_pictures(heat: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The heatmap as a BGRA layer (inferno colours, perceptually ordered and readable in grey
     print, more opaque where the evidence is stronger) and over ``base`` (BGR)."""
@@ -150,3 +158,8 @@ def render(
 
 def mask_png_array(mask: np.ndarray) -> np.ndarray:
     return (np.asarray(mask) > 0).astype(np.uint8) * 255
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """The mask as a PNG file of 0 and 255, at its own size."""
+    return png_bytes(mask_png_array(mask))

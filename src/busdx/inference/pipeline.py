@@ -37,7 +37,7 @@ from busdx.inference.decode import DecodedImage, decode
 from busdx.inference.errors import BlankImage
 from busdx.inference.measure import Measurements, measure
 from busdx.inference.models import ClassifierSettings, Models
-from busdx.inference.overlay import HEAT_FLOOR, Overlays, render
+from busdx.inference.overlay import Overlays, heat_drawn, render
 from busdx.inference.quality import (
     COLOUR_SHARE,
     InputCheck,
@@ -130,7 +130,7 @@ class Analysis:
             "logit": self.logit,
             "temperature": self.temperature,
             "note": self.note,
-            "heatmap_shown": bool(self.heatmap.size and self.heatmap.max() >= HEAT_FLOOR),
+            "heatmap_shown": heat_drawn(self.heatmap),
             "input_check": self.input_check.as_dict() if self.input_check else None,
             "measurements": self.measurements.as_dict() if self.measurements else None,
             "image": {

@@ -20,7 +20,7 @@ from busdx.api.schemas import AnalyzeResponse
 from busdx.data.preprocess import ImageError
 from busdx.inference.decode import decode_bytes, parse_frame
 from busdx.inference.errors import InputError
-from busdx.inference.overlay import mask_png_array, png_bytes
+from busdx.inference.overlay import mask_png
 from busdx.inference.pipeline import analyze as run_analysis
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ async def analyze(
     )
     answer = result.to_json(images=images == "all")
     if images == "mask":
-        answer["png"] = {"mask": base64.b64encode(png_bytes(mask_png_array(result.mask))).decode()}
+        answer["png"] = {"mask": base64.b64encode(mask_png(result.mask)).decode()}
     return answer
 
 

@@ -16,8 +16,9 @@ from busdx.errors import BusdxError
 from busdx.inference import Models, analyze, default_models_dir
 from busdx.inference.decode import decode_bytes
 from busdx.inference.errors import CorruptImage, EmptyInput, TooLarge, UnsupportedFormat
-from busdx.inference.pipeline import NO_LESION_NOTE, sigmoid
+from busdx.inference.pipeline import NO_LESION_NOTE
 from busdx.inference.risk import risk_band
+from busdx.numeric import sigmoid
 from stand_in_models import (
     STAND_IN_CARD,
     build_stand_in_models,
@@ -129,7 +130,7 @@ def test_two_view_input_pairs_each_crop_with_the_whole_image():
 
 
 def test_sessions_fix_the_batch_sizes_one_analysis_uses(tmp_path):
-    from busdx.inference.models import _session
+    from busdx.inference.models import open_session
 
     directory = build_stand_in_models(tmp_path / "one")
     models = Models.load(directory)
@@ -138,8 +139,8 @@ def test_sessions_fix_the_batch_sizes_one_analysis_uses(tmp_path):
     assert models.classifier.get_inputs()[0].shape[0] == 1
     image = synthetic_image(150, 300)
     dynamic = Models.load(directory)
-    dynamic.segmenter = _session(directory / "segmenter.onnx", 1)
-    dynamic.classifier = _session(directory / "classifier.onnx", 1)
+    dynamic.segmenter = open_session(directory / "segmenter.onnx", 1)
+    dynamic.classifier = open_session(directory / "classifier.onnx", 1)
     a, b = analyze(image, models, render_overlays=False), analyze(image, dynamic,
                                                                   render_overlays=False)
     assert a.logit == b.logit and np.array_equal(a.mask, b.mask)

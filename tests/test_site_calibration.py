@@ -20,7 +20,8 @@ from busdx.evaluation.site import (
     fit_site_calibration,
     write_site_models,
 )
-from busdx.training.calibration import expected_calibration_error, sigmoid
+from busdx.numeric import sigmoid
+from busdx.training.calibration import expected_calibration_error
 from stand_in_models import build_stand_in_models, real_models_dir
 from tiers import threads
 

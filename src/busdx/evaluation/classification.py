@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from busdx.errors import BusdxError
+from busdx.numeric import roc_auc  # noqa: F401  (re-exported: evaluation's callers use it here)
 
 log = logging.getLogger(__name__)
 
@@ -23,28 +24,6 @@ BIRADS_LEVELS = (2, 3, 4, 5)
 
 
 # ---------------------------------------------------------------------------- metrics
-
-
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Area under the ROC curve (Mann-Whitney U with midranks for ties)."""
-    y = np.asarray(labels).astype(int)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("ROC AUC needs both classes")
-    # The bootstraps call this thousands of times, hence one unstable sort and no second one.
-    # Order within a run of equal scores does not matter (the run shares its midrank), and the
-    # ranks are multiples of 1/2, so their sum is exact in any order.
-    order = np.argsort(s)
-    sorted_s = s[order]
-    starts = np.empty(len(s), dtype=bool)
-    starts[0] = True
-    np.not_equal(sorted_s[1:], sorted_s[:-1], out=starts[1:])
-    first = np.flatnonzero(starts)
-    counts = np.diff(first, append=len(s))
-    ranks = np.repeat(first + (counts - 1) / 2.0 + 1.0, counts)  # in sorted order
-    rank_sum = ranks[y[order] == 1].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -328,7 +307,8 @@ def evaluate_predictions(
 ) -> ClassificationReport:
     """Metrics at the frozen operating point. ``logit_offset`` (the Platt intercept folded into
     the exported model) is taken off again for the uncalibrated ECE."""
-    from busdx.training.calibration import calibrate, expected_calibration_error, sigmoid
+    from busdx.numeric import sigmoid
+    from busdx.training.calibration import calibrate, expected_calibration_error
 
     y = np.array([p.label for p in preds])
     logits = np.array([p.logit for p in preds])
@@ -444,9 +424,9 @@ def crop_logits(classifier, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per record, the classifier's logit of each of its crops. ``classifier``: an ONNX Runtime
     session, or a model file (opened once here)."""
     if isinstance(classifier, (str, Path)):
-        from busdx.inference.models import _session
+        from busdx.inference.models import open_session
 
-        classifier = _session(Path(classifier), 1)
+        classifier = open_session(Path(classifier), 1)
     from busdx.models.contract import INPUT_NAME
 
     return [np.asarray(classifier.run(None, {INPUT_NAME: x})[0], dtype=np.float64).reshape(-1)

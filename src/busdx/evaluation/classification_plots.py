@@ -109,7 +109,8 @@ def save_figures(preds, report, folder: Path, where: str = "test fold",
     """The evaluation's figures for ``preds`` (busdx.evaluation.classification.Prediction);
     ``where`` names the images in the ROC's title; ``more_reliability``: further curves (name ->
     Reliability) for the reliability diagram."""
-    from busdx.training.calibration import calibrate, reliability, sigmoid
+    from busdx.numeric import sigmoid
+    from busdx.training.calibration import calibrate, reliability
 
     folder.mkdir(parents=True, exist_ok=True)
     y = np.array([p.label for p in preds])

@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from busdx.data.index import Record, load_index, resolve_root
-from busdx.data.preprocess import load_gray, load_mask, prepare
+from busdx.data.preprocess import load_gray, load_mask
 from busdx.data.splits import SplitConfig, make_split, validation_name
 from busdx.errors import BusdxError
 from busdx.evaluation.metrics import dice, iou, summarise, summarise_by_group
 from busdx.evaluation.model_card import update_card
-from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +53,13 @@ class SegEvaluation:
         return float(np.mean([s.dice for s in self.scores]))
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
-
-
 def open_session(model_path: Path, threads: int | None = None):
-    import onnxruntime as ort
+    """The segmenter's ONNX Runtime session, opened as the product opens it."""
+    from busdx.inference.models import open_session as product_session
 
     if not model_path.is_file():
         raise BusdxError(f"no segmenter at {model_path}: run `busdx export segmentation` first")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return product_session(model_path, threads or 1)
 
 
 def _input_size(session, default: int = 224) -> int:
@@ -75,10 +68,11 @@ def _input_size(session, default: int = 224) -> int:
 
 
 def predict_probability(session, image: np.ndarray, size: int) -> np.ndarray:
-    """Lesion probability on the original grid of ``image`` (float32 HxW)."""
-    x, box = prepare(image, size)
-    (logits,) = session.run([SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None].astype(np.float32)})
-    return box.invert(_sigmoid(logits[0, 0]).astype(np.float32))
+    """Lesion probability on the original grid of ``image`` (float32 HxW), as the product
+    computes it."""
+    from busdx.inference.pipeline import lesion_probability
+
+    return lesion_probability(image, session, size)
 
 
 def _postprocess(mask: np.ndarray) -> np.ndarray:

@@ -28,8 +28,8 @@ import numpy as np
 
 from busdx import DISCLAIMER, __version__
 from busdx.errors import BusdxError
-from busdx.inference.pipeline import sigmoid
 from busdx.inference.risk import RiskBand, risk_band
+from busdx.numeric import sigmoid
 
 
 def compile_pattern(text: str | None) -> re.Pattern | None:

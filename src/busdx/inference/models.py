@@ -127,7 +127,7 @@ def _batch_axis_name(path: Path) -> str | None:
     return first if isinstance(first, str) and first else None
 
 
-def _session(path: Path, threads: int, batch: int | None = None):
+def open_session(path: Path, threads: int, batch: int | None = None):
     """An ONNX Runtime session. ``batch``: the only batch size this session will be run with.
     Fixing it lets ONNX Runtime fold the graph's shape arithmetic when it loads (timm's
     TF-style "same" padding computes its pads from the input's shape at every run): the
@@ -259,8 +259,8 @@ class Models:
         # card's crops; when that batch is 1 it is 1 without a lesion too (the whole image), so
         # both batch sizes are fixed. Several crops: the classifier's batch varies (1 without a
         # lesion) and stays dynamic.
-        segmenter = _session(files[0], threads, batch=1) if with_segmenter else None
-        classifier = _session(files[-1], threads, batch=1 if settings.batch == 1 else None)
+        segmenter = open_session(files[0], threads, batch=1) if with_segmenter else None
+        classifier = open_session(files[-1], threads, batch=1 if settings.batch == 1 else None)
         if segmenter is not None:
             _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
         _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)

@@ -54,6 +54,7 @@ from busdx.inference.scan_area import (
     split_dual_view,
 )
 from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
+from busdx.numeric import sigmoid
 
 # how the part analysed was found (Analysis.scan_area_from)
 FROM_REGIONS = "ultrasound regions"  # the DICOM file's SequenceOfUltrasoundRegions
@@ -66,14 +67,6 @@ NO_LESION_NOTE = (
     "No lesion found by the segmenter: the probability is from the whole image and is less "
     "reliable; no measurements"
 )
-
-
-def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
-    """Logistic function without overflow for large |x|."""
-    x = np.asarray(x, dtype=np.float64)
-    e = np.exp(-np.abs(x))
-    out = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return out if out.ndim else float(out)
 
 
 @dataclass
@@ -178,12 +171,17 @@ def segment(image: np.ndarray, models: Models,
             letterboxed: tuple[np.ndarray, Letterbox] | None = None) -> np.ndarray:
     """The lesion mask (uint8 {0, 1}, the image's size): one component, no holes.
     ``letterboxed``: ``prepare(image, models.segmenter_size)``, when the caller has it."""
-    x, box = letterboxed or prepare(image, models.segmenter_size)
-    (logits,) = models.segmenter.run([SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None]})
-    # the mask map in float32: tanh form, no overflow, a quarter of float64 sigmoid's time
-    prob = 0.5 + 0.5 * np.tanh(0.5 * logits[0, 0].astype(np.float32))
-    full = box.invert(prob)
+    full = lesion_probability(image, models.segmenter, models.segmenter_size, letterboxed)
     return fill_holes(largest_component(full > models.mask_threshold))
+
+
+def lesion_probability(image: np.ndarray, segmenter, size: int,
+                       letterboxed: tuple[np.ndarray, Letterbox] | None = None) -> np.ndarray:
+    """The segmenter's lesion probability (float32) on the grid of ``image``, before the
+    threshold; ``segmenter``: an ONNX Runtime session, ``size``: its input size."""
+    x, box = letterboxed or prepare(image, size)
+    (logits,) = segmenter.run([SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None]})
+    return box.invert(sigmoid(logits[0, 0].astype(np.float32)))
 
 
 def classifier_inputs(

@@ -10,12 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from busdx.numeric import sigmoid
+
 T_BOUNDS = (0.05, 20.0)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return np.exp(-np.logaddexp(0.0, -x))
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:

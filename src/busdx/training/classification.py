@@ -25,9 +25,9 @@ from busdx.data.augment import AugmentConfig, Augmenter
 from busdx.data.crop import CropConfig, lesion_crop
 from busdx.data.index import Record
 from busdx.data.preprocess import load_gray, load_mask
-from busdx.evaluation.classification import roc_auc
 from busdx.models.classification import ClassifierSpec, build_classifier, normalise
 from busdx.models.contract import input_views
+from busdx.numeric import roc_auc
 from busdx.training.common import pick_device
 
 log = logging.getLogger(__name__)

@@ -159,7 +159,7 @@ def models_info(models_dir: str | Path | None) -> dict[str, Any]:
     return {
         "dir": str(models.directory),
         "version": models.version,
-        "stand_in": str(models.card.get("version", "")) == "stand-in",
+        "stand_in": models.release.name == "stand-in",
         "classifier_input": models.settings.input,
     }
 

@@ -36,6 +36,8 @@ from bench_common import (
     write_result,
 )
 
+from busdx.evaluation.model_card import load_card
+
 log = logging.getLogger("benchmarks.latency")
 
 
@@ -152,8 +154,8 @@ def torch_models(models, seg_checkpoints: list[Path], cls_checkpoints: list[Path
     """A copy of ``models`` whose two sessions are torch modules; and where the weights came from."""
     from busdx.models.contract import CLASSIFIER_OUTPUTS, SEGMENTER_OUTPUT
 
-    seg, seg_source = torch_segmenter(seg_checkpoints, models.card)
-    cls, cls_source = torch_classifier(cls_checkpoints, models.card)
+    seg, seg_source = torch_segmenter(seg_checkpoints, load_card(models.directory))
+    cls, cls_source = torch_classifier(cls_checkpoints, load_card(models.directory))
     swapped = dataclasses.replace(
         models,
         segmenter=TorchSession(seg, (SEGMENTER_OUTPUT,)),
@@ -362,8 +364,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(threads)
     images = fold_images(args.data, limit=args.n)
     payloads = [img.path.read_bytes() for img in images]
-    eager, sources = torch_models(models, checkpoints("segmenter", args.seg_checkpoint, models.card),
-                                  checkpoints("classifier", args.cls_checkpoint, models.card))
+    card = load_card(models.directory)
+    eager, sources = torch_models(models, checkpoints("segmenter", args.seg_checkpoint, card),
+                                  checkpoints("classifier", args.cls_checkpoint, card))
     crops = models.settings.batch
     size = models.segmenter_size
     diffs = parity(models, eager, size)
@@ -395,7 +398,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "versions": versions(),
         "models": {"dir": str(models.directory), "version": models.version,
-                   "stand_in": str(models.card.get("version", "")) == "stand-in"},
+                   "stand_in": models.release.name == "stand-in"},
         "torch_weights": sources,
         "ort_vs_torch_max_abs_diff": diffs,
         "threads": threads,

@@ -58,14 +58,12 @@ class ListReader:
         pass
 
 
-def calibration_inputs(records, card: dict, size: int) -> dict[str, list[np.ndarray]]:
+def calibration_inputs(records, settings, size: int) -> dict[str, list[np.ndarray]]:
     from dataclasses import replace
 
     from busdx.data.preprocess import load_gray, load_mask, prepare
-    from busdx.inference.models import ClassifierSettings
     from busdx.inference.pipeline import classifier_inputs
 
-    settings = ClassifierSettings.from_card(card)
     # the heatmap's crop (with the whole image beside it for a two-view classifier)
     settings = replace(settings, contexts=(settings.crop.context,))
     seg, cls = [], []
@@ -176,17 +174,21 @@ def _quantize_static(source: Path, dst: Path, arrays: list[np.ndarray], excluded
 def models_dir_for(mix: tuple[str, str], fp32_dir: Path, int8_files: dict[str, Path],
                    work: Path, name: str) -> Path:
     """A models folder with the card and each model in the requested precision."""
-    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, SEGMENTER_FILE
+    from busdx.models.contract import CLASSIFIER_FILE, SEGMENTER_FILE
 
     out = work / name
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(fp32_dir / MODEL_CARD_FILE, out / MODEL_CARD_FILE)
+    shutil.copy2(fp32_dir / "release.json", out / "release.json")
     for part, file, precision in (("segmenter", SEGMENTER_FILE, mix[0]),
                                   ("classifier", CLASSIFIER_FILE, mix[1])):
         src = int8_files[part] if precision == "int8" else fp32_dir / file
         target = out / file
         target.unlink(missing_ok=True)
         target.symlink_to(src.resolve())
+    from busdx.release import load_release, with_graphs, write_release
+
+    # the int8 graphs are other graphs: the folder's release names them by their own digests
+    write_release(with_graphs(load_release(out), out), out)
     return out
 
 
@@ -273,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     train = split_records(args.data, "train")
     picks = rng.choice(len(train), size=min(args.calibration, len(train)), replace=False)
-    calib = calibration_inputs([train[i] for i in sorted(picks.tolist())], fp32.card,
+    calib = calibration_inputs([train[i] for i in sorted(picks.tolist())], fp32.settings,
                                fp32.segmenter_size)
     int8_files = {"segmenter": work / "int8" / SEGMENTER_FILE,
                   "classifier": work / "int8" / CLASSIFIER_FILE}
@@ -308,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine(),
         "versions": versions(),
         "models": {"dir": str(fp32_dir), "version": fp32.version,
-                   "stand_in": str(fp32.card.get("version", "")) == "stand-in"},
+                   "stand_in": fp32.release.name == "stand-in"},
         "method": "onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 "
                   "activations, min/max calibration",
         "calibration_images": {"split": "train", "n": len(calib["segmenter"])},

@@ -452,14 +452,11 @@ def card_summary(result: dict) -> dict:
 
 
 def write_card(models: Path, result: dict) -> None:
-    from busdx.evaluation.card_markdown import render_model_card
-    from busdx.evaluation.model_card import load_card, update_card
-    from busdx.models.contract import MODEL_CARD_FILE
+    """Record the summary as evidence about the release in ``models`` (`busdx release`
+    renders it into the card)."""
+    from busdx.evaluation.model_card import update_card
 
-    update_card(models / MODEL_CARD_FILE, "classifier",
-                {"recipe_cross_validation": card_summary(result)})
-    card = load_card(models / MODEL_CARD_FILE)  # as written (sorted keys), as `busdx report` reads it
-    (models / "MODEL_CARD.md").write_text(render_model_card(card), encoding="utf-8")
+    update_card(models, "classifier", {"recipe_cross_validation": card_summary(result)})
 
 
 # ---------------------------------------------------------------------------- CLI

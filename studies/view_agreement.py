@@ -140,7 +140,7 @@ def describe(result: dict, args, out: Path) -> None:
              t["two_patients_flagged"], t["lesions"], 100 * t["two_patients_flagged_share"],
              100 * (t["two_patients_one_benign_one_malignant_flagged_share"] or 0.0))
     if args.models is None:
-        write_to_card(result, default_models_dir() / "model_card.json")
+        write_to_card(result, default_models_dir())
 
 
 def main(argv: list[str] | None = None) -> int:

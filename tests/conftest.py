@@ -89,7 +89,7 @@ def _test_fold() -> int:
 
     if real_models_dir() is None:
         unavailable(REAL_MODELS_MISSING)
-    return load_card(MODELS / "model_card.json")["classifier"]["test"].get("test_fold", 5)
+    return load_card(MODELS)["classifier"]["test"].get("test_fold", 5)
 
 
 @pytest.fixture(scope="session")

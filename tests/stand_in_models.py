@@ -9,14 +9,13 @@ score lower and the CAM obeys the contract (mean plus bias is the logit).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, SEGMENTER_FILE
+from busdx.models.contract import CLASSIFIER_FILE, SEGMENTER_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MODELS = REPO / "models"  # the bundled models (real_models_dir() also honours $BUSDX_MODELS)
@@ -89,35 +88,37 @@ def classifier_graph():
 
 
 def build_stand_in_models(directory: Path, card: dict | None = None) -> Path:
-    """Write segmenter.onnx, classifier.onnx and model_card.json into ``directory``."""
+    """Write segmenter.onnx, classifier.onnx and their release.json (from ``card``, a card
+    view) into ``directory``."""
+    from busdx.evaluation.model_card import write_card
+
     directory.mkdir(parents=True, exist_ok=True)
     _save(segmenter_graph(), directory / SEGMENTER_FILE)
     _save(classifier_graph(), directory / CLASSIFIER_FILE)
-    (directory / MODEL_CARD_FILE).write_text(json.dumps(card or STAND_IN_CARD, indent=2))
+    write_card(directory, card or STAND_IN_CARD)
     return directory
 
 
 def real_models_dir() -> Path | None:
     """The bundled models ($BUSDX_MODELS, else models/) when both models and a usable card are
     there, else None."""
+    from busdx.errors import BusdxError
     from busdx.inference.models import default_models_dir
+    from busdx.release import load_release
 
     directory = default_models_dir()
-    card = directory / MODEL_CARD_FILE
-    if not all((directory / f).is_file() for f in (SEGMENTER_FILE, CLASSIFIER_FILE)):
-        return None
-    if not card.is_file():
-        return None
     try:
-        section = json.loads(card.read_text()).get("classifier", {})
-    except (OSError, ValueError):
+        release = load_release(directory)
+    except BusdxError:
         return None
-    return directory if "threshold" in section else None
+    if not release.complete or not all((directory / g.file).is_file() for g in release.graphs):
+        return None
+    return directory
 
 
 REAL_MODELS_MISSING = (
-    "the bundled models are not in models/ yet (segmenter.onnx, classifier.onnx and a card "
-    "with a classifier threshold): train and export them first"
+    "the bundled models are not in models/ yet (segmenter.onnx, classifier.onnx and their "
+    "release.json): train and export them first"
 )
 
 

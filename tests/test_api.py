@@ -108,7 +108,8 @@ def test_health_model_and_docs(client):
     health = client.get("/api/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     model = client.get("/api/model").json()
-    assert model["card"]["version"] == "stand-in"
+    assert model["release"]["name"] == "stand-in"
+    assert model["card"]["version"] == model["release"]["version"] == model["model_version"]
     assert model["limits"]["max_upload_bytes"] == 25 * 1024 * 1024
     assert model["disclaimer"] == DISCLAIMER
     docs = client.get("/docs")
@@ -273,7 +274,7 @@ def test_the_model_card_is_a_page_to_read(real_client, client):
     page = real_client.get("/model-card")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
-    assert "<h1>busdx model card</h1>" in html and "<table>" in html and "<h2>" in html
+    assert "<h1>busdx model card (release" in html and "<table>" in html and "<h2>" in html
     assert "not a diagnosis" in html and 'href="/"' in html
     assert "/work/" not in html and "/home/" not in html  # no build machine's paths
     assert 'href="/model-card"' in real_client.get("/").text

@@ -15,7 +15,7 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 @pytest.fixture(scope="module")
 def card() -> dict:
-    return load_card(MODELS / "model_card.json")
+    return load_card(MODELS)
 
 
 def test_bundled_classifier_reproduces_card_on_fold5(fold5, card):

@@ -19,6 +19,7 @@ from busdx.evaluation.classification import (
     spearman,
     weighted_kappa,
 )
+from busdx.evaluation.model_card import load_card, write_card
 from busdx.models.classification import (
     ClassifierSpec,
     ExportWrapper,
@@ -398,7 +399,7 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     assert record["hardware"]["device"] == "cpu" and record["hardware"]["threads"] == 1
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
-    card = json.loads((models / "model_card.json").read_text())["classifier"]
+    card = load_card(models)["classifier"]
     for key in ("temperature", "threshold", "input", "crop"):
         assert key in card
     assert card["crop"] == {"size": 224, "context": 0.3}
@@ -407,7 +408,7 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
                str(models), "--masks", "gt", "--test-fold", "1", "--reps", "50",
                "--figures", str(tmp_path / "fig")])
     assert rc == 0
-    card = json.loads((models / "model_card.json").read_text())["classifier"]
+    card = load_card(models)["classifier"]
     gt = card["test_gt_masks"]
     assert gt["n"] == gt["tp"] + gt["fp"] + gt["tn"] + gt["fn"]
     # no end-to-end numbers yet: the headline says it is on ground-truth masks
@@ -425,7 +426,7 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
                "--models", str(models), "--test-fold", "1", "--masks", "predicted",
                "--checkpoint", str(tmp_path / "run" / "classifier.pt"), "--seed", "0"])
     assert rc == 0
-    card = json.loads((models / "model_card.json").read_text())["classifier"]
+    card = load_card(models)["classifier"]
     assert card["calibration"]["masks"] == "predicted"
     assert card["calibration_training"]["engine"] == "torch"
     assert card["tta"] in ("none", "flip") and set(card["tta_comparison_val_auc"]) == {
@@ -438,7 +439,7 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     rc = main(["evaluate", "classification", "--data", str(fixtures_root), "--models",
                str(models), "--test-fold", "1", "--reps", "50"])
     assert rc == 0
-    card = json.loads((models / "model_card.json").read_text())["classifier"]
+    card = load_card(models)["classifier"]
     assert card["masks"] == "predicted" and card["test"]["masks"] == "predicted"
     assert "test_gt_masks" not in card
 
@@ -460,7 +461,7 @@ def test_two_view_run_calibrates_ships_and_analyses(fixtures_root, tmp_path):
     rc = main(["train", "classification", "--calibrate-only", *common, "--tta", "auto",
                "--max-passes", "2", "--checkpoint", str(tmp_path / "both" / "classifier.pt")])
     assert rc == 0
-    card = json.loads((models / "model_card.json").read_text())["classifier"]
+    card = load_card(models)["classifier"]
     # mirror averaging takes 4 passes, the crop's mirror alone 3: over the budget, never chosen
     assert card["input"] == "both" and card["tta"] == "none"
     assert card["candidates"]["both"]["passes_per_crop"] == 2
@@ -528,7 +529,7 @@ def test_a_classifier_is_recovered_from_its_graph(tmp_path):
     section = {"file": "classifier.onnx", "arch": "lite0", "input": "both", "tta": "none",
                "logit_offset": -0.7, "training": {"config": {"size": 224, "input": "both"}},
                "calibration_training": {"val_auc": 0.9, "engine": "torch"}}
-    (models / "model_card.json").write_text(json.dumps({"classifier": section}))
+    write_card(models, {"classifier": section})
     out = tmp_path / "run" / "classifier.pt"
     assert main(["export", "classification", "--output", str(graph), "--recover", str(out)]) == 0
     recovered, ckpt = load_checkpoint(out)
@@ -547,7 +548,7 @@ def test_a_classifier_is_recovered_from_its_graph(tmp_path):
         assert np.abs(a - b).max() < ONNX_TOL
 
     section["arch"] = "resnet50"
-    (models / "model_card.json").write_text(json.dumps({"classifier": section}))
+    write_card(models, {"classifier": section})
     assert main(["export", "classification", "--output", str(graph), "--recover", str(out)]) == 2
     assert main(["export", "classification", "--output", str(tmp_path / "none.onnx"),
                  "--recover", str(out)]) == 2

@@ -79,10 +79,9 @@ def test_class_folders_end_to_end(fixtures_root, models_dir, tmp_path):
     assert {Path(p).name for p in report["figures"]} == {
         "classifier_roc.png", "classifier_confusion.png", "classifier_reliability.png"}
     check = report["input_check"]
-    from busdx.evaluation.model_card import load_card
-    from busdx.inference.models import input_ranges
+    from busdx.release import load_release
 
-    if input_ranges(load_card(models_dir / "model_card.json")) is None:
+    if not load_release(models_dir).input_check.ranges:
         assert check is None
     else:  # every analysed image was checked; the warned ones are counted apart
         assert check["calls_when_unusual"]["n"] + check["calls_otherwise"]["n"] == len(records)
@@ -163,7 +162,7 @@ def test_labels_csv_matches_the_test_fold_evaluation(fixtures_root, models_dir, 
     dataset = read_external(tmp_path, _labels_csv(records, tmp_path / "labels.csv"))
     assert dataset.has_patients and dataset.layout.startswith("labels CSV")
     models = Models.load(models_dir, threads=1)
-    offset = load_card(models_dir / "model_card.json")["classifier"].get("logit_offset", 0.0)
+    offset = load_card(models_dir)["classifier"].get("logit_offset", 0.0)
     ours = evaluate_external(dataset, models, logit_offset=offset, reps=100, progress=False)
     preds, empty = predict_records(records, models_dir, "predicted", threads=1)
     theirs = evaluate_predictions(preds, models.settings.temperature, models.settings.threshold,
@@ -211,7 +210,7 @@ def test_the_test_fold_as_external_images_reproduces_the_card(busbra_root, tmp_p
     from busdx.inference.models import Models
 
     models_dir = Path(__file__).resolve().parent.parent / "models"
-    card = load_card(models_dir / "model_card.json")
+    card = load_card(models_dir)
     recorded = card.get("classifier", {}).get("test")
     if recorded is None or recorded.get("masks") != "predicted":
         pytest.skip("no end-to-end test section in the bundled card")

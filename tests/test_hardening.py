@@ -27,6 +27,7 @@ from pydicom.dataelem import DataElement
 
 from busdx.api.app import Limits, create_app
 from busdx.cli.main import main
+from busdx.evaluation.model_card import load_card, write_card
 from busdx.inference.decode import MAX_DECODED_BYTES, MAX_FRAMES, decode_bytes, read_file
 from busdx.inference.errors import BlankImage, InputError, TooLarge
 from stand_in_models import (
@@ -286,7 +287,7 @@ def test_nothing_is_written_under_home_while_analysing_and_serving(tmp_path, sta
 def test_the_served_card_carries_no_build_records_or_paths(stand_in_dir, tmp_path):
     from busdx.api.routers.meta import BUILD_KEYS
 
-    card = json.loads((stand_in_dir / "model_card.json").read_text())
+    card = load_card(stand_in_dir)
     card["classifier"]["training"] = {"command": "busdx train --data /work/shared/data/busbra",
                                       "checkpoint": "runs/cls/a.pt", "epochs": 12}
     card["classifier"]["note"] = "scored on /home/someone/data/fold5 and C:\\Users\\me\\x.png"
@@ -294,7 +295,7 @@ def test_the_served_card_carries_no_build_records_or_paths(stand_in_dir, tmp_pat
     models.mkdir()
     for f in stand_in_dir.iterdir():
         (models / f.name).write_bytes(f.read_bytes())
-    (models / "model_card.json").write_text(json.dumps(card))
+    write_card(models, card)
     with TestClient(create_app(models)) as client:
         served = client.get("/api/model").json()["card"]
     text = json.dumps(served)
@@ -313,7 +314,7 @@ def test_the_served_card_carries_no_build_records_or_paths(stand_in_dir, tmp_pat
 def test_the_bundled_card_is_served_without_paths():
     from busdx.api.routers.meta import ABSOLUTE_PATH, served_card
 
-    card = json.loads((REPO / "models" / "model_card.json").read_text())
+    card = load_card(REPO / "models")
     text = json.dumps(served_card(card))
     assert not ABSOLUTE_PATH.search(text) and "runs/" not in text
     assert served_card(card)["classifier"]["test"] == card["classifier"]["test"]

@@ -19,6 +19,7 @@ from busdx.inference.errors import CorruptImage, EmptyInput, TooLarge, Unsupport
 from busdx.inference.pipeline import NO_LESION_NOTE
 from busdx.inference.risk import risk_band
 from busdx.numeric import sigmoid
+from busdx.release import load_release, with_graphs, write_release
 from stand_in_models import (
     STAND_IN_CARD,
     build_stand_in_models,
@@ -224,20 +225,30 @@ def test_bad_inputs_raise_typed_errors():
 
 
 def test_missing_models_give_a_clear_error(tmp_path):
-    with pytest.raises(BusdxError, match="models missing"):
+    with pytest.raises(BusdxError, match="no release.json"):
         Models.load(tmp_path)
 
 
-def test_card_without_threshold_is_refused(tmp_path):
-    card = json.loads(json.dumps(STAND_IN_CARD))
-    del card["classifier"]["threshold"]
+def test_release_without_threshold_is_refused(tmp_path):
+    directory = build_stand_in_models(tmp_path)
+    release = json.loads((directory / "release.json").read_text())
+    del release["classifier"]["threshold"]
+    (directory / "release.json").write_text(json.dumps(release))
     with pytest.raises(BusdxError, match="threshold"):
-        Models.load(build_stand_in_models(tmp_path, card))
+        Models.load(directory)
+
+
+def test_a_graph_other_than_the_release_describes_is_refused(tmp_path):
+    directory = build_stand_in_models(tmp_path)
+    (directory / "segmenter.onnx").write_bytes((directory / "segmenter.onnx").read_bytes() + b" ")
+    with pytest.raises(BusdxError, match="sha256"):
+        Models.load(directory)
 
 
 def test_model_with_wrong_interface_is_refused(tmp_path):
     directory = build_stand_in_models(tmp_path)
     (directory / "classifier.onnx").write_bytes((directory / "segmenter.onnx").read_bytes())
+    write_release(with_graphs(load_release(directory), directory), directory)
     with pytest.raises(BusdxError, match="contract"):
         Models.load(directory)
 

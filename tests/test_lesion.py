@@ -32,7 +32,7 @@ from busdx.inference.lesion import (
     lesion_key,
     read_lesion,
 )
-from busdx.inference.models import ClassifierSettings
+from busdx.inference.models import ClassifierSettings, Models
 from stand_in_models import (
     REAL_MODELS_MISSING,
     STAND_IN_CARD,
@@ -142,14 +142,17 @@ def _card(lesion: dict | None):
     return card
 
 
-def test_settings_take_the_lesion_threshold_only_when_offered():
-    assert ClassifierSettings.from_card(_card(None)).lesion_threshold is None
-    off = _card({"threshold": 0.3, "offered": False})
-    assert ClassifierSettings.from_card(off).lesion_threshold is None
-    assert ClassifierSettings.from_card(_card({"threshold": 0.3, "offered": True})
-                                        ).lesion_threshold == 0.3
+def _settings(tmp_path, lesion: dict | None) -> ClassifierSettings:
+    return Models.load(build_stand_in_models(tmp_path, _card(lesion))).settings
+
+
+def test_settings_take_the_lesion_threshold_only_when_offered(tmp_path):
+    assert _settings(tmp_path / "a", None).lesion_threshold is None
+    off = {"threshold": 0.3, "offered": False}
+    assert _settings(tmp_path / "b", off).lesion_threshold is None
+    assert _settings(tmp_path / "c", {"threshold": 0.3, "offered": True}).lesion_threshold == 0.3
     with pytest.raises(BusdxError, match="lesion threshold"):
-        ClassifierSettings.from_card(_card({"threshold": 1.5, "offered": True}))
+        _settings(tmp_path / "d", {"threshold": 1.5, "offered": True})
 
 
 def test_lesion_key_from_a_pattern():
@@ -255,7 +258,7 @@ def _scored(logit: float, diameter: float | None = None, units: str | None = Non
     return ViewScore(logit, 1.0, diameter is not None, "m", False, diameter, units)
 
 
-def test_views_that_cannot_be_one_lesion_get_a_caution():
+def test_views_that_cannot_be_one_lesion_get_a_caution(tmp_path):
     agree = Agreement(logit_spread=2.0, diameter_ratio=1.5)
     assert agree.disagreement([_scored(0.0, 10, "px"), _scored(1.9, 14, "px")]) == ""
     assert "probabilities differ" in agree.disagreement([_scored(0.0), _scored(2.1)])
@@ -268,9 +271,10 @@ def test_views_that_cannot_be_one_lesion_get_a_caution():
     assert "may not show one lesion" in reading.note and reading.label  # still read
     assert not read_lesion([_scored(0.0), _scored(3.0)], 0.5).views_disagree  # no limits: no check
     assert not read_lesion([_scored(9.0)], 0.5, agree).views_disagree  # one view
-    assert Agreement.from_card(None) is None
-    with pytest.raises(BusdxError):
-        Agreement.from_card({"logit_spread": -1.0, "diameter_ratio": 2.0})
+    bad = {"threshold": 0.3, "offered": True,
+           "agreement": {"logit_spread": -1.0, "diameter_ratio": 2.0}}
+    with pytest.raises(BusdxError, match="agreement"):
+        build_stand_in_models(tmp_path / "bad", _card(bad))
 
 
 def _bundled() -> Path:
@@ -285,8 +289,9 @@ def test_views_of_two_patients_are_flagged_by_the_api_and_the_csv(fixtures_root,
     """Two views of one BUS-BRA lesion read quietly; a view of another patient beside one of
     them gets the caution, in /api/lesion and in the lesions CSV."""
     directory = _bundled()
-    if real_models_dir() is None or ClassifierSettings.from_card(
-            json.loads((directory / "model_card.json").read_text())).lesion_agreement is None:
+    from busdx.release import load_release
+
+    if load_release(directory).classifier.agreement is None:
         unavailable("the bundled card has no lesion_reading.agreement")
     with TestClient(create_app(directory)) as client:
         def view(name: str) -> dict:

@@ -8,6 +8,7 @@ import pytest
 from busdx.cli.main import main
 from busdx.errors import BusdxError
 from busdx.evaluation.members import ScoredEnsemble, choose, option_members
+from busdx.evaluation.model_card import write_card
 
 
 def scored_card(checkpoints: dict[str, str], ensemble_auc: float, command: str = "cmd") -> dict:
@@ -74,7 +75,7 @@ def test_evaluate_compare_records_the_choice_only_when_it_is_shipped(tmp_path, c
                              ("new", {"b": "runs/b.pt", "c2": "runs/c2/classifier.pt"}, 0.957)):
         folders[name] = tmp_path / name
         folders[name].mkdir()
-        (folders[name] / "model_card.json").write_text(json.dumps(scored_card(ckpts, auc)))
+        write_card(folders[name], scored_card(ckpts, auc))
     run = tmp_path / "runs" / "c2"
     run.mkdir(parents=True)
     (run / "classifier.pt").write_bytes(b"")
@@ -116,7 +117,7 @@ def test_evaluate_compare_records_the_choice_only_when_it_is_shipped(tmp_path, c
 
 
 def test_a_weight_averaged_run_is_recorded_by_its_ingredients(tmp_path):
-    from busdx.evaluation.card_markdown import render_model_card
+    from busdx.evaluation.card_markdown import render_history
     from busdx.evaluation.members import run_record
 
     run = tmp_path / "soup"
@@ -132,6 +133,6 @@ def test_a_weight_averaged_run_is_recorded_by_its_ingredients(tmp_path):
                               "left_out": ["runs/c.pt"]}
     selection = {"rule": "r", "val_auc": {"old": 0.95}, "chosen": "old",
                  "new_runs": {"soup": record}}
-    text = render_model_card({"classifier": {"member_selection": selection}})
+    text = render_history({"classifier": {"member_selection": selection}})
     assert ("- `soup`: greedy weight average of 2 of 3 networks, validation AUC in training "
             "0.9451, 0.4 min; `busdx train soup --method greedy`") in text

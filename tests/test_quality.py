@@ -4,13 +4,13 @@ shows: the analysis, the API, the CLI's CSV, external validation and the model c
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
 from busdx.errors import BusdxError
+from busdx.evaluation.model_card import load_card
 from busdx.inference import Models, analyze
 from busdx.inference.decode import decode
 from busdx.inference.quality import (
@@ -137,7 +137,7 @@ def test_without_ranges_in_the_card_there_is_no_check(fixtures_root, tmp_path):
 
 def test_bad_ranges_in_a_card_are_refused(tmp_path):
     card = {**STAND_IN_CARD, "input_check": {"ranges": {"texture": [0.09, 0.02]}}}
-    with pytest.raises(BusdxError, match="input_check.ranges"):
+    with pytest.raises(BusdxError, match="input check range"):
         Models.load(build_stand_in_models(tmp_path, card))
     card = {**STAND_IN_CARD, "input_check": {"ranges": RANGES, "texture_long_side": "big"}}
     with pytest.raises(BusdxError, match="texture_long_side"):
@@ -187,13 +187,13 @@ def test_api_and_csv_show_the_warning(checked_models, fixtures_root, tmp_path):
 
 
 def test_the_card_section_renders(tmp_path):
-    from busdx.evaluation.card_markdown import render_model_card
+    from busdx.evaluation.card_markdown import render_history
 
     card = {**STAND_IN_CARD, "input_check": {
         "ranges": RANGES, "rule": "the 0.5th to 99.5th percentiles", "statistics": {},
         "validation": {"n": 226, "unusual": 8}, "test": {"n": 383, "unusual": 12},
         "command": "busdx evaluate input-check"}}
-    text = render_model_card(card)
+    text = render_history(card)
     assert "## Images unlike the training images" in text
     assert "8 of 226 validation images and 12 of 383 test images" in text
     assert "| texture |" in text
@@ -204,7 +204,7 @@ def test_the_bundled_card_reproduces_its_ranges(busbra_root):
     from busdx.evaluation.input_check import input_check_section
     from busdx.inference.models import default_models_dir
 
-    card = json.loads((default_models_dir() / "model_card.json").read_text())
+    card = load_card(default_models_dir())
     recorded = card.get("input_check")
     if not recorded:
         pytest.skip("the bundled card has no input_check")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from busdx.evaluation.card_markdown import render_history
 from busdx.evaluation.report import (
     README_END,
     README_START,
-    render_model_card,
     results_table,
     run_report,
     update_readme,
@@ -54,7 +54,7 @@ def test_results_table_comes_from_the_card():
 
 
 def test_model_card_has_use_limits_and_numbers():
-    text = render_model_card(CARD)
+    text = render_history(CARD)
     for needle in ("not a diagnosis", "Intended use", "Limits", "one hospital", "burned-in",
                    "not a medical device", "0.912", "busdx train segmentation", "GE Logiq 5"):
         assert needle.lower() in text.lower(), needle
@@ -71,7 +71,7 @@ def test_model_card_prints_hardware_records_as_prose():
                                                                 "device": "cpu", "threads": 2,
                                                                 "torch": "2.14.1"}}}]
     card["classifier"]["training"] = {"command": "busdx train classification", "hardware": "2 CPUs"}
-    text = render_model_card(card)
+    text = render_history(card)
     assert "NVIDIA H200 GPU (16-core Intel(R) Xeon(R) Processor host), torch 2.11.0, 2 thread(s)" \
         in text
     assert "CPU only, 2-core AMD EPYC, torch 2.14.1, 2 thread(s)" in text
@@ -86,7 +86,7 @@ def test_model_card_tables_the_segmenter_selection():
         "val_dice_postprocessed": {"a": 0.9125, "b": 0.9},
         "not_eligible": {"c": "too slow"},
     }
-    text = render_model_card(card)
+    text = render_history(card)
     assert "shipped: a" in text
     assert "| a | 0.9123 | 0.9125 | shipped |" in text
     assert "| b | 0.9000 | 0.9000 |  |" in text
@@ -142,8 +142,8 @@ def test_history_file_gives_learning_curves(fixtures_root, tmp_path):
 def test_bundled_model_card_renders_records_as_tables_not_raw_json():
     from busdx.evaluation.model_card import load_card
 
-    card = load_card(REPO / "models" / "model_card.json")
-    text = render_model_card(card)
+    card = load_card(REPO / "models")
+    text = render_history(card)
     assert '{"' not in text and "{'" not in text  # no record dumped as JSON or a Python dict
     assert "| loss | validation Dice |" in text
     assert "| architecture | validation Dice |" in text
@@ -167,7 +167,7 @@ def test_classifier_options_get_passes_and_the_shipped_mark():
                                  "model=ensemble_both_crop, tta=none, contexts=0.3": 0.94,
                                  "model=both, tta=flip_crop, contexts=0.3": 0.93,
                                  "model=crop, tta=none, contexts=0.3": 0.92})
-    text = render_model_card(card)
+    text = render_history(card)
     assert "| ensemble_both_crop | flip | 0.3 | 6 | 0.9500 |  |" in text
     assert "| ensemble_both_crop | none | 0.3 | 3 | 0.9400 | shipped |" in text
     assert "| both | flip_crop | 0.3 | 3 | 0.9300 |  |" in text
@@ -182,7 +182,7 @@ def test_classifier_member_selection_is_tabled_best_first():
         "passes_per_image": {"a + b (shipped before)": 3, "a + c": 3},
         "new_runs": {"c": {"best_epoch": 11, "wall_minutes": 32.8, "command": "busdx train x"}},
     }
-    text = render_model_card(card)
+    text = render_history(card)
     assert "Ensemble members, chosen on validation: beat the shipped ensemble by >= 0.005." in text
     shipped = text.index("| a + c | 3 | 0.9549 | shipped |")
     assert shipped < text.index("| a + b (shipped before) | 3 | 0.9475 |  |")
@@ -191,7 +191,7 @@ def test_classifier_member_selection_is_tabled_best_first():
         "rule": "an older rule", "chosen": "a + b", "val_auc": {"a + b": 0.9475},
         "new_runs": {"b": {"best_epoch": 9, "val_auc_training": 0.93881, "wall_minutes": 2.3,
                            "command": "busdx train y"}}}]
-    text = render_model_card(card)
+    text = render_history(card)
     assert text.index("Ensemble members, chosen") < text.index(
         "Earlier round of members, chosen on validation: an older rule.")
     assert "- `b`: best epoch 9, validation AUC in training 0.9388, 2.3 min; `busdx train y`" in text
@@ -201,9 +201,9 @@ def test_validation_rates_show_their_counts_and_interval_when_the_card_has_them(
     cal = {"val_auc": 0.95, "n_val": 226, "method": "Platt", "val_sensitivity": 68 / 75,
            "val_specificity": 132 / 151}
     card = {"classifier": {"calibration": dict(cal)}}
-    assert "| sensitivity at the threshold | 0.907 |" in render_model_card(card)
+    assert "| sensitivity at the threshold | 0.907 |" in render_history(card)
     cal.update(val_cancers_called=68, val_cancers=75, val_benign_cleared=132, val_benign=151)
-    text = render_model_card({"classifier": {"calibration": cal}})
+    text = render_history({"classifier": {"calibration": cal}})
     assert "| sensitivity at the threshold | 0.907 (68/75; 95% CI 0.82-0.95, Wilson) |" in text
     assert "| specificity at the threshold | 0.874 (132/151; 95% CI 0.81-0.92, Wilson) |" in text
 

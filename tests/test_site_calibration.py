@@ -14,6 +14,7 @@ import pytest
 from busdx.cli.main import main
 from busdx.evaluation.card_markdown import render_model_card
 from busdx.evaluation.classification import Prediction
+from busdx.evaluation.model_card import load_card
 from busdx.evaluation.site import (
     MIN_PER_CLASS,
     SiteCalibrationError,
@@ -113,7 +114,7 @@ def test_the_copy_serves_the_refit_and_the_source_is_untouched(models_dir, fixtu
     # the lesion threshold was fitted under the bundled calibration: the copy does not offer it
     assert site.settings.lesion_threshold is None
     if bundled.settings.lesion_threshold is not None:
-        assert json.loads((out / "model_card.json").read_text())["classifier"][
+        assert load_card(out)["classifier"][
             "site_calibration"]["lesion_reading_dropped"]
     image = load_index(fixtures_root).records[0].image_path
     a, b = analyze(image, bundled, render_overlays=False), analyze(image, site,
@@ -121,7 +122,7 @@ def test_the_copy_serves_the_refit_and_the_source_is_untouched(models_dir, fixtu
     assert b.logit == pytest.approx(a.logit - bundled.settings.logit_shift + fit.logit_shift)
     assert b.probability == pytest.approx(1 / (1 + math.exp(-b.logit / fit.temperature)))
     assert b.label == ("malignant" if b.probability >= fit.threshold else "benign")
-    card = json.loads((out / "model_card.json").read_text())
+    card = load_card(out)
     assert card["classifier"]["site_calibration"]["bundled"]["threshold"] == pytest.approx(
         bundled.settings.threshold)
     if (out / "MODEL_CARD.md").is_file():
@@ -136,7 +137,7 @@ def test_the_copy_serves_the_refit_and_the_source_is_untouched(models_dir, fixtu
                                  logit_shift=site.settings.logit_shift,
                                  threshold=site.settings.threshold)
     write_site_models(out, tmp_path / "again", again, {})
-    twice = json.loads((tmp_path / "again" / "model_card.json").read_text())
+    twice = load_card(tmp_path / "again")
     record = twice["classifier"]["site_calibration"]
     assert record["bundled"] == card["classifier"]["site_calibration"]["bundled"]
     assert record["replaced"]["threshold"] == pytest.approx(fit.threshold)
@@ -202,5 +203,5 @@ def test_recalibrating_on_busbra_images_end_to_end(busbra_root, tmp_path):
     assert (out / "classifier_reliability.png").is_file()
     loaded = Models.load(site, threads=1)
     assert loaded.settings.threshold == pytest.approx(fit["threshold"])
-    card = json.loads((site / "model_card.json").read_text())
+    card = load_card(site)
     assert (site / "MODEL_CARD.md").read_text() == render_model_card(card)

@@ -141,7 +141,7 @@ def test_the_cli_scores_a_soup_on_validation_and_refuses_missing_checkpoints(fix
 
 
 def test_the_model_card_lists_a_soups_ingredients_and_their_runs():
-    from busdx.evaluation.card_markdown import render_model_card
+    from busdx.evaluation.card_markdown import render_history
 
     soup = {"method": "greedy", "val_auc": 0.945, "validation_crops": "ground-truth masks",
             "ingredients": [
@@ -153,7 +153,7 @@ def test_the_model_card_lists_a_soups_ingredients_and_their_runs():
     member = {"checkpoint": "runs/soup/classifier.pt", "arch": "lite1", "epoch": None,
               "val_auc_training": 0.945, "config": {"input": "both"},
               "training": {"command": "busdx train soup --method greedy", "soup": soup}}
-    text = render_model_card({"classifier": {"members": [member]}})
+    text = render_history({"classifier": {"members": [member]}})
     assert "(lite1, input both, weight average, validation AUC in training 0.945)" in text
     assert "a greedy weight average (model soup) of 1 network," in text
     assert "- kept: `runs/a/classifier.pt`" in text and "`busdx train a`" in text

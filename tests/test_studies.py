@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from busdx.evaluation.model_card import load_card
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -122,7 +124,7 @@ def test_the_recorded_mirror_averaging_choice_holds_in_its_evidence():
     """Rule N shipped mirror averaging for stability; its recorded evidence says so."""
     recorded = json.loads((ROOT / "reports" / "studies" / "robustness_tta.json").read_text())
     assert recorded["candidate_more_stable"]
-    card = json.loads((ROOT / "models" / "model_card.json").read_text())["classifier"]
+    card = load_card(ROOT / "models")["classifier"]
     if "robustness_tta.json" not in (card.get("option_note") or ""):
         pytest.skip("the bundled classifier's option no longer rests on this comparison")
     assert card["tta"] == "flip"
@@ -265,7 +267,7 @@ def test_the_model_card_shows_the_recorded_cross_validation():
     """The card's summary is the study's recorded answer, not numbers typed in."""
     study = _load("cross_validation")
     recorded = json.loads((ROOT / "reports" / "studies" / study.RESULT_FILE).read_text())
-    card = json.loads((ROOT / "models" / "model_card.json").read_text())["classifier"]
+    card = load_card(ROOT / "models")["classifier"]
     if "recipe_cross_validation" not in card:
         pytest.skip("the bundled card carries no cross-validation")
     summary = json.loads(json.dumps(study.card_summary(recorded)))
@@ -554,7 +556,7 @@ def test_the_served_lesion_limits_are_the_view_agreement_study_s():
     """The card's lesion_reading.agreement, which serving reads, is what the study fitted."""
     from busdx.evaluation.model_card import load_card
 
-    card = load_card(ROOT / "models" / "model_card.json")["classifier"]["lesion_reading"]
+    card = load_card(ROOT / "models")["classifier"]["lesion_reading"]
     fitted = _summary("view_agreement")["agreement"]
     for key, value in fitted.items():
         assert card["agreement"][key] == value, key

@@ -73,7 +73,9 @@ def create_app(
     async def lifespan(app: FastAPI):
         app.state.models = models if models is not None else Models.load(models_dir)
         # what /api/model serves of the card, cleaned once rather than on every request
-        app.state.served_card = served_card(app.state.models.card)
+        from busdx.evaluation.model_card import load_card
+
+        app.state.served_card = served_card(load_card(app.state.models.directory))
         app.state.model_card_page = model_card_page(app.state.models.directory)
         # Created inside the running loop; bounds concurrent analyses (and so memory).
         app.state.limiter = anyio.CapacityLimiter(concurrency)

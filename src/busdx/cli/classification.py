@@ -204,7 +204,7 @@ def run_train(args: argparse.Namespace) -> int:
     from busdx.data.splits import SplitConfig, make_split
     from busdx.evaluation.model_card import update_card
     from busdx.models.classification import backbone_name, export_onnx
-    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE
+    from busdx.models.contract import CLASSIFIER_FILE
     from busdx.training import classification as tc
     from busdx.training.calibration import threshold_rule
     from busdx.training.common import hardware_description
@@ -289,8 +289,8 @@ def run_train(args: argparse.Namespace) -> int:
     }
     if comparisons is not None:
         section["comparisons"] = comparisons
-    update_card(models / MODEL_CARD_FILE, "classifier", section)
-    log.info("exported %s and updated %s", models / CLASSIFIER_FILE, models / MODEL_CARD_FILE)
+    update_card(models, "classifier", section)
+    log.info("exported %s and updated %s", models / CLASSIFIER_FILE, models)
     return 0
 
 
@@ -346,11 +346,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from busdx.evaluation.model_card import drop_keys, load_card, retire_record, update_card
     from busdx.inference.models import Models
     from busdx.models.classification import ClassifierEnsemble, backbone_name, export_onnx
-    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, input_views
+    from busdx.models.contract import CLASSIFIER_FILE, input_views
     from busdx.training.classification import load_checkpoint, recorded_config
 
     models = Path(args.models)
-    card_path = models / MODEL_CARD_FILE
+    card_path = models
     split = make_split(load_index(args.data), SplitConfig(
         test_fold=args.test_fold, seed=args.split_seed, val_fold=args.val_fold))
     loaded = {Path(c).parent.name or str(c): (Path(c), *load_checkpoint(c)) for c in args.checkpoint}
@@ -584,13 +584,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from busdx.evaluation import classification as ec
     from busdx.evaluation.model_card import load_card, update_card
     from busdx.hardware import describe
-    from busdx.models.contract import MODEL_CARD_FILE
 
     start = time.monotonic()
     index = load_index(args.data)
     test = make_split(index, SplitConfig(test_fold=args.test_fold)).test
     models = Path(args.models)
-    card = load_card(models / MODEL_CARD_FILE).get("classifier", {})
+    card = load_card(models).get("classifier", {})
     if args.fit_lesion_reading:
         card["lesion_reading"] = _fit_lesion_reading(args, index, models, card)
     preds, empty = ec.predict_records(test, models, args.masks, args.threads)
@@ -627,7 +626,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             print_table(r, unit="images" if unit == "image" else "lesions")
         values["lesion_reading"] = {**lesion, "test": {**lesion_test, "test_fold": args.test_fold}}
     if not args.no_card:
-        update_card(models / MODEL_CARD_FILE, "classifier", values)
+        update_card(models, "classifier", values)
     return 0
 
 
@@ -663,7 +662,6 @@ def run_select_members(args: argparse.Namespace) -> int:
     from busdx.cli import name_value_pairs
     from busdx.evaluation.members import ScoredEnsemble, member_selection
     from busdx.evaluation.model_card import load_card, record_round
-    from busdx.models.contract import MODEL_CARD_FILE
 
     if not args.baseline or not args.rule:
         raise BusdxError("--compare needs --baseline NAME and --rule TEXT")
@@ -675,7 +673,7 @@ def run_select_members(args: argparse.Namespace) -> int:
     for name, s in sorted(scored.items(), key=lambda kv: -kv[1].val_auc):
         flag = "  <- chosen" if name == record["chosen"] else ""
         print(f"{name:<{width}}{s.passes} passes  validation AUC {s.val_auc:.4f}{flag}")
-    card_path = Path(args.models) / MODEL_CARD_FILE
+    card_path = Path(args.models)
     shipped = (load_card(card_path).get("classifier") or {}).get("checkpoints") or []
     chosen = scored[record["chosen"]]
     if sorted(shipped) != sorted(chosen.checkpoints):
@@ -744,10 +742,9 @@ def run_export(args: argparse.Namespace) -> int:
     log.info("wrote %s (test-time augmentation: %s)", path, args.tta)
     if not args.no_card:
         from busdx.evaluation.model_card import update_card
-        from busdx.models.contract import MODEL_CARD_FILE
 
         # a new graph invalidates the operating point: recalibrate (--calibrate-only) after this
-        update_card(path.parent / MODEL_CARD_FILE, "classifier",
+        update_card(path.parent, "classifier",
                     {"tta": args.tta, "logit_offset": 0.0, "checkpoint_epoch": ckpt.get("epoch"),
                      "weights_storage": args.storage,
                      "input": ckpt["config"].get("input", "crop")})
@@ -762,13 +759,12 @@ def _recover(args: argparse.Namespace) -> int:
     import torch
 
     from busdx.evaluation.model_card import load_card
-    from busdx.models.contract import MODEL_CARD_FILE
     from busdx.models.from_onnx import recover_classifier
 
     graph = Path(args.output)
     if not graph.is_file():
         raise BusdxError(f"no classifier graph at {graph}")
-    section = load_card(graph.parent / MODEL_CARD_FILE).get("classifier", {})
+    section = load_card(graph.parent).get("classifier", {})
     if section.get("file") != graph.name:
         raise BusdxError(f"the card beside {graph} does not describe it")
     _, checkpoint = recover_classifier(graph, section)

@@ -93,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dual_view and models.settings.lesion_threshold is None:
         log.warning("these models' card offers no lesion reading: the panes are scored one by "
                     "one only")
-    card = models.card.get("classifier", {})
     # the uncalibrated ECE undoes everything added to the network's own logit
     result = evaluate_external(
-        dataset, models, logit_offset=card.get("logit_offset", 0.0) + models.settings.logit_shift,
+        dataset, models,
+        logit_offset=models.release.classifier.folded_intercept + models.settings.logit_shift,
         reps=args.reps)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {**result.to_dict(), "model_version": models.version, "busdx_version": __version__,
@@ -186,10 +186,9 @@ def _recalibrate(args: argparse.Namespace, models, result) -> tuple[dict, dict]:
     from busdx.evaluation.site import fit_site_calibration, write_site_models
     from busdx.training.calibration import reliability
 
-    card = models.card.get("classifier", {})
     target = args.target_sensitivity
     if target is None:
-        target = float((card.get("calibration") or {}).get("target_sensitivity", 0.90))
+        target = models.release.classifier.target_sensitivity
     fit = fit_site_calibration(
         result.predictions, temperature=models.settings.temperature,
         logit_shift=models.settings.logit_shift, threshold=models.settings.threshold,

@@ -28,10 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     from busdx.evaluation.input_check import input_check_section
     from busdx.evaluation.model_card import update_card
-    from busdx.models.contract import MODEL_CARD_FILE
 
     section = input_check_section(args.data, args.test_fold, args.split_seed)
     section["command"] = args.invocation
-    update_card(Path(args.models) / MODEL_CARD_FILE, "input_check", section)
-    log.info("wrote input_check into %s", Path(args.models) / MODEL_CARD_FILE)
+    update_card(Path(args.models), "input_check", section)
+    log.info("wrote input_check into %s", Path(args.models))
     return 0

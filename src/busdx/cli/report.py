@@ -19,10 +19,10 @@ def _report(args: argparse.Namespace) -> int:
     from busdx.data.index import resolve_root
     from busdx.errors import BusdxError
     from busdx.evaluation.report import run_report
-    from busdx.models.contract import CLASSIFIER_FILE, MODEL_CARD_FILE, SEGMENTER_FILE
+    from busdx.models.contract import CLASSIFIER_FILE, SEGMENTER_FILE
 
     models = Path(args.models) if args.models else _default_models()
-    for name in (SEGMENTER_FILE, CLASSIFIER_FILE, MODEL_CARD_FILE):
+    for name in (SEGMENTER_FILE, CLASSIFIER_FILE):
         if not (models / name).is_file():
             raise BusdxError(f"{models / name} is missing: train and export the models first")
     readme = None if args.no_readme else Path(args.readme)

@@ -1,4 +1,4 @@
-"""``models/MODEL_CARD.md``: the model card rendered from ``models/model_card.json`` for readers.
+"""docs/model_history.md: how the bundled models were made and chosen, for readers.
 
 Every number comes from the JSON card, which the training and evaluation commands write; this
 module only lays them out. Records it does not know are left out of the Markdown (they stay in
@@ -817,12 +817,19 @@ def _colour_lines() -> list[str]:
     ]
 
 
-def render_model_card(card: dict) -> str:
+def render_history(card: dict) -> str:
+    """The long record of how the bundled models were made and chosen (docs/model_history.md),
+    from the card view of the release and all its evidence."""
     seg, clf = card.get("segmenter", {}), card.get("classifier", {})
     lines = [
-        "# busdx model card",
+        "# How the bundled models were made and chosen",
         "",
-        "_Rendered by `busdx report` from `models/model_card.json`; do not edit by hand._",
+        "_Written by `busdx release` from `models/release.json` and every record in "
+        "`evidence/`, earlier rounds included; do not edit by hand. The model card "
+        "(`models/MODEL_CARD.md`) is the short version. Rules named by a letter (rule X, ...) "
+        "are stated, with the reasons for them, in [selection_rules.md](selection_rules.md); "
+        "`runs/...` names the training run a checkpoint came from; `DATA` stands for the "
+        "dataset's folder._",
         "",
         f"> {DISCLAIMER}",
         "",

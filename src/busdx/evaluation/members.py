@@ -74,11 +74,13 @@ class ScoredEnsemble:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> ScoredEnsemble:
-        path = Path(folder) / "model_card.json"
-        if not path.is_file():
-            raise BusdxError(f"{folder} has no model_card.json: score the candidate there with "
-                             f"`busdx train classification --calibrate-only --models {folder}`")
-        return cls.from_card(json.loads(path.read_text()), str(path))
+        from busdx.evaluation.model_card import load_card
+
+        card = load_card(folder)
+        if not card:
+            raise BusdxError(f"{folder} holds no release: score the candidate there with "
+                             f"`busdx calibrate --out {folder}`")
+        return cls.from_card(card, str(folder))
 
 
 def choose(scored: Mapping[str, ScoredEnsemble], baseline: str, min_gain: float) -> str:

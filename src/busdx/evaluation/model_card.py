@@ -1,77 +1,208 @@
-"""models/model_card.json: read, and update one section at a time (atomically)."""
+"""A release folder and its evidence, read and written as one nested dict (the card view).
+
+The commands that fit settings (calibration, thresholds, input-check ranges) and those that
+measure (evaluations, selections, studies) both speak of "the card": one dict with the sections
+``segmenter``, ``classifier`` and ``input_check``. Here that dict is split on writing: what
+serving reads goes to the folder's release.json (busdx.release), everything else becomes an
+evidence record tied to the release's version (busdx.evaluation.evidence). Reading puts the two
+back together.
+
+The bundled models' evidence lives in the repository's evidence/ folder (only `busdx release`
+writes models/); any other release folder keeps its evidence in its own ``evidence/``.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from busdx.errors import BusdxError
+from busdx.evaluation.evidence import (
+    Record,
+    card_view,
+    default_evidence_dir,
+    load_record,
+    load_records,
+    write_record,
+)
+from busdx.models.contract import CLASSIFIER_FILE, SEGMENTER_FILE
+from busdx.release import (
+    RELEASE_FILE,
+    Agreement,
+    Classifier,
+    InputCheck,
+    Release,
+    Segmenter,
+    file_sha256,
+    load_release,
+    release_version,
+    write_release,
+)
 
-def load_card(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
+KINDS = {
+    "test": "evaluation", "test_gt_masks": "evaluation", "validation": "evaluation",
+    "site_calibration": "calibration", "calibration": "calibration",
+    "calibration_training": "calibration", "lesion_reading": "calibration",
+    "training": "training", "members": "training", "recipe_cross_validation": "study",
+}
+# the keys of each section that belong to the release, not to the evidence
+RELEASE_KEYS = {
+    "segmenter": {"file", "threshold", "input_size"},
+    "classifier": {"file", "input", "crop", "temperature", "threshold", "logit_offset",
+                   "logit_shift"},
+    "input_check": {"ranges", "texture_long_side"},
+}
+
+
+def _folder(where: str | Path) -> Path:
+    where = Path(where)
+    return where.parent if where.suffix == ".json" else where
+
+
+def evidence_dir_for(where: str | Path) -> Path:
+    """Where the evidence about the release in ``where`` lives."""
+    from busdx.inference.models import default_models_dir
+
+    folder = _folder(where)
+    if folder.resolve() == default_models_dir().resolve():
+        return default_evidence_dir()
+    return folder / "evidence"
+
+
+def load_folder_release(where: str | Path) -> Release | None:
+    path = _folder(where) / RELEASE_FILE
+    return load_release(path) if path.is_file() else None
+
+
+def load_card(where: str | Path) -> dict[str, Any]:
+    """The card view of the release in ``where`` (a folder) and its current evidence; {} when
+    the folder holds no release."""
+    release = load_folder_release(where)
+    if release is None:
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return card_view(release, load_records(evidence_dir_for(where)))
 
 
-def update_card(path: str | Path, section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``values`` into ``card[section]`` (shallow) and write the card back."""
-    path = Path(path)
-    card = load_card(path)
-    card.setdefault(section, {}).update(values)
-    _write(path, card)
-    return card
+def _sha(folder: Path, name: str) -> str:
+    return file_sha256(folder / name) if (folder / name).is_file() else ""
 
 
-def record_round(path: str | Path, section: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
-    """Write ``record`` as ``card[section][key]``; the record it replaces moves to the end of
-    ``card[section][key + "_history"]``, so earlier rounds stay on record: what was tried, and
-    why."""
-    previous = load_card(path).get(section, {})
-    values = {key: record}
-    if previous.get(key):
-        values[f"{key}_history"] = _history_with(previous, key)
-    return update_card(path, section, values)
+def _release_with(release: Release, folder: Path, section: str, values: dict) -> Release:
+    if section == "segmenter":
+        seg = release.segmenter or Segmenter(file=SEGMENTER_FILE, sha256="")
+        seg = replace(seg, **{k: values[k] for k in ("file", "threshold", "input_size")
+                              if k in values})
+        return replace(release, segmenter=seg)
+    if section == "input_check":
+        check = release.input_check
+        if "ranges" in values:
+            check = replace(check, ranges={k: (float(v[0]), float(v[1]))
+                                           for k, v in values["ranges"].items()})
+        if "texture_long_side" in values:
+            check = replace(check, texture_long_side=values["texture_long_side"])
+        return replace(release, input_check=check)
+    if section != "classifier":
+        return release
+    c = release.classifier or Classifier(file=CLASSIFIER_FILE, sha256="", input="crop",
+                                         crop_size=224, context=0.3, temperature=1.0,
+                                         threshold=0.5)
+    changes: dict[str, Any] = {k: values[k] for k in ("file", "input", "temperature",
+                                                      "threshold", "logit_shift") if k in values}
+    if "logit_offset" in values:
+        changes["folded_intercept"] = float(values["logit_offset"])
+    if "crop" in values:
+        crop = values["crop"]
+        changes["crop_size"] = int(crop.get("size", c.crop_size))
+        changes["context"] = float(crop.get("context", c.context))
+        changes["contexts"] = tuple(float(x) for x in crop.get("contexts") or ())
+    calibration = values.get("calibration")
+    if isinstance(calibration, dict) and "target_sensitivity" in calibration:
+        changes["target_sensitivity"] = float(calibration["target_sensitivity"])
+    lesion = values.get("lesion_reading")
+    if isinstance(lesion, dict):
+        offered = lesion.get("offered") and lesion.get("threshold") is not None
+        changes["lesion_threshold"] = float(lesion["threshold"]) if offered else None
+        agreement = lesion.get("agreement")
+        changes["agreement"] = (Agreement(float(agreement["logit_spread"]),
+                                          float(agreement["diameter_ratio"]))
+                                if agreement else None)
+    parts = [values.get("ensemble"), values.get("arch")]
+    if any(parts) or "tta" in values:
+        changes["made_of"] = (f"{values.get('ensemble') or 'one network'} "
+                              f"({values.get('arch', '')}), mirror averaging: "
+                              f"{values.get('tta', 'none')}")
+    return replace(release, classifier=replace(c, **changes))
 
 
-def _history_with(section: dict[str, Any], key: str) -> list:
-    """``section[key + "_history"]`` with ``section[key]`` appended."""
-    return [*section.get(f"{key}_history", []), section[key]]
+def update_card(where: str | Path, section: str, values: dict[str, Any], command: str = ""
+                ) -> dict[str, Any]:
+    """Write ``values`` of ``section``: its serving settings into the folder's release (a new
+    version whenever they change), everything else as evidence about that version. Returns the
+    card view afterwards."""
+    folder = _folder(where)
+    if section not in RELEASE_KEYS:
+        raise BusdxError(f"no card section {section!r}")
+    release = load_folder_release(folder) or Release(version="", segmenter=None,
+                                                    classifier=None)
+    updated = _release_with(release, folder, section, values)
+    seg, cls = updated.segmenter, updated.classifier
+    if seg is not None:
+        seg = replace(seg, sha256=_sha(folder, seg.file))
+    if cls is not None:
+        cls = replace(cls, sha256=_sha(folder, cls.file))
+    updated = replace(updated, segmenter=seg, classifier=cls)
+    updated = replace(updated, version=release_version(updated))
+    if updated != release:
+        write_release(updated, folder)
+    evidence = evidence_dir_for(folder)
+    about = {}
+    for key, value in values.items():
+        if key in RELEASE_KEYS[section]:
+            continue
+        if isinstance(value, (dict, list)):
+            what = value.get("command", "") if isinstance(value, dict) else ""
+            write_record(evidence, f"{section}.{key}", value, kind=KINDS.get(key, "selection"),
+                         release=updated, command=str(what or command))
+        else:
+            about[key] = value
+    if about:
+        name = f"{section}.about"
+        old = load_record(name, evidence)
+        kept = old.results if isinstance(old, Record) and not old.stale(updated) else {}
+        write_record(evidence, name, {**kept, **about}, kind="about", release=updated,
+                     command=command, at=section)
+    return card_view(updated, load_records(evidence))
 
 
-def retire_record(path: str | Path, section: str, key: str) -> bool:
-    """Move ``card[section][key]`` to the end of its ``_history`` list, as ``record_round``
-    would on replacing it; returns whether there was one. For a record that no longer
-    describes what ships but still says what was tried."""
-    card = load_card(path)
-    if not card.get(section, {}).get(key):
-        return False
-    card[section][f"{key}_history"] = _history_with(card[section], key)
-    del card[section][key]
-    _write(Path(path), card)
-    return True
+def record_round(where: str | Path, section: str, key: str, record: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """Write ``record`` as the evidence ``section.key``; the record it replaces stays in the
+    evidence's history."""
+    return update_card(where, section, {key: record})
 
 
-def drop_keys(path: str | Path, section: str, keys: list[str]) -> list[str]:
-    """Remove ``keys`` from ``card[section]``; returns those that were there."""
-    path = Path(path)
-    card = load_card(path)
-    present = [k for k in keys if k in card.get(section, {})]
-    for key in present:
-        del card[section][key]
-    if present:
-        _write(path, card)
-    return present
+def folder_evidence(where: str | Path) -> dict[str, Record]:
+    return load_records(evidence_dir_for(where))
 
 
-def _write(path: Path, card: dict[str, Any]) -> None:
-    """Atomically: a reader sees the old card or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(card, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600: the card is meant to be read by everyone
-    os.replace(tmp, path)
+__all__ = ["InputCheck", "write_card", "evidence_dir_for", "folder_evidence", "load_card",
+           "load_folder_release", "record_round", "update_card"]
+
+
+def write_card(where: str | Path, card: dict[str, Any], command: str = "") -> dict[str, Any]:
+    """Write every section of a whole card view (a test's stand-in card, a site's refit)."""
+    view: dict[str, Any] = {}
+    if card.get("version"):
+        _rename(where, str(card["version"]))
+    for section in ("segmenter", "classifier", "input_check"):
+        if isinstance(card.get(section), dict):
+            view = update_card(where, section, card[section], command=command)
+    return view
+
+
+def _rename(where: str | Path, name: str) -> None:
+    folder = _folder(where)
+    release = load_folder_release(folder) or Release(version="", segmenter=None,
+                                                    classifier=None)
+    write_release(replace(release, name=name), folder)

@@ -1,10 +1,10 @@
 """``busdx report``: every figure and table of the results, regenerated from the bundled models.
 
 It re-runs the evaluations on the test fold (ONNX Runtime, the bundled models), draws the figures,
-and writes three Markdown documents from code: ``reports/REPORT.md``, ``models/MODEL_CARD.md``
-(rendered from ``models/model_card.json``) and the results block of the README. The numbers in
-the README and the model card come from the card, which ``busdx evaluate`` writes; the report
-checks that its own re-evaluation agrees with them and says so when it does not.
+and writes two Markdown documents from code: ``reports/REPORT.md`` and the results block of the
+README. The numbers in the README come from the evidence that ``busdx evaluate`` writes; the
+report checks that its own re-evaluation agrees with them and says so when it does not. (The
+model card is written by ``busdx release``, the one command that writes models/.)
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 
 from busdx import DISCLAIMER
 from busdx.evaluation.card_markdown import fmt as _fmt
-from busdx.evaluation.card_markdown import render_model_card, results_table
+from busdx.evaluation.card_markdown import results_table
 from busdx.evaluation.model_card import load_card
-from busdx.models.contract import MODEL_CARD_FILE, SEGMENTER_FILE
+from busdx.models.contract import SEGMENTER_FILE
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +237,12 @@ def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5
     from busdx.data.splits import SplitConfig, make_split
     from busdx.evaluation.classification import by_group, evaluate_predictions, predict_records
     from busdx.evaluation.classification_plots import save_figures
-    from busdx.evaluation.plots import plot_learning_curves
     from busdx.evaluation.segmentation import evaluate_segmenter
+    from busdx.training.plots import plot_learning_curves
 
     out, models_dir = Path(out), Path(models_dir)
     out.mkdir(parents=True, exist_ok=True)
-    card = load_card(models_dir / MODEL_CARD_FILE)
+    card = load_card(models_dir)
     result = ReportResult(out=out)
     figures = result.figures
 
@@ -287,7 +287,6 @@ def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5
 
     (out / "REPORT.md").write_text(_report_markdown(card, figures, out, per_scanner, result),
                                    encoding="utf-8")
-    (models_dir / "MODEL_CARD.md").write_text(render_model_card(card), encoding="utf-8")
     if readme is not None:
         readme = Path(readme)
         update_readme(readme, render_readme_block(card, figures, readme.parent))

@@ -20,8 +20,6 @@ networks are untouched, so serving needs nothing new.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -39,7 +37,6 @@ from busdx.evaluation.classification import (
     roc_auc,
     wilson_interval,
 )
-from busdx.models.contract import MODEL_CARD_FILE
 from busdx.training.calibration import (
     expected_calibration_error,
     fit_platt,
@@ -194,38 +191,44 @@ def check_target(out: Path, source: Path | None = None) -> None:
 def write_site_models(
     source: Path, out: Path, calibration: SiteCalibration, record: dict[str, Any]
 ) -> Path:
-    """Copy the models folder ``source`` to ``out`` with the card recalibrated; returns the card.
+    """Copy the release in ``source`` (its graphs and release.json) to ``out`` with the
+    classifier recalibrated, and record the fit as evidence beside it; returns the release file.
 
     ``record``: what to keep beside the fit (data, command, the models' version...)."""
+    from dataclasses import replace
+
+    from busdx.evaluation.evidence import load_record, write_record
+    from busdx.release import load_release, release_version, write_release
+
     check_target(out, source)
-    shutil.copytree(source, out, dirs_exist_ok=True)
-    card_path = out / MODEL_CARD_FILE
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    section = card["classifier"]
-    earlier = section.get("site_calibration")
+    release = load_release(source)
+    out.mkdir(parents=True, exist_ok=True)
+    for graph in release.graphs:
+        shutil.copy2(source / graph.file, out / graph.file)
+    c = release.classifier
+    earlier = load_record("classifier.site_calibration", source / "evidence")
+    earlier_fit = earlier.results if earlier is not None else None
     # the BUS-BRA operating point stays on record through repeated recalibrations; the values
     # just replaced are kept apart when they were themselves a site's
     fit = {**calibration.to_dict(), **record,
-           "bundled": (earlier or {}).get("bundled") or {
-               k: section.get(k, 0.0 if k == "logit_shift" else None)
-               for k in ("temperature", "logit_shift", "threshold")}}
-    if earlier:
-        fit["replaced"] = {k: v for k, v in earlier.items() if k != "replaced"}
+           "bundled": (earlier_fit or {}).get("bundled") or {
+               "temperature": c.temperature, "logit_shift": c.logit_shift,
+               "threshold": c.threshold}}
+    if earlier_fit:
+        fit["replaced"] = {k: v for k, v in earlier_fit.items() if k != "replaced"}
     # the lesion threshold was fitted under the bundled calibration and does not hold under the
     # refitted one: a site copy offers no lesion reading
-    if section.pop("lesion_reading", None) is not None:
+    if c.lesion_threshold is not None:
         fit["lesion_reading_dropped"] = True
-    section.update(temperature=calibration.temperature, logit_shift=calibration.logit_shift,
-                   threshold=calibration.threshold, site_calibration=fit)
-    digest = hashlib.sha256(json.dumps(
-        [calibration.temperature, calibration.logit_shift, calibration.threshold]).encode())
-    # the graphs are the bundled ones, so their fingerprint alone would not tell the two apart
-    card["version"] = f"site-{digest.hexdigest()[:8]}"
-    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    rendered = out / "MODEL_CARD.md"
-    if rendered.is_file():
-        # the bundled rendering would describe the bundled threshold: render this card
-        from busdx.evaluation.card_markdown import render_model_card
+    site = replace(release, name="site recalibration", classifier=replace(
+        c, temperature=calibration.temperature, logit_shift=calibration.logit_shift,
+        threshold=calibration.threshold, lesion_threshold=None, agreement=None))
+    site = replace(site, version=release_version(site))
+    path = write_release(site, out)
+    write_record(out / "evidence", "classifier.site_calibration", fit, kind="calibration",
+                 release=site, command=str(record.get("command", "")))
+    (out / "MODEL_CARD.md").unlink(missing_ok=True)
+    from busdx.evaluation.card import write_model_card
 
-        rendered.write_text(render_model_card(card), encoding="utf-8")
-    return card_path
+    write_model_card(out, evidence=out / "evidence")
+    return path

@@ -1,10 +1,8 @@
-"""The exported models and their card, loaded once: two ONNX Runtime sessions (no torch)."""
+"""The bundled models and their release file, loaded once: two ONNX Runtime sessions (no torch)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,16 +11,15 @@ from typing import TYPE_CHECKING, Any
 import busdx
 from busdx.data.crop import CropConfig
 from busdx.errors import BusdxError
-from busdx.evaluation.model_card import load_card
 from busdx.models.contract import (
     CLASSIFIER_FILE,
     CLASSIFIER_OUTPUTS,
     INPUT_NAME,
-    MODEL_CARD_FILE,
     SEGMENTER_FILE,
     SEGMENTER_OUTPUT,
     input_views,
 )
+from busdx.release import RELEASE_FILE, Release, load_release
 
 if TYPE_CHECKING:
     from busdx.inference.lesion import Agreement
@@ -78,40 +75,16 @@ class ClassifierSettings:
         return 1 if self.input == "image" else len(self.all_contexts)
 
     @classmethod
-    def from_card(cls, card: dict[str, Any]) -> ClassifierSettings:
-        section = card.get("classifier")
-        if not isinstance(section, dict):
-            raise BusdxError("the model card has no 'classifier' section: export and evaluate it")
-        if "threshold" not in section:
-            raise BusdxError("the model card's classifier section has no validated 'threshold'")
-        threshold = float(section["threshold"])
-        temperature = float(section.get("temperature", 1.0))
-        if "temperature" not in section:
-            log.warning("the model card has no temperature: probabilities are uncalibrated")
-        if not 0.0 < threshold < 1.0 or temperature <= 0:
-            raise BusdxError(f"bad classifier settings: threshold {threshold}, T {temperature}")
-        kind = str(section.get("input", "crop"))
-        if kind not in INPUTS:
-            raise BusdxError(f"classifier input {kind!r} is not one of {INPUTS}")
-        crop = section.get("crop") or {}
-        config = CropConfig(
-            size=int(crop.get("size", 224)), context=float(crop.get("context", 0.3))
-        )
-        contexts = tuple(float(c) for c in crop.get("contexts") or (config.context,))
-        if any(not 0.0 <= c <= 2.0 for c in contexts):
-            raise BusdxError(f"bad classifier crop contexts {contexts}")
-        shift = float(section.get("logit_shift", 0.0))
-        if not math.isfinite(shift):
-            raise BusdxError(f"bad classifier logit_shift {shift}")
-        lesion = section.get("lesion_reading") or {}
-        lesion_threshold = float(lesion["threshold"]) if lesion.get("offered") else None
-        if lesion_threshold is not None and not 0.0 < lesion_threshold < 1.0:
-            raise BusdxError(f"bad classifier lesion threshold {lesion_threshold}")
+    def from_release(cls, release: Release) -> ClassifierSettings:
+        c = release.classifier
+        config = CropConfig(size=c.crop_size, context=c.context)
         from busdx.inference.lesion import Agreement  # lesion.py reads settings: no cycle at import
 
-        agreement = Agreement.from_card(lesion.get("agreement")) if lesion_threshold else None
-        return cls(temperature, threshold, kind, config, contexts, shift, lesion_threshold,
-                   agreement)
+        agreement = None
+        if c.lesion_threshold is not None and c.agreement is not None:
+            agreement = Agreement(c.agreement.logit_spread, c.agreement.diameter_ratio)
+        return cls(c.temperature, c.threshold, c.input, config, c.contexts or (c.context,),
+                   c.logit_shift, c.lesion_threshold, agreement)
 
 
 def _batch_axis_name(path: Path) -> str | None:
@@ -175,60 +148,20 @@ def _static_size(session) -> int | None:
     return shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else None
 
 
-def _fingerprint(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:12]
-
-
-def segmenter_threshold(card: dict[str, Any]) -> float:
-    """The served mask threshold on the segmenter's sigmoid: the card's
-    ``segmenter.threshold`` (moved only by a validation sweep), 0.5 when it has none."""
-    section = card.get("segmenter")
-    value = section.get("threshold") if isinstance(section, dict) else None
-    return 0.5 if value is None else float(value)
-
-
-def input_texture_long_side(card: dict[str, Any]) -> int | None:
-    """The card's ``input_check.texture_long_side``; None (texture at the file's resolution)
-    for cards fitted before it was recorded."""
-    section = card.get("input_check")
-    value = section.get("texture_long_side") if isinstance(section, dict) else None
-    if value is None:
-        return None
-    if not isinstance(value, int) or value < 3:
-        raise BusdxError(f"the card's input_check.texture_long_side is not a pixel count: {value}")
-    return value
-
-
-def input_ranges(card: dict[str, Any]) -> dict[str, list[float]] | None:
-    """The card's ``input_check.ranges``, None when the card has none."""
-    section = card.get("input_check")
-    ranges = section.get("ranges") if isinstance(section, dict) else None
-    if not ranges:
-        return None
-    if not all(isinstance(v, list) and len(v) == 2 and v[0] <= v[1] for v in ranges.values()):
-        raise BusdxError(f"the card's input_check.ranges are not [low, high] pairs: {ranges}")
-    return {k: [float(v[0]), float(v[1])] for k, v in ranges.items()}
-
-
 @dataclass
 class Models:
     directory: Path
     segmenter: Any  # onnxruntime.InferenceSession; None when loaded without it
     classifier: Any
-    card: dict[str, Any]
+    release: Release
     settings: ClassifierSettings
     segmenter_size: int
     version: str
-    mask_threshold: float = 0.5  # on the segmenter's sigmoid; the card's segmenter.threshold
-    # statistic -> [low, high] spanned by the training images (card: input_check.ranges); an
-    # image outside gets a warning (busdx.inference.quality). None: no check.
-    input_ranges: dict[str, list[float]] | None = None
-    # the long side the texture statistic is taken at (card: input_check.texture_long_side)
+    mask_threshold: float = 0.5  # on the segmenter's sigmoid: the release's segmenter.threshold
+    # statistic -> (low, high) spanned by the training images; an image outside gets a warning
+    # (busdx.inference.quality). None: no check.
+    input_ranges: dict[str, tuple[float, float]] | None = None
+    # the long side the texture statistic is taken at
     input_texture_long_side: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -242,57 +175,52 @@ class Models:
         """``with_segmenter=False`` (evaluation on ground-truth masks) loads the classifier only;
         ``segmenter`` is then None."""
         directory = Path(directory) if directory is not None else default_models_dir()
-        files = [directory / SEGMENTER_FILE, directory / CLASSIFIER_FILE]
-        if not with_segmenter:
-            files = files[1:]
-        missing = [p.name for p in files + [directory / MODEL_CARD_FILE] if not p.is_file()]
-        if missing:
+        if not (directory / RELEASE_FILE).is_file():
             raise BusdxError(
-                f"models missing in {directory}: {', '.join(missing)} "
-                f"(set ${MODELS_ENV} or train and export the models)"
+                f"no {RELEASE_FILE} in {directory} (set ${MODELS_ENV} to a folder that holds a "
+                "release, or write one with `busdx release`)"
             )
-        card = load_card(directory / MODEL_CARD_FILE)
-        settings = ClassifierSettings.from_card(card)
+        release = load_release(directory / RELEASE_FILE)
+        if not release.complete:
+            raise BusdxError(f"the release in {directory} lacks a segmenter or a classifier")
+        release.check_files(directory)
+        files = [directory / release.segmenter.file, directory / release.classifier.file]
+        settings = ClassifierSettings.from_release(release)
         # Two cores are typical for the laptops this serves; more threads only add contention.
         threads = threads or max(1, min(4, os.cpu_count() or 1))
         # One analysis runs the segmenter on one image and the classifier on one batch of the
-        # card's crops; when that batch is 1 it is 1 without a lesion too (the whole image), so
-        # both batch sizes are fixed. Several crops: the classifier's batch varies (1 without a
-        # lesion) and stays dynamic.
+        # release's crops; when that batch is 1 it is 1 without a lesion too (the whole image),
+        # so both batch sizes are fixed. Several crops: the classifier's batch varies (1 without
+        # a lesion) and stays dynamic.
         segmenter = open_session(files[0], threads, batch=1) if with_segmenter else None
-        classifier = open_session(files[-1], threads, batch=1 if settings.batch == 1 else None)
+        classifier = open_session(files[1], threads, batch=1 if settings.batch == 1 else None)
         if segmenter is not None:
             _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
         _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)
         channels = classifier.get_inputs()[0].shape[1]
         if isinstance(channels, int) and channels != settings.views:
             raise BusdxError(
-                f"{CLASSIFIER_FILE} takes {channels} view(s) per image but the card's input "
+                f"{CLASSIFIER_FILE} takes {channels} view(s) per image but the release's input "
                 f"{settings.input!r} makes {settings.views}"
             )
         classifier_size = _static_size(classifier)
         if classifier_size is not None and classifier_size != settings.crop.size:
             raise BusdxError(
-                f"{CLASSIFIER_FILE} takes {classifier_size} pixels but the card's crop size is "
-                f"{settings.crop.size}"
+                f"{CLASSIFIER_FILE} takes {classifier_size} pixels but the release's crop size "
+                f"is {settings.crop.size}"
             )
-        section = card.get("segmenter") if isinstance(card.get("segmenter"), dict) else {}
-        segmenter_size = (_static_size(segmenter) if segmenter is not None else None) or int(
-            section.get("input_size", 224)
-        )
-        version = str(card.get("version") or card.get("model_version") or "")
-        fingerprint = _fingerprint(files)
-        version = f"{version}+{fingerprint}" if version else fingerprint
-        log.info("models loaded from %s (version %s)", directory, version)
+        segmenter_size = (_static_size(segmenter) if segmenter is not None else None) or (
+            release.segmenter.input_size)
+        log.info("models loaded from %s (version %s)", directory, release.version)
         return cls(
             directory=directory,
             segmenter=segmenter,
             classifier=classifier,
-            card=card,
+            release=release,
             settings=settings,
             segmenter_size=segmenter_size,
-            version=version,
-            mask_threshold=segmenter_threshold(card),
-            input_ranges=input_ranges(card),
-            input_texture_long_side=input_texture_long_side(card),
+            version=release.version,
+            mask_threshold=release.segmenter.threshold,
+            input_ranges=dict(release.input_check.ranges) or None,
+            input_texture_long_side=release.input_check.texture_long_side,
         )

@@ -349,7 +349,7 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
 
 
 def write_history(out: Path, history: dict) -> None:
-    from busdx.evaluation.plots import plot_learning_curves
+    from busdx.training.plots import plot_learning_curves
 
     (out / "history.json").write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
     if history["epoch"]:

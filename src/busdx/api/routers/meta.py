@@ -37,6 +37,7 @@ def model(request: Request) -> dict[str, Any]:
         "classifier_input": models.settings.input,
         "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels},
         "disclaimer": DISCLAIMER,
+        "release": models.release.to_dict(),
         "card": request.app.state.served_card,
     }
 

@@ -402,7 +402,7 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     card = load_card(models)["classifier"]
     for key in ("temperature", "threshold", "input", "crop"):
         assert key in card
-    assert card["crop"] == {"size": 224, "context": 0.3}
+    assert card["crop"] == {"size": 224, "context": 0.3, "contexts": [0.3]}
 
     rc = main(["evaluate", "classification", "--data", str(fixtures_root), "--models",
                str(models), "--masks", "gt", "--test-fold", "1", "--reps", "50",
@@ -418,7 +418,7 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     _export_random_segmenter(models / "segmenter.onnx")
     # a member selection recorded for other networks must not outlive them as the current one,
     # but stays on record among the earlier rounds
-    update_card(models / "model_card.json", "classifier",
+    update_card(models, "classifier",
                 {"checkpoints": ["elsewhere/classifier.pt"], "member_selection": {"chosen": "x"},
                  "with_previous_segmenter": {"what": "comparisons of other networks"}})
     # the operating point refitted on validation through the exported models
@@ -432,10 +432,14 @@ def test_tiny_training_run_writes_checkpoint_card_and_evaluates(fixtures_root, t
     assert card["tta"] in ("none", "flip") and set(card["tta_comparison_val_auc"]) == {
         "none", "flip"}
     assert card["temperature"] == pytest.approx(1 / card["calibration"]["platt_a"])
-    # results of the previous graph are gone rather than left next to the new one
+    # results of the previous graph are stale: on file, but never shown as the new one's
     assert "test" not in card and "test_gt_masks" not in card
     assert "member_selection" not in card and "with_previous_segmenter" not in card
-    assert card["member_selection_history"][-1] == {"chosen": "x"}
+    from busdx.evaluation.evidence import load_record
+    from busdx.release import load_release
+
+    stale = load_record("classifier.member_selection", models / "evidence")
+    assert stale.results == {"chosen": "x"} and stale.stale(load_release(models))
     rc = main(["evaluate", "classification", "--data", str(fixtures_root), "--models",
                str(models), "--test-fold", "1", "--reps", "50"])
     assert rc == 0
@@ -489,6 +493,9 @@ def _export_random_segmenter(path):
     torch.onnx.export(Tiny(), (torch.rand(1, 1, 224, 224),), str(path), input_names=["image"],
                       output_names=["mask_logits"], dynamic_axes={"image": {0: "n"}},
                       opset_version=17, dynamo=False)
+    from busdx.evaluation.model_card import update_card
+
+    update_card(path.parent, "segmenter", {"file": path.name})  # the release names it
 
 
 def test_resnet50_recipe_trains_a_few_batches():

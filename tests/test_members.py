@@ -8,7 +8,7 @@ import pytest
 from busdx.cli.main import main
 from busdx.errors import BusdxError
 from busdx.evaluation.members import ScoredEnsemble, choose, option_members
-from busdx.evaluation.model_card import write_card
+from busdx.evaluation.model_card import load_card, write_card
 
 
 def scored_card(checkpoints: dict[str, str], ensemble_auc: float, command: str = "cmd") -> dict:
@@ -84,21 +84,19 @@ def test_evaluate_compare_records_the_choice_only_when_it_is_shipped(tmp_path, c
         "history": [{"val_auc": 0.91}, {"val_auc": 0.93}, {"val_auc": 0.92}]}))
     models = tmp_path / "models"
     models.mkdir()
-    card = models / "model_card.json"
     args = ["evaluate", "classification", "--models", str(models),
-            "--compare", f"old={folders['old']}", "--compare", f"new={folders['new']}",
+            "--candidate", f"old={folders['old']}", "--compare", f"new={folders['new']}",
             "--baseline", "old", "--rule", "beat the shipped pair by 0.005",
             "--run", str(run / "classifier.pt"), "--note", "trained on a GPU"]
 
     # the card still ships the old pair: recording "new" would describe another ensemble
-    card.write_text(json.dumps({"classifier": {"checkpoints": ["runs/b.pt", "runs/c.pt"]}}))
+    write_card(models, {"classifier": {"checkpoints": ["runs/b.pt", "runs/c.pt"]}})
     assert main(args) == 2
-    assert "member_selection" not in json.loads(card.read_text())["classifier"]
+    assert "member_selection" not in load_card(models)["classifier"]
 
-    card.write_text(json.dumps({"classifier": {
-        "checkpoints": ["runs/b.pt", "runs/c2/classifier.pt"]}}))
+    write_card(models, {"classifier": {"checkpoints": ["runs/b.pt", "runs/c2/classifier.pt"]}})
     assert main(args) == 0
-    record = json.loads(card.read_text())["classifier"]["member_selection"]
+    record = load_card(models)["classifier"]["member_selection"]
     assert record["chosen"] == "new" and record["baseline"] == "old"
     assert record["val_auc"] == {"old": 0.950, "new": 0.957}
     assert record["passes_per_image"] == {"old": 3, "new": 3}
@@ -109,9 +107,11 @@ def test_evaluate_compare_records_the_choice_only_when_it_is_shipped(tmp_path, c
 
     # a later round keeps this one on record
     assert main([*args[:-4], "--rule", "round two"]) == 0
-    section = json.loads(card.read_text())["classifier"]
-    assert section["member_selection"]["rule"] == "round two"
-    assert [r["rule"] for r in section["member_selection_history"]] == [
+    from busdx.evaluation.evidence import history
+
+    assert load_card(models)["classifier"]["member_selection"]["rule"] == "round two"
+    assert [r.results["rule"] for r in history("classifier.member_selection",
+                                               models / "evidence")] == [
         "beat the shipped pair by 0.005"]
 
 

@@ -133,7 +133,7 @@ def test_missing_models_exit_2(tmp_path, monkeypatch, caplog):
     image = tmp_path / "a.png"
     image.write_bytes(encode(synthetic_image(), "PNG"))
     assert main(["predict", str(image), "--csv", str(tmp_path / "o.csv")]) == 2
-    assert "models missing" in caplog.text
+    assert "no release.json" in caplog.text
 
 
 def test_same_stem_in_two_folders_keeps_both_masks(tmp_path, use_stand_in):

@@ -115,11 +115,11 @@ def test_report_on_fixtures_with_stand_in_models(fixtures_root, tmp_path):
             assert img.size[0] > 300, name
     report = (tmp_path / "reports" / "REPORT.md").read_text()
     assert "![per_scanner](results_per_scanner.png)" in report
-    assert (models / "MODEL_CARD.md").is_file()
+    assert not (models / "MODEL_CARD.md").exists()  # only `busdx release` writes models/
     assert "reports/results_per_scanner.png" in readme.read_text()
 
 
-@pytest.mark.parametrize("missing", ["segmenter.onnx", "model_card.json"])
+@pytest.mark.parametrize("missing", ["segmenter.onnx", "release.json"])
 def test_report_cli_says_what_is_missing(fixtures_root, tmp_path, missing, caplog):
     from busdx.cli.main import main
 
@@ -152,8 +152,23 @@ def test_bundled_model_card_renders_records_as_tables_not_raw_json():
     assert "| imbalance | validation AUC | balanced accuracy |" in text
     assert "| band \\ BI-RADS | 2 | 3 | 4 | 5 |" in text and "Spearman correlation" in text
     assert text.count("| shipped |") >= 2  # the segmenter's selection and the classifier's option
-    # the rendered file in the repository is this rendering: nobody edited it by hand
-    assert (REPO / "models" / "MODEL_CARD.md").read_text(encoding="utf-8") == text
+
+
+def test_the_bundled_card_and_history_page_are_their_rendering():
+    """Nobody edited models/MODEL_CARD.md or docs/model_history.md by hand, and the card is
+    short, with where the models fail on its first screen."""
+    from busdx.evaluation.card import render_history_page, render_model_card
+    from busdx.evaluation.evidence import load_records
+    from busdx.release import load_release
+
+    release, records = load_release(REPO / "models"), load_records(REPO / "evidence")
+    card = (REPO / "models" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert card == render_model_card(release, records)
+    assert (REPO / "docs" / "model_history.md").read_text(encoding="utf-8") == \
+        render_history_page(release, records, REPO / "evidence")
+    assert len(card.encode()) < 12_000
+    assert "## Where it fails" in "\n".join(card.splitlines()[:60])
+    assert "/work/" not in card and "rule X" not in card
 
 
 def test_classifier_options_get_passes_and_the_shipped_mark():

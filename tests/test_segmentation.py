@@ -318,8 +318,11 @@ def test_validation_selection_keeps_the_baseline_unless_beaten(trained_run, fixt
     selection = load_card(card)["segmenter"]["selection"]
     assert selection["chosen"] == "b" and selection["not_eligible"] == {"a": "too slow"}
     assert selection["val_dice_original_resolution"] == dices  # the same scores again
-    history = load_card(card)["segmenter"]["selection_history"]  # earlier rounds stay
-    assert [h["chosen"] for h in history] == ["a"] and history[0]["not_eligible"] == {}
+    from busdx.evaluation.evidence import history as evidence_history
+
+    # earlier rounds stay, in the evidence's history
+    earlier = [h.results for h in evidence_history("segmenter.selection", tmp_path / "evidence")]
+    assert [h["chosen"] for h in earlier] == ["a"] and earlier[0]["not_eligible"] == {}
     assert main([*base, "--baseline", "c"]) == 2
     assert main([*base, "--compare", "broken"]) == 2
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from busdx.cli.main import main
-from busdx.evaluation.card_markdown import render_model_card
+from busdx.evaluation.card import render_model_card
 from busdx.evaluation.classification import Prediction
+from busdx.evaluation.evidence import load_records
 from busdx.evaluation.model_card import load_card
 from busdx.evaluation.site import (
     MIN_PER_CLASS,
@@ -22,6 +23,7 @@ from busdx.evaluation.site import (
     write_site_models,
 )
 from busdx.numeric import sigmoid
+from busdx.release import load_release
 from busdx.training.calibration import expected_calibration_error
 from stand_in_models import build_stand_in_models, real_models_dir
 from tiers import threads
@@ -110,7 +112,7 @@ def test_the_copy_serves_the_refit_and_the_source_is_untouched(models_dir, fixtu
     site = Models.load(out, threads=1)
     assert site.settings.threshold == pytest.approx(fit.threshold)
     assert site.settings.logit_shift == pytest.approx(fit.logit_shift)
-    assert site.version.startswith("site-") and site.version != bundled.version
+    assert site.release.name == "site recalibration" and site.version != bundled.version
     # the lesion threshold was fitted under the bundled calibration: the copy does not offer it
     assert site.settings.lesion_threshold is None
     if bundled.settings.lesion_threshold is not None:
@@ -125,9 +127,8 @@ def test_the_copy_serves_the_refit_and_the_source_is_untouched(models_dir, fixtu
     card = load_card(out)
     assert card["classifier"]["site_calibration"]["bundled"]["threshold"] == pytest.approx(
         bundled.settings.threshold)
-    if (out / "MODEL_CARD.md").is_file():
-        assert (out / "MODEL_CARD.md").read_text() == render_model_card(card)
-    rendered = render_model_card(card)
+    rendered = render_model_card(load_release(out), load_records(out / "evidence"))
+    assert (out / "MODEL_CARD.md").read_text() == rendered
     assert "## Site recalibration" in rendered and "refitted on 200 images of one site" in rendered
     assert "fitted on BUS-BRA validation patients; a different" not in rendered
     with pytest.raises(SiteCalibrationError, match="not an empty folder"):
@@ -204,4 +205,6 @@ def test_recalibrating_on_busbra_images_end_to_end(busbra_root, tmp_path):
     loaded = Models.load(site, threads=1)
     assert loaded.settings.threshold == pytest.approx(fit["threshold"])
     card = load_card(site)
-    assert (site / "MODEL_CARD.md").read_text() == render_model_card(card)
+    assert (site / "MODEL_CARD.md").read_text() == render_model_card(
+        load_release(site), load_records(site / "evidence"))
+    assert card["classifier"]["site_calibration"]

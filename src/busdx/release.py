@@ -174,7 +174,7 @@ class Release:
             if name not in STATISTICS or not low <= high:
                 problems.append(f"input check range {name}: [{low}, {high}]")
         long_side = self.input_check.texture_long_side
-        if long_side is not None and long_side < 3:
+        if long_side is not None and (not isinstance(long_side, int) or long_side < 3):
             problems.append(f"input check texture_long_side {long_side} is not a pixel count")
         if problems:
             raise BusdxError("release.json: " + "; ".join(problems))

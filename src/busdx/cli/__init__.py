@@ -11,3 +11,36 @@ def name_value_pairs(texts: list[str], flag: str) -> dict[str, str]:
             raise BusdxError(f"{flag} takes NAME=VALUE, not {text!r}")
         pairs[name] = value
     return pairs
+
+
+def deprecated(parser, old: str, new: str, **kwargs) -> None:
+    """Keep the old spelling ``old`` of the option ``new`` for one release: it still works,
+    says what to type instead, and is not shown in --help."""
+    import argparse
+    import logging
+
+    append = kwargs.pop("append", False)
+
+    class _Alias(argparse.Action):
+        def __call__(self, _parser, namespace, values, option_string=None):
+            logging.getLogger("busdx").warning("%s is deprecated and will go: use %s",
+                                               option_string, new)
+            if append:
+                values = [*(getattr(namespace, self.dest, None) or []), values]
+            setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+    dest = new.lstrip("-").replace("-", "_")
+    parser.add_argument(old, dest=kwargs.pop("dest", dest), action=_Alias, help=argparse.SUPPRESS,
+                        **kwargs)
+
+
+def writable_release(path: str, default: str):
+    """The staging folder a command writes graphs or settings into (never models/); the
+    default one starts as a copy of the bundled release."""
+    from pathlib import Path
+
+    from busdx.evaluation.model_card import staging
+    from busdx.inference.models import default_models_dir
+
+    seed = default_models_dir() if Path(path) == Path(default) else None
+    return staging(path, seed=seed)

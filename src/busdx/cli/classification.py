@@ -13,26 +13,32 @@ import sys
 import time
 from pathlib import Path
 
+from busdx.cli import deprecated
 from busdx.data.augment import AUGMENT_PRESETS
 from busdx.errors import BusdxError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS = "models"
+DEFAULT_MODELS = "models"  # what evaluation reads
+STAGING = "runs/release"  # what export and calibration write; `busdx release` ships it
 DEFAULT_RUN = "runs/classification"
 
 
 def register(subparsers, groups) -> None:
     train = groups["train"].add_parser(
-        "classification", help="fine-tune the benign/malignant classifier, calibrate, export",
+        "classification", help="fine-tune the benign/malignant classifier",
         description="Fine-tune on lesion crops (ground-truth masks with jitter), pick the epoch "
-        "by validation AUC, fit temperature and threshold on validation, export ONNX and "
-        "write the model card's classifier section.",
+        "by validation AUC and fit temperature and threshold on validation, all in the run "
+        "folder (--out). With --models DIR it also exports the graph into the staging folder "
+        "DIR; `busdx release --from DIR` ships it. Never writes models/.",
     )
     train.add_argument("--data", help="BUS-BRA root (default: $BUSDX_DATA)")
     train.add_argument("--test-fold", type=int, default=5)
     train.add_argument("--out", default=DEFAULT_RUN, help="run folder (checkpoint, history)")
-    train.add_argument("--models", default=DEFAULT_MODELS, help="where to export and write the card")
+    train.add_argument("--models", default=None, metavar="DIR",
+                       help="also export into this staging folder (not models/); with "
+                       f"--calibrate-only the folder to calibrate (default {STAGING}, which "
+                       "starts as a copy of the bundled release)")
     train.add_argument("--arch", choices=("lite0", "lite1", "lite2", "resnet50"), default="lite0")
     train.add_argument("--weights", default="imagenet",
                        help="imagenet (lite0: offline; resnet50: torchvision, online), none, "
@@ -58,12 +64,13 @@ def register(subparsers, groups) -> None:
                        "GPU; the batches are the same for any number)")
     train.add_argument("--min-sensitivity", type=float, default=0.90,
                        help="the threshold keeps at least this validation sensitivity")
-    train.add_argument("--compare", action="store_true",
+    train.add_argument("--compare-inputs", action="store_true",
                        help="first compare inputs and imbalance handling on frozen features")
+    deprecated(train, "--compare", "--compare-inputs", nargs=0, dest="compare_inputs")
     train.add_argument("--comparisons-from", default=None,
                        help="a comparisons.json written by an earlier --compare run")
-    train.add_argument("--no-export", action="store_true",
-                       help="train and calibrate only (no ONNX, no card)")
+    deprecated(train, "--no-export", "(nothing: training exports only with --models)",
+               nargs=0, dest="no_export")
     train.add_argument("--calibrate-only", action="store_true",
                        help="no training: refit temperature and threshold on the validation "
                        "images through the exported models in --models, cropping with --masks")
@@ -127,12 +134,15 @@ def register(subparsers, groups) -> None:
     evaluate.add_argument("--figures", default=None, help="folder for ROC, confusion, reliability")
     evaluate.add_argument("--reps", type=int, default=2000, help="bootstrap repetitions")
     evaluate.add_argument("--threads", type=int, default=1)
-    evaluate.add_argument("--no-card", action="store_true", help="do not write the model card")
-    evaluate.add_argument("--compare", action="append", default=[], metavar="NAME=FOLDER",
+    evaluate.add_argument("--no-evidence", action="store_true",
+                          help="print only: write no evidence record")
+    deprecated(evaluate, "--no-card", "--no-evidence", nargs=0, dest="no_evidence")
+    evaluate.add_argument("--candidate", action="append", default=[], metavar="NAME=FOLDER",
                           help="record a choice of ensemble members made on VALIDATION instead: "
                           "each FOLDER holds the card that `train classification --calibrate-only "
                           "--models FOLDER` wrote for one candidate ensemble (repeatable); the "
-                          "choice goes to --models' card as classifier.member_selection")
+                          "choice is recorded as evidence classifier.member_selection")
+    deprecated(evaluate, "--compare", "--candidate", append=True)
     evaluate.add_argument("--baseline", default=None, metavar="NAME",
                           help="with --compare: the ensemble shipped before, kept unless beaten "
                           "by --min-gain")
@@ -180,13 +190,17 @@ def register(subparsers, groups) -> None:
 
     export = groups["export"].add_parser("classification", help="checkpoint -> classifier.onnx")
     export.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/classifier.pt")
-    export.add_argument("--output", default=f"{DEFAULT_MODELS}/classifier.onnx")
+    export.add_argument("--out", default=f"{STAGING}/classifier.onnx",
+                        help="the graph to write, in a staging folder (not models/)")
+    deprecated(export, "--output", "--out")
     export.add_argument("--tta", choices=("none", "flip", "flip_crop"), default="none",
                         help="flip: average the input and its mirror inside the graph; "
                         "flip_crop: a two-view model's crop only")
     export.add_argument("--storage", choices=("float32", "float16"), default="float32",
                         help="how the graph stores its weights (float16 halves the file)")
-    export.add_argument("--no-card", action="store_true", help="do not note it in the card")
+    export.add_argument("--no-evidence", action="store_true",
+                        help="write the graph only: no release.json or evidence beside it")
+    deprecated(export, "--no-card", "--no-evidence", nargs=0, dest="no_evidence")
     export.add_argument("--recover", default=None, metavar="CHECKPOINT",
                         help="the other way round: rebuild the network of the exported --output "
                         "graph (described by the card beside it) as CHECKPOINT, when the "
@@ -237,7 +251,7 @@ def run_train(args: argparse.Namespace) -> int:
     comparisons = None
     if args.comparisons_from:
         comparisons = json.loads(Path(args.comparisons_from).read_text())
-    if args.compare:
+    if args.compare_inputs:
         comparisons = tc.feature_comparisons(train, val, config)
         (out / "comparisons.json").write_text(json.dumps(comparisons, indent=2))
         log.info("comparisons: %s", json.dumps(comparisons, indent=1))
@@ -262,10 +276,13 @@ def run_train(args: argparse.Namespace) -> int:
     }
     # beside the checkpoint: --calibrate-only may ship this run later, or with others
     (out / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-    if args.no_export:
+    if args.models is None:
+        log.info("trained in %s; export with --models DIR, ship with `busdx release`", out)
         return 0
 
-    models = Path(args.models)
+    from busdx.cli import writable_release
+
+    models = writable_release(args.models, STAGING)
     export_onnx(model, models / CLASSIFIER_FILE, size=config.size, storage=args.storage)
     # busdx report draws the learning curves from this file
     (models / "classifier_history.json").write_text(json.dumps(result.history, indent=2))
@@ -335,6 +352,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from busdx.cli import writable_release
     from busdx.data.index import load_index
     from busdx.data.splits import SplitConfig, make_split, validation_name
     from busdx.evaluation.classification import (
@@ -343,13 +361,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
         record_inputs,
         roc_auc,
     )
-    from busdx.evaluation.model_card import drop_keys, load_card, retire_record, update_card
+    from busdx.evaluation.model_card import load_card, update_card
     from busdx.inference.models import Models
     from busdx.models.classification import ClassifierEnsemble, backbone_name, export_onnx
     from busdx.models.contract import CLASSIFIER_FILE, input_views
     from busdx.training.classification import load_checkpoint, recorded_config
 
-    models = Path(args.models)
+    models = writable_release(args.models or STAGING, STAGING)
     card_path = models
     split = make_split(load_index(args.data), SplitConfig(
         test_fold=args.test_fold, seed=args.split_seed, val_fold=args.val_fold))
@@ -481,8 +499,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         for (m, t, c), v in scores.items()
     }
     section = load_card(card_path).get("classifier", {})
-    # cards from before the key was renamed hold the training-time values under "validation"
-    previous = section.get("calibration") or section.get("validation")
+    previous = section.get("calibration")
     if previous is not None and previous.get("engine") != "onnxruntime":
         values["calibration_training"] = previous
     run_calibration = members[0][0].parent / "calibration.json"
@@ -490,21 +507,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         # the training run's own fit (torch, ground-truth crops) of the network shipped now
         values["calibration_training"] = {**json.loads(run_calibration.read_text()),
                                           "masks": "ground truth (no jitter)", "engine": "torch"}
-    drop_keys(card_path, "classifier", ["validation"])
-    if section.get("checkpoints") != values["checkpoints"]:
-        # a member selection names the networks it chose: once others ship it says only what
-        # was tried, so it joins the earlier rounds; comparisons made with an earlier segmenter
-        # describe earlier networks and go
-        if retire_record(card_path, "classifier", "member_selection"):
-            log.warning("moved the card's classifier.member_selection to its history: it chose "
-                        "other networks than %s", " + ".join(values["checkpoints"]))
-        for stale in drop_keys(card_path, "classifier", ["with_previous_segmenter"]):
-            log.warning("dropped the card's classifier.%s: it describes other networks than %s",
-                        stale, " + ".join(values["checkpoints"]))
-    # a new graph or operating point makes earlier test results stale: evaluate again
-    for stale in drop_keys(card_path, "classifier", ["test", "test_gt_masks"]):
-        log.warning("dropped the card's classifier.%s: run `busdx evaluate classification` "
-                    "for this graph", stale)
+    # A new graph or operating point is a new release: the evidence about the old one (test
+    # results, member selection) is stale by construction and stays on file as such.
     update_card(card_path, "classifier", values)
     log.info("operating point (%s masks, tta %s): %s", args.masks, tta,
              json.dumps({k: v for k, v in values.items() if k != "calibration_training"}))
@@ -575,7 +579,7 @@ def _plot_history(history: list[dict], path: Path) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    if args.compare:
+    if args.candidate:
         return run_select_members(args)
     import onnxruntime
 
@@ -625,7 +629,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             sys.stdout.write(f"\nlesion reading, per {unit} (threshold {r['threshold']:.4f})\n")
             print_table(r, unit="images" if unit == "image" else "lesions")
         values["lesion_reading"] = {**lesion, "test": {**lesion_test, "test_fold": args.test_fold}}
-    if not args.no_card:
+    if not args.no_evidence:
         update_card(models, "classifier", values)
     return 0
 
@@ -664,8 +668,8 @@ def run_select_members(args: argparse.Namespace) -> int:
     from busdx.evaluation.model_card import load_card, record_round
 
     if not args.baseline or not args.rule:
-        raise BusdxError("--compare needs --baseline NAME and --rule TEXT")
-    folders = name_value_pairs(args.compare, "--compare")
+        raise BusdxError("--candidate needs --baseline NAME and --rule TEXT")
+    folders = name_value_pairs(args.candidate, "--candidate")
     scored = {name: ScoredEnsemble.from_folder(folder) for name, folder in folders.items()}
     record = member_selection(scored, args.baseline, args.min_gain, args.rule, args.run, args.note)
     record["command"] = args.invocation
@@ -733,14 +737,16 @@ def print_table(r: dict, bootstrap: str = "patient", unit: str = "images") -> No
 def run_export(args: argparse.Namespace) -> int:
     if args.recover:
         return _recover(args)
+    from busdx.cli import writable_release
     from busdx.models.classification import export_onnx
     from busdx.training.classification import load_checkpoint
 
+    writable_release(str(Path(args.out).parent), str(Path(STAGING)))
     model, ckpt = load_checkpoint(args.checkpoint)
-    path = export_onnx(model, args.output, size=int(ckpt["config"]["size"]), tta=args.tta,
+    path = export_onnx(model, args.out, size=int(ckpt["config"]["size"]), tta=args.tta,
                        storage=args.storage)
     log.info("wrote %s (test-time augmentation: %s)", path, args.tta)
-    if not args.no_card:
+    if not args.no_evidence:
         from busdx.evaluation.model_card import update_card
 
         # a new graph invalidates the operating point: recalibrate (--calibrate-only) after this
@@ -761,7 +767,7 @@ def _recover(args: argparse.Namespace) -> int:
     from busdx.evaluation.model_card import load_card
     from busdx.models.from_onnx import recover_classifier
 
-    graph = Path(args.output)
+    graph = Path(args.out)
     if not graph.is_file():
         raise BusdxError(f"no classifier graph at {graph}")
     section = load_card(graph.parent).get("classifier", {})

@@ -14,14 +14,16 @@ from busdx.errors import BusdxError
 
 log = logging.getLogger("busdx")
 
-# Modules under busdx.cli with a ``register(subparsers, groups)`` function.
-COMMAND_MODULES = ("data", "segmentation", "classification", "external", "quality", "predict",
-                   "serve", "report")
+# Modules under busdx.cli with a ``register(subparsers, groups)`` function, in the order --help
+# lists their commands: what users run first, then what researchers run.
+FIRST_MODULES = ("serve", "predict")
+COMMAND_MODULES = ("data", "segmentation", "classification", "external", "quality", "release",
+                   "report")
 # Commands whose tasks (segmentation, classification) are registered by the modules above.
 GROUPS = {
-    "train": "train a model on BUS-BRA",
-    "evaluate": "evaluate the exported ONNX models (the test fold, or external images)",
-    "export": "export a trained checkpoint to ONNX",
+    "train": "train a model (writes a run folder under runs/)",
+    "export": "export a trained checkpoint to ONNX (into a staging folder, runs/release)",
+    "evaluate": "score a release: the test fold, validation choices, external images",
 }
 
 
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"busdx {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in FIRST_MODULES:
+        importlib.import_module(f"busdx.cli.{name}").register(sub, {})
     groups = {
         name: sub.add_parser(name, help=text, description=text).add_subparsers(
             dest="task", required=True, metavar="TASK"

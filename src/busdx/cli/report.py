@@ -22,7 +22,7 @@ def _report(args: argparse.Namespace) -> int:
     from busdx.models.contract import CLASSIFIER_FILE, SEGMENTER_FILE
 
     models = Path(args.models) if args.models else _default_models()
-    for name in (SEGMENTER_FILE, CLASSIFIER_FILE):
+    for name in (SEGMENTER_FILE, CLASSIFIER_FILE, "release.json"):
         if not (models / name).is_file():
             raise BusdxError(f"{models / name} is missing: train and export the models first")
     readme = None if args.no_readme else Path(args.readme)

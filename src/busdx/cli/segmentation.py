@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from busdx.cli import name_value_pairs
+from busdx.cli import deprecated, name_value_pairs
+
+STAGING = "runs/release"
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +86,16 @@ def _train(args) -> int:
 def _register_export(group) -> None:
     p = group.add_parser("segmentation", help="export a segmentation checkpoint to ONNX",
                          description="Export a trained segmenter to ONNX (opset 17, dynamic "
-                         "batch) and record its provenance in the model card.")
+                         "batch) into a staging folder, with its release.json and provenance "
+                         "beside it; `busdx release --from FOLDER` ships it.")
     p.add_argument("--checkpoint", required=True, nargs="+",
                    help="runs/NAME/best.pt; several: one graph averaging their logits")
-    p.add_argument("--out", default="models/segmenter.onnx")
-    p.add_argument("--card", default="models/model_card.json",
-                   help="model card to update ('' to leave it alone); with a card, each trained "
-                   "member's history is written beside the graph for the report's learning curves")
+    p.add_argument("--out", default=f"{STAGING}/segmenter.onnx",
+                   help="the graph to write, in a staging folder (not models/; the default "
+                   "folder starts as a copy of the bundled release)")
+    p.add_argument("--no-evidence", action="store_true",
+                   help="write the graph only: no release.json or evidence beside it")
+    deprecated(p, "--card", "(nothing: the release beside --out is updated)", dest="card")
     p.add_argument("--compare-runs", nargs="*", default=[],
                    help="run folders of a loss comparison to record in the card")
     p.add_argument("--compare-architectures", nargs="*", default=[],
@@ -108,6 +113,7 @@ def _register_export(group) -> None:
 def _export(args) -> int:
     from pathlib import Path
 
+    from busdx.cli import writable_release
     from busdx.evaluation.model_card import load_card, update_card
     from busdx.training.segmentation import (
         OnnxMember,
@@ -115,18 +121,25 @@ def _export(args) -> int:
         write_member_histories,
     )
 
+    record = not args.no_evidence and getattr(args, "card", None) != ""
+    folder = Path(args.out).parent
+    if record:
+        writable_release(str(folder), STAGING)
     # read before the export: --out may overwrite the graph a member comes from
-    described = load_card(args.card).get("segmenter", {}) if args.card else {}
+    described = {}
+    for text in args.onnx_member:
+        graph = Path(text.rsplit(":", 1)[0]).parent
+        described = described or load_card(graph).get("segmenter", {})
     onnx_members = [OnnxMember.parse(text, described) for text in args.onnx_member]
     section = export_with_provenance([Path(c) for c in args.checkpoint], Path(args.out),
                                      [Path(p) for p in args.compare_runs],
                                      hflip_tta=args.tta == "hflip",
                                      architecture_runs=[Path(p) for p in args.compare_architectures],
                                      onnx_members=onnx_members)
-    if args.card:
-        update_card(args.card, "segmenter", section)
+    if record:
+        update_card(folder, "segmenter", {**section, "file": Path(args.out).name})
         # the report's learning curves must be those of the networks in this graph
-        write_member_histories(section["members"], Path(args.out).parent)
+        write_member_histories(section["members"], folder)
     print(f"wrote {args.out} ({section['onnx_megabytes']} MB); ONNX Runtime vs torch: max "
           f"|difference| of the logits {section['onnx_vs_torch_max_abs_diff']:.2e}")
     return 0
@@ -138,9 +151,12 @@ def _register_evaluate(group) -> None:
                          "at each image's original resolution (ONNX Runtime only).")
     p.add_argument("--data", help="BUS-BRA root (default: $BUSDX_DATA)")
     p.add_argument("--test-fold", type=int, default=5)
-    p.add_argument("--model", default="models/segmenter.onnx")
-    p.add_argument("--card", default="models/model_card.json",
-                   help="model card to write the results into ('' for none)")
+    p.add_argument("--models", default="models", metavar="DIR",
+                   help="the release to score (its segmenter.onnx); the results are evidence "
+                   "about it (the bundled models' go to evidence/)")
+    p.add_argument("--no-evidence", action="store_true", help="print only: write no evidence")
+    deprecated(p, "--model", "--models DIR", dest="model")
+    deprecated(p, "--card", "--models DIR", dest="card")
     p.add_argument("--figures", default=None,
                    help="folder for the examples figure and the per-image CSV")
     p.add_argument("--split", choices=("test", "val"), default="test",
@@ -148,20 +164,21 @@ def _register_evaluate(group) -> None:
                    "(for choices made on validation; written as 'validation' in the card)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--split-seed", type=int, default=0,
-                   help="with --split val, --compare or --thresholds: the validation patients "
+                   help="with --split val, --candidate or --thresholds: the validation patients "
                    "the graph's training run used (its --split-seed)")
     p.add_argument("--val-fold", type=int, default=None, metavar="K",
-                   help="with --split val, --compare or --thresholds: validate on official fold "
+                   help="with --split val, --candidate or --thresholds: validate on official fold "
                    "K, as a training run given --val-fold K did")
-    p.add_argument("--compare", action="append", default=[], metavar="NAME=GRAPH",
+    p.add_argument("--candidate", action="append", default=[], metavar="NAME=GRAPH",
                    help="choose among candidate graphs on the VALIDATION split instead: each is "
-                   "scored, the choice is written to the card's segmenter.selection (repeatable)")
+                   "scored, the choice is recorded as evidence segmenter.selection (repeatable)")
+    deprecated(p, "--compare", "--candidate", append=True, dest="candidate")
     p.add_argument("--baseline", default=None, metavar="NAME",
-                   help="with --compare: the graph shipped now, kept unless beaten by --min-gain")
+                   help="with --candidate: the graph shipped now, kept unless beaten by --min-gain")
     p.add_argument("--min-gain", type=float, default=0.001,
-                   help="with --compare and --baseline: validation Dice a candidate must gain")
+                   help="with --candidate and --baseline: validation Dice a candidate must gain")
     p.add_argument("--not-eligible", action="append", default=[], metavar="NAME=WHY",
-                   help="with --compare: score NAME for the record but never choose it")
+                   help="with --candidate: score NAME for the record but never choose it")
     p.add_argument("--thresholds", default=None, metavar="T[,T...]",
                    help="sweep the mask threshold on the VALIDATION split instead: the served "
                    "threshold (the card's) moves only if another beats it by --min-gain; the "
@@ -175,15 +192,15 @@ def _select(args) -> int:
     from busdx.evaluation.model_card import record_round
     from busdx.evaluation.segmentation import card_threshold, select_segmenter
 
-    candidates = {n: Path(p) for n, p in name_value_pairs(args.compare, "--compare").items()}
+    candidates = {n: Path(p) for n, p in name_value_pairs(args.candidate, "--candidate").items()}
     selection = select_segmenter(args.data, candidates, args.test_fold, args.baseline,
                                  args.min_gain,
                                  name_value_pairs(args.not_eligible, "--not-eligible"),
-                                 args.threads, threshold=card_threshold(args.card or None),
+                                 args.threads, threshold=card_threshold(_card(args)),
                                  split_seed=args.split_seed, val_fold=args.val_fold)
     selection["command"] = args.invocation
-    if args.card:
-        record_round(args.card, "segmenter", "selection", selection)
+    if _card(args):
+        record_round(_card(args), "segmenter", "selection", selection)
     width = max(map(len, selection["val_dice_original_resolution"])) + 2
     for name, value in selection["val_dice_original_resolution"].items():
         flag = " (not eligible)" if name in selection["not_eligible"] else ""
@@ -197,26 +214,27 @@ def _sweep(args) -> int:
     from busdx.evaluation.model_card import update_card
     from busdx.evaluation.segmentation import card_threshold, sweep_thresholds
 
-    if args.compare:
-        raise BusdxError("--thresholds and --compare are separate runs: choose the graph first")
+    if args.candidate:
+        raise BusdxError("--thresholds and --candidate are separate runs: choose the graph "
+                         "first")
     try:
         grid = [float(t) for t in args.thresholds.split(",") if t.strip()]
     except ValueError as err:
         raise BusdxError(f"--thresholds takes numbers separated by commas: {err}") from err
     if not grid:
         raise BusdxError("--thresholds needs at least one threshold")
-    current = card_threshold(args.card or None)
-    sweep = sweep_thresholds(args.data, args.model, grid, args.test_fold, current, args.min_gain,
+    current = card_threshold(_card(args))
+    sweep = sweep_thresholds(args.data, _graph(args), grid, args.test_fold, current, args.min_gain,
                              args.threads, split_seed=args.split_seed, val_fold=args.val_fold)
     sweep["command"] = args.invocation
-    if args.card:
+    if _card(args):
         values = {"threshold_sweep": sweep}
         if sweep["chosen"] != current:
             values["threshold"] = sweep["chosen"]
             log.warning("segmenter.threshold moved from %g to %g: the classifier's crops come "
                         "from these masks, so recalibrate it (busdx train classification "
                         "--calibrate-only) and evaluate both again", current, sweep["chosen"])
-        update_card(args.card, "segmenter", values)
+        update_card(_card(args), "segmenter", values)
     for key, value in sweep["val_dice_by_threshold"].items():
         flag = "  <- served" if float(key) == sweep["chosen"] else ""
         print(f"threshold {key:<6}{value:.4f}{flag}")
@@ -228,9 +246,9 @@ def _evaluate(args) -> int:
 
     if args.thresholds is not None:
         return _sweep(args)
-    if args.compare:
+    if args.candidate:
         return _select(args)
-    result = evaluate_segmenter(args.data, args.model, args.test_fold, args.card or None,
+    result = evaluate_segmenter(args.data, _graph(args), args.test_fold, _card(args),
                                 args.figures, args.threads, split=args.split,
                                 split_seed=args.split_seed, val_fold=args.val_fold)
     s = result.section
@@ -247,3 +265,23 @@ def _evaluate(args) -> int:
     print(f"postprocessed (largest component, holes filled): Dice {post['dice']['mean']:.4f}, "
           f"IoU {post['iou']['mean']:.4f}")
     return 0
+
+
+def _graph(args):
+    """The segmenter graph to score: --models' (or the deprecated --model's)."""
+    from pathlib import Path
+
+    from busdx.models.contract import SEGMENTER_FILE
+
+    return Path(args.model) if getattr(args, "model", None) else Path(args.models) / SEGMENTER_FILE
+
+
+def _card(args):
+    """The release folder the results are evidence about; None: write none."""
+    from pathlib import Path
+
+    if args.no_evidence or getattr(args, "card", None) == "":
+        return None
+    if getattr(args, "card", None):
+        return Path(args.card).parent if Path(args.card).suffix == ".json" else Path(args.card)
+    return _graph(args).parent

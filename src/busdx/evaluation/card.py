@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from busdx import DISCLAIMER
-from busdx.evaluation.card_markdown import _ci, _input_limit, fmt, render_history
+from busdx.evaluation.card_markdown import _ci, _input_limit, _site_lines, fmt, render_history
 from busdx.evaluation.evidence import (
     Record,
     card_view,
@@ -89,6 +89,17 @@ def _results(view: dict) -> list[str]:
                   "for this release**: expect lower accuracy on other hospitals' scans, and "
                   "measure it on yours (`busdx evaluate external`)."]
     return [*lines, ""]
+
+
+def _calibration_limit(view: dict) -> str:
+    site = (view.get("classifier") or {}).get("site_calibration")
+    if site:
+        return (f"- **Calibration is local.** The probability and the threshold were refitted on "
+                f"{site.get('n')} images of one site; they hold for images like those, not for "
+                "other sites, scanners or settings.")
+    return ("- **Calibration is local.** The probability and the threshold were fitted on "
+            "BUS-BRA validation patients; another population shifts both (`busdx evaluate "
+            "external --recalibrate` refits them on your labelled images).")
 
 
 def _operating_point(release: Release, view: dict) -> list[str]:
@@ -178,9 +189,7 @@ def render_model_card(release: Release, records: dict[str, Record]) -> str:
         "- **Grey B-mode only.** Colour over the scan is warned about; images whose brightness, "
         "contrast or texture lie outside the training images' range get a warning, and the "
         "operating point may not hold for them.",
-        "- **Calibration is local.** The probability and the threshold were fitted on BUS-BRA "
-        "validation patients; another population shifts both (`busdx evaluate external "
-        "--recalibrate` refits them on your labelled images).",
+        _calibration_limit(view),
         "- The risk band is an aid to reading the probability, not a BI-RADS assessment.",
         "",
     ]
@@ -188,6 +197,7 @@ def render_model_card(release: Release, records: dict[str, Record]) -> str:
         lines += [f"_{len(stale)} evidence record(s) describe an earlier release and are not "
                   "shown: " + ", ".join(sorted(r.name for r in stale)) + "._", ""]
     lines += ["## Results", "", *_results(view)]
+    lines += _site_lines((view.get("classifier") or {}).get("site_calibration"))
     lines += ["## Operating point", "", *_operating_point(release, view)]
     lines += [
         "## Training data",

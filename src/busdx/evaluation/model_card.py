@@ -60,14 +60,43 @@ def _folder(where: str | Path) -> Path:
     return where.parent if where.suffix == ".json" else where
 
 
-def evidence_dir_for(where: str | Path) -> Path:
-    """Where the evidence about the release in ``where`` lives."""
+def is_bundled(where: str | Path) -> bool:
+    """Is ``where`` the bundled models' folder (which only `busdx release` writes)?"""
     from busdx.inference.models import default_models_dir
 
+    return _folder(where).resolve() == default_models_dir().resolve()
+
+
+def evidence_dir_for(where: str | Path) -> Path:
+    """Where the evidence about the release in ``where`` lives."""
     folder = _folder(where)
-    if folder.resolve() == default_models_dir().resolve():
-        return default_evidence_dir()
-    return folder / "evidence"
+    return default_evidence_dir() if is_bundled(folder) else folder / "evidence"
+
+
+STAGING = "runs/release"
+
+
+def staging(where: str | Path, seed: str | Path | None = None) -> Path:
+    """A folder a command may write graphs and settings into: never the bundled models. Given
+    ``seed`` (a release folder), an empty one starts as a copy of that release, so that
+    replacing one graph or one setting gives a whole release to score and ship."""
+    import shutil
+
+    folder = _folder(where)
+    if is_bundled(folder):
+        raise BusdxError(
+            f"{folder} holds the bundled models, which only `busdx release` writes: give a "
+            "staging folder (e.g. runs/release) and ship it with `busdx release --from`")
+    if seed is not None and not (folder / RELEASE_FILE).is_file():
+        source = Path(seed)
+        if (source / RELEASE_FILE).is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            release = load_release(source)
+            for graph in release.graphs:
+                if not (folder / graph.file).exists():
+                    shutil.copy2(source / graph.file, folder / graph.file)
+            write_release(release, folder)
+    return folder
 
 
 def load_folder_release(where: str | Path) -> Release | None:
@@ -154,6 +183,11 @@ def update_card(where: str | Path, section: str, values: dict[str, Any], command
     updated = replace(updated, segmenter=seg, classifier=cls)
     updated = replace(updated, version=release_version(updated))
     if updated != release:
+        if is_bundled(folder):
+            raise BusdxError(
+                f"this changes the release in {folder} ({section}): write it to a staging "
+                "folder instead (--models runs/release) and ship that with `busdx release "
+                "--from runs/release`, the one command that writes models/")
         write_release(updated, folder)
     evidence = evidence_dir_for(folder)
     about = {}

@@ -244,13 +244,13 @@ def validation_text(n: int, test_fold: int, split_seed: int = 0, val_fold: int |
 
 
 def card_threshold(card_path: str | Path | None) -> float:
-    """The served mask threshold: the card's ``segmenter.threshold``, 0.5 without a card."""
-    from busdx.evaluation.model_card import load_card
-    from busdx.inference.models import segmenter_threshold
+    """The served mask threshold: the release's segmenter threshold, 0.5 without a release."""
+    from busdx.evaluation.model_card import load_folder_release
 
-    if card_path is None or not Path(card_path).is_file():
+    release = load_folder_release(card_path) if card_path else None
+    if release is None or release.segmenter is None:
         return THRESHOLD
-    return segmenter_threshold(load_card(card_path))
+    return release.segmenter.threshold
 
 
 def sweep_thresholds(

@@ -181,10 +181,9 @@ class Models:
                 "release, or write one with `busdx release`)"
             )
         release = load_release(directory / RELEASE_FILE)
-        if not release.complete:
+        if release.classifier is None or (with_segmenter and release.segmenter is None):
             raise BusdxError(f"the release in {directory} lacks a segmenter or a classifier")
         release.check_files(directory)
-        files = [directory / release.segmenter.file, directory / release.classifier.file]
         settings = ClassifierSettings.from_release(release)
         # Two cores are typical for the laptops this serves; more threads only add contention.
         threads = threads or max(1, min(4, os.cpu_count() or 1))
@@ -192,8 +191,10 @@ class Models:
         # release's crops; when that batch is 1 it is 1 without a lesion too (the whole image),
         # so both batch sizes are fixed. Several crops: the classifier's batch varies (1 without
         # a lesion) and stays dynamic.
-        segmenter = open_session(files[0], threads, batch=1) if with_segmenter else None
-        classifier = open_session(files[1], threads, batch=1 if settings.batch == 1 else None)
+        segmenter = (open_session(directory / release.segmenter.file, threads, batch=1)
+                     if with_segmenter else None)
+        classifier = open_session(directory / release.classifier.file, threads,
+                                  batch=1 if settings.batch == 1 else None)
         if segmenter is not None:
             _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
         _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)
@@ -210,7 +211,7 @@ class Models:
                 f"is {settings.crop.size}"
             )
         segmenter_size = (_static_size(segmenter) if segmenter is not None else None) or (
-            release.segmenter.input_size)
+            release.segmenter.input_size if release.segmenter is not None else 224)
         log.info("models loaded from %s (version %s)", directory, release.version)
         return cls(
             directory=directory,
@@ -220,7 +221,7 @@ class Models:
             settings=settings,
             segmenter_size=segmenter_size,
             version=release.version,
-            mask_threshold=release.segmenter.threshold,
+            mask_threshold=release.segmenter.threshold if release.segmenter else 0.5,
             input_ranges=dict(release.input_check.ranges) or None,
             input_texture_long_side=release.input_check.texture_long_side,
         )

@@ -1,0 +1,73 @@
+"""``busdx release``: the one command that writes models/.
+
+It ships a staging folder (graphs and release.json, as written by export, calibration and the
+input check) into models/, after loading it as serving would, and renders the model card and
+the docs page of how the models were made from the release and the evidence about it. Without
+``--from`` it only renders them again (after new evidence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub, groups) -> None:
+    p = sub.add_parser("release", help="ship a staging folder into models/ and write the card",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--from", dest="source", metavar="DIR",
+                   help="the staging folder to ship (e.g. runs/release); without it the card "
+                   "and docs are only rendered again")
+    p.add_argument("--models", metavar="DIR",
+                   help="the models folder to write (default: the repository's models/)")
+    p.add_argument("--evidence", metavar="DIR",
+                   help="the evidence to render from (default: the repository's evidence/)")
+    p.add_argument("--docs", default="docs", metavar="DIR",
+                   help="where the page of how the models were made goes ('' for none)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from busdx.errors import BusdxError
+    from busdx.evaluation.card import write_model_card
+    from busdx.evaluation.evidence import default_evidence_dir, load_records, write_record
+    from busdx.inference.models import Models, default_models_dir
+    from busdx.release import RELEASE_FILE, load_release, with_graphs, write_release
+
+    models = Path(args.models) if args.models else default_models_dir()
+    evidence = Path(args.evidence) if args.evidence else default_evidence_dir()
+    if args.source:
+        source = Path(args.source)
+        if source.resolve() == models.resolve():
+            raise BusdxError(f"{source} is the models folder itself")
+        # load it as serving would: a release that does not serve is not shipped
+        Models.load(source, threads=1)
+        release = load_release(source)
+        models.mkdir(parents=True, exist_ok=True)
+        for graph in release.graphs:
+            shutil.copy2(source / graph.file, models / graph.file)
+        write_release(with_graphs(release, models), models)
+        # the evidence gathered on the staging folder is about this very release
+        staged = load_records(source / "evidence")
+        for name, record in staged.items():
+            if record.kind != "history" and not record.stale(release):
+                write_record(evidence, name, record.results, kind=record.kind,
+                             release=record.release, command=record.command, at=record.at,
+                             date=record.date, commit=record.commit)
+        log.info("shipped %s into %s (release %s, %d evidence records)", source, models,
+                 release.version, len(staged))
+    if not (models / RELEASE_FILE).is_file():
+        raise BusdxError(f"no {RELEASE_FILE} in {models}: ship one with --from DIR")
+    card = write_model_card(models, evidence, Path(args.docs) if args.docs else None)
+    stale = [r.name for r in load_records(evidence).values()
+             if r.kind != "history" and r.stale(load_release(models))]
+    if stale:
+        log.warning("%d evidence records describe an earlier release (evaluate this one: "
+                    "`busdx evaluate classification`, `busdx evaluate segmentation`): %s",
+                    len(stale), ", ".join(stale))
+    print(f"wrote {card}")
+    return 0

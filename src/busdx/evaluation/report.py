@@ -237,8 +237,8 @@ def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5
     from busdx.data.splits import SplitConfig, make_split
     from busdx.evaluation.classification import by_group, evaluate_predictions, predict_records
     from busdx.evaluation.classification_plots import save_figures
-    from busdx.evaluation.plots import plot_learning_curves
     from busdx.evaluation.segmentation import evaluate_segmenter
+    from busdx.training.plots import plot_learning_curves
 
     out, models_dir = Path(out), Path(models_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ pytest.importorskip("segmentation_models_pytorch")
 
 from busdx.cli.main import main  # noqa: E402
 from busdx.data.augment import Augmenter  # noqa: E402
+from busdx.errors import BusdxError  # noqa: E402
 from busdx.evaluation.model_card import load_card  # noqa: E402
 from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT  # noqa: E402
 from busdx.models.segmentation import (  # noqa: E402
@@ -23,10 +24,10 @@ from busdx.models.segmentation import (  # noqa: E402
     export_onnx,
     onnx_max_difference,
 )
+from busdx.training.loop import warmup_cosine  # noqa: E402
 from busdx.training.segmentation import (  # noqa: E402
     SegTrainConfig,
     epoch_batches,
-    lr_factor,
     segmentation_loss,
     train_segmenter,
 )
@@ -77,13 +78,19 @@ def test_training_is_seeded_and_resumable(fixtures_root, tmp_path):
     h2 = json.loads((again.out / "history.json").read_text())
     assert h1["train_loss"] == pytest.approx(h2["train_loss"], rel=1e-4)
 
-    resumed = train_segmenter(_config(fixtures_root, tmp_path / "a", epochs=2, resume=True))
+    # a run cut short by its time budget goes on to the end of its recipe when resumed
+    cut = train_segmenter(_config(fixtures_root, tmp_path / "c", epochs=2, size=64, max_minutes=1e-9))
+    assert cut.stopped == "time_budget" and cut.epochs_run == 1
+    resumed = train_segmenter(_config(fixtures_root, tmp_path / "c", epochs=2, size=64, resume=True))
     history = json.loads((resumed.out / "history.json").read_text())
     assert history["epoch"] == [1, 2]
-    assert history["train_loss"][0] == h1["train_loss"][0]  # epoch 1 kept, not re-run
-    assert resumed.epochs_run == 2
+    assert history["train_loss"][0] == cut.history["train_loss"][0]  # epoch 1 kept, not re-run
+    assert resumed.epochs_run == 2 and resumed.stopped == "epochs"
     summary = json.loads((resumed.out / "summary.json").read_text())
     assert len(summary["commands"]) == 2  # the first run's command and the resumed one
+    # another recipe would make a run that no config describes: refused, naming the setting
+    with pytest.raises(BusdxError, match="epochs=2"):
+        train_segmenter(_config(fixtures_root, tmp_path / "c", epochs=3, size=64, resume=True))
 
 
 @pytest.mark.slow
@@ -114,10 +121,10 @@ def test_losses_and_schedule():
     for kind in ("dice", "dice_bce"):
         assert float(segmentation_loss(good, target, kind)) < 0.05
         assert float(segmentation_loss(bad, target, kind)) > 0.9
-    assert lr_factor(0.0, 0, 10) == pytest.approx(0.1)
-    assert lr_factor(0.0, 100, 10) == pytest.approx(1.0)
-    assert lr_factor(1.0, 100, 10) == pytest.approx(0.0)
-    assert lr_factor(2.0, 100, 10) == pytest.approx(0.0)  # past the budget: stays annealed
+    # warm-up, then cosine over the planned steps (see also tests/test_training_loop.py)
+    assert warmup_cosine(0, 1000, 10) == pytest.approx(0.1)
+    assert warmup_cosine(100, 1000, 10) == pytest.approx(0.5 * (1 + np.cos(np.pi / 10)))
+    assert warmup_cosine(1000, 1000, 10) == pytest.approx(0.0)
 
 
 def test_plain_unet_shapes():

@@ -2,8 +2,10 @@
 
 Per-image data (decoded gray image and ground-truth mask, uint8) are cached once; crops are cut
 on the fly with jitter (so the classifier does not depend on a pixel-perfect mask: at inference
-the mask comes from the segmenter) and augmented with busdx.data.augment. The best checkpoint is
-chosen by validation ROC AUC; fold 5 is never looked at here.
+the mask comes from the segmenter) and augmented with busdx.data.augment. The loop itself
+(schedule, checkpoints, resume, early stopping, time budget) is :mod:`busdx.training.loop`; this
+module supplies its pieces. The best checkpoint is chosen by validation ROC AUC; fold 5 is never
+looked at here.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import hashlib
 import json
 import logging
 import pickle
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,7 +30,9 @@ from busdx.data.preprocess import load_gray, load_mask
 from busdx.models.classification import ClassifierSpec, build_classifier, normalise
 from busdx.models.contract import input_views
 from busdx.numeric import roc_auc
-from busdx.training.common import pick_device
+from busdx.training import common, loop
+from busdx.training.common import pick_device, seed_everything
+from busdx.training.config import CONFIG_FILE, JsonConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ BIRADS_CATEGORIES = (2, 3, 4, 5)
 
 
 @dataclass
-class ClassifierTrainConfig:
+class ClassifierTrainConfig(JsonConfig):
     arch: str = "lite0"
     weights: str = "imagenet"
     # "crop": the lesion with context; "image": the whole letterboxed image; "both": the two as
@@ -56,7 +60,7 @@ class ClassifierTrainConfig:
     jitter: float = 0.15
     imbalance: str = "weighted"
     epochs: int = 20
-    max_minutes: float = 35.0
+    max_minutes: float | None = 35.0  # a hard stop: the schedule does not depend on it
     batch_size: int = 24
     lr: float = 1e-3  # head
     backbone_lr: float = 2e-4
@@ -68,7 +72,10 @@ class ClassifierTrainConfig:
     ema: float = 0.0
     threads: int = 1
     seed: int = 0
-    split_seed: int = 0  # the CLI's train/validation split; recorded with the run
+    # the command line's split, recorded with the run (train_classifier is given the samples)
+    data: str | None = None
+    test_fold: int = 5
+    split_seed: int = 0  # the train/validation split of the other folds
     val_fold: int | None = None  # a whole official fold as validation (cross-validation)
     max_batches: int | None = None  # per epoch; for smoke tests
     device: str = "auto"  # CUDA when there is one
@@ -77,6 +84,10 @@ class ClassifierTrainConfig:
     # weight of each auxiliary loss (histology group, BI-RADS category; see HISTOLOGY_GROUPS);
     # 0: the biopsy label alone
     aux_weight: float = 0.0
+    resume: bool = False  # go on from the run folder's last.pt (same recipe), if there is one
+
+    RUN_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "data", "max_minutes", "threads", "workers", "device", "resume")
 
     def __post_init__(self) -> None:
         AugmentConfig.preset(self.augment)  # an unknown name fails here, not an hour in
@@ -125,10 +136,14 @@ class Sample:
 class TrainResult:
     checkpoint: Path
     best_epoch: int
-    best_val_auc: float
-    history: list[dict]
+    best_val_auc: float  # NaN if validation never had both classes
+    history: list[dict]  # as history.json: one row per epoch (history_rows)
     wall_minutes: float
     device: str = "cpu"  # where it trained: "cpu" or "cuda"
+    stopped: str = "epochs"  # "epochs", "early_stopping" or "time_budget"
+    epochs_run: int = 0
+    steps: int = 0  # optimizer steps done, of total_steps planned
+    total_steps: int = 0
 
 
 # ---------------------------------------------------------------------------- data
@@ -245,15 +260,23 @@ def class_weight(labels: Sequence[int]) -> float:
     return float((labels == 0).sum() / max((labels == 1).sum(), 1))
 
 
-def make_sampler(labels: Sequence[int], seed: int) -> torch.utils.data.WeightedRandomSampler:
+def make_sampler(labels: Sequence[int], generator: torch.Generator
+                 ) -> torch.utils.data.WeightedRandomSampler:
     """Oversample the minority class so that an epoch sees both classes equally often."""
     labels = np.asarray(labels)
     counts = np.bincount(labels, minlength=2).astype(float)
     weights = 1.0 / counts[labels]
-    gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.WeightedRandomSampler(
-        torch.as_tensor(weights, dtype=torch.double), len(labels), replacement=True, generator=gen
+        torch.as_tensor(weights, dtype=torch.double), len(labels), replacement=True,
+        generator=generator,
     )
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's order: a function of (seed, epoch) alone, so a resumed run
+    draws the orders the uninterrupted run would have."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch])
+                                             .generate_state(1)[0]))
 
 
 @torch.no_grad()
@@ -277,15 +300,18 @@ def train_classifier(
     out_dir: str | Path,
     aux: np.ndarray | None = None,
 ) -> TrainResult:
-    """Fine-tune end to end; the checkpoint with the best validation AUC is kept. ``aux``
-    (``auxiliary_targets`` of the training records) is needed when ``config.aux_weight`` > 0;
-    the auxiliary head is not part of the checkpoint."""
+    """Fine-tune end to end; the checkpoint with the best validation AUC is kept
+    (``classifier.pt``). ``aux`` (``auxiliary_targets`` of the training records) is needed when
+    ``config.aux_weight`` > 0; the auxiliary head is not part of the checkpoint."""
     if config.aux_weight > 0 and aux is None:
         raise ValueError("aux_weight > 0 needs the auxiliary targets of the training samples")
     out_dir = Path(out_dir)
+    state = loop.read_last(out_dir, config.recipe()) if config.resume else None
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the recipe, not how this invocation began: training again from it starts afresh
+    replace(config, resume=False).save(out_dir / CONFIG_FILE)
     torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
                           views=config.views)
     device = pick_device(config.device)
@@ -296,27 +322,55 @@ def train_classifier(
         # seeded after the model, so the model's initialisation matches a run without it
         aux_head = nn.Linear(config.views * model.num_features,
                              len(HISTOLOGY_GROUPS) + len(BIRADS_CATEGORIES)).to(device)
+    averaged = WeightAverage(model, config.ema) if config.ema else None
+    scored = model if averaged is None else averaged.model  # what is validated and saved
+
     train_ds = CropDataset(train, config, train=True, seed=config.seed,
                            aux=aux if aux_head is not None else None)
     labels = [s.label for s in train]
-    if config.imbalance == "oversample":
-        sampler, shuffle = make_sampler(labels, config.seed), False
-    else:
-        sampler, shuffle = None, True
-    gen = torch.Generator().manual_seed(config.seed)
     # Each sample's augmentation is seeded by (seed, epoch, index) and the order is drawn in this
     # process, so worker processes change the speed, not the batches.
     loading = dict(num_workers=config.workers, pin_memory=device.type == "cuda")
-    train_loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=config.batch_size, shuffle=shuffle, sampler=sampler, generator=gen,
-        drop_last=len(train_ds) > config.batch_size, **loading,
-    )
+
+    def loader(epoch: int) -> torch.utils.data.DataLoader:
+        train_ds.epoch = epoch
+        gen = epoch_generator(config.seed, epoch)
+        sampler = make_sampler(labels, gen) if config.imbalance == "oversample" else None
+        return torch.utils.data.DataLoader(
+            train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+            generator=gen, drop_last=len(train_ds) > config.batch_size, **loading,
+        )
+
     val_loader = torch.utils.data.DataLoader(
         CropDataset(val, config, train=False), batch_size=2 * config.batch_size, **loading
     )
     pos_weight = class_weight(labels) if config.imbalance == "weighted" else 1.0
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
-    optimiser = torch.optim.AdamW(
+
+    def loss(batch) -> torch.Tensor:
+        x, y = (t.to(device, non_blocking=True) for t in batch[:2])
+        if aux_head is None:
+            return loss_fn(model(normalise(model, x)).squeeze(1), y)
+        return _loss_with_aux(model, aux_head, normalise(model, x), y,
+                              batch[2].to(device, non_blocking=True), loss_fn, config.aux_weight)
+
+    def validate() -> dict[str, float]:
+        logits, val_labels = predict_logits(scored, val_loader, device)
+        auc = roc_auc(val_labels, logits) if len(set(val_labels)) == 2 else float("nan")
+        val_loss = float(nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(logits), torch.from_numpy(val_labels.astype(np.float32))))
+        return {"val_loss": val_loss, "val_auc": auc}
+
+    def schedule(optimizer: torch.optim.Optimizer, total_steps: int):
+        # warm-up over the first tenth, then cosine decay; beta1 cycles against the lr
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[config.backbone_lr, config.lr], total_steps=max(total_steps, 1),
+            pct_start=0.1)
+
+    def write_history(rows: list[dict]) -> None:
+        (out_dir / "history.json").write_text(json.dumps(history_rows(rows), indent=2))
+
+    optimizer = torch.optim.AdamW(
         [
             {"params": list(model.backbone_parameters()), "lr": config.backbone_lr},
             {"params": [*model.head_parameters(),
@@ -325,71 +379,35 @@ def train_classifier(
         ],
         weight_decay=config.weight_decay,
     )
-    steps_per_epoch = len(train_loader) if config.max_batches is None else min(
-        len(train_loader), config.max_batches
+    steps_per_epoch = len(loader(0))
+    if config.max_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_batches)
+    others = {"aux_head": aux_head, "weight_average": averaged.model if averaged else None}
+    task = loop.Task(
+        model=model, optimizer=optimizer, scheduler=schedule, steps_per_epoch=steps_per_epoch,
+        batches=loader, loss=loss, validate=validate, metric="val_auc",
+        best_checkpoint=lambda epoch, metrics: checkpoint_contents(
+            scored, spec, config, epoch, metrics["val_auc"]),
+        after_step=(lambda: averaged.update(model)) if averaged is not None else None,
+        others={name: m for name, m in others.items() if m is not None},
+        on_epoch=write_history,
     )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser,
-        max_lr=[config.backbone_lr, config.lr],
-        total_steps=max(config.epochs * steps_per_epoch, 1),
-        pct_start=0.1,
-    )
+    run = loop.run(task, loop.LoopConfig(epochs=config.epochs, patience=config.patience,
+                                         max_minutes=config.max_minutes,
+                                         best_file="classifier.pt"),
+                   out_dir, recipe=config.recipe(), resume=state)
+    history = history_rows(run.history)
+    write_history(run.history)
+    return TrainResult(out_dir / "classifier.pt", run.best_epoch, run.best_metric, history,
+                       run.seconds / 60, device.type, stopped=run.stopped,
+                       epochs_run=len(history), steps=run.step, total_steps=run.total_steps)
 
-    averaged = WeightAverage(model, config.ema) if config.ema else None
-    checkpoint = out_dir / "classifier.pt"
-    history: list[dict] = []
-    best_auc, best_epoch, stale = -1.0, -1, 0
-    start = time.monotonic()
-    for epoch in range(config.epochs):
-        train_ds.epoch = epoch
-        model.train()
-        losses = []
-        for step, batch in enumerate(train_loader):
-            if config.max_batches is not None and step >= config.max_batches:
-                break
-            x, y = (t.to(device, non_blocking=True) for t in batch[:2])
-            if aux_head is None:
-                loss = loss_fn(model(normalise(model, x)).squeeze(1), y)
-            else:
-                loss = _loss_with_aux(model, aux_head, normalise(model, x), y,
-                                      batch[2].to(device, non_blocking=True), loss_fn,
-                                      config.aux_weight)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            if averaged is not None:
-                averaged.update(model)
-            losses.append(loss.item())
-        scored = model if averaged is None else averaged.model
-        val_logits, val_labels = predict_logits(scored, val_loader, device)
-        val_auc = roc_auc(val_labels, val_logits) if len(set(val_labels)) == 2 else float("nan")
-        val_loss = float(
-            nn.functional.binary_cross_entropy_with_logits(
-                torch.from_numpy(val_logits), torch.from_numpy(val_labels.astype(np.float32))
-            )
-        )
-        minutes = (time.monotonic() - start) / 60
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "val_loss": val_loss, "val_auc": val_auc, "minutes": round(minutes, 2)}
-        history.append(row)
-        log.info("epoch %d: %s", epoch + 1, json.dumps(row))
-        improved = not np.isnan(val_auc) and val_auc > best_auc
-        if improved or best_epoch < 0:
-            best_auc, best_epoch, stale = (val_auc if improved else best_auc), epoch + 1, 0
-            save_checkpoint(scored, spec, config, checkpoint, best_epoch, val_auc)
-        else:
-            stale += 1
-        (out_dir / "history.json").write_text(json.dumps(history, indent=2))
-        if stale >= config.patience:
-            log.info("early stop: no validation AUC gain for %d epochs", stale)
-            break
-        per_epoch = minutes / (epoch + 1)
-        if minutes + per_epoch > config.max_minutes:
-            log.info("time budget: %.1f of %.1f minutes used", minutes, config.max_minutes)
-            break
-    return TrainResult(checkpoint, best_epoch, best_auc, history,
-                       (time.monotonic() - start) / 60, device.type)
+
+def history_rows(rows: list[dict]) -> list[dict]:
+    """The loop's per-epoch rows as history.json and training.json hold them (the report and
+    the card read these keys)."""
+    return [{"epoch": r["epoch"], "train_loss": r["train_loss"], "val_loss": r["val_loss"],
+             "val_auc": r["val_auc"], "minutes": round(r["seconds"] / 60, 2)} for r in rows]
 
 
 def _loss_with_aux(model: nn.Module, aux_head: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -425,13 +443,14 @@ class WeightAverage:
                 avg.copy_(new)
 
 
-def save_checkpoint(model, spec, config, path: Path, epoch: int, val_auc: float) -> None:
-    cfg = asdict(config)
-    torch.save(
-        {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-         "spec": asdict(spec), "config": cfg, "epoch": epoch, "val_auc": val_auc},
-        path,
-    )
+def checkpoint_contents(model, spec, config, epoch: int | None, val_auc: float) -> dict:
+    """What ``classifier.pt`` holds (read by :func:`load_checkpoint`, export and soups)."""
+    return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "spec": asdict(spec), "config": asdict(config), "epoch": epoch, "val_auc": val_auc}
+
+
+def save_checkpoint(model, spec, config, path: Path, epoch: int | None, val_auc: float) -> None:
+    common.save_checkpoint(Path(path), checkpoint_contents(model, spec, config, epoch, val_auc))
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:

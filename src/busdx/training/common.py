@@ -1,5 +1,5 @@
-"""Helpers shared by the training loops: seeding, device, hardware description, checkpoints,
-and the cache of letterboxed images."""
+"""Helpers shared by the training tasks: seeding, device, hardware description, atomic
+checkpoints, and the cache of letterboxed images."""
 
 from __future__ import annotations
 
@@ -39,15 +39,19 @@ def hardware_description(device: torch.device | str, threads: int) -> dict:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically, so an interrupted run never leaves a truncated checkpoint."""
+    """Write ``state`` to a temporary file beside ``path``, on disk, then move it over ``path``:
+    a run killed (or a disk filled) mid-write leaves the previous checkpoint whole."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # else a power cut after the rename may leave an empty file
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only still there if the write failed
 
 
 def _cache_key(records: Sequence[Record], size: int) -> str:

@@ -1,4 +1,4 @@
-"""Figures written by training and evaluation (matplotlib with the Agg backend, no display)."""
+"""Learning curves of a training run, drawn by training and by `busdx report` (matplotlib, Agg)."""
 
 from __future__ import annotations
 

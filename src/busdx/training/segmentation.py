@@ -2,49 +2,49 @@
 
 Images are letterboxed once and cached; every epoch augments them on the fly with
 :class:`busdx.data.augment.Augmenter`, seeded by (seed, epoch, sample) so a run is repeatable and
-a resumed run sees the same augmentations it would have seen. The best checkpoint by validation
-Dice is kept (``best.pt``); ``last.pt`` holds everything needed to resume.
+a resumed run sees the same augmentations it would have seen. The loop itself (schedule,
+checkpoints, resume, early stopping, time budget) is :mod:`busdx.training.loop`; this module
+supplies its pieces. The best checkpoint by validation Dice is kept (``best.pt``).
 
-The learning rate follows a cosine decay after a short warm-up. Its progress is the larger of the
-fraction of planned steps done and the fraction of the wall-clock budget used, so a run stopped by
-``max_minutes`` has still annealed its learning rate instead of stopping at a high one.
+The learning rate follows a cosine decay after a short warm-up, counted in optimizer steps
+(:func:`busdx.training.loop.warmup_cosine`): a run stopped by ``max_minutes`` stops where it is
+in the schedule, and can be resumed to the end of it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from busdx.data.augment import Augmenter
 from busdx.data.index import Record, load_index, resolve_root
 from busdx.data.splits import SplitConfig, make_split
 from busdx.errors import BusdxError
 from busdx.models.segmentation import SegmenterConfig, build_segmenter, normalise
+from busdx.training import loop
 from busdx.training.common import (
     hardware_description,
     letterboxed_arrays,
-    load_checkpoint,
     pick_device,
-    save_checkpoint,
     seed_everything,
 )
+from busdx.training.config import CONFIG_FILE, JsonConfig
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("dice", "dice_bce")
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")  # history.json
 
 
 @dataclass
-class SegTrainConfig:
+class SegTrainConfig(JsonConfig):
     data: str | None = None
     out: str = "runs/segmentation"
     test_fold: int = 5
@@ -59,7 +59,7 @@ class SegTrainConfig:
     warmup_steps: int = 50
     loss: str = "dice_bce"
     patience: int = 5  # epochs without a better validation Dice before stopping
-    max_minutes: float | None = None
+    max_minutes: float | None = None  # a hard stop: the schedule does not depend on it
     threads: int = 2
     workers: int = 0  # processes that augment batches ahead of the model (0: in the loop)
     size: int = 224
@@ -68,9 +68,13 @@ class SegTrainConfig:
     limit_train: int | None = None  # use only the first N training images (quick comparisons)
     limit_val: int | None = None
     cache_dir: str | None = "cache"
-    resume: bool = False
+    resume: bool = False  # go on from OUT/last.pt (same recipe), if there is one
     note: str | None = None  # how the run was set up, beyond its command (kept in the card)
     model: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+    RUN_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "data", "out", "max_minutes", "threads", "workers", "device", "cache_dir", "resume",
+        "note")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -85,7 +89,12 @@ class SegTrainResult:
     best_val_dice: float
     epochs_run: int
     seconds: float
-    stopped: str  # "epochs", "early_stopping" or "time_budget"
+    stopped: str  # "epochs", "early_stopping" or "time_budget" (busdx.training.loop.STOPPED)
+    checkpoint: Path | None = None  # best.pt
+    history: dict = field(default_factory=dict)  # as history.json: lists keyed HISTORY_KEYS
+    device: str = "cpu"
+    steps: int = 0  # optimizer steps done, of total_steps planned
+    total_steps: int = 0
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -112,11 +121,6 @@ def batch_dice(logits: torch.Tensor, target: torch.Tensor) -> list[float]:
     total = pred.sum(1) + t.sum(1)
     d = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
     return d.tolist()
-
-
-def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
-    warm = min(1.0, (step + 1) / max(1, warmup_steps))
-    return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _augmented_batch(
@@ -200,10 +204,6 @@ def _split_records(config: SegTrainConfig) -> tuple[list[Record], list[Record]]:
     return train, val
 
 
-def empty_history() -> dict[str, list]:
-    return {k: [] for k in ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")}
-
-
 def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTrainResult:
     if config.loss not in LOSSES:
         raise BusdxError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
@@ -211,21 +211,17 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         # five 2x poolings in the encoder: other sizes would not map back onto the skips
         raise BusdxError(f"--size must be a multiple of 32, at least 64 (not {config.size})")
     out = Path(config.out)
+    # Read before the images are letterboxed, so a resume with another recipe fails at once.
+    state = loop.read_last(out, config.recipe()) if config.resume else None
     out.mkdir(parents=True, exist_ok=True)
+    # the recipe, not how this invocation began: training again from it starts afresh
+    replace(config, resume=False).save(out / CONFIG_FILE)
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     device = pick_device(config.device)
     if device.type == "cuda":
         # One input size throughout: let cuDNN time its kernels once and keep the fastest.
         torch.backends.cudnn.benchmark = True
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    # Read before the images are letterboxed, so a resume at the wrong size fails at once.
-    state = load_checkpoint(last_path) if config.resume and last_path.is_file() else None
-    if state is not None:
-        trained_at = state.get("train_config", {}).get("size", 224)
-        if trained_at != config.size:
-            raise BusdxError(f"{last_path} was trained at {trained_at} pixels, not {config.size}: "
-                             f"resume with --size {trained_at}")
 
     train_recs, val_recs = _split_records(config)
     cache = Path(config.cache_dir) if config.cache_dir else None
@@ -235,98 +231,48 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
              len(tr_x), len(va_x), device, config.threads)
 
     net = build_segmenter(config.model).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    augmenter = Augmenter() if config.augment else None
     # Drop the last incomplete batch: a batch of one breaks batch norm in training mode.
     steps_per_epoch = max(1, len(tr_x) // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
 
-    history, start_epoch, step, elapsed_before = empty_history(), 0, 0, 0.0
-    best_dice, best_epoch, stale = -1.0, -1, 0
-    if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history, start_epoch, step = state["history"], state["epoch"] + 1, state["step"]
-        best_dice, best_epoch, stale = state["best_dice"], state["best_epoch"], state["stale"]
-        elapsed_before = state["elapsed"]
-        log.info("resuming after epoch %d (best validation Dice %.4f)",
-                 state["epoch"] + 1, best_dice)
-
-    augmenter = Augmenter() if config.augment else None
-    budget = config.max_minutes * 60.0 if config.max_minutes else None
-    t0 = time.monotonic()
-    stopped = "epochs"
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - t0
-
-    for epoch in range(start_epoch, config.epochs):
-        if budget is not None and history["seconds"]:
-            # Don't start an epoch that would end past the budget (epochs take about as long).
-            per_epoch = history["seconds"][-1] / len(history["seconds"])
-            if elapsed() + per_epoch > budget:
-                stopped = "time_budget"
-                break
-        net.train()
+    def batches(epoch: int):
         order = np.random.default_rng([config.seed, epoch]).permutation(len(tr_x))
-        running, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   leave=False, dynamic_ncols=True)
-        batches = epoch_batches(tr_x, tr_y, order, config.batch_size, steps_per_epoch, augmenter,
-                                config.seed, epoch, config.workers,
-                                pin_memory=device.type == "cuda")
-        for _, (x, y) in zip(bar, batches, strict=True):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            progress = step / total_steps
-            if budget is not None:
-                progress = max(progress, elapsed() / budget)
-            lr = config.lr * lr_factor(progress, step, config.warmup_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = segmentation_loss(net(normalise(x)), y, config.loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            running += loss.item() * len(x)
-            seen += len(x)
-            bar.set_postfix(loss=f"{running / seen:.4f}",
-                            val_dice=f"{history['val_dice'][-1]:.4f}" if history["val_dice"]
-                            else "-")
-        bar.close()
-        val_loss, dices = evaluate_arrays(net, va_x, va_y, config.loss, device)
-        val_dice = float(np.mean(dices))
-        for key, value in (("epoch", epoch + 1), ("train_loss", running / seen),
-                           ("val_loss", val_loss), ("val_dice", val_dice), ("lr", lr),
-                           ("seconds", elapsed())):
-            history[key].append(value)
-        improved = val_dice > best_dice
-        if improved:
-            best_dice, best_epoch, stale = val_dice, epoch + 1, 0
-            save_checkpoint(best_path, {
-                "model": net.state_dict(), "model_config": config.model.to_dict(),
-                "epoch": epoch + 1, "val_dice": val_dice, "train_config": config.to_dict(),
-            })
-        else:
-            stale += 1
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f%s (%.0f s)",
-                 epoch + 1, running / seen, val_loss, val_dice, " *" if improved else "",
-                 elapsed())
-        save_checkpoint(last_path, {
-            "model": net.state_dict(), "optimizer": opt.state_dict(), "history": history,
-            "epoch": epoch, "step": step, "best_dice": best_dice, "best_epoch": best_epoch,
-            "stale": stale, "elapsed": elapsed(), "train_config": config.to_dict(),
-        })
-        write_history(out, history)
-        if stale >= config.patience:
-            stopped = "early_stopping"
-            break
-        if budget is not None and elapsed() >= budget:
-            stopped = "time_budget"
-            break
+        return epoch_batches(tr_x, tr_y, order, config.batch_size, steps_per_epoch, augmenter,
+                             config.seed, epoch, config.workers, pin_memory=device.type == "cuda")
 
+    def loss(batch) -> torch.Tensor:
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        return segmentation_loss(net(normalise(x)), y, config.loss)
+
+    def validate() -> dict[str, float]:
+        val_loss, dices = evaluate_arrays(net, va_x, va_y, config.loss, device)
+        return {"val_loss": val_loss, "val_dice": float(np.mean(dices))}
+
+    def best_checkpoint(epoch: int, metrics: dict[str, float]) -> dict:
+        # what export and the card read (busdx.models.segmentation.load_segmenter_checkpoints)
+        return {"model": net.state_dict(), "model_config": config.model.to_dict(),
+                "epoch": epoch, "val_dice": metrics["val_dice"], "train_config": config.to_dict()}
+
+    def schedule(optimizer: torch.optim.Optimizer, total_steps: int):
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: loop.warmup_cosine(step, total_steps, config.warmup_steps))
+
+    task = loop.Task(
+        model=net,
+        optimizer=torch.optim.AdamW(net.parameters(), lr=config.lr,
+                                    weight_decay=config.weight_decay),
+        scheduler=schedule, steps_per_epoch=steps_per_epoch, batches=batches, loss=loss,
+        validate=validate, metric="val_dice", best_checkpoint=best_checkpoint,
+        on_epoch=lambda rows: write_history(out, history_columns(rows)),
+    )
+    run = loop.run(task, loop.LoopConfig(epochs=config.epochs, patience=config.patience,
+                                         max_minutes=config.max_minutes, best_file="best.pt"),
+                   out, recipe=config.recipe(), resume=state)
+
+    history = history_columns(run.history)
     write_history(out, history)
     # A resumed run keeps the commands that made it, in order.
-    previous = _run_summary(out) if config.resume else {}
+    previous = _run_summary(out) if state is not None else {}
     commands = previous.get("commands") or ([previous["command"]] if previous.get("command")
                                             else [])
     summary = {
@@ -336,16 +282,25 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         "hardware": hardware_description(device, config.threads),
         "train_images": len(tr_x),
         "val_images": len(va_x),
-        "epochs_run": len(history["epoch"]),
-        "best_epoch": best_epoch,
-        "best_val_dice": best_dice,
-        "seconds": elapsed(),
-        "stopped": stopped,
+        "epochs_run": len(run.history),
+        "best_epoch": run.best_epoch,
+        "best_val_dice": run.best_metric,
+        "seconds": run.seconds,
+        "stopped": run.stopped,
+        "steps": run.step,
+        "total_steps": run.total_steps,
         "note": config.note,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return SegTrainResult(out=out, best_epoch=best_epoch, best_val_dice=best_dice,
-                          epochs_run=len(history["epoch"]), seconds=elapsed(), stopped=stopped)
+    return SegTrainResult(out=out, best_epoch=run.best_epoch, best_val_dice=run.best_metric,
+                          epochs_run=len(run.history), seconds=run.seconds, stopped=run.stopped,
+                          checkpoint=out / "best.pt", history=history, device=device.type,
+                          steps=run.step, total_steps=run.total_steps)
+
+
+def history_columns(rows: list[dict]) -> dict[str, list]:
+    """The loop's per-epoch rows as history.json holds them: one list per key."""
+    return {k: [row[k] for row in rows] for k in HISTORY_KEYS}
 
 
 def write_history(out: Path, history: dict) -> None:

@@ -308,3 +308,34 @@ def test_training_imports_nothing_above_it():
     offending = [f"{p.name}:{n}" for p in sorted(training.glob("*.py"))
                  for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offending == []
+
+
+def test_the_command_line_overrides_a_recipe_file_only_where_given(tmp_path):
+    """`busdx train segmentation --config FILE --seed 3`: the file's recipe, with the one
+    option given on the command line; the same for classification."""
+    from busdx.cli import config_with_file
+    from busdx.cli.classification import _train_config as classifier_config
+    from busdx.cli.main import build_parser
+    from busdx.cli.segmentation import _train_config as segmenter_config
+    from busdx.training.classification import ClassifierTrainConfig
+    from busdx.training.segmentation import SegTrainConfig
+
+    recipe = tmp_path / "seg.json"
+    SegTrainConfig(epochs=3, lr=5e-4, batch_size=4).save(recipe)
+    args = build_parser().parse_args(["train", "segmentation", "--config", str(recipe),
+                                      "--seed", "3", "--encoder", "lite1"])
+    config = config_with_file(segmenter_config, args, args.parser, args.config)
+    assert (config.epochs, config.lr, config.batch_size, config.seed) == (3, 5e-4, 4, 3)
+    assert config.model.encoder == "tf_efficientnet_lite1"
+
+    recipe = tmp_path / "cls.json"
+    ClassifierTrainConfig(arch="lite1", input="both", epochs=4).save(recipe)
+    args = build_parser().parse_args(["train", "classification", "--config", str(recipe),
+                                      "--epochs", "2"])
+    config = config_with_file(classifier_config, args, args.parser, args.config)
+    assert (config.arch, config.input, config.epochs) == ("lite1", "both", 2)
+    (tmp_path / "bad.json").write_text('{"arch": "lite1", "learning_rate": 1}')
+    args = build_parser().parse_args(["train", "classification", "--config",
+                                      str(tmp_path / "bad.json")])
+    with pytest.raises(BusdxError, match="learning_rate"):
+        config_with_file(classifier_config, args, args.parser, args.config)

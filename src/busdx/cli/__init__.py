@@ -44,3 +44,33 @@ def writable_release(path: str, default: str):
 
     seed = default_models_dir() if Path(path) == Path(default) else None
     return staging(path, seed=seed)
+
+
+def config_with_file(build, args, parser, path: str | None):
+    """The training config ``build(namespace)`` makes from the command line, on top of the
+    recipe file ``path`` (``--config``): an option left at its default takes the file's value,
+    an option given on the command line wins (one given equal to its default counts as not
+    given). Without a file: the command line's config."""
+    import argparse
+
+    from busdx.training.config import as_json, merge
+
+    config = build(args)
+    if not path:
+        return config
+    defaults = build(argparse.Namespace(**{**vars(args), **{
+        a.dest: a.default for a in parser._actions if a.dest in vars(args)}}))
+    given = _changed(as_json(config), as_json(defaults))
+    return merge(type(config), path, given)
+
+
+def _changed(now: dict, default: dict) -> dict:
+    out = {}
+    for key, value in now.items():
+        if isinstance(value, dict) and isinstance(default.get(key), dict):
+            nested = _changed(value, default[key])
+            if nested:
+                out[key] = nested
+        elif value != default.get(key):
+            out[key] = value
+    return out

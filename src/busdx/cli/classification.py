@@ -121,7 +121,11 @@ def register(subparsers, groups) -> None:
                        "training image (bus_data.csv) from the pooled features, each "
                        "cross-entropy weighted W (0: off); the auxiliary head is dropped, so "
                        "the exported graph is unchanged in form")
-    train.set_defaults(func=run_train)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.add_argument("--config", metavar="FILE",
+                       help="a recipe file (a run's config.json): its values, then the options "
+                       "given here")
+    train.set_defaults(func=run_train, parser=train)
 
     evaluate = groups["evaluate"].add_parser(
         "classification", help="end-to-end test-fold metrics of the exported models (ONNX only)"
@@ -228,23 +232,17 @@ def run_train(args: argparse.Namespace) -> int:
     start = time.monotonic()
     torch.set_num_threads(args.threads)
     try:  # built before any data is read, so a bad value costs nothing
-        config = tc.ClassifierTrainConfig(
-            arch=args.arch, weights=args.weights, input=args.input, context=args.context,
-            jitter=args.jitter, imbalance=args.imbalance, epochs=args.epochs,
-            max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
-            backbone_lr=args.backbone_lr, patience=args.patience, ema=args.ema,
-            threads=args.threads, device=args.device, workers=args.workers,
-            seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
-            val_fold=args.val_fold, augment=args.augment, aux_weight=args.aux_weight,
-        )
+        from busdx.cli import config_with_file
+
+        config = config_with_file(_train_config, args, args.parser, args.config)
     except ValueError as err:
         raise BusdxError(str(err)) from err
-    index = load_index(args.data)
-    split = make_split(index, SplitConfig(test_fold=args.test_fold, seed=args.split_seed,
-                                          val_fold=args.val_fold))
+    index = load_index(config.data)
+    split = make_split(index, SplitConfig(test_fold=config.test_fold, seed=config.split_seed,
+                                          val_fold=config.val_fold))
     train = tc.load_samples(split.train, args.cache)
     val = tc.load_samples(split.val, args.cache)
-    log.info("train %d, val %d (test fold %d untouched)", len(train), len(val), args.test_fold)
+    log.info("train %d, val %d (test fold %d untouched)", len(train), len(val), config.test_fold)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -309,6 +307,22 @@ def run_train(args: argparse.Namespace) -> int:
     update_card(models, "classifier", section)
     log.info("exported %s and updated %s", models / CLASSIFIER_FILE, models)
     return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from busdx.training import classification as tc
+
+    return tc.ClassifierTrainConfig(
+        data=args.data, test_fold=args.test_fold,
+        arch=args.arch, weights=args.weights, input=args.input, context=args.context,
+        jitter=args.jitter, imbalance=args.imbalance, epochs=args.epochs,
+        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
+        backbone_lr=args.backbone_lr, patience=args.patience, ema=args.ema,
+        threads=args.threads, device=args.device, workers=args.workers,
+        seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
+        val_fold=args.val_fold, augment=args.augment, aux_weight=args.aux_weight,
+        resume=args.resume,
+    )
 
 
 def run_soup(args: argparse.Namespace) -> int:

@@ -54,17 +54,32 @@ def _register_train(group) -> None:
     p.add_argument("--limit-val", type=int, default=None)
     p.add_argument("--cache-dir", default="cache", help="letterboxed-image cache ('' for none)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--config", metavar="FILE",
+                   help="a recipe file (a run's config.json): its values, then the options "
+                   "given here")
     p.add_argument("--note", default=None,
                    help="how the run was set up beyond its command (hardware quirks, copies of the "
                    "data); kept in the card")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, parser=p)
 
 
 def _train(args) -> int:
-    from busdx.models.segmentation import SegmenterConfig
-    from busdx.training.segmentation import SegTrainConfig, train_segmenter
+    from busdx.cli import config_with_file
+    from busdx.training.segmentation import train_segmenter
 
-    config = SegTrainConfig(
+    config = config_with_file(_train_config, args, args.parser, args.config)
+    result = train_segmenter(config, command=args.invocation)
+    print(f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
+          f"({result.epochs_run} epochs, {result.seconds / 60:.1f} min, stopped: {result.stopped})"
+          f"; checkpoint {result.out / 'best.pt'}")
+    return 0
+
+
+def _train_config(args):
+    from busdx.models.segmentation import SegmenterConfig
+    from busdx.training.segmentation import SegTrainConfig
+
+    return SegTrainConfig(
         data=args.data, out=args.out, test_fold=args.test_fold, seed=args.seed,
         split_seed=args.split_seed, val_fold=args.val_fold,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
@@ -76,11 +91,6 @@ def _train(args) -> int:
         model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained,
                               encoder=f"tf_efficientnet_{args.encoder}"),
     )
-    result = train_segmenter(config, command=args.invocation)
-    print(f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
-          f"({result.epochs_run} epochs, {result.seconds / 60:.1f} min, stopped: {result.stopped})"
-          f"; checkpoint {result.out / 'best.pt'}")
-    return 0
 
 
 def _register_export(group) -> None:

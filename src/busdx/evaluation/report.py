@@ -291,8 +291,9 @@ def run_report(data, out: str | Path, models_dir: str | Path, test_fold: int = 5
         readme = Path(readme)
         update_readme(readme, render_readme_block(card, figures, readme.parent))
         captures = render_captures_block(out / "studies")
-        if captures is not None:
-            update_readme(readme, captures, CAPTURES_START, CAPTURES_END, "Screen captures")
+        studies = readme.parent / "docs" / "studies.md"
+        if captures is not None and studies.is_file():
+            update_readme(studies, captures, CAPTURES_START, CAPTURES_END, "Screen captures")
     for m in result.mismatches:
         log.warning("the re-evaluation disagrees with the model card: %s", m)
     return result

@@ -17,7 +17,7 @@ MODELS = REPO / "models"
 
 # A test that asks for one of these reads the full datasets: it belongs to the full tier
 # (`make reproduce`) whatever its markers say, so the fast tier can never start it by accident.
-FULL_DATA_FIXTURES = {"busbra_root", "fold5", "fold5_segmenter", "study_baseline"}
+FULL_DATA_FIXTURES = {"busbra_root", "breast_root", "fold5", "fold5_segmenter", "study_baseline"}
 # The full tier's longest tests (the studies re-run over every image), started first so that
 # the parallel workers of `make reproduce` finish together rather than one waiting on the other.
 LONGEST_FIRST = "test_a_study_rerun_on_the_full_data"
@@ -34,6 +34,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def fixtures_root() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def breast_root() -> Path:
+    """The complete BrEaST-Lesions-USG: $BUSDX_BREAST, else beside BUS-BRA."""
+    import os
+
+    from busdx.data.sites import is_breast_root
+
+    root = os.environ.get("BUSDX_BREAST")
+    busbra = full_data_root()
+    candidate = Path(root) if root else (busbra.parent / "breast-lesions-usg" if busbra else None)
+    if candidate is None or not is_breast_root(candidate):
+        unavailable("the complete BrEaST-Lesions-USG dataset is not available (set BUSDX_BREAST "
+                    "to its folder, the one holding clinical-data.csv)")
+    return candidate
 
 
 @pytest.fixture(scope="session")

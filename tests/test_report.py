@@ -224,13 +224,25 @@ def test_validation_rates_show_their_counts_and_interval_when_the_card_has_them(
 
 
 def test_readme_captures_block_is_the_recorded_studies():
-    """The frame and dual-view numbers in the README are the studies' recorded answers."""
+    """The frame and dual-view numbers in docs/studies.md are the studies' recorded answers."""
     from busdx.evaluation.report import CAPTURES_END, CAPTURES_START, render_captures_block
 
     root = Path(__file__).resolve().parent.parent
     block = render_captures_block(root / "reports" / "studies")
     assert block is not None and "| split into its panes (served) |" in block
-    readme = (root / "README.md").read_text(encoding="utf-8")
+    readme = (root / "docs" / "studies.md").read_text(encoding="utf-8")
     start, end = readme.index(CAPTURES_START), readme.index(CAPTURES_END) + len(CAPTURES_END)
     assert readme[start:end] == block
     assert render_captures_block(root / "no such folder") is None
+
+
+def test_readme_results_are_the_rendering_of_the_evidence():
+    """The README's results block is written by code from the release and its evidence."""
+    from busdx.evaluation.report import readme_results_block
+
+    root = Path(__file__).resolve().parent.parent
+    block = readme_results_block(root / "models", root / "reports", root)
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    start, end = readme.index(README_START), readme.index(README_END) + len(README_END)
+    assert readme[start:end] == block
+    assert "| ROC AUC (95% CI, patient bootstrap) |" in block

@@ -35,6 +35,12 @@ def register(subparsers, groups) -> None:
     p.add_argument("--data", required=True, type=Path, metavar="DIR",
                    help="benign/ and malignant/ folders (masks as <stem>_mask.png, as in BUSI), "
                    "or any folder with a labels CSV")
+    p.add_argument("--subset", choices=("dev", "test", "all"), default="all",
+                   help="of a BrEaST-Lesions-USG folder: its development half, its test half "
+                   "(never trained on or chosen with: docs/generalisation_plan.md) or all")
+    p.add_argument("--evidence-name", metavar="NAME",
+                   help="also record the headline numbers as evidence external.NAME about the "
+                   "release scored (the model card shows it as a hospital never trained on)")
     p.add_argument("--labels", type=Path, metavar="CSV",
                    help="columns image,label[,mask,patient,birads,lesion,frame], paths relative to "
                    "the CSV "
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise BusdxError(f"--target-sensitivity must be between 0 and 1, not "
                          f"{args.target_sensitivity}")
     dataset = read_external(args.data, args.labels, lesion_pattern=args.lesion_pattern,
-                            dual_view=args.dual_view)
+                            dual_view=args.dual_view, subset=args.subset)
     log.info("%d images (%s)%s", len(dataset.cases), dataset.layout,
              "".join(f"; skipped {n} {what}" for what, n in dataset.skipped.items()))
     models = Models.load(args.models, threads=args.threads)
@@ -114,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
                                                        args.out, where="external images",
                                                        more_reliability=curves)]
     _write(args.out, report, result.rows)
+    if args.evidence_name:
+        # evidence about the release scored: the headline numbers, not the per-image rows
+        _record(args, models, report, dataset)
     if refused is not None:
         raise refused
     bootstrap = ("patient" if dataset.has_patients
@@ -153,6 +162,25 @@ def run(args: argparse.Namespace) -> int:
                  args.recalibrate, args.recalibrate)
     log.info("wrote %s", args.out / "external.json")
     return 0
+
+
+def _record(args, models, report: dict, dataset) -> None:
+    from busdx.evaluation.evidence import write_record
+    from busdx.evaluation.model_card import evidence_dir_for
+
+    c, seg = report["classification"], report["segmentation"] or {}
+    results = {
+        "what": f"{dataset.layout}, {len(dataset.cases)} lesion images",
+        "n": c.get("n"), "auc": c.get("auc"), "auc_ci95": c.get("auc_ci95"),
+        "sensitivity": c.get("sensitivity"), "sensitivity_ci95": c.get("sensitivity_ci95"),
+        "specificity": c.get("specificity"), "specificity_ci95": c.get("specificity_ci95"),
+        "tp": c.get("tp"), "fp": c.get("fp"), "tn": c.get("tn"), "fn": c.get("fn"),
+        "ece_calibrated": c.get("ece_calibrated"), "empty_masks": c.get("empty_masks"),
+        "dice": (seg.get("dice") or {}).get("mean"), "dice_median": (seg.get("dice") or {}).get(
+            "median"), "dice_n": seg.get("n"), "threshold": models.settings.threshold,
+    }
+    write_record(evidence_dir_for(models.directory), f"external.{args.evidence_name}", results,
+                 kind="evaluation", release=models.release, command=args.invocation)
 
 
 def _print_lesion_reading(lesion: dict | None, bootstrap: str) -> None:

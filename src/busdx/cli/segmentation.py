@@ -50,6 +50,9 @@ def _register_train(group) -> None:
                    help="EfficientNet-Lite variant of lite_unet's encoder")
     p.add_argument("--no-pretrained", action="store_true", help="random encoder initialisation")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--lesion-free-windows", action="store_true",
+                   help="also train on each training image's lesion-free window with an empty "
+                   "mask (busdx.data.windows): the network learns to outline nothing")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N images only")
     p.add_argument("--limit-val", type=int, default=None)
     p.add_argument("--cache-dir", default="cache", help="letterboxed-image cache ('' for none)")
@@ -86,6 +89,7 @@ def _train_config(args):
         patience=args.patience, max_minutes=args.max_minutes, threads=args.threads,
         workers=args.workers, size=args.size,
         device=args.device, augment=not args.no_augment, limit_train=args.limit_train,
+        lesion_free_windows=args.lesion_free_windows,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
         note=args.note,
         model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained,

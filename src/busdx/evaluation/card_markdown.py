@@ -45,6 +45,42 @@ def _ci_label(results: dict, metric: str) -> str:
     return " (95% CI, patient bootstrap)" if results.get(f"{metric}_ci95") else ""
 
 
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _pct_ci(r: dict, key: str) -> str:
+    ci = r.get(f"{key}_ci95")
+    return f"{_pct(r.get(key))}" + (f" ({100 * ci[0]:.1f}-{100 * ci[1]:.1f}%)" if ci else "")
+
+
+def external_rows(card: dict) -> list[list[str]]:
+    """[result, value, measured on] rows for the hospitals never trained on (evidence
+    ``external.*``) and for "no lesion" (evidence ``no_lesion.test``)."""
+    rows = []
+    for _, r in sorted((card.get("external") or {}).items()):
+        if not isinstance(r, dict) or r.get("auc") is None:
+            continue
+        on = f"{r.get('what', 'another hospital')}, never trained on"
+        rows += [
+            ["malignancy: ROC AUC (95% CI)", f"{fmt(r['auc'])}{_ci(r, 'auc')}", on],
+            ["sensitivity / specificity at the operating threshold (95% CI)",
+             f"{_pct_ci(r, 'sensitivity')} / {_pct_ci(r, 'specificity')}", on],
+        ]
+        if r.get("dice") is not None:
+            rows.append(["lesion outline: Dice, mean (median)",
+                         f"{fmt(r['dice'])} ({fmt(r.get('dice_median'))})", on])
+    names = {"busbra": "BUS-BRA test fold", "breast": "BrEaST-Lesions-USG test half"}
+    for site, s in sorted(((card.get("no_lesion") or {}).get("test") or {}).get("sites", {})
+                          .items()):
+        free, found = s["lesion_free_reported_no_lesion"], s["lesion_images_with_a_lesion_found"]
+        on = f"{names.get(site, site)}: {free['n']} lesion-free images, {found['n']} with a lesion"
+        rows += [["\"no lesion\" on lesion-free images (windows beside the lesion, normal scans)",
+                  _pct_ci(free, "share"), on],
+                 ["a lesion found in images that show one", _pct_ci(found, "share"), on]]
+    return rows
+
+
 def results_table(card: dict) -> str:
     """The Markdown table of headline results, from the model card."""
     seg = card.get("segmenter", {}).get("test", {})
@@ -109,6 +145,7 @@ def results_table(card: dict) -> str:
     elif "threshold" in clf:
         rows.append(f"| operating threshold (calibrated probability) | {fmt(clf['threshold'], 4)} | "
                     "frozen on validation (sensitivity >= 0.90) |")
+    rows += [f"| {a} | {b} | {c} |" for a, b, c in external_rows(card)]
     return "\n".join(rows)
 
 

@@ -86,7 +86,8 @@ class ExternalDataset:
 
 
 def read_external(root: str | Path, labels: str | Path | None = None,
-                  lesion_pattern: str | None = None, dual_view: bool = False) -> ExternalDataset:
+                  lesion_pattern: str | None = None, dual_view: bool = False,
+                  subset: str = "all") -> ExternalDataset:
     """``lesion_pattern``: group the views of each lesion by this regular expression's first
     group, searched in each image's path relative to the folder (or as written in the CSV).
     ``dual_view``: each image is a dual-view capture whose two panes are views of one lesion
@@ -99,7 +100,14 @@ def read_external(root: str | Path, labels: str | Path | None = None,
     pattern = compile_pattern(lesion_pattern)
     if labels is None and (root / "labels.csv").is_file():
         labels = root / "labels.csv"
-    dataset = _read_csv(Path(labels)) if labels is not None else _read_folders(root)
+    from busdx.data.sites import is_breast_root
+
+    if labels is None and is_breast_root(root):
+        dataset = _read_breast(root, subset)
+    elif subset != "all":
+        raise ExternalDataError("--subset applies to a BrEaST-Lesions-USG folder only")
+    else:
+        dataset = _read_csv(Path(labels)) if labels is not None else _read_folders(root)
     if pattern is not None:
         if dataset.lesions_from is not None:
             raise ExternalDataError(f"{dataset.root} gives a 'lesion' column and --lesion-pattern "
@@ -118,6 +126,30 @@ def read_external(root: str | Path, labels: str | Path | None = None,
             "sensitivity and specificity need both classes (busdx predict analyses images "
             "without labels)")
     return dataset
+
+
+def _read_breast(root: Path, subset: str) -> ExternalDataset:
+    """BrEaST-Lesions-USG (busdx.data.sites): its lesion scans of ``subset`` ("dev", "test" or
+    "all"), one per patient, with their tumour masks; the normal scans are counted and skipped,
+    as a BUSI ``normal/`` folder is."""
+    from busdx.data.sites import read_breast
+    from busdx.data.sites import subset as pick
+
+    records = pick(read_breast(root), subset)
+    cases = [ExternalCase(image=r.image_path, label=r.label, patient=r.patient,
+                          masks=(r.mask_path,) if r.mask_path else (),
+                          birads=_birads_level(r.birads))
+             for r in records if r.label is not None]
+    normal = sum(1 for r in records if r.label is None)
+    return ExternalDataset(root, f"BrEaST-Lesions-USG ({subset})", cases,
+                           skipped={"normal scans (no lesion)": normal} if normal else {},
+                           has_patients=True)
+
+
+def _birads_level(text: str) -> int | None:
+    """"4a" -> 4; categories outside BIRADS_LEVELS (1, 6) -> None."""
+    digits = text.strip()[:1]
+    return int(digits) if digits.isdigit() and int(digits) in BIRADS_LEVELS else None
 
 
 def _read_csv(path: Path) -> ExternalDataset:

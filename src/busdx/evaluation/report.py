@@ -104,6 +104,19 @@ def render_readme_block(card: dict, figures: dict[str, Path], readme_dir: Path) 
     return "\n".join(lines)
 
 
+FIGURES = {"segmentation_examples": "segmentation_examples.png",
+           "classifier_roc": "classifier_roc.png",
+           "classifier_reliability": "classifier_reliability.png",
+           "per_scanner": "results_per_scanner.png"}
+
+
+def readme_results_block(models_dir: Path, reports: Path, readme_dir: Path) -> str:
+    """The README's results block from the release in ``models_dir``, its evidence and the
+    figures already in ``reports`` (as `busdx report` last drew them)."""
+    figures = {k: reports / f for k, f in FIGURES.items() if (reports / f).is_file()}
+    return render_readme_block(load_card(models_dir), figures, readme_dir)
+
+
 def update_readme(readme: Path, block: str, start: str = README_START, end: str = README_END,
                   heading: str = "Results") -> None:
     """Replace the block between ``start`` and ``end``, or append it under ``heading``."""

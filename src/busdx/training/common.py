@@ -87,3 +87,34 @@ def letterboxed_arrays(
         os.replace(tmp, path)
         log.info("cached %d letterboxed images in %s", len(records), path)
     return images, masks
+
+
+def lesion_free_arrays(
+    records: Sequence[Record], size: int = 224, cache_dir: Path | None = Path("cache")
+) -> np.ndarray:
+    """The lesion-free window (busdx.data.windows) of each image that has one, letterboxed to
+    ``size`` (float16 [M,S,S]): samples whose target is an empty mask."""
+    from busdx.data.windows import lesion_free_window
+
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"free{size}_{_cache_key(records, size)}.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                return data["images"]
+    windows = []
+    for r in records:
+        image, mask = load_gray(r.image_path), load_mask(r.mask_path)
+        window = lesion_free_window(mask) if mask.shape == image.shape else None
+        if window is not None:
+            crop = np.ascontiguousarray(window.cut(image))
+            windows.append(prepare_pair(crop, np.zeros(crop.shape, np.uint8), size)[0])
+    images = np.stack(windows).astype(np.float16) if windows else np.zeros((0, size, size),
+                                                                           np.float16)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez_compressed(tmp, images=images)
+        os.replace(tmp, path)
+        log.info("cached %d lesion-free windows in %s", len(images), path)
+    return images

@@ -31,6 +31,7 @@ from busdx.models.segmentation import SegmenterConfig, build_segmenter, normalis
 from busdx.training import loop
 from busdx.training.common import (
     hardware_description,
+    lesion_free_arrays,
     letterboxed_arrays,
     pick_device,
     seed_everything,
@@ -66,6 +67,9 @@ class SegTrainConfig(JsonConfig):
     device: str = "auto"
     augment: bool = True
     limit_train: int | None = None  # use only the first N training images (quick comparisons)
+    # also train on the lesion-free window of each training image (busdx.data.windows) with an
+    # empty mask, so that the network learns to outline nothing where there is no lesion
+    lesion_free_windows: bool = False
     limit_val: int | None = None
     cache_dir: str | None = "cache"
     resume: bool = False  # go on from OUT/last.pt (same recipe), if there is one
@@ -171,6 +175,19 @@ def epoch_batches(
 
 
 @torch.no_grad()
+@torch.no_grad()
+def no_lesion_share(net: torch.nn.Module, images: np.ndarray, device: torch.device,
+                    batch_size: int = 16) -> float:
+    """The share of ``images`` in which no pixel's lesion probability exceeds 0.5."""
+    net.eval()
+    empty = 0
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start : start + batch_size, None].astype(np.float32))
+        logits = net(normalise(x.to(device)))
+        empty += int((logits.flatten(1).amax(1) <= 0).sum())
+    return empty / max(1, len(images))
+
+
 def evaluate_arrays(
     net: torch.nn.Module, images: np.ndarray, masks: np.ndarray, loss_kind: str,
     device: torch.device, batch_size: int = 16,
@@ -227,6 +244,14 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
     cache = Path(config.cache_dir) if config.cache_dir else None
     tr_x, tr_y = letterboxed_arrays(train_recs, config.size, cache)
     va_x, va_y = letterboxed_arrays(val_recs, config.size, cache)
+    va_free = None
+    if config.lesion_free_windows:
+        free = lesion_free_arrays(train_recs, config.size, cache)
+        tr_x = np.concatenate([tr_x, free])
+        tr_y = np.concatenate([tr_y, np.zeros(free.shape, tr_y.dtype)])
+        va_free = lesion_free_arrays(val_recs, config.size, cache)
+        log.info("with %d lesion-free training windows (%d for validation)", len(free),
+                 len(va_free))
     log.info("%d training, %d validation images; device %s, %d threads",
              len(tr_x), len(va_x), device, config.threads)
 
@@ -246,7 +271,12 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
 
     def validate() -> dict[str, float]:
         val_loss, dices = evaluate_arrays(net, va_x, va_y, config.loss, device)
-        return {"val_loss": val_loss, "val_dice": float(np.mean(dices))}
+        metrics = {"val_loss": val_loss, "val_dice": float(np.mean(dices))}
+        if va_free is not None and len(va_free):
+            # the share of validation windows in which nothing is outlined (informative: the
+            # best epoch is still chosen by Dice)
+            metrics["val_no_lesion"] = no_lesion_share(net, va_free, device)
+        return metrics
 
     def best_checkpoint(epoch: int, metrics: dict[str, float]) -> dict:
         # what export and the card read (busdx.models.segmentation.load_segmenter_checkpoints)

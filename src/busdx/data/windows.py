@@ -1,0 +1,49 @@
+"""Lesion-free windows: the part of an image that keeps clear of its lesion.
+
+From an image with a lesion mask, the largest of the four strips beside the lesion's bounding
+box grown by a quarter of its size on every side (above, below, left or right of it, each
+spanning the image the other way), kept when both of its sides are at least 40% of the image's.
+Training shows such windows with empty masks, so that the segmenter learns to find nothing;
+evaluation analyses them to measure how often the product says "no lesion" when there is none.
+docs/generalisation_plan.md fixed this definition before any result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GROW = 0.25  # of the lesion box's size, on every side
+MIN_SIDE = 0.40  # of the image's side, for both sides of a window
+
+
+@dataclass(frozen=True)
+class Window:
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+    def cut(self, image: np.ndarray) -> np.ndarray:
+        return image[self.top:self.bottom, self.left:self.right]
+
+
+def lesion_free_window(mask: np.ndarray) -> Window | None:
+    """The largest of the four strips beside the grown lesion box (above, below, left, right of
+    it, each spanning the image the other way), or None when none is large enough."""
+    h, w = mask.shape
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return None
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    gh, gw = GROW * (bottom - top), GROW * (right - left)
+    top, bottom = int(max(0, np.floor(top - gh))), int(min(h, np.ceil(bottom + gh)))
+    left, right = int(max(0, np.floor(left - gw))), int(min(w, np.ceil(right + gw)))
+    strips = [Window(0, 0, top, w), Window(bottom, 0, h, w), Window(0, 0, h, left),
+              Window(0, right, h, w)]
+    fits = [s for s in strips
+            if s.bottom - s.top >= MIN_SIDE * h and s.right - s.left >= MIN_SIDE * w]
+    if not fits:
+        return None
+    return max(fits, key=lambda s: (s.bottom - s.top) * (s.right - s.left))

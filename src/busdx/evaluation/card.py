@@ -8,7 +8,6 @@ was made lives in a generated docs page (docs/model_history.md) rendered here to
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from busdx import DISCLAIMER
@@ -26,6 +25,7 @@ from busdx.evaluation.evidence import (
     history,
     load_records,
     stale_records,
+    without_machine_paths,
 )
 from busdx.release import Release, load_release
 
@@ -33,17 +33,6 @@ log = logging.getLogger(__name__)
 
 CARD_FILE = "MODEL_CARD.md"
 HISTORY_DOC = "model_history.md"
-# an absolute path on the machine that made a record: never worth printing
-_ABSOLUTE = re.compile(r"(?<![\w.:/])(?:/(?:work|home|tmp|mnt|data|Users|root|srv|opt|var|scratch)"
-                       r"|\.\./shared/data)(?:/[\w.-]+)+/?")
-
-
-def without_machine_paths(text: str) -> str:
-    """``--data /home/me/busbra`` as ``--data DATA``: the paths of the machine a command ran on
-    say nothing to a reader."""
-    return _ABSOLUTE.sub("DATA", text)
-
-
 def _share(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 

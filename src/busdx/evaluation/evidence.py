@@ -35,6 +35,17 @@ KINDS = ("evaluation", "selection", "calibration", "training", "study", "about",
 _NAME = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 
+# an absolute path on the machine that made a record: never worth printing
+_ABSOLUTE = re.compile(r"(?<![\w.:/])(?:/(?:work|home|tmp|mnt|data|Users|root|srv|opt|var|scratch)"
+                       r"|\.\./shared/data)(?:/[\w.-]+)+/?")
+
+
+def without_machine_paths(text: str) -> str:
+    """``--data /home/me/busbra`` as ``--data DATA``: the paths of the machine a command ran on
+    say nothing to a reader."""
+    return _ABSOLUTE.sub("DATA", text)
+
+
 def default_evidence_dir() -> Path:
     """$BUSDX_EVIDENCE, else the repository's evidence/ folder (next to models/)."""
     env = os.environ.get(EVIDENCE_ENV)
@@ -108,7 +119,9 @@ def write_record(directory: str | Path | None, name: str, results: Any, *, kind:
     directory = Path(directory) if directory is not None else default_evidence_dir()
     version = release.version if isinstance(release, Release) else release
     record = Record(
-        name=name, kind=kind, at=at or name, release=version, command=command,
+        # the data's folder on the machine that ran it says nothing to a reader: DATA
+        name=name, kind=kind, at=at or name, release=version,
+        command=without_machine_paths(command),
         commit=current_commit() if commit is None else commit,
         date=date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         results=json.loads(json.dumps(results, default=_plain)),

@@ -105,7 +105,8 @@ def _check(response) -> None:
     body = response.json()
     if status == 200:
         assert 0.0 <= body["probability"] <= 1.0
-        assert body["label"] in ("benign", "malignant")
+        assert body["label"] in ("benign", "malignant", "no lesion")
+        assert (body["label"] == "no lesion") == (not body["lesion_found"])
     else:
         assert isinstance(body.get("detail"), str) and body["detail"]
 

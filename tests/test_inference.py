@@ -79,11 +79,14 @@ def test_mask_is_one_component_from_the_segmenter(models):
     assert result.mask[int(200 * 0.45), 130] == 1
 
 
-def test_no_lesion_still_classifies_the_whole_image(models):
+def test_no_lesion_makes_no_call(models):
+    """Without an outline no benign or malignant call is made (API, CSV, page: the label says
+    "no lesion"); the whole image's probability is kept for reference."""
     # bright speckle: no dark lesion for the stand-in segmenter (a blank image is refused)
     bright = np.random.default_rng(0).integers(200, 256, (180, 240)).astype(np.uint8)
     result = analyze(bright, models)
     assert not result.lesion_found
+    assert result.label == "no lesion" and result.to_json()["label"] == "no lesion"
     assert result.measurements is None
     assert result.note == NO_LESION_NOTE
     assert result.crop_box is None

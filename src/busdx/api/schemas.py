@@ -108,7 +108,9 @@ class InputCheckOut(BaseModel):
 
 class AnalyzeResponse(BaseModel):
     probability: float = Field(description="calibrated probability of malignancy")
-    label: str = Field(description="'benign' or 'malignant' at the threshold")
+    label: str = Field(description="'benign' or 'malignant' at the threshold; 'no lesion' when "
+                       "the segmenter outlined none: then no call is made, and the probability "
+                       "is the whole image's, for reference only")
     threshold: float = Field(description="the validated threshold the call is made at")
     risk_band: RiskBandOut = Field(description="the probability's BI-RADS-aligned band (an aid "
                                                "to reading it, not a BI-RADS assessment)")

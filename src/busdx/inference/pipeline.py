@@ -63,9 +63,10 @@ FROM_FRAME = "black frame"  # busdx.inference.scan_area's rule
 # A scan area or pane thinner than this (pixels) holds no lesion the networks could outline.
 MIN_SCAN_SIDE = 16
 
+NO_LESION = "no lesion"  # the label when the segmenter outlines nothing: no call is made
 NO_LESION_NOTE = (
-    "No lesion found by the segmenter: the probability is from the whole image and is less "
-    "reliable; no measurements"
+    "No lesion found by the segmenter: no benign or malignant call is made; the probability is "
+    "the whole image's, for reference only; no measurements"
 )
 
 
@@ -348,7 +349,9 @@ def analyze(
         clock.lap("render")
     return Analysis(
         probability=probability,
-        label="malignant" if probability >= settings.threshold else "benign",
+        # no outline, no call: the whole image's probability is kept for reference only
+        label=(("malignant" if probability >= settings.threshold else "benign")
+               if lesion_found else NO_LESION),
         threshold=settings.threshold,
         risk=risk_band(min(max(probability, 0.0), 1.0)),
         logit=logit,

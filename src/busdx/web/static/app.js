@@ -185,8 +185,8 @@ function renderResult(r, name, at) {
     // Without a lesion the call comes from the whole image: shown, but not as a finding.
     els.call.className = "call none";
     els.call.replaceChildren(document.createTextNode("No lesion found"));
-    small.textContent = `On the whole image the classifier would make a ${r.label} call ` +
-      "(less reliable). Check the image yourself.";
+    small.textContent = "No benign or malignant call is made without a lesion. The " +
+      "probability below is the whole image's, for reference only. Check the image yourself.";
   }
   els.call.append(small);
 

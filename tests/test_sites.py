@@ -142,3 +142,19 @@ def test_the_bundled_models_reproduce_their_breast_and_no_lesion_evidence(busbra
         assert free == s["lesion_free_reported_no_lesion"]["hits"], site
         assert sum(1 for r in mine if r.get("lesion_found")) == \
             s["lesion_images_with_a_lesion_found"]["hits"], site
+
+
+def test_data_check_covers_breast(fixtures_root, tmp_path, capsys):
+    assert main(["data", "check", "--data", str(fixtures_root), "--breast",
+                 str(BREAST_FIXTURE)]) == 0
+    assert "1 test normal" in capsys.readouterr().out
+    broken = tmp_path / "breast"
+    import shutil
+
+    shutil.copytree(BREAST_FIXTURE, broken)
+    (broken / "images_and_masks" / "case173_tumor.png").unlink()
+    (broken / "images_and_masks" / "case009.png").write_bytes(b"not a png")
+    assert main(["data", "check", "--data", str(fixtures_root), "--breast", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "case009: image case009.png is unreadable" in out
+    assert "case173: mask case173_tumor.png is unreadable" in out

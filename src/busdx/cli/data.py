@@ -24,15 +24,24 @@ def split_config(args: argparse.Namespace):
 
 
 def _check(args: argparse.Namespace) -> int:
-    from busdx.data.check import check_dataset, format_report
+    from busdx.data.check import check_breast, check_dataset, format_report
 
     report = check_dataset(args.data, split_config(args), progress=not args.json)
+    breast = check_breast(args.breast) if args.breast else None
     if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
+        data = report.to_dict()
+        if breast is not None:
+            data["breast"] = {"errors": breast[0], "counts": breast[1]}
+        json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(format_report(report))
-    return 0 if report.ok else 1
+        if breast is not None:
+            errors, counts = breast
+            print(f"\nBrEaST-Lesions-USG ({args.breast}): "
+                  + ", ".join(f"{n} {k}" for k, n in counts.items()))
+            print("\n".join(f"  error: {e}" for e in errors) or "  no problems found")
+    return 0 if report.ok and not (breast and breast[0]) else 1
 
 
 def _preview(args: argparse.Namespace) -> int:
@@ -44,7 +53,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def register(sub, groups) -> None:
-    data = sub.add_parser("data", help="inspect a BUS-BRA root")
+    data = sub.add_parser("data", help="check the datasets (BUS-BRA, BrEaST-Lesions-USG)")
     tasks = data.add_subparsers(dest="task", required=True, metavar="TASK")
     check = tasks.add_parser(
         "check",
@@ -52,6 +61,8 @@ def register(sub, groups) -> None:
     )
     add_data_arguments(check)
     check.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    check.add_argument("--breast", metavar="DIR",
+                       help="also check a BrEaST-Lesions-USG folder (scans, masks, its split)")
     check.set_defaults(func=_check)
     prev = tasks.add_parser("preview", help="a figure of images with masks and the split balance")
     add_data_arguments(prev)

@@ -172,3 +172,36 @@ def format_report(report: CheckReport) -> str:
     verdict = "OK" if report.ok else f"FAILED: {len(report.errors)} errors would corrupt training"
     lines.append(f"{verdict} ({len(report.warnings)} warnings)")
     return "\n".join(lines)
+
+
+def check_breast(root: str | Path) -> tuple[list[str], dict[str, int]]:
+    """BrEaST-Lesions-USG: every scan readable, every lesion's mask there, of its scan's size and
+    not empty, no mask on a normal scan. Returns the errors and the count per (split, class)."""
+    from busdx.data.sites import read_breast
+
+    errors: list[str] = []
+    counts: dict[str, int] = {}
+    for r in read_breast(root):
+        key = f"{r.split} {r.pathology}"
+        counts[key] = counts.get(key, 0) + 1
+        try:
+            size = _image_size(r.image_path)
+        except (OSError, SyntaxError) as err:
+            errors.append(f"{r.id}: image {r.image_path.name} is unreadable ({err})")
+            continue
+        if r.mask_path is None:
+            if r.label is not None:
+                errors.append(f"{r.id}: a {r.pathology} scan without a lesion mask")
+            continue
+        try:
+            with Image.open(r.mask_path) as img:
+                mask = np.asarray(img.convert("L"))
+        except (OSError, SyntaxError) as err:
+            errors.append(f"{r.id}: mask {r.mask_path.name} is unreadable ({err})")
+            continue
+        if (mask.shape[1], mask.shape[0]) != size:
+            errors.append(f"{r.id}: image is {size[0]}x{size[1]} but its mask is "
+                          f"{mask.shape[1]}x{mask.shape[0]}")
+        elif not mask.any():
+            errors.append(f"{r.id}: mask is empty")
+    return errors, dict(sorted(counts.items()))

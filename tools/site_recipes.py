@@ -1,0 +1,86 @@
+"""The first recipe comparison of docs/generalisation_plan.md, summarised from its evaluations.
+
+Each candidate's release folder was scored with `busdx evaluate external --subset dev`,
+`busdx evaluate no-lesion --subset dev` and `busdx evaluate segmentation --split val`
+(runs/eval_candidate.sh); this reads what those wrote under runs/selection/NAME/ and writes
+reports/studies/site_recipes.json (the numbers) and docs/generalisation_results.md (the page).
+Every number here is a selection score (BrEaST's development half, BUS-BRA validation), never a
+test result.
+
+    python tools/site_recipes.py bundled control windows
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WHAT = {
+    "bundled": "the bundled segmenter (two networks, lite1 + lite0, trained on a GPU)",
+    "control": "one lite0 U-Net, 8 epochs on this CPU, BUS-BRA training images only",
+    "windows": "the same, plus each training image's lesion-free window with an empty mask",
+}
+
+
+def summary(name: str) -> dict:
+    folder = ROOT / "runs" / "selection" / name
+    ext = json.loads((folder / "ext_dev" / "external.json").read_text())
+    rows = json.loads((folder / "no_lesion_dev_rows.json").read_text())
+    # the segmenter's validation evidence: the candidate's own, or the bundled release's
+    evidence = (folder / "release" / "evidence" if (folder / "release").is_dir()
+                else ROOT / "evidence") / "segmenter.validation.json"
+    val = json.loads(evidence.read_text())["results"]["dice"] if evidence.is_file() else {}
+    out = {"what": WHAT.get(name, name), "model_version": ext["model_version"],
+           "breast_dev_auc": ext["classification"]["auc"],
+           "breast_dev_auc_ci95": ext["classification"]["auc_ci95"],
+           "breast_dev_dice": ext["segmentation"]["dice"]["mean"],
+           "busbra_val_dice": val.get("mean")}
+    for site in ("busbra", "breast"):
+        mine = [r for r in rows if r["site"] == site]
+        free = [r.get("window_no_lesion", r.get("no_lesion")) for r in mine
+                if "window_no_lesion" in r or "no_lesion" in r]
+        found = [r["lesion_found"] for r in mine if "lesion_found" in r]
+        out[f"{site}_no_lesion"] = {"hits": sum(free), "n": len(free)}
+        out[f"{site}_found"] = {"hits": sum(found), "n": len(found)}
+    return out
+
+
+def page(results: dict[str, dict]) -> str:
+    def share(d: dict) -> str:
+        return f"{100 * d['hits'] / d['n']:.1f}% ({d['hits']}/{d['n']})"
+
+    lines = [
+        "# Generalisation: what each recipe bought on the unseen hospital",
+        "",
+        "_Written by `python tools/site_recipes.py` from the candidates' evaluations; every "
+        "number is a selection score on BrEaST-Lesions-USG's development half or BUS-BRA's "
+        "validation patients ([the plan](generalisation_plan.md)), never a test result._",
+        "",
+        "| candidate | BUS-BRA validation Dice | BrEaST-dev Dice | BrEaST-dev AUC (95% CI), "
+        "bundled classifier | \"no lesion\" on lesion-free images: BUS-BRA validation | "
+        "BrEaST-dev | lesion found: BUS-BRA validation | BrEaST-dev |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        ci = r["breast_dev_auc_ci95"]
+        val = "n/a" if r["busbra_val_dice"] is None else f"{r['busbra_val_dice']:.4f}"
+        lines.append(
+            f"| {name}: {r['what']} | {val} | {r['breast_dev_dice']:.3f} | "
+            f"{r['breast_dev_auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}) | "
+            f"{share(r['busbra_no_lesion'])} | {share(r['breast_no_lesion'])} | "
+            f"{share(r['busbra_found'])} | {share(r['breast_found'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(names: list[str]) -> None:
+    results = {name: summary(name) for name in names}
+    out = ROOT / "reports" / "studies" / "site_recipes.json"
+    out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (ROOT / "docs" / "generalisation_results.md").write_text(page(results), encoding="utf-8")
+    print(page(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -71,6 +71,17 @@ def page(results: dict[str, dict]) -> str:
             f"{r['breast_dev_auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}) | "
             f"{share(r['busbra_no_lesion'])} | {share(r['breast_no_lesion'])} | "
             f"{share(r['busbra_found'])} | {share(r['breast_found'])} |")
+    bundled = results.get("bundled", {}).get("busbra_val_dice")
+    if bundled is not None:
+        bar = bundled - 0.005
+        eligible = [n for n, r in results.items() if n != "bundled"
+                    and r["busbra_val_dice"] is not None and r["busbra_val_dice"] >= bar]
+        lines += ["", f"By the plan a candidate is eligible only if its BUS-BRA validation Dice is "
+                  f"at least the bundled segmenter's minus 0.005 ({bar:.4f}): "
+                  + (", ".join(eligible) if eligible else "none of these is, so nothing ships")
+                  + ". The comparison that isolates the recipe is windows against control (the "
+                  "same network, data and schedule): it says what training on lesion-free "
+                  "windows buys and costs, to be repeated at the bundled networks' strength."]
     return "\n".join(lines) + "\n"
 
 

@@ -213,3 +213,36 @@ def test_the_bundled_card_reproduces_its_ranges(busbra_root):
         assert section["ranges"][name] == pytest.approx([lo, hi], rel=1e-6), name
     for part in ("validation", "test"):
         assert section[part] == recorded[part]
+
+
+def test_an_image_that_is_not_an_ultrasound_is_clearly_warned(fixtures_root, tmp_path):
+    """A colour photograph and a chart get a warning, first, that they may not be ultrasound
+    images at all (the bundled release's ranges); a BUS-BRA scan does not."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from busdx.release import load_release
+    from stand_in_models import REPO
+
+    check = load_release(REPO / "models").input_check
+    card = {**STAND_IN_CARD, "input_check": {
+        "ranges": {k: list(v) for k, v in check.ranges.items()},
+        "texture_long_side": check.texture_long_side}}
+    real_models = Models.load(build_stand_in_models(tmp_path, card))
+    scan = analyze(_image(fixtures_root), real_models, render_overlays=False)
+    assert not any(w.startswith("This may not be") for w in scan.input_check.warnings)
+
+    yy, xx = np.mgrid[0:400, 0:500]
+    photo = np.stack([120 + 100 * np.sin(xx / 40), 100 + 80 * np.cos(yy / 30),
+                      60 + 50 * np.sin((xx + yy) / 50)], -1).clip(0, 255).astype(np.uint8)
+    chart = Image.new("RGB", (500, 400), "white")
+    draw = ImageDraw.Draw(chart)
+    draw.line([(50, 350), (450, 350)], fill="black", width=3)
+    for i, v in enumerate([100, 200, 150, 250]):
+        draw.rectangle([80 + i * 90, 350 - v, 140 + i * 90, 350], fill=(30, 30, 30))
+    for picture in (Image.fromarray(photo), chart):
+        buf = io.BytesIO()
+        picture.save(buf, "PNG")
+        result = analyze(buf.getvalue(), real_models, render_overlays=False)
+        assert result.input_check.warnings[0].startswith("This may not be a breast ultrasound")

@@ -217,6 +217,12 @@ class InputCheck:
                 "colour_filled": self.colour_filled}
 
 
+# at least this many statistics outside their ranges at once, or more than this share of the
+# image in colour: the image may not be an ultrasound scan at all
+NOT_ULTRASOUND_STATISTICS = 2
+NOT_ULTRASOUND_COLOUR = 0.5
+
+
 def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None,
                 texture_long_side: int | None = None, colour: float = 0.0,
                 colour_filled: bool = False) -> InputCheck:
@@ -251,4 +257,14 @@ def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None,
             f"{lo:.3g} to {hi:.3g}). The threshold behind the call was validated on images like "
             "those and may not hold here."
         )
+    off = [name for name in STATISTICS if name in outside]
+    if len(off) >= NOT_ULTRASOUND_STATISTICS or colour > NOT_ULTRASOUND_COLOUR:
+        # one statistic off is a gain or a preset; several at once, or a picture mostly in
+        # colour, is seldom a B-mode scan at all
+        warnings.insert(0, (
+            "This may not be a breast ultrasound image at all (a photograph, a chart, another "
+            "kind of scan?): " + (f"{len(off)} of its statistics lie outside the training "
+                                  "images' ranges" if len(off) >= NOT_ULTRASOUND_STATISTICS
+                                  else f"{100 * colour:.0f}% of it is in colour")
+            + ". Check what was uploaded: on such an image the result means nothing."))
     return InputCheck(stats, outside, tuple(warnings), colour, colour_filled and colour > COLOUR_SHARE)

@@ -39,7 +39,7 @@ chromium:
 	  else echo "chromium missing and cannot be installed here: the browser test will be skipped"; fi; }
 
 lint: install-train
-	$(BIN)/ruff check src tests benchmarks studies
+	$(BIN)/ruff check src tests benchmarks studies tools
 
 # The fast tier: no full dataset, no study re-run over hundreds of images. At most 10 minutes.
 test: install-train chromium lint

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from busdx.evaluation.evidence import current_commit, write_record
+from busdx.evaluation.model_card import KINDS, RELEASE_KEYS
 from busdx.release import (
     RELEASE_FILE,
     Agreement,
@@ -24,19 +25,6 @@ from busdx.release import (
     write_release,
 )
 
-# keys of the card's sections that serving reads: they become the release
-RELEASE_KEYS = {
-    "segmenter": {"file", "threshold", "input_size"},
-    "classifier": {"file", "input", "crop", "temperature", "threshold", "logit_offset",
-                   "logit_shift"},
-    "input_check": {"ranges", "texture_long_side"},
-}
-KIND = {
-    "test": "evaluation", "test_gt_masks": "evaluation", "validation": "evaluation",
-    "calibration": "calibration", "calibration_training": "calibration",
-    "lesion_reading": "calibration", "training": "training", "members": "training",
-    "resnet50_recipe": "training", "recipe_cross_validation": "study",
-}
 PREPROCESSING = {
     "decode": "PNG, JPEG, TIFF, BMP or DICOM; EXIF rotation applied; colour to gray "
               "(0.299 R + 0.587 G + 0.114 B); 16-bit and other depths scaled to [0, 1]",
@@ -100,7 +88,7 @@ def main(root: Path) -> None:
             elif isinstance(value, (dict, list)):
                 command = value.get("command", "") if isinstance(value, dict) else ""
                 write_record(evidence, f"{section}.{key}", value, release=version,
-                             kind=KIND.get(key, "selection"), command=command, commit=commit)
+                             kind=KINDS.get(key, "selection"), command=command, commit=commit)
             else:
                 about[key] = value
         if about:

@@ -1,6 +1,7 @@
 """busdx: decision support for breast ultrasound. Not a medical device and not a diagnosis."""
 
 import os
+from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -13,3 +14,9 @@ DISCLAIMER = (
     "busdx is decision support for trained readers, not a diagnosis and not a medical device. "
     "Every result must be checked by a qualified clinician."
 )
+
+
+def repository_folder(env: str, name: str) -> Path:
+    """$``env`` when it is set, else the repository's folder ``name`` (next to src/)."""
+    value = os.environ.get(env)
+    return Path(value) if value else Path(__file__).resolve().parents[2] / name

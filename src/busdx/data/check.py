@@ -60,6 +60,33 @@ def _image_size(path: Path) -> tuple[int, int]:
         return img.size
 
 
+def _check_pair(name: str, image_path: Path, mask_path: Path | None, errors: list[str]
+                ) -> tuple[int, int] | None:
+    """The image decodes, and its mask (when it has one) decodes, has its size and is not
+    empty; returns the image's (width, height), None when the image or its mask cannot be
+    read."""
+    try:
+        size = _image_size(image_path)
+    except (OSError, SyntaxError) as err:
+        errors.append(f"{name}: image {image_path.name} is unreadable ({err})")
+        return None
+    if mask_path is None:
+        return size
+    try:
+        with Image.open(mask_path) as img:
+            mask = np.asarray(img.convert("L"))
+    except (OSError, SyntaxError) as err:
+        errors.append(f"{name}: mask {mask_path.name} is unreadable ({err})")
+        return None
+    if (mask.shape[1], mask.shape[0]) != size:
+        errors.append(
+            f"{name}: image is {size[0]}x{size[1]} but its mask is {mask.shape[1]}x{mask.shape[0]}"
+        )
+    if not mask.any():
+        errors.append(f"{name}: mask is empty")
+    return size
+
+
 def _check_record(record: Record, errors: list[str], warnings: list[str]) -> None:
     if not record.image_path.is_file():
         errors.append(f"{record.id}: image file {record.image_path.name} is missing")
@@ -67,24 +94,8 @@ def _check_record(record: Record, errors: list[str], warnings: list[str]) -> Non
     if not record.mask_path.is_file():
         errors.append(f"{record.id}: mask file {record.mask_path.name} is missing")
         return
-    try:
-        size = _image_size(record.image_path)
-    except (OSError, SyntaxError) as err:
-        errors.append(f"{record.id}: image {record.image_path.name} is unreadable ({err})")
-        return
-    try:
-        with Image.open(record.mask_path) as img:
-            mask = np.asarray(img.convert("L"))
-    except (OSError, SyntaxError) as err:
-        errors.append(f"{record.id}: mask {record.mask_path.name} is unreadable ({err})")
-        return
-    if (mask.shape[1], mask.shape[0]) != size:
-        errors.append(
-            f"{record.id}: image is {size[0]}x{size[1]} but its mask is {mask.shape[1]}x{mask.shape[0]}"
-        )
-    if not mask.any():
-        errors.append(f"{record.id}: mask is empty")
-    if (record.width, record.height) != size:
+    size = _check_pair(record.id, record.image_path, record.mask_path, errors)
+    if size is not None and (record.width, record.height) != size:
         warnings.append(
             f"{record.id}: bus_data.csv says {record.width}x{record.height}, the file is "
             f"{size[0]}x{size[1]} (the file is used)"
@@ -175,8 +186,8 @@ def format_report(report: CheckReport) -> str:
 
 
 def check_breast(root: str | Path) -> tuple[list[str], dict[str, int]]:
-    """BrEaST-Lesions-USG: every scan readable, every lesion's mask there, of its scan's size and
-    not empty, no mask on a normal scan. Returns the errors and the count per (split, class)."""
+    """BrEaST-Lesions-USG: every scan readable, every lesion's mask there, readable, of its
+    scan's size and not empty. Returns the errors and the count per (split, class)."""
     from busdx.data.sites import read_breast
 
     errors: list[str] = []
@@ -184,24 +195,7 @@ def check_breast(root: str | Path) -> tuple[list[str], dict[str, int]]:
     for r in read_breast(root):
         key = f"{r.split} {r.pathology}"
         counts[key] = counts.get(key, 0) + 1
-        try:
-            size = _image_size(r.image_path)
-        except (OSError, SyntaxError) as err:
-            errors.append(f"{r.id}: image {r.image_path.name} is unreadable ({err})")
-            continue
-        if r.mask_path is None:
-            if r.label is not None:
-                errors.append(f"{r.id}: a {r.pathology} scan without a lesion mask")
-            continue
-        try:
-            with Image.open(r.mask_path) as img:
-                mask = np.asarray(img.convert("L"))
-        except (OSError, SyntaxError) as err:
-            errors.append(f"{r.id}: mask {r.mask_path.name} is unreadable ({err})")
-            continue
-        if (mask.shape[1], mask.shape[0]) != size:
-            errors.append(f"{r.id}: image is {size[0]}x{size[1]} but its mask is "
-                          f"{mask.shape[1]}x{mask.shape[0]}")
-        elif not mask.any():
-            errors.append(f"{r.id}: mask is empty")
+        if r.mask_path is None and r.label is not None:
+            errors.append(f"{r.id}: a {r.pathology} scan without a lesion mask")
+        _check_pair(r.id, r.image_path, r.mask_path, errors)
     return errors, dict(sorted(counts.items()))

@@ -48,12 +48,9 @@ def without_machine_paths(text: str) -> str:
 
 def default_evidence_dir() -> Path:
     """$BUSDX_EVIDENCE, else the repository's evidence/ folder (next to models/)."""
-    env = os.environ.get(EVIDENCE_ENV)
-    if env:
-        return Path(env)
-    import busdx
+    from busdx import repository_folder
 
-    return Path(busdx.__file__).resolve().parents[2] / "evidence"
+    return repository_folder(EVIDENCE_ENV, "evidence")
 
 
 @dataclass(frozen=True)

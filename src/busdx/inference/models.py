@@ -32,10 +32,7 @@ INPUTS = ("crop", "image", "both")
 
 def default_models_dir() -> Path:
     """$BUSDX_MODELS, else the repository's models/ folder (next to src/)."""
-    env = os.environ.get(MODELS_ENV)
-    if env:
-        return Path(env)
-    return Path(busdx.__file__).resolve().parents[2] / "models"
+    return busdx.repository_folder(MODELS_ENV, "models")
 
 
 @dataclass(frozen=True)

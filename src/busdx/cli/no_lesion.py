@@ -34,20 +34,18 @@ def register(subparsers, groups) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from busdx.data.index import resolve_root
-    from busdx.data.sites import load_sites
+    from busdx.data.index import load_index, resolve_root
+    from busdx.data.sites import busbra_records, read_breast
     from busdx.data.splits import SplitConfig, make_split
     from busdx.evaluation.evidence import write_record
     from busdx.evaluation.model_card import evidence_dir_for
     from busdx.evaluation.no_lesion import score_no_lesion
     from busdx.inference.models import Models
 
-    root = resolve_root(args.data)
-    records = load_sites(root, args.breast)
+    index = load_index(resolve_root(args.data))
+    records = busbra_records(index) + (read_breast(args.breast) if args.breast else [])
     # BUS-BRA: the test fold, or the validation patients the bundled networks were chosen on
-    from busdx.data.index import load_index
-
-    split = make_split(load_index(root), SplitConfig(test_fold=5))
+    split = make_split(index, SplitConfig(test_fold=5))
     keep = {r.id for r in (split.test if args.subset == "test" else split.val)}
     records = [r for r in records
                if (r.site == "busbra" and r.id in keep)

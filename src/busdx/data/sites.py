@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from busdx.data.index import DatasetError, load_index
+from busdx.data.index import DatasetError, DatasetIndex, load_index
 
 SITES = ("busbra", "breast")
 BREAST_CSV = "clinical-data.csv"
@@ -92,7 +92,11 @@ def breast_split(records: Sequence[SiteRecord], seed: int = BREAST_SEED) -> dict
 
 
 def read_busbra(root: str | Path | None) -> list[SiteRecord]:
-    index = load_index(root)
+    return busbra_records(load_index(root))
+
+
+def busbra_records(index: DatasetIndex) -> list[SiteRecord]:
+    """BUS-BRA's records (an index already read) as rows of the table."""
     return [SiteRecord(site="busbra", id=r.id, patient=f"busbra-{r.patient}",
                        pathology=r.pathology, image_path=r.image_path, mask_path=r.mask_path,
                        split=f"fold{r.fold}" if r.fold is not None else "",

@@ -131,3 +131,26 @@ def test_strong_preset_changes_intensity_not_geometry(fixtures_root):
         _, mb = base(x, m, np.random.default_rng(seed))
         assert np.array_equal(ms, mb)  # the geometry draws come first and are the same
         assert xs.min() >= 0 and xs.max() <= 1
+
+
+def test_zoom_out_shrinks_the_whole_field_and_keeps_it_in_the_frame():
+    """The 'wide' preset's zoom-out makes a close crop look like a wider scan: image and mask
+    shrink together by the drawn factor and stay whole inside the frame."""
+    image = np.full((224, 224), 0.5, np.float32)
+    mask = np.zeros((224, 224), np.uint8)
+    mask[60:160, 70:150] = 1
+    only_zoom = AugmentConfig(p_rotate=0, p_hflip=0, p_affine=0, p_elastic=0, p_intensity=0,
+                              p_gamma=0, p_speckle=0, p_blur=0, p_zoom_out=1.0,
+                              zoom_out=(0.5, 0.5))
+    for seed in range(5):
+        x, m = Augmenter(only_zoom)(image, mask, np.random.default_rng(seed))
+        field = x > 0.25
+        assert field.mean() == pytest.approx(0.25, abs=0.02)  # half the side: a quarter left
+        assert m.sum() == pytest.approx(mask.sum() / 4, rel=0.05)
+        rows, cols = np.nonzero(m)
+        frows, fcols = np.nonzero(field)
+        assert frows.min() <= rows.min() and rows.max() <= frows.max()
+        assert fcols.min() <= cols.min() and cols.max() <= fcols.max()
+    assert AugmentConfig.preset("wide").p_zoom_out > 0
+    # presets without it draw as before: 'default' is unchanged seed by seed
+    assert AugmentConfig.preset("default").p_zoom_out == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from busdx.cli import deprecated, name_value_pairs
+from busdx.data.augment import AUGMENT_PRESETS
 
 STAGING = "runs/release"
 
@@ -50,6 +51,9 @@ def _register_train(group) -> None:
                    help="EfficientNet-Lite variant of lite_unet's encoder")
     p.add_argument("--no-pretrained", action="store_true", help="random encoder initialisation")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment", choices=AUGMENT_PRESETS, default="default",
+                   help="augmentation preset (busdx.data.augment.AugmentConfig.preset); 'wide' "
+                   "also zooms out, as for whole scans with a wider field of view")
     p.add_argument("--lesion-free-windows", action="store_true",
                    help="also train on each training image's lesion-free window with an empty "
                    "mask (busdx.data.windows): the network learns to outline nothing")
@@ -88,7 +92,8 @@ def _train_config(args):
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
         patience=args.patience, max_minutes=args.max_minutes, threads=args.threads,
         workers=args.workers, size=args.size,
-        device=args.device, augment=not args.no_augment, limit_train=args.limit_train,
+        device=args.device, augment=not args.no_augment, augment_preset=args.augment,
+        limit_train=args.limit_train,
         lesion_free_windows=args.lesion_free_windows,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
         note=args.note,

@@ -47,23 +47,32 @@ class AugmentConfig:
     p_blur: float = 0.2
     downscale: tuple[float, float] = (0.33, 0.75)  # fraction of the side kept
     p_downscale: float = 0.0
+    # zoom out: the whole image shrunk to this fraction of the side and placed anywhere in the
+    # frame, so that a lesion-centred crop looks like a wider field of view, as whole scans from
+    # other scanners and hospitals do (BUS-BRA's images are cut close to the lesion)
+    zoom_out: tuple[float, float] = (0.45, 0.85)
+    p_zoom_out: float = 0.0
 
     @classmethod
     def preset(cls, name: str) -> AugmentConfig:
         """``default``: the settings every bundled network so far trained with. ``strong``:
         gain, contrast, blur, speckle and resolution changes wide enough to span what the
         robustness study (studies/robustness.py) applies, where ``default`` stops short of it
-        (a classifier's calls moved under gain and blur while its outline barely did)."""
+        (a classifier's calls moved under gain and blur while its outline barely did).
+        ``wide``: ``default`` plus zooming out half of the time, for scans with a wider field of
+        view than the training images'."""
         if name == "default":
             return cls()
         if name == "strong":
             return cls(brightness=0.2, contrast=(0.6, 1.5), p_intensity=0.85,
                        gamma=(0.55, 1.8), p_gamma=0.6, speckle_sigma=(0.03, 0.3), p_speckle=0.35,
                        blur_sigma=(0.4, 2.5), p_blur=0.35, p_downscale=0.25)
+        if name == "wide":
+            return cls(p_zoom_out=0.5)
         raise ValueError(f"unknown augmentation preset {name!r}; choose from {AUGMENT_PRESETS}")
 
 
-AUGMENT_PRESETS = ("default", "strong")
+AUGMENT_PRESETS = ("default", "strong", "wide")
 
 
 class Augmenter:
@@ -99,6 +108,12 @@ class Augmenter:
                                                      align_corners=True)
             elastic = (smooth[0] * torch.tensor([2.0 / h, 2.0 / w])[:, None, None]
                        ).flip(0).permute(1, 2, 0)[None]
+        # drawn only when enabled, so the presets without it keep their draws seed by seed
+        if c.p_zoom_out > 0 and rng.random() < c.p_zoom_out:
+            zoom = float(rng.uniform(*c.zoom_out))
+            room = (1.0 - zoom * scale) / 2  # how far the shrunk image can move and stay whole
+            ty, tx = rng.uniform(-1.0, 1.0, size=2) * max(room, 0.0) * (h, w)
+            scale, shift = scale * zoom, [shift[0] * zoom + float(tx), shift[1] * zoom + float(ty)]
         if hflip:
             pair = [F.horizontal_flip(t) for t in pair]
         if vflip:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from busdx.data.augment import Augmenter
+from busdx.data.augment import AugmentConfig, Augmenter
 from busdx.data.index import Record, load_index, resolve_root
 from busdx.data.splits import SplitConfig, make_split
 from busdx.errors import BusdxError
@@ -66,6 +66,7 @@ class SegTrainConfig(JsonConfig):
     size: int = 224
     device: str = "auto"
     augment: bool = True
+    augment_preset: str = "default"  # an AugmentConfig preset (busdx.data.augment)
     limit_train: int | None = None  # use only the first N training images (quick comparisons)
     # also train on the lesion-free window of each training image (busdx.data.windows) with an
     # empty mask, so that the network learns to outline nothing where there is no lesion
@@ -79,6 +80,9 @@ class SegTrainConfig(JsonConfig):
     RUN_SETTINGS: ClassVar[tuple[str, ...]] = (
         "data", "out", "max_minutes", "threads", "workers", "device", "cache_dir", "resume",
         "note")
+
+    def __post_init__(self) -> None:
+        AugmentConfig.preset(self.augment_preset)  # an unknown name fails here, not an hour in
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -256,7 +260,7 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
              len(tr_x), len(va_x), device, config.threads)
 
     net = build_segmenter(config.model).to(device)
-    augmenter = Augmenter() if config.augment else None
+    augmenter = Augmenter(AugmentConfig.preset(config.augment_preset)) if config.augment else None
     # Drop the last incomplete batch: a batch of one breaks batch norm in training mode.
     steps_per_epoch = max(1, len(tr_x) // config.batch_size)
 

@@ -256,6 +256,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     aux = tc.auxiliary_targets(split.train) if config.aux_weight > 0 else None
     result = tc.train_classifier(train, val, config, out, aux=aux)
+    if result.rank != 0:  # under torchrun, rank 0 calibrates, records and exports the run
+        return 0
     model, ckpt = tc.load_checkpoint(result.checkpoint)
     cal, _, _ = tc.calibrate_on_validation(model, val, config, args.min_sensitivity)
     (out / "calibration.json").write_text(json.dumps(asdict(cal), indent=2))

@@ -76,6 +76,8 @@ def _train(args) -> int:
 
     config = config_with_file(_train_config, args, args.parser, args.config)
     result = train_segmenter(config, command=args.invocation)
+    if result.rank != 0:  # under torchrun, rank 0 reports for the run
+        return 0
     print(f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
           f"({result.epochs_run} epochs, {result.seconds / 60:.1f} min, stopped: {result.stopped})"
           f"; checkpoint {result.out / 'best.pt'}")

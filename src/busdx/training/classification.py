@@ -30,8 +30,8 @@ from busdx.data.preprocess import load_gray, load_mask
 from busdx.models.classification import ClassifierSpec, build_classifier, normalise
 from busdx.models.contract import input_views
 from busdx.numeric import roc_auc
-from busdx.training import common, loop
-from busdx.training.common import pick_device, seed_everything
+from busdx.training import common, distributed, loop
+from busdx.training.common import seed_everything
 from busdx.training.config import CONFIG_FILE, JsonConfig
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ class TrainResult:
     epochs_run: int = 0
     steps: int = 0  # optimizer steps done, of total_steps planned
     total_steps: int = 0
+    rank: int = 0  # under torchrun, the process that returned it (rank 0 wrote the run)
 
 
 # ---------------------------------------------------------------------------- data
@@ -306,15 +307,17 @@ def train_classifier(
     if config.aux_weight > 0 and aux is None:
         raise ValueError("aux_weight > 0 needs the auxiliary targets of the training samples")
     out_dir = Path(out_dir)
+    process, device = distributed.start(config.device)
+    per_process = distributed.per_process_batch(config.batch_size, process)
     state = loop.read_last(out_dir, config.recipe()) if config.resume else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # the recipe, not how this invocation began: training again from it starts afresh
-    replace(config, resume=False).save(out_dir / CONFIG_FILE)
+    if process.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # the recipe, not how this invocation began: training again from it starts afresh
+        replace(config, resume=False).save(out_dir / CONFIG_FILE)
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
                           views=config.views)
-    device = pick_device(config.device)
     model = build_classifier(spec).to(device)
 
     aux_head = None
@@ -335,10 +338,17 @@ def train_classifier(
     def loader(epoch: int) -> torch.utils.data.DataLoader:
         train_ds.epoch = epoch
         gen = epoch_generator(config.seed, epoch)
-        sampler = make_sampler(labels, gen) if config.imbalance == "oversample" else None
+        sampler = (make_sampler(labels, gen) if config.imbalance == "oversample"
+                   else torch.utils.data.RandomSampler(train_ds, generator=gen))
+        # the epoch's order is drawn whole, then (under torchrun) this process takes its share
+        # of every batch: any number of processes makes the same optimizer steps
+        order = list(sampler)
+        if process.distributed or len(order) > config.batch_size:
+            order = order[: len(order) // config.batch_size * config.batch_size]
+            order = [order[i] for i in distributed.shard(order, config.batch_size, process)]
         return torch.utils.data.DataLoader(
-            train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-            generator=gen, drop_last=len(train_ds) > config.batch_size, **loading,
+            torch.utils.data.Subset(train_ds, order), batch_size=per_process, shuffle=False,
+            drop_last=len(order) > per_process, **loading,
         )
 
     val_loader = torch.utils.data.DataLoader(
@@ -395,12 +405,16 @@ def train_classifier(
     run = loop.run(task, loop.LoopConfig(epochs=config.epochs, patience=config.patience,
                                          max_minutes=config.max_minutes,
                                          best_file="classifier.pt"),
-                   out_dir, recipe=config.recipe(), resume=state)
+                   out_dir, recipe=config.recipe(), resume=state, process=process,
+                   device=device)
     history = history_rows(run.history)
-    write_history(run.history)
+    distributed.stop(process)
+    if process.main:
+        write_history(run.history)
     return TrainResult(out_dir / "classifier.pt", run.best_epoch, run.best_metric, history,
                        run.seconds / 60, device.type, stopped=run.stopped,
-                       epochs_run=len(history), steps=run.step, total_steps=run.total_steps)
+                       epochs_run=len(history), steps=run.step, total_steps=run.total_steps,
+                       rank=process.rank)
 
 
 def history_rows(rows: list[dict]) -> list[dict]:

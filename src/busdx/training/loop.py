@@ -17,6 +17,10 @@ metrics. The loop does the rest the same way for every task:
 
 One epoch, in order: stop checks, ``steps_per_epoch`` optimizer steps (each followed by one
 scheduler step), validation, best checkpoint if improved, ``last.pt``, one log line.
+
+Under torchrun (:mod:`busdx.training.distributed`) each process runs this same loop on its share
+of every batch; the loss goes through DistributedDataParallel, rank 0 alone validates and writes,
+and the decisions to stop are rank 0's, so that every process stops at the same epoch.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from busdx.errors import BusdxError
+from busdx.training import distributed
 from busdx.training.common import save_checkpoint
 from busdx.training.config import CONFIG_FILE
 
@@ -135,11 +140,15 @@ def read_last(out: Path, recipe: dict) -> dict | None:
 
 
 def run(task: Task, config: LoopConfig, out: Path, recipe: dict,
-        resume: dict | None = None) -> LoopResult:
+        resume: dict | None = None, process: distributed.Process | None = None,
+        device: torch.device | None = None) -> LoopResult:
     """Train ``task`` for ``config.epochs``, writing checkpoints to ``out``. ``recipe`` (the
     task's config, JSON-able) is recorded in last.pt; ``resume`` is a :func:`read_last` state to
-    go on from."""
+    go on from; ``process``: this process's place under torchrun (``task.batches`` then yields
+    its share of each batch), on ``device``."""
     out = Path(out)
+    process = process or distributed.Process()
+    main = process.main
     model, optimizer = task.model, task.optimizer
     total_steps = config.epochs * task.steps_per_epoch
     scheduler = task.scheduler(optimizer, total_steps)  # built before loading: it sets the lrs
@@ -160,8 +169,12 @@ def run(task: Task, config: LoopConfig, out: Path, recipe: dict,
         history, epoch0, step = resume["history"], resume["epoch"], resume["step"]
         best, best_epoch, stale = resume["best_metric"], resume["best_epoch"], resume["stale"]
         seconds_before = resume["seconds"]
-        log.info("resuming after epoch %d, step %d (best %s %.4f at epoch %d)", epoch0, step,
-                 task.metric, best, best_epoch)
+        if main:
+            log.info("resuming after epoch %d, step %d (best %s %.4f at epoch %d)", epoch0, step,
+                     task.metric, best, best_epoch)
+    trained = {"model": model, **{name: m for name, m in task.others.items()
+                                  if any(p.requires_grad for p in m.parameters())}}
+    step_loss = distributed.wrap(trained, task.loss, process, device or torch.device("cpu"))
 
     t0 = time.monotonic()
 
@@ -175,19 +188,20 @@ def run(task: Task, config: LoopConfig, out: Path, recipe: dict,
             stopped = "early_stopping"
             break
         if budget is not None and history:
-            # epochs take about as long as each other: don't start one that would end past it
+            # epochs take about as long as each other: don't start one that would end past it;
+            # rank 0's clock decides for every process
             spent = elapsed()
-            if spent + spent / len(history) > budget:
+            if distributed.broadcast(spent + spent / len(history) > budget, process):
                 stopped = "time_budget"
                 break
 
         model.train()
         losses, lr = [], math.nan
         bar = tqdm(total=task.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   leave=False, dynamic_ncols=True, disable=None)
+                   leave=False, dynamic_ncols=True, disable=None if main else True)
         for batch in itertools.islice(task.batches(epoch), task.steps_per_epoch):
             lr = optimizer.param_groups[0]["lr"]
-            loss = task.loss(batch)
+            loss = step_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -204,17 +218,21 @@ def run(task: Task, config: LoopConfig, out: Path, recipe: dict,
             raise RuntimeError(f"epoch {epoch + 1} gave {len(losses)} batches, not "
                                f"{task.steps_per_epoch}")
 
-        metrics = task.validate()
+        metrics = distributed.broadcast(task.validate() if main else None, process)
         value = metrics[task.metric]
-        history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
+        train_loss = distributed.mean(float(np.mean(losses)), process)
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": train_loss,
                         "lr": lr, "seconds": elapsed(), **metrics})
         improved = not math.isnan(value) and (math.isnan(best) or value > best)
         if improved or best_epoch < 0:  # the first epoch is kept even without a number
             best = value if improved else best
             best_epoch, stale = epoch + 1, 0
-            save_checkpoint(out / config.best_file, task.best_checkpoint(epoch + 1, metrics))
+            if main:
+                save_checkpoint(out / config.best_file, task.best_checkpoint(epoch + 1, metrics))
         else:
             stale += 1
+        if not main:
+            continue
         save_checkpoint(out / LAST_CHECKPOINT, {
             "modules": {"model": model.state_dict(),
                         **{name: m.state_dict() for name, m in task.others.items()}},
@@ -233,7 +251,11 @@ def run(task: Task, config: LoopConfig, out: Path, recipe: dict,
             task.on_epoch(history)
 
     seconds = elapsed()
-    log.info("stopped (%s) after %d epochs, %d of %d steps, %.0f s; best %s %.4f at epoch %d",
-             stopped, len(history), step, total_steps, seconds, task.metric, best, best_epoch)
+    # the other processes wait for rank 0's last checkpoint before anyone reads it
+    distributed.barrier(process)
+    if main:
+        log.info("stopped (%s) after %d epochs, %d of %d steps, %.0f s; best %s %.4f at epoch %d",
+                 stopped, len(history), step, total_steps, seconds, task.metric, best,
+                 best_epoch)
     return LoopResult(history=history, best_epoch=best_epoch, best_metric=best, stopped=stopped,
                       seconds=seconds, step=step, total_steps=total_steps)

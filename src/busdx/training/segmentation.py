@@ -28,12 +28,11 @@ from busdx.data.index import Record, load_index, resolve_root
 from busdx.data.splits import SplitConfig, make_split
 from busdx.errors import BusdxError
 from busdx.models.segmentation import SegmenterConfig, build_segmenter, normalise
-from busdx.training import loop
+from busdx.training import distributed, loop
 from busdx.training.common import (
     hardware_description,
     lesion_free_arrays,
     letterboxed_arrays,
-    pick_device,
     seed_everything,
 )
 from busdx.training.config import CONFIG_FILE, JsonConfig
@@ -103,6 +102,7 @@ class SegTrainResult:
     device: str = "cpu"
     steps: int = 0  # optimizer steps done, of total_steps planned
     total_steps: int = 0
+    rank: int = 0  # under torchrun, the process that returned it (rank 0 wrote the run)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -232,14 +232,16 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         # five 2x poolings in the encoder: other sizes would not map back onto the skips
         raise BusdxError(f"--size must be a multiple of 32, at least 64 (not {config.size})")
     out = Path(config.out)
+    process, device = distributed.start(config.device)
+    per_process = distributed.per_process_batch(config.batch_size, process)
     # Read before the images are letterboxed, so a resume with another recipe fails at once.
     state = loop.read_last(out, config.recipe()) if config.resume else None
-    out.mkdir(parents=True, exist_ok=True)
-    # the recipe, not how this invocation began: training again from it starts afresh
-    replace(config, resume=False).save(out / CONFIG_FILE)
+    if process.main:
+        out.mkdir(parents=True, exist_ok=True)
+        # the recipe, not how this invocation began: training again from it starts afresh
+        replace(config, resume=False).save(out / CONFIG_FILE)
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    device = pick_device(config.device)
     if device.type == "cuda":
         # One input size throughout: let cuDNN time its kernels once and keep the fastest.
         torch.backends.cudnn.benchmark = True
@@ -256,8 +258,10 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         va_free = lesion_free_arrays(val_recs, config.size, cache)
         log.info("with %d lesion-free training windows (%d for validation)", len(free),
                  len(va_free))
-    log.info("%d training, %d validation images; device %s, %d threads",
-             len(tr_x), len(va_x), device, config.threads)
+    if process.main:
+        log.info("%d training, %d validation images; device %s, %d threads%s",
+                 len(tr_x), len(va_x), device, config.threads,
+                 f", {process.world_size} processes" if process.distributed else "")
 
     net = build_segmenter(config.model).to(device)
     augmenter = Augmenter(AugmentConfig.preset(config.augment_preset)) if config.augment else None
@@ -266,7 +270,9 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
 
     def batches(epoch: int):
         order = np.random.default_rng([config.seed, epoch]).permutation(len(tr_x))
-        return epoch_batches(tr_x, tr_y, order, config.batch_size, steps_per_epoch, augmenter,
+        # under torchrun, this process's share of every batch (the whole of it otherwise)
+        order = order[distributed.shard(order, config.batch_size, process)]
+        return epoch_batches(tr_x, tr_y, order, per_process, steps_per_epoch, augmenter,
                              config.seed, epoch, config.workers, pin_memory=device.type == "cuda")
 
     def loss(batch) -> torch.Tensor:
@@ -301,9 +307,17 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
     )
     run = loop.run(task, loop.LoopConfig(epochs=config.epochs, patience=config.patience,
                                          max_minutes=config.max_minutes, best_file="best.pt"),
-                   out, recipe=config.recipe(), resume=state)
+                   out, recipe=config.recipe(), resume=state, process=process, device=device)
 
     history = history_columns(run.history)
+    result = SegTrainResult(out=out, best_epoch=run.best_epoch, best_val_dice=run.best_metric,
+                            epochs_run=len(run.history), seconds=run.seconds,
+                            stopped=run.stopped, checkpoint=out / "best.pt", history=history,
+                            device=device.type, steps=run.step, total_steps=run.total_steps,
+                            rank=process.rank)
+    distributed.stop(process)
+    if not process.main:
+        return result
     write_history(out, history)
     # A resumed run keeps the commands that made it, in order.
     previous = _run_summary(out) if state is not None else {}
@@ -314,6 +328,7 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         "commands": [*commands, command],
         "config": config.to_dict(),
         "hardware": hardware_description(device, config.threads),
+        "processes": process.world_size,
         "train_images": len(tr_x),
         "val_images": len(va_x),
         "epochs_run": len(run.history),
@@ -326,10 +341,7 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         "note": config.note,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return SegTrainResult(out=out, best_epoch=run.best_epoch, best_val_dice=run.best_metric,
-                          epochs_run=len(run.history), seconds=run.seconds, stopped=run.stopped,
-                          checkpoint=out / "best.pt", history=history, device=device.type,
-                          steps=run.step, total_steps=run.total_steps)
+    return result
 
 
 def history_columns(rows: list[dict]) -> dict[str, list]:

@@ -20,10 +20,11 @@ $(VENV)/.serve: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# Training, evaluation and development: adds torch (CPU use is fine), timm, smp, pytest...
+# Training, evaluation and development: adds torch (CPU use is fine), timm, smp, pytest, and Ray
+# (its tests run in the fast tier)...
 install-train: $(VENV)/.train
 $(VENV)/.train: $(VENV)/.serve
-	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,dev,ray]'
 	touch $@
 
 run: install

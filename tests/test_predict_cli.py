@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from busdx.cli.main import main
-from busdx.cli.predict import COLUMNS
+from busdx.inference.batch import COLUMNS
 from stand_in_models import (
     REAL_MODELS_MISSING,
     build_stand_in_models,

@@ -12,7 +12,9 @@ with exit code 2. Only regular files are read (a FIFO or a device named on the c
 an error row, never a hang), each up to busdx.inference.decode.MAX_FILE_BYTES; in a folder,
 what is neither an image nor a folder (a dangling link, a FIFO, an unreadable subfolder, a link
 to a folder, which is not followed) is named in a warning. Lengths are in ``units`` (mm when
-the file carries a calibration, else px), areas in ``units`` squared.
+the file carries a calibration, else px), areas in ``units`` squared. Inputs may also be listed
+in a CSV (``--list``) or given as URLs that fsspec opens. With ``--ray`` a pool of Ray workers
+computes the same rows, written in the same order as they arrive.
 """
 
 from __future__ import annotations
@@ -29,39 +31,18 @@ from busdx.errors import BusdxError
 
 log = logging.getLogger(__name__)
 
-MEASUREMENT_COLUMNS = (
-    "units",
-    "area",
-    "perimeter",
-    "longest_diameter",
-    "width",
-    "height",
-    "orientation",
-    "circularity",
-    "solidity",
-    "ellipse_major",
-    "ellipse_minor",
-    "ellipse_angle_deg",
-    "area_px",
-)
-COLUMNS = (
-    ("path", "probability", "label", "threshold", "risk_band", "risk_text", "lesion_found")
-    + MEASUREMENT_COLUMNS
-    + ("image_width", "image_height", "pixel_spacing_mm", "scan_area", "scan_area_from",
-       "regions", "frame", "frames", "model_version", "time_ms", "note")
-    + ("input_unusual",)
-    + ("error",)
-)
-
-
 def register(subparsers, groups) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="analyse images (files or folders) and write one CSV row per image",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", type=Path,
-                        help="image files (PNG, JPEG, BMP, TIFF, DICOM) or folders (recursed)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="image files (PNG, JPEG, BMP, TIFF, DICOM), folders (recursed) or, "
+                             "with fsspec installed, URLs (s3://..., https://...)")
+    parser.add_argument("--list", type=Path, metavar="FILE.csv",
+                        help="also analyse the paths or URLs of this CSV's 'path' column (else "
+                             "its first column)")
     parser.add_argument("--csv", required=True, type=Path, metavar="OUT.csv",
                         help="results, one row per image file")
     parser.add_argument("--masks-dir", type=Path, metavar="DIR",
@@ -88,6 +69,17 @@ def register(subparsers, groups) -> None:
                              "default) or 'last'; a file without that frame gets an error row")
     parser.add_argument("--models", type=Path, metavar="DIR",
                         help="models folder (default: $BUSDX_MODELS, else the bundled models/)")
+    scale = parser.add_argument_group(
+        "at scale", "analyse on a pool of Ray workers (pip install 'busdx[ray]'); the rows, "
+        "masks and overlays are those of a plain run, in the same order")
+    scale.add_argument("--ray", action="store_true",
+                       help="start a Ray instance on this machine for the run")
+    scale.add_argument("--ray-address", metavar="ADDRESS",
+                       help="join a running Ray cluster instead (ray://HOST:10001, or 'auto')")
+    scale.add_argument("--ray-workers", type=int, metavar="N",
+                       help="workers, each holding the models once (default: one per CPU)")
+    scale.add_argument("--ray-batch", type=int, default=8, metavar="N",
+                       help="inputs per task sent to a worker (default 8)")
     parser.set_defaults(func=run)
 
 
@@ -169,6 +161,7 @@ def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold,
                 agreement=None) -> list[dict]:
     """One row per lesion: ``views`` holds (path, ViewScore) of the views analysed, ``failed``
     the paths that could not be; ``agreement``: the models' ``settings.lesion_agreement``."""
+    from busdx.inference.batch import fmt
     from busdx.inference.lesion import read_lesion
 
     rows = []
@@ -190,59 +183,8 @@ def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold,
                        views_unusual=reading.views_unusual,
                        views_disagree=reading.views_disagree,
                        model_version=reading.model_version, note="; ".join(notes), error="")
-        rows.append({key: _fmt(row.get(key)) for key in LESION_COLUMNS})
+        rows.append({key: fmt(row.get(key)) for key in LESION_COLUMNS})
     return rows
-
-
-def _fmt(value) -> str | float | int:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return round(value, 6)
-    return value
-
-
-def row_for(path: Path, analysis) -> dict:
-    row = {
-        "path": str(path),
-        "probability": analysis.probability,
-        "label": analysis.label,
-        "threshold": analysis.threshold,
-        "risk_band": analysis.risk.name,
-        "risk_text": analysis.risk.text,
-        "lesion_found": analysis.lesion_found,
-        "image_width": analysis.width,
-        "image_height": analysis.height,
-        "pixel_spacing_mm": (
-            " ".join(f"{v:.6g}" for v in analysis.pixel_spacing_mm)
-            if analysis.pixel_spacing_mm
-            else ""
-        ),
-        # "left top width height" of the part analysed when a black frame was cut off
-        "scan_area": (" ".join(str(v) for v in (analysis.scan_area.left, analysis.scan_area.top,
-                                                analysis.scan_area.width,
-                                                analysis.scan_area.height))
-                      if analysis.scan_area else ""),
-        # "ultrasound regions" (the DICOM's declared scans) or "black frame"; empty: neither
-        "scan_area_from": analysis.scan_area_from or "",
-        # the 2-D tissue scans a DICOM file declares (two side by side: a dual view)
-        "regions": analysis.regions,
-        # the frame analysed (from 1) of the file's frames (more than 1: a cine loop)
-        "frame": analysis.frame,
-        "frames": analysis.frames,
-        "model_version": analysis.model_version,
-        "time_ms": analysis.timings_ms.get("total"),
-        # the analysis's note, and why the file's calibration was ignored if it was
-        "note": "; ".join(n for n in (analysis.note, analysis.spacing_note) if n),
-        # e.g. "texture low; contrast high": statistics outside the training images' ranges
-        "input_unusual": analysis.input_check.outside_text if analysis.input_check else "",
-        "error": "",
-    }
-    if analysis.measurements is not None:
-        row.update(analysis.measurements.as_dict())
-    return {key: _fmt(row.get(key)) for key in COLUMNS}
 
 
 class _Namer:
@@ -259,18 +201,6 @@ class _Namer:
         return path.stem if n == 1 else f"{path.stem}-{n}"
 
 
-def _write_outputs(stem: str, analysis, masks_dir: Path | None, overlays_dir: Path | None):
-    from busdx.inference import overlay as ov
-
-    if masks_dir is not None:
-        (masks_dir / f"{stem}.png").write_bytes(ov.mask_png(analysis.mask))
-    if overlays_dir is not None:
-        pictures = ov.draw(analysis.image, analysis.mask, analysis.heatmap)
-        (overlays_dir / f"{stem}_overlay.png").write_bytes(ov.png_bytes(pictures["overlay"]))
-        (overlays_dir / f"{stem}_heatmap.png").write_bytes(
-            ov.png_bytes(pictures["heatmap_overlay"]))
-
-
 def _make_dir(path: Path | None) -> None:
     if path is None:
         return
@@ -280,30 +210,59 @@ def _make_dir(path: Path | None) -> None:
         raise BusdxError(f"cannot create {path}: {err.strerror or err}") from err
 
 
+def sources_from(args: argparse.Namespace) -> list[str]:
+    """The inputs to analyse, as strings: the files named (their rows say what went wrong with
+    them) and those found in the folders named, here or in ``--list``; then the URLs."""
+    from busdx.inference.batch import is_url
+
+    named = [str(p) for p in args.inputs]
+    if args.list is not None:
+        named += _listed(args.list)
+    local = [Path(p) for p in named if not is_url(p)]
+    files, skipped = collect(local)
+    _warn_skipped(skipped)
+    missing = [str(p) for p in local if not p.exists()]
+    if missing:
+        log.warning("not found (error rows written): %s", ", ".join(missing))
+    return [str(f) for f in files] + [p for p in named if is_url(p)]
+
+
+def _listed(path: Path) -> list[str]:
+    """The paths or URLs of a CSV's ``path`` column (else its first column), one per row."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError) as err:
+        raise BusdxError(f"cannot read the list {path}: {err}") from err
+    if not rows:
+        raise BusdxError(f"the list {path} is empty")
+    header = [h.strip().lower() for h in rows[0]]
+    column = header.index("path") if "path" in header else 0
+    body = rows[1:] if "path" in header else rows
+    return [row[column].strip() for row in body if len(row) > column and row[column].strip()]
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from busdx.data.preprocess import ImageError
-    from busdx.inference import Models, analyze
-    from busdx.inference.decode import decode
-    from busdx.inference.lesion import ViewScore, compile_pattern, lesion_key
-    from busdx.inference.scan_area import PANES
+    from busdx.inference import Models
+    from busdx.inference.batch import COLUMNS, BatchOptions, analyse_input
+    from busdx.inference.lesion import compile_pattern, lesion_key
 
     if args.lesion_pattern is not None and args.lesions_csv is None:
         raise BusdxError("--lesion-pattern needs --lesions-csv (where the lesions' rows go)")
     if args.lesions_csv is not None and args.lesion_pattern is None and not args.dual_view:
         raise BusdxError("--lesions-csv needs --lesion-pattern or --dual-view (which files are "
                          "views of one lesion)")
+    if not args.inputs and args.list is None:
+        raise BusdxError("nothing to analyse: name files or folders, or --list FILE.csv")
+    use_ray = args.ray or args.ray_address is not None
     pattern = compile_pattern(args.lesion_pattern)
     by_lesion = args.lesions_csv is not None
-    panes = PANES if args.dual_view else (None,)
-    files, skipped = collect(args.inputs)
-    _warn_skipped(skipped)
-    if not files:
+    sources = sources_from(args)
+    if not sources:
         raise BusdxError("no image files found in the inputs")
-    missing = [str(p) for p in args.inputs if not p.exists()]
-    if missing:
-        log.warning("not found (error rows written): %s", ", ".join(missing))
+    # loaded here even for Ray: a missing or broken release stops the command before the batch
     models = Models.load(args.models)
     if by_lesion and models.settings.lesion_threshold is None:
         raise BusdxError("these models' card offers no lesion reading: leave out "
@@ -313,46 +272,45 @@ def run(args: argparse.Namespace) -> int:
     out = _open_csv(args.csv)
     # opened now, so that an unwritable path stops the command before the batch, not after it
     lesions_out = _open_csv(args.lesions_csv) if by_lesion else None
+    options = BatchOptions(dual_view=args.dual_view, frame=args.frame,
+                           masks=args.masks_dir is not None,
+                           overlays=args.overlays_dir is not None)
+    if use_ray:
+        from busdx.inference.ray_batch import analyse_all
+
+        results = analyse_all(sources, args.models, options, address=args.ray_address,
+                              workers=args.ray_workers, batch_size=args.ray_batch)
+    else:
+        results = (analyse_input(source, models, options) for source in sources)
     name = _Namer()
     failed = unusual = dual_regions = loops = 0
     views: dict[str, list] = {}
     failed_views: dict[str, list[str]] = {}
-    with out, tqdm(files, desc="predict", unit="image", file=sys.stderr) as bar:
+    with out, tqdm(total=len(sources), desc="predict", unit="image", file=sys.stderr) as bar:
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
-        for path in bar:
-            decoded = None  # a dual-view capture is decoded once for both its panes
-            for pane in panes:
-                # a pane is named like BUS-BRA's halves: <stem>-left.png beside <stem>-right.png
-                view = path if pane is None else Path(f"{path}#{pane}")
-                stem = path if pane is None else path.with_name(f"{path.stem}-{pane}.png")
-                try:
-                    if pane is not None and decoded is None:
-                        decoded = decode(path, frame=args.frame)
-                    analysis = analyze(path if pane is None else decoded, models,
-                                       render_overlays=False, pane=pane, frame=args.frame)
-                    row = row_for(view, analysis)
-                    unusual += bool(row["input_unusual"])
-                    dual_regions += pane is None and analysis.regions == 2
-                    loops += pane in (None, PANES[0]) and analysis.frames > 1
-                    _write_outputs(name(stem), analysis, args.masks_dir, args.overlays_dir)
-                    if by_lesion:
-                        views.setdefault(lesion_key(path, pattern), []).append(
-                            (view, ViewScore.of(analysis)))
-                except Exception as err:  # one file never stops the batch
-                    failed += 1
-                    if by_lesion:
-                        failed_views.setdefault(lesion_key(path, pattern), []).append(str(view))
-                    if isinstance(err, (ImageError, BusdxError, OSError, ValueError)):
-                        message = str(err) or type(err).__name__
-                    else:  # not the input's fault as far as we know: say so, keep the trace
-                        log.debug("unexpected failure on %s", view, exc_info=True)
-                        message = f"internal error ({type(err).__name__}): the analysis failed"
-                    row = {key: "" for key in COLUMNS} | {"path": str(view), "error": message}
-                    log.debug("failed: %s: %s", view, message)
-                writer.writerow(row)
-                out.flush()
-    total = len(files) * len(panes)
+        for done in results:
+            for result in done:
+                failed += result.failed
+                unusual += result.unusual
+                dual_regions += result.dual_regions
+                loops += result.loop
+                if result.pngs:
+                    stem = name(Path(result.stem_source))
+                    for suffix, png in result.pngs.items():
+                        folder = args.masks_dir if suffix == "" else args.overlays_dir
+                        (folder / f"{stem}{suffix}.png").write_bytes(png)
+                if by_lesion:
+                    key = lesion_key(result.source, pattern)
+                    if result.failed:
+                        failed_views.setdefault(key, []).append(result.view)
+                    else:
+                        views.setdefault(key, []).append((result.view, result.score))
+                writer.writerow(result.row)
+            out.flush()
+            bar.update()
+    files = sources
+    total = len(files) * (2 if args.dual_view else 1)
     log.info("%d %s analysed, %d failed; results in %s", total - failed,
              "panes" if args.dual_view else "images", failed, args.csv)
     if by_lesion:

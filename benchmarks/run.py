@@ -23,12 +23,14 @@ from bench_common import REPO, RESULTS_DIR, busy_processes, setup_logging
 log = logging.getLogger("benchmarks.run")
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("tune_ort", "latency", "throughput", "load_test", "quantize", "decode", "postprocess")
+STEPS = ("tune_ort", "latency", "throughput", "ray_scaling", "load_test", "quantize", "decode",
+         "postprocess")
 
 FULL = {
     "tune_ort": [],
     "latency": ["-n", "100"],
     "throughput": [],
+    "ray_scaling": [],
     "load_test": ["--requests", "1000", "--clients", "16"],
     "quantize": [],
     "decode": [],
@@ -38,6 +40,7 @@ QUICK = {  # smoke runs: every code path, tiny counts, no meaningful timings
     "tune_ort": ["--reps", "2", "--per-worker", "2"],
     "latency": ["-n", "2", "--warmup", "1", "--reps", "2", "--n-overlays", "1"],
     "throughput": ["--limit", "2"],
+    "ray_scaling": ["--limit", "4"],
     "load_test": ["--requests", "24", "--clients", "4", "--images", "2", "--warmup", "4",
                   "--settle", "0.5", "--slow-clients", "2", "--upload-timeout", "1"],
     "quantize": ["--calibration", "2", "--limit", "4", "--reps", "2"],

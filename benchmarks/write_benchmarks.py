@@ -15,8 +15,8 @@ from bench_common import REPO, RESULTS_DIR, setup_logging
 
 log = logging.getLogger("benchmarks.write")
 
-NAMES = ("latency", "latency_int8", "tune_ort", "throughput", "load_test", "quantization", "decode",
-         "postprocess")
+NAMES = ("latency", "latency_int8", "tune_ort", "throughput", "ray_scaling", "load_test",
+         "quantization", "decode", "postprocess")
 
 
 def load_results(directory: Path) -> dict[str, dict]:
@@ -314,6 +314,25 @@ def throughput_section(tp: dict) -> list[str]:
             f"{_f(tp['per_image_ms']['p50'])} ms, p95 {_f(tp['per_image_ms']['p95'])} ms).", ""]
 
 
+def ray_section(rs: dict) -> list[str]:
+    lines = ["## `busdx predict` on Ray", "",
+             f"`benchmarks/ray_scaling.py`: the same {rs['images']} fold-5 images through "
+             "`busdx predict`, plain and with `--ray` (a local Ray instance started for the run, "
+             "one ONNX Runtime thread per worker), each a fresh process timed from the outside. "
+             "Steady state: the rows after the first, over the time after the first was "
+             "written (start-up, model loading and Ray's start left out). Overhead per image: "
+             "steady time per image times the workers, less the plain one-thread run's.", "",
+             "| run | wall (s) | first row (s) | images/s, wall | images/s, steady | "
+             "speed-up, steady | overhead per image (ms) |", "|---|---|---|---|---|---|---|"]
+    for r in rs["runs"]:
+        lines.append(f"| `{r['options']}` | {_f(r['wall_s'])} | {_f(r['first_row_s'])} | "
+                     f"{_f(r['images_per_s_wall'])} | {_f(r['images_per_s_steady'])} | "
+                     f"{_f(r.get('speedup_steady'))} | {_f(r.get('overhead_ms_per_image'))} |")
+    return lines + ["", "Speed-up and overhead are against the plain run with `--threads 1`. "
+                    "On this 2-core machine Ray pays its start-up (a few seconds) on every run: it "
+                    "is for archives and clusters, where the steady rate is what counts.", ""]
+
+
 def load_section(lt: dict) -> list[str]:
     m, h = lt["memory"], lt["health"]
     lines = ["## Load test", "",
@@ -442,6 +461,8 @@ def render(results: dict[str, dict]) -> str:
         lines += tuning_section(results["tune_ort"])
     if "throughput" in results:
         lines += throughput_section(results["throughput"])
+    if "ray_scaling" in results:
+        lines += ray_section(results["ray_scaling"])
     if "load_test" in results:
         lines += load_section(results["load_test"])
     if "quantization" in results:

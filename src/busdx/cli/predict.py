@@ -69,6 +69,9 @@ def register(subparsers, groups) -> None:
                              "default) or 'last'; a file without that frame gets an error row")
     parser.add_argument("--models", type=Path, metavar="DIR",
                         help="models folder (default: $BUSDX_MODELS, else the bundled models/)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="ONNX Runtime threads per analysis (default: the cores, up to 4; "
+                             "with --ray, 1 per worker)")
     scale = parser.add_argument_group(
         "at scale", "analyse on a pool of Ray workers (pip install 'busdx[ray]'); the rows, "
         "masks and overlays are those of a plain run, in the same order")
@@ -263,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
     if not sources:
         raise BusdxError("no image files found in the inputs")
     # loaded here even for Ray: a missing or broken release stops the command before the batch
-    models = Models.load(args.models)
+    if args.threads is not None and args.threads < 1:
+        raise BusdxError("--threads must be at least 1")
+    models = Models.load(args.models, threads=args.threads)
     if by_lesion and models.settings.lesion_threshold is None:
         raise BusdxError("these models' card offers no lesion reading: leave out "
                          "--lesions-csv and --lesion-pattern")
@@ -279,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
         from busdx.inference.ray_batch import analyse_all
 
         results = analyse_all(sources, args.models, options, address=args.ray_address,
-                              workers=args.ray_workers, batch_size=args.ray_batch)
+                              workers=args.ray_workers, batch_size=args.ray_batch,
+                              threads=args.threads or 1)
     else:
         results = (analyse_input(source, models, options) for source in sources)
     name = _Namer()

@@ -82,14 +82,16 @@ def make_actors(ray, workers: int | None, models_dir: Path | None, options: Batc
 
 def analyse_all(sources: Sequence[str], models_dir: Path | None, options: BatchOptions,
                 address: str | None = None, workers: int | None = None,
-                batch_size: int = 8, actors: list | None = None) -> Iterator[list[ViewResult]]:
-    """The results of every input, in input order, as the actors finish them."""
+                batch_size: int = 8, actors: list | None = None, threads: int = 1
+                ) -> Iterator[list[ViewResult]]:
+    """The results of every input, in input order, as the actors finish them; each actor
+    holds ``threads`` CPUs and gives ONNX Runtime as many threads."""
     ray, started = start(address)
     from ray.util import ActorPool
 
     owned = actors is None
     if owned:
-        actors = make_actors(ray, workers, models_dir, options)
+        actors = make_actors(ray, workers, models_dir, options, threads)
     log.info("analysing %d inputs on %d Ray workers, %d per batch", len(sources), len(actors),
              batch_size)
     pool = ActorPool(actors)

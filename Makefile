@@ -42,9 +42,10 @@ chromium:
 lint: install-train
 	$(BIN)/ruff check src tests benchmarks studies tools
 
-# The fast tier: no full dataset, no study re-run over hundreds of images. At most 10 minutes.
+# The fast tier: no full dataset, no study re-run over hundreds of images. At most 10 minutes,
+# on every core.
 test: install-train chromium lint
-	$(PYTEST) -m "not full_data"
+	$(PYTEST) -m "not full_data" -n auto
 
 # The full-data tier: the bundled models' published numbers, the studies' re-runs, anything that
 # scores hundreds of images. At most 25 minutes. A missing dataset or model fails it.

@@ -86,14 +86,18 @@ def _flat(state: dict) -> torch.Tensor:
                       if v.is_floating_point() and "running" not in k])
 
 
+@pytest.fixture(scope="module")
+def pair_run(fixtures_root, tmp_path_factory) -> Path:
+    return _run(tmp_path_factory.mktemp("ddp"), "pair", fixtures_root, 2)
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_train_as_one_process_does(fixtures_root, tmp_path):
+def test_two_gloo_processes_train_as_one_process_does(fixtures_root, tmp_path, pair_run):
     single = _run(tmp_path, "single", fixtures_root, 1)
-    pair = _run(tmp_path, "pair", fixtures_root, 2)
+    pair = pair_run
     w1 = _flat(torch.load(single / "rank0.pt"))
     w2 = [_flat(torch.load(pair / f"rank{r}.pt")) for r in (0, 1)]
     assert torch.equal(w2[0], w2[1])  # the gradients were averaged across the processes
-
     h1 = json.loads((single / "history.json").read_text())
     h2 = json.loads((pair / "history.json").read_text())
     assert h2["lr"] == h1["lr"]
@@ -109,14 +113,14 @@ def test_two_gloo_processes_train_as_one_process_does(fixtures_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_under_torchrun_resumes_where_it_stopped(fixtures_root, tmp_path):
-    whole = _run(tmp_path, "whole", fixtures_root, 2)
+def test_a_run_under_torchrun_resumes_where_it_stopped(fixtures_root, tmp_path, pair_run):
     cut = _run(tmp_path, "cut", fixtures_root, 2, max_minutes=1e-9)
     assert json.loads((cut / "summary.json").read_text())["epochs_run"] == 1
     resumed = _run(tmp_path, "cut", fixtures_root, 2, resume=True)
     history = json.loads((resumed / "history.json").read_text())
     assert history["epoch"] == [1, 2]
-    a = _flat(torch.load(whole / "rank0.pt"))
+    # as if it had never stopped: the uninterrupted run's weights
+    a = _flat(torch.load(pair_run / "rank0.pt"))
     b = _flat(torch.load(resumed / "rank0.pt"))
     assert torch.allclose(a, b, rtol=0, atol=1e-6)
 

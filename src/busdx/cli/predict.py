@@ -49,6 +49,10 @@ def register(subparsers, groups) -> None:
                         help="write <stem>.png masks (input size, values 0 and 255)")
     parser.add_argument("--overlays-dir", type=Path, metavar="DIR",
                         help="write <stem>_overlay.png (outline) and <stem>_heatmap.png")
+    parser.add_argument("--dicom-out", type=Path, metavar="DIR",
+                        help="for DICOM inputs, write <stem>_sr.dcm (a TID 1500 measurement "
+                             "report) and, when a lesion is found, <stem>_seg.dcm (its "
+                             "segmentation), both referencing the source image")
     parser.add_argument("--lesion-pattern", metavar="REGEX",
                         help="views of one lesion: this regular expression is searched in each "
                              "file's path (with / separators) and its first group names the "
@@ -274,12 +278,14 @@ def run(args: argparse.Namespace) -> int:
                          "--lesions-csv and --lesion-pattern")
     _make_dir(args.masks_dir)
     _make_dir(args.overlays_dir)
+    _make_dir(args.dicom_out)
     out = _open_csv(args.csv)
     # opened now, so that an unwritable path stops the command before the batch, not after it
     lesions_out = _open_csv(args.lesions_csv) if by_lesion else None
     options = BatchOptions(dual_view=args.dual_view, frame=args.frame,
                            masks=args.masks_dir is not None,
-                           overlays=args.overlays_dir is not None)
+                           overlays=args.overlays_dir is not None,
+                           dicom=args.dicom_out is not None)
     if use_ray:
         from busdx.inference.ray_batch import analyse_all
 
@@ -289,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         results = (analyse_input(source, models, options) for source in sources)
     name = _Namer()
-    failed = unusual = dual_regions = loops = 0
+    failed = unusual = dual_regions = loops = not_dicom = 0
     views: dict[str, list] = {}
     failed_views: dict[str, list[str]] = {}
     with out, tqdm(total=len(sources), desc="predict", unit="image", file=sys.stderr) as bar:
@@ -301,11 +307,14 @@ def run(args: argparse.Namespace) -> int:
                 unusual += result.unusual
                 dual_regions += result.dual_regions
                 loops += result.loop
-                if result.pngs:
+                not_dicom += result.not_dicom
+                if result.pngs or result.dicom:
                     stem = name(Path(result.stem_source))
                     for suffix, png in result.pngs.items():
                         folder = args.masks_dir if suffix == "" else args.overlays_dir
                         (folder / f"{stem}{suffix}.png").write_bytes(png)
+                    for suffix, part10 in result.dicom.items():
+                        (args.dicom_out / f"{stem}{suffix}.dcm").write_bytes(part10)
                 if by_lesion:
                     key = lesion_key(result.source, pattern)
                     if result.failed:
@@ -341,6 +350,9 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%d file(s) hold several frames (cine loops or multi-page TIFFs), read here "
                     "at their first frame: --frame N or --frame last reads another (their "
                     "frames column says how many)", loops)
+    if not_dicom:
+        log.warning("%d input(s) are not DICOM files: they have no DICOM results in %s",
+                    not_dicom, args.dicom_out)
     if unusual:
         log.warning("%d image(s) unlike the training images, where the validated threshold may "
                     "not hold: see the input_unusual column", unusual)

@@ -56,6 +56,7 @@ class BatchOptions:
     frame: int | None = None  # busdx.inference.decode.parse_frame
     masks: bool = False  # return the mask PNG
     overlays: bool = False  # return the outline and heatmap PNGs
+    dicom: bool = False  # return a DICOM input's SR and SEG (busdx.inference.dicom_results)
 
 
 @dataclass
@@ -68,6 +69,8 @@ class ViewResult:
     row: dict
     score: object | None = None  # busdx.inference.lesion.ViewScore, None when it failed
     pngs: dict[str, bytes] = field(default_factory=dict)  # suffix -> PNG: "", "_overlay"...
+    dicom: dict[str, bytes] = field(default_factory=dict)  # suffix -> Part 10: "_sr", "_seg"
+    not_dicom: bool = False  # DICOM results were asked for, but the input is no DICOM file
     dual_regions: bool = False  # a DICOM declaring two scans, read as one image
     loop: bool = False  # a file of several frames
 
@@ -165,6 +168,17 @@ def error_message(err: Exception) -> str:
     return f"internal error ({type(err).__name__}): the analysis failed"
 
 
+def dicom_files(data: bytes, analysis) -> dict[str, bytes]:
+    """A DICOM input's SR and (with a lesion) SEG, by file suffix."""
+    from busdx.inference.dicom_results import dicom_results, source_dataset, to_bytes
+
+    results = dicom_results(source_dataset(data), analysis)
+    files = {"_sr": to_bytes(results.sr)}
+    if results.seg is not None:
+        files["_seg"] = to_bytes(results.seg)
+    return files
+
+
 def analyse_input(source: str, models, options: BatchOptions) -> list[ViewResult]:
     """Every view of one input, each a row; a view that cannot be analysed is an error row,
     never an exception (one file never stops a batch)."""
@@ -198,9 +212,19 @@ def analyse_input(source: str, models, options: BatchOptions) -> list[ViewResult
                 pictures = ov.draw(analysis.image, analysis.mask, analysis.heatmap)
                 pngs["_overlay"] = ov.png_bytes(pictures["overlay"])
                 pngs["_heatmap"] = ov.png_bytes(pictures["heatmap_overlay"])
+            row = row_for(view, analysis)
+            dicom, not_dicom = {}, False
+            if options.dicom and analysis.format == "DICOM":
+                try:
+                    dicom = dicom_files(data, analysis)
+                except BusdxError as err:  # the analysis stands; its row says why no files
+                    row["note"] = "; ".join(filter(None, [row["note"],
+                                                          f"no DICOM results: {err}"]))
+            elif options.dicom:
+                not_dicom = True
             results.append(ViewResult(
-                source=source, view=view, stem_source=str(stem), row=row_for(view, analysis),
-                score=ViewScore.of(analysis), pngs=pngs,
+                source=source, view=view, stem_source=str(stem), row=row,
+                score=ViewScore.of(analysis), pngs=pngs, dicom=dicom, not_dicom=not_dicom,
                 dual_regions=pane is None and analysis.regions == 2,
                 loop=pane in (None, PANES[0]) and analysis.frames > 1))
         except Exception as err:  # one file never stops the batch

@@ -10,7 +10,7 @@ DATA   ?= ../shared/data/busbra
 BUSDX_DATA ?= $(abspath $(DATA))
 PYTEST := $(BIN)/python -m pytest -q -ra --durations=20
 
-.PHONY: install install-train run test reproduce lint chromium check preview report benchmark clean
+.PHONY: install install-train run test reproduce lint chromium dicom-tools check preview report benchmark clean
 
 # The serving set only: numpy, pillow, opencv, onnxruntime, fastapi... no torch.
 install: $(VENV)/.serve
@@ -39,12 +39,23 @@ chromium:
 	      || echo "chromium could not be installed: the browser test will be skipped"; \
 	  else echo "chromium missing and cannot be installed here: the browser test will be skipped"; fi; }
 
+# Debian's DICOM tools for the DICOM tests: dciodvfy (dicom3tools) checks the SR and SEG written,
+# Orthanc with its DICOMweb plugin is the PACS of the round-trip test.
+dicom-tools:
+	@command -v dciodvfy >/dev/null 2>&1 && command -v Orthanc >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing dicom3tools, orthanc and orthanc-dicomweb with apt"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      dicom3tools orthanc orthanc-dicomweb >/dev/null) \
+	      || echo "the DICOM tools could not be installed: their tests will be skipped"; \
+	  else echo "dciodvfy or Orthanc missing and cannot be installed here: their tests will be skipped"; fi; }
+
 lint: install-train
 	$(BIN)/ruff check src tests benchmarks studies tools
 
 # The fast tier: no full dataset, no study re-run over hundreds of images. At most 10 minutes,
 # on every core.
-test: install-train chromium lint
+test: install-train chromium dicom-tools lint
 	$(PYTEST) -m "not full_data" -n auto
 
 # The full-data tier: the bundled models' published numbers, the studies' re-runs, anything that

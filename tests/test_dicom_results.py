@@ -18,7 +18,8 @@ from PIL import Image
 from busdx.cli.main import main
 from stand_in_models import calibration_region, dicom_bytes
 
-hd = pytest.importorskip("highdicom")
+import highdicom as hd
+from tiers import unavailable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "busbra" / "Images" / "bus_0360-l.png"
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -58,7 +59,7 @@ def _rows(path: Path) -> dict[str, dict]:
 
 def _dciodvfy_errors(path: Path) -> list[str]:
     if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+        unavailable("dciodvfy (Debian package dicom3tools) is not installed")
     done = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
     return [line for line in (done.stdout + done.stderr).splitlines()
             if line.startswith("Error")]

@@ -12,6 +12,15 @@ import pytest
 
 from busdx.cli.main import main
 from busdx.inference.batch import BatchOptions
+from tiers import unavailable
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        unavailable("Ray is not installed (pip install -e '.[ray]')")
+    return ray
 
 FIXTURE_IMAGES = Path(__file__).parent / "fixtures" / "busbra" / "Images"
 
@@ -35,7 +44,7 @@ def _same_rows(plain: list[dict], other: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray = pytest.importorskip("ray")
+    ray = _ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray
@@ -44,7 +53,7 @@ def ray_session():
 
 @pytest.mark.slow
 def test_ray_workers_write_what_a_plain_run_writes(tmp_path, stand_in_dir):
-    pytest.importorskip("ray")
+    _ray()
     common = [str(FIXTURE_IMAGES), "--models", str(stand_in_dir)]
     assert main(["predict", *common, "--csv", str(tmp_path / "plain.csv"),
                  "--masks-dir", str(tmp_path / "plain_masks")]) == 0
@@ -89,7 +98,10 @@ def test_a_killed_worker_is_retried_without_losing_or_repeating_rows(ray_session
 
 
 def test_inputs_listed_in_a_csv_and_given_as_urls(tmp_path, stand_in_dir):
-    fsspec = pytest.importorskip("fsspec")
+    try:
+        import fsspec
+    except ImportError:
+        unavailable("fsspec is not installed (pip install -e '.[ray]')")
     images = sorted(FIXTURE_IMAGES.iterdir())[:3]
     listed = tmp_path / "list.csv"
     listed.write_text("patient,path\n" + "".join(f"p{i},{p}\n" for i, p in enumerate(images)))

@@ -187,8 +187,10 @@ def test_no_model_upload_routes_and_no_cors(client):
         for method in methods
         if method in {"post", "put", "patch", "delete"}
     }
-    # /api/lesion takes numbers that /api/analyze returned, not files or models
-    assert writes == {("/api/analyze", "post"), ("/api/lesion", "post")}
+    # /api/lesion takes numbers that /api/analyze returned, not files or models; the DICOM
+    # route analyses an image as /api/analyze does
+    assert writes == {("/api/analyze", "post"), ("/api/lesion", "post"),
+                      ("/api/analyze/dicom", "post")}
     assert client.put("/api/model").status_code in (404, 405)
     assert client.post("/api/model").status_code in (404, 405)
     response = client.options(

@@ -10,6 +10,7 @@ from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -17,8 +18,6 @@ from PIL import Image
 
 from busdx.cli.main import main
 from stand_in_models import calibration_region, dicom_bytes
-
-import highdicom as hd
 from tiers import unavailable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "busbra" / "Images" / "bus_0360-l.png"

@@ -20,6 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from busdx import DISCLAIMER, __version__
+from busdx.api.access import Access, AccessControl
+from busdx.api.metrics import Metrics, MetricsMiddleware
 from busdx.data.preprocess import MAX_PIXELS, MAX_UPLOAD_MB, UPLOAD_SECONDS, ImageError
 from busdx.inference.errors import InputError
 from busdx.inference.models import Models
@@ -63,11 +65,13 @@ def create_app(
     limits: Limits = Limits(),
     concurrency: int = 2,
     allowed_hosts: Sequence[str] | None = None,
+    access: Access | None = None,
 ) -> FastAPI:
     """The app; ``models`` (already loaded) wins over ``models_dir`` (loaded at startup).
     ``allowed_hosts``: the Host names requests may carry (others get a 400: a page on another
     site cannot reach a loopback server through DNS rebinding); None checks none (tests, or a
-    proxy in front that checks them)."""
+    proxy in front that checks them). ``access``: who may use the API (busdx.api.access);
+    None lets everyone who can connect."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -83,7 +87,7 @@ def create_app(
         app.state.upload_slots = anyio.Semaphore(limits.max_uploads)
         yield
 
-    from busdx.api.routers import analyze, lesion, meta
+    from busdx.api.routers import analyze, dicom, lesion, meta
     from busdx.api.routers.meta import model_card_page, served_card
 
     swagger_dir = _swagger_ui_dir()
@@ -100,6 +104,7 @@ def create_app(
     if swagger_dir:
         _offline_docs(app, swagger_dir)
     app.state.limits = limits
+    app.state.metrics = Metrics()
 
     @app.exception_handler(ImageError)
     async def input_error(request: Request, err: ImageError) -> JSONResponse:
@@ -135,10 +140,14 @@ def create_app(
     app.add_middleware(JSONBodyLimit, limit=limits.max_json_bytes)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    # outermost last: every request is counted, refused ones included
+    app.add_middleware(AccessControl, access=access or Access())
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(meta.router)
     app.include_router(meta.pages)
     app.include_router(analyze.router)
     app.include_router(lesion.router)
+    app.include_router(dicom.router)
     # Last: the page and its files at /, after every /api route.
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web")
     return app

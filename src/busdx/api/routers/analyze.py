@@ -16,6 +16,7 @@ import anyio
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
+from busdx.api.access import audit
 from busdx.api.schemas import AnalyzeResponse
 from busdx.data.preprocess import ImageError
 from busdx.inference.decode import decode_bytes, parse_frame
@@ -130,6 +131,7 @@ async def analyze(
         "analysed a %dx%d %s image in %.0f ms",
         result.width, result.height, result.format, result.timings_ms.get("total", 0.0),
     )
+    audit(request, "/api/analyze", result.model_version, result.label)
     answer = result.to_json(images=images == "all")
     if images == "mask":
         answer["png"] = {"mask": base64.b64encode(mask_png(result.mask)).decode()}

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 
+from busdx.api.access import audit
 from busdx.api.schemas import LesionRequest, LesionResponse
 from busdx.inference.lesion import ViewScore, read_lesion
 
@@ -46,4 +47,6 @@ def lesion(request: Request, body: LesionRequest) -> dict[str, Any]:
                                  f"them again with {models.version}")
     views = [ViewScore(v.logit, models.settings.temperature, v.lesion_found, v.model_version,
                        v.unusual, v.longest_diameter, v.units) for v in body.views]
-    return read_lesion(views, threshold, models.settings.lesion_agreement).to_json()
+    reading = read_lesion(views, threshold, models.settings.lesion_agreement)
+    audit(request, "/api/lesion", models.version, reading.label)
+    return reading.to_json()

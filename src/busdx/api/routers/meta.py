@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from busdx import DISCLAIMER, __version__
 
@@ -22,6 +22,23 @@ MODEL_CARD_MD = "MODEL_CARD.md"
 def health(request: Request) -> dict[str, Any]:
     models = request.app.state.models
     return {"status": "ok", "model_version": models.version, "busdx_version": __version__}
+
+
+@router.get("/ready", summary="Readiness: the models are loaded and analyses can start")
+def ready(request: Request) -> dict[str, Any]:
+    state = request.app.state
+    if getattr(state, "models", None) is None or getattr(state, "limiter", None) is None:
+        raise HTTPException(503, "not ready: the models are still loading")
+    waiting = state.limiter.statistics().tasks_waiting
+    return {"status": "ready", "model_version": state.models.version,
+            "analyses_running": state.limiter.borrowed_tokens, "analyses_waiting": waiting}
+
+
+@pages.get("/metrics", summary="Prometheus metrics: requests, latency, errors, analyses by call",
+           include_in_schema=True)
+def metrics(request: Request) -> Response:
+    body, kind = request.app.state.metrics.exposition()
+    return Response(body, media_type=kind)
 
 
 @router.get("/model", summary="The model card: training data, validation, threshold, limits")

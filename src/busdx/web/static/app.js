@@ -336,6 +336,28 @@ function scanAreaNote(image) {
   return notes.join(" ");
 }
 
+// A server started with access tokens answers /api with 401 until the page sends one: the page
+// asks once and keeps the token for this tab only (sessionStorage), never in the address.
+const TOKEN_KEY = "busdx-token";
+async function apiFetch(url, options = {}) {
+  const send = () => {
+    const headers = new Headers(options.headers || {});
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.set("Authorization", `Bearer ${token}`);
+    return fetch(url, { ...options, headers });
+  };
+  let response = await send();
+  if (response.status === 401) {
+    const token = window.prompt("This busdx server needs an access token. Paste the one you " +
+      "were given:");
+    if (token && token.trim()) {
+      sessionStorage.setItem(TOKEN_KEY, token.trim());
+      response = await send();
+    }
+  }
+  return response;
+}
+
 // One image (or one pane of a dual-view capture) through /api/analyze; throws an Error whose
 // message is for the reader.
 async function analyzeOne(file, pane = null, frame = null) {
@@ -347,7 +369,7 @@ async function analyzeOne(file, pane = null, frame = null) {
   let response;
   try {
     const url = query.toString() ? `/api/analyze?${query}` : "/api/analyze";
-    response = await fetch(url, { method: "POST", body: form });
+    response = await apiFetch(url, { method: "POST", body: form });
   } catch (_) {
     throw new Error("The server could not be reached. Is busdx serve still running?");
   }
@@ -434,7 +456,7 @@ async function analyzeLesion(files, dual) {
       }
     }
     setStatus("Reading the lesion from its views…", true);
-    const response = await fetch("/api/lesion", {
+    const response = await apiFetch("/api/lesion", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ views: views.map(({ result: r }) => ({
@@ -687,7 +709,7 @@ function describeOperatingPoint(classifier) {
     "can differ.";
 }
 
-fetch("/api/model").then((r) => (r.ok ? r.json() : null)).then((card) => {
+apiFetch("/api/model").then((r) => (r.ok ? r.json() : null)).then((card) => {
   if (card && card.disclaimer) els.disclaimer.textContent = card.disclaimer;
   if (card && card.limits && card.limits.max_upload_bytes > 0) {
     maxBytes = card.limits.max_upload_bytes;

@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "busdx"
 # each layer may import the ones before it; training and inference are siblings (neither
 # imports the other); the leaf modules at the top (errors, numeric, release, hardware) import
 # no layer
-LAYERS = ["data", "models", "training", "inference", "evaluation", "api", "web", "cli"]
+LAYERS = ["data", "models", "training", "inference", "evaluation", "api", "pacs", "web", "cli"]
 SIBLINGS = {("training", "inference"), ("inference", "training")}
 LEAVES = {"errors", "numeric", "release", "hardware"}
 

@@ -1,0 +1,1 @@
+"""busdx beside a PACS: the DICOMweb worker (busdx.pacs.dicomweb)."""

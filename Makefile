@@ -10,7 +10,7 @@ DATA   ?= ../shared/data/busbra
 BUSDX_DATA ?= $(abspath $(DATA))
 PYTEST := $(BIN)/python -m pytest -q -ra --durations=20
 
-.PHONY: install install-train run test reproduce lint chromium dicom-tools check preview report benchmark clean
+.PHONY: install install-train run test reproduce lint chromium dicom-tools container check preview report benchmark clean
 
 # The serving set only: numpy, pillow, opencv, onnxruntime, fastapi... no torch.
 install: $(VENV)/.serve
@@ -64,6 +64,18 @@ reproduce: install-train
 	@test -f "$(BUSDX_DATA)/bus_data.csv" || { echo "make reproduce needs the complete BUS-BRA \
 	dataset: no bus_data.csv in $(BUSDX_DATA). Set DATA=... (or BUSDX_DATA=...) to its folder."; exit 2; }
 	BUSDX_DATA="$(BUSDX_DATA)" BUSDX_TESTS_STRICT=1 $(PYTEST) -m full_data -n auto --maxschedchunk 1
+
+# The serving image (deploy/Containerfile: ONNX Runtime, no torch, the bundled models), built with
+# podman on a Debian base made by debootstrap (no registry needed), then smoke-tested: ready, 401
+# without a token, an analysis with one, /metrics, the health check, no torch. Needs root.
+container: install
+	@command -v podman >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || { \
+	  echo "installing podman, runc and debootstrap with apt"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    podman runc debootstrap >/dev/null; }
+	deploy/base-image.sh
+	PYTHON=$(BIN)/python deploy/build.sh
+	deploy/smoke.sh
 
 check: install
 	$(BIN)/busdx data check --data $(DATA)

@@ -158,3 +158,16 @@ def test_data_check_covers_breast(fixtures_root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "case009: image case009.png is unreadable" in out
     assert "case173: mask case173_tumor.png is unreadable" in out
+
+
+def test_data_preview_draws_the_second_site_too(fixtures_root, tmp_path):
+    from PIL import Image
+
+    from busdx.cli.main import main
+
+    out = tmp_path / "preview.png"
+    assert main(["data", "preview", "--data", str(fixtures_root), "--breast",
+                 str(BREAST_FIXTURE), "--out", str(out), "--images", "4"]) == 0
+    for path in (out, tmp_path / "preview-breast.png"):
+        with Image.open(path) as figure:
+            assert figure.width > 500 and figure.height > 300

@@ -49,6 +49,13 @@ def _preview(args: argparse.Namespace) -> int:
 
     out = preview(args.data, args.out, split_config(args), n_images=args.images, seed=args.seed)
     log.info("wrote %s", out)
+    if args.breast:
+        from pathlib import Path
+
+        from busdx.data.preview import preview_breast
+
+        second = Path(args.out).with_name(f"{Path(args.out).stem}-breast.png")
+        log.info("wrote %s", preview_breast(args.breast, second, args.images, args.seed))
     return 0
 
 
@@ -68,4 +75,6 @@ def register(sub, groups) -> None:
     add_data_arguments(prev)
     prev.add_argument("--out", required=True, metavar="FILE.png")
     prev.add_argument("--images", type=int, default=12, help="images in the grid")
+    prev.add_argument("--breast", metavar="DIR",
+                      help="also a figure of a BrEaST-Lesions-USG folder (OUT-breast.png)")
     prev.set_defaults(func=_preview)

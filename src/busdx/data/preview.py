@@ -1,4 +1,5 @@
-"""``busdx data preview``: images with their mask contours, and the balance of each split."""
+"""``busdx data preview``: images with their mask contours, and the balance of each split, for
+BUS-BRA and (``--breast``) BrEaST-Lesions-USG."""
 
 from __future__ import annotations
 
@@ -88,6 +89,61 @@ def preview(data, out: str | Path, split_config: SplitConfig | None = None,
     fig.suptitle(f"BUS-BRA: {len(index)} images, {len(index.patients)} patients; "
                  f"test = fold {split.test_fold} ({split.source}); contours = lesion masks",
                  fontsize=12)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def preview_breast(root, out: str | Path, n_images: int = 12, seed: int = 0) -> Path:
+    """BrEaST-Lesions-USG: whole scans with their lesion contours (normal scans too), and how
+    its patient-wise halves (busdx.data.sites: dev, test) balance pathology and BI-RADS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from busdx.data.sites import read_breast
+
+    records = read_breast(root)
+    normal = [r for r in records if r.label is None]
+    picked = normal[:2] + _pick([r for r in records if r.label is not None],
+                                n_images - min(2, len(normal)), seed)
+    cols = 6
+    rows = int(np.ceil(len(picked) / cols))
+    fig = plt.figure(figsize=(3 * cols, 3.1 * rows + 3.4))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[3.1] * rows + [3.4])
+    for i, record in enumerate(picked):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        ax.imshow(load_gray(record.image_path), cmap="gray", vmin=0, vmax=1)
+        colour = {1: "#e0443e", 0: "#3ec1e0"}.get(record.label, "#7ad151")
+        if record.mask_path is not None:
+            ax.contour(load_mask(record.mask_path), levels=[0.5], colors=[colour],
+                       linewidths=1.2)
+        ax.set_title(f"{record.id} · {record.pathology}\nBI-RADS {record.birads or '-'} · "
+                     f"{record.split}", fontsize=8, color=colour)
+        ax.axis("off")
+    bottom = grid[rows, :].subgridspec(1, 2, wspace=0.3)
+    halves = {name: [r for r in records if r.split == name] for name in ("dev", "test")}
+    colours = {"dev": SPLIT_COLOURS["train"], "test": SPLIT_COLOURS["test"]}
+    for ax, (title, key) in zip([fig.add_subplot(b) for b in bottom],
+                                (("Pathology", lambda r: r.pathology),
+                                 ("BI-RADS", lambda r: r.birads or "-")), strict=True):
+        categories = sorted({key(r) for r in records})
+        x = np.arange(len(categories))
+        for j, (name, part) in enumerate(halves.items()):
+            counts = Counter(key(r) for r in part)
+            share = [100.0 * counts.get(c, 0) / max(len(part), 1) for c in categories]
+            ax.bar(x + (j - 0.5) * 0.4, share, 0.4, label=f"{name} (n={len(part)})",
+                   color=colours[name])
+        ax.set_xticks(x, [str(c) for c in categories], fontsize=8)
+        ax.set_ylabel("% of half")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"BrEaST-Lesions-USG: {len(records)} whole scans; halves split by patient "
+                 "(dev may be trained on, test never); contours = lesion masks", fontsize=12)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

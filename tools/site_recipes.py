@@ -7,7 +7,7 @@ reports/studies/site_recipes.json (the numbers) and docs/generalisation_results.
 Every number here is a selection score (BrEaST's development half, BUS-BRA validation), never a
 test result.
 
-    python tools/site_recipes.py bundled control windows
+    python tools/site_recipes.py bundled control windows wide
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ WHAT = {
     "bundled": "the bundled segmenter (two networks, lite1 + lite0, trained on a GPU)",
     "control": "one lite0 U-Net, 8 epochs on this CPU, BUS-BRA training images only",
     "windows": "the same, plus each training image's lesion-free window with an empty mask",
+    "wide": "the control, with half of the training images zoomed out (a wider field of view, "
+            "as whole scans have)",
+    "wide_windows": "the control with both: zoomed out and lesion-free windows",
 }
 
 
@@ -79,9 +82,10 @@ def page(results: dict[str, dict]) -> str:
         lines += ["", f"By the plan a candidate is eligible only if its BUS-BRA validation Dice is "
                   f"at least the bundled segmenter's minus 0.005 ({bar:.4f}): "
                   + (", ".join(eligible) if eligible else "none of these is, so nothing ships")
-                  + ". The comparison that isolates the recipe is windows against control (the "
-                  "same network, data and schedule): it says what training on lesion-free "
-                  "windows buys and costs, to be repeated at the bundled networks' strength."]
+                  + ". Each recipe is isolated against control (the same network, data, seed and "
+                  "schedule): windows says what training on lesion-free windows buys and costs, "
+                  "wide what zooming out does; to be repeated at the bundled networks' "
+                  "strength."]
     return "\n".join(lines) + "\n"
 
 

@@ -56,7 +56,11 @@ def conditions(results: dict[str, dict]) -> list[str]:
     lines.append(f"- CPU: {m['cpu']}, {m['usable_cpus']} usable cores; Python {m['python']}; "
                  + ", ".join(f"{k} {v}" for k, v in any_result.get("versions", {}).items()) + ".")
     models = any_result.get("models", {})
-    lines.append(f"- Models: `{models.get('dir')}`, version `{models.get('version')}`"
+    folder = str(models.get("dir"))
+    # the repository's own folder by its name: a checkout's path says nothing to a reader
+    folder = "models/" if folder.rstrip("/").endswith("/models") and Path(folder).resolve() == (
+        REPO / "models").resolve() else folder
+    lines.append(f"- Models: `{folder}`, version `{models.get('version')}`"
                  + (" (**stand-in models, not the trained ones**)" if models.get("stand_in")
                     else "") + ".")
     contended = [n for n, r in results.items() if r["machine"].get("contended")]

@@ -163,7 +163,10 @@ def mean(value: float, process: Process) -> float:
         return value
     import torch.distributed as dist
 
-    total = torch.tensor([float(value)], dtype=torch.float64)
+    # NCCL reduces GPU tensors only
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if dist.get_backend() == "nccl" else torch.device("cpu"))
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return float(total.item()) / process.world_size
 

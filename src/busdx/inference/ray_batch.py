@@ -92,12 +92,14 @@ def analyse_all(sources: Sequence[str], models_dir: Path | None, options: BatchO
     owned = actors is None
     if owned:
         actors = make_actors(ray, workers, models_dir, options, threads)
+    # no larger than an even share, so that a small run keeps every worker busy
+    size = max(1, min(batch_size, -(-len(sources) // len(actors))))
     log.info("analysing %d inputs on %d Ray workers, %d per batch", len(sources), len(actors),
-             batch_size)
+             size)
     pool = ActorPool(actors)
     try:
         for results in pool.map(lambda actor, batch: actor.analyse.remote(batch),
-                                batches(sources, batch_size)):
+                                batches(sources, size)):
             yield from results
     finally:
         if owned:

@@ -86,15 +86,16 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
 def busy_processes() -> list[str]:
     """Other heavy busdx jobs (training, evaluation) that would make timings meaningless."""
     try:
-        out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True,
+        out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True,
                              timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     mine = {str(os.getpid()), str(os.getppid())}
     busy = []
     for line in out.splitlines()[1:]:
-        pid, _, args = line.strip().partition(" ")
-        if pid in mine:
+        pid, state, args = (line.strip().split(None, 2) + ["", ""])[:3]
+        # a stopped job (kill -STOP while measuring) takes no CPU
+        if pid in mine or state.startswith("T"):
             continue
         if "busdx" in args and any(f" {w} " in f" {args} " for w in ("train", "evaluate")):
             busy.append(line.strip()[:160])

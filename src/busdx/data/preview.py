@@ -52,6 +52,17 @@ def _bars(ax, split, key, title: str, order=None) -> None:
     ax.legend(fontsize=7)
 
 
+def _save(fig, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def _short_scanner(name: str) -> str:
     return name.split("@")[0].strip()
 
@@ -89,12 +100,7 @@ def preview(data, out: str | Path, split_config: SplitConfig | None = None,
     fig.suptitle(f"BUS-BRA: {len(index)} images, {len(index.patients)} patients; "
                  f"test = fold {split.test_fold} ({split.source}); contours = lesion masks",
                  fontsize=12)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def preview_breast(root, out: str | Path, n_images: int = 12, seed: int = 0) -> Path:
@@ -144,9 +150,4 @@ def preview_breast(root, out: str | Path, n_images: int = 12, seed: int = 0) -> 
         ax.legend(fontsize=7)
     fig.suptitle(f"BrEaST-Lesions-USG: {len(records)} whole scans; halves split by patient "
                  "(dev may be trained on, test never); contours = lesion masks", fontsize=12)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)

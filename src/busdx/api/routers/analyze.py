@@ -112,10 +112,7 @@ async def analyze(
         "all", description="the pictures in `png`: all six, the mask only, or none"),
 ) -> dict[str, Any]:
     state = request.app.state
-    try:
-        chosen = parse_frame(frame)
-    except ValueError as err:
-        raise InputError(str(err)) from err
+    chosen = frame_asked(frame)
     data = await _receive(request)
     # At most ``concurrency`` analyses at once, which bounds memory; each in a worker thread, so
     # /api/health keeps answering during an analysis.
@@ -136,6 +133,14 @@ async def analyze(
     if images == "mask":
         answer["png"] = {"mask": base64.b64encode(mask_png(result.mask)).decode()}
     return answer
+
+
+def frame_asked(frame: str | None) -> int | None:
+    """The ``frame`` query as busdx.inference.decode.parse_frame reads it; a 422 otherwise."""
+    try:
+        return parse_frame(frame)
+    except ValueError as err:
+        raise InputError(str(err)) from err
 
 
 async def _receive(request: Request) -> bytes:

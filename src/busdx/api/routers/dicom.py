@@ -15,9 +15,14 @@ import anyio
 from fastapi import APIRouter, Query, Request
 
 from busdx.api.access import audit
-from busdx.api.routers.analyze import ERROR_RESPONSES, OPENAPI_BODY, _decode_and_analyze, _receive
+from busdx.api.routers.analyze import (
+    ERROR_RESPONSES,
+    OPENAPI_BODY,
+    _decode_and_analyze,
+    _receive,
+    frame_asked,
+)
 from busdx.errors import BusdxError
-from busdx.inference.decode import parse_frame
 from busdx.inference.dicom import is_dicom
 from busdx.inference.errors import InputError, UnsupportedFormat
 
@@ -55,10 +60,7 @@ async def analyze_dicom(
     frame: str | None = Query(None, description="as for /api/analyze"),
 ) -> dict[str, Any]:
     state = request.app.state
-    try:
-        chosen = parse_frame(frame)
-    except ValueError as err:
-        raise InputError(str(err)) from err
+    chosen = frame_asked(frame)
     data = await _receive(request)
     if not is_dicom(data[:132]):
         raise UnsupportedFormat("DICOM results need a DICOM file (Part 10, with the DICM "

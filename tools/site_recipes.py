@@ -7,7 +7,7 @@ reports/studies/site_recipes.json (the numbers) and docs/generalisation_results.
 Every number here is a selection score (BrEaST's development half, BUS-BRA validation), never a
 test result.
 
-    python tools/site_recipes.py bundled control windows wide
+    python tools/site_recipes.py bundled control windows wide wide_windows
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ def summary(name: str) -> dict:
     evidence = (folder / "release" / "evidence" if (folder / "release").is_dir()
                 else ROOT / "evidence") / "segmenter.validation.json"
     val = json.loads(evidence.read_text())["results"]["dice"] if evidence.is_file() else {}
+    run = ROOT / "runs" / "explore" / f"seg_{name}" / "summary.json"
+    commands = [c.replace("../shared/data/busbra", "DATA")
+                for c in json.loads(run.read_text()).get("commands", [])] if run.is_file() else []
     out = {"what": WHAT.get(name, name), "model_version": ext["model_version"],
+           "commands": commands,
            "breast_dev_auc": ext["classification"]["auc"],
            "breast_dev_auc_ci95": ext["classification"]["auc_ci95"],
            "breast_dev_dice": ext["segmentation"]["dice"]["mean"],
@@ -84,8 +88,23 @@ def page(results: dict[str, dict]) -> str:
                   + (", ".join(eligible) if eligible else "none of these is, so nothing ships")
                   + ". Each recipe is isolated against control (the same network, data, seed and "
                   "schedule): windows says what training on lesion-free windows buys and costs, "
-                  "wide what zooming out does; to be repeated at the bundled networks' "
-                  "strength."]
+                  "wide what zooming out does, wide_windows both together; to be repeated at "
+                  "the bundled networks' strength."]
+        meets = [n for n, r in results.items()
+                 if all(r[f"{s}_no_lesion"]["hits"] >= 0.90 * r[f"{s}_no_lesion"]["n"]
+                        and r[f"{s}_found"]["hits"] >= 0.98 * r[f"{s}_found"]["n"]
+                        for s in ("busbra", "breast"))]
+        lines += ["", "The plan's \"no lesion\" target (at least 90% of lesion-free images "
+                  "reported as such while a lesion is still found in at least 98% of lesion "
+                  "images, on both sites' development data) is met by: "
+                  + (", ".join(meets) if meets else "none of these") + "."]
+    commands = {n: r["commands"] for n, r in results.items() if r.get("commands")}
+    if commands:
+        lines += ["", "## How each candidate was trained", "",
+                  "Each on this project's 2-core CPU, one thread; `--config` names the control's "
+                  "recipe file, so those runs differ from it only by the options after it.", "",
+                  "```sh"]
+        lines += [c for cs in commands.values() for c in cs] + ["```"]
     return "\n".join(lines) + "\n"
 
 

@@ -263,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
                          "views of one lesion)")
     if not args.inputs and args.list is None:
         raise BusdxError("nothing to analyse: name files or folders, or --list FILE.csv")
+    if args.threads is not None and args.threads < 1:
+        raise BusdxError("--threads must be at least 1")
     use_ray = args.ray or args.ray_address is not None
     pattern = compile_pattern(args.lesion_pattern)
     by_lesion = args.lesions_csv is not None
@@ -270,8 +272,6 @@ def run(args: argparse.Namespace) -> int:
     if not sources:
         raise BusdxError("no image files found in the inputs")
     # loaded here even for Ray: a missing or broken release stops the command before the batch
-    if args.threads is not None and args.threads < 1:
-        raise BusdxError("--threads must be at least 1")
     models = Models.load(args.models, threads=args.threads)
     if by_lesion and models.settings.lesion_threshold is None:
         raise BusdxError("these models' card offers no lesion reading: leave out "
@@ -324,8 +324,7 @@ def run(args: argparse.Namespace) -> int:
                 writer.writerow(result.row)
             out.flush()
             bar.update()
-    files = sources
-    total = len(files) * (2 if args.dual_view else 1)
+    total = len(sources) * (2 if args.dual_view else 1)
     log.info("%d %s analysed, %d failed; results in %s", total - failed,
              "panes" if args.dual_view else "images", failed, args.csv)
     if by_lesion:
@@ -338,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
         several = sum(int(r["views"] or 0) > 1 for r in rows)
         log.info("%d lesions (%d read from several views); results in %s", len(rows), several,
                  args.lesions_csv)
-        if several == 0 and len(files) > 1 and not args.dual_view:
+        if several == 0 and len(sources) > 1 and not args.dual_view:
             log.warning("--lesion-pattern put every file in a lesion of its own: check that its "
                         "first group names what the views of one lesion share")
     if dual_regions:

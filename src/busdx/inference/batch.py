@@ -87,11 +87,11 @@ def is_url(source: str) -> bool:
     return "://" in source and not source.startswith("file://")
 
 
-def read_source(source: str, max_bytes: int = MAX_FILE_BYTES) -> bytes | Path:
-    """A local path as itself (the decoder reads it, with its checks); a URL's bytes, read with
-    fsspec, at most ``max_bytes``."""
+def read_source(source: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a local file (read_file, with its checks) or of a URL (read with fsspec),
+    at most ``max_bytes``."""
     if not is_url(source):
-        return Path(source.removeprefix("file://"))
+        return read_file(Path(source.removeprefix("file://")), max_bytes)
     try:
         import fsspec
     except ImportError as err:
@@ -168,22 +168,12 @@ def error_message(err: Exception) -> str:
     return f"internal error ({type(err).__name__}): the analysis failed"
 
 
-def dicom_files(data: bytes, analysis) -> dict[str, bytes]:
-    """A DICOM input's SR and (with a lesion) SEG, by file suffix."""
-    from busdx.inference.dicom_results import dicom_results, source_dataset, to_bytes
-
-    results = dicom_results(source_dataset(data), analysis)
-    files = {"_sr": to_bytes(results.sr)}
-    if results.seg is not None:
-        files["_seg"] = to_bytes(results.seg)
-    return files
-
-
 def analyse_input(source: str, models, options: BatchOptions) -> list[ViewResult]:
     """Every view of one input, each a row; a view that cannot be analysed is an error row,
     never an exception (one file never stops a batch)."""
     from busdx.inference import overlay as ov
     from busdx.inference.decode import decode
+    from busdx.inference.dicom_results import dicom_files
     from busdx.inference.lesion import ViewScore
     from busdx.inference.pipeline import analyze
     from busdx.inference.scan_area import PANES
@@ -192,15 +182,13 @@ def analyse_input(source: str, models, options: BatchOptions) -> list[ViewResult
     results = []
     data = None  # read once for both panes of a capture
     decoded = None
+    name = Path(source.rstrip("/").rsplit("/", 1)[-1]) if is_url(source) else Path(source)
     for pane in panes:
         view = source if pane is None else f"{source}#{pane}"
-        name = Path(source.rstrip("/").rsplit("/", 1)[-1]) if is_url(source) else Path(source)
         stem = name if pane is None else name.with_name(f"{name.stem}-{pane}.png")
         try:
             if data is None:
                 data = read_source(source)
-                if isinstance(data, Path):
-                    data = read_file(data)
             if pane is not None and decoded is None:
                 decoded = decode(data, frame=options.frame)
             analysis = analyze(data if pane is None else decoded, models,

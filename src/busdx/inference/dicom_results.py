@@ -47,11 +47,11 @@ class DicomResults:
     sr: object  # pydicom Dataset: the measurement report
     seg: object | None  # pydicom Dataset: the segmentation; None when no lesion was found
 
-    def files(self, stem: str) -> dict[str, bytes]:
-        """``<stem>_sr.dcm`` and (with a lesion) ``<stem>_seg.dcm`` as Part 10 bytes."""
-        out = {f"{stem}_sr.dcm": to_bytes(self.sr)}
+    def parts(self) -> dict[str, bytes]:
+        """Part 10 bytes by file suffix: ``_sr`` and, with a lesion, ``_seg``."""
+        out = {"_sr": to_bytes(self.sr)}
         if self.seg is not None:
-            out[f"{stem}_seg.dcm"] = to_bytes(self.seg)
+            out["_seg"] = to_bytes(self.seg)
         return out
 
 
@@ -112,6 +112,11 @@ def source_dataset(data: bytes):
         raise BusdxError(f"the DICOM file lacks {', '.join(missing)}: its results cannot "
                          "reference it")
     return ds
+
+
+def dicom_files(data: bytes, analysis) -> dict[str, bytes]:
+    """The SR and (with a lesion) SEG of ``analysis`` of the DICOM file ``data``, by suffix."""
+    return dicom_results(source_dataset(data), analysis).parts()
 
 
 def mask_on_source(analysis, rows: int, columns: int) -> np.ndarray:

@@ -30,10 +30,10 @@ class Analyser:
     """A Ray actor's state: the loaded models, kept for every batch it is given."""
 
     def __init__(self, models_dir: str | None, options: BatchOptions, threads: int):
-        # each actor holds one CPU: ONNX Runtime's own thread pool would overcommit the node
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         from busdx.inference.models import Models
 
+        # as many ONNX Runtime threads as the CPUs Ray gave the actor, so a node is not
+        # overcommitted
         self.models = Models.load(models_dir, threads=threads)
         self.options = options
 

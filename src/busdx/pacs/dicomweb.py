@@ -171,7 +171,7 @@ class Worker:
         return counts
 
     def _handle(self, study: str, series: str, sop: str) -> dict:
-        from busdx.inference.batch import dicom_files
+        from busdx.inference.dicom_results import dicom_files
         from busdx.inference.pipeline import analyze
 
         try:

@@ -138,10 +138,9 @@ def wrap(modules: dict[str, nn.Module], loss, process: Process, device: torch.de
     trained = _Trained(modules, loss)
     if device.type == "cuda":
         # in place: the task's own references to its modules see the synchronised layers
-        for name, module in modules.items():
+        for module in modules.values():
             for child_name, child in list(module.named_children()):
                 module.add_module(child_name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
-            trained.parts[name] = module
     return DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda"
                                    else None)
 

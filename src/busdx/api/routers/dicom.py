@@ -30,7 +30,7 @@ router = APIRouter(prefix="/api", tags=["analysis"])
 
 
 def _analyse(data: bytes, models, max_pixels: int, pane: str | None, frame: int | None):
-    from busdx.inference.batch import dicom_files
+    from busdx.inference.dicom_results import dicom_files
 
     result = _decode_and_analyze(data, models, max_pixels, pane, frame, images="none")
     try:

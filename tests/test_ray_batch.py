@@ -118,6 +118,9 @@ def test_inputs_listed_in_a_csv_and_given_as_urls(tmp_path, stand_in_dir):
     assert remote["error"] == "" and remote["probability"] == local["probability"]
     assert "cannot read" in rows["memory://busdx-test/none.png"]["error"]
     assert (tmp_path / "m" / "remote.png").is_file()
-    # nothing named at all is a usage error, not an empty CSV
+    # nothing named at all is a usage error, not an empty CSV; so are no workers
     assert main(["predict", "--csv", str(tmp_path / "none.csv"), "--models",
                  str(stand_in_dir)]) == 2
+    for option in ("--ray-workers", "--ray-batch", "--threads"):
+        assert main(["predict", str(images[0]), "--csv", str(tmp_path / "none.csv"), "--ray",
+                     option, "0", "--models", str(stand_in_dir)]) == 2

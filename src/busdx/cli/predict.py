@@ -263,8 +263,10 @@ def run(args: argparse.Namespace) -> int:
                          "views of one lesion)")
     if not args.inputs and args.list is None:
         raise BusdxError("nothing to analyse: name files or folders, or --list FILE.csv")
-    if args.threads is not None and args.threads < 1:
-        raise BusdxError("--threads must be at least 1")
+    for option, value in (("--threads", args.threads), ("--ray-workers", args.ray_workers),
+                          ("--ray-batch", args.ray_batch)):
+        if value is not None and value < 1:
+            raise BusdxError(f"{option} must be at least 1")
     use_ray = args.ray or args.ray_address is not None
     pattern = compile_pattern(args.lesion_pattern)
     by_lesion = args.lesions_csv is not None

@@ -395,3 +395,39 @@ def test_segmenter_cross_validation_validates_on_a_whole_fold(fixtures_root):
 
     train, val = _split_records(SegTrainConfig(data=str(fixtures_root), val_fold=2))
     assert {r.fold for r in val} == {2} and {r.fold for r in train} == {1, 3, 4}
+
+
+@pytest.mark.slow
+def test_a_member_of_an_exported_graph_is_fine_tuned(trained_run, fixtures_root, tmp_path):
+    """`--init GRAPH.onnx:INDEX` rebuilds the member as a torch network, gives its folded batch
+    norms statistics again without changing its output, and trains on from it; a mismatched
+    --encoder is refused before any training."""
+    from busdx.models.from_onnx import recover_segmenter, restore_batch_norm_statistics
+    from busdx.models.segmentation import SegmenterExport, load_segmenter_checkpoint
+
+    graph = tmp_path / "one.onnx"
+    assert main(["export", "segmentation", "--checkpoint", str(trained_run / "best.pt"),
+                 "--out", str(graph), "--no-evidence"]) == 0
+    images = torch.rand(3, 1, 224, 224, generator=torch.Generator().manual_seed(1))
+    original = SegmenterExport(load_segmenter_checkpoint(trained_run / "best.pt")[0]).eval()
+    net, config = recover_segmenter(graph, 0)
+    assert config.encoder == "tf_efficientnet_lite0"
+    wrapped = SegmenterExport(net).eval()
+    with torch.no_grad():
+        expected = original(images)
+        assert (wrapped(images) - expected).abs().max() < ONNX_TOLERANCE
+        folded = [m.running_var.clone() for m in net.modules()
+                  if isinstance(m, torch.nn.BatchNorm2d)]
+        restore_batch_norm_statistics(wrapped, [images])
+        assert (wrapped(images) - expected).abs().max() < ONNX_TOLERANCE
+        restored = [m.running_var for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not all(torch.allclose(a, b) for a, b in zip(folded, restored, strict=True))
+
+    out = tmp_path / "tuned"
+    tuned = train_segmenter(_config(fixtures_root, out, init=f"{graph}:0", lr=1e-4))
+    assert tuned.checkpoint.is_file()
+    assert json.loads((out / "config.json").read_text())["init"] == f"{graph}:0"
+    with pytest.raises(BusdxError, match="--encoder"):
+        train_segmenter(_config(fixtures_root, tmp_path / "wrong", init=f"{graph}:0",
+                                model=SegmenterConfig(encoder="tf_efficientnet_lite1",
+                                                      pretrained=False)))

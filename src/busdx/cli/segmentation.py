@@ -57,6 +57,9 @@ def _register_train(group) -> None:
     p.add_argument("--lesion-free-windows", action="store_true",
                    help="also train on each training image's lesion-free window with an empty "
                    "mask (busdx.data.windows): the network learns to outline nothing")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT|GRAPH.onnx:INDEX",
+                   help="fine-tune trained weights: a run's best.pt, or member INDEX of an "
+                   "exported segmenter (models/segmenter.onnx:0); give its --encoder")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N images only")
     p.add_argument("--limit-val", type=int, default=None)
     p.add_argument("--cache-dir", default="cache", help="letterboxed-image cache ('' for none)")
@@ -96,7 +99,7 @@ def _train_config(args):
         workers=args.workers, size=args.size,
         device=args.device, augment=not args.no_augment, augment_preset=args.augment,
         limit_train=args.limit_train,
-        lesion_free_windows=args.lesion_free_windows,
+        lesion_free_windows=args.lesion_free_windows, init=args.init,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
         note=args.note,
         model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained,

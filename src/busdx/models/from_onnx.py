@@ -204,3 +204,104 @@ def recover_classifier(graph_path, section: dict) -> tuple[Any, dict]:
                                    "calibration and export, not for more training"},
     }
     return model, checkpoint
+
+
+def recover_segmenter(graph_path, member: int = 0, encoder: str | None = None,
+                      decoder_channels: tuple[int, ...] | None = None) -> tuple[Any, Any]:
+    """Member ``member`` of a segmenter graph rebuilt as a torch U-Net (eval mode), with its
+    :class:`~busdx.models.segmentation.SegmenterConfig`; a starting point for fine-tuning once
+    :func:`restore_batch_norm_statistics` has given its batch norms statistics again.
+
+    The encoder is read from the card's ``made_of`` when not given. Like a recovered classifier,
+    the network comes back with its batch norms folded into the convolutions; the rebuilt
+    network's output is checked against the graph's."""
+    import numpy as np
+    import torch
+
+    from busdx.models.classification import conv_bn_pairs
+    from busdx.models.segmentation import SegmenterConfig, SegmenterExport, build_segmenter
+    from busdx.models.storage import stored_weights
+
+    proto = extract_member(onnx.load(str(graph_path)), member)
+    weights = stored_weights(proto)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    head = convs[-1]
+    defaults = SegmenterConfig()
+    channels = decoder_channels or defaults.decoder_channels
+    candidates = [encoder] if encoder else [f"tf_efficientnet_lite{k}" for k in range(5)]
+    for name in candidates:
+        config = SegmenterConfig(encoder=name, pretrained=False, decoder_channels=channels)
+        net = build_segmenter(config).eval()
+        pairs = conv_bn_pairs(net.encoder) + conv_bn_pairs(net.decoder)
+        shapes = [tuple(c.weight.shape) for c, _ in pairs]
+        if len(pairs) + 1 == len(convs) and shapes == [
+                tuple(weights[n.input[1]].shape) for n in convs[:-1]]:
+            break
+    else:
+        raise BusdxError(f"member {member} of {graph_path} matches no EfficientNet-Lite U-Net "
+                         f"with decoder channels {list(channels)}")
+    with torch.no_grad():
+        for (conv, bn), node in zip(pairs, convs[:-1], strict=True):
+            conv.weight.copy_(torch.from_numpy(weights[node.input[1]]))
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(torch.from_numpy(weights[node.input[2]]))
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+        out_conv = net.segmentation_head[0]
+        out_conv.weight.copy_(torch.from_numpy(weights[head.input[1]]))
+        out_conv.bias.copy_(torch.from_numpy(weights[head.input[2]]))
+    probe = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(0))
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {INPUT_NAME: probe.numpy()})[0]
+    with torch.no_grad():
+        got = SegmenterExport(net).eval()(probe).numpy()
+    diff = float(np.abs(got - expected).max())
+    if diff > 1e-3:
+        raise BusdxError(f"the recovered member differs from {graph_path} by {diff:.2e}")
+    return net, config
+
+
+def restore_batch_norm_statistics(net, batches) -> Any:
+    """Give a network whose batch norms were folded into its convolutions real statistics again,
+    without changing what it computes in eval mode, so that it can be trained further.
+
+    Each batch norm's input statistics are measured over ``batches`` (network inputs); the norm
+    then holds them, and its scale and shift are set so that (x - mean) / std * scale + shift is
+    still x + bias. Training mode then normalises by batch statistics close to those, instead of
+    by the meaningless unit statistics of the folded form."""
+    import torch
+
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    sums = {id(bn): [0.0, 0.0, 0] for bn in norms}
+
+    def measure(module, inputs, _output):
+        x = inputs[0].detach().double()
+        acc = sums[id(module)]
+        acc[0] = acc[0] + x.sum(dim=(0, 2, 3))
+        acc[1] = acc[1] + (x * x).sum(dim=(0, 2, 3))
+        acc[2] += x.numel() // x.shape[1]
+
+    hooks = [bn.register_forward_hook(measure) for bn in norms]
+    net.eval()
+    try:
+        with torch.no_grad():
+            for x in batches:
+                net(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with torch.no_grad():
+        for bn in norms:
+            total, squares, n = sums[id(bn)]
+            if not n:
+                raise BusdxError("no batch reached every batch norm")
+            mean = total / n
+            var = (squares / n - mean * mean).clamp(min=0)
+            std = torch.sqrt(var + bn.eps)
+            bn.bias.add_(mean.float())  # x + b == (x - mean) / std * std + (b + mean)
+            bn.weight.copy_(std.float())
+            bn.running_mean.copy_(mean.float())
+            bn.running_var.copy_(var.float())
+    return net

@@ -27,7 +27,12 @@ from busdx.data.augment import AugmentConfig, Augmenter
 from busdx.data.index import Record, load_index, resolve_root
 from busdx.data.splits import SplitConfig, make_split
 from busdx.errors import BusdxError
-from busdx.models.segmentation import SegmenterConfig, build_segmenter, normalise
+from busdx.models.segmentation import (
+    SegmenterConfig,
+    build_segmenter,
+    load_segmenter_checkpoint,
+    normalise,
+)
 from busdx.training import distributed, loop
 from busdx.training.common import (
     hardware_description,
@@ -71,6 +76,9 @@ class SegTrainConfig(JsonConfig):
     # empty mask, so that the network learns to outline nothing where there is no lesion
     lesion_free_windows: bool = False
     limit_val: int | None = None
+    # start from trained weights instead of ImageNet's: a run's best.pt, or GRAPH.onnx:INDEX for
+    # a member of an exported segmenter (fine-tuning a bundled network whose checkpoint is gone)
+    init: str | None = None
     cache_dir: str | None = "cache"
     resume: bool = False  # go on from OUT/last.pt (same recipe), if there is one
     note: str | None = None  # how the run was set up, beyond its command (kept in the card)
@@ -179,7 +187,6 @@ def epoch_batches(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def no_lesion_share(net: torch.nn.Module, images: np.ndarray, device: torch.device,
                     batch_size: int = 16) -> float:
     """The share of ``images`` in which no pixel's lesion probability exceeds 0.5."""
@@ -192,6 +199,7 @@ def no_lesion_share(net: torch.nn.Module, images: np.ndarray, device: torch.devi
     return empty / max(1, len(images))
 
 
+@torch.no_grad()
 def evaluate_arrays(
     net: torch.nn.Module, images: np.ndarray, masks: np.ndarray, loss_kind: str,
     device: torch.device, batch_size: int = 16,
@@ -207,6 +215,37 @@ def evaluate_arrays(
         losses.append(float(segmentation_loss(logits, y, loss_kind)) * len(x))
         dices.extend(batch_dice(logits, y))
     return sum(losses) / max(1, len(images)), dices
+
+
+def initial_network(init: str, model: SegmenterConfig, images: np.ndarray) -> torch.nn.Module:
+    """The network a fine-tuning run starts from: a checkpoint's, or a member of an exported
+    graph (``GRAPH.onnx:INDEX``) whose folded batch norms get statistics measured on up to 256
+    of ``images`` (the training images, unaugmented). It must be the network ``model`` names."""
+    from busdx.models.from_onnx import recover_segmenter, restore_batch_norm_statistics
+
+    path, member = init, ""
+    if ".onnx:" in init:
+        path, _, member = init.rpartition(":")
+    if path.endswith(".onnx"):
+        if not Path(path).is_file():
+            raise BusdxError(f"--init {init}: no such graph")
+        if member and not member.isdigit():
+            raise BusdxError(f"--init {init}: the member after ':' must be a number")
+        net, recovered = recover_segmenter(path, int(member or 0),
+                                           decoder_channels=model.decoder_channels)
+        batches = (normalise(torch.from_numpy(images[i : i + 16, None].astype(np.float32)))
+                   for i in range(0, min(len(images), 256), 16))
+        restore_batch_norm_statistics(net, batches)
+    else:
+        if not Path(path).is_file():
+            raise BusdxError(f"--init {init}: no such checkpoint")
+        net, meta = load_segmenter_checkpoint(path)
+        recovered = SegmenterConfig.from_dict(meta["model_config"])
+    if (recovered.architecture, recovered.encoder, recovered.decoder_channels) != (
+            model.architecture, model.encoder, model.decoder_channels):
+        raise BusdxError(f"--init {init} holds a {recovered.architecture} with encoder "
+                         f"{recovered.encoder}; give the matching --architecture and --encoder")
+    return net
 
 
 def _split_records(config: SegTrainConfig) -> tuple[list[Record], list[Record]]:
@@ -263,7 +302,8 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
                  len(tr_x), len(va_x), device, config.threads,
                  f", {process.world_size} processes" if process.distributed else "")
 
-    net = build_segmenter(config.model).to(device)
+    net = (initial_network(config.init, config.model, tr_x) if config.init
+           else build_segmenter(config.model)).to(device)
     augmenter = Augmenter(AugmentConfig.preset(config.augment_preset)) if config.augment else None
     # Drop the last incomplete batch: a batch of one breaks batch norm in training mode.
     steps_per_epoch = max(1, len(tr_x) // config.batch_size)

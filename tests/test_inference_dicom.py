@@ -232,3 +232,17 @@ def test_jpeg_2000_lossless_decodes_exactly():
     out = decode_bytes(dicom_bytes(GRAY, transfer_syntax=JPEG2000Lossless,
                                    pixel_data=encapsulate([buffer.getvalue()])))
     np.testing.assert_allclose(out.image, GRAY / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, what", [("CT_small.dcm", "a CT image"),
+                                        ("MR_small.dcm", "an MR image")])
+def test_a_dicom_of_another_modality_is_refused_saying_what_it_is(name, what):
+    """Real CT and MR files (pydicom's test files, copied into the not-ultrasound fixtures) are
+    refused with their modality named, not analysed as if they were scans."""
+    from pathlib import Path
+
+    from busdx.inference.errors import NotUltrasound
+
+    path = Path(__file__).parent / "fixtures" / "not-ultrasound" / f"pydicom_{name}"
+    with pytest.raises(NotUltrasound, match=f"is {what} .Modality"):
+        decode_bytes(path.read_bytes())

@@ -235,7 +235,7 @@ def test_two_checkpoints_export_as_one_logit_averaging_graph(trained_run, tmp_pa
         expected = np.mean([SegmenterExport(load_segmenter_checkpoint(p)[0]).eval()(images).numpy()
                             for p in (trained_run / "best.pt", other)], axis=0)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {INPUT_NAME: images.numpy()})
+    (got,) = session.run([SEGMENTER_OUTPUT], {INPUT_NAME: images.numpy()})
     assert np.abs(got - expected).max() < ONNX_TOLERANCE
 
 
@@ -431,3 +431,62 @@ def test_a_member_of_an_exported_graph_is_fine_tuned(trained_run, fixtures_root,
         train_segmenter(_config(fixtures_root, tmp_path / "wrong", init=f"{graph}:0",
                                 model=SegmenterConfig(encoder="tf_efficientnet_lite1",
                                                       pretrained=False)))
+
+
+@pytest.mark.slow
+def test_the_appearance_check_is_fitted_into_the_graph_and_warns(trained_run, fixtures_root,
+                                                                  tmp_path):
+    """`busdx evaluate appearance` fits the Gaussian of the segmenter's pooled encoder features
+    into the staging graph: its `appearance` output is the Mahalanobis distance numpy computes
+    from the fit, the release gains the threshold, and the product then puts the distance among
+    the input check's statistics, with the 'may not be a breast ultrasound' warning above it."""
+    import shutil
+
+    import onnx
+    import onnxruntime as ort
+
+    from busdx.evaluation import appearance as ap
+    from busdx.inference.models import Models
+    from busdx.inference.pipeline import analyze
+    from busdx.inference.quality import NOT_ULTRASOUND, with_appearance
+    from busdx.models.contract import APPEARANCE_OUTPUT, FEATURES_OUTPUT
+    from busdx.release import load_release
+    from stand_in_models import REPO
+
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    for name in ("segmenter.onnx", "classifier.onnx", "release.json"):
+        shutil.copy(REPO / "models" / name, stage / name)
+    assert main(["export", "segmentation", "--checkpoint", str(trained_run / "best.pt"),
+                 "--out", str(stage / "segmenter.onnx")]) == 0
+    plain = stage / "plain.onnx"
+    shutil.copy(stage / "segmenter.onnx", plain)
+    not_us = fixtures_root.parent / "not-ultrasound"
+    assert main(["evaluate", "appearance", "--data", str(fixtures_root),
+                 "--breast", str(fixtures_root.parent / "breast-lesions-usg"),
+                 "--models", str(stage),
+                 "--not-ultrasound", str(not_us), "--threads", "1"]) == 0
+    threshold = load_release(stage / "release.json").input_check.appearance_threshold
+    assert threshold is not None and threshold > 0
+
+    images = [np.random.default_rng(0).random((90, 120)),
+              np.linspace(0, 1, 64 * 80).reshape(64, 80)]
+    features = ap.segmenter_outputs(ort.InferenceSession(str(plain)), images, 224,
+                                    FEATURES_OUTPUT)
+    assert features.shape[1] == 16 + 24 + 40 + 112 + 320  # EfficientNet-Lite0's five stages
+    graph = onnx.load(str(stage / "segmenter.onnx"))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    model = ap.AppearanceModel(weights["appearance/mean"].astype(np.float64),
+                               weights["appearance/whitening"].astype(np.float64), 1, 0.0)
+    got = ap.segmenter_outputs(ort.InferenceSession(str(stage / "segmenter.onnx")), images, 224,
+                               APPEARANCE_OUTPUT)
+    np.testing.assert_allclose(got.reshape(-1), model.distances(features), rtol=1e-3)
+
+    models = Models.load(stage, threads=1)
+    assert models.appearance_threshold == pytest.approx(threshold)
+    scan = analyze(images[0], models, render_overlays=False)
+    assert scan.input_check.statistics["appearance"] == pytest.approx(float(got[0, 0]), rel=1e-3)
+    far = with_appearance(scan.input_check, 2 * threshold, threshold)
+    assert far.warnings[0].startswith(NOT_ULTRASOUND) and far.outside["appearance"] == "high"
+    near = with_appearance(None, 0.5 * threshold, threshold)
+    assert not near.warnings and near.statistics == {"appearance": 0.5 * threshold}

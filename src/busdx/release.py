@@ -102,6 +102,10 @@ class InputCheck:
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     # the long side the texture statistic is measured at; None: the file's own resolution
     texture_long_side: int | None = None
+    # above this distance of the segmenter's encoder features from the training images' (its
+    # graph's ``appearance`` output), an image may not be a breast ultrasound at all; None: no
+    # such check (busdx.evaluation.appearance fits it)
+    appearance_threshold: float | None = None
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,14 @@ KINDS = {
     "site_calibration": "calibration", "calibration": "calibration",
     "calibration_training": "calibration", "lesion_reading": "calibration",
     "training": "training", "members": "training", "recipe_cross_validation": "study",
+    "appearance": "evaluation",
 }
 # the keys of each section that belong to the release, not to the evidence
 RELEASE_KEYS = {
     "segmenter": {"file", "threshold", "input_size"},
     "classifier": {"file", "input", "crop", "temperature", "threshold", "logit_offset",
                    "logit_shift"},
-    "input_check": {"ranges", "texture_long_side"},
+    "input_check": {"ranges", "texture_long_side", "appearance_threshold"},
 }
 
 
@@ -130,6 +131,8 @@ def _release_with(release: Release, folder: Path, section: str, values: dict) ->
                                            for k, v in values["ranges"].items()})
         if "texture_long_side" in values:
             check = replace(check, texture_long_side=values["texture_long_side"])
+        if "appearance_threshold" in values:
+            check = replace(check, appearance_threshold=values["appearance_threshold"])
         return replace(release, input_check=check)
     if section != "classifier":
         return release

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from busdx.data.preprocess import MAX_DECODED_BYTES, to_gray_float
-from busdx.inference.errors import CorruptImage, NoSuchFrame, TooLarge, UnsupportedFormat
+from busdx.inference.errors import (
+    CorruptImage,
+    NoSuchFrame,
+    NotUltrasound,
+    TooLarge,
+    UnsupportedFormat,
+)
 from busdx.inference.quality import colour_mask
 from busdx.inference.scan_area import ScanArea
 
@@ -39,6 +45,18 @@ MIN_REGION = 32
 # A pixel size outside this range (mm) is not one an ultrasound image has (a breast scan's pixels
 # are 0.03-0.5 mm): the file's calibration is ignored and the lengths are given in pixels.
 SPACING_RANGE_MM = (0.001, 10.0)
+
+
+# Modalities whose images cannot be a breast ultrasound scan. Secondary captures (SC) and
+# "other" (OT) stay allowed: screen grabs of ultrasound machines are often stored as those.
+OTHER_MODALITIES = {
+    "CT": "a CT image", "MR": "an MR image", "CR": "a radiograph", "DX": "a radiograph",
+    "MG": "a mammogram", "PT": "a PET image", "NM": "a nuclear medicine image",
+    "XA": "an X-ray angiogram", "RF": "a fluoroscopy image", "RG": "a radiograph",
+    "IO": "an intra-oral radiograph", "PX": "a panoramic radiograph", "OP": "an eye photograph",
+    "OPT": "an eye tomogram", "XC": "a camera photograph", "ES": "an endoscopy image",
+    "GM": "a microscopy image", "SM": "a slide microscopy image", "BMD": "a bone densitometry image",
+}
 
 
 def is_dicom(head: bytes) -> bool:
@@ -213,6 +231,11 @@ def read_dicom(data: bytes, max_pixels: int, frame: int | None = None) -> DicomI
         raise CorruptImage(f"cannot read the DICOM file: {err}") from err
     if "PixelData" not in ds:
         raise UnsupportedFormat("the DICOM file has no pixel data (not an image)")
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality in OTHER_MODALITIES:
+        raise NotUltrasound(
+            f"the DICOM file is {OTHER_MODALITIES[modality]} (Modality {modality}), not an "
+            "ultrasound image: busdx reads breast ultrasound (Modality US) only")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)

@@ -39,6 +39,12 @@ class CorruptImage(InputError):
     status = 422
 
 
+class NotUltrasound(InputError):
+    """A DICOM file that declares another modality (CT, MR, a radiograph...)."""
+
+    status = 422
+
+
 class BlankImage(InputError):
     """An image (or the scan area or pane of one) with nothing to analyse: one grey level
     nearly everywhere, or a strip too thin to hold a lesion."""

@@ -12,6 +12,7 @@ import busdx
 from busdx.data.crop import CropConfig
 from busdx.errors import BusdxError
 from busdx.models.contract import (
+    APPEARANCE_OUTPUT,
     CLASSIFIER_FILE,
     CLASSIFIER_OUTPUTS,
     INPUT_NAME,
@@ -160,6 +161,8 @@ class Models:
     input_ranges: dict[str, tuple[float, float]] | None = None
     # the long side the texture statistic is taken at
     input_texture_long_side: int | None = None
+    # the release's appearance threshold, when its segmenter computes the appearance distance
+    appearance_threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -192,8 +195,10 @@ class Models:
                      if with_segmenter else None)
         classifier = open_session(directory / release.classifier.file, threads,
                                   batch=1 if settings.batch == 1 else None)
+        appearance = release.input_check.appearance_threshold
         if segmenter is not None:
-            _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,))
+            _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,)
+                      + ((APPEARANCE_OUTPUT,) if appearance is not None else ()))
         _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)
         channels = classifier.get_inputs()[0].shape[1]
         if isinstance(channels, int) and channels != settings.views:
@@ -221,4 +226,5 @@ class Models:
             mask_threshold=release.segmenter.threshold if release.segmenter else 0.5,
             input_ranges=dict(release.input_check.ranges) or None,
             input_texture_long_side=release.input_check.texture_long_side,
+            appearance_threshold=appearance if segmenter is not None else None,
         )

@@ -44,6 +44,7 @@ from busdx.inference.quality import (
     check_image,
     fill_thin_colour,
     is_blank,
+    with_appearance,
 )
 from busdx.inference.risk import RiskBand, risk_band
 from busdx.inference.scan_area import (
@@ -53,7 +54,7 @@ from busdx.inference.scan_area import (
     find_scan_area_within,
     split_dual_view,
 )
-from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
+from busdx.models.contract import APPEARANCE_OUTPUT, INPUT_NAME, SEGMENTER_OUTPUT
 from busdx.numeric import sigmoid
 
 # how the part analysed was found (Analysis.scan_area_from)
@@ -172,17 +173,33 @@ def segment(image: np.ndarray, models: Models,
             letterboxed: tuple[np.ndarray, Letterbox] | None = None) -> np.ndarray:
     """The lesion mask (uint8 {0, 1}, the image's size): one component, no holes.
     ``letterboxed``: ``prepare(image, models.segmenter_size)``, when the caller has it."""
-    full = lesion_probability(image, models.segmenter, models.segmenter_size, letterboxed)
-    return fill_holes(largest_component(full > models.mask_threshold))
+    return segment_and_place(image, models, letterboxed)[0]
+
+
+def segment_and_place(image: np.ndarray, models: Models,
+                      letterboxed: tuple[np.ndarray, Letterbox] | None = None
+                      ) -> tuple[np.ndarray, float | None]:
+    """The lesion mask, and the image's appearance distance from the training images (None
+    when the release has no appearance check), from one run of the segmenter."""
+    outputs = [SEGMENTER_OUTPUT]
+    if models.appearance_threshold is not None:
+        outputs.append(APPEARANCE_OUTPUT)
+    full, *rest = lesion_probability(image, models.segmenter, models.segmenter_size,
+                                     letterboxed, outputs)
+    mask = fill_holes(largest_component(full > models.mask_threshold))
+    return mask, (float(rest[0].reshape(-1)[0]) if rest else None)
 
 
 def lesion_probability(image: np.ndarray, segmenter, size: int,
-                       letterboxed: tuple[np.ndarray, Letterbox] | None = None) -> np.ndarray:
+                       letterboxed: tuple[np.ndarray, Letterbox] | None = None,
+                       outputs: list[str] | None = None):
     """The segmenter's lesion probability (float32) on the grid of ``image``, before the
-    threshold; ``segmenter``: an ONNX Runtime session, ``size``: its input size."""
+    threshold; ``segmenter``: an ONNX Runtime session, ``size``: its input size. With
+    ``outputs`` (the mask logits first), a list: the probability, then the other outputs."""
     x, box = letterboxed or prepare(image, size)
-    (logits,) = segmenter.run([SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None]})
-    return box.invert(sigmoid(logits[0, 0].astype(np.float32)))
+    logits, *rest = segmenter.run(outputs or [SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None]})
+    probability = box.invert(sigmoid(logits[0, 0].astype(np.float32)))
+    return [probability, *rest] if outputs else probability
 
 
 def classifier_inputs(
@@ -324,7 +341,9 @@ def analyze(
                    if models.input_ranges or colour_share > 0 else None)
     clock.lap("input_check")
     letterboxed = prepare(scan, models.segmenter_size)
-    mask = segment(scan, models, letterboxed)
+    mask, distance = segment_and_place(scan, models, letterboxed)
+    if distance is not None:
+        input_check = with_appearance(input_check, distance, models.appearance_threshold)
     clock.lap("segment")
     settings = models.settings
     # the segmenter's input is the whole view a classifier of the same size is given

@@ -38,7 +38,7 @@ around it before the analysis (``fill_thin_colour``, rule Y in docs/selection_ru
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -223,6 +223,32 @@ NOT_ULTRASOUND_STATISTICS = 2
 NOT_ULTRASOUND_COLOUR = 0.5
 
 
+NOT_ULTRASOUND = "This may not be a breast ultrasound image at all"
+
+
+def with_appearance(check: InputCheck | None, distance: float, threshold: float) -> InputCheck:
+    """``check`` with the appearance distance among its statistics and, above ``threshold``, the
+    warning that the image may not be a breast ultrasound at all (first, where the statistics
+    had not given it already)."""
+    check = check or InputCheck({})
+    stats = {**check.statistics, "appearance": distance}
+    if distance <= threshold:
+        return replace(check, statistics=stats)
+    reason = (f"the segmenter's encoder sees it as unlike the breast ultrasound images it "
+              f"learnt from (appearance distance {distance:.3g}; above {threshold:.3g} for "
+              "about 1 in 100 of those)")
+    warnings = list(check.warnings)
+    if warnings and warnings[0].startswith(NOT_ULTRASOUND):
+        head, _, tail = warnings[0].partition(". Check what was uploaded")
+        warnings[0] = f"{head}; and {reason}. Check what was uploaded{tail}"
+    else:
+        warnings.insert(0, f"{NOT_ULTRASOUND} (a photograph, a chart, another kind of scan?): "
+                           f"{reason}. Check what was uploaded: on such an image the result "
+                           "means nothing.")
+    return replace(check, statistics=stats, outside={**check.outside, "appearance": "high"},
+                   warnings=tuple(warnings))
+
+
 def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None,
                 texture_long_side: int | None = None, colour: float = 0.0,
                 colour_filled: bool = False) -> InputCheck:
@@ -261,10 +287,9 @@ def check_image(image: np.ndarray, ranges: Mapping[str, list[float]] | None,
     if len(off) >= NOT_ULTRASOUND_STATISTICS or colour > NOT_ULTRASOUND_COLOUR:
         # one statistic off is a gain or a preset; several at once, or a picture mostly in
         # colour, is seldom a B-mode scan at all
-        warnings.insert(0, (
-            "This may not be a breast ultrasound image at all (a photograph, a chart, another "
-            "kind of scan?): " + (f"{len(off)} of its statistics lie outside the training "
-                                  "images' ranges" if len(off) >= NOT_ULTRASOUND_STATISTICS
-                                  else f"{100 * colour:.0f}% of it is in colour")
-            + ". Check what was uploaded: on such an image the result means nothing."))
+        why = (f"{len(off)} of its statistics lie outside the training images' ranges"
+               if len(off) >= NOT_ULTRASOUND_STATISTICS else f"{100 * colour:.0f}% of it is in colour")
+        warnings.insert(0, f"{NOT_ULTRASOUND} (a photograph, a chart, another kind of scan?): "
+                           f"{why}. Check what was uploaded: on such an image the result means "
+                           "nothing.")
     return InputCheck(stats, outside, tuple(warnings), colour, colour_filled and colour > COLOUR_SHARE)

@@ -23,6 +23,10 @@ CLASSIFIER_FILE = "classifier.onnx"
 MODEL_CARD_FILE = "model_card.json"
 INPUT_NAME = "image"
 SEGMENTER_OUTPUT = "mask_logits"
+# optional outputs of a segmenter graph: the encoder's pooled features (one row per image), and
+# their Mahalanobis distance from the training images' (busdx.evaluation.appearance adds it)
+FEATURES_OUTPUT = "features"
+APPEARANCE_OUTPUT = "appearance"
 CLASSIFIER_OUTPUTS = ("logit", "cam")
 
 

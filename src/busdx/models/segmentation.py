@@ -139,6 +139,41 @@ class SegmenterExport(nn.Module):
         return logits
 
 
+def pooled_features(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mask logits and the encoder's feature maps averaged over space at each stage, concatenated
+    (None for a network without a separate encoder): what the appearance check compares with
+    the training images'. An ensemble's members' features are concatenated."""
+    if isinstance(net, SegmenterEnsemble):
+        parts = [pooled_features(member, x) for member in net.nets]
+        logits = torch.stack([p[0] for p in parts]).mean(dim=0)
+        if any(p[1] is None for p in parts):
+            return logits, None
+        return logits, torch.cat([p[1] for p in parts], dim=1)
+    encoder = getattr(net, "encoder", None)
+    if encoder is None:
+        return net(x), None
+    stages = encoder(x)
+    logits = net.segmentation_head(net.decoder(stages))
+    # stage 0 is the input itself
+    return logits, torch.cat([f.mean(dim=(2, 3)) for f in stages[1:]], dim=1)
+
+
+class SegmenterWithFeatures(SegmenterExport):
+    """The contract's segmenter with a second output, ``features`` [N, D]."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (image.repeat(1, 3, 1, 1) - self.mean) / self.std
+        logits, features = pooled_features(self.net, x)
+        if self.hflip_tta:
+            logits = 0.5 * (logits + torch.flip(self.net(torch.flip(x, dims=[3])), dims=[3]))
+        return logits, features
+
+
+def has_features(net: nn.Module) -> bool:
+    with torch.no_grad():
+        return pooled_features(net.eval(), torch.zeros(1, 3, 64, 64))[1] is not None
+
+
 class SegmenterEnsemble(nn.Module):
     """Several trained networks as one: their logits averaged, exported as one ONNX graph."""
 
@@ -171,22 +206,26 @@ def load_segmenter_checkpoint(path) -> tuple[nn.Module, dict]:
 
 
 def export_onnx(
-    net: nn.Module, path, size: int = 224, opset: int = 17, hflip_tta: bool = False
+    net: nn.Module, path, size: int = 224, opset: int = 17, hflip_tta: bool = False,
+    features: bool = True,
 ) -> None:
-    """Write the contract's segmenter: input ``image`` [N, 1, size, size], dynamic batch."""
+    """Write the contract's segmenter: input ``image`` [N, 1, size, size], dynamic batch; with
+    ``features`` (and a network that has an encoder) also the pooled encoder features."""
     from pathlib import Path
 
-    from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
+    from busdx.models.contract import FEATURES_OUTPUT, INPUT_NAME, SEGMENTER_OUTPUT
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = SegmenterExport(net, hflip_tta).eval()
+    features = features and has_features(net)
+    wrapper = (SegmenterWithFeatures if features else SegmenterExport)(net, hflip_tta).eval()
+    outputs = [SEGMENTER_OUTPUT, FEATURES_OUTPUT] if features else [SEGMENTER_OUTPUT]
     dummy = torch.rand(2, 1, size, size)
     with torch.no_grad():
         torch.onnx.export(
             wrapper, (dummy,), str(path), input_names=[INPUT_NAME],
-            output_names=[SEGMENTER_OUTPUT], opset_version=opset,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, SEGMENTER_OUTPUT: {0: "batch"}},
+            output_names=outputs, opset_version=opset,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
             dynamo=False,
         )
 
@@ -197,10 +236,10 @@ def onnx_max_difference(
     """Largest absolute difference of the logits between torch and ONNX Runtime on ``images``."""
     import onnxruntime as ort
 
-    from busdx.models.contract import INPUT_NAME
+    from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
 
     with torch.no_grad():
         expected = SegmenterExport(net, hflip_tta).eval()(images).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {INPUT_NAME: images.numpy().astype("float32")})
+    (got,) = session.run([SEGMENTER_OUTPUT], {INPUT_NAME: images.numpy().astype("float32")})
     return float(abs(got - expected).max())

@@ -209,7 +209,9 @@ def register(subparsers, groups) -> None:
                         help="the other way round: rebuild the network of the exported --output "
                         "graph (described by the card beside it) as CHECKPOINT, when the "
                         "training run's checkpoint is gone; batch norms stay folded, so it is "
-                        "for calibration and export, not for more training")
+                        "for calibration and export, not for more training. An ensemble graph "
+                        "gives one checkpoint per member, in folders named ARCH_INPUT beside "
+                        "CHECKPOINT")
     export.set_defaults(func=run_export)
 
 
@@ -775,6 +777,28 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover_members(graph: Path, section: dict, out: Path) -> int:
+    import torch
+
+    from busdx.models.from_onnx import recover_classifier_members
+
+    members = section.get("members") or []
+    checkpoints = recover_classifier_members(graph, members,
+                                             float(section.get("logit_offset", 0.0)),
+                                             section.get("tta", "none"))
+    for record, checkpoint in zip(members, checkpoints, strict=True):
+        path = out.parent / f"{record['arch']}_{record['config'].get('input', 'crop')}" / out.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, path)
+        if record.get("training"):
+            (path.parent / "training.json").write_text(json.dumps(record["training"], indent=2)
+                                                       + "\n")
+        log.info("rebuilt member %s from %s (the ensemble within %.1e)", path, graph,
+                 checkpoint["recovered_from"]["ensemble_max_abs_diff"])
+        print(path)
+    return 0
+
+
 def _recover(args: argparse.Namespace) -> int:
     """Write the checkpoint rebuilt from the graph, with the training record and the training
     run's calibration that the card keeps beside it (``--calibrate-only`` reads both)."""
@@ -789,6 +813,8 @@ def _recover(args: argparse.Namespace) -> int:
     section = load_card(graph.parent).get("classifier", {})
     if section.get("file") != graph.name:
         raise BusdxError(f"the card beside {graph} does not describe it")
+    if section.get("ensemble"):
+        return _recover_members(graph, section, Path(args.recover))
     _, checkpoint = recover_classifier(graph, section)
     out = Path(args.recover)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -305,3 +305,97 @@ def restore_batch_norm_statistics(net, batches) -> Any:
             bn.running_mean.copy_(mean.float())
             bn.running_var.copy_(var.float())
     return net
+
+
+def recover_classifier_members(graph_path, members: list[dict], logit_offset: float = 0.0,
+                               tta: str = "none") -> list[dict]:
+    """The networks of a classifier ensemble graph (:class:`ClassifierEnsemble`, exported with
+    ``tta`` and ``logit_offset``), each as a checkpoint dict that :func:`load_checkpoint` reads.
+
+    ``members``: the card's record of each member, in the ensemble's order (``arch``,
+    ``config`` with its ``input``, dropout and size). Each member's convolutions follow the
+    previous member's in the graph; the shared linear head is cut back into the members'
+    heads (each block times the number of members). The members' own biases are not in the
+    graph, only their mean, so each member gets that mean: a calibration refit absorbs it, and
+    no ranking depends on it. The torch ensemble rebuilt from the members is checked against the
+    graph's output."""
+    import numpy as np
+    import torch
+
+    from busdx.models.classification import (
+        ClassifierEnsemble,
+        ClassifierSpec,
+        build_classifier,
+        conv_bn_pairs,
+        export_module,
+    )
+    from busdx.models.contract import input_views
+    from busdx.models.storage import stored_weights
+
+    proto = onnx.load(str(graph_path))
+    weights = stored_weights(proto)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    nets, specs, start = [], [], 0
+    for record in members:
+        config = dict(record.get("config") or {})
+        spec = ClassifierSpec(arch=record["arch"], dropout=float(config.get("dropout", 0.3)),
+                              views=input_views(config.get("input", "crop")))
+        net = build_classifier(spec, pretrained=False).eval()
+        pairs = conv_bn_pairs(net.backbone)
+        mine = convs[start:start + len(pairs)]
+        start += len(pairs)
+        if len(mine) != len(pairs) or any(
+                tuple(weights[n.input[1]].shape) != tuple(c.weight.shape)
+                for (c, _), n in zip(pairs, mine, strict=True)):
+            raise BusdxError(f"{graph_path} does not hold a {spec.arch} member where expected")
+        with torch.no_grad():
+            for (conv, bn), node in zip(pairs, mine, strict=True):
+                conv.weight.copy_(torch.from_numpy(weights[node.input[1]]))
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(torch.from_numpy(weights[node.input[2]]))
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)
+        nets.append(net)
+        specs.append(spec)
+    if start != len(convs):
+        raise BusdxError(f"{graph_path} has {len(convs) - start} convolutions no member claims")
+    head_w = torch.from_numpy(weights["model.fc.weight"]).reshape(1, -1)
+    bias = float(weights["model.fc.bias"].reshape(-1)[0]) - logit_offset
+    views = max(n.views for n in nets)
+    k = len(nets)
+    offset = 0
+    blocks: list[list[torch.Tensor]] = [[] for _ in nets]
+    for v in range(views):  # the ensemble's pooled layout: view 0 of every member, then view 1
+        for i, net in enumerate(nets):
+            c = net.num_features
+            block = head_w[:, offset:offset + c] * k
+            offset += c
+            if net.views == views or v == 0:
+                blocks[i].append(block)
+    with torch.no_grad():
+        for net, parts in zip(nets, blocks, strict=True):
+            net.fc.weight.copy_(torch.cat(parts, dim=1))
+            net.fc.bias.fill_(bias)
+    size = int((members[0].get("config") or {}).get("size", 224))
+    probe = torch.rand(2, views, size, size, generator=torch.Generator().manual_seed(0))
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: probe.numpy()})
+    model = nets[0] if k == 1 else ClassifierEnsemble(nets).eval()
+    with torch.no_grad():
+        got = export_module(model, tta=tta, logit_offset=logit_offset)(probe)
+    diff = max(float(np.abs(g.numpy() - e).max()) for g, e in zip(got, expected, strict=True))
+    if diff > 1e-3:
+        raise BusdxError(f"the recovered members differ from {graph_path} by {diff:.2e}")
+    out = []
+    for net, spec, record in zip(nets, specs, members, strict=True):
+        out.append({
+            "state_dict": net.state_dict(), "spec": {**spec.__dict__},
+            "config": dict(record.get("config") or {}), "epoch": record.get("epoch"),
+            "recovered_from": {"graph": str(graph_path), "ensemble_max_abs_diff": diff,
+                               "checkpoint": record.get("checkpoint"),
+                               "note": "a member of an ensemble graph: batch norms folded; "
+                                       "its bias is the ensemble's mean bias"},
+        })
+    return out

@@ -750,3 +750,45 @@ def test_auxiliary_losses_train_but_leave_the_checkpoint_as_a_plain_run(fixtures
         tc.train_classifier(train, val, tc.ClassifierTrainConfig(aux_weight=0.5), tmp_path / "x")
     with pytest.raises(ValueError, match="aux-weight"):
         tc.ClassifierTrainConfig(aux_weight=-1)
+
+
+def test_the_members_of_an_ensemble_graph_are_recovered(tmp_path):
+    """`--recover` on an ensemble graph (a two-view network and a crop network, mirror averaged,
+    Platt offset folded in): one checkpoint per member, each member's logit the network's own up
+    to the shared mean bias, and the members averaged again compute the graph."""
+    import onnxruntime as ort
+
+    from busdx.cli.main import main
+    from busdx.models.classification import ClassifierEnsemble, export_module
+    from busdx.training.classification import load_checkpoint
+    from stand_in_models import as_if_trained
+
+    torch.manual_seed(5)
+    both = as_if_trained(build_classifier(ClassifierSpec(arch="lite0", views=2),
+                                          pretrained=False)).eval()
+    crop = as_if_trained(build_classifier(ClassifierSpec(arch="lite0"), pretrained=False)).eval()
+    models = tmp_path / "models"
+    graph = export_onnx(ClassifierEnsemble([both, crop]), models / "classifier.onnx",
+                        tta="flip", logit_offset=-0.4)
+    members = [{"arch": "lite0", "config": {"input": "both", "size": 224}, "epoch": 3},
+               {"arch": "lite0", "config": {"input": "crop", "size": 224}, "epoch": 5}]
+    write_card(models, {"classifier": {"file": "classifier.onnx", "arch": "lite0",
+                                       "input": "both", "tta": "flip", "logit_offset": -0.4,
+                                       "ensemble": "2 classifiers", "members": members}})
+    out = tmp_path / "run" / "classifier.pt"
+    assert main(["export", "classification", "--out", str(graph), "--recover", str(out)]) == 0
+    got_both, ckpt = load_checkpoint(tmp_path / "run" / "lite0_both" / "classifier.pt")
+    got_crop, _ = load_checkpoint(tmp_path / "run" / "lite0_crop" / "classifier.pt")
+    assert ckpt["epoch"] == 3 and ckpt["config"]["input"] == "both"
+    x = torch.rand(2, 2, 224, 224, generator=torch.Generator().manual_seed(9))
+    mean_bias = (both.fc.bias + crop.fc.bias) / 2
+    with torch.no_grad():
+        for original, recovered, views in ((both, got_both, x), (crop, got_crop, x[:, :1])):
+            want = ExportWrapper(original)(views)[0] - original.fc.bias + mean_bias
+            assert torch.allclose(ExportWrapper(recovered)(views)[0], want, atol=ONNX_TOL)
+        again = export_module(ClassifierEnsemble([got_both, got_crop]), tta="flip",
+                              logit_offset=-0.4)(x)
+    expected = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x.numpy()})
+    for a, b in zip(again, expected, strict=True):
+        assert np.abs(a.numpy() - b).max() < ONNX_TOL

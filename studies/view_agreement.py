@@ -139,8 +139,12 @@ def describe(result: dict, args, out: Path) -> None:
              t["own_views_flagged"], t["lesions"], 100 * t["own_views_flagged_share"],
              t["two_patients_flagged"], t["lesions"], 100 * t["two_patients_flagged_share"],
              100 * (t["two_patients_one_benign_one_malignant_flagged_share"] or 0.0))
-    if args.models is None:
-        write_to_card(result, default_models_dir())
+    from busdx.evaluation.model_card import is_bundled
+
+    # only `busdx release` writes models/: a staging release takes the limits, then ships
+    target = Path(args.models) if args.models else default_models_dir()
+    if not is_bundled(target):
+        write_to_card(result, target)
 
 
 def main(argv: list[str] | None = None) -> int:

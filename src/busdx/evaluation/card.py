@@ -100,9 +100,21 @@ def _hospital_limit(view: dict) -> str:
     return text + "; measure it on yours before relying on it."
 
 
+def _learnt_empty_masks(view: dict) -> bool:
+    members = (view.get("segmenter") or {}).get("members") or []
+    return any(((m.get("training") or {}).get("config") or {}).get("lesion_free_windows")
+               for m in members)
+
+
 def _no_lesion_limit(view: dict) -> str:
-    text = ("- **It does not know when there is no lesion.** Every training image shows a lesion: "
-            "on a scan without one it will usually outline something and give it a probability")
+    if _learnt_empty_masks(view):
+        text = ("- **\"No lesion\" was learnt from windows of lesion images.** The outline network "
+                "also trained on the part of each training image away from its lesion, with "
+                "nothing to outline, but never on a whole normal breast scan")
+    else:
+        text = ("- **It does not know when there is no lesion.** Every training image shows a "
+                "lesion: on a scan without one it will usually outline something and give it a "
+                "probability")
     sites = (((view.get("no_lesion") or {}).get("test") or {}).get("sites") or {})
     names = {"busbra": "BUS-BRA", "breast": "BrEaST-Lesions-USG"}
     measured = [f"{100 * s['lesion_free_reported_no_lesion']['share']:.0f}% of "
@@ -112,6 +124,8 @@ def _no_lesion_limit(view: dict) -> str:
     if measured:
         text += (" (it answered \"no lesion\" on " + " and ".join(measured) + " of held-out "
                  "lesion-free images)")
+    if _learnt_empty_masks(view):
+        return text + ". An outline is a proposal to check, and so is \"no lesion found\"."
     return text + ". Read \"no lesion found\" as reliable, an outline as a proposal."
 
 
@@ -208,7 +222,11 @@ def render_model_card(release: Release, records: dict[str, Record]) -> str:
         "- **One lesion per image**: the largest outlined region is analysed.",
         "- **Grey B-mode only.** Colour over the scan is warned about; images whose brightness, "
         "contrast or texture lie outside the training images' range get a warning, and the "
-        "operating point may not hold for them.",
+        "operating point may not hold for them."
+        + (" A picture the outline network's encoder finds unlike every training image "
+           "(photographs, charts, other kinds of scan) is warned to be perhaps no breast "
+           "ultrasound at all; DICOM files of another modality are refused."
+           if release.input_check.appearance_threshold is not None else ""),
         _calibration_limit(view),
         "- The risk band is an aid to reading the probability, not a BI-RADS assessment.",
         "",

@@ -78,6 +78,18 @@ def external_rows(card: dict) -> list[list[str]]:
         rows += [["\"no lesion\" on lesion-free images (windows beside the lesion, normal scans)",
                   _pct_ci(free, "share"), on],
                  ["a lesion found in images that show one", _pct_ci(found, "share"), on]]
+    appearance = (card.get("input_check") or {}).get("appearance") or {}
+    places = {"busbra_test": "BUS-BRA test fold, images and lesion-free windows",
+              "breast_test": "BrEaST-Lesions-USG test half, scans, windows and normal scans"}
+    for name, r in (appearance.get("results") or {}).items():
+        if r.get("share") is None:
+            continue
+        what = ("\"may not be a breast ultrasound\": pictures that are not one, warned or "
+                "refused" if name.startswith("not_ultrasound") else
+                "\"may not be a breast ultrasound\": breast scans wrongly warned")
+        on = places.get(name, f"{r['n']} photographs, charts, CT and MR images and the like "
+                              "(tests/fixtures/not-ultrasound)")
+        rows.append([what, f"{r['warned']} of {r['n']} ({_pct_ci(r, 'share')})", on])
     return rows
 
 

@@ -102,8 +102,7 @@ def _hospital_limit(view: dict) -> str:
 
 def _learnt_empty_masks(view: dict) -> bool:
     members = (view.get("segmenter") or {}).get("members") or []
-    return any(((m.get("training") or {}).get("config") or {}).get("lesion_free_windows")
-               for m in members)
+    return any((m.get("training") or {}).get("lesion_free_windows") for m in members)
 
 
 def _no_lesion_limit(view: dict) -> str:

@@ -618,6 +618,10 @@ def _member(checkpoint: Path, meta: dict) -> dict:
             "optimizer": f"AdamW lr {train_config.get('lr')}, weight decay "
                          f"{train_config.get('weight_decay')}, cosine schedule with warm-up",
             "batch_size": train_config.get("batch_size"),
+            "augment": train_config.get("augment_preset"),
+            "lesion_free_windows": bool(train_config.get("lesion_free_windows")),
+            # fine-tuned from another network (a run's checkpoint, or GRAPH.onnx:INDEX)
+            "init": train_config.get("init"),
             "seed": train_config.get("seed"),
             "test_fold": train_config.get("test_fold"),
             "validation": (f"official fold {train_config['val_fold']}"

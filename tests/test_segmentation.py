@@ -144,9 +144,11 @@ def test_onnx_matches_torch_with_dynamic_batch(tmp_path):
         images = torch.rand(batch, 1, 224, 224, generator=torch.Generator().manual_seed(batch))
         assert onnx_max_difference(net, path, images) < ONNX_TOLERANCE
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    (inp,), (out, features) = session.get_inputs(), session.get_outputs()
     assert inp.name == INPUT_NAME and out.name == SEGMENTER_OUTPUT
     assert inp.shape[1:] == [1, 224, 224] and not isinstance(inp.shape[0], int)
+    # the encoder's features, pooled per stage: what the appearance check is fitted on
+    assert features.name == "features" and features.shape[1] == 16 + 24 + 40 + 112 + 320
     assert path.stat().st_size < 20e6
 
     tta = tmp_path / "segmenter_tta.onnx"

@@ -94,7 +94,8 @@ class Pngs(BaseModel):
 
 class InputCheckOut(BaseModel):
     statistics: dict[str, float] = Field(
-        description="brightness, contrast and texture of the scan area (see the model card)")
+        description="brightness, contrast and texture of the scan area (see the model card), "
+        "and `appearance` (the learned check's distance) when the release has one")
     outside: dict[str, str] = Field(
         description="each statistic outside the training images' range: 'low' or 'high'")
     warnings: list[str] = Field(description="one sentence per statistic outside its range")

@@ -246,3 +246,35 @@ def test_an_image_that_is_not_an_ultrasound_is_clearly_warned(fixtures_root, tmp
         picture.save(buf, "PNG")
         result = analyze(buf.getvalue(), real_models, render_overlays=False)
         assert result.input_check.warnings[0].startswith("This may not be a breast ultrasound")
+
+
+def test_the_bundled_release_warns_of_the_pictures_that_are_not_ultrasound_as_recorded():
+    """Every picture in tests/fixtures/not-ultrasound (photographs, textures, microscopy, eye
+    images, charts, a page, CT and MR files) analysed by the bundled release: the number warned
+    'may not be a breast ultrasound' or refused is the one its evidence records, and the card
+    shows; CT and MR files are refused outright."""
+    from pathlib import Path
+
+    from busdx.evaluation.appearance import folder_images
+    from busdx.inference.quality import NOT_ULTRASOUND
+    from stand_in_models import real_models_dir
+
+    directory = real_models_dir()
+    if directory is None:
+        pytest.skip("the bundled models are not at hand")
+    appearance = (load_card(directory).get("input_check") or {}).get("appearance")
+    if not appearance:
+        pytest.skip("the bundled release has no appearance check")
+    models = Models.load(directory, threads=2)
+    folder = Path(__file__).parent / "fixtures" / "not-ultrasound"
+    flags = {}
+    for name, image in folder_images(folder):
+        if image is None:
+            flags[name] = True
+            continue
+        check = analyze(np.ascontiguousarray(image), models, render_overlays=False).input_check
+        flags[name] = bool(check and check.warnings and check.warnings[0].startswith(
+            NOT_ULTRASOUND))
+    assert flags["pydicom_CT_small.dcm"] and flags["pydicom_MR_small.dcm"]
+    recorded = appearance["results"]["not_ultrasound:not-ultrasound"]
+    assert (sum(flags.values()), len(flags)) == (recorded["warned"], recorded["n"])

@@ -51,7 +51,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def conditions(results: dict[str, dict]) -> list[str]:
     lines = ["## Conditions", ""]
-    any_result = next(iter(results.values()))
+    any_result = results.get("latency") or next(iter(results.values()))
     m = any_result["machine"]
     lines.append(f"- CPU: {m['cpu']}, {m['usable_cpus']} usable cores; Python {m['python']}; "
                  + ", ".join(f"{k} {v}" for k, v in any_result.get("versions", {}).items()) + ".")
@@ -63,6 +63,12 @@ def conditions(results: dict[str, dict]) -> list[str]:
     lines.append(f"- Models: `{folder}`, version `{models.get('version')}`"
                  + (" (**stand-in models, not the trained ones**)" if models.get("stand_in")
                     else "") + ".")
+    versions: dict[str, list[str]] = {}
+    for name, r in results.items():
+        versions.setdefault(str((r.get("models") or {}).get("version")), []).append(name)
+    if len(versions) > 1:  # steps not measured again since the models changed say so
+        lines.append("- Measured with release " + "; with release ".join(
+            f"`{v}`: {', '.join(names)}" for v, names in versions.items()) + ".")
     contended = [n for n, r in results.items() if r["machine"].get("contended")]
     if contended:
         lines.append(f"- **Warning: other heavy busdx jobs were running during {', '.join(contended)}"

@@ -160,19 +160,24 @@ def torch_models(models, seg_checkpoints: list[Path], cls_checkpoints: list[Path
         models,
         segmenter=TorchSession(seg, (SEGMENTER_OUTPUT,)),
         classifier=TorchSession(cls, CLASSIFIER_OUTPUTS),
+        # the eager segmenter has no appearance output (a matrix product, next to nothing)
+        appearance_threshold=None,
     )
     return swapped, {"segmenter": seg_source, "classifier": cls_source}
 
 
 def parity(ort_models, torch_models_, size: int) -> dict[str, float]:
     """Largest output differences on one random input: ~1e-5 means the weights are the same."""
+    from busdx.models.contract import CLASSIFIER_OUTPUTS, SEGMENTER_OUTPUT
+
     rng = np.random.default_rng(0)
     x = rng.random((1, ort_models.settings.views, size, size), dtype=np.float32)
     inputs = {"segmenter": x[:, :1], "classifier": x}
     out = {}
+    names = {"segmenter": [SEGMENTER_OUTPUT], "classifier": list(CLASSIFIER_OUTPUTS)}
     for name in ("segmenter", "classifier"):
-        a = getattr(ort_models, name).run(None, {"image": inputs[name]})
-        b = getattr(torch_models_, name).run(None, {"image": inputs[name]})
+        a = getattr(ort_models, name).run(names[name], {"image": inputs[name]})
+        b = getattr(torch_models_, name).run(names[name], {"image": inputs[name]})
         out[name] = float(max(np.abs(np.asarray(p) - np.asarray(q)).max() for p, q in zip(a, b, strict=True)))
     return out
 

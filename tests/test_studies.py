@@ -594,3 +594,12 @@ def test_a_study_rerun_on_the_full_data_gives_its_recorded_rows_and_summary(name
     collected = _json(study.collect(str(busbra_root), None, threads=threads(), **shared))
     _assert_same(collected, rows, ROWS_TOLERANCE, name)
     _assert_same(_summarise(study, collected), _summary(name), SUMMARY_TOLERANCE, name, LOOSER)
+
+
+def test_the_presence_gate_summary_follows_from_its_recorded_scores():
+    """studies/presence_gate.py keeps each image's gate score; its summary (the threshold from
+    the validation lesions, the shares on both sites) is what its code makes of them."""
+    rows, recorded = _rows("presence_gate"), _summary("presence_gate")
+    _assert_same(_summarise(_load("presence_gate"), rows), recorded, 1e-12)
+    val = recorded["busbra_val"]["found"]
+    assert val["hits"] >= 0.99 * val["n"] - 1  # the threshold keeps 99% of them, by its rule

@@ -221,9 +221,36 @@ def page(results: dict[str, dict], staged: dict | None = None) -> str:
                   "in the model card.", "",
                   "```sh"]
         lines += [c for cs in commands.values() for c in cs] + ["```"]
+    gate = ROOT / "reports" / "studies" / "presence_gate.json"
+    if gate.is_file():
+        lines += gate_section(json.loads(gate.read_text()))
     if staged:
         lines += staged_section(staged)
     return "\n".join(lines) + "\n"
+
+
+def gate_section(g: dict) -> list[str]:
+    def share(d: dict) -> str:
+        return f"{100 * d['share']:.1f}% ({d['hits']}/{d['n']})"
+
+    return ["", "## A gate instead of a retrained outline network", "",
+            "`studies/presence_gate.py` asks whether a linear gate on the outline network's "
+            "pooled encoder features can say \"no lesion\" without retraining the network ("
+            + g["rule"] + "). Selection data only:", "",
+            "| | \"no lesion\" on lesion-free images | lesions found |", "|---|---|---|",
+            f"| BUS-BRA validation | {share(g['busbra_val']['no_lesion'])} | "
+            f"{share(g['busbra_val']['found'])} |",
+            f"| BUS-BRA validation, square cuts (no padding to tell them apart) | "
+            f"{share(g['busbra_val_square_cuts']['no_lesion'])} | "
+            f"{share(g['busbra_val_square_cuts']['found'])} |",
+            f"| BrEaST-dev (another hospital) | {share(g['breast_dev']['no_lesion'])} | "
+            f"{share(g['breast_dev']['found'])} |", "",
+            "At the training hospital the gate separates windows from lesion images almost "
+            "perfectly; at another hospital it still says \"no lesion\" on lesion-free images "
+            "but loses lesions, as the fine-tuned network does. Square cuts lose lesions too, "
+            "which suggests the gate learnt BUS-BRA's framing (lesion images cut close around the "
+            "lesion) along with the lesion. Training it on the second site's scans too is the "
+            "next step; it is not in the product."]
 
 
 def main(names: list[str]) -> None:

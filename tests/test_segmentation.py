@@ -492,3 +492,37 @@ def test_the_appearance_check_is_fitted_into_the_graph_and_warns(trained_run, fi
     assert far.warnings[0].startswith(NOT_ULTRASOUND) and far.outside["appearance"] == "high"
     near = with_appearance(None, 0.5 * threshold, threshold)
     assert not near.warnings and near.statistics == {"appearance": 0.5 * threshold}
+
+
+def test_an_epoch_balances_two_sites_without_losing_its_length():
+    """epoch_order: one site alone is a plain permutation; with a second, the epoch keeps the
+    first site's length, draws the asked share from the second (each of its samples as often as
+    the others, give or take one) and repeats no sample of the first."""
+    from busdx.training.segmentation import epoch_order
+
+    rng = np.random.default_rng(3)
+    assert sorted(epoch_order(10, 0, 0.5, rng)) == list(range(10))
+    order = epoch_order(100, 7, 0.3, np.random.default_rng(4))
+    first, second = order[order < 100], order[order >= 100]
+    assert len(order) == 100 and len(second) == 30
+    assert len(set(first.tolist())) == len(first) == 70
+    counts = np.bincount(second - 100, minlength=7)
+    assert counts.max() - counts.min() <= 1
+
+
+@pytest.mark.slow
+def test_a_second_site_joins_the_training_set(fixtures_root, tmp_path):
+    """--breast: BrEaST's development half (never its test half) is letterboxed whole, normal
+    scans with empty masks, and trained on beside BUS-BRA; the run records where it came from."""
+    from busdx.data.sites import read_breast
+
+    breast = fixtures_root.parent / "breast-lesions-usg"
+    dev = [r for r in read_breast(breast) if r.split == "dev"]
+    out = tmp_path / "run"
+    result = train_segmenter(_config(fixtures_root, out, breast=str(breast), site_share=0.5))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_images"] == 8 + len(dev)
+    assert json.loads((out / "config.json").read_text())["breast"] == str(breast)
+    assert result.checkpoint.is_file()
+    with pytest.raises(BusdxError, match="site-share"):
+        _config(fixtures_root, out, site_share=1.0)

@@ -57,6 +57,11 @@ def _register_train(group) -> None:
     p.add_argument("--lesion-free-windows", action="store_true",
                    help="also train on each training image's lesion-free window with an empty "
                    "mask (busdx.data.windows): the network learns to outline nothing")
+    p.add_argument("--breast", default=None, metavar="DIR",
+                   help="a BrEaST-Lesions-USG folder: its development half joins the training "
+                   "set as a second site (its test half is never read)")
+    p.add_argument("--site-share", type=float, default=0.5,
+                   help="with --breast: the share of each epoch drawn from it (default 0.5)")
     p.add_argument("--init", default=None, metavar="CHECKPOINT|GRAPH.onnx:INDEX",
                    help="fine-tune trained weights: a run's best.pt, or member INDEX of an "
                    "exported segmenter (models/segmenter.onnx:0); give its --encoder")
@@ -99,7 +104,8 @@ def _train_config(args):
         workers=args.workers, size=args.size,
         device=args.device, augment=not args.no_augment, augment_preset=args.augment,
         limit_train=args.limit_train,
-        lesion_free_windows=args.lesion_free_windows, init=args.init,
+        lesion_free_windows=args.lesion_free_windows, init=args.init, breast=args.breast,
+        site_share=args.site_share,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
         note=args.note,
         model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained,

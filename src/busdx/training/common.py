@@ -57,7 +57,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def _cache_key(records: Sequence[Record], size: int) -> str:
     h = hashlib.sha1(f"{size}".encode())
     for r in records:
-        h.update(f"{Path(r.image_path).resolve()}|{Path(r.mask_path).resolve()}\n".encode())
+        mask = Path(r.mask_path).resolve() if r.mask_path else "no lesion"
+        h.update(f"{Path(r.image_path).resolve()}|{mask}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -67,6 +68,7 @@ def letterboxed_arrays(
     """All images and masks letterboxed to ``size``: (float16 [N,S,S] in [0,1], uint8 [N,S,S]).
 
     Decoding and resizing ~1,900 PNGs takes a minute; epochs read the cached compressed arrays.
+    A record without a mask (a scan without a lesion) gets an empty one.
     """
     path = None
     if cache_dir is not None:
@@ -77,7 +79,9 @@ def letterboxed_arrays(
     images = np.zeros((len(records), size, size), dtype=np.float16)
     masks = np.zeros((len(records), size, size), dtype=np.uint8)
     for i, r in enumerate(records):
-        image, mask, _ = prepare_pair(load_gray(r.image_path), load_mask(r.mask_path), size)
+        gray = load_gray(r.image_path)
+        mask = load_mask(r.mask_path) if r.mask_path else np.zeros(gray.shape, np.uint8)
+        image, mask, _ = prepare_pair(gray, mask, size)
         images[i], masks[i] = image, mask
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +108,8 @@ def lesion_free_arrays(
                 return data["images"]
     windows = []
     for r in records:
+        if not r.mask_path:  # a scan without a lesion is lesion-free already
+            continue
         image, mask = load_gray(r.image_path), load_mask(r.mask_path)
         window = lesion_free_window(mask) if mask.shape == image.shape else None
         if window is not None:

@@ -79,17 +79,25 @@ class SegTrainConfig(JsonConfig):
     # start from trained weights instead of ImageNet's: a run's best.pt, or GRAPH.onnx:INDEX for
     # a member of an exported segmenter (fine-tuning a bundled network whose checkpoint is gone)
     init: str | None = None
+    # a BrEaST-Lesions-USG folder: its development half (lesion scans, normal scans, and with
+    # lesion_free_windows their windows) joins the training set as a second site
+    breast: str | None = None
+    # the share of each epoch's samples drawn from the second site (with repetition when it has
+    # fewer), so that a small site is not drowned; the epoch keeps the first site's length
+    site_share: float = 0.5
     cache_dir: str | None = "cache"
     resume: bool = False  # go on from OUT/last.pt (same recipe), if there is one
     note: str | None = None  # how the run was set up, beyond its command (kept in the card)
     model: SegmenterConfig = field(default_factory=SegmenterConfig)
 
     RUN_SETTINGS: ClassVar[tuple[str, ...]] = (
-        "data", "out", "max_minutes", "threads", "workers", "device", "cache_dir", "resume",
+        "data", "breast", "out", "max_minutes", "threads", "workers", "device", "cache_dir", "resume",
         "note")
 
     def __post_init__(self) -> None:
         AugmentConfig.preset(self.augment_preset)  # an unknown name fails here, not an hour in
+        if not 0.0 < self.site_share < 1.0:
+            raise BusdxError(f"--site-share must lie between 0 and 1, not {self.site_share}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -248,6 +256,33 @@ def initial_network(init: str, model: SegmenterConfig, images: np.ndarray) -> to
     return net
 
 
+def breast_training_records(root: str) -> list:
+    """BrEaST-Lesions-USG's development half: its lesion scans and its normal scans. Its scans
+    have no black frame around them (the product's scan-area cut keeps them whole), so they are
+    letterboxed whole, as the product sees them."""
+    from busdx.data.sites import read_breast
+
+    records = [r for r in read_breast(root) if r.split == "dev"]
+    if not records:
+        raise BusdxError(f"{root} has no development-half scans")
+    return records
+
+
+def epoch_order(first: int, second: int, share: float, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's sample indices: ``first`` samples of the first site (0..first-1), then the
+    second site's (first..first+second-1). Without a second site, a permutation of the first.
+    With one, the epoch keeps ``first`` samples: a ``1 - share`` part of the first site's
+    (drawn without repetition) and a ``share`` part of the second's (its samples repeated as
+    often as needed, each round in a new order), shuffled together."""
+    if second == 0:
+        return rng.permutation(first)
+    k = int(round(share * first))
+    own = rng.permutation(first)[: first - k]
+    rounds = -(-k // second)
+    other = np.concatenate([rng.permutation(second) for _ in range(rounds)])[:k] + first
+    return rng.permutation(np.concatenate([own, other]))
+
+
 def _split_records(config: SegTrainConfig) -> tuple[list[Record], list[Record]]:
     index = load_index(resolve_root(config.data))
     split = make_split(
@@ -297,6 +332,17 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         va_free = lesion_free_arrays(val_recs, config.size, cache)
         log.info("with %d lesion-free training windows (%d for validation)", len(free),
                  len(va_free))
+    first_site = len(tr_x)
+    if config.breast:
+        second = breast_training_records(config.breast)
+        br_x, br_y = letterboxed_arrays(second, config.size, cache)
+        if config.lesion_free_windows:
+            free = lesion_free_arrays(second, config.size, cache)
+            br_x = np.concatenate([br_x, free])
+            br_y = np.concatenate([br_y, np.zeros(free.shape, br_y.dtype)])
+        tr_x, tr_y = np.concatenate([tr_x, br_x]), np.concatenate([tr_y, br_y])
+        log.info("with %d samples of BrEaST-Lesions-USG's development half (%d scans), %.0f%% of "
+                 "each epoch", len(br_x), len(second), 100 * config.site_share)
     if process.main:
         log.info("%d training, %d validation images; device %s, %d threads%s",
                  len(tr_x), len(va_x), device, config.threads,
@@ -306,10 +352,11 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
            else build_segmenter(config.model)).to(device)
     augmenter = Augmenter(AugmentConfig.preset(config.augment_preset)) if config.augment else None
     # Drop the last incomplete batch: a batch of one breaks batch norm in training mode.
-    steps_per_epoch = max(1, len(tr_x) // config.batch_size)
+    steps_per_epoch = max(1, first_site // config.batch_size)
 
     def batches(epoch: int):
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(tr_x))
+        order = epoch_order(first_site, len(tr_x) - first_site, config.site_share,
+                            np.random.default_rng([config.seed, epoch]))
         # under torchrun, this process's share of every batch (the whole of it otherwise)
         order = order[distributed.shard(order, config.batch_size, process)]
         return epoch_batches(tr_x, tr_y, order, per_process, steps_per_epoch, augmenter,

@@ -728,3 +728,24 @@ def test_the_model_card_link_opens_a_page_to_read(server, browser, output_dir):
         assert "api/model" in card.content()
     card.close()
     page.close()
+
+
+def test_a_picture_that_may_not_be_ultrasound_gets_no_call(server, browser, output_dir):
+    """A bar chart (tests/fixtures/not-ultrasound): the page says first that it may not be a
+    breast ultrasound image and withholds the benign or malignant call, which would otherwise
+    be read before the caution."""
+    chart = Path(__file__).parent / "fixtures" / "not-ultrasound" / "drawn_bar_chart.png"
+    with urllib.request.urlopen(server + "/api/model", timeout=10) as response:
+        if '"input_check"' not in response.read().decode():
+            pytest.skip("the served models have no input check")
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    page.set_input_files("#file", str(chart))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    call = page.locator("#call").inner_text()
+    assert call.startswith("Call withheld: this may not be a breast ultrasound image")
+    assert page.locator("#input-warnings").inner_text().startswith(
+        "This may not be a breast ultrasound image at all")
+    assert "call withheld" in page.locator("#status").inner_text()
+    page.screenshot(path=str(output_dir / "browser-not-ultrasound.png"))
+    page.close()

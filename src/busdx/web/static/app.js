@@ -142,6 +142,20 @@ function renderTimings(timings) {
 
 // A benign call inside a BI-RADS 4 band (4A, 4B: the threshold lies in 4B) is where a biopsy is
 // usually considered: it is shown in amber and says so, never in the green of reassurance.
+// the first input warning when the image may not be a breast ultrasound at all
+// (busdx.inference.quality.NOT_ULTRASOUND)
+const NOT_ULTRASOUND = "This may not be a breast ultrasound image at all";
+
+// what the page calls a result: its label, unless the image may not be an ultrasound at all
+function mayNotBeUltrasound(r) {
+  const warnings = (r.input_check && r.input_check.warnings) || [];
+  return warnings.length > 0 && warnings[0].startsWith(NOT_ULTRASOUND);
+}
+
+function shownLabel(r) {
+  return mayNotBeUltrasound(r) ? "call withheld" : r.label;
+}
+
 function callLook(label, band) {
   if (label === "malignant") return { kind: "malignant", heading: "malignant" };
   if (band === "3") return { kind: "benign", heading: "benign" };
@@ -170,7 +184,16 @@ function renderResult(r, name, at) {
   const malignant = r.label === "malignant";
   const look = callLook(r.label, r.risk_band.name);
   const small = document.createElement("small");
-  if (r.lesion_found) {
+  const withheld = mayNotBeUltrasound(r);
+  if (withheld) {
+    // A call in red or green on a photograph or a chart would be read before its caution.
+    els.call.className = "call none";
+    els.call.replaceChildren(document.createTextNode("Call withheld: this may not be a " +
+      "breast ultrasound image"));
+    small.textContent = "On a picture that is not a breast ultrasound scan the networks' " +
+      `output means nothing (the API's label is ${r.label}). Check what was uploaded; the ` +
+      "numbers below are for reference only.";
+  } else if (r.lesion_found) {
     els.call.className = `call ${look.kind}`;
     els.call.replaceChildren(document.createTextNode(`Call: ${look.heading}`));
     small.textContent = malignant
@@ -195,7 +218,7 @@ function renderResult(r, name, at) {
   els.probText.textContent = `Probability of malignancy: ${pct(r.probability, digits)} ` +
     `(threshold ${pct(r.threshold, digits)})`;
   els.fill.style.width = pct(r.probability, 2);
-  els.fill.style.background = `var(--${look.kind})`;
+  els.fill.style.background = withheld ? "var(--muted)" : `var(--${look.kind})`;
   els.marker.style.left = pct(r.threshold, 2);
   els.bar.setAttribute("aria-label",
     `Probability ${pct(r.probability)} against the threshold ${pct(r.threshold)}`);
@@ -378,6 +401,9 @@ async function analyzeOne(file, pane = null, frame = null) {
 }
 
 function doneText(result) {
+  if (mayNotBeUltrasound(result)) {
+    return "Done: call withheld, this may not be a breast ultrasound image; see the caution.";
+  }
   const unusual = result.input_check && result.input_check.warnings.length > 0
     ? " The image is unlike the training images: see the caution." : "";
   return (result.lesion_found
@@ -497,7 +523,7 @@ function remember(entry) {
     button.className = "link";
     const r = item.result;
     button.textContent = `${item.at.toLocaleTimeString()} · ${item.label}` + (r
-      ? ` · ${r.label}, ${pct(r.probability)}, band ${r.risk_band.name}` : " · no reading");
+      ? ` · ${shownLabel(r)}, ${pct(r.probability)}, band ${r.risk_band.name}` : " · no reading");
     button.addEventListener("click", () => {
       if (busy) return;
       showError(""); setStatus("");
@@ -544,7 +570,7 @@ function showSideBySide(views) {
     img.alt = `View ${i + 1}, ${view.name}, with its lesion outline`;
     const caption = document.createElement("figcaption");
     const r = view.result;
-    caption.textContent = `View ${i + 1}: ${view.name} · ${r.label}, ${pct(r.probability)}, ` +
+    caption.textContent = `View ${i + 1}: ${view.name} · ${shownLabel(r)}, ${pct(r.probability)}, ` +
       `band ${r.risk_band.name}`;
     figure.append(img, caption);
     return figure;

@@ -60,6 +60,35 @@ def summary(name: str) -> dict:
     return out
 
 
+HELD_BACK = ROOT / "reports" / "held_back"
+
+
+def _graph_bytes(home: Path, release: dict) -> dict[str, int]:
+    kept = home / "graphs.json"  # a kept record has the sizes, not the graphs
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    return {g: (home / g).stat().st_size
+            for g in (release["segmenter"]["file"], release["classifier"]["file"])}
+
+
+def keep(staging: Path) -> Path:
+    """Copy a staging release's record (release.json, its current evidence, the graphs' sizes)
+    to reports/held_back/VERSION, so that the page can be written again without runs/."""
+    import shutil
+
+    release = json.loads((staging / "release.json").read_text())
+    target = HELD_BACK / release["version"]
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "evidence").mkdir(parents=True)
+    shutil.copy(staging / "release.json", target / "release.json")
+    for path in (staging / "evidence").glob("*.json"):
+        shutil.copy(path, target / "evidence" / path.name)
+    (target / "graphs.json").write_text(json.dumps(_graph_bytes(staging, release), indent=1)
+                                        + "\n")
+    return target
+
+
 def staged_release(folder: Path) -> dict:
     """What a staging release measured about itself (its evidence records), the bundled one's
     beside it, for a release that was evaluated and then held back."""
@@ -73,11 +102,10 @@ def staged_release(folder: Path) -> dict:
         seg, clf = record(where, "segmenter.test"), record(where, "classifier.test")
         ext, free = record(where, "external.breast_test"), record(where, "no_lesion.test")
         release = json.loads((home / "release.json").read_text())
-        graphs = [release["segmenter"]["file"], release["classifier"]["file"]]
         out[key] = {
             "version": release["version"],
             "made_of": [release["segmenter"].get("made_of"), release["classifier"].get("made_of")],
-            "megabytes": round(sum((home / g).stat().st_size for g in graphs) / 1e6, 1),
+            "megabytes": round(sum(_graph_bytes(home, release).values()) / 1e6, 1),
             "busbra_test_dice": seg.get("dice", {}).get("mean"),
             "busbra_test_auc": clf.get("auc"), "busbra_test_auc_ci95": clf.get("auc_ci95"),
             "busbra_test_sensitivity": clf.get("sensitivity"),
@@ -255,7 +283,10 @@ def gate_section(g: dict) -> list[str]:
 
 def main(names: list[str]) -> None:
     staging = ROOT / "runs" / "release"
-    staged = staged_release(staging) if (staging / "evidence").is_dir() else None
+    if (staging / "evidence").is_dir() and (staging / "segmenter.onnx").is_file():
+        keep(staging)
+    kept = sorted(HELD_BACK.glob("*/release.json"), key=lambda p: p.stat().st_mtime)
+    staged = staged_release(kept[-1].parent) if kept else None
     results = {name: summary(name) for name in names}
     out = ROOT / "reports" / "studies" / "site_recipes.json"
     out.write_text(json.dumps({**results, **({"held_back_release": staged} if staged else {})},

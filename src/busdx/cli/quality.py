@@ -120,7 +120,7 @@ def run_appearance(args: argparse.Namespace) -> int:
             first = result.input_check.warnings[0] if result.input_check and \
                 result.input_check.warnings else ""
             flags.append(first.startswith(NOT_ULTRASOUND))
-        return ap.shares(np.array(flags, float), 0.5)
+        return ap.warned_share(flags)
 
     results = {
         "busbra_test": warned(ap.site_images([busbra[r.id] for r in split.test]),

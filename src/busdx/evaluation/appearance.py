@@ -158,9 +158,10 @@ def with_appearance_output(graph, model: AppearanceModel):
     return graph
 
 
-def shares(distances: np.ndarray, threshold: float) -> dict:
+def warned_share(flags: Sequence[bool]) -> dict:
+    """How many of the images (one flag each) were warned or refused, with a Wilson 95% CI."""
     from busdx.evaluation.classification import wilson_interval
 
-    n, hits = len(distances), int((np.asarray(distances) > threshold).sum())
+    n, hits = len(flags), int(sum(bool(f) for f in flags))
     return {"n": n, "warned": hits, "share": hits / n if n else None,
             "share_ci95": list(wilson_interval(hits, n)) if n else None}

@@ -173,33 +173,36 @@ def segment(image: np.ndarray, models: Models,
             letterboxed: tuple[np.ndarray, Letterbox] | None = None) -> np.ndarray:
     """The lesion mask (uint8 {0, 1}, the image's size): one component, no holes.
     ``letterboxed``: ``prepare(image, models.segmenter_size)``, when the caller has it."""
-    return segment_and_place(image, models, letterboxed)[0]
+    return segment_with_appearance(image, models, letterboxed)[0]
 
 
-def segment_and_place(image: np.ndarray, models: Models,
-                      letterboxed: tuple[np.ndarray, Letterbox] | None = None
-                      ) -> tuple[np.ndarray, float | None]:
+def segment_with_appearance(image: np.ndarray, models: Models,
+                            letterboxed: tuple[np.ndarray, Letterbox] | None = None
+                            ) -> tuple[np.ndarray, float | None]:
     """The lesion mask, and the image's appearance distance from the training images (None
     when the release has no appearance check), from one run of the segmenter."""
-    outputs = [SEGMENTER_OUTPUT]
-    if models.appearance_threshold is not None:
-        outputs.append(APPEARANCE_OUTPUT)
-    full, *rest = lesion_probability(image, models.segmenter, models.segmenter_size,
-                                     letterboxed, outputs)
+    extra = () if models.appearance_threshold is None else (APPEARANCE_OUTPUT,)
+    full, rest = run_segmenter(image, models.segmenter, models.segmenter_size, letterboxed,
+                               extra)
     mask = fill_holes(largest_component(full > models.mask_threshold))
     return mask, (float(rest[0].reshape(-1)[0]) if rest else None)
 
 
 def lesion_probability(image: np.ndarray, segmenter, size: int,
-                       letterboxed: tuple[np.ndarray, Letterbox] | None = None,
-                       outputs: list[str] | None = None):
+                       letterboxed: tuple[np.ndarray, Letterbox] | None = None) -> np.ndarray:
     """The segmenter's lesion probability (float32) on the grid of ``image``, before the
-    threshold; ``segmenter``: an ONNX Runtime session, ``size``: its input size. With
-    ``outputs`` (the mask logits first), a list: the probability, then the other outputs."""
+    threshold; ``segmenter``: an ONNX Runtime session, ``size``: its input size."""
+    return run_segmenter(image, segmenter, size, letterboxed)[0]
+
+
+def run_segmenter(image: np.ndarray, segmenter, size: int,
+                  letterboxed: tuple[np.ndarray, Letterbox] | None = None,
+                  extra: tuple[str, ...] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The lesion probability (see :func:`lesion_probability`) and the segmenter's ``extra``
+    outputs, from one run."""
     x, box = letterboxed or prepare(image, size)
-    logits, *rest = segmenter.run(outputs or [SEGMENTER_OUTPUT], {INPUT_NAME: x[None, None]})
-    probability = box.invert(sigmoid(logits[0, 0].astype(np.float32)))
-    return [probability, *rest] if outputs else probability
+    logits, *rest = segmenter.run([SEGMENTER_OUTPUT, *extra], {INPUT_NAME: x[None, None]})
+    return box.invert(sigmoid(logits[0, 0].astype(np.float32))), rest
 
 
 def classifier_inputs(
@@ -341,7 +344,7 @@ def analyze(
                    if models.input_ranges or colour_share > 0 else None)
     clock.lap("input_check")
     letterboxed = prepare(scan, models.segmenter_size)
-    mask, distance = segment_and_place(scan, models, letterboxed)
+    mask, distance = segment_with_appearance(scan, models, letterboxed)
     if distance is not None:
         input_check = with_appearance(input_check, distance, models.appearance_threshold)
     clock.lap("segment")

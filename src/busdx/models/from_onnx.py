@@ -131,6 +131,21 @@ def _logits_info() -> onnx.ValueInfoProto:
                                          ["batch", 1, None, None])
 
 
+def load_folded(pairs, convs, weights: dict) -> None:
+    """Load exported convolutions into (convolution, batch norm) pairs in the folded form the
+    exporter left them in: each convolution takes the folded weight, and its batch norm passes
+    the folded bias through (mean 0, variance 1 - eps, scale 1)."""
+    import torch
+
+    with torch.no_grad():
+        for (conv, bn), node in zip(pairs, convs, strict=True):
+            conv.weight.copy_(torch.from_numpy(weights[node.input[1]]))
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(torch.from_numpy(weights[node.input[2]]))
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+
+
 def recover_classifier(graph_path, section: dict) -> tuple[Any, dict]:
     """An EfficientNet-Lite classifier rebuilt from its exported graph, for when the checkpoint
     is gone: the model (eval mode) and a checkpoint dict that :func:`load_checkpoint` reads.
@@ -169,16 +184,12 @@ def recover_classifier(graph_path, section: dict) -> tuple[Any, dict]:
     pairs = conv_bn_pairs(model.backbone)
     if len(pairs) != len(convs):
         raise BusdxError(f"{graph_path} does not match a {arch} classifier's layers")
+    for (conv, bn), node in zip(pairs, convs, strict=True):
+        w, b = weights[node.input[1]], weights[node.input[2]]
+        if tuple(w.shape) != tuple(conv.weight.shape) or b.shape != (bn.num_features,):
+            raise BusdxError(f"{graph_path}: layer shapes differ from a {arch} classifier's")
+    load_folded(pairs, convs, weights)
     with torch.no_grad():
-        for (conv, bn), node in zip(pairs, convs, strict=True):
-            w, b = weights[node.input[1]], weights[node.input[2]]
-            if tuple(w.shape) != tuple(conv.weight.shape) or b.shape != (bn.num_features,):
-                raise BusdxError(f"{graph_path}: layer shapes differ from a {arch} classifier's")
-            conv.weight.copy_(torch.from_numpy(w))
-            bn.weight.fill_(1.0)
-            bn.bias.copy_(torch.from_numpy(b))
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - bn.eps)
         offset = float(section.get("logit_offset", 0.0))
         model.fc.weight.copy_(torch.from_numpy(weights["model.fc.weight"]))
         # the graph's bias carries Platt's intercept; the checkpoint holds the network's own
@@ -212,9 +223,10 @@ def recover_segmenter(graph_path, member: int = 0, encoder: str | None = None,
     :class:`~busdx.models.segmentation.SegmenterConfig`; a starting point for fine-tuning once
     :func:`restore_batch_norm_statistics` has given its batch norms statistics again.
 
-    The encoder is read from the card's ``made_of`` when not given. Like a recovered classifier,
-    the network comes back with its batch norms folded into the convolutions; the rebuilt
-    network's output is checked against the graph's."""
+    Without ``encoder``, each EfficientNet-Lite encoder is tried and the one whose layer shapes
+    match the graph's is taken. Like a recovered classifier, the network comes back with its
+    batch norms folded into the convolutions; the rebuilt network's output is checked against
+    the graph's."""
     import numpy as np
     import torch
 
@@ -226,8 +238,7 @@ def recover_segmenter(graph_path, member: int = 0, encoder: str | None = None,
     weights = stored_weights(proto)
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     head = convs[-1]
-    defaults = SegmenterConfig()
-    channels = decoder_channels or defaults.decoder_channels
+    channels = decoder_channels or SegmenterConfig().decoder_channels
     candidates = [encoder] if encoder else [f"tf_efficientnet_lite{k}" for k in range(5)]
     for name in candidates:
         config = SegmenterConfig(encoder=name, pretrained=False, decoder_channels=channels)
@@ -240,13 +251,8 @@ def recover_segmenter(graph_path, member: int = 0, encoder: str | None = None,
     else:
         raise BusdxError(f"member {member} of {graph_path} matches no EfficientNet-Lite U-Net "
                          f"with decoder channels {list(channels)}")
+    load_folded(pairs, convs[:-1], weights)
     with torch.no_grad():
-        for (conv, bn), node in zip(pairs, convs[:-1], strict=True):
-            conv.weight.copy_(torch.from_numpy(weights[node.input[1]]))
-            bn.weight.fill_(1.0)
-            bn.bias.copy_(torch.from_numpy(weights[node.input[2]]))
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - bn.eps)
         out_conv = net.segmentation_head[0]
         out_conv.weight.copy_(torch.from_numpy(weights[head.input[1]]))
         out_conv.bias.copy_(torch.from_numpy(weights[head.input[2]]))
@@ -348,13 +354,7 @@ def recover_classifier_members(graph_path, members: list[dict], logit_offset: fl
                 tuple(weights[n.input[1]].shape) != tuple(c.weight.shape)
                 for (c, _), n in zip(pairs, mine, strict=True)):
             raise BusdxError(f"{graph_path} does not hold a {spec.arch} member where expected")
-        with torch.no_grad():
-            for (conv, bn), node in zip(pairs, mine, strict=True):
-                conv.weight.copy_(torch.from_numpy(weights[node.input[1]]))
-                bn.weight.fill_(1.0)
-                bn.bias.copy_(torch.from_numpy(weights[node.input[2]]))
-                bn.running_mean.zero_()
-                bn.running_var.fill_(1.0 - bn.eps)
+        load_folded(pairs, mine, weights)
         nets.append(net)
         specs.append(spec)
     if start != len(convs):

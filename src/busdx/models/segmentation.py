@@ -170,8 +170,9 @@ class SegmenterWithFeatures(SegmenterExport):
 
 
 def has_features(net: nn.Module) -> bool:
-    with torch.no_grad():
-        return pooled_features(net.eval(), torch.zeros(1, 3, 64, 64))[1] is not None
+    """Whether :func:`pooled_features` gives features for ``net``: every network has an encoder."""
+    nets = net.nets if isinstance(net, SegmenterEnsemble) else [net]
+    return all(getattr(n, "encoder", None) is not None for n in nets)
 
 
 class SegmenterEnsemble(nn.Module):

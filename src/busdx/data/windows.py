@@ -29,6 +29,13 @@ class Window:
         return image[self.top:self.bottom, self.left:self.right]
 
 
+def lesion_free_cut(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The image's lesion-free window as an array of its own, or None when the mask does not
+    fit the image or no window is large enough."""
+    window = lesion_free_window(mask) if mask.shape == image.shape else None
+    return None if window is None else np.ascontiguousarray(window.cut(image))
+
+
 def lesion_free_window(mask: np.ndarray) -> Window | None:
     """The largest of the four strips beside the grown lesion box (above, below, left, right of
     it, each spanning the image the other way), or None when none is large enough."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from busdx.data.preprocess import load_mask, prepare
 from busdx.data.sites import SiteRecord
-from busdx.data.windows import lesion_free_window
+from busdx.data.windows import lesion_free_cut
 from busdx.errors import BusdxError
 from busdx.inference.decode import decode
 from busdx.inference.scan_area import bounding, find_scan_area_within
@@ -78,10 +78,9 @@ def site_images(records: Sequence[SiteRecord], windows: bool = True
         yield ("image" if record.mask_path else "normal"), scan_of(decoded.image,
                                                                    decoded.regions)
         if windows and record.mask_path is not None:
-            mask = load_mask(record.mask_path)
-            window = lesion_free_window(mask) if mask.shape == decoded.image.shape else None
-            if window is not None:
-                yield "window", scan_of(np.ascontiguousarray(window.cut(decoded.image)))
+            crop = lesion_free_cut(decoded.image, load_mask(record.mask_path))
+            if crop is not None:
+                yield "window", scan_of(crop)
 
 
 def folder_images(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
-
 from busdx.data.sites import SiteRecord
-from busdx.data.windows import GROW, MIN_SIDE, lesion_free_window
+from busdx.data.windows import GROW, MIN_SIDE, lesion_free_cut
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +43,10 @@ def score_no_lesion(records: Sequence[SiteRecord], models, progress=None) -> dic
         else:
             whole = analyze(decoded, models, render_overlays=False)
             site["found"].append(int(whole.lesion_found))
-            mask = load_mask(record.mask_path)
-            window = lesion_free_window(mask) if mask.shape == decoded.image.shape else None
+            crop = lesion_free_cut(decoded.image, load_mask(record.mask_path))
             row = {"id": record.id, "site": record.site, "lesion_found": whole.lesion_found}
-            if window is not None:
-                crop = window.cut(decoded.image)
-                result = analyze(np.ascontiguousarray(crop), models, render_overlays=False)
+            if crop is not None:
+                result = analyze(crop, models, render_overlays=False)
                 site["windows"].append(int(not result.lesion_found))
                 row["window_no_lesion"] = not result.lesion_found
             rows.append(row)

@@ -98,7 +98,7 @@ def lesion_free_arrays(
 ) -> np.ndarray:
     """The lesion-free window (busdx.data.windows) of each image that has one, letterboxed to
     ``size`` (float16 [M,S,S]): samples whose target is an empty mask."""
-    from busdx.data.windows import lesion_free_window
+    from busdx.data.windows import lesion_free_cut
 
     path = None
     if cache_dir is not None:
@@ -110,10 +110,8 @@ def lesion_free_arrays(
     for r in records:
         if not r.mask_path:  # a scan without a lesion is lesion-free already
             continue
-        image, mask = load_gray(r.image_path), load_mask(r.mask_path)
-        window = lesion_free_window(mask) if mask.shape == image.shape else None
-        if window is not None:
-            crop = np.ascontiguousarray(window.cut(image))
+        crop = lesion_free_cut(load_gray(r.image_path), load_mask(r.mask_path))
+        if crop is not None:
             windows.append(prepare_pair(crop, np.zeros(crop.shape, np.uint8), size)[0])
     images = np.stack(windows).astype(np.float16) if windows else np.zeros((0, size, size),
                                                                            np.float16)

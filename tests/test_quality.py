@@ -278,3 +278,15 @@ def test_the_bundled_release_warns_of_the_pictures_that_are_not_ultrasound_as_re
     assert flags["pydicom_CT_small.dcm"] and flags["pydicom_MR_small.dcm"]
     recorded = appearance["results"]["not_ultrasound:not-ultrasound"]
     assert (sum(flags.values()), len(flags)) == (recorded["warned"], recorded["n"])
+
+
+def test_the_appearance_fit_refuses_a_missing_folder_before_any_work(tmp_path, capsys):
+    """A mistyped --not-ultrasound folder stops the command at once, before the minutes of
+    fitting and the rewrite of the staging graph, with the folder named."""
+    from busdx.cli.main import main
+
+    missing = tmp_path / "not-there"
+    assert main(["evaluate", "appearance", "--models", str(tmp_path / "stage"),
+                 "--not-ultrasound", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "stage").exists()

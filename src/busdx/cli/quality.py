@@ -80,6 +80,11 @@ def run_appearance(args: argparse.Namespace) -> int:
     from busdx.models.contract import FEATURES_OUTPUT
     from busdx.release import load_release
 
+    # checked first: the fit takes minutes and rewrites the staging graph before they are read
+    missing = [f for f in args.not_ultrasound if not Path(f).is_dir()]
+    if missing:
+        print(f"--not-ultrasound: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
     folder = Path(writable_release(args.models, "runs/release"))
     release = load_release(folder / "release.json")
     graph_path = folder / release.segmenter.file

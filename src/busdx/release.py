@@ -56,6 +56,9 @@ class Segmenter:
     sha256: str
     input_size: int = 224  # the letterboxed square the graph takes
     threshold: float = 0.5  # on the sigmoid of the graph's logits: above it is lesion
+    # below this logit of the graph's ``presence`` output the image is reported as showing no
+    # lesion, whatever the mask; None: no such check (busdx.evaluation.presence fits it)
+    presence_threshold: float | None = None
     # how the graph was put together, in a few words (members, mirror averaging)
     made_of: str = ""
 

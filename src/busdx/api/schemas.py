@@ -117,6 +117,10 @@ class AnalyzeResponse(BaseModel):
                                                "to reading it, not a BI-RADS assessment)")
     lesion_found: bool = Field(description="whether the segmenter outlined a lesion; false: the "
                                            "probability is the whole image's, less reliable")
+    presence: float | None = Field(
+        default=None, description="the lesion-presence check's logit that the image shows a "
+        "lesion at all (below the release's threshold: no lesion is reported, whatever the "
+        "outline); null when the release has no such check")
     logit: float = Field(description="the served logit: probability = sigmoid(logit / "
                                      "temperature); what /api/lesion averages over views")
     temperature: float = Field(description="the calibration's temperature")

@@ -17,8 +17,8 @@ log = logging.getLogger("busdx")
 # Modules under busdx.cli with a ``register(subparsers, groups)`` function, in the order --help
 # lists their commands: what users run first, then what researchers run.
 FIRST_MODULES = ("serve", "predict", "dicomweb")
-COMMAND_MODULES = ("data", "segmentation", "classification", "external", "no_lesion", "quality",
-                   "release", "report")
+COMMAND_MODULES = ("data", "segmentation", "classification", "external", "no_lesion", "presence",
+                   "quality", "release", "report")
 # Commands whose tasks (segmentation, classification) are registered by the modules above.
 GROUPS = {
     "train": "train a model (writes a run folder under runs/)",

@@ -118,8 +118,9 @@ def _register_export(group) -> None:
                          description="Export a trained segmenter to ONNX (opset 17, dynamic "
                          "batch) into a staging folder, with its release.json and provenance "
                          "beside it; `busdx release --from FOLDER` ships it.")
-    p.add_argument("--checkpoint", required=True, nargs="+",
-                   help="runs/NAME/best.pt; several: one graph averaging their logits")
+    p.add_argument("--checkpoint", nargs="*", default=[],
+                   help="runs/NAME/best.pt; several: one graph averaging their logits (give "
+                   "this, --onnx-member, or both)")
     p.add_argument("--out", default=f"{STAGING}/segmenter.onnx",
                    help="the graph to write, in a staging folder (not models/; the default "
                    "folder starts as a copy of the bundled release)")

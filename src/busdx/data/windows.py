@@ -54,3 +54,24 @@ def lesion_free_window(mask: np.ndarray) -> Window | None:
     if not fits:
         return None
     return max(fits, key=lambda s: (s.bottom - s.top) * (s.right - s.left))
+
+
+def lesion_window_cut(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """A cut of the image of the same size as its lesion-free window, placed over the lesion
+    (centred on it, moved inside the image), as an array of its own; None when the image has no
+    lesion-free window or the lesion, grown as for the window, does not fit in that size. It
+    shows a lesion at the scale of a window, so that a check learning "lesion" against
+    "lesion-free window" cannot go by the scale and framing alone."""
+    window = lesion_free_window(mask) if mask.shape == image.shape else None
+    if window is None:
+        return None
+    h, w = mask.shape
+    wh, ww = window.bottom - window.top, window.right - window.left
+    rows, cols = np.nonzero(mask)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    gh, gw = GROW * (bottom - top), GROW * (right - left)
+    if bottom - top + 2 * gh > wh or right - left + 2 * gw > ww:
+        return None
+    y = int(min(max(0, round((top + bottom - wh) / 2)), h - wh))
+    x = int(min(max(0, round((left + right - ww) / 2)), w - ww))
+    return np.ascontiguousarray(image[y:y + wh, x:x + ww])

@@ -242,25 +242,36 @@ class Prediction:
     prob: float
 
 
+# A lesion image in which the product finds no lesion gets no call. End to end it is scored
+# as the lowest probability, so that the miss counts against sensitivity and AUC, not as the
+# whole image's probability the product shows for reference only.
+NOT_FOUND_LOGIT = -30.0
+
+
 def record_inputs(
     records: Sequence, models, masks: str = "predicted"
 ) -> tuple[list[np.ndarray], int]:
     """Each record's classifier batch [K, V, S, S], built by the product's own code
     (busdx.inference.pipeline: segment, then one crop per context of the card); and how many
     predicted masks were empty (those images fall back to the whole image)."""
+    out, found = _inputs_and_found(records, models, masks)
+    return out, len(found) - sum(found)
+
+
+def _inputs_and_found(records: Sequence, models, masks: str) -> tuple[list[np.ndarray],
+                                                                      list[bool]]:
     from busdx.data.preprocess import load_gray, load_mask
     from busdx.inference.pipeline import classifier_inputs, segment
 
     if masks not in ("predicted", "gt"):
         raise BusdxError(f"--masks must be 'predicted' or 'gt', not {masks!r}")
-    out, empty = [], 0
+    out, found = [], []
     for r in records:
         image = load_gray(r.image_path)
         mask = load_mask(r.mask_path) if masks == "gt" else segment(image, models)
-        if not mask.any():
-            empty += 1
+        found.append(bool(mask.any()))
         out.append(classifier_inputs(image, mask, models.settings)[0])
-    return out, empty
+    return out, found
 
 
 @dataclass
@@ -402,13 +413,17 @@ def predict_records(
     threads: int = 1,
 ) -> tuple[list[Prediction], int]:
     """Run the exported models over ``records`` as busdx.inference does; returns predictions and
-    the empty-mask count."""
+    the empty-mask count. With predicted masks, an image in which no lesion is found scores
+    NOT_FOUND_LOGIT (no call is made)."""
     from busdx.inference.models import Models
     from busdx.training.calibration import calibrate
 
     models = Models.load(models_dir, threads=threads, with_segmenter=masks != "gt")
-    inputs, empty = record_inputs(records, models, masks)
+    inputs, found = _inputs_and_found(records, models, masks)
+    empty = len(found) - sum(found)
     logits = mean_logits(models.classifier, inputs) + models.settings.logit_shift
+    if masks == "predicted":
+        logits = np.where(found, logits, NOT_FOUND_LOGIT)
     temperature = models.settings.temperature
     preds = [Prediction(r.id, r.patient, r.label, r.birads, float(z), float(calibrate(z, temperature)))
              for r, z in zip(records, logits, strict=True)]

@@ -37,6 +37,7 @@ import numpy as np
 from busdx.errors import BusdxError
 from busdx.evaluation.classification import (
     BIRADS_LEVELS,
+    NOT_FOUND_LOGIT,
     ClassificationReport,
     Prediction,
     birads_sections,
@@ -48,6 +49,7 @@ from busdx.evaluation.metrics import dice, iou, summarise
 from busdx.inference.decode import is_image_file
 from busdx.inference.quality import STATISTICS
 from busdx.inference.scan_area import PANES
+from busdx.numeric import sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -368,8 +370,10 @@ def evaluate_external(
                 row["mask_error"] = mask_error
             pane_truth = truth if truth is None or a.pane is None else a.pane[1].crop(truth)
             rows.append(_scored_row(row, a, pane_truth, dices, ious))
+            # no lesion found: no call, scored as the lowest probability
+            logit = float(a.logit) if a.lesion_found else NOT_FOUND_LOGIT
             preds.append(Prediction(view if pane else str(case.image), case.patient, case.label,
-                                    case.birads, float(a.logit), a.probability))
+                                    case.birads, logit, float(sigmoid(logit / a.temperature))))
             keys.append(key)
     if not preds or len({p.label for p in preds}) < 2:
         raise ExternalDataError("too few images could be analysed to score both classes "

@@ -45,11 +45,11 @@ KINDS = {
     "site_calibration": "calibration", "calibration": "calibration",
     "calibration_training": "calibration", "lesion_reading": "calibration",
     "training": "training", "members": "training", "recipe_cross_validation": "study",
-    "appearance": "evaluation",
+    "appearance": "evaluation", "presence": "selection",
 }
 # the keys of each section that belong to the release, not to the evidence
 RELEASE_KEYS = {
-    "segmenter": {"file", "threshold", "input_size"},
+    "segmenter": {"file", "threshold", "input_size", "presence_threshold"},
     "classifier": {"file", "input", "crop", "temperature", "threshold", "logit_offset",
                    "logit_shift"},
     "input_check": {"ranges", "texture_long_side", "appearance_threshold"},
@@ -121,8 +121,8 @@ def _sha(folder: Path, name: str) -> str:
 def _release_with(release: Release, folder: Path, section: str, values: dict) -> Release:
     if section == "segmenter":
         seg = release.segmenter or Segmenter(file=SEGMENTER_FILE, sha256="")
-        seg = replace(seg, **{k: values[k] for k in ("file", "threshold", "input_size")
-                              if k in values})
+        seg = replace(seg, **{k: values[k] for k in ("file", "threshold", "input_size",
+                                                     "presence_threshold") if k in values})
         return replace(release, segmenter=seg)
     if section == "input_check":
         check = release.input_check

@@ -75,6 +75,16 @@ def predict_probability(session, image: np.ndarray, size: int) -> np.ndarray:
     return lesion_probability(image, session, size)
 
 
+def _presence_threshold(model_path: Path) -> float | None:
+    """The presence threshold of the release whose segmenter ``model_path`` is, if any."""
+    from busdx.evaluation.model_card import load_folder_release
+
+    release = load_folder_release(model_path.parent)
+    seg = release.segmenter if release is not None else None
+    return (seg.presence_threshold if seg is not None and seg.file == model_path.name
+            else None)
+
+
 def _postprocess(mask: np.ndarray) -> np.ndarray:
     from busdx.inference.components import fill_holes, largest_component
 
@@ -82,17 +92,27 @@ def _postprocess(mask: np.ndarray) -> np.ndarray:
 
 
 def score_records(
-    session, records: list[Record], keep: set[str] | None = None, threshold: float = THRESHOLD
+    session, records: list[Record], keep: set[str] | None = None, threshold: float = THRESHOLD,
+    presence_threshold: float | None = None,
 ) -> tuple[list[ImageScore], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Per-image scores; for ids in ``keep`` also (image, truth, predicted mask) for figures."""
+    """Per-image scores; for ids in ``keep`` also (image, truth, predicted mask) for figures.
+    With ``presence_threshold`` (the release's presence check) the served mask is empty where
+    the check says the image shows no lesion, as the product serves it."""
     from tqdm import tqdm
 
+    from busdx.inference.pipeline import run_segmenter
+    from busdx.models.contract import PRESENCE_OUTPUT
+
     size = _input_size(session)
+    extra = (PRESENCE_OUTPUT,) if presence_threshold is not None else ()
     scores, kept = [], {}
     for r in tqdm(records, desc="evaluating", leave=False):
         image, truth = load_gray(r.image_path), load_mask(r.mask_path)
-        pred = predict_probability(session, image, size) > threshold
+        probability, rest = run_segmenter(image, session, size, extra=extra)
+        pred = probability > threshold
         post = _postprocess(pred)
+        if rest and float(rest[0].reshape(-1)[0]) < presence_threshold:
+            post = np.zeros_like(post)
         scores.append(ImageScore(r.id, r.scanner, dice(pred, truth), iou(pred, truth),
                                  dice(post, truth), iou(post, truth)))
         if keep is not None and r.id in keep:
@@ -209,8 +229,13 @@ def evaluate_segmenter(
     records = parts.test if split == "test" else parts.val
     if not records:
         raise BusdxError(f"the {split} split of fold {test_fold} has no images")
-    scores, _ = score_records(session, records, threshold=threshold)
+    presence = _presence_threshold(model_path)
+    scores, _ = score_records(session, records, threshold=threshold,
+                              presence_threshold=presence)
     section = summary_section(scores, test_fold, model_path, split, threshold)
+    if presence is not None:
+        section["postprocessed"]["what"] += (
+            "; empty where the presence check says the image shows no lesion")
     if split == "val":
         section["validation_split"] = validation_text(len(records), test_fold, split_seed, val_fold)
     if figures_dir is not None:

@@ -16,6 +16,7 @@ from busdx.models.contract import (
     CLASSIFIER_FILE,
     CLASSIFIER_OUTPUTS,
     INPUT_NAME,
+    PRESENCE_OUTPUT,
     SEGMENTER_FILE,
     SEGMENTER_OUTPUT,
     input_views,
@@ -163,6 +164,9 @@ class Models:
     input_texture_long_side: int | None = None
     # the release's appearance threshold, when its segmenter computes the appearance distance
     appearance_threshold: float | None = None
+    # the release's presence threshold, when its segmenter computes the presence logit: below
+    # it the image is reported as showing no lesion
+    presence_threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -196,9 +200,11 @@ class Models:
         classifier = open_session(directory / release.classifier.file, threads,
                                   batch=1 if settings.batch == 1 else None)
         appearance = release.input_check.appearance_threshold
+        presence = release.segmenter.presence_threshold if release.segmenter else None
         if segmenter is not None:
             _check_io(segmenter, SEGMENTER_FILE, (SEGMENTER_OUTPUT,)
-                      + ((APPEARANCE_OUTPUT,) if appearance is not None else ()))
+                      + ((APPEARANCE_OUTPUT,) if appearance is not None else ())
+                      + ((PRESENCE_OUTPUT,) if presence is not None else ()))
         _check_io(classifier, CLASSIFIER_FILE, CLASSIFIER_OUTPUTS)
         channels = classifier.get_inputs()[0].shape[1]
         if isinstance(channels, int) and channels != settings.views:
@@ -227,4 +233,5 @@ class Models:
             input_ranges=dict(release.input_check.ranges) or None,
             input_texture_long_side=release.input_check.texture_long_side,
             appearance_threshold=appearance if segmenter is not None else None,
+            presence_threshold=presence if segmenter is not None else None,
         )

@@ -54,7 +54,12 @@ from busdx.inference.scan_area import (
     find_scan_area_within,
     split_dual_view,
 )
-from busdx.models.contract import APPEARANCE_OUTPUT, INPUT_NAME, SEGMENTER_OUTPUT
+from busdx.models.contract import (
+    APPEARANCE_OUTPUT,
+    INPUT_NAME,
+    PRESENCE_OUTPUT,
+    SEGMENTER_OUTPUT,
+)
 from busdx.numeric import sigmoid
 
 # how the part analysed was found (Analysis.scan_area_from)
@@ -68,6 +73,11 @@ NO_LESION = "no lesion"  # the label when the segmenter outlines nothing: no cal
 NO_LESION_NOTE = (
     "No lesion found by the segmenter: no benign or malignant call is made; the probability is "
     "the whole image's, for reference only; no measurements"
+)
+DISMISSED_NOTE = (
+    "No lesion found: the segmenter marked a region, but the lesion-presence check judged that "
+    "the image shows no lesion; no benign or malignant call is made; the probability is the "
+    "whole image's, for reference only; no measurements"
 )
 
 
@@ -108,6 +118,8 @@ class Analysis:
     frames: int = 1
     # why the file's declared pixel size was not used (not a size an ultrasound pixel has)
     spacing_note: str | None = None
+    # the presence check's logit that the image shows a lesion (None: the release has none)
+    presence: float | None = None
 
     @property
     def unusual(self) -> bool:
@@ -122,6 +134,7 @@ class Analysis:
             "threshold": self.threshold,
             "risk_band": self.risk.as_dict(),
             "lesion_found": self.lesion_found,
+            "presence": self.presence,
             "logit": self.logit,
             "temperature": self.temperature,
             "note": self.note,
@@ -171,21 +184,40 @@ class _Clock:
 
 def segment(image: np.ndarray, models: Models,
             letterboxed: tuple[np.ndarray, Letterbox] | None = None) -> np.ndarray:
-    """The lesion mask (uint8 {0, 1}, the image's size): one component, no holes.
+    """The lesion mask (uint8 {0, 1}, the image's size): one component, no holes; empty when
+    the release's presence check says the image shows no lesion.
     ``letterboxed``: ``prepare(image, models.segmenter_size)``, when the caller has it."""
-    return segment_with_appearance(image, models, letterboxed)[0]
+    return read_segmenter(image, models, letterboxed).mask
 
 
-def segment_with_appearance(image: np.ndarray, models: Models,
-                            letterboxed: tuple[np.ndarray, Letterbox] | None = None
-                            ) -> tuple[np.ndarray, float | None]:
-    """The lesion mask, and the image's appearance distance from the training images (None
-    when the release has no appearance check), from one run of the segmenter."""
-    extra = () if models.appearance_threshold is None else (APPEARANCE_OUTPUT,)
+@dataclass(frozen=True)
+class SegmenterReading:
+    """What one run of the segmenter says of an image."""
+
+    mask: np.ndarray  # as :func:`segment` returns it
+    # the distance of the image's features from the training images' (None: no such check)
+    appearance: float | None = None
+    # the presence check's logit (None: no such check), and whether it emptied an outline
+    presence: float | None = None
+    outline_dismissed: bool = False
+
+
+def read_segmenter(image: np.ndarray, models: Models,
+                   letterboxed: tuple[np.ndarray, Letterbox] | None = None) -> SegmenterReading:
+    """The lesion mask, the appearance distance and the presence logit, from one run."""
+    extra = tuple(name for name, on in ((APPEARANCE_OUTPUT, models.appearance_threshold),
+                                        (PRESENCE_OUTPUT, models.presence_threshold))
+                  if on is not None)
     full, rest = run_segmenter(image, models.segmenter, models.segmenter_size, letterboxed,
                                extra)
+    values = {name: float(r.reshape(-1)[0]) for name, r in zip(extra, rest, strict=True)}
     mask = fill_holes(largest_component(full > models.mask_threshold))
-    return mask, (float(rest[0].reshape(-1)[0]) if rest else None)
+    presence = values.get(PRESENCE_OUTPUT)
+    dismissed = (presence is not None and presence < models.presence_threshold
+                 and bool(mask.any()))
+    if dismissed:
+        mask = np.zeros_like(mask)
+    return SegmenterReading(mask, values.get(APPEARANCE_OUTPUT), presence, dismissed)
 
 
 def lesion_probability(image: np.ndarray, segmenter, size: int,
@@ -344,9 +376,11 @@ def analyze(
                    if models.input_ranges or colour_share > 0 else None)
     clock.lap("input_check")
     letterboxed = prepare(scan, models.segmenter_size)
-    mask, distance = segment_with_appearance(scan, models, letterboxed)
-    if distance is not None:
-        input_check = with_appearance(input_check, distance, models.appearance_threshold)
+    reading = read_segmenter(scan, models, letterboxed)
+    mask = reading.mask
+    if reading.appearance is not None:
+        input_check = with_appearance(input_check, reading.appearance,
+                                      models.appearance_threshold)
     clock.lap("segment")
     settings = models.settings
     # the segmenter's input is the whole view a classifier of the same size is given
@@ -379,7 +413,9 @@ def analyze(
         logit=logit,
         temperature=settings.temperature,
         lesion_found=lesion_found,
-        note="" if lesion_found else NO_LESION_NOTE,
+        note=("" if lesion_found else DISMISSED_NOTE if reading.outline_dismissed
+              else NO_LESION_NOTE),
+        presence=reading.presence,
         measurements=measurements,
         width=w,
         height=h,

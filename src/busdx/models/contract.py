@@ -23,10 +23,12 @@ CLASSIFIER_FILE = "classifier.onnx"
 MODEL_CARD_FILE = "model_card.json"
 INPUT_NAME = "image"
 SEGMENTER_OUTPUT = "mask_logits"
-# optional outputs of a segmenter graph: the encoder's pooled features (one row per image), and
-# their Mahalanobis distance from the training images' (busdx.evaluation.appearance adds it)
+# optional outputs of a segmenter graph: the encoder's pooled features (one row per image),
+# their Mahalanobis distance from the training images' (busdx.evaluation.appearance adds it),
+# and the logit that the image shows a lesion at all (busdx.evaluation.presence adds it)
 FEATURES_OUTPUT = "features"
 APPEARANCE_OUTPUT = "appearance"
+PRESENCE_OUTPUT = "presence"
 CLASSIFIER_OUTPUTS = ("logit", "cam")
 
 

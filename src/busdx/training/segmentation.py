@@ -550,18 +550,19 @@ def export_with_provenance(
     missing = [str(c) for c in checkpoints if not c.is_file()]
     if missing:
         raise BusdxError(f"no checkpoint at {', '.join(missing)}")
-    if not checkpoints:
-        raise BusdxError("at least one checkpoint is needed")
+    if not checkpoints and not onnx_members:
+        raise BusdxError("at least one checkpoint or ONNX member is needed")
     if onnx_members and hflip_tta:
         raise BusdxError("flip TTA cannot be baked into an ensemble with ONNX members")
-    net, metas = load_segmenter_checkpoints(checkpoints)
-    sizes = {m.get("train_config", {}).get("size", 224) for m in metas}
+    net, metas = load_segmenter_checkpoints(checkpoints) if checkpoints else (None, [])
+    sizes = {m.get("train_config", {}).get("size", 224) for m in metas} or {224}
     if len(sizes) != 1:
         raise BusdxError(f"ensemble members were trained at different sizes: {sorted(sizes)}")
     size = sizes.pop()
     probe = torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0))
     if onnx_members:
-        nets = list(net.nets) if isinstance(net, SegmenterEnsemble) else [net]
+        nets = (list(net.nets) if isinstance(net, SegmenterEnsemble)
+                else [net] if net is not None else [])
         diff = _export_with_onnx_members(nets, onnx_members, out, size, probe)
     else:
         export_onnx(net, out, size, hflip_tta=hflip_tta)
@@ -602,33 +603,48 @@ def _export_with_onnx_members(
     probe: torch.Tensor,
 ) -> float:
     """Write the ensemble of the trained networks and the ONNX members to ``out``; return the
-    largest difference from the mean of torch (networks) and ONNX Runtime (members)."""
+    largest difference from the mean of torch (networks) and ONNX Runtime (members).
+
+    Members that rebuild as EfficientNet-Lite U-Nets (busdx.models.from_onnx.recover_segmenter)
+    are exported with the trained networks through torch, so that the graph keeps its
+    ``features`` output (the appearance and presence checks read it); others are spliced in
+    as ONNX, and the graph then has the mask output only."""
     import tempfile
 
     import onnx
     import onnxruntime as ort
 
-    from busdx.models.contract import INPUT_NAME
-    from busdx.models.from_onnx import average_members, extract_member
-    from busdx.models.segmentation import SegmenterExport, export_onnx
+    from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
+    from busdx.models.from_onnx import average_members, extract_member, recover_segmenter
+    from busdx.models.segmentation import SegmenterEnsemble, SegmenterExport, export_onnx
 
     def run(model: onnx.ModelProto) -> np.ndarray:
         session = ort.InferenceSession(model.SerializeToString(),
                                        providers=["CPUExecutionProvider"])
-        return session.run(None, {INPUT_NAME: probe.numpy()})[0]
+        return session.run([SEGMENTER_OUTPUT], {INPUT_NAME: probe.numpy()})[0]
 
-    graphs, expected = [], []
+    members = [extract_member(onnx.load(str(m.graph)), m.index) for m in onnx_members]
+    expected = []
+    for net in nets:
+        with torch.no_grad():
+            expected.append(SegmenterExport(net).eval()(probe).numpy())
+    expected += [run(graph) for graph in members]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        recovered = [recover_segmenter(m.graph, m.index)[0] for m in onnx_members]
+    except BusdxError as err:
+        log.info("ONNX members spliced in as graphs (no features output): %s", err)
+        recovered = None
+    if recovered is not None:
+        export_onnx(SegmenterEnsemble([*nets, *recovered]).eval(), out, size)
+        return float(np.abs(run(onnx.load(str(out))) - np.mean(expected, axis=0)).max())
+    graphs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, net in enumerate(nets):
             path = Path(tmp) / f"member{i}.onnx"
-            export_onnx(net, path, size)
+            export_onnx(net, path, size, features=False)
             graphs.append(onnx.load(str(path)))
-            with torch.no_grad():
-                expected.append(SegmenterExport(net).eval()(probe).numpy())
-    members = [extract_member(onnx.load(str(m.graph)), m.index) for m in onnx_members]
     composed = average_members(graphs + members)  # refuses members of another input size
-    expected += [run(graph) for graph in members]
-    out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(composed, str(out))
     return float(np.abs(run(composed) - np.mean(expected, axis=0)).max())
 

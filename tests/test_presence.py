@@ -141,6 +141,7 @@ def _stand_in_with_features(directory):
     maximum), as an exported segmenter has."""
     import onnx
     from onnx import TensorProto, helper
+
     from stand_in_models import build_stand_in_models, segmenter_graph
 
     build_stand_in_models(directory)
@@ -206,3 +207,19 @@ def test_the_check_is_fitted_into_the_release_and_the_product_obeys_it(fixtures_
                    render_overlays=False, trim_margins=False)
     assert not gone.lesion_found and gone.label == NO_LESION and gone.note == DISMISSED_NOTE
     assert not gone.mask.any() and gone.measurements is None
+
+
+def test_refitting_either_check_gives_the_same_graph_bytes(tmp_path):
+    """A refit replaces a head where it was: the same fits give the same file whatever was
+    added after them, so a second pass of the settings keeps the release's version."""
+    from busdx.evaluation.appearance import AppearanceModel, with_appearance_output
+
+    graph = _toy_segmenter(tmp_path / "toy.onnx")
+    presence = pr.PresenceModel(np.array([1.0, -2.0, 0.5, 3.0]), -0.25, 6)
+    appearance = AppearanceModel(np.array([0.5, 0.7]), np.eye(2), 6, 0.1)
+    first = with_appearance_output(pr.with_presence_output(graph, presence), appearance)
+    again = pr.with_presence_output(with_appearance_output(first, appearance), presence)
+    assert again.SerializeToString() == first.SerializeToString()
+    moved = pr.with_presence_output(first, pr.PresenceModel(presence.weights, 0.0, 6))
+    assert moved.SerializeToString() != first.SerializeToString()
+    assert [o.name for o in moved.graph.output] == [o.name for o in first.graph.output]

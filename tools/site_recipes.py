@@ -250,14 +250,17 @@ def page(results: dict[str, dict], staged: dict | None = None) -> str:
                   "```sh"]
         lines += [c for cs in commands.values() for c in cs] + ["```"]
     gate = ROOT / "reports" / "studies" / "presence_gate.json"
+    presence = ROOT / "evidence" / "segmenter.presence.json"
     if gate.is_file():
-        lines += gate_section(json.loads(gate.read_text()))
+        lines += gate_section(json.loads(gate.read_text()), presence.is_file())
+    if presence.is_file():
+        lines += presence_section(json.loads(presence.read_text()))
     if staged:
         lines += staged_section(staged)
     return "\n".join(lines) + "\n"
 
 
-def gate_section(g: dict) -> list[str]:
+def gate_section(g: dict, followed: bool = False) -> list[str]:
     def share(d: dict) -> str:
         return f"{100 * d['share']:.1f}% ({d['hits']}/{d['n']})"
 
@@ -277,8 +280,39 @@ def gate_section(g: dict) -> list[str]:
             "perfectly; at another hospital it still says \"no lesion\" on lesion-free images "
             "but loses lesions, as the fine-tuned network does. Square cuts lose lesions too, "
             "which suggests the gate learnt BUS-BRA's framing (lesion images cut close around the "
-            "lesion) along with the lesion. Training it on the second site's scans too is the "
-            "next step; it is not in the product."]
+            "lesion) along with the lesion. "
+            + ("The check that followed (below) is fitted on both hospitals and shown lesions "
+               "at the windows' scale." if followed else
+               "Training it on the second site's scans too is the next step; it is not in the "
+               "product.")]
+
+
+def presence_section(record: dict) -> list[str]:
+    """The shipped presence check's selection scores (evidence segmenter.presence)."""
+    r = record["results"]
+
+    def share(d: dict) -> str:
+        return f"{100 * d['share']:.1f}% ({d['hits']}/{d['n']})" if d["n"] else "none"
+
+    names = {"busbra_validation": "BUS-BRA validation (never fitted on)",
+             "breast_dev_out_of_fold": "BrEaST-dev, out of fold (another hospital)"}
+    hows = {"outline": "outline network alone (the release before)",
+            "check_and_outline": "with the presence check (as served)"}
+    lines = ["", "## The presence check that ships", "",
+             "Fitted by `busdx evaluate presence` by the rule fixed beforehand "
+             "([the plan](generalisation_plan.md), third entry): " + r["rule"] + ". Threshold "
+             f"{r['threshold']:.3f} (a logit). Selection scores, never test results; the test "
+             "results are in the [model card](../models/MODEL_CARD.md). \"Outline network "
+             "alone\" is read on the network's own input grid, so it differs a little from the "
+             "product's own count in the table above.", "",
+             "| | | \"no lesion\" on lesion-free images | lesion images found | lesion windows "
+             "found |", "|---|---|---|---|---|"]
+    for name, label in names.items():
+        for how, text in hows.items():
+            x = r["selection"][name][how]
+            lines.append(f"| {label} | {text} | {share(x['no_lesion'])} | {share(x['found'])} "
+                         f"| {share(x['lesion_windows_found'])} |")
+    return lines
 
 
 def main(names: list[str]) -> None:

@@ -115,33 +115,20 @@ def segmenter_outputs(session, images: Iterable[np.ndarray], size: int, output: 
 
 def with_appearance_output(graph, model: AppearanceModel):
     """The segmenter graph (an onnx ModelProto with a ``features`` output) with an
-    ``appearance`` output: the Mahalanobis distance of its features from ``model``'s mean."""
-    import onnx
+    ``appearance`` output: the Mahalanobis distance of its features from ``model``'s mean. A
+    refit replaces the previous one in place (busdx.models.graph_edit)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = onnx.ModelProto.FromString(graph.SerializeToString())
-    names = [o.name for o in graph.graph.output]
-    if FEATURES_OUTPUT not in names:
+    from busdx.models.graph_edit import with_head
+
+    if FEATURES_OUTPUT not in [o.name for o in graph.graph.output]:
         raise BusdxError("the segmenter graph has no features output: export it again")
-    if APPEARANCE_OUTPUT in names:  # a refit replaces the previous one
-        drop = {f"appearance/{k}" for k in ("centred", "white", "squared", "sum", "axes",
-                                             "mean", "whitening")}
-        keep = [n for n in graph.graph.node if not set(n.output) & drop
-                and APPEARANCE_OUTPUT not in n.output]
-        del graph.graph.node[:]
-        graph.graph.node.extend(keep)
-        kept = [t for t in graph.graph.initializer if t.name not in drop]
-        del graph.graph.initializer[:]
-        graph.graph.initializer.extend(kept)
-        outputs = [o for o in graph.graph.output if o.name != APPEARANCE_OUTPUT]
-        del graph.graph.output[:]
-        graph.graph.output.extend(outputs)
-    graph.graph.initializer.extend([
+    initializers = [
         numpy_helper.from_array(model.mean.astype(np.float32), "appearance/mean"),
         numpy_helper.from_array(model.whitening.astype(np.float32), "appearance/whitening"),
         numpy_helper.from_array(np.array([1], np.int64), "appearance/axes"),
-    ])
-    graph.graph.node.extend([
+    ]
+    nodes = [
         helper.make_node("Sub", [FEATURES_OUTPUT, "appearance/mean"], ["appearance/centred"]),
         helper.make_node("MatMul", ["appearance/centred", "appearance/whitening"],
                          ["appearance/white"]),
@@ -150,11 +137,9 @@ def with_appearance_output(graph, model: AppearanceModel):
         helper.make_node("ReduceSum", ["appearance/squared", "appearance/axes"],
                          ["appearance/sum"], keepdims=0),
         helper.make_node("Sqrt", ["appearance/sum"], [APPEARANCE_OUTPUT]),
-    ])
-    graph.graph.output.append(
-        helper.make_tensor_value_info(APPEARANCE_OUTPUT, TensorProto.FLOAT, ["batch"]))
-    onnx.checker.check_model(graph)
-    return graph
+    ]
+    output = helper.make_tensor_value_info(APPEARANCE_OUTPUT, TensorProto.FLOAT, ["batch"])
+    return with_head(graph, "appearance/", output, nodes, initializers)
 
 
 def warned_share(flags: Sequence[bool]) -> dict:

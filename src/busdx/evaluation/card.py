@@ -105,8 +105,18 @@ def _learnt_empty_masks(view: dict) -> bool:
     return any((m.get("training") or {}).get("lesion_free_windows") for m in members)
 
 
+def _has_presence_check(view: dict) -> bool:
+    return (view.get("segmenter") or {}).get("presence_threshold") is not None
+
+
 def _no_lesion_limit(view: dict) -> str:
-    if _learnt_empty_masks(view):
+    if _has_presence_check(view):
+        text = ("- **\"No lesion\" comes from a check fitted on windows of lesion images.** "
+                "The outline network learnt from images that all show a lesion; a check on its "
+                "features (docs/generalisation_plan.md) says whether the image shows one at all, "
+                "and was fitted on lesion images and on the parts of them away from the lesion, "
+                "from both hospitals, with only two whole normal scans")
+    elif _learnt_empty_masks(view):
         text = ("- **\"No lesion\" was learnt from windows of lesion images.** The outline network "
                 "also trained on the part of each training image away from its lesion, with "
                 "nothing to outline, but never on a whole normal breast scan")
@@ -123,7 +133,7 @@ def _no_lesion_limit(view: dict) -> str:
     if measured:
         text += (" (it answered \"no lesion\" on " + " and ".join(measured) + " of held-out "
                  "lesion-free images)")
-    if _learnt_empty_masks(view):
+    if _learnt_empty_masks(view) or _has_presence_check(view):
         return text + ". An outline is a proposal to check, and so is \"no lesion found\"."
     return text + ". Read \"no lesion found\" as reliable, an outline as a proposal."
 

@@ -165,34 +165,22 @@ def shares(kinds: Sequence[str], scores: np.ndarray, outlined: np.ndarray, thres
 
 def with_presence_output(graph, model: PresenceModel, mask_logit: float = 0.0):
     """The segmenter graph (an onnx ModelProto with a ``features`` output) with a ``presence``
-    output: the check's logit, computed from the features and the mask logits."""
-    import onnx
+    output: the check's logit, computed from the features and the mask logits. A refit replaces
+    the previous one in place (busdx.models.graph_edit)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = onnx.ModelProto.FromString(graph.SerializeToString())
-    names = [o.name for o in graph.graph.output]
-    if FEATURES_OUTPUT not in names:
+    from busdx.models.graph_edit import with_head
+
+    if FEATURES_OUTPUT not in [o.name for o in graph.graph.output]:
         raise BusdxError("the segmenter graph has no features output: export it again")
-    prefix = "presence/"
-    if PRESENCE_OUTPUT in names:  # a refit replaces the previous one
-        keep = [n for n in graph.graph.node
-                if not any(o.startswith(prefix) or o == PRESENCE_OUTPUT for o in n.output)]
-        del graph.graph.node[:]
-        graph.graph.node.extend(keep)
-        kept = [t for t in graph.graph.initializer if not t.name.startswith(prefix)]
-        del graph.graph.initializer[:]
-        graph.graph.initializer.extend(kept)
-        outputs = [o for o in graph.graph.output if o.name != PRESENCE_OUTPUT]
-        del graph.graph.output[:]
-        graph.graph.output.extend(outputs)
-    p = prefix
-    graph.graph.initializer.extend([
+    p = "presence/"
+    initializers = [
         numpy_helper.from_array(model.weights.astype(np.float32).reshape(-1, 1), p + "weights"),
         numpy_helper.from_array(np.array([model.bias], np.float32), p + "bias"),
         numpy_helper.from_array(np.array(mask_logit, np.float32), p + "mask_logit"),
         numpy_helper.from_array(np.array([1], np.int64), p + "axis1"),
-    ])
-    graph.graph.node.extend([
+    ]
+    nodes = [
         helper.make_node("ReduceMax", [SEGMENTER_OUTPUT], [p + "max"], axes=[1, 2, 3],
                          keepdims=0),
         helper.make_node("Greater", [SEGMENTER_OUTPUT, p + "mask_logit"], [p + "above"]),
@@ -206,8 +194,6 @@ def with_presence_output(graph, model: PresenceModel, mask_logit: float = 0.0):
         helper.make_node("MatMul", [p + "inputs", p + "weights"], [p + "product"]),
         helper.make_node("Add", [p + "product", p + "bias"], [p + "logit_column"]),
         helper.make_node("Squeeze", [p + "logit_column", p + "axis1"], [PRESENCE_OUTPUT]),
-    ])
-    graph.graph.output.append(
-        helper.make_tensor_value_info(PRESENCE_OUTPUT, TensorProto.FLOAT, ["batch"]))
-    onnx.checker.check_model(graph)
-    return graph
+    ]
+    output = helper.make_tensor_value_info(PRESENCE_OUTPUT, TensorProto.FLOAT, ["batch"])
+    return with_head(graph, p, output, nodes, initializers)

@@ -208,6 +208,17 @@ def test_the_check_is_fitted_into_the_release_and_the_product_obeys_it(fixtures_
     assert not gone.lesion_found and gone.label == NO_LESION and gone.note == DISMISSED_NOTE
     assert not gone.mask.any() and gone.measurements is None
 
+    # end to end, an image in which no lesion is found gets no call: scored as the lowest
+    # probability, not as the whole image's reference probability
+    from busdx.evaluation.classification import NOT_FOUND_LOGIT
+    from busdx.evaluation.external import evaluate_external, read_external
+
+    breast = read_external(fixtures_root.parent / "breast-lesions-usg")
+    nothing = evaluate_external(breast, replace(models, presence_threshold=1e9), reps=10,
+                                progress=False)
+    assert nothing.predictions and all(p.logit == NOT_FOUND_LOGIT and p.prob < 1e-6
+                                       for p in nothing.predictions)
+    assert nothing.classification.empty_masks == len(nothing.predictions)
 
 def test_refitting_either_check_gives_the_same_graph_bytes(tmp_path):
     """A refit replaces a head where it was: the same fits give the same file whatever was

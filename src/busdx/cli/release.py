@@ -28,6 +28,12 @@ def register(sub, groups) -> None:
                    help="the evidence to render from (default: the repository's evidence/)")
     p.add_argument("--docs", default="docs", metavar="DIR",
                    help="where the page of how the models were made goes ('' for none)")
+    p.add_argument("--carry", nargs="+", default=[], metavar="NAME",
+                   help="evidence records about the release being replaced that stay true of "
+                   "the new one (how its unchanged networks were trained and chosen): they are "
+                   "stamped with the new release; give --why")
+    p.add_argument("--why", default="", metavar="TEXT",
+                   help="why the --carry records stay true (kept in release.carried)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +53,17 @@ def run(args: argparse.Namespace) -> int:
         # load it as serving would: a release that does not serve is not shipped
         Models.load(source, threads=1)
         release = load_release(source)
+        if args.carry and not args.why:
+            raise BusdxError("--carry needs --why: say why the records stay true")
+        previous = (load_release(models).version if (models / RELEASE_FILE).is_file()
+                    else None)
+        carried = {}
+        for name in args.carry:
+            record = load_records(evidence).get(name)
+            if record is None or record.release != previous:
+                raise BusdxError(f"--carry {name}: no record of that name about the release "
+                                 f"being replaced ({previous})")
+            carried[name] = record
         models.mkdir(parents=True, exist_ok=True)
         for graph in release.graphs:
             shutil.copy2(source / graph.file, models / graph.file)
@@ -58,8 +75,16 @@ def run(args: argparse.Namespace) -> int:
                 write_record(evidence, name, record.results, kind=record.kind,
                              release=record.release, command=record.command, at=record.at,
                              date=record.date, commit=record.commit)
-        log.info("shipped %s into %s (release %s, %d evidence records)", source, models,
-                 release.version, len(staged))
+        for name, record in carried.items():
+            write_record(evidence, name, record.results, kind=record.kind,
+                         release=release, command=record.command, at=record.at,
+                         date=record.date, commit=record.commit)
+        if carried:
+            write_record(evidence, "release.carried",
+                         {"from": previous, "records": sorted(carried), "why": args.why},
+                         kind="about", release=release, command=args.invocation)
+        log.info("shipped %s into %s (release %s, %d evidence records, %d carried from %s)",
+                 source, models, release.version, len(staged), len(carried), previous)
     if not (models / RELEASE_FILE).is_file():
         raise BusdxError(f"no {RELEASE_FILE} in {models}: ship one with --from DIR")
     card = write_model_card(models, evidence, Path(args.docs) if args.docs else None)

@@ -70,6 +70,13 @@ def _results(view: dict) -> list[str]:
         rows.append(["lesion outline: Dice, mean (median)",
                      f"{fmt(d.get('mean'))} ({fmt(d.get('median'))})",
                      f"BUS-BRA test fold ({seg.get('test_images')} images)"])
+        served = seg.get("postprocessed") or {}
+        if _has_presence_check(view) and served.get("dice"):
+            d = served["dice"]
+            rows.append(["lesion outline as served: Dice, mean (median); none where the "
+                         "presence check says \"no lesion\"",
+                         f"{fmt(d.get('mean'))} ({fmt(d.get('median'))})",
+                         f"BUS-BRA test fold ({seg.get('test_images')} images)"])
     more = external_rows(view)
     rows += more
     if not rows:
@@ -113,7 +120,8 @@ def _no_lesion_limit(view: dict) -> str:
     if _has_presence_check(view):
         text = ("- **\"No lesion\" comes from a check fitted on windows of lesion images.** "
                 "The outline network learnt from images that all show a lesion; a check on its "
-                "features (docs/generalisation_plan.md) says whether the image shows one at all, "
+                "features ([how it was fitted](../docs/generalisation_plan.md)) says whether the "
+                "image shows one at all, "
                 "and was fitted on lesion images and on the parts of them away from the lesion, "
                 "from both hospitals, with only two whole normal scans")
     elif _learnt_empty_masks(view):
@@ -253,6 +261,11 @@ def render_model_card(release: Release, records: dict[str, Record]) -> str:
         "images of 1,064 patients, one hospital in Brazil, four scanners, biopsy-proven "
         "pathology. The test set is official fold 5 of `5-fold-cv.csv`; training and "
         "validation come from folds 1-4, split by patient (15% of patients for validation).",
+        *(["", "The presence check (\"does the image show a lesion at all?\") was also fitted "
+               "on the development half of BrEaST-Lesions-USG (Pawłowska et al., Scientific "
+               "Data 2024, doi:10.1038/s41597-024-02984-z; one hospital in Poland, whole "
+               "scans); its test half was never fitted on."]
+          if _has_presence_check(view) else []),
         "",
         "## How it was made",
         "",

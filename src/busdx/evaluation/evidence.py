@@ -180,6 +180,8 @@ def release_view(release: Release) -> dict[str, Any]:
     if s is not None:
         view["segmenter"] = {"file": s.file, "onnx_sha256": s.sha256,
                              "input_size": s.input_size, "threshold": s.threshold}
+        if s.presence_threshold is not None:
+            view["segmenter"]["presence_threshold"] = s.presence_threshold
     if c is not None:
         lesion: dict[str, Any] = {"offered": c.lesion_threshold is not None}
         if c.lesion_threshold is not None:

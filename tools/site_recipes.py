@@ -254,7 +254,7 @@ def page(results: dict[str, dict], staged: dict | None = None) -> str:
     if gate.is_file():
         lines += gate_section(json.loads(gate.read_text()), presence.is_file())
     if presence.is_file():
-        lines += presence_section(json.loads(presence.read_text()))
+        lines += presence_section(json.loads(presence.read_text()), results.get("bundled"))
     if staged:
         lines += staged_section(staged)
     return "\n".join(lines) + "\n"
@@ -287,8 +287,9 @@ def gate_section(g: dict, followed: bool = False) -> list[str]:
                "product.")]
 
 
-def presence_section(record: dict) -> list[str]:
-    """The shipped presence check's selection scores (evidence segmenter.presence)."""
+def presence_section(record: dict, bundled: dict | None) -> list[str]:
+    """The shipped presence check's selection scores (evidence segmenter.presence), against
+    the release before's "no lesion" shares on the same data (``bundled``'s summary)."""
     r = record["results"]
 
     def share(d: dict) -> str:
@@ -312,6 +313,25 @@ def presence_section(record: dict) -> list[str]:
             x = r["selection"][name][how]
             lines.append(f"| {label} | {text} | {share(x['no_lesion'])} | {share(x['found'])} "
                          f"| {share(x['lesion_windows_found'])} |")
+    served = [r["selection"][name]["check_and_outline"] for name in names]
+    found = all(x["found"]["share"] >= 0.98 for x in served)
+    if bundled is None:
+        return lines
+    # the release before's "no lesion" shares on the same selection data, by the product
+    before = [bundled[k]["hits"] / bundled[k]["n"] for k in ("busbra_no_lesion",
+                                                             "breast_no_lesion")]
+    raised = all(x["no_lesion"]["share"] > b for x, b in zip(served, before, strict=True))
+    met = all(x["no_lesion"]["share"] >= 0.90 for x in served)
+    lines += ["", "The plan's rule ships the check when, on this selection data, lesions are "
+              "still found in at least 98% of lesion images on both sites and the \"no "
+              "lesion\" share rises above the release before's ("
+              + " and ".join(f"{100 * b:.0f}%" for b in before)
+              + ", counted by the product in the first table): "
+              + ("both hold, so it ships." if found and raised else "not both hold, so it "
+                 "does not ship.")
+              + (" The issue's 90% \"no lesion\" target is met on both sites' selection data."
+                 if met else " The issue's 90% \"no lesion\" target is not met on both sites' "
+                 "selection data: the other hospital's lesion-free images are the shortfall.")]
     return lines
 
 

@@ -1,6 +1,6 @@
 """The README's picture of the page: serve the bundled models, drop one image, screenshot.
 
-    python tools/screenshot_page.py tests/fixtures/busbra/Images/bus_0001-l.png docs/images/page.png
+    python tools/screenshot_page.py tests/fixtures/busbra/Images/bus_0007-l.png docs/images/page.png
 """
 
 from __future__ import annotations

@@ -866,6 +866,36 @@ def _colour_lines() -> list[str]:
     ]
 
 
+def _presence_lines(seg: dict) -> list[str]:
+    """The presence check's rule and selection scores (evidence segmenter.presence)."""
+    record = seg.get("presence") or {}
+    if seg.get("presence_threshold") is None or not record.get("selection"):
+        return []
+    names = {"busbra_validation": "BUS-BRA validation patients (never fitted on)",
+             "breast_dev_out_of_fold": "BrEaST-Lesions-USG development half, out of fold"}
+
+    def share(d: dict) -> str:
+        return f"{d['hits']} of {d['n']}" if d.get("n") else "none"
+
+    rows = [[names.get(name, name), share(r["check_and_outline"]["no_lesion"]),
+             share(r["check_and_outline"]["found"]), share(r["outline"]["no_lesion"])]
+            for name, r in record["selection"].items()]
+    return [
+        "## Does the image show a lesion at all?",
+        "",
+        "The outline network learnt from lesion images only. A presence check on what one run "
+        f"of it gives ({record.get('rule', '')}) reports \"no lesion\" below a logit of "
+        f"{fmt(seg['presence_threshold'], 3)}, whatever the outline. It was fixed by "
+        "[a plan written before it was fitted](generalisation_plan.md) and judged on selection "
+        "data only (below); the test results are in the results table.",
+        "",
+        *_table(["selection data", "lesion-free images reported \"no lesion\"",
+                 "lesion images still found", "\"no lesion\" by the outline alone"], rows),
+        f"Written by `{record.get('command', 'busdx evaluate presence')}`.",
+        "",
+    ]
+
+
 def render_history(card: dict) -> str:
     """The long record of how the bundled models were made and chosen (docs/model_history.md),
     from the card view of the release and all its evidence."""
@@ -919,6 +949,7 @@ def render_history(card: dict) -> str:
     lines += _cross_validation_lines(clf.get("recipe_cross_validation"))
     lines += ["## Models", "", *_segmenter_lines(seg), *_classifier_lines(clf)]
     lines += _input_check_lines(card.get("input_check"))
+    lines += _presence_lines(seg)
     lines += [
         "## Limits",
         "",

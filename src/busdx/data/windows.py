@@ -39,21 +39,24 @@ def lesion_free_cut(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
 def lesion_free_window(mask: np.ndarray) -> Window | None:
     """The largest of the four strips beside the grown lesion box (above, below, left, right of
     it, each spanning the image the other way), or None when none is large enough."""
+    fits = lesion_free_windows(mask)
+    return max(fits, key=lambda s: (s.bottom - s.top) * (s.right - s.left)) if fits else None
+
+
+def lesion_free_windows(mask: np.ndarray) -> list[Window]:
+    """Every strip beside the grown lesion box that is large enough (at most four)."""
     h, w = mask.shape
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
-        return None
+        return []
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     gh, gw = GROW * (bottom - top), GROW * (right - left)
     top, bottom = int(max(0, np.floor(top - gh))), int(min(h, np.ceil(bottom + gh)))
     left, right = int(max(0, np.floor(left - gw))), int(min(w, np.ceil(right + gw)))
     strips = [Window(0, 0, top, w), Window(bottom, 0, h, w), Window(0, 0, h, left),
               Window(0, right, h, w)]
-    fits = [s for s in strips
+    return [s for s in strips
             if s.bottom - s.top >= MIN_SIDE * h and s.right - s.left >= MIN_SIDE * w]
-    if not fits:
-        return None
-    return max(fits, key=lambda s: (s.bottom - s.top) * (s.right - s.left))
 
 
 def lesion_window_cut(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:

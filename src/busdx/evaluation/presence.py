@@ -91,8 +91,9 @@ def examples(records: Sequence[SiteRecord]) -> Iterator[tuple[int, str, np.ndarr
                 yield i, kind, scan_of(cut)
 
 
-def fit(inputs: np.ndarray, lesion: np.ndarray) -> PresenceModel:
-    """Logistic regression of ``lesion`` (bool per row) on standardised ``inputs``."""
+def fit(inputs: np.ndarray, lesion: np.ndarray, c: float = C) -> PresenceModel:
+    """Logistic regression (inverse regularisation ``c``) of ``lesion`` (bool per row) on
+    standardised ``inputs``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -100,15 +101,15 @@ def fit(inputs: np.ndarray, lesion: np.ndarray) -> PresenceModel:
     if lesion.all() or not lesion.any():
         raise BusdxError("the presence check needs examples with and without a lesion")
     scaler = StandardScaler().fit(inputs)
-    model = LogisticRegression(C=C, max_iter=5000).fit(scaler.transform(inputs), lesion)
+    model = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(inputs), lesion)
     weights = model.coef_[0] / scaler.scale_
     bias = float(model.intercept_[0] - (model.coef_[0] * scaler.mean_ / scaler.scale_).sum())
     return PresenceModel(weights, bias, len(inputs))
 
 
 def out_of_fold(inputs: np.ndarray, lesion: np.ndarray, groups: np.ndarray,
-                always: tuple[np.ndarray, np.ndarray], folds: int = FOLDS, seed: int = 0
-                ) -> np.ndarray:
+                always: tuple[np.ndarray, np.ndarray], folds: int = FOLDS, seed: int = 0,
+                c: float = C) -> np.ndarray:
     """Each row's logit from a check fitted without its group (a patient's record): on
     ``always`` (inputs and labels fitted in every fold) and the other folds' groups. Groups go
     to folds in a seeded shuffle."""
@@ -119,7 +120,7 @@ def out_of_fold(inputs: np.ndarray, lesion: np.ndarray, groups: np.ndarray,
     for k in range(folds):
         held = fold == k
         model = fit(np.concatenate([always[0], inputs[~held]]),
-                    np.concatenate([always[1], lesion[~held]]))
+                    np.concatenate([always[1], lesion[~held]]), c)
         scores[held] = model.logits(inputs[held])
     return scores
 

@@ -1,0 +1,157 @@
+"""Which presence check to try next? Variants of the shipped check ("does the image show a lesion
+at all?", busdx.evaluation.presence), each fitted and thresholded by the shipped rule and
+scored on selection data only: BUS-BRA's validation patients and BrEaST's development half out
+of fold. No test image is read. The variants were fixed before any was fitted
+(docs/generalisation_plan.md, fourth entry).
+
+    python studies/presence_variants.py --data ../shared/data/busbra \\
+        --breast ../shared/data/breast-lesions-usg --out reports/studies
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("presence_variants")
+
+# name -> (what it changes, C, extra "no lesion" strips in training, mask statistics kept)
+VARIANTS = {
+    "shipped": ("the check as it ships", 0.1, False, True),
+    "all_strips": ("every lesion-free strip large enough joins the 'no lesion' examples",
+                   0.1, True, True),
+    "c_1": ("C = 1 (less regularisation)", 1.0, False, True),
+    "c_0.01": ("C = 0.01 (more regularisation)", 0.01, False, True),
+    "features_only": ("the pooled features alone, without the two mask statistics", 0.1, False,
+                      False),
+}
+EXTRA = "extra_window"  # a lesion-free strip that is not the largest: trained on, never scored
+
+
+def _examples(records):
+    """The shipped check's examples of each record, then its other lesion-free strips."""
+    from busdx.data.preprocess import load_mask
+    from busdx.data.windows import lesion_free_window, lesion_free_windows
+    from busdx.evaluation.appearance import scan_of
+    from busdx.evaluation.presence import examples
+    from busdx.inference.decode import decode
+
+    for i, kind, image in examples(records):
+        yield i, kind, image
+        if kind != "image":
+            continue
+        record = records[i]
+        decoded = decode(str(record.image_path))
+        mask = load_mask(record.mask_path)
+        if mask.shape != decoded.image.shape:
+            continue
+        largest = lesion_free_window(mask)
+        for strip in lesion_free_windows(mask):
+            if strip != largest:
+                yield i, EXTRA, scan_of(np.ascontiguousarray(strip.cut(decoded.image)))
+
+
+def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dict:
+    """Every variant's logit for each scored example (BUS-BRA validation; BrEaST-dev out of
+    fold), with the examples' kinds and whether the outline found anything."""
+    from busdx.data.index import load_index, resolve_root
+    from busdx.data.sites import busbra_records, read_breast
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.evaluation import presence as pr
+    from busdx.inference.models import default_models_dir, open_session
+    from busdx.release import load_release
+
+    models_dir = Path(models) if models else default_models_dir()
+    release = load_release(models_dir / "release.json")
+    session = open_session(models_dir / release.segmenter.file, threads, batch=1)
+    t = release.segmenter.threshold
+    mask_logit = float(np.log(t / (1 - t)))
+    index = load_index(resolve_root(data))
+    split = make_split(index, SplitConfig(test_fold=5))
+    busbra = {r.id: r for r in busbra_records(index)}
+    dev = [r for r in read_breast(breast) if r.split == "dev"]
+
+    def part(records, what):
+        found = list(_examples(records))
+        log.info("%s: %d examples", what, len(found))
+        x = pr.check_inputs(session, [image for _, _, image in found], 224, mask_logit)
+        return x, np.array([k for _, k, _ in found]), np.array([records[i].id
+                                                                for i, _, _ in found])
+
+    x_train, k_train, _ = part([busbra[r.id] for r in split.train], "BUS-BRA training")
+    x_val, k_val, _ = part([busbra[r.id] for r in split.val], "BUS-BRA validation")
+    x_dev, k_dev, g_dev = part(dev, "BrEaST development half")
+    scored_val, scored_dev = k_val != EXTRA, k_dev != EXTRA
+    rows = {"model_version": release.version,
+            "val": {"kinds": k_val[scored_val].tolist(),
+                    "outlined": (x_val[scored_val, -1] > 0).tolist()},
+            "breast_dev": {"kinds": k_dev[scored_dev].tolist(),
+                           "outlined": (x_dev[scored_dev, -1] > 0).tolist()},
+            "variants": {}}
+    for name, (_, c, extra, stats) in VARIANTS.items():
+        columns = slice(None) if stats else slice(0, -2)
+        train = np.ones(len(k_train), bool) if extra else k_train != EXTRA
+        devfit = np.ones(len(k_dev), bool) if extra else k_dev != EXTRA
+        y_train, y_dev = np.isin(k_train, pr.LESION), np.isin(k_dev, pr.LESION)
+        model = pr.fit(np.concatenate([x_train[train][:, columns], x_dev[devfit][:, columns]]),
+                       np.concatenate([y_train[train], y_dev[devfit]]), c)
+        oof = np.full(len(k_dev), np.nan)
+        oof[devfit] = pr.out_of_fold(x_dev[devfit][:, columns], y_dev[devfit], g_dev[devfit],
+                                     (x_train[train][:, columns], y_train[train]), c=c)
+        rows["variants"][name] = {
+            "val": model.logits(x_val[scored_val][:, columns]).round(6).tolist(),
+            "breast_dev": oof[scored_dev].round(6).tolist()}
+        log.info("%s fitted", name)
+    return rows
+
+
+def summarise(rows: dict) -> dict:
+    from busdx.evaluation.presence import shares, threshold_keeping
+
+    out = {"model_version": rows["model_version"], "variants": {}}
+    for name, scores in rows["variants"].items():
+        sites = {"busbra_validation": ("val", np.array(scores["val"])),
+                 "breast_dev_out_of_fold": ("breast_dev", np.array(scores["breast_dev"]))}
+        threshold = threshold_keeping({
+            name: s[np.array(rows[part]["kinds"]) == "image"] for name, (part, s) in
+            sites.items()})
+        result = {"what": VARIANTS[name][0] if name in VARIANTS else name,
+                  "threshold": threshold}
+        for site, (part, s) in sites.items():
+            result[site] = shares(rows[part]["kinds"], s, rows[part]["outlined"],
+                                  threshold)["check_and_outline"]
+        result["worth_a_release"] = all(
+            result[site]["found"]["share"] >= 0.98 and result[site]["no_lesion"]["share"] >= 0.90
+            for site in sites)
+        out["variants"][name] = result
+    return out
+
+
+def describe(result: dict, args, out: Path) -> None:
+    for name, r in result["variants"].items():
+        parts = [f"{site}: 'no lesion' {r[site]['no_lesion']['hits']}/{r[site]['no_lesion']['n']}"
+                 f", found {r[site]['found']['hits']}/{r[site]['found']['n']}"
+                 for site in ("busbra_validation", "breast_dev_out_of_fold")]
+        log.info("%-14s %s%s", name, "; ".join(parts),
+                 "  <- worth a release" if r["worth_a_release"] else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from _runner import run_study
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--breast", required=True)
+    known, rest = extra.parse_known_args(argv)
+    return run_study(__doc__, "presence_variants",
+                     lambda a: collect(a.data, known.breast, a.models, a.threads),
+                     summarise, describe, rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

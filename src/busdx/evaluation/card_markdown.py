@@ -103,6 +103,11 @@ def results_table(card: dict) -> str:
         on = f"fold {seg.get('test_fold')} ({seg.get('test_images')} images), original resolution"
         rows.append(f"| segmentation Dice, mean ± sd | {fmt(d.get('mean'))} ± {fmt(d.get('std'))} | {on} |")
         rows.append(f"| segmentation IoU, mean ± sd | {fmt(i.get('mean'))} ± {fmt(i.get('std'))} | {on} |")
+        served = (seg.get("postprocessed") or {}).get("dice") or {}
+        if card.get("segmenter", {}).get("presence_threshold") is not None and served:
+            rows.append("| segmentation Dice as served (none where the presence check says "
+                        f"\"no lesion\"), mean ± sd | {fmt(served.get('mean'))} ± "
+                        f"{fmt(served.get('std'))} | {on} |")
     if cls:
         ci = cls.get("auc_ci95") or [None, None]
         on = f"fold {cls.get('test_fold', seg.get('test_fold', 5))} ({cls.get('n')} images), " + (

@@ -603,3 +603,15 @@ def test_the_presence_gate_summary_follows_from_its_recorded_scores():
     _assert_same(_summarise(_load("presence_gate"), rows), recorded, 1e-12)
     val = recorded["busbra_val"]["found"]
     assert val["hits"] >= 0.99 * val["n"] - 1  # the threshold keeps 99% of them, by its rule
+
+
+def test_the_presence_variants_summary_follows_from_its_recorded_scores():
+    """studies/presence_variants.py keeps each variant's scores; its summary is what its code
+    makes of them, and its reference variant is the shipped check's own selection score."""
+    rows, recorded = _rows("presence_variants"), _summary("presence_variants")
+    _assert_same(_summarise(_load("presence_variants"), rows), recorded, 1e-12)
+    shipped = json.loads((ROOT / "evidence" / "segmenter.presence.json").read_text())
+    if shipped["release"] == recorded["model_version"]:
+        for site in ("busbra_validation", "breast_dev_out_of_fold"):
+            assert recorded["variants"]["shipped"][site] == \
+                shipped["results"]["selection"][site]["check_and_outline"]

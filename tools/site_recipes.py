@@ -255,6 +255,9 @@ def page(results: dict[str, dict], staged: dict | None = None) -> str:
         lines += gate_section(json.loads(gate.read_text()), presence.is_file())
     if presence.is_file():
         lines += presence_section(json.loads(presence.read_text()), results.get("bundled"))
+    variants = ROOT / "reports" / "studies" / "presence_variants.json"
+    if variants.is_file():
+        lines += variants_section(json.loads(variants.read_text()))
     if staged:
         lines += staged_section(staged)
     return "\n".join(lines) + "\n"
@@ -332,6 +335,32 @@ def presence_section(record: dict, bundled: dict | None) -> list[str]:
               + (" The issue's 90% \"no lesion\" target is met on both sites' selection data."
                  if met else " The issue's 90% \"no lesion\" target is not met on both sites' "
                  "selection data: the other hospital's lesion-free images are the shortfall.")]
+    return lines
+
+
+def variants_section(v: dict) -> list[str]:
+    """studies/presence_variants.py: what might close the gap, on selection data only."""
+    def share(d: dict) -> str:
+        return f"{100 * d['share']:.1f}% ({d['hits']}/{d['n']})"
+
+    lines = ["", "### What might close the gap", "",
+             "`studies/presence_variants.py` fits variants of the check by the same rule, fixed "
+             "beforehand ([the plan](generalisation_plan.md), fourth entry), and scores them on "
+             "the same selection data; a variant is worth a release when it finds at least 98% "
+             "of lesion images and says \"no lesion\" on at least 90% of lesion-free images on "
+             "both sites.", "",
+             "| variant | BUS-BRA validation: \"no lesion\" / found | BrEaST-dev out of fold: "
+             "\"no lesion\" / found |", "|---|---|---|"]
+    for name, r in v["variants"].items():
+        a, b = r["busbra_validation"], r["breast_dev_out_of_fold"]
+        lines.append(f"| {name}: {r['what']} | {share(a['no_lesion'])} / {share(a['found'])} | "
+                     f"{share(b['no_lesion'])} / {share(b['found'])} |")
+    worth = [name for name, r in v["variants"].items() if r["worth_a_release"]]
+    lines += ["", ("Worth a release: " + ", ".join(worth) + ".") if worth else
+              "None is worth a release: no variant reaches 90% on the other hospital's "
+              "lesion-free images, so the limit lies in what the features show, not in the "
+              "fit. More lesion-free whole scans, or features that keep small structures, are "
+              "the next things to try."]
     return lines
 
 

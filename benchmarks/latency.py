@@ -160,8 +160,10 @@ def torch_models(models, seg_checkpoints: list[Path], cls_checkpoints: list[Path
         models,
         segmenter=TorchSession(seg, (SEGMENTER_OUTPUT,)),
         classifier=TorchSession(cls, CLASSIFIER_OUTPUTS),
-        # the eager segmenter has no appearance output (a matrix product, next to nothing)
+        # the eager segmenter has no appearance or presence output (a matrix product and a
+        # dot product on the pooled features: next to nothing)
         appearance_threshold=None,
+        presence_threshold=None,
     )
     return swapped, {"segmenter": seg_source, "classifier": cls_source}
 

@@ -63,7 +63,8 @@ def image_rows(i: int, record, models, baseline=None) -> dict[str, dict]:
                  else analyze(framed, models, render_overlays=False, trim_margins=trim))
             key = name if name == "none" else f"{name}, {'cut' if trim else 'not cut'}"
             rows[key] = {"id": record.id, "label": record.label, "probability": a.probability,
-                         "malignant": a.label == "malignant", "cut": a.scan_area is not None}
+                         "malignant": a.label == "malignant", "cut": a.scan_area is not None,
+                         "lesion_found": a.lesion_found}
     return rows
 
 
@@ -95,15 +96,19 @@ def summarise(collected: dict) -> dict:
     y = np.array([r["label"] for r in base])
     base_p = np.array([r["probability"] for r in base])
     base_call = np.array([r["malignant"] for r in base])
+    base_found = np.array([r.get("lesion_found", True) for r in base])
     out = {}
     for name, part in rows.items():
         p = np.array([r["probability"] for r in part])
         call = np.array([r["malignant"] for r in part])
+        found = np.array([r.get("lesion_found", True) for r in part])
         out[name] = {
             "auc": roc_auc(y, p),
             "sensitivity": float(call[y == 1].mean()),
             "specificity": float((~call[y == 0]).mean()),
             "calls_flipped": int((call != base_call).sum()),
+            # of those, how many because the lesion found in the image was not found framed
+            "calls_flipped_to_no_lesion": int(((call != base_call) & base_found & ~found).sum()),
             "mean_abs_probability_change": float(np.abs(p - base_p).mean()),
             "images_cut": int(sum(r["cut"] for r in part)),
         }

@@ -166,7 +166,10 @@ def test_an_image_unlike_the_training_images_gets_a_caution(server, browser, fix
     image = sorted((fixtures_root / "Images").glob("*.png"))[0]
     gray = np.asarray(Image.open(image).convert("L"), np.float32) / 255.0
     blurred = tmp_path / "blurred.png"
-    Image.fromarray(np.rint(gaussian_filter(gray, 3.0) * 255).astype(np.uint8)).save(blurred)
+    # smoother than every training image, yet still like them to the appearance check (from a
+    # blur of 2 pixels on, the release's check says it may not be a breast ultrasound at all,
+    # and the page withholds the call, as test_a_picture_that_may_not_be_ultrasound_gets_no_call shows)
+    Image.fromarray(np.rint(gaussian_filter(gray, 1.5) * 255).astype(np.uint8)).save(blurred)
     page = browser.new_page(viewport={"width": 1366, "height": 768})
     page.goto(server + "/")
     page.set_input_files("#file", str(blurred))

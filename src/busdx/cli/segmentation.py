@@ -168,7 +168,11 @@ def _export(args) -> int:
                                      architecture_runs=[Path(p) for p in args.compare_architectures],
                                      onnx_members=onnx_members)
     if record:
-        update_card(folder, "segmenter", {**section, "file": Path(args.out).name})
+        # a new graph has none of the checks fitted on the old one's features: they are
+        # fitted again (busdx evaluate appearance, busdx evaluate presence)
+        update_card(folder, "segmenter", {**section, "file": Path(args.out).name,
+                                          "presence_threshold": None})
+        update_card(folder, "input_check", {"appearance_threshold": None})
         # the report's learning curves must be those of the networks in this graph
         write_member_histories(section["members"], folder)
     print(f"wrote {args.out} ({section['onnx_megabytes']} MB); ONNX Runtime vs torch: max "

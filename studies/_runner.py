@@ -98,13 +98,16 @@ def read_rows(path: Path) -> dict:
 def run_study(doc: str | None, name: str, collect: Callable[[argparse.Namespace], dict],
               summarise: Callable[[dict], dict],
               describe: Callable[[dict, argparse.Namespace, Path], None],
-              argv: list[str] | None = None) -> int:
-    """Parse ``--data --models --out --threads``; write ``collect(args)`` to OUT/NAME_rows.json
-    and ``summarise`` of it to OUT/NAME.json, then let ``describe(result, args, out)`` log it
-    (and draw what the study draws)."""
+              argv: list[str] | None = None, breast: bool = False) -> int:
+    """Parse ``--data --models --out --threads`` (and ``--breast`` for a study of the second
+    site); write ``collect(args)`` to OUT/NAME_rows.json and ``summarise`` of it to
+    OUT/NAME.json, then let ``describe(result, args, out)`` log it (and draw what the study
+    draws)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--data", required=True, help="BUS-BRA root")
+    if breast:
+        parser.add_argument("--breast", required=True, help="BrEaST-Lesions-USG root")
     parser.add_argument("--models", default=None, help="models folder (default: the bundled)")
     parser.add_argument("--out", default="reports/studies")
     parser.add_argument("--threads", type=int, default=2)

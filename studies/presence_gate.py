@@ -23,7 +23,6 @@ the gate was scored on BrEaST:
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -157,17 +156,11 @@ def describe(result: dict, args, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     from _runner import run_study
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--breast", required=True)
-    known, rest = extra.parse_known_args(argv)
     return run_study(__doc__, "presence_gate",
-                     lambda a: collect(a.data, known.breast, a.models, a.threads),
-                     summarise, describe, rest)
+                     lambda a: collect(a.data, a.breast, a.models, a.threads),
+                     summarise, describe, argv, breast=True)
 
 
 if __name__ == "__main__":

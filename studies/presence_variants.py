@@ -11,7 +11,6 @@ of fold. No test image is read. The variants were fixed before any was fitted
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +74,9 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
     dev = [r for r in read_breast(breast) if r.split == "dev"]
 
     def part(records, what):
-        found = list(_examples(records))
-        log.info("%s: %d examples", what, len(found))
-        x = pr.check_inputs(session, [image for _, _, image in found], 224, mask_logit)
-        return x, np.array([k for _, k, _ in found]), np.array([records[i].id
-                                                                for i, _, _ in found])
+        x, kinds, positions = pr.example_inputs(session, _examples(records), 224, mask_logit)
+        log.info("%s: %d examples", what, len(kinds))
+        return x, np.array(kinds), np.array([records[i].id for i in positions])
 
     x_train, k_train, _ = part([busbra[r.id] for r in split.train], "BUS-BRA training")
     x_val, k_val, _ = part([busbra[r.id] for r in split.val], "BUS-BRA validation")
@@ -140,17 +137,11 @@ def describe(result: dict, args, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     from _runner import run_study
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--breast", required=True)
-    known, rest = extra.parse_known_args(argv)
     return run_study(__doc__, "presence_variants",
-                     lambda a: collect(a.data, known.breast, a.models, a.threads),
-                     summarise, describe, rest)
+                     lambda a: collect(a.data, a.breast, a.models, a.threads),
+                     summarise, describe, argv, breast=True)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_bundled_lesion_threshold_is_refitted_from_validation(busbra_root, study
     the evaluation's, bit for bit)."""
     from _runner import validation_records
 
-    from busdx.evaluation.classification import NOT_FOUND_LOGIT, Prediction, fit_lesion_reading
+    from busdx.evaluation.classification import Prediction, fit_lesion_reading, scored_logit
     from busdx.training.calibration import calibrate
 
     clf = card["classifier"]
@@ -89,7 +89,7 @@ def test_bundled_lesion_threshold_is_refitted_from_validation(busbra_root, study
     for r in val:
         analysis = study_baseline.analysis(r)
         # as the evaluation scores it: an image without a lesion found gets no call
-        z = analysis.logit if analysis.lesion_found else NOT_FOUND_LOGIT
+        z = scored_logit(analysis.logit, analysis.lesion_found)
         preds.append(Prediction(r.id, r.patient, r.label, r.birads, z,
                                 float(calibrate(z, clf["temperature"]))))
     fit = fit_lesion_reading(preds, [r.patient for r in val], clf["temperature"],

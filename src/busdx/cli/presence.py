@@ -62,13 +62,10 @@ def run(args: argparse.Namespace) -> int:
     dev = [r for r in read_breast(args.breast) if r.split == "dev"]
 
     def part(records, what):
-        found = list(pr.examples(records))
-        with tqdm(total=len(found), desc=what, file=sys.stderr) as bar:
-            x = pr.check_inputs(session, [image for _, _, image in found], size, mask_logit,
-                                bar.update)
-        kinds = [kind for _, kind, _ in found]
-        groups = np.array([records[i].id for i, _, _ in found])
-        return x, kinds, groups
+        with tqdm(desc=what, unit="image", file=sys.stderr) as bar:
+            x, kinds, positions = pr.example_inputs(session, pr.examples(records), size,
+                                                    mask_logit, bar.update)
+        return x, kinds, np.array([records[i].id for i in positions])
 
     x_train, k_train, _ = part([busbra[r.id] for r in split.train], "BUS-BRA training")
     x_val, k_val, _ = part([busbra[r.id] for r in split.val], "BUS-BRA validation")

@@ -248,6 +248,11 @@ class Prediction:
 NOT_FOUND_LOGIT = -30.0
 
 
+def scored_logit(logit: float, found: bool) -> float:
+    """An image's logit as the end-to-end evaluation scores it (see NOT_FOUND_LOGIT)."""
+    return float(logit) if found else NOT_FOUND_LOGIT
+
+
 def record_inputs(
     records: Sequence, models, masks: str = "predicted"
 ) -> tuple[list[np.ndarray], int]:
@@ -423,7 +428,7 @@ def predict_records(
     empty = len(found) - sum(found)
     logits = mean_logits(models.classifier, inputs) + models.settings.logit_shift
     if masks == "predicted":
-        logits = np.where(found, logits, NOT_FOUND_LOGIT)
+        logits = [scored_logit(z, f) for z, f in zip(logits, found, strict=True)]
     temperature = models.settings.temperature
     preds = [Prediction(r.id, r.patient, r.label, r.birads, float(z), float(calibrate(z, temperature)))
              for r, z in zip(records, logits, strict=True)]

@@ -37,13 +37,13 @@ import numpy as np
 from busdx.errors import BusdxError
 from busdx.evaluation.classification import (
     BIRADS_LEVELS,
-    NOT_FOUND_LOGIT,
     ClassificationReport,
     Prediction,
     birads_sections,
     evaluate_lesion_reading,
     evaluate_predictions,
     lesion_predictions,
+    scored_logit,
 )
 from busdx.evaluation.metrics import dice, iou, summarise
 from busdx.inference.decode import is_image_file
@@ -370,8 +370,7 @@ def evaluate_external(
                 row["mask_error"] = mask_error
             pane_truth = truth if truth is None or a.pane is None else a.pane[1].crop(truth)
             rows.append(_scored_row(row, a, pane_truth, dices, ious))
-            # no lesion found: no call, scored as the lowest probability
-            logit = float(a.logit) if a.lesion_found else NOT_FOUND_LOGIT
+            logit = scored_logit(a.logit, a.lesion_found)
             preds.append(Prediction(view if pane else str(case.image), case.patient, case.label,
                                     case.birads, logit, float(sigmoid(logit / a.temperature))))
             keys.append(key)

@@ -74,6 +74,24 @@ def check_inputs(session, images: Iterable[np.ndarray], size: int, mask_logit: f
     return np.stack(rows) if rows else np.zeros((0, 0))
 
 
+def example_inputs(session, found: Iterable[tuple[int, str, np.ndarray]], size: int,
+                   mask_logit: float = 0.0, progress: Callable[[], object] | None = None
+                   ) -> tuple[np.ndarray, list[str], list[int]]:
+    """:func:`check_inputs` of the images of ``found`` ((record's position, kind, image), as
+    :func:`examples` gives them), read one at a time so that they are never all in memory;
+    with each row's kind and record position."""
+    kinds: list[str] = []
+    positions: list[int] = []
+
+    def images() -> Iterator[np.ndarray]:
+        for position, kind, image in found:
+            positions.append(position)
+            kinds.append(kind)
+            yield image
+
+    return check_inputs(session, images(), size, mask_logit, progress), kinds, positions
+
+
 def examples(records: Sequence[SiteRecord]) -> Iterator[tuple[int, str, np.ndarray]]:
     """(record's position, kind, the image the product would analyse) for each record: the
     lesion image ("image"), its lesion window ("lesion_window") and lesion-free window

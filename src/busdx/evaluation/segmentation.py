@@ -85,12 +85,6 @@ def _presence_threshold(model_path: Path) -> float | None:
             else None)
 
 
-def _postprocess(mask: np.ndarray) -> np.ndarray:
-    from busdx.inference.components import fill_holes, largest_component
-
-    return fill_holes(largest_component(mask))
-
-
 def score_records(
     session, records: list[Record], keep: set[str] | None = None, threshold: float = THRESHOLD,
     presence_threshold: float | None = None,
@@ -100,7 +94,7 @@ def score_records(
     the check says the image shows no lesion, as the product serves it."""
     from tqdm import tqdm
 
-    from busdx.inference.pipeline import run_segmenter
+    from busdx.inference.pipeline import run_segmenter, served_mask
     from busdx.models.contract import PRESENCE_OUTPUT
 
     size = _input_size(session)
@@ -110,9 +104,8 @@ def score_records(
         image, truth = load_gray(r.image_path), load_mask(r.mask_path)
         probability, rest = run_segmenter(image, session, size, extra=extra)
         pred = probability > threshold
-        post = _postprocess(pred)
-        if rest and float(rest[0].reshape(-1)[0]) < presence_threshold:
-            post = np.zeros_like(post)
+        post, _ = served_mask(pred, float(rest[0].reshape(-1)[0]) if rest else None,
+                              presence_threshold)
         scores.append(ImageScore(r.id, r.scanner, dice(pred, truth), iou(pred, truth),
                                  dice(post, truth), iou(post, truth)))
         if keep is not None and r.id in keep:

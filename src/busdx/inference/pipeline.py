@@ -211,13 +211,21 @@ def read_segmenter(image: np.ndarray, models: Models,
     full, rest = run_segmenter(image, models.segmenter, models.segmenter_size, letterboxed,
                                extra)
     values = {name: float(r.reshape(-1)[0]) for name, r in zip(extra, rest, strict=True)}
-    mask = fill_holes(largest_component(full > models.mask_threshold))
     presence = values.get(PRESENCE_OUTPUT)
-    dismissed = (presence is not None and presence < models.presence_threshold
-                 and bool(mask.any()))
-    if dismissed:
-        mask = np.zeros_like(mask)
+    mask, dismissed = served_mask(full > models.mask_threshold, presence,
+                                  models.presence_threshold)
     return SegmenterReading(mask, values.get(APPEARANCE_OUTPUT), presence, dismissed)
+
+
+def served_mask(above: np.ndarray, presence: float | None = None,
+                presence_threshold: float | None = None) -> tuple[np.ndarray, bool]:
+    """The mask the product serves from the pixels above the segmenter's threshold: their
+    largest component, holes filled; empty when the presence check's logit ``presence`` is
+    below ``presence_threshold``. And whether the check emptied an outline."""
+    mask = fill_holes(largest_component(above))
+    dismissed = (presence is not None and presence_threshold is not None
+                 and presence < presence_threshold and bool(mask.any()))
+    return (np.zeros_like(mask) if dismissed else mask), dismissed
 
 
 def lesion_probability(image: np.ndarray, segmenter, size: int,

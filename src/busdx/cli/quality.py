@@ -101,8 +101,9 @@ def run_appearance(args: argparse.Namespace) -> int:
     breast = read_breast(args.breast) if args.breast else []
 
     def features(records, what):
-        images = [image for _, image in ap.site_images(records)]
-        with tqdm(total=len(images), desc=what, file=sys.stderr) as bar:
+        # one image at a time: thousands of decoded scans need not be in memory together
+        images = (image for _, image in ap.site_images(records))
+        with tqdm(desc=what, unit="image", file=sys.stderr) as bar:
             return ap.segmenter_outputs(session, images, size, FEATURES_OUTPUT, bar.update)
 
     fit_records = [busbra[r.id] for r in split.train] + [r for r in breast if r.split == "dev"]

@@ -26,7 +26,7 @@ import numpy as np
 
 from busdx.data.preprocess import load_mask, prepare
 from busdx.data.sites import SiteRecord
-from busdx.data.windows import lesion_free_cut
+from busdx.data.windows import lesion_free_cut, lesion_window_cut
 from busdx.errors import BusdxError
 from busdx.inference.decode import decode
 from busdx.inference.scan_area import bounding, find_scan_area_within
@@ -69,18 +69,32 @@ def scan_of(image: np.ndarray, regions=()) -> np.ndarray:
     return image if area.is_whole(image.shape) else area.crop(image)
 
 
-def site_images(records: Sequence[SiteRecord], windows: bool = True
-                ) -> Iterator[tuple[str, np.ndarray]]:
-    """("image" | "window" | "normal", the scan the product would analyse) for each record, and
-    its lesion-free window (busdx.data.windows) analysed as an image of its own."""
-    for record in records:
+def site_examples(records: Sequence[SiteRecord], lesion_windows: bool = False
+                  ) -> Iterator[tuple[int, str, np.ndarray]]:
+    """(record's position, kind, the image the product would analyse) for each record: the
+    lesion image ("image") and its lesion-free window ("window", busdx.data.windows) analysed as
+    an image of its own, or the scan of a normal record ("normal"); with ``lesion_windows``
+    also, between the two, a window-sized cut over the lesion ("lesion_window")."""
+    for i, record in enumerate(records):
         decoded = decode(str(record.image_path))
-        yield ("image" if record.mask_path else "normal"), scan_of(decoded.image,
-                                                                   decoded.regions)
-        if windows and record.mask_path is not None:
-            crop = lesion_free_cut(decoded.image, load_mask(record.mask_path))
-            if crop is not None:
-                yield "window", scan_of(crop)
+        if record.mask_path is None:
+            yield i, "normal", scan_of(decoded.image, decoded.regions)
+            continue
+        yield i, "image", scan_of(decoded.image, decoded.regions)
+        mask = load_mask(record.mask_path)
+        if lesion_windows:
+            cut = lesion_window_cut(decoded.image, mask)
+            if cut is not None:
+                yield i, "lesion_window", scan_of(cut)
+        cut = lesion_free_cut(decoded.image, mask)
+        if cut is not None:
+            yield i, "window", scan_of(cut)
+
+
+def site_images(records: Sequence[SiteRecord]) -> Iterator[tuple[str, np.ndarray]]:
+    """(kind, image) of :func:`site_examples`: each image and its lesion-free window."""
+    for _, kind, image in site_examples(records):
+        yield kind, image
 
 
 def folder_images(folder: str | Path) -> Iterator[tuple[str, np.ndarray]]:

@@ -24,12 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from busdx.data.preprocess import load_mask, prepare
+from busdx.data.preprocess import prepare
 from busdx.data.sites import SiteRecord
-from busdx.data.windows import lesion_free_cut, lesion_window_cut
 from busdx.errors import BusdxError
-from busdx.evaluation.appearance import scan_of
-from busdx.inference.decode import decode
+from busdx.evaluation.appearance import site_examples
 from busdx.models.contract import FEATURES_OUTPUT, INPUT_NAME, PRESENCE_OUTPUT, SEGMENTER_OUTPUT
 
 log = logging.getLogger(__name__)
@@ -93,20 +91,9 @@ def example_inputs(session, found: Iterable[tuple[int, str, np.ndarray]], size: 
 
 
 def examples(records: Sequence[SiteRecord]) -> Iterator[tuple[int, str, np.ndarray]]:
-    """(record's position, kind, the image the product would analyse) for each record: the
-    lesion image ("image"), its lesion window ("lesion_window") and lesion-free window
-    ("window"), or the scan of a normal record ("normal")."""
-    for i, record in enumerate(records):
-        decoded = decode(str(record.image_path))
-        if record.mask_path is None:
-            yield i, "normal", scan_of(decoded.image, decoded.regions)
-            continue
-        yield i, "image", scan_of(decoded.image, decoded.regions)
-        mask = load_mask(record.mask_path)
-        for kind, cut in (("lesion_window", lesion_window_cut(decoded.image, mask)),
-                          ("window", lesion_free_cut(decoded.image, mask))):
-            if cut is not None:
-                yield i, kind, scan_of(cut)
+    """(record's position, kind, image) for each record, lesion windows included
+    (busdx.evaluation.appearance.site_examples)."""
+    return site_examples(records, lesion_windows=True)
 
 
 def fit(inputs: np.ndarray, lesion: np.ndarray, c: float = C) -> PresenceModel:

@@ -29,3 +29,13 @@ def test_the_image_serves_without_torch_as_an_unprivileged_user():
     assert "ARG BASE=" in recipe and "HEALTHCHECK" in recipe and "USER busdx" in recipe
     project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.lower().startswith(("torch", "ray"))]
+
+
+def test_new_wheels_bust_the_install_layer_cache():
+    # A bind mount is not part of a step's cache key: without the checksums copied ahead of the
+    # install, a host with an older image served an older busdx beside newer models (CI did).
+    recipe = (DEPLOY / "Containerfile").read_text()
+    copy = recipe.index("COPY dist/wheels/SHA256SUMS")
+    install = recipe.index("--mount=type=bind,source=dist/wheels")
+    assert copy < install and "sha256sum --check" in recipe[install:]
+    assert "SHA256SUMS" in (DEPLOY / "build.sh").read_text()

@@ -575,6 +575,43 @@ def test_the_call_and_its_band_tell_one_story(server, browser, fixtures_root, ou
     page.close()
 
 
+def test_no_lesion_found_shows_no_risk_band(server, browser, fixtures_root, output_dir):
+    """A risk band is a lesion's: beside "No lesion found" it would read as a finding. The
+    whole image's probability stays, named as such and without a call's colour. The answer is
+    rewritten in flight, as above, so that the page is tested whatever the models find."""
+    import httpx
+
+    image = sorted((fixtures_root / "Images").glob("*.png"))[0]
+    real = httpx.post(server + "/api/analyze", timeout=60,
+                      files={"file": (image.name, image.read_bytes(), "image/png")}).json()
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(server + "/")
+    for lesion_found in (False, True):
+        body = {**real, "lesion_found": lesion_found,
+                "label": real["label"] if lesion_found else "no lesion"}
+        page.route("**/api/analyze*", lambda route, _request, body=body: route.fulfill(json=body))
+        before = page.evaluate("() => Number(document.body.dataset.analyses || 0)")
+        page.set_input_files("#file", str(image))
+        page.wait_for_function(f"() => Number(document.body.dataset.analyses || 0) > {before}",
+                               timeout=60_000)
+        page.unroute("**/api/analyze*")
+        prob = page.locator("#prob-text").inner_text().lower()
+        fill = page.locator("#bar-fill").evaluate("e => getComputedStyle(e).backgroundColor")
+        muted = page.evaluate("() => { const e = document.createElement('i'); "
+                              "e.style.color = 'var(--muted)'; document.body.append(e); "
+                              "const v = getComputedStyle(e).color; e.remove(); return v; }")
+        if lesion_found:
+            assert page.locator("#band-name").is_visible() and "whole image" not in prob
+        else:
+            assert "no lesion found" in page.locator("#call").inner_text().lower()
+            assert page.locator("#band").is_hidden() and page.locator("#band-help").is_hidden()
+            assert "whole image's probability" in prob and "for reference" in prob
+            assert fill == muted
+            assert "band" not in page.locator("#history-list li").first.inner_text()
+            page.screenshot(path=str(output_dir / "browser-no-lesion.png"))
+    page.close()
+
+
 def test_a_phone_sees_its_result_and_the_focus_ring_is_calm(server, browser, fixtures_root,
                                                             output_dir):
     """On a phone the result comes into view after the analysis, the threshold's label stays

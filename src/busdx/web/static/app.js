@@ -14,7 +14,7 @@ const els = {
   legend: $("legend-heatmap"), legendRamp: $("legend-ramp"), legendText: $("legend-text"),
   status: $("status"), error: $("error"), empty: $("empty"),
   result: $("result"), results: $("results"), call: $("call"), probText: $("prob-text"),
-  bar: $("bar"), fill: $("bar-fill"), marker: $("bar-marker"), bandName: $("band-name"),
+  bar: $("bar"), fill: $("bar-fill"), marker: $("bar-marker"), bandName: $("band-name"), band: $("band"), bandHelp: $("band-help"),
   bandText: $("band-text"), note: $("note"), inputWarnings: $("input-warnings"),
   scanNote: $("scan-note"), framePicker: $("frame-picker"), frameNumber: $("frame-number"),
   frameCount: $("frame-count"), frameLast: $("frame-last"),
@@ -140,8 +140,6 @@ function renderTimings(timings) {
   }
 }
 
-// A benign call inside a BI-RADS 4 band (4A, 4B: the threshold lies in 4B) is where a biopsy is
-// usually considered: it is shown in amber and says so, never in the green of reassurance.
 // the first input warning when the image may not be a breast ultrasound at all
 // (busdx.inference.quality.NOT_ULTRASOUND)
 const NOT_ULTRASOUND = "This may not be a breast ultrasound image at all";
@@ -156,6 +154,15 @@ function shownLabel(r) {
   return mayNotBeUltrasound(r) ? "call withheld" : r.label;
 }
 
+// One line for a list or a caption. A risk band is a lesion's: none is shown without a lesion.
+function readingText(r) {
+  if (!r.lesion_found) return mayNotBeUltrasound(r) ? "call withheld, no lesion found"
+    : "no lesion found";
+  return `${shownLabel(r)}, ${pct(r.probability)}, band ${r.risk_band.name}`;
+}
+
+// A benign call inside a BI-RADS 4 band (4A, 4B: the threshold lies in 4B) is where a biopsy is
+// usually considered: it is shown in amber and says so, never in the green of reassurance.
 function callLook(label, band) {
   if (label === "malignant") return { kind: "malignant", heading: "malignant" };
   if (band === "3") return { kind: "benign", heading: "benign" };
@@ -215,16 +222,21 @@ function renderResult(r, name, at) {
 
   // Near the threshold one decimal can show equal numbers for different calls: add digits.
   const digits = pct(r.probability) === pct(r.threshold) ? 3 : 1;
-  els.probText.textContent = `Probability of malignancy: ${pct(r.probability, digits)} ` +
-    `(threshold ${pct(r.threshold, digits)})`;
+  // Without a lesion the number is the whole image's: named so, and drawn without a call's colour.
+  els.probText.textContent = (r.lesion_found ? "Probability of malignancy: "
+    : "Whole image's probability of malignancy, for reference: ") +
+    `${pct(r.probability, digits)} (threshold ${pct(r.threshold, digits)})`;
   els.fill.style.width = pct(r.probability, 2);
-  els.fill.style.background = withheld ? "var(--muted)" : `var(--${look.kind})`;
+  els.fill.style.background = withheld || !r.lesion_found ? "var(--muted)" : `var(--${look.kind})`;
   els.marker.style.left = pct(r.threshold, 2);
   els.bar.setAttribute("aria-label",
     `Probability ${pct(r.probability)} against the threshold ${pct(r.threshold)}`);
 
+  // A risk band beside "No lesion found" would read as a finding: it is a lesion's, so it goes.
   els.bandName.textContent = r.risk_band.name;
   els.bandText.textContent = r.risk_band.text;
+  els.band.hidden = !r.lesion_found;
+  els.bandHelp.hidden = !r.lesion_found;
   els.note.textContent = r.note || "";
   els.note.hidden = !r.note;
   const warnings = (r.input_check && r.input_check.warnings) || [];
@@ -523,7 +535,7 @@ function remember(entry) {
     button.className = "link";
     const r = item.result;
     button.textContent = `${item.at.toLocaleTimeString()} · ${item.label}` + (r
-      ? ` · ${shownLabel(r)}, ${pct(r.probability)}, band ${r.risk_band.name}` : " · no reading");
+      ? ` · ${readingText(r)}` : " · no reading");
     button.addEventListener("click", () => {
       if (busy) return;
       showError(""); setStatus("");
@@ -570,8 +582,7 @@ function showSideBySide(views) {
     img.alt = `View ${i + 1}, ${view.name}, with its lesion outline`;
     const caption = document.createElement("figcaption");
     const r = view.result;
-    caption.textContent = `View ${i + 1}: ${view.name} · ${shownLabel(r)}, ${pct(r.probability)}, ` +
-      `band ${r.risk_band.name}`;
+    caption.textContent = `View ${i + 1}: ${view.name} · ${readingText(r)}`;
     figure.append(img, caption);
     return figure;
   }));

@@ -2,7 +2,7 @@
 at all?", busdx.evaluation.presence), each fitted and thresholded by the shipped rule and
 scored on selection data only: BUS-BRA's validation patients and BrEaST's development half out
 of fold. No test image is read. The variants were fixed before any was fitted
-(docs/generalisation_plan.md, fourth entry).
+(docs/generalisation_plan.md, fourth entry; the pooling variants, fifth entry).
 
     python studies/presence_variants.py --data ../shared/data/busbra \\
         --breast ../shared/data/breast-lesions-usg --out reports/studies
@@ -17,17 +17,82 @@ import numpy as np
 
 log = logging.getLogger("presence_variants")
 
-# name -> (what it changes, C, extra "no lesion" strips in training, mask statistics kept)
+# name -> (what it changes, C, extra "no lesion" strips in training, inputs read)
+# inputs: "mean" (the shipped features: each encoder stage's mean over space), "max" (the same
+# stages' maximum over space), "stats" (the mask's highest logit and area share)
 VARIANTS = {
-    "shipped": ("the check as it ships", 0.1, False, True),
+    "shipped": ("the check as it ships", 0.1, False, ("mean", "stats")),
     "all_strips": ("every lesion-free strip large enough joins the 'no lesion' examples",
-                   0.1, True, True),
-    "c_1": ("C = 1 (less regularisation)", 1.0, False, True),
-    "c_0.01": ("C = 0.01 (more regularisation)", 0.01, False, True),
+                   0.1, True, ("mean", "stats")),
+    "c_1": ("C = 1 (less regularisation)", 1.0, False, ("mean", "stats")),
+    "c_0.01": ("C = 0.01 (more regularisation)", 0.01, False, ("mean", "stats")),
     "features_only": ("the pooled features alone, without the two mask statistics", 0.1, False,
-                      False),
+                      ("mean",)),
+    "mean_and_max": ("the shipped inputs plus each encoder stage's maximum over space", 0.1,
+                     False, ("mean", "max", "stats")),
+    "max_only": ("each encoder stage's maximum over space, with the two mask statistics", 0.1,
+                 False, ("max", "stats")),
 }
 EXTRA = "extra_window"  # a lesion-free strip that is not the largest: trained on, never scored
+MAX_OUTPUT = "features_max"
+
+
+def with_max_features(graph: Path, out: Path) -> Path:
+    """A copy of a segmenter graph with one more output, ``features_max``: beside each mean over
+    space that makes up its ``features``, the maximum over space of the same tensor. The study
+    reads it; the shipped graph is not touched."""
+    import onnx
+    from onnx import helper
+
+    from busdx.models.contract import FEATURES_OUTPUT
+
+    model = onnx.load(str(graph))
+    nodes = {o: n for n in model.graph.node for o in n.output}
+    concat = nodes[FEATURES_OUTPUT]
+    maxima = []
+    for i, name in enumerate(concat.input):
+        mean = nodes[name]
+        if mean.op_type != "ReduceMean":
+            raise ValueError(f"{graph}: feature {name} is not a mean over space")
+        maxima.append(f"/study/ReduceMax_{i}")
+        model.graph.node.append(helper.make_node(
+            "ReduceMax", [mean.input[0]], [maxima[-1]], name=maxima[-1], axes=[2, 3],
+            keepdims=0))
+    model.graph.node.append(helper.make_node("Concat", maxima, [MAX_OUTPUT],
+                                             name="/study/Concat_max", axis=1))
+    model.graph.output.append(helper.make_tensor_value_info(MAX_OUTPUT, onnx.TensorProto.FLOAT,
+                                                            None))
+    onnx.save(model, str(out))
+    return out
+
+
+def _inputs(session, found, size: int, mask_logit: float):
+    """Per example: the mean features, the maximum features, the two mask statistics; with
+    each row's kind and record position (busdx.evaluation.presence.example_inputs, plus the
+    study's output)."""
+    from busdx.data.preprocess import prepare
+    from busdx.evaluation.presence import mask_statistics
+    from busdx.models.contract import FEATURES_OUTPUT, INPUT_NAME, SEGMENTER_OUTPUT
+
+    rows, kinds, positions = [], [], []
+    for position, kind, image in found:
+        x, _ = prepare(image, size)
+        logits, mean, top = session.run([SEGMENTER_OUTPUT, FEATURES_OUTPUT, MAX_OUTPUT],
+                                        {INPUT_NAME: x[None, None]})
+        rows.append(np.concatenate([np.asarray(mean, np.float64).reshape(-1),
+                                    np.asarray(top, np.float64).reshape(-1),
+                                    mask_statistics(logits, mask_logit)[0]]))
+        kinds.append(kind)
+        positions.append(position)
+        if len(rows) % 500 == 0:
+            log.info("%d examples read", len(rows))
+    return np.stack(rows), kinds, positions
+
+
+def _columns(inputs: tuple[str, ...], n_features: int) -> np.ndarray:
+    parts = {"mean": np.arange(n_features), "max": np.arange(n_features, 2 * n_features),
+             "stats": np.arange(2 * n_features, 2 * n_features + 2)}
+    return np.concatenate([parts[name] for name in inputs])
 
 
 def _examples(records):
@@ -56,6 +121,8 @@ def _examples(records):
 def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dict:
     """Every variant's logit for each scored example (BUS-BRA validation; BrEaST-dev out of
     fold), with the examples' kinds and whether the outline found anything."""
+    import tempfile
+
     from busdx.data.index import load_index, resolve_root
     from busdx.data.sites import busbra_records, read_breast
     from busdx.data.splits import SplitConfig, make_split
@@ -65,7 +132,9 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
 
     models_dir = Path(models) if models else default_models_dir()
     release = load_release(models_dir / "release.json")
-    session = open_session(models_dir / release.segmenter.file, threads, batch=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = with_max_features(models_dir / release.segmenter.file, Path(tmp) / "study.onnx")
+        session = open_session(graph, threads, batch=1)
     t = release.segmenter.threshold
     mask_logit = float(np.log(t / (1 - t)))
     index = load_index(resolve_root(data))
@@ -74,7 +143,7 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
     dev = [r for r in read_breast(breast) if r.split == "dev"]
 
     def part(records, what):
-        x, kinds, positions = pr.example_inputs(session, _examples(records), 224, mask_logit)
+        x, kinds, positions = _inputs(session, _examples(records), 224, mask_logit)
         log.info("%s: %d examples", what, len(kinds))
         return x, np.array(kinds), np.array([records[i].id for i in positions])
 
@@ -88,8 +157,9 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
             "breast_dev": {"kinds": k_dev[scored_dev].tolist(),
                            "outlined": (x_dev[scored_dev, -1] > 0).tolist()},
             "variants": {}}
-    for name, (_, c, extra, stats) in VARIANTS.items():
-        columns = slice(None) if stats else slice(0, -2)
+    n_features = (x_train.shape[1] - 2) // 2
+    for name, (_, c, extra, inputs) in VARIANTS.items():
+        columns = _columns(inputs, n_features)
         train = np.ones(len(k_train), bool) if extra else k_train != EXTRA
         devfit = np.ones(len(k_dev), bool) if extra else k_dev != EXTRA
         y_train, y_dev = np.isin(k_train, pr.LESION), np.isin(k_dev, pr.LESION)

@@ -345,7 +345,8 @@ def variants_section(v: dict) -> list[str]:
 
     lines = ["", "### What might close the gap", "",
              "`studies/presence_variants.py` fits variants of the check by the same rule, fixed "
-             "beforehand ([the plan](generalisation_plan.md), fourth entry), and scores them on "
+             "beforehand ([the plan](generalisation_plan.md), fourth entry; the two pooling "
+             "variants, fifth entry), and scores them on "
              "the same selection data; a variant is worth a release when it finds at least 98% "
              "of lesion images and says \"no lesion\" on at least 90% of lesion-free images on "
              "both sites.", "",
@@ -358,9 +359,12 @@ def variants_section(v: dict) -> list[str]:
     worth = [name for name, r in v["variants"].items() if r["worth_a_release"]]
     lines += ["", ("Worth a release: " + ", ".join(worth) + ".") if worth else
               "None is worth a release: no variant reaches 90% on the other hospital's "
-              "lesion-free images, so the limit lies in what the features show, not in the "
-              "fit. More lesion-free whole scans, or features that keep small structures, are "
-              "the next things to try."]
+              "lesion-free images. Neither the fit (examples, regularisation) nor the pooling "
+              "(the maximum over space beside or instead of the mean) closes the gap, so the "
+              "limit lies in what this outline network's encoder tells lesion-free tissue from "
+              "lesion in the other hospital's scans. More lesion-free whole scans to fit on, or "
+              "an outline network trained with lesion-free images without losing Dice (which "
+              "needs more training than this CPU allows), are the next things to try."]
     return lines
 
 

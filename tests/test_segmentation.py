@@ -526,3 +526,29 @@ def test_a_second_site_joins_the_training_set(fixtures_root, tmp_path):
     assert result.checkpoint.is_file()
     with pytest.raises(BusdxError, match="site-share"):
         _config(fixtures_root, out, site_share=1.0)
+
+
+def test_a_member_exported_at_another_size_is_recovered_and_exported_at_it(tmp_path):
+    """A graph member is probed, and exported again, at the size its graph was exported at,
+    not at the default 224."""
+    from busdx.models.from_onnx import graph_input_size, recover_segmenter
+    from busdx.models.segmentation import build_segmenter, export_onnx
+    from busdx.training.segmentation import OnnxMember, export_with_provenance
+
+    torch.manual_seed(0)
+    net = build_segmenter(SegmenterConfig(encoder="tf_efficientnet_lite0",
+                                          pretrained=False)).eval()
+    with torch.no_grad():  # statistics as a trained network has them (fresh ones fold to 0)
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.1, 0.1)
+            bn.running_var.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.1, 0.1)
+    graph = tmp_path / "at256.onnx"
+    export_onnx(net, graph, 256)
+    assert graph_input_size(graph) == 256
+    recovered, config = recover_segmenter(graph, 0)
+    assert config.encoder == "tf_efficientnet_lite0"
+    out = tmp_path / "again.onnx"
+    section = export_with_provenance([], out, [], onnx_members=[OnnxMember(graph, 0)])
+    assert section["input_size"] == 256 and graph_input_size(out) == 256
+    assert section["onnx_vs_torch_max_abs_diff"] < ONNX_TOLERANCE

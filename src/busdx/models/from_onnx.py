@@ -217,6 +217,19 @@ def recover_classifier(graph_path, section: dict) -> tuple[Any, dict]:
     return model, checkpoint
 
 
+def graph_input_size(graph, default: int = 224) -> int:
+    """The square input size a segmenter graph (a path or an onnx ModelProto) was exported at;
+    ``default`` where its height and width are not fixed (a U-Net takes any multiple of 32)."""
+    proto = graph if isinstance(graph, onnx.ModelProto) else onnx.load(
+        str(graph), load_external_data=False)
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[2:]]
+    if len(dims) != 2 or not all(dims):
+        return default
+    if dims[0] != dims[1]:
+        raise BusdxError(f"the segmenter graph's input is {dims[0]} x {dims[1]}, not square")
+    return dims[0]
+
+
 def recover_segmenter(graph_path, member: int = 0, encoder: str | None = None,
                       decoder_channels: tuple[int, ...] | None = None) -> tuple[Any, Any]:
     """Member ``member`` of a segmenter graph rebuilt as a torch U-Net (eval mode), with its
@@ -256,7 +269,8 @@ def recover_segmenter(graph_path, member: int = 0, encoder: str | None = None,
         out_conv = net.segmentation_head[0]
         out_conv.weight.copy_(torch.from_numpy(weights[head.input[1]]))
         out_conv.bias.copy_(torch.from_numpy(weights[head.input[2]]))
-    probe = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(0))
+    size = graph_input_size(proto)
+    probe = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
     import onnxruntime as ort
 
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -507,6 +507,10 @@ def loss_comparison(run_dirs: list[Path], varied: str = "loss") -> dict:
     }
 
 
+# what the card says of a member taken from a graph that no card describes
+UNRECORDED = "not recorded"
+
+
 @dataclass(frozen=True)
 class OnnxMember:
     """A member taken from an exported graph (``graph``, member ``index``), for a network whose
@@ -538,6 +542,7 @@ def export_with_provenance(
     """Export one checkpoint, or the logit-averaging ensemble of several, to ONNX; check it
     against torch and return the card's section (``training`` describes the first member,
     ``members`` each of them). ``onnx_members`` join the ensemble from exported graphs."""
+    from busdx.models.from_onnx import graph_input_size
     from busdx.models.segmentation import (
         SegmenterEnsemble,
         export_onnx,
@@ -555,7 +560,8 @@ def export_with_provenance(
     if onnx_members and hflip_tta:
         raise BusdxError("flip TTA cannot be baked into an ensemble with ONNX members")
     net, metas = load_segmenter_checkpoints(checkpoints) if checkpoints else (None, [])
-    sizes = {m.get("train_config", {}).get("size", 224) for m in metas} or {224}
+    sizes = ({m.get("train_config", {}).get("size", 224) for m in metas}
+             | {graph_input_size(m.graph) for m in onnx_members}) or {224}
     if len(sizes) != 1:
         raise BusdxError(f"ensemble members were trained at different sizes: {sorted(sizes)}")
     size = sizes.pop()
@@ -575,10 +581,10 @@ def export_with_provenance(
     first = members[0]
     section = {
         "file": out.name,
-        "architecture": first["architecture"],
+        "architecture": first.get("architecture", UNRECORDED),
         "encoder": " + ".join(str(m.get("encoder")) for m in members),
-        "encoder_weights": first["encoder_weights"],
-        "decoder_channels": first["decoder_channels"],
+        "encoder_weights": first.get("encoder_weights", UNRECORDED),
+        "decoder_channels": first.get("decoder_channels", UNRECORDED),
         "input_size": size,
         "test_time_augmentation": "horizontal flip (logits averaged)" if hflip_tta else None,
         "ensemble": f"{len(members)} networks, logits averaged" if len(members) > 1 else None,
@@ -588,7 +594,7 @@ def export_with_provenance(
         "threshold": 0.5,
         "onnx_megabytes": round(out.stat().st_size / 1e6, 2),
         "onnx_vs_torch_max_abs_diff": diff,
-        "training": first["training"],
+        "training": first.get("training", UNRECORDED),
         "members": members,
     }
     if compare_runs:

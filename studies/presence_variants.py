@@ -148,13 +148,13 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
         return x, np.array(kinds), np.array([records[i].id for i in positions])
 
     x_train, k_train, _ = part([busbra[r.id] for r in split.train], "BUS-BRA training")
-    x_val, k_val, _ = part([busbra[r.id] for r in split.val], "BUS-BRA validation")
+    x_val, k_val, g_val = part([busbra[r.id] for r in split.val], "BUS-BRA validation")
     x_dev, k_dev, g_dev = part(dev, "BrEaST development half")
     scored_val, scored_dev = k_val != EXTRA, k_dev != EXTRA
     rows = {"model_version": release.version,
-            "val": {"kinds": k_val[scored_val].tolist(),
+            "val": {"kinds": k_val[scored_val].tolist(), "ids": g_val[scored_val].tolist(),
                     "outlined": (x_val[scored_val, -1] > 0).tolist()},
-            "breast_dev": {"kinds": k_dev[scored_dev].tolist(),
+            "breast_dev": {"kinds": k_dev[scored_dev].tolist(), "ids": g_dev[scored_dev].tolist(),
                            "outlined": (x_dev[scored_dev, -1] > 0).tolist()},
             "variants": {}}
     n_features = (x_train.shape[1] - 2) // 2
@@ -194,10 +194,59 @@ def summarise(rows: dict) -> dict:
             result[site]["found"]["share"] >= 0.98 and result[site]["no_lesion"]["share"] >= 0.90
             for site in sites)
         out["variants"][name] = result
+        if name == "shipped":
+            # which of the other hospital's lesion-free images the shipped check still calls
+            # "lesion" out of fold: what a next check has to learn (the study's figure)
+            part = rows["breast_dev"]
+            kinds = np.array(part["kinds"])
+            called = (np.array(scores["breast_dev"]) >= threshold) & np.array(part["outlined"])
+            missed = np.isin(kinds, ("window", "normal")) & called
+            out["breast_dev_normal_scans"] = int((kinds == "normal").sum())
+            out["shipped_lesion_free_called_lesion"] = [
+                {"id": part["ids"][j], "kind": str(kinds[j])} for j in np.flatnonzero(missed)]
     return out
 
 
+FIGURE = "presence_variants_missed.png"
+
+
+def figure(result: dict, breast: str, out: Path) -> Path:
+    """The BrEaST-dev lesion-free images the shipped check calls "lesion" out of fold, as the
+    check sees them (each scaled to a square tile)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from busdx.data.sites import read_breast
+    from busdx.evaluation.appearance import site_examples
+
+    wanted = {(m["id"], m["kind"]) for m in result["shipped_lesion_free_called_lesion"]}
+    records = [r for r in read_breast(breast) if r.split == "dev"
+               and any(r.id == i for i, _ in wanted)]
+    shown = [(records[i].id, kind, image) for i, kind, image in site_examples(records)
+             if (records[i].id, kind) in wanted]
+    cols = 4
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, kind, image) in zip(axes.flat, shown, strict=False):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1, aspect="auto")
+        ax.set_title(f"{name}, {'normal scan' if kind == 'normal' else 'lesion-free window'}",
+                     fontsize=9)
+    fig.suptitle("BrEaST-dev lesion-free images the shipped presence check calls 'lesion' "
+                 "(out of fold)", fontsize=10)
+    fig.tight_layout()
+    path = out / FIGURE
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return path
+
+
 def describe(result: dict, args, out: Path) -> None:
+    if result.get("shipped_lesion_free_called_lesion") and getattr(args, "breast", None):
+        log.info("wrote %s", figure(result, args.breast, out))
     for name, r in result["variants"].items():
         parts = [f"{site}: 'no lesion' {r[site]['no_lesion']['hits']}/{r[site]['no_lesion']['n']}"
                  f", found {r[site]['found']['hits']}/{r[site]['found']['n']}"

@@ -365,6 +365,18 @@ def variants_section(v: dict) -> list[str]:
               "lesion in the other hospital's scans. More lesion-free whole scans to fit on, or "
               "an outline network trained with lesion-free images without losing Dice (which "
               "needs more training than this CPU allows), are the next things to try."]
+    missed = v.get("shipped_lesion_free_called_lesion")
+    if missed is not None:
+        free = v["variants"]["shipped"]["breast_dev_out_of_fold"]["no_lesion"]["n"]
+        normal = sum(m["kind"] == "normal" for m in missed)
+        lines += ["", f"Out of fold, the shipped check still calls {len(missed)} of BrEaST-dev's "
+                  f"{free} lesion-free images \"lesion\", among them {normal} of its "
+                  f"{v.get('breast_dev_normal_scans', '?')} whole normal scans. "
+                  "They are drawn below: mostly acoustic shadows, ribs and the chest wall, and fat "
+                  "lobules, which BUS-BRA's images, cut close round their lesions, rarely show "
+                  "away from a lesion.", "",
+                  "![BrEaST-dev lesion-free images the shipped check calls lesion]"
+                  "(../reports/studies/presence_variants_missed.png)"]
     return lines
 
 

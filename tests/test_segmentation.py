@@ -552,3 +552,20 @@ def test_a_member_exported_at_another_size_is_recovered_and_exported_at_it(tmp_p
     section = export_with_provenance([], out, [], onnx_members=[OnnxMember(graph, 0)])
     assert section["input_size"] == 256 and graph_input_size(out) == 256
     assert section["onnx_vs_torch_max_abs_diff"] < ONNX_TOLERANCE
+
+    # stored as float16: half the file, the same network to within the rounding of its weights
+    from busdx.models.storage import weight_storage
+
+    half = tmp_path / "half.onnx"
+    stored = export_with_provenance([], half, [], onnx_members=[OnnxMember(graph, 0)],
+                                    storage="float16")
+    assert stored["weights_storage"] == "float16" and weight_storage(half) == "float16"
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    import onnxruntime as ort
+
+    probe = np.random.default_rng(0).random((2, 1, 256, 256), dtype=np.float32)
+    full, rounded = (ort.InferenceSession(str(g), providers=["CPUExecutionProvider"]).run(
+        [SEGMENTER_OUTPUT], {INPUT_NAME: probe})[0] for g in (out, half))
+    # an untrained network's logits are large; the rounding moves them by a sliver of that
+    assert np.abs(rounded - full).max() < 0.05 * np.abs(full).max()
+    assert stored["onnx_vs_torch_max_abs_diff"] >= np.abs(rounded - full).max() - 1e-6

@@ -138,6 +138,10 @@ def _register_export(group) -> None:
                    help="add member INDEX of an exported (ensemble) graph to the ensemble, for a "
                    "network whose checkpoint is gone; its card entry is kept when --card "
                    "describes GRAPH (repeatable)")
+    p.add_argument("--storage", choices=("float32", "float16"), default="float32",
+                   help="how the file keeps the weights: float16 halves it, and ONNX Runtime "
+                   "still computes in float32 (busdx.models.storage); evaluate the result as "
+                   "you would a new network")
     p.set_defaults(func=_export)
 
 
@@ -166,7 +170,7 @@ def _export(args) -> int:
                                      [Path(p) for p in args.compare_runs],
                                      hflip_tta=args.tta == "hflip",
                                      architecture_runs=[Path(p) for p in args.compare_architectures],
-                                     onnx_members=onnx_members)
+                                     onnx_members=onnx_members, storage=args.storage)
     if record:
         # a new graph has none of the checks fitted on the old one's features: they are
         # fitted again (busdx evaluate appearance, busdx evaluate presence)

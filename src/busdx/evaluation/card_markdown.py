@@ -609,6 +609,8 @@ def _segmenter_lines(seg: dict) -> list[str]:
         facts.append(f"- ONNX: {fmt(seg['onnx_megabytes'], 1)} MB"
                      + (f"; largest difference from torch on the export check {diff:.1e}"
                         if isinstance(diff, float) else ""))
+    if seg.get("weights_storage") not in (None, "float32"):
+        facts.append(f"- weights stored as {seg['weights_storage']} (computed in float32)")
     lines += facts + _training_lines(seg) + [""]
     lines += _segmenter_validation_lines(seg.get("validation"))
     lines += _segmenter_choice_lines(seg)

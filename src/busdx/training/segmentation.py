@@ -538,10 +538,13 @@ class OnnxMember:
 def export_with_provenance(
     checkpoints: Path | list[Path], out: Path, compare_runs: list[Path], hflip_tta: bool = False,
     architecture_runs: list[Path] | None = None, onnx_members: list[OnnxMember] | None = None,
+    storage: str = "float32",
 ) -> dict:
     """Export one checkpoint, or the logit-averaging ensemble of several, to ONNX; check it
     against torch and return the card's section (``training`` describes the first member,
-    ``members`` each of them). ``onnx_members`` join the ensemble from exported graphs."""
+    ``members`` each of them). ``onnx_members`` join the ensemble from exported graphs;
+    ``storage="float16"`` keeps the weights as float16 in the file (busdx.models.storage), and
+    the check against torch is then of the graph as stored."""
     from busdx.models.from_onnx import graph_input_size
     from busdx.models.segmentation import (
         SegmenterEnsemble,
@@ -573,7 +576,9 @@ def export_with_provenance(
     else:
         export_onnx(net, out, size, hflip_tta=hflip_tta)
         diff = onnx_max_difference(net, out, probe, hflip_tta)
-    if diff > 1e-3:
+    if storage != "float32":
+        diff = max(diff, _stored_difference(out, storage, probe, diff))
+    if diff > 1e-3 and storage == "float32":
         log.warning("ONNX Runtime differs from torch by up to %.2e in the logits", diff)
     members = [_member(c, m) for c, m in zip(checkpoints, metas, strict=True)]
     members += [{**m.card, "source": f"member {m.index} of {m.graph} (its checkpoint is not at hand)"}
@@ -594,6 +599,7 @@ def export_with_provenance(
         "threshold": 0.5,
         "onnx_megabytes": round(out.stat().st_size / 1e6, 2),
         "onnx_vs_torch_max_abs_diff": diff,
+        "weights_storage": storage,
         "training": first.get("training", UNRECORDED),
         "members": members,
     }
@@ -602,6 +608,26 @@ def export_with_provenance(
     if architecture_runs:
         section["architecture_comparison"] = loss_comparison(architecture_runs, "architecture")
     return section
+
+
+def _stored_difference(out: Path, storage: str, probe: torch.Tensor, before: float) -> float:
+    """Store the graph at ``out``'s weights as ``storage`` and return how far its logits on
+    ``probe`` may then be from torch's: the float32 graph's own difference plus the largest
+    change the storage made."""
+    import onnxruntime as ort
+
+    from busdx.models.contract import INPUT_NAME, SEGMENTER_OUTPUT
+    from busdx.models.storage import store_weights
+
+    def logits() -> np.ndarray:
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        return session.run([SEGMENTER_OUTPUT], {INPUT_NAME: probe.numpy()})[0]
+
+    full = logits()
+    store_weights(out, storage)
+    change = float(np.abs(logits() - full).max())
+    log.info("weights stored as %s: the logits moved by up to %.2e", storage, change)
+    return before + change
 
 
 def _export_with_onnx_members(

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Stage a release in runs/release and score it:
 #   SEG="runs/a/best.pt [models/segmenter.onnx:1 ...]" CLS="runs/cls/x/classifier.pt [...]" \
-#   CLS_OPTIONS="--max-passes 4 --storage float16" tools/stage_release.sh
+#   CLS_OPTIONS="--max-passes 4 --storage float16" SEG_OPTIONS="--storage float16" \
+#   tools/stage_release.sh
 # SEG names checkpoints or members of exported graphs (GRAPH.onnx:INDEX). The settings
 # (calibration, input check, appearance and presence checks, lesion reading, view agreement)
 # are fitted twice: the second pass must leave the version unchanged, so that every record it
@@ -24,7 +25,8 @@ for item in $SEG; do
   esac
 done
 # shellcheck disable=SC2086  # the lists are meant to split
-$B export segmentation ${checkpoints:+--checkpoint $checkpoints} $members --out $S/segmenter.onnx
+$B export segmentation ${checkpoints:+--checkpoint $checkpoints} $members ${SEG_OPTIONS:-} \
+  --out $S/segmenter.onnx
 settings() {
   # shellcheck disable=SC2086
   $B train classification --calibrate-only --data $D --models $S --checkpoint $CLS \

@@ -246,3 +246,10 @@ def test_readme_results_are_the_rendering_of_the_evidence():
     start, end = readme.index(README_START), readme.index(README_END) + len(README_END)
     assert readme[start:end] == block
     assert "| ROC AUC (95% CI, patient bootstrap) |" in block
+
+
+def test_the_bundled_models_keep_to_their_size_budget():
+    """models/ (graphs, release, card, learning curves) stays within the project's 40 MB: every
+    retrain adds its graphs to the history, and a deployment ships the folder."""
+    total = sum(p.stat().st_size for p in (REPO / "models").iterdir() if p.is_file())
+    assert total <= 40e6, f"models/ holds {total / 1e6:.1f} MB"

@@ -28,13 +28,15 @@ done
 $B export segmentation ${checkpoints:+--checkpoint $checkpoints} $members ${SEG_OPTIONS:-} \
   --out $S/segmenter.onnx
 settings() {
-  # shellcheck disable=SC2086
-  $B train classification --calibrate-only --data $D --models $S --checkpoint $CLS \
-    ${CLS_OPTIONS:-} --threads $T
+  # The checks read the segmenter alone, and the calibration scores a lesion the presence check
+  # dismisses as not found: the checks come first, so the first pass is already the whole fit.
   $B evaluate input-check --data $D --models $S
   $B evaluate appearance --data $D --breast $BR --not-ultrasound tests/fixtures/not-ultrasound \
     --models $S --threads $T
   $B evaluate presence --data $D --breast $BR --models $S --threads $T
+  # shellcheck disable=SC2086
+  $B train classification --calibrate-only --data $D --models $S --checkpoint $CLS \
+    ${CLS_OPTIONS:-} --threads $T
   $B evaluate classification --data $D --models $S --fit-lesion-reading --threads $T
   $P studies/view_agreement.py --data $D --models $S --out runs/view_agreement
 }

@@ -253,3 +253,36 @@ def test_the_bundled_models_keep_to_their_size_budget():
     retrain adds its graphs to the history, and a deployment ships the folder."""
     total = sum(p.stat().st_size for p in (REPO / "models").iterdir() if p.is_file())
     assert total <= 40e6, f"models/ holds {total / 1e6:.1f} MB"
+
+
+def test_release_restamps_the_staging_exports_record_and_carries_the_bundled_ones(tmp_path):
+    """`busdx release --restamp` ships a record the staging folder wrote before its last
+    settings (the export's, stamped with the graph before the checks went on top), and
+    `--carry` one about the release being replaced; both are stamped with the new release and
+    listed in release.carried. A name that is not such a record is refused."""
+    from busdx.cli.main import main
+    from busdx.evaluation.evidence import load_records, write_record
+    from busdx.release import load_release
+
+    models = build_stand_in_models(tmp_path / "models")
+    staging = build_stand_in_models(tmp_path / "staging")
+    evidence = tmp_path / "evidence"
+    previous = load_release(models).version
+    write_record(evidence, "segmenter.training", {"epochs": 3}, kind="training",
+                 release=previous)
+    write_record(staging / "evidence", "segmenter.about", {"onnx_megabytes": 1.5},
+                 kind="about", release="0123456789ab")
+    common = ["release", "--from", str(staging), "--models", str(models), "--evidence",
+              str(evidence), "--docs", ""]
+    assert main(common + ["--restamp", "segmenter.training", "--why", "x"]) == 2
+    assert main(common + ["--restamp", "segmenter.about"]) == 2  # no --why
+    assert main(common + ["--restamp", "segmenter.about", "--carry", "segmenter.training",
+                          "--why", "the networks are those exported"]) == 0
+    release = load_release(models).version
+    records = load_records(evidence)
+    assert records["segmenter.about"].release == release
+    assert records["segmenter.about"].results == {"onnx_megabytes": 1.5}
+    assert records["segmenter.training"].release == release
+    carried = records["release.carried"].results
+    assert carried["records"] == ["segmenter.training"]
+    assert carried["restamped"] == {"segmenter.about": "0123456789ab"}

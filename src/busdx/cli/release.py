@@ -32,8 +32,14 @@ def register(sub, groups) -> None:
                    help="evidence records about the release being replaced that stay true of "
                    "the new one (how its unchanged networks were trained and chosen): they are "
                    "stamped with the new release; give --why")
+    p.add_argument("--restamp", nargs="+", default=[], metavar="NAME",
+                   help="records of the staging folder's own evidence written before its last "
+                   "settings were fitted (the export's, before the checks and the calibration "
+                   "went on top) that stay true of the final graphs: they are stamped with the "
+                   "release; give --why")
     p.add_argument("--why", default="", metavar="TEXT",
-                   help="why the --carry records stay true (kept in release.carried)")
+                   help="why the --carry and --restamp records stay true (kept in "
+                   "release.carried)")
     p.set_defaults(func=run)
 
 
@@ -53,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         # load it as serving would: a release that does not serve is not shipped
         Models.load(source, threads=1)
         release = load_release(source)
-        if args.carry and not args.why:
-            raise BusdxError("--carry needs --why: say why the records stay true")
+        if (args.carry or args.restamp) and not args.why:
+            raise BusdxError("--carry and --restamp need --why: say why the records stay true")
         previous = (load_release(models).version if (models / RELEASE_FILE).is_file()
                     else None)
         carried = {}
@@ -64,24 +70,35 @@ def run(args: argparse.Namespace) -> int:
                 raise BusdxError(f"--carry {name}: no record of that name about the release "
                                  f"being replaced ({previous})")
             carried[name] = record
+        staged = load_records(source / "evidence")
+        restamped = {}
+        for name in args.restamp:
+            record = staged.get(name)
+            if record is None or record.kind == "history" or not record.stale(release):
+                raise BusdxError(f"--restamp {name}: {source} has no record of that name written "
+                                 "before its final settings")
+            if name in carried:
+                raise BusdxError(f"--restamp {name}: it is carried as well; give it once")
+            restamped[name] = record
         models.mkdir(parents=True, exist_ok=True)
         for graph in release.graphs:
             shutil.copy2(source / graph.file, models / graph.file)
         write_release(with_graphs(release, models), models)
         # the evidence gathered on the staging folder is about this very release
-        staged = load_records(source / "evidence")
         for name, record in staged.items():
             if record.kind != "history" and not record.stale(release):
                 write_record(evidence, name, record.results, kind=record.kind,
                              release=record.release, command=record.command, at=record.at,
                              date=record.date, commit=record.commit)
-        for name, record in carried.items():
+        for name, record in {**carried, **restamped}.items():
             write_record(evidence, name, record.results, kind=record.kind,
                          release=release, command=record.command, at=record.at,
                          date=record.date, commit=record.commit)
-        if carried:
+        if carried or restamped:
             write_record(evidence, "release.carried",
-                         {"from": previous, "records": sorted(carried), "why": args.why},
+                         {"from": previous, "records": sorted(carried), "why": args.why,
+                          **({"restamped": {n: r.release for n, r in sorted(restamped.items())}}
+                             if restamped else {})},
                          kind="about", release=release, command=args.invocation)
         log.info("shipped %s into %s (release %s, %d evidence records, %d carried from %s)",
                  source, models, release.version, len(staged), len(carried), previous)

@@ -66,29 +66,6 @@ def with_max_features(graph: Path, out: Path) -> Path:
     return out
 
 
-def _inputs(session, found, size: int, mask_logit: float):
-    """Per example: the mean features, the maximum features, the two mask statistics; with
-    each row's kind and record position (busdx.evaluation.presence.example_inputs, plus the
-    study's output)."""
-    from busdx.data.preprocess import prepare
-    from busdx.evaluation.presence import mask_statistics
-    from busdx.models.contract import FEATURES_OUTPUT, INPUT_NAME, SEGMENTER_OUTPUT
-
-    rows, kinds, positions = [], [], []
-    for position, kind, image in found:
-        x, _ = prepare(image, size)
-        logits, mean, top = session.run([SEGMENTER_OUTPUT, FEATURES_OUTPUT, MAX_OUTPUT],
-                                        {INPUT_NAME: x[None, None]})
-        rows.append(np.concatenate([np.asarray(mean, np.float64).reshape(-1),
-                                    np.asarray(top, np.float64).reshape(-1),
-                                    mask_statistics(logits, mask_logit)[0]]))
-        kinds.append(kind)
-        positions.append(position)
-        if len(rows) % 500 == 0:
-            log.info("%d examples read", len(rows))
-    return np.stack(rows), kinds, positions
-
-
 def _columns(inputs: tuple[str, ...], n_features: int) -> np.ndarray:
     parts = {"mean": np.arange(n_features), "max": np.arange(n_features, 2 * n_features),
              "stats": np.arange(2 * n_features, 2 * n_features + 2)}
@@ -121,6 +98,7 @@ def _examples(records):
 def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dict:
     """Every variant's logit for each scored example (BUS-BRA validation; BrEaST-dev out of
     fold), with the examples' kinds and whether the outline found anything."""
+    import itertools
     import tempfile
 
     from busdx.data.index import load_index, resolve_root
@@ -128,6 +106,7 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
     from busdx.data.splits import SplitConfig, make_split
     from busdx.evaluation import presence as pr
     from busdx.inference.models import default_models_dir, open_session
+    from busdx.models.contract import FEATURES_OUTPUT
     from busdx.release import load_release
 
     models_dir = Path(models) if models else default_models_dir()
@@ -143,7 +122,14 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
     dev = [r for r in read_breast(breast) if r.split == "dev"]
 
     def part(records, what):
-        x, kinds, positions = _inputs(session, _examples(records), 224, mask_logit)
+        read = itertools.count(1)
+
+        def progress() -> None:
+            if (n := next(read)) % 500 == 0:
+                log.info("%d examples read", n)
+
+        x, kinds, positions = pr.example_inputs(session, _examples(records), 224, mask_logit,
+                                                progress, features=(FEATURES_OUTPUT, MAX_OUTPUT))
         log.info("%s: %d examples", what, len(kinds))
         return x, np.array(kinds), np.array([records[i].id for i in positions])
 

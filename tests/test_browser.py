@@ -534,6 +534,17 @@ def test_a_result_never_outlives_its_image(server, browser, fixtures_root, tmp_p
     page.close()
 
 
+def _show_rewritten_answer(page, image: Path, body: dict) -> None:
+    """Upload ``image`` and have the page receive ``body`` as the server's answer: the page is
+    tested on a given answer, whatever the models say of the image."""
+    page.route("**/api/analyze*", lambda route, _request: route.fulfill(json=body))
+    before = page.evaluate("() => Number(document.body.dataset.analyses || 0)")
+    page.set_input_files("#file", str(image))
+    page.wait_for_function(f"() => Number(document.body.dataset.analyses || 0) > {before}",
+                           timeout=60_000)
+    page.unroute("**/api/analyze*")
+
+
 def test_the_call_and_its_band_tell_one_story(server, browser, fixtures_root, output_dir):
     """A benign call in a biopsy-range band (4A, 4B) is never shown in the green of
     reassurance: it is amber and says so. The server's answer is rewritten in flight to each
@@ -551,12 +562,7 @@ def test_the_call_and_its_band_tell_one_story(server, browser, fixtures_root, ou
         body = {**real, "label": label, "probability": probability, "lesion_found": True,
                 "risk_band": {**real["risk_band"], "name": band}}
 
-        page.route("**/api/analyze*", lambda route, _request, body=body: route.fulfill(json=body))
-        before = page.evaluate("() => Number(document.body.dataset.analyses || 0)")
-        page.set_input_files("#file", str(image))
-        page.wait_for_function(f"() => Number(document.body.dataset.analyses || 0) > {before}",
-                               timeout=60_000)
-        page.unroute("**/api/analyze*")
+        _show_rewritten_answer(page, image, body)
         call = page.locator("#call")
         assert call.get_attribute("class") == f"call {kind}", (label, band)
         text = call.inner_text().lower()
@@ -589,12 +595,7 @@ def test_no_lesion_found_shows_no_risk_band(server, browser, fixtures_root, outp
     for lesion_found in (False, True):
         body = {**real, "lesion_found": lesion_found,
                 "label": real["label"] if lesion_found else "no lesion"}
-        page.route("**/api/analyze*", lambda route, _request, body=body: route.fulfill(json=body))
-        before = page.evaluate("() => Number(document.body.dataset.analyses || 0)")
-        page.set_input_files("#file", str(image))
-        page.wait_for_function(f"() => Number(document.body.dataset.analyses || 0) > {before}",
-                               timeout=60_000)
-        page.unroute("**/api/analyze*")
+        _show_rewritten_answer(page, image, body)
         prob = page.locator("#prob-text").inner_text().lower()
         fill = page.locator("#bar-fill").evaluate("e => getComputedStyle(e).backgroundColor")
         muted = page.evaluate("() => { const e = document.createElement('i'); "

@@ -58,14 +58,15 @@ def mask_statistics(logits: np.ndarray, mask_logit: float = 0.0) -> np.ndarray:
 
 
 def check_inputs(session, images: Iterable[np.ndarray], size: int, mask_logit: float = 0.0,
-                 progress: Callable[[], object] | None = None) -> np.ndarray:
-    """One row of the check's inputs per image: the features, then the mask statistics."""
+                 progress: Callable[[], object] | None = None,
+                 features: Sequence[str] = (FEATURES_OUTPUT,)) -> np.ndarray:
+    """One row of the check's inputs per image: the ``features`` outputs in order, then the
+    mask statistics."""
     rows = []
     for image in images:
         x, _ = prepare(image, size)
-        logits, features = session.run([SEGMENTER_OUTPUT, FEATURES_OUTPUT],
-                                       {INPUT_NAME: x[None, None]})
-        rows.append(np.concatenate([np.asarray(features, np.float64).reshape(-1),
+        logits, *read = session.run([SEGMENTER_OUTPUT, *features], {INPUT_NAME: x[None, None]})
+        rows.append(np.concatenate([*(np.asarray(f, np.float64).reshape(-1) for f in read),
                                     mask_statistics(logits, mask_logit)[0]]))
         if progress is not None:
             progress()
@@ -73,7 +74,8 @@ def check_inputs(session, images: Iterable[np.ndarray], size: int, mask_logit: f
 
 
 def example_inputs(session, found: Iterable[tuple[int, str, np.ndarray]], size: int,
-                   mask_logit: float = 0.0, progress: Callable[[], object] | None = None
+                   mask_logit: float = 0.0, progress: Callable[[], object] | None = None,
+                   features: Sequence[str] = (FEATURES_OUTPUT,)
                    ) -> tuple[np.ndarray, list[str], list[int]]:
     """:func:`check_inputs` of the images of ``found`` ((record's position, kind, image), as
     :func:`examples` gives them), read one at a time so that they are never all in memory;
@@ -87,7 +89,8 @@ def example_inputs(session, found: Iterable[tuple[int, str, np.ndarray]], size: 
             kinds.append(kind)
             yield image
 
-    return check_inputs(session, images(), size, mask_logit, progress), kinds, positions
+    return (check_inputs(session, images(), size, mask_logit, progress, features), kinds,
+            positions)
 
 
 def examples(records: Sequence[SiteRecord]) -> Iterator[tuple[int, str, np.ndarray]]:

@@ -594,7 +594,8 @@ def test_no_lesion_found_shows_no_risk_band(server, browser, fixtures_root, outp
     page.goto(server + "/")
     for lesion_found in (False, True):
         body = {**real, "lesion_found": lesion_found,
-                "label": real["label"] if lesion_found else "no lesion"}
+                "label": real["label"] if lesion_found else "no lesion",
+                "risk_band": real["risk_band"] if lesion_found else None}
         _show_rewritten_answer(page, image, body)
         prob = page.locator("#prob-text").inner_text().lower()
         fill = page.locator("#bar-fill").evaluate("e => getComputedStyle(e).backgroundColor")

@@ -81,7 +81,10 @@ def test_mask_is_one_component_from_the_segmenter(models):
 
 def test_no_lesion_makes_no_call(models):
     """Without an outline no benign or malignant call is made (API, CSV, page: the label says
-    "no lesion"); the whole image's probability is kept for reference."""
+    "no lesion") and no risk band is given (a band grades a lesion); the whole image's
+    probability is kept for reference."""
+    from busdx.inference.batch import row_for
+
     # bright speckle: no dark lesion for the stand-in segmenter (a blank image is refused)
     bright = np.random.default_rng(0).integers(200, 256, (180, 240)).astype(np.uint8)
     result = analyze(bright, models)
@@ -93,6 +96,10 @@ def test_no_lesion_makes_no_call(models):
     assert 0.0 <= result.probability <= 1.0
     assert result.mask.sum() == 0
     assert result.to_json()["measurements"] is None
+    assert result.risk is None and result.to_json(images=False)["risk_band"] is None
+    row = row_for("bright.png", result)
+    assert row["label"] == "no lesion" and row["risk_band"] == "" and row["risk_text"] == ""
+    assert row["lesion_found"] == "false" and row["probability"] != ""
 
 
 def test_whole_image_classifier_heatmap_maps_back(tmp_path):

@@ -113,8 +113,9 @@ class AnalyzeResponse(BaseModel):
                        "the segmenter outlined none: then no call is made, and the probability "
                        "is the whole image's, for reference only")
     threshold: float = Field(description="the validated threshold the call is made at")
-    risk_band: RiskBandOut = Field(description="the probability's BI-RADS-aligned band (an aid "
-                                               "to reading it, not a BI-RADS assessment)")
+    risk_band: RiskBandOut | None = Field(
+        description="the probability's BI-RADS-aligned band (an aid to reading it, not a BI-RADS "
+                    "assessment); null when no lesion is found: a band grades a lesion")
     lesion_found: bool = Field(description="whether the segmenter outlined a lesion; false: the "
                                            "probability is the whole image's, less reliable")
     presence: float | None = Field(

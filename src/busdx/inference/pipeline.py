@@ -86,7 +86,7 @@ class Analysis:
     probability: float  # calibrated probability of malignancy
     label: str  # "benign" or "malignant" at ``threshold``
     threshold: float
-    risk: RiskBand
+    risk: RiskBand | None  # None when no lesion is found: a band grades a lesion
     logit: float  # the served logit (shift included): probability = sigmoid(logit / temperature)
     temperature: float
     lesion_found: bool
@@ -132,7 +132,7 @@ class Analysis:
             "probability": self.probability,
             "label": self.label,
             "threshold": self.threshold,
-            "risk_band": self.risk.as_dict(),
+            "risk_band": self.risk.as_dict() if self.risk else None,
             "lesion_found": self.lesion_found,
             "presence": self.presence,
             "logit": self.logit,
@@ -417,7 +417,8 @@ def analyze(
         label=(("malignant" if probability >= settings.threshold else "benign")
                if lesion_found else NO_LESION),
         threshold=settings.threshold,
-        risk=risk_band(min(max(probability, 0.0), 1.0)),
+        # a risk band grades a lesion: without one there is nothing to grade
+        risk=risk_band(min(max(probability, 0.0), 1.0)) if lesion_found else None,
         logit=logit,
         temperature=settings.temperature,
         lesion_found=lesion_found,

@@ -189,7 +189,7 @@ function renderResult(r, name, at) {
   fitImage();
 
   const malignant = r.label === "malignant";
-  const look = callLook(r.label, r.risk_band.name);
+  const look = r.risk_band ? callLook(r.label, r.risk_band.name) : { kind: "none" };
   const small = document.createElement("small");
   const withheld = mayNotBeUltrasound(r);
   if (withheld) {
@@ -233,8 +233,8 @@ function renderResult(r, name, at) {
     `Probability ${pct(r.probability)} against the threshold ${pct(r.threshold)}`);
 
   // A risk band beside "No lesion found" would read as a finding: it is a lesion's, so it goes.
-  els.bandName.textContent = r.risk_band.name;
-  els.bandText.textContent = r.risk_band.text;
+  els.bandName.textContent = r.risk_band ? r.risk_band.name : "";
+  els.bandText.textContent = r.risk_band ? r.risk_band.text : "";
   els.band.hidden = !r.lesion_found;
   els.bandHelp.hidden = !r.lesion_found;
   els.note.textContent = r.note || "";

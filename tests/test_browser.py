@@ -321,6 +321,8 @@ def test_two_views_of_one_lesion_give_one_lesion_reading(server, browser, fixtur
         assert "lesion call: benign" in call or "lesion call: malignant" in call
         assert "lesion threshold" in page.locator("#lesion-prob").inner_text()
         assert "read from 2 views" in page.locator("#status").inner_text()
+        listed = page.locator("#history-list li").first.inner_text().lower()
+        assert "band" in listed and "no lesion found" not in listed
     else:
         assert "no lesion reading" in call
     buttons = page.locator("#view-buttons button")
@@ -611,6 +613,42 @@ def test_no_lesion_found_shows_no_risk_band(server, browser, fixtures_root, outp
             assert fill == muted
             assert "band" not in page.locator("#history-list li").first.inner_text()
             page.screenshot(path=str(output_dir / "browser-no-lesion.png"))
+    page.close()
+
+
+def test_a_lesion_with_no_lesion_in_any_view_gets_no_call(server, browser, fixtures_root,
+                                                          output_dir):
+    """A lesion reading whose views all show no lesion says so, with no call and no band, in
+    the lesion block, the status line and the history. The lesion answer is rewritten in flight
+    to that case (the page is tested, whatever the models find in the fixtures)."""
+    views = [fixtures_root / "Images" / f"bus_0007-{side}.png" for side in "lr"]
+    card = json.loads(urllib.request.urlopen(server + "/api/model").read())["card"]
+    if not (card["classifier"].get("lesion_reading") or {}).get("offered"):
+        pytest.skip("these models offer no lesion reading")
+
+    def nothing(route, _request):
+        response = route.fetch()
+        body = {**response.json(), "label": "no lesion", "risk_band": None,
+                "note": "no lesion found in any of the 2 views: no benign or malignant call is "
+                        "made; the probability is the whole images', for reference only"}
+        route.fulfill(response=response, json=body)
+
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.route("**/api/lesion*", nothing)
+    page.goto(server + "/")
+    page.set_input_files("#file", [str(v) for v in views])
+    page.wait_for_selector("#lesion:not([hidden])", timeout=90_000)
+    call = page.locator("#lesion-call").inner_text().lower()
+    assert "no lesion found in any view" in call and "benign" not in call
+    assert "for reference" in page.locator("#lesion-prob").inner_text()
+    assert page.locator("#lesion-band-name").is_hidden()
+    assert "no call is made" in page.locator("#status").inner_text()
+    listed = page.locator("#history-list li").first.inner_text().lower()
+    assert "no lesion found" in listed and "band" not in listed
+    page.screenshot(path=str(output_dir / "browser-lesion-none-found.png"), full_page=True)
+    assert not errors, errors
     page.close()
 
 

@@ -70,6 +70,21 @@ def test_one_view_reads_as_that_image_at_the_lesion_threshold():
     assert "one view" in reading.note
 
 
+def test_no_view_with_a_lesion_gives_no_call_and_no_band():
+    """As for one image: without a lesion in any view there is nothing to call or grade; the
+    probability stays, for reference. One view with a lesion is enough for a call."""
+    reading = read_lesion([_view(3.0, found=False), _view(2.0, found=False)], 0.5)
+    assert reading.label == "no lesion" and reading.risk is None
+    assert "no lesion found in any of the 2 views" in reading.note
+    assert "no benign or malignant call" in reading.note
+    body = reading.to_json()
+    assert body["label"] == "no lesion" and body["risk_band"] is None
+    assert body["probability"] == pytest.approx(1 / (1 + math.exp(-2.5 / 2.0)))
+    some = read_lesion([_view(3.0, found=False), _view(2.0)], 0.5)
+    assert some.label == "malignant" and some.risk is not None
+    assert "no lesion found in 1 of 2 views" in some.note
+
+
 def test_read_lesion_refuses_what_it_cannot_read():
     with pytest.raises(BusdxError, match="no lesion reading"):
         read_lesion([_view(0.0)], None)

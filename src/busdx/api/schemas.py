@@ -170,9 +170,12 @@ class LesionRequest(BaseModel):
 
 class LesionResponse(BaseModel):
     probability: float = Field(description="calibrated probability of malignancy of the lesion")
-    label: str = Field(description="'benign' or 'malignant' at the lesion threshold")
+    label: str = Field(description="'benign' or 'malignant' at the lesion threshold; 'no "
+                       "lesion' when no view shows one: then no call is made")
     threshold: float = Field(description="the lesion threshold (validated with both views)")
-    risk_band: RiskBandOut = Field(description="the lesion probability's BI-RADS-aligned band")
+    risk_band: RiskBandOut | None = Field(
+        description="the lesion probability's BI-RADS-aligned band; null when no view shows a "
+                    "lesion")
     logit: float = Field(description="mean of the views' logits")
     views: int = Field(description="how many views were read")
     views_without_lesion: int = Field(description="views in which no lesion was found (their "

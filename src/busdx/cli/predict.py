@@ -184,8 +184,9 @@ def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold,
             if row["failed_views"]:
                 notes.append(f"{row['failed_views']} view(s) failed and were left out")
             row.update(probability=reading.probability, label=reading.label,
-                       threshold=reading.threshold, risk_band=reading.risk.name,
-                       risk_text=reading.risk.text,
+                       threshold=reading.threshold,
+                       risk_band=reading.risk.name if reading.risk else None,
+                       risk_text=reading.risk.text if reading.risk else None,
                        views_without_lesion=reading.views_without_lesion,
                        views_unusual=reading.views_unusual,
                        views_disagree=reading.views_disagree,

@@ -10,7 +10,10 @@ per-image threshold is not the right one for them.
 
 Views that cannot be one lesion get a caution (``views_disagree``): their served logits spread
 wider than ``logit_spread``, or, when every view outlined a lesion measured in the same units,
-their longest diameters differ by a larger factor than ``diameter_ratio``. Both come from the
+their longest diameters differ by a larger factor than ``diameter_ratio``.
+
+When no view shows a lesion there is no lesion to call: the reading says "no lesion", as one
+image does, and gives no risk band; the probability stays, for reference. Both come from the
 card's ``lesion_reading.agreement``: the widest any validation lesion's two views showed
 (studies/view_agreement.py, which also says how the rule did on the test fold).
 """
@@ -28,6 +31,7 @@ import numpy as np
 
 from busdx import DISCLAIMER, __version__
 from busdx.errors import BusdxError
+from busdx.inference.pipeline import NO_LESION
 from busdx.inference.risk import RiskBand, risk_band
 from busdx.numeric import sigmoid
 
@@ -138,9 +142,9 @@ class ViewScore:
 @dataclass(frozen=True)
 class LesionReading:
     probability: float  # calibrated, from the mean of the views' served logits
-    label: str  # "benign" or "malignant" at ``threshold``
+    label: str  # "benign" or "malignant" at ``threshold``; "no lesion" when no view shows one
     threshold: float  # the card's lesion threshold
-    risk: RiskBand
+    risk: RiskBand | None  # None when no view shows a lesion
     logit: float  # mean of the views' served logits
     temperature: float
     views: int
@@ -156,7 +160,7 @@ class LesionReading:
             "probability": self.probability,
             "label": self.label,
             "threshold": self.threshold,
-            "risk_band": self.risk.as_dict(),
+            "risk_band": self.risk.as_dict() if self.risk else None,
             "logit": self.logit,
             "views": self.views,
             "views_without_lesion": self.views_without_lesion,
@@ -198,7 +202,12 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None,
     if apart:
         notes.append(f"these views may not show one lesion: {apart}. Check that they are "
                      "images of the same lesion of the same patient")
-    if missing:
+    none_found = missing == len(analyses)
+    if none_found:
+        notes.append(f"no lesion found in any of the {len(analyses)} views: no benign or "
+                     "malignant call is made; the probability is the whole images', for "
+                     "reference only")
+    elif missing:
         notes.append(f"no lesion found in {missing} of {len(analyses)} views: their probability "
                      "is from the whole image and is less reliable")
     unusual = sum(a.unusual for a in analyses)
@@ -209,9 +218,10 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None,
         notes.append("one view: the reading is that image's, called at the lesion threshold")
     return LesionReading(
         probability=probability,
-        label="malignant" if probability >= lesion_threshold else "benign",
+        label=(NO_LESION if none_found
+               else "malignant" if probability >= lesion_threshold else "benign"),
         threshold=lesion_threshold,
-        risk=risk_band(min(max(probability, 0.0), 1.0)),
+        risk=None if none_found else risk_band(min(max(probability, 0.0), 1.0)),
         logit=logit,
         temperature=temperature,
         views=len(analyses),

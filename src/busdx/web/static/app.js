@@ -154,9 +154,10 @@ function shownLabel(r) {
   return mayNotBeUltrasound(r) ? "call withheld" : r.label;
 }
 
-// One line for a list or a caption. A risk band is a lesion's: none is shown without a lesion.
+// One line for a list or a caption, of an image's analysis or a lesion's reading. A risk band
+// is a lesion's: the API gives none when no lesion is found, and none is shown then.
 function readingText(r) {
-  if (!r.lesion_found) return mayNotBeUltrasound(r) ? "call withheld, no lesion found"
+  if (!r.risk_band) return mayNotBeUltrasound(r) ? "call withheld, no lesion found"
     : "no lesion found";
   return `${shownLabel(r)}, ${pct(r.probability)}, band ${r.risk_band.name}`;
 }
@@ -514,8 +515,10 @@ async function analyzeLesion(files, dual) {
                  renderLesion(lesion, views, problem);
                } });
     setStatus(lesion
-      ? `Done: lesion read from ${views.length} views: ${lesion.label} call, probability ` +
-        `${pct(lesion.probability)}, risk band ${lesion.risk_band.name}.`
+      ? (lesion.risk_band
+        ? `Done: lesion read from ${views.length} views: ${lesion.label} call, probability ` +
+          `${pct(lesion.probability)}, risk band ${lesion.risk_band.name}.`
+        : `Done: no lesion found in any of the ${views.length} views; no call is made.`)
       : `Done: ${views.length} views analysed one by one; no lesion reading.`);
   });
 }
@@ -602,7 +605,17 @@ function renderLesion(lesion, views, problem) {
     return button;
   }));
   els.lesionTitle.textContent = `Lesion, read from ${views.length} views`;
-  if (lesion) {
+  if (lesion && !lesion.risk_band) {
+    // No view shows a lesion: said plainly, with no call and no band, as for one image.
+    els.lesionCall.className = "call none";
+    els.lesionCaution.hidden = true;
+    els.lesionCall.replaceChildren(document.createTextNode("No lesion found in any view"));
+    els.lesionProb.textContent = "Whole images' probability of malignancy, for reference: " +
+      `${pct(lesion.probability)}`;
+    els.lesionBandName.parentElement.hidden = true;
+    const note = lesion.note.charAt(0).toUpperCase() + lesion.note.slice(1);
+    els.lesionNote.textContent = `${note}. Check the images yourself.`;
+  } else if (lesion) {
     const malignant = lesion.label === "malignant";
     const look = callLook(lesion.label, lesion.risk_band.name);
     els.lesionCall.className = `call ${look.kind}`;
@@ -617,6 +630,7 @@ function renderLesion(lesion, views, problem) {
       document.createTextNode(`Lesion call: ${look.heading}`), small);
     els.lesionProb.textContent = `Probability of malignancy: ${pct(lesion.probability)} ` +
       `(lesion threshold ${pct(lesion.threshold)})`;
+    els.lesionBandName.parentElement.hidden = false;
     els.lesionBandName.textContent = lesion.risk_band.name;
     els.lesionBandText.textContent = lesion.risk_band.text;
     // Views that cannot be one lesion (two patients, say) are said first and plainly.
@@ -630,8 +644,7 @@ function renderLesion(lesion, views, problem) {
     els.lesionCaution.hidden = true;
     els.lesionCall.replaceChildren(document.createTextNode("No lesion reading"));
     els.lesionProb.textContent = "";
-    els.lesionBandName.textContent = "";
-    els.lesionBandText.textContent = "";
+    els.lesionBandName.parentElement.hidden = true;
     els.lesionNote.textContent = `${problem}. Each view below is read on its own.`;
   }
   els.lesion.hidden = false;

@@ -80,6 +80,10 @@ def test_no_view_with_a_lesion_gives_no_call_and_no_band():
     body = reading.to_json()
     assert body["label"] == "no lesion" and body["risk_band"] is None
     assert body["probability"] == pytest.approx(1 / (1 + math.exp(-2.5 / 2.0)))
+    alone = read_lesion([_view(-1.0, found=False)], 0.5)
+    assert alone.label == "no lesion" and alone.risk is None
+    assert alone.note == ("no lesion found in the view: no benign or malignant call is made; the "
+                          "probability is the whole image's, for reference only")
     some = read_lesion([_view(3.0, found=False), _view(2.0)], 0.5)
     assert some.label == "malignant" and some.risk is not None
     assert "no lesion found in 1 of 2 views" in some.note

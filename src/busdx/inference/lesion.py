@@ -204,9 +204,10 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None,
                      "images of the same lesion of the same patient")
     none_found = missing == len(analyses)
     if none_found:
-        notes.append(f"no lesion found in any of the {len(analyses)} views: no benign or "
-                     "malignant call is made; the probability is the whole images', for "
-                     "reference only")
+        where = ("the view: no benign or malignant call is made; the probability is the whole "
+                 "image's" if len(analyses) == 1 else f"any of the {len(analyses)} views: no "
+                 "benign or malignant call is made; the probability is the whole images'")
+        notes.append(f"no lesion found in {where}, for reference only")
     elif missing:
         notes.append(f"no lesion found in {missing} of {len(analyses)} views: their probability "
                      "is from the whole image and is less reliable")
@@ -214,7 +215,7 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None,
     if unusual:
         notes.append(f"{unusual} of {len(analyses)} views unlike the training images (see their "
                      "cautions): the lesion threshold may not hold for this reading either")
-    if len(analyses) == 1:
+    if len(analyses) == 1 and not none_found:
         notes.append("one view: the reading is that image's, called at the lesion threshold")
     return LesionReading(
         probability=probability,

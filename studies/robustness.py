@@ -185,6 +185,8 @@ def image_rows(i: int, record, models, baseline=None) -> dict[str, dict]:
                         "probability": result.probability,
                         "malignant": result.label == "malignant",
                         "unusual": bool(result.input_check and result.input_check.unusual),
+                        # every validation image shows a lesion: "no lesion" here is a miss
+                        "found": bool(result.lesion_found),
                         "dice": dice(mask, truth)}
     return rows
 
@@ -253,6 +255,10 @@ def summarise(collected: dict) -> dict:
             "calls_flipped": int((call != base_call).sum()),
             # the product's warning for images unlike the training images (input_check)
             "fraction_unusual": float(np.mean([r.get("unusual", False) for r in part])),
+            # the share of these lesion images still reported as showing a lesion (rows
+            # recorded before the presence check have no "found": None)
+            "lesions_found": (float(np.mean([r["found"] for r in part]))
+                              if all("found" in r for r in part) else None),
             "site_recalibrated": _recalibrated(part, collected["threshold"]),
         }
     ref = out[CONDITIONS[0].name]
@@ -348,9 +354,16 @@ def plot(result: dict, path: Path) -> None:
     axes[1].set_xlabel("calls at the frozen threshold (filled)")
     axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.06 * 18 / len(names) - 0.04),
                    fontsize=8)
-    axes[2].barh(y, [x["mean_dice"] for x in s], color="#16a085")
+    axes[2].barh(y, [x["mean_dice"] for x in s], color="#16a085", label="mean Dice")
+    found = [(x["lesions_found"], yy) for x, yy in zip(s, y, strict=True)
+             if x.get("lesions_found") is not None]
+    if found:  # a lesion the presence check dismisses says "no lesion": a miss
+        axes[2].scatter(*zip(*found, strict=True), color="#8e44ad", marker="D",
+                        label="lesions found (not called \"no lesion\")")
+        axes[2].legend(loc="upper center", bbox_to_anchor=(0.5, -0.06 * 18 / len(names) - 0.04),
+                       fontsize=8)
     axes[2].set_xlim(0.0, 1.0)
-    axes[2].set_xlabel("outline: mean Dice")
+    axes[2].set_xlabel("outline")
     # how many of the changed images the product itself cautions about (input_check)
     axes[0].set_yticks(y, [f"{n} · cautioned {x['fraction_unusual']:.0%}"
                            if "fraction_unusual" in x else n for n, x in zip(names, s, strict=True)])
@@ -397,10 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "robustness.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "robustness.png")
     for name, s in result["conditions"].items():
-        log.info("%-34s AUC %.3f  sens %.3f  spec %.3f  Dice %.3f  |dp| %.3f  flips %3d  "
-                 "cautioned %.2f%s", name, s["auc"], s["sensitivity"], s["specificity"],
-                 s["mean_dice"], s["mean_abs_probability_change"], s["calls_flipped"],
-                 s["fraction_unusual"],
+        log.info("%-34s AUC %.3f  sens %.3f  spec %.3f  Dice %.3f  found %.3f  |dp| %.3f  "
+                 "flips %3d  cautioned %.2f%s", name, s["auc"], s["sensitivity"],
+                 s["specificity"], s["mean_dice"], s["lesions_found"],
+                 s["mean_abs_probability_change"], s["calls_flipped"], s["fraction_unusual"],
                  "  FLAGGED" if s["flagged"] else "")
     return 0
 

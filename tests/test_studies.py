@@ -78,11 +78,12 @@ def test_robustness_summary_flags_drops_against_the_unperturbed_images():
     good = [0.1, 0.2, 0.8, 0.9]
 
     def rows(probs):
-        return [{"label": y, "probability": p, "malignant": p >= 0.5, "dice": 0.9}
-                for y, p in zip(labels, probs, strict=True)]
+        return [{"label": y, "probability": p, "malignant": p >= 0.5, "dice": 0.9,
+                 "found": True} for y, p in zip(labels, probs, strict=True)]
     collected = {"threshold": 0.5, "model_version": "x",
                  "rows": {c.name: rows(good) for c in study.CONDITIONS}}
     collected["rows"]["blur sigma 3 px"] = rows([0.1, 0.6, 0.4, 0.9])
+    collected["rows"]["blur sigma 3 px"][2]["found"] = False  # called "no lesion": a miss
     result = study.summarise(collected)
     blurred = result["conditions"]["blur sigma 3 px"]
     assert result["flagged"] == ["blur sigma 3 px"]
@@ -90,6 +91,8 @@ def test_robustness_summary_flags_drops_against_the_unperturbed_images():
     assert blurred["calls_flipped"] == 2
     assert blurred["mean_abs_probability_change"] == pytest.approx(0.2)
     assert blurred["site_recalibrated"] is None  # too few images to refit
+    assert blurred["lesions_found"] == 0.75
+    assert result["conditions"]["unperturbed"]["lesions_found"] == 1.0
 
 
 def test_robustness_comparison_counts_neither_the_unperturbed_image_nor_the_mirror():

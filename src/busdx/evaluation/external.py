@@ -402,8 +402,8 @@ def evaluate_external(
 
 def _scored_row(row: dict, a, truth: np.ndarray | None, dices: list, ious: list) -> dict:
     """``row`` with the analysis ``a``'s answer, and its Dice and IoU against ``truth``."""
-    row.update(probability=round(a.probability, 6), call=a.label, risk_band=a.risk.name if a.risk else "",
-               lesion_found=a.lesion_found)
+    row.update(probability=round(a.probability, 6), call=a.label,
+               risk_band=a.risk.name if a.risk else "", lesion_found=a.lesion_found)
     if a.input_check is not None:
         row["input_unusual"] = a.input_check.outside_text
     if a.scan_area is not None:  # a frame or a screen was cut off: a site should know

@@ -10,12 +10,12 @@ per-image threshold is not the right one for them.
 
 Views that cannot be one lesion get a caution (``views_disagree``): their served logits spread
 wider than ``logit_spread``, or, when every view outlined a lesion measured in the same units,
-their longest diameters differ by a larger factor than ``diameter_ratio``.
-
-When no view shows a lesion there is no lesion to call: the reading says "no lesion", as one
-image does, and gives no risk band; the probability stays, for reference. Both come from the
+their longest diameters differ by a larger factor than ``diameter_ratio``. Both come from the
 card's ``lesion_reading.agreement``: the widest any validation lesion's two views showed
 (studies/view_agreement.py, which also says how the rule did on the test fold).
+
+When no view shows a lesion there is no lesion to call: the reading says "no lesion", as one
+image does, and gives no risk band; the probability stays, for reference.
 """
 
 from __future__ import annotations

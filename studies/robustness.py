@@ -352,16 +352,15 @@ def plot(result: dict, path: Path) -> None:
     axes[1].axvline(0.8, color="#2980b9", lw=0.8, ls=":")
     axes[1].set_xlim(0.3, 1.0)
     axes[1].set_xlabel("calls at the frozen threshold (filled)")
-    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.06 * 18 / len(names) - 0.04),
-                   fontsize=8)
+    below = (0.5, -0.06 * 18 / len(names) - 0.04)  # a legend under its panel
+    axes[1].legend(loc="upper center", bbox_to_anchor=below, fontsize=8)
     axes[2].barh(y, [x["mean_dice"] for x in s], color="#16a085", label="mean Dice")
     found = [(x["lesions_found"], yy) for x, yy in zip(s, y, strict=True)
              if x.get("lesions_found") is not None]
     if found:  # a lesion the presence check dismisses says "no lesion": a miss
         axes[2].scatter(*zip(*found, strict=True), color="#8e44ad", marker="D",
                         label="lesions found (not called \"no lesion\")")
-        axes[2].legend(loc="upper center", bbox_to_anchor=(0.5, -0.06 * 18 / len(names) - 0.04),
-                       fontsize=8)
+        axes[2].legend(loc="upper center", bbox_to_anchor=below, fontsize=8)
     axes[2].set_xlim(0.0, 1.0)
     axes[2].set_xlabel("outline")
     # how many of the changed images the product itself cautions about (input_check)

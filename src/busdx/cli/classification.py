@@ -121,6 +121,13 @@ def register(subparsers, groups) -> None:
                        "training image (bus_data.csv) from the pooled features, each "
                        "cross-entropy weighted W (0: off); the auxiliary head is dropped, so "
                        "the exported graph is unchanged in form")
+    train.add_argument("--teacher", default=None, metavar="GRAPH",
+                       help="distillation: an exported classifier graph of the same input (the "
+                       "bundled ensemble, say) whose logit the network also learns to match on "
+                       "each augmented batch, so that one network can carry an ensemble's gain")
+    train.add_argument("--teacher-weight", type=float, default=0.5, metavar="W",
+                       help="with --teacher: the teacher's share of the loss (the labels' is "
+                       "1 - W)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     train.add_argument("--config", metavar="FILE",
                        help="a recipe file (a run's config.json): its values, then the options "
@@ -325,7 +332,7 @@ def _train_config(args: argparse.Namespace):
         threads=args.threads, device=args.device, workers=args.workers,
         seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
         val_fold=args.val_fold, augment=args.augment, aux_weight=args.aux_weight,
-        resume=args.resume,
+        teacher=args.teacher, teacher_weight=args.teacher_weight, resume=args.resume,
     )
 
 

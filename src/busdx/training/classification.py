@@ -33,6 +33,7 @@ from busdx.numeric import roc_auc
 from busdx.training import common, distributed, loop
 from busdx.training.common import seed_everything
 from busdx.training.config import CONFIG_FILE, JsonConfig
+from busdx.training.distill import Teacher, soft_target_loss
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ class ClassifierTrainConfig(JsonConfig):
     # weight of each auxiliary loss (histology group, BI-RADS category; see HISTOLOGY_GROUPS);
     # 0: the biopsy label alone
     aux_weight: float = 0.0
+    # an exported classifier graph (a bundled ensemble, say) whose logit the network also learns
+    # to match on every augmented batch (busdx.training.distill), weighted teacher_weight against
+    # the labels' loss; None: the labels alone
+    teacher: str | None = None
+    teacher_weight: float = 0.5
     resume: bool = False  # go on from the run folder's last.pt (same recipe), if there is one
 
     RUN_SETTINGS: ClassVar[tuple[str, ...]] = (
@@ -95,6 +101,8 @@ class ClassifierTrainConfig(JsonConfig):
             raise ValueError(f"--ema is a per-step decay in [0, 1), not {self.ema}")
         if self.aux_weight < 0:
             raise ValueError(f"--aux-weight must be >= 0, not {self.aux_weight}")
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise ValueError(f"--teacher-weight must lie in [0, 1], not {self.teacher_weight}")
 
     @classmethod
     def from_record(cls, config: dict) -> ClassifierTrainConfig:
@@ -309,6 +317,11 @@ def train_classifier(
     out_dir = Path(out_dir)
     process, device = distributed.start(config.device)
     per_process = distributed.per_process_batch(config.batch_size, process)
+    # a teacher that cannot read the batches is refused before the run folder is made
+    teacher = None
+    if config.teacher:
+        teacher = Teacher(config.teacher, "logit", threads=config.threads)
+        teacher.check_input(config.views, config.size)
     state = loop.read_last(out_dir, config.recipe()) if config.resume else None
     if process.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -355,10 +368,17 @@ def train_classifier(
         CropDataset(val, config, train=False), batch_size=2 * config.batch_size, **loading
     )
     pos_weight = class_weight(labels) if config.imbalance == "weighted" else 1.0
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
+    label_loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
 
     def loss(batch) -> torch.Tensor:
         x, y = (t.to(device, non_blocking=True) for t in batch[:2])
+        loss_fn = label_loss
+        if teacher is not None:
+            taught = teacher(x)  # on the same augmented inputs the network sees
+
+            def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return ((1.0 - config.teacher_weight) * label_loss(logits, y)
+                        + config.teacher_weight * soft_target_loss(logits, taught))
         if aux_head is None:
             return loss_fn(model(normalise(model, x)).squeeze(1), y)
         return _loss_with_aux(model, aux_head, normalise(model, x), y,

@@ -792,3 +792,93 @@ def test_the_members_of_an_ensemble_graph_are_recovered(tmp_path):
         None, {"image": x.numpy()})
     for a, b in zip(again, expected, strict=True):
         assert np.abs(a.numpy() - b).max() < ONNX_TOL
+
+
+def _mean_logit_graph(path, views: int = 2, size: int | None = None, scale: float = 4.0):
+    """A stand-in teacher: logit = scale * (mean of the input - 0.5), for [n, views, H, W]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dims = ["n", views, size or "h", size or "w"]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Sub", ["m", "half"], ["c"]),
+        helper.make_node("Mul", ["c", "scale"], ["s"]),
+        helper.make_node("Unsqueeze", ["s", "axis"], ["logit"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "teacher", [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["n", 1])],
+        initializer=[helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+                     helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+                     helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_teacher_graph_gives_its_output_and_refuses_what_it_cannot_teach(tmp_path):
+    from busdx.training.distill import Teacher, soft_target_loss
+
+    graph = _mean_logit_graph(tmp_path / "teacher.onnx", views=2, size=32)
+    teacher = Teacher(graph, "logit")
+    x = torch.rand(3, 2, 32, 32)
+    expected = 4.0 * (x.mean(dim=(1, 2, 3)) - 0.5)
+    assert torch.allclose(teacher(x).squeeze(1), expected, atol=1e-5)
+    teacher.check_input(2, 32)
+    with pytest.raises(BusdxError, match="2 view.s. per image and the network in training 1"):
+        teacher.check_input(1, 32)
+    with pytest.raises(BusdxError, match="32x32"):
+        teacher.check_input(2, 224)
+    with pytest.raises(BusdxError, match="no output 'mask_logits'"):
+        Teacher(graph, "mask_logits")
+    with pytest.raises(BusdxError, match="no such graph"):
+        Teacher(tmp_path / "absent.onnx", "logit")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(BusdxError, match="not a graph ONNX Runtime can load"):
+        Teacher(tmp_path / "junk.onnx", "logit")
+
+    # the soft-target loss is smallest, with no gradient, where the student agrees
+    taught = torch.tensor([[-2.0], [0.5], [3.0]])
+    student = taught.squeeze(1).clone().requires_grad_(True)
+    soft_target_loss(student, taught).backward()
+    assert torch.allclose(student.grad, torch.zeros(3), atol=1e-7)
+    assert float(soft_target_loss(taught.squeeze(1) + 1.0, taught)) > float(
+        soft_target_loss(taught.squeeze(1), taught))
+
+
+@pytest.mark.slow
+def test_a_taught_run_learns_from_the_teacher_and_records_it(fixtures_root, tmp_path):
+    """--teacher adds the teacher's probability to what the network learns; the run records
+    which graph taught it and with what weight, and a teacher that cannot read the batches is
+    refused before the run starts."""
+    from busdx.cli.main import main
+    from busdx.data.index import load_index
+    from busdx.data.splits import SplitConfig, make_split
+    from busdx.training import classification as tc
+
+    split = make_split(load_index(fixtures_root), SplitConfig(test_fold=1))
+    train = tc.load_samples(split.train, tmp_path / "cache")
+    val = tc.load_samples(split.val, tmp_path / "cache")
+    graph = _mean_logit_graph(tmp_path / "teacher.onnx", views=2, scale=40.0)
+    losses = {}
+    for weight in (0.0, 1.0):
+        config = tc.ClassifierTrainConfig(arch="lite0", input="both", epochs=1, max_batches=2,
+                                          batch_size=4, device="cpu", teacher=str(graph),
+                                          teacher_weight=weight)
+        result = tc.train_classifier(train, val, config, tmp_path / f"taught{weight}")
+        losses[weight] = result.history[0]["train_loss"]
+        ckpt = torch.load(result.checkpoint, weights_only=False)
+        assert ckpt["config"]["teacher"] == str(graph)
+        assert ckpt["config"]["teacher_weight"] == weight
+    # a weight of 1 drops the labels: the loss is the (different) one against the teacher
+    assert losses[0.0] != pytest.approx(losses[1.0], rel=1e-3)
+
+    crop_only = tmp_path / "crop_only"
+    assert main(["train", "classification", "--data", str(fixtures_root), "--out",
+                 str(crop_only), "--input", "crop", "--teacher", str(graph),
+                 "--cache", str(tmp_path / "cache"), "--epochs", "1"]) == 2
+    assert not (crop_only / "config.json").exists()
+    with pytest.raises(ValueError, match="teacher-weight"):
+        tc.ClassifierTrainConfig(teacher_weight=1.5)

@@ -844,6 +844,13 @@ def test_a_teacher_graph_gives_its_output_and_refuses_what_it_cannot_teach(tmp_p
     student = taught.squeeze(1).clone().requires_grad_(True)
     soft_target_loss(student, taught).backward()
     assert torch.allclose(student.grad, torch.zeros(3), atol=1e-7)
+    import hashlib
+    import json as _json
+
+    (tmp_path / "release.json").write_text(_json.dumps({"version": "abc123"}))
+    described = teacher.describe()
+    assert described["release"] == "abc123" and described["output"] == "logit"
+    assert described["sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
     assert float(soft_target_loss(taught.squeeze(1) + 1.0, taught)) > float(
         soft_target_loss(taught.squeeze(1), taught))
 

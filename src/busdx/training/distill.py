@@ -63,6 +63,24 @@ class Teacher:
             raise BusdxError(f"--teacher {self.graph} takes {fixed[1]}x{fixed[2]} inputs, the "
                              f"network in training {size}x{size}")
 
+    def describe(self) -> dict:
+        """What taught the run, for its records: the graph's path, its SHA-256 (the path of a
+        bundled graph names another network after the next release) and, when the graph sits in
+        a release folder, that release's version."""
+        import contextlib
+        import hashlib
+        import json
+
+        described = {"graph": str(self.graph),
+                     "sha256": hashlib.sha256(self.graph.read_bytes()).hexdigest(),
+                     "output": self.output}
+        card = self.graph.parent / "release.json"
+        # an unreadable card leaves the hash to say which graph it was
+        with contextlib.suppress(OSError, ValueError):
+            if card.is_file():
+                described["release"] = json.loads(card.read_text(encoding="utf-8")).get("version")
+        return described
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's output for batch ``x`` (as the training loop holds it, on its device)."""

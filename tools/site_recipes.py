@@ -260,7 +260,49 @@ def page(results: dict[str, dict], staged: dict | None = None) -> str:
         lines += variants_section(json.loads(variants.read_text()))
     if staged:
         lines += staged_section(staged)
+    taught = ROOT / "reports" / "studies" / "taught_classifier.json"
+    if taught.is_file():
+        lines += taught_section(json.loads(taught.read_text()))
     return "\n".join(lines) + "\n"
+
+
+OPTION_WORDS = {"none": "one pass per view", "flip_crop": "the crop mirrored",
+                "flip": "both views mirrored"}
+OPTION_PASSES = {"none": 2, "flip_crop": 3, "flip": 4}  # a two-view network's passes per image
+
+
+def taught_section(t: dict) -> list[str]:
+    """tools/taught_classifier_record.py's record: what a teacher bought one classifier."""
+    run, c1 = t["run"], t["condition_1"]
+    taught, untaught = (t["options_validation_auc"][k] for k in ("taught", "untaught"))
+    teacher = run.get("teacher") or {}
+    release = f", release `{teacher['release']}`" if teacher.get("release") else ""
+    lines = ["", "## One classifier taught by the bundled pair", "",
+             "The classifier's share of the time budget allows three network passes, and no "
+             "choice among the trained networks kept the validation AUC within them "
+             "([the rule](selection_rules.md)). So one two-view Lite1 network was trained by the "
+             "bundled Lite1 network's own recipe with one change: on each augmented batch it also "
+             "learns the bundled six-pass classifier's probability "
+             f"(`--teacher`, weight {run['teacher_weight']}{release}). "
+             f"It ran {run['epochs_run']} epochs in {run['wall_minutes']:.0f} minutes on this "
+             f"CPU ({run['hardware']}), best at epoch {run['best_epoch']}. End-to-end AUC on "
+             "BUS-BRA's validation patients (the bundled segmenter's masks), selection data:", "",
+             "| mirror option | passes | taught by the pair | the same recipe without a teacher |",
+             "|---|---|---|---|"]
+    for option in ("none", "flip_crop", "flip"):
+        if option in taught or option in untaught:
+            lines.append(f"| {OPTION_WORDS[option]} | {OPTION_PASSES[option]} | "
+                         + " | ".join(f"{d[option]:.4f}" if option in d else "n/a"
+                                      for d in (taught, untaught)) + " |")
+    lines += ["", f"The bundled six-pass classifier scores {t['bundled_validation_auc']:.4f}. "
+              f"Within three passes the option rule took {t['candidate']['validation_auc']:.4f}"
+              f" ({t['candidate']['made_of']}), "
+              + ("at least" if c1["met"] else "below")
+              + f" the rule's floor of {c1['floor']:.4f}"
+              + (", so the rule's later conditions decide whether it ships." if c1["met"] else
+                 ": it is held back, and the test sets were not scored."), "",
+              "```sh", run["command"], "```"]
+    return lines
 
 
 def gate_section(g: dict, followed: bool = False) -> list[str]:

@@ -277,6 +277,7 @@ def taught_section(t: dict) -> list[str]:
     taught, untaught = (t["options_validation_auc"][k] for k in ("taught", "untaught"))
     teacher = run.get("teacher") or {}
     release = f", release `{teacher['release']}`" if teacher.get("release") else ""
+    hw = run["hardware"]
     lines = ["", "## One classifier taught by the bundled pair", "",
              "The classifier's share of the time budget allows three network passes, and no "
              "choice among the trained networks kept the validation AUC within them "
@@ -285,7 +286,8 @@ def taught_section(t: dict) -> list[str]:
              "learns the bundled six-pass classifier's probability "
              f"(`--teacher`, weight {run['teacher_weight']}{release}). "
              f"It ran {run['epochs_run']} epochs in {run['wall_minutes']:.0f} minutes on this "
-             f"CPU ({run['hardware']}), best at epoch {run['best_epoch']}. End-to-end AUC on "
+             f"{hw['cpu_count']}-core CPU ({hw['threads']} threads), best at epoch "
+             f"{run['best_epoch']}. End-to-end AUC on "
              "BUS-BRA's validation patients (the bundled segmenter's masks), selection data:", "",
              "| mirror option | passes | taught by the pair | the same recipe without a teacher |",
              "|---|---|---|---|"]
@@ -300,7 +302,11 @@ def taught_section(t: dict) -> list[str]:
               + ("at least" if c1["met"] else "below")
               + f" the rule's floor of {c1['floor']:.4f}"
               + (", so the rule's later conditions decide whether it ships." if c1["met"] else
-                 ": it is held back, and the test sets were not scored."), "",
+                 ": it is held back, and the test sets were not scored.")
+              + " Each column is one run of one seed; they differ by the teacher alone. On this "
+              "CPU's budget the teacher bought nothing: a single classifier that keeps the pair's "
+              "AUC needs more than its recipe with a teacher (longer training, or several "
+              "seeds to choose among, which a GPU makes affordable).", "",
               "```sh", run["command"], "```"]
     return lines
 

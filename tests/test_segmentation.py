@@ -569,3 +569,76 @@ def test_a_member_exported_at_another_size_is_recovered_and_exported_at_it(tmp_p
     # an untrained network's logits are large; the rounding moves them by a sliver of that
     assert np.abs(rounded - full).max() < 0.05 * np.abs(full).max()
     assert stored["onnx_vs_torch_max_abs_diff"] > section["onnx_vs_torch_max_abs_diff"]
+
+
+def _pixel_teacher(path: Path, scale: float = 8.0) -> Path:
+    """A stand-in segmenter graph: mask_logits = scale * (image - 0.5), pixel by pixel."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dims = ["n", 1, "h", "w"]
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["image", "half"], ["c"]),
+         helper.make_node("Mul", ["c", "scale"], ["mask_logits"])],
+        "teacher", [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("mask_logits", TensorProto.FLOAT, dims)],
+        initializer=[helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+                     helper.make_tensor("scale", TensorProto.FLOAT, [], [scale])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_teacher_teaches_lesion_images_and_the_labels_lesion_free_ones():
+    from busdx.training.segmentation import taught_mask_loss
+
+    teacher = torch.full((2, 1, 8, 8), 3.0)  # a teacher sure of a lesion everywhere
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, :, 2:5, 2:5] = 1.0  # the first image shows a lesion, the second none
+    # the student that agrees with the teacher on the first image and with the empty mask on
+    # the second has no gradient: each image is taught by what is trusted there
+    student = torch.cat([teacher[:1], torch.full((1, 1, 8, 8), -40.0)]).requires_grad_(True)
+    taught_mask_loss(student, teacher, target).backward()
+    assert float(student.grad[0].abs().max()) < 1e-7
+    assert float(student.grad[1].abs().max()) < 1e-7
+    # a teacher at another resolution is resized to the student's
+    small = torch.full((2, 1, 4, 4), 3.0)
+    assert float(taught_mask_loss(student.detach(), small, target)) == pytest.approx(
+        float(taught_mask_loss(student.detach(), teacher, target)), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_taught_segmenter_run_records_its_teacher(fixtures_root, tmp_path):
+    teacher = _pixel_teacher(tmp_path / "teacher.onnx")
+    losses = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"taught{weight}"
+        result = train_segmenter(_config(fixtures_root, out, teacher=str(teacher),
+                                         teacher_weight=weight))
+        losses[weight] = result.history["train_loss"][0]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["teacher"]["graph"] == str(teacher)
+        assert summary["config"]["teacher_weight"] == weight
+    assert losses[0.0] != pytest.approx(losses[1.0], rel=1e-3)
+    with pytest.raises(BusdxError, match="no output 'mask_logits'"):
+        train_segmenter(_config(fixtures_root, tmp_path / "wrong",
+                                teacher=str(_classifier_graph(tmp_path / "cls.onnx"))))
+    assert not (tmp_path / "wrong").exists()
+    with pytest.raises(BusdxError, match="teacher-weight"):
+        SegTrainConfig(teacher_weight=2.0)
+
+
+def _classifier_graph(path: Path) -> Path:
+    """A graph with a classifier's output name and no mask: not a segmenter's teacher."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["logit"])], "cls",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["n", 1, "h", "w"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

@@ -65,6 +65,12 @@ def _register_train(group) -> None:
     p.add_argument("--init", default=None, metavar="CHECKPOINT|GRAPH.onnx:INDEX",
                    help="fine-tune trained weights: a run's best.pt, or member INDEX of an "
                    "exported segmenter (models/segmenter.onnx:0); give its --encoder")
+    p.add_argument("--teacher", default=None, metavar="GRAPH",
+                   help="distillation: an exported segmenter (the bundled ensemble, say) whose "
+                   "lesion probability the network also learns, pixel by pixel, on training "
+                   "images that show a lesion (the labels alone teach lesion-free ones)")
+    p.add_argument("--teacher-weight", type=float, default=0.5, metavar="W",
+                   help="with --teacher: the teacher's share of the loss (the labels' is 1 - W)")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N images only")
     p.add_argument("--limit-val", type=int, default=None)
     p.add_argument("--cache-dir", default="cache", help="letterboxed-image cache ('' for none)")
@@ -105,7 +111,7 @@ def _train_config(args):
         device=args.device, augment=not args.no_augment, augment_preset=args.augment,
         limit_train=args.limit_train,
         lesion_free_windows=args.lesion_free_windows, init=args.init, breast=args.breast,
-        site_share=args.site_share,
+        site_share=args.site_share, teacher=args.teacher, teacher_weight=args.teacher_weight,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
         note=args.note,
         model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained,

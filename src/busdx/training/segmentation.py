@@ -41,6 +41,7 @@ from busdx.training.common import (
     seed_everything,
 )
 from busdx.training.config import CONFIG_FILE, JsonConfig
+from busdx.training.distill import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,13 @@ class SegTrainConfig(JsonConfig):
     # the share of each epoch's samples drawn from the second site (with repetition when it has
     # fewer), so that a small site is not drowned; the epoch keeps the first site's length
     site_share: float = 0.5
+    # an exported segmenter graph (a bundled ensemble, say) whose lesion probability the network
+    # also learns on every augmented batch (busdx.training.distill), weighted teacher_weight
+    # against the labels' loss. Only where the ground truth shows a lesion: on lesion-free
+    # samples (windows, normal scans) the empty mask is the target, since a teacher trained on
+    # lesion images alone outlines "lesions" there
+    teacher: str | None = None
+    teacher_weight: float = 0.5
     cache_dir: str | None = "cache"
     resume: bool = False  # go on from OUT/last.pt (same recipe), if there is one
     note: str | None = None  # how the run was set up, beyond its command (kept in the card)
@@ -98,6 +106,8 @@ class SegTrainConfig(JsonConfig):
         AugmentConfig.preset(self.augment_preset)  # an unknown name fails here, not an hour in
         if not 0.0 < self.site_share < 1.0:
             raise BusdxError(f"--site-share must lie between 0 and 1, not {self.site_share}")
+        if not 0.0 <= self.teacher_weight <= 1.0:
+            raise BusdxError(f"--teacher-weight must lie in [0, 1], not {self.teacher_weight}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -135,6 +145,18 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> 
     if kind == "dice_bce":
         return soft_dice_loss(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
     raise ValueError(f"unknown loss {kind!r}; choose from {LOSSES}")
+
+
+def taught_mask_loss(logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     target: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise cross-entropy against the teacher's lesion probability on the images whose
+    ground truth shows a lesion, and against the (empty) ground truth on the others."""
+    if teacher_logits.shape[-2:] != logits.shape[-2:]:
+        teacher_logits = F.interpolate(teacher_logits, size=logits.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+    shows_lesion = target.flatten(1).amax(1) > 0
+    soft = torch.where(shows_lesion[:, None, None, None], torch.sigmoid(teacher_logits), target)
+    return F.binary_cross_entropy_with_logits(logits, soft)
 
 
 def batch_dice(logits: torch.Tensor, target: torch.Tensor) -> list[float]:
@@ -308,6 +330,11 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
     out = Path(config.out)
     process, device = distributed.start(config.device)
     per_process = distributed.per_process_batch(config.batch_size, process)
+    # a teacher that cannot read the batches is refused before the run folder is made
+    teacher = None
+    if config.teacher:
+        teacher = Teacher(config.teacher, "mask_logits", threads=config.threads)
+        teacher.check_input(1, config.size)
     # Read before the images are letterboxed, so a resume with another recipe fails at once.
     state = loop.read_last(out, config.recipe()) if config.resume else None
     if process.main:
@@ -364,7 +391,12 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
 
     def loss(batch) -> torch.Tensor:
         x, y = (t.to(device, non_blocking=True) for t in batch)
-        return segmentation_loss(net(normalise(x)), y, config.loss)
+        logits = net(normalise(x))
+        label_loss = segmentation_loss(logits, y, config.loss)
+        if teacher is None:
+            return label_loss
+        return ((1.0 - config.teacher_weight) * label_loss
+                + config.teacher_weight * taught_mask_loss(logits, teacher(x), y))
 
     def validate() -> dict[str, float]:
         val_loss, dices = evaluate_arrays(net, va_x, va_y, config.loss, device)
@@ -426,6 +458,8 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         "steps": run.step,
         "total_steps": run.total_steps,
         "note": config.note,
+        # which graph taught the run (its path names another network after the next release)
+        "teacher": teacher.describe() if teacher is not None else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return result

@@ -71,6 +71,10 @@ def _register_train(group) -> None:
                    "images that show a lesion (the labels alone teach lesion-free ones)")
     p.add_argument("--teacher-weight", type=float, default=0.5, metavar="W",
                    help="with --teacher: the teacher's share of the loss (the labels' is 1 - W)")
+    p.add_argument("--freeze-batch-norm", action="store_true",
+                   help="keep the batch norms' statistics (eval mode) while the rest trains: "
+                   "for fine-tuning a trained network (--init) on small or differently mixed "
+                   "batches")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N images only")
     p.add_argument("--limit-val", type=int, default=None)
     p.add_argument("--cache-dir", default="cache", help="letterboxed-image cache ('' for none)")
@@ -112,6 +116,7 @@ def _train_config(args):
         limit_train=args.limit_train,
         lesion_free_windows=args.lesion_free_windows, init=args.init, breast=args.breast,
         site_share=args.site_share, teacher=args.teacher, teacher_weight=args.teacher_weight,
+        freeze_batch_norm=args.freeze_batch_norm,
         limit_val=args.limit_val, cache_dir=args.cache_dir or None, resume=args.resume,
         note=args.note,
         model=SegmenterConfig(architecture=args.architecture, pretrained=not args.no_pretrained,

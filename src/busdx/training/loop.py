@@ -72,6 +72,10 @@ class Task:
     # average): saved in last.pt, so that a resumed run goes on with them
     others: dict[str, nn.Module] = field(default_factory=dict)
     on_epoch: Callable[[list[dict]], None] | None = None  # after each epoch: the history so far
+    # batch norms stay in eval mode while the rest trains: fine-tuning a trained network on small
+    # or differently mixed batches then keeps the statistics it was trained with (their scale and
+    # shift still learn)
+    frozen_norms: bool = False
 
 
 @dataclass
@@ -196,6 +200,10 @@ def run(task: Task, config: LoopConfig, out: Path, recipe: dict,
                 break
 
         model.train()
+        if task.frozen_norms:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         losses, lr = [], math.nan
         bar = tqdm(total=task.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    leave=False, dynamic_ncols=True, disable=None if main else True)

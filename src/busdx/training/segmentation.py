@@ -93,6 +93,9 @@ class SegTrainConfig(JsonConfig):
     # lesion images alone outlines "lesions" there
     teacher: str | None = None
     teacher_weight: float = 0.5
+    # keep the batch norms' statistics as they are (eval mode) while the rest trains: for
+    # fine-tuning a trained network (--init), whose statistics came from other batches
+    freeze_batch_norm: bool = False
     cache_dir: str | None = "cache"
     resume: bool = False  # go on from OUT/last.pt (same recipe), if there is one
     note: str | None = None  # how the run was set up, beyond its command (kept in the card)
@@ -423,6 +426,7 @@ def train_segmenter(config: SegTrainConfig, command: str | None = None) -> SegTr
         scheduler=schedule, steps_per_epoch=steps_per_epoch, batches=batches, loss=loss,
         validate=validate, metric="val_dice", best_checkpoint=best_checkpoint,
         on_epoch=lambda rows: write_history(out, history_columns(rows)),
+        frozen_norms=config.freeze_batch_norm,
     )
     run = loop.run(task, loop.LoopConfig(epochs=config.epochs, patience=config.patience,
                                          max_minutes=config.max_minutes, best_file="best.pt"),

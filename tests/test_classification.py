@@ -860,6 +860,8 @@ def test_a_taught_run_learns_from_the_teacher_and_records_it(fixtures_root, tmp_
     """--teacher adds the teacher's probability to what the network learns; the run records
     which graph taught it and with what weight, and a teacher that cannot read the batches is
     refused before the run starts."""
+    import hashlib
+
     from busdx.cli.main import main
     from busdx.data.index import load_index
     from busdx.data.splits import SplitConfig, make_split
@@ -881,6 +883,15 @@ def test_a_taught_run_learns_from_the_teacher_and_records_it(fixtures_root, tmp_
         assert ckpt["config"]["teacher_weight"] == weight
     # a weight of 1 drops the labels: the loss is the (different) one against the teacher
     assert losses[0.0] != pytest.approx(losses[1.0], rel=1e-3)
+
+    # the command line's run keeps which graph taught it beside the checkpoint
+    cli = tmp_path / "cli"
+    assert main(["train", "classification", "--data", str(fixtures_root), "--out", str(cli),
+                 "--input", "both", "--teacher", str(graph), "--cache", str(tmp_path / "cache"),
+                 "--epochs", "1", "--max-batches", "1", "--batch-size", "4"]) == 0
+    recorded = json.loads((cli / "training.json").read_text())["teacher"]
+    assert recorded["graph"] == str(graph) and recorded["output"] == "logit"
+    assert recorded["sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
 
     crop_only = tmp_path / "crop_only"
     assert main(["train", "classification", "--data", str(fixtures_root), "--out",

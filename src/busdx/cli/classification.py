@@ -283,10 +283,10 @@ def run_train(args: argparse.Namespace) -> int:
         "n_train": len(train), "n_val": len(val),
         "validation_crops": "ground-truth masks, no jitter",
     }
-    if config.teacher:
-        from busdx.training.distill import Teacher
+    if config.teacher:  # the graph's file alone: training already checked it can teach
+        from busdx.training.distill import teacher_record
 
-        training["teacher"] = Teacher(config.teacher, "logit").describe()
+        training["teacher"] = teacher_record(config.teacher, "logit")
     # beside the checkpoint: --calibrate-only may ship this run later, or with others
     (out / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     if args.models is None:

@@ -10,12 +10,15 @@ ensemble whose training checkpoints are gone.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from busdx.errors import BusdxError
+from busdx.release import RELEASE_FILE, file_sha256
 
 
 class Teacher:
@@ -64,22 +67,8 @@ class Teacher:
                              f"network in training {size}x{size}")
 
     def describe(self) -> dict:
-        """What taught the run, for its records: the graph's path, its SHA-256 (the path of a
-        bundled graph names another network after the next release) and, when the graph sits in
-        a release folder, that release's version."""
-        import contextlib
-        import hashlib
-        import json
-
-        described = {"graph": str(self.graph),
-                     "sha256": hashlib.sha256(self.graph.read_bytes()).hexdigest(),
-                     "output": self.output}
-        card = self.graph.parent / "release.json"
-        # an unreadable card leaves the hash to say which graph it was
-        with contextlib.suppress(OSError, ValueError):
-            if card.is_file():
-                described["release"] = json.loads(card.read_text(encoding="utf-8")).get("version")
-        return described
+        """What taught the run, for its records (:func:`teacher_record`)."""
+        return teacher_record(self.graph, self.output)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,3 +84,17 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor)
     probability equals the teacher's)."""
     return torch.nn.functional.binary_cross_entropy_with_logits(
         student_logits, torch.sigmoid(teacher_logits.reshape(student_logits.shape)))
+
+
+def teacher_record(graph: str | Path, output: str) -> dict:
+    """What taught a run, for its records, read from the file alone (no session is opened): the
+    graph's path, its SHA-256 (the path of a bundled graph names another network after the next
+    release) and, when the graph sits in a release folder, that release's version."""
+    graph = Path(graph)
+    described = {"graph": str(graph), "sha256": file_sha256(graph), "output": output}
+    card = graph.parent / RELEASE_FILE
+    # an unreadable card leaves the hash to say which graph it was
+    with contextlib.suppress(OSError, ValueError):
+        if card.is_file():
+            described["release"] = json.loads(card.read_text(encoding="utf-8")).get("version")
+    return described

@@ -18,17 +18,24 @@ import logging
 import re
 from pathlib import Path
 
+# the time-budget rule's first condition, which this rule keeps unchanged
+from time_budget_record import FLOOR_BELOW_BUNDLED
+
+from busdx.evaluation.evidence import load_record
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "studies" / "taught_classifier.json"
 UNTAUGHT = ROOT / "reports" / "studies" / "classifier_time_budget.json"
-FLOOR_BELOW_BUNDLED = 0.005  # the rule's first condition, as in the time-budget rule
 OPTION = re.compile(r"model=[^,]+, tta=(?P<tta>[a-z_]+), contexts=(?P<contexts>[0-9.,]+)")
 
 log = logging.getLogger("taught_classifier")
 
 
-def _results(folder: Path, name: str) -> dict:
-    return json.loads((folder / "evidence" / f"{name}.json").read_text())["results"]
+def _results(evidence: Path, name: str) -> dict:
+    record = load_record(name, evidence)
+    if record is None:
+        raise SystemExit(f"{evidence / name}.json: no such evidence record")
+    return record.results
 
 
 def _by_option(aucs: dict[str, float], model: str | None = None) -> dict[str, float]:
@@ -47,9 +54,8 @@ def _data_free(command: str) -> str:
 
 def record(run: Path, staged: Path, all_options: Path, bundled_evidence: Path) -> dict:
     training = json.loads((run / "training.json").read_text())
-    candidate = _results(staged, "classifier.calibration")
-    bundled_auc = json.loads((bundled_evidence / "classifier.calibration.json").read_text()
-                             )["results"]["val_auc"]
+    candidate = _results(staged / "evidence", "classifier.calibration")
+    bundled_auc = _results(bundled_evidence, "classifier.calibration")["val_auc"]
     floor = bundled_auc - FLOOR_BELOW_BUNDLED
     release = json.loads((staged / "release.json").read_text())
     untaught = json.loads(UNTAUGHT.read_text())["candidate"]["options_validation_auc"]
@@ -76,7 +82,8 @@ def record(run: Path, staged: Path, all_options: Path, bundled_evidence: Path) -
         # end-to-end validation AUC per mirror option: the taught network, and the bundled Lite1
         # network (the same recipe without a teacher)
         "options_validation_auc": {
-            "taught": _by_option(_results(all_options, "classifier.crop_comparison_val_auc")),
+            "taught": _by_option(_results(all_options / "evidence",
+                                          "classifier.crop_comparison_val_auc")),
             "untaught": _by_option(untaught, "lite1_both"),
         },
         "test_sets_scored": False,

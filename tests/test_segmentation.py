@@ -629,3 +629,22 @@ def test_a_taught_segmenter_run_records_its_teacher(fixtures_root, tmp_path):
     assert not (tmp_path / "wrong").exists()
     with pytest.raises(BusdxError, match="teacher-weight"):
         SegTrainConfig(teacher_weight=2.0)
+
+
+@pytest.mark.slow
+def test_frozen_batch_norms_keep_their_statistics_while_the_rest_trains(trained_run,
+                                                                       fixtures_root, tmp_path):
+    start = torch.load(trained_run / "best.pt", weights_only=False)["model"]
+    runs = {}
+    for frozen in (False, True):
+        out = tmp_path / f"frozen{frozen}"
+        train_segmenter(_config(fixtures_root, out, init=str(trained_run / "best.pt"),
+                                freeze_batch_norm=frozen))
+        runs[frozen] = torch.load(out / "best.pt", weights_only=False)["model"]
+    stats = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in start if k.endswith("weight") and start[k].dim() == 4]
+    assert stats and weights
+    assert all(torch.equal(runs[True][k], start[k]) for k in stats)
+    assert not all(torch.equal(runs[False][k], start[k]) for k in stats)
+    # the rest still learns
+    assert not all(torch.equal(runs[True][k], start[k]) for k in weights)

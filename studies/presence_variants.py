@@ -2,7 +2,8 @@
 at all?", busdx.evaluation.presence), each fitted and thresholded by the shipped rule and
 scored on selection data only: BUS-BRA's validation patients and BrEaST's development half out
 of fold. No test image is read. The variants were fixed before any was fitted
-(docs/generalisation_plan.md, fourth entry; the pooling variants, fifth entry).
+(docs/generalisation_plan.md, fourth entry; the pooling variants, fifth entry; the outlined
+region's variants, sixth entry).
 
     python studies/presence_variants.py --data ../shared/data/busbra \\
         --breast ../shared/data/breast-lesions-usg --out reports/studies
@@ -19,7 +20,8 @@ log = logging.getLogger("presence_variants")
 
 # name -> (what it changes, C, extra "no lesion" strips in training, inputs read)
 # inputs: "mean" (the shipped features: each encoder stage's mean over space), "max" (the same
-# stages' maximum over space), "stats" (the mask's highest logit and area share)
+# stages' maximum over space), "region" (the same stages averaged over the outlined region),
+# "stats" (the mask's highest logit and area share)
 VARIANTS = {
     "shipped": ("the check as it ships", 0.1, False, ("mean", "stats")),
     "all_strips": ("every lesion-free strip large enough joins the 'no lesion' examples",
@@ -32,21 +34,28 @@ VARIANTS = {
                      False, ("mean", "max", "stats")),
     "max_only": ("each encoder stage's maximum over space, with the two mask statistics", 0.1,
                  False, ("max", "stats")),
+    "mean_and_region": ("the shipped inputs plus each encoder stage averaged over the outlined "
+                        "region", 0.1, False, ("mean", "region", "stats")),
+    "region_only": ("each encoder stage averaged over the outlined region, with the two mask "
+                    "statistics", 0.1, False, ("region", "stats")),
 }
 EXTRA = "extra_window"  # a lesion-free strip that is not the largest: trained on, never scored
 MAX_OUTPUT = "features_max"
+REGION_OUTPUT = "features_region"
 
 
-def with_max_features(graph: Path, out: Path) -> Path:
-    """A copy of a segmenter graph with one more output, ``features_max``: beside each mean over
-    space that makes up its ``features``, the maximum over space of the same tensor. The study
-    reads it; the shipped graph is not touched."""
+def with_study_features(graph: Path, out: Path) -> Path:
+    """A copy of a segmenter graph with two more outputs: ``features_max``, beside each mean over
+    space that makes up its ``features`` the maximum over space of the same tensor; and
+    ``features_region``, the same tensors averaged over the outlined region
+    (:func:`with_region_features`). The study reads them; the shipped graph is
+    not touched."""
     import onnx
     from onnx import helper
 
     from busdx.models.contract import FEATURES_OUTPUT
 
-    model = onnx.load(str(graph))
+    model = with_region_features(onnx.load(str(graph)))
     nodes = {o: n for n in model.graph.node for o in n.output}
     concat = nodes[FEATURES_OUTPUT]
     maxima = []
@@ -66,9 +75,77 @@ def with_max_features(graph: Path, out: Path) -> Path:
     return out
 
 
+def with_region_features(graph):
+    """The segmenter graph (an onnx ModelProto with a ``features`` output) with a
+    ``features_region`` output: each encoder stage that makes up ``features`` averaged over the
+    outlined region instead of the whole image. Each position is weighted by the mask's
+    probability there, averaged down to the stage's grid, so that the output describes what was
+    outlined (a mass, a shadow, a rib) whatever its share of the image. Probabilities are never
+    exactly 0, so an image with nothing outlined still gets a (faint) weighted average."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from busdx.errors import BusdxError
+    from busdx.models.contract import FEATURES_OUTPUT, SEGMENTER_OUTPUT
+    from busdx.models.graph_edit import with_head
+
+    nodes_by_output = {o: n for n in graph.graph.node for o in n.output}
+    if FEATURES_OUTPUT not in nodes_by_output:
+        raise BusdxError("the segmenter graph has no features output: export it again")
+    stages = [nodes_by_output[pooled].input[0]
+              for pooled in nodes_by_output[FEATURES_OUTPUT].input]
+    shapes = _tensor_shapes(graph, [SEGMENTER_OUTPUT, *stages])
+    size = shapes[SEGMENTER_OUTPUT][-1]
+    p = "region/"
+    nodes = [helper.make_node("Sigmoid", [SEGMENTER_OUTPUT], [p + "probability"])]
+    initializers = [numpy_helper.from_array(np.array(1e-6, np.float32), p + "epsilon")]
+    parts = []
+    for i, pooled in enumerate(nodes_by_output[FEATURES_OUTPUT].input):
+        mean = nodes_by_output[pooled]
+        if mean.op_type != "ReduceMean":
+            raise BusdxError(f"feature {pooled} of the segmenter graph is not a mean over space")
+        stage = mean.input[0]
+        side = shapes[stage][-1]
+        if size % side:
+            raise BusdxError(f"cannot tell the grid of the segmenter's encoder stage {stage}")
+        stride, q = size // side, f"{p}{i}/"
+        weights = p + "probability" if stride == 1 else q + "weights"
+        if stride > 1:
+            nodes.append(helper.make_node("AveragePool", [p + "probability"], [weights],
+                                          kernel_shape=[stride, stride],
+                                          strides=[stride, stride]))
+        nodes += [
+            helper.make_node("Mul", [stage, weights], [q + "weighted"]),
+            helper.make_node("ReduceMean", [q + "weighted"], [q + "numerator"], axes=[2, 3],
+                             keepdims=0),
+            helper.make_node("ReduceMean", [weights], [q + "area"], axes=[2, 3], keepdims=0),
+            helper.make_node("Add", [q + "area", p + "epsilon"], [q + "denominator"]),
+            helper.make_node("Div", [q + "numerator", q + "denominator"], [q + "average"]),
+        ]
+        parts.append(q + "average")
+    nodes.append(helper.make_node("Concat", parts, [REGION_OUTPUT], axis=1))
+    output = helper.make_tensor_value_info(REGION_OUTPUT, TensorProto.FLOAT, ["batch", None])
+    return with_head(graph, p, output, nodes, initializers)
+
+
+def _tensor_shapes(graph, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """The shapes of tensors of ``graph`` for one input of the graph's fixed size, read by running
+    a copy that outputs them (shape inference cannot follow the exported encoders' dims)."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto.FromString(graph.SerializeToString())
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    dims = [d.dim_value or 1 for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(list(names), {graph.graph.input[0].name: np.zeros(dims, np.float32)})
+    return {n: v.shape for n, v in zip(names, values, strict=True)}
+
+
 def _columns(inputs: tuple[str, ...], n_features: int) -> np.ndarray:
-    parts = {"mean": np.arange(n_features), "max": np.arange(n_features, 2 * n_features),
-             "stats": np.arange(2 * n_features, 2 * n_features + 2)}
+    parts = {name: np.arange(k * n_features, (k + 1) * n_features)
+             for k, name in enumerate(("mean", "max", "region"))}
+    parts["stats"] = np.arange(3 * n_features, 3 * n_features + 2)
     return np.concatenate([parts[name] for name in inputs])
 
 
@@ -112,7 +189,7 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
     models_dir = Path(models) if models else default_models_dir()
     release = load_release(models_dir / "release.json")
     with tempfile.TemporaryDirectory() as tmp:
-        graph = with_max_features(models_dir / release.segmenter.file, Path(tmp) / "study.onnx")
+        graph = with_study_features(models_dir / release.segmenter.file, Path(tmp) / "study.onnx")
         session = open_session(graph, threads, batch=1)
     t = release.segmenter.threshold
     mask_logit = float(np.log(t / (1 - t)))
@@ -128,8 +205,9 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
             if (n := next(read)) % 500 == 0:
                 log.info("%d examples read", n)
 
-        x, kinds, positions = pr.example_inputs(session, _examples(records), 224, mask_logit,
-                                                progress, features=(FEATURES_OUTPUT, MAX_OUTPUT))
+        x, kinds, positions = pr.example_inputs(
+            session, _examples(records), 224, mask_logit, progress,
+            features=(FEATURES_OUTPUT, MAX_OUTPUT, REGION_OUTPUT))
         log.info("%s: %d examples", what, len(kinds))
         return x, np.array(kinds), np.array([records[i].id for i in positions])
 
@@ -143,7 +221,7 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
             "breast_dev": {"kinds": k_dev[scored_dev].tolist(), "ids": g_dev[scored_dev].tolist(),
                            "outlined": (x_dev[scored_dev, -1] > 0).tolist()},
             "variants": {}}
-    n_features = (x_train.shape[1] - 2) // 2
+    n_features = (x_train.shape[1] - 2) // 3
     for name, (_, c, extra, inputs) in VARIANTS.items():
         columns = _columns(inputs, n_features)
         train = np.ones(len(k_train), bool) if extra else k_train != EXTRA

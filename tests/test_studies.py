@@ -612,6 +612,40 @@ def test_the_presence_gate_summary_follows_from_its_recorded_scores():
     assert val["hits"] >= 0.99 * val["n"] - 1  # the threshold keeps 99% of them, by its rule
 
 
+def test_the_presence_variants_region_features_are_the_outlined_regions_averages():
+    """The sixth variant's input: each encoder stage averaged over the outlined region, each
+    position weighted by the mask's probability averaged down to the stage's grid; a
+    check of one stage against numpy on the real segmenter graph."""
+    import onnx
+    import onnxruntime as ort
+
+    from busdx.models.contract import FEATURES_OUTPUT, SEGMENTER_OUTPUT
+    from stand_in_models import REAL_MODELS_MISSING, real_models_dir
+    from tiers import unavailable
+
+    directory = real_models_dir()
+    if directory is None:
+        unavailable(REAL_MODELS_MISSING)
+    study = _load("presence_variants")
+    graph = study.with_region_features(onnx.load(str(directory / "segmenter.onnx")))
+    producer = {o: n for n in graph.graph.node for o in n.output}
+    stages = [producer[pooled].input[0] for pooled in producer[FEATURES_OUTPUT].input]
+    stage = stages[3]  # stride 16: a 14 x 14 grid
+    start = sum(study._tensor_shapes(graph, stages[:3])[s][1] for s in stages[:3])
+    graph.graph.output.extend([onnx.ValueInfoProto(name=stage)])
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).random((1, 1, 224, 224), np.float32)
+    logits, features, region, tensor = session.run(
+        [SEGMENTER_OUTPUT, FEATURES_OUTPUT, study.REGION_OUTPUT, stage], {"image": image})
+    assert region.shape == features.shape
+    side = tensor.shape[-1]
+    stride = 224 // side
+    weights = (1 / (1 + np.exp(-logits[0, 0]))).reshape(side, stride, side, stride).mean((1, 3))
+    expected = (tensor[0] * weights).mean((1, 2)) / (weights.mean() + 1e-6)
+    np.testing.assert_allclose(region[0, start:start + len(expected)], expected, rtol=1e-4,
+                               atol=1e-5)
+
+
 def test_the_presence_variants_summary_follows_from_its_recorded_scores():
     """studies/presence_variants.py keeps each variant's scores; its summary is what its code
     makes of them, and its reference variant is the shipped check's own selection score."""

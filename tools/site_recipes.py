@@ -182,7 +182,7 @@ def staged_section(r: dict) -> list[str]:
 
 
 def page(results: dict[str, dict], staged: dict | None = None,
-         fine_tuning: dict[str, dict] | None = None) -> str:
+         fine_tuning: dict[str, dict] | None = None, stopped: dict | None = None) -> str:
     def share(d: dict) -> str:
         return f"{100 * d['hits'] / d['n']:.1f}% ({d['hits']}/{d['n']})"
 
@@ -235,16 +235,12 @@ def page(results: dict[str, dict], staged: dict | None = None,
                   + ("; none of those is eligible, so no candidate meets both bars and \"no "
                      "lesion\" stays a shortfall of the models shipped." if meets and not set(meets)
                      & set(eligible) else ".")]
-        stopped = ROOT / "runs" / "explore" / "seg_ft_gentle" / "history.json"
-        if stopped.is_file():
-            h = json.loads(stopped.read_text())
-            first = json.loads((stopped.parent.parent / "seg_ft_wide_windows" / "history.json")
-                               .read_text())["val_dice"][len(h["epoch"]) - 1]
+        if stopped:
             lines += ["", f"A second fine-tuned candidate, at learning rate 1e-4, was stopped "
-                      f"after {len(h['epoch'])} epoch(s) to free the CPU: its validation Dice "
-                      f"during training was {h['val_dice'][-1]:.3f}, against {first:.3f} for "
-                      "the first at the same point, and both far below the bar. It is not in "
-                      "the table."]
+                      f"after {stopped['epochs']} epoch(s) to free the CPU: its validation Dice "
+                      f"during training was {stopped['val_dice']:.3f}, against "
+                      f"{stopped['first_val_dice']:.3f} for the first at the same point, and "
+                      "both far below the bar. It is not in the table."]
     commands = {n: r["commands"] for n, r in results.items() if r.get("commands")}
     if commands:
         lines += ["", "## How each candidate was trained", "",
@@ -284,6 +280,18 @@ FINE_TUNING = {
 }
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+), step \d+/\d+: .*?val_dice ([0-9.]+), "
                         r"val_no_lesion ([0-9.]+)")
+
+
+def stopped_fine_tuning() -> dict:
+    """The gentler fine-tuning run stopped early: its epochs and last validation Dice, and the
+    first fine-tuning run's at the same epoch (empty without the runs)."""
+    stopped = ROOT / "runs" / "explore" / "seg_ft_gentle" / "history.json"
+    first = stopped.parent.parent / "seg_ft_wide_windows" / "history.json"
+    if not stopped.is_file() or not first.is_file():
+        return {}
+    h = json.loads(stopped.read_text())
+    return {"epochs": len(h["epoch"]), "val_dice": h["val_dice"][-1],
+            "first_val_dice": json.loads(first.read_text())["val_dice"][len(h["epoch"]) - 1]}
 
 
 def fine_tuning_epochs() -> dict[str, dict]:
@@ -471,7 +479,8 @@ def variants_section(v: dict) -> list[str]:
     lines = ["", "### What might close the gap", "",
              "`studies/presence_variants.py` fits variants of the check by the same rule, fixed "
              "beforehand ([the plan](generalisation_plan.md), fourth entry; the two pooling "
-             "variants, fifth entry), and scores them on "
+             "variants, fifth entry; the two that read the outlined region, sixth entry), and "
+             "scores them on "
              "the same selection data; a variant is worth a release when it finds at least 98% "
              "of lesion images and says \"no lesion\" on at least 90% of lesion-free images on "
              "both sites.", "",
@@ -485,7 +494,8 @@ def variants_section(v: dict) -> list[str]:
     lines += ["", ("Worth a release: " + ", ".join(worth) + ".") if worth else
               "None is worth a release: no variant reaches 90% on the other hospital's "
               "lesion-free images. Neither the fit (examples, regularisation) nor the pooling "
-              "(the maximum over space beside or instead of the mean) closes the gap, so the "
+              "(the maximum over space beside or instead of the mean, or the average over what "
+              "was outlined rather than over the whole image) closes the gap, so the "
               "limit lies in what this outline network's encoder tells lesion-free tissue from "
               "lesion in the other hospital's scans. More lesion-free whole scans to fit on, or "
               "an outline network trained with lesion-free images without losing Dice (which "
@@ -511,12 +521,18 @@ def main(names: list[str]) -> None:
         keep(staging)
     kept = sorted(HELD_BACK.glob("*/release.json"), key=lambda p: p.stat().st_mtime)
     staged = staged_release(kept[-1].parent) if kept else None
-    results = {name: summary(name) for name in names}
     out = ROOT / "reports" / "studies" / "site_recipes.json"
-    fine_tuning = fine_tuning_epochs()
-    text = page(results, staged, fine_tuning)
+    # run folders are never committed: a candidate or fine-tuning run missing here (a fresh
+    # clone) keeps what this record says of it, so the page renders anywhere
+    recorded = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    results = {name: summary(name) if (ROOT / "runs" / "selection" / name).is_dir()
+               else recorded[name] for name in names}
+    fine_tuning = {**recorded.get("fine_tuning_epochs", {}), **fine_tuning_epochs()}
+    stopped = stopped_fine_tuning() or recorded.get("stopped_fine_tuning", {})
+    text = page(results, staged, fine_tuning, stopped)
     out.write_text(json.dumps({**results, **({"held_back_release": staged} if staged else {}),
-                               **({"fine_tuning_epochs": fine_tuning} if fine_tuning else {})},
+                               **({"fine_tuning_epochs": fine_tuning} if fine_tuning else {}),
+                               **({"stopped_fine_tuning": stopped} if stopped else {})},
                               indent=1) + "\n", encoding="utf-8")
     (ROOT / "docs" / "generalisation_results.md").write_text(text, encoding="utf-8")
     print(text)

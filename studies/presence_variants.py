@@ -3,7 +3,7 @@ at all?", busdx.evaluation.presence), each fitted and thresholded by the shipped
 scored on selection data only: BUS-BRA's validation patients and BrEaST's development half out
 of fold. No test image is read. The variants were fixed before any was fitted
 (docs/generalisation_plan.md, fourth entry; the pooling variants, fifth entry; the outlined
-region's variants, sixth entry).
+region's variants, sixth entry; the balanced sites, seventh entry).
 
     python studies/presence_variants.py --data ../shared/data/busbra \\
         --breast ../shared/data/breast-lesions-usg --out reports/studies
@@ -18,26 +18,32 @@ import numpy as np
 
 log = logging.getLogger("presence_variants")
 
-# name -> (what it changes, C, extra "no lesion" strips in training, inputs read)
+# name -> (what it changes, C, extra "no lesion" strips in training, inputs read, whether both
+# hospitals weigh the same in the fit)
 # inputs: "mean" (the shipped features: each encoder stage's mean over space), "max" (the same
 # stages' maximum over space), "region" (the same stages averaged over the outlined region),
 # "stats" (the mask's highest logit and area share)
 VARIANTS = {
-    "shipped": ("the check as it ships", 0.1, False, ("mean", "stats")),
+    "shipped": ("the check as it ships", 0.1, False, ("mean", "stats"), False),
     "all_strips": ("every lesion-free strip large enough joins the 'no lesion' examples",
-                   0.1, True, ("mean", "stats")),
-    "c_1": ("C = 1 (less regularisation)", 1.0, False, ("mean", "stats")),
-    "c_0.01": ("C = 0.01 (more regularisation)", 0.01, False, ("mean", "stats")),
+                   0.1, True, ("mean", "stats"), False),
+    "c_1": ("C = 1 (less regularisation)", 1.0, False, ("mean", "stats"), False),
+    "c_0.01": ("C = 0.01 (more regularisation)", 0.01, False, ("mean", "stats"), False),
     "features_only": ("the pooled features alone, without the two mask statistics", 0.1, False,
-                      ("mean",)),
+                      ("mean",), False),
     "mean_and_max": ("the shipped inputs plus each encoder stage's maximum over space", 0.1,
-                     False, ("mean", "max", "stats")),
+                     False, ("mean", "max", "stats"), False),
     "max_only": ("each encoder stage's maximum over space, with the two mask statistics", 0.1,
-                 False, ("max", "stats")),
+                 False, ("max", "stats"), False),
     "mean_and_region": ("the shipped inputs plus each encoder stage averaged over the outlined "
-                        "region", 0.1, False, ("mean", "region", "stats")),
+                        "region", 0.1, False, ("mean", "region", "stats"), False),
     "region_only": ("each encoder stage averaged over the outlined region, with the two mask "
-                    "statistics", 0.1, False, ("region", "stats")),
+                    "statistics", 0.1, False, ("region", "stats"), False),
+    "balanced_sites": ("both hospitals weigh the same in the fit", 0.1, False,
+                       ("mean", "stats"), True),
+    "balanced_all_strips": ("both hospitals weigh the same, every lesion-free strip large "
+                            "enough among the 'no lesion' examples", 0.1, True,
+                            ("mean", "stats"), True),
 }
 EXTRA = "extra_window"  # a lesion-free strip that is not the largest: trained on, never scored
 MAX_OUTPUT = "features_max"
@@ -222,16 +228,19 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
                            "outlined": (x_dev[scored_dev, -1] > 0).tolist()},
             "variants": {}}
     n_features = (x_train.shape[1] - 2) // 3
-    for name, (_, c, extra, inputs) in VARIANTS.items():
+    for name, (_, c, extra, inputs, balanced) in VARIANTS.items():
         columns = _columns(inputs, n_features)
         train = np.ones(len(k_train), bool) if extra else k_train != EXTRA
         devfit = np.ones(len(k_dev), bool) if extra else k_dev != EXTRA
         y_train, y_dev = np.isin(k_train, pr.LESION), np.isin(k_dev, pr.LESION)
+        weights = pr.site_weights(np.repeat([0, 1], [int(train.sum()), int(devfit.sum())])) \
+            if balanced else None
         model = pr.fit(np.concatenate([x_train[train][:, columns], x_dev[devfit][:, columns]]),
-                       np.concatenate([y_train[train], y_dev[devfit]]), c)
+                       np.concatenate([y_train[train], y_dev[devfit]]), c, weights)
         oof = np.full(len(k_dev), np.nan)
         oof[devfit] = pr.out_of_fold(x_dev[devfit][:, columns], y_dev[devfit], g_dev[devfit],
-                                     (x_train[train][:, columns], y_train[train]), c=c)
+                                     (x_train[train][:, columns], y_train[train]), c=c,
+                                     balance_sites=balanced)
         rows["variants"][name] = {
             "val": model.logits(x_val[scored_val][:, columns]).round(6).tolist(),
             "breast_dev": oof[scored_dev].round(6).tolist()}

@@ -80,6 +80,25 @@ def test_out_of_fold_scores_never_come_from_a_fit_on_their_own_group():
     np.testing.assert_array_equal(scores, pr.out_of_fold(x, y, groups, (x[:0], y[:0]), folds=5))
 
 
+def test_balanced_sites_weigh_the_same_and_pull_the_fit_toward_the_smaller_site():
+    weights = pr.site_weights(["a"] * 30 + ["b"] * 10)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[:30].sum() == pytest.approx(weights[30:].sum())
+    # the small site's boundary lies elsewhere: weighed as much as the large one, it moves
+    # the fitted boundary toward its own
+    rng = np.random.default_rng(4)
+    big, small = rng.normal(0, 1, (300, 1)), rng.normal(0, 1, (30, 1))
+    x, y = np.concatenate([big, small]), np.r_[big[:, 0] > 0, small[:, 0] > 1]
+    sites = np.repeat([0, 1], [300, 30])
+    plain, balanced = pr.fit(x, y, c=10), pr.fit(x, y, c=10, weights=pr.site_weights(sites))
+    crossing = [-m.bias / m.weights[0] for m in (plain, balanced)]
+    assert 0 < crossing[0] < crossing[1] < 1
+    # out of fold, the held-out rows are still never fitted on, and weighing changes the fit
+    groups = np.arange(30)
+    held = pr.out_of_fold(small, y[300:], groups, (big, y[:300]), c=10, balance_sites=True)
+    assert not np.allclose(held, pr.out_of_fold(small, y[300:], groups, (big, y[:300]), c=10))
+
+
 def _toy_segmenter(path):
     """A graph with the segmenter's input and outputs: the logits are the image minus a half,
     the features its mean and its maximum."""

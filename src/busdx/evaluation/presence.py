@@ -99,17 +99,29 @@ def examples(records: Sequence[SiteRecord]) -> Iterator[tuple[int, str, np.ndarr
     return site_examples(records, lesion_windows=True)
 
 
-def fit(inputs: np.ndarray, lesion: np.ndarray, c: float = C) -> PresenceModel:
+def site_weights(sites: Sequence) -> np.ndarray:
+    """Each row's weight so that every site (one label per row) carries the same total weight
+    in a fit; the weights average 1, so that C keeps its meaning."""
+    sites = np.asarray(sites)
+    names, counts = np.unique(sites, return_counts=True)
+    per_site = {name: len(sites) / (len(names) * count)
+                for name, count in zip(names.tolist(), counts.tolist(), strict=True)}
+    return np.array([per_site[s] for s in sites.tolist()], np.float64)
+
+
+def fit(inputs: np.ndarray, lesion: np.ndarray, c: float = C,
+        weights: np.ndarray | None = None) -> PresenceModel:
     """Logistic regression (inverse regularisation ``c``) of ``lesion`` (bool per row) on
-    standardised ``inputs``."""
+    standardised ``inputs``, each row counted ``weights`` times (once without)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     inputs, lesion = np.asarray(inputs, np.float64), np.asarray(lesion, bool)
     if lesion.all() or not lesion.any():
         raise BusdxError("the presence check needs examples with and without a lesion")
-    scaler = StandardScaler().fit(inputs)
-    model = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(inputs), lesion)
+    scaler = StandardScaler().fit(inputs, sample_weight=weights)
+    model = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(inputs), lesion,
+                                                       sample_weight=weights)
     weights = model.coef_[0] / scaler.scale_
     bias = float(model.intercept_[0] - (model.coef_[0] * scaler.mean_ / scaler.scale_).sum())
     return PresenceModel(weights, bias, len(inputs))
@@ -117,18 +129,21 @@ def fit(inputs: np.ndarray, lesion: np.ndarray, c: float = C) -> PresenceModel:
 
 def out_of_fold(inputs: np.ndarray, lesion: np.ndarray, groups: np.ndarray,
                 always: tuple[np.ndarray, np.ndarray], folds: int = FOLDS, seed: int = 0,
-                c: float = C) -> np.ndarray:
+                c: float = C, balance_sites: bool = False) -> np.ndarray:
     """Each row's logit from a check fitted without its group (a patient's record): on
-    ``always`` (inputs and labels fitted in every fold) and the other folds' groups. Groups go
-    to folds in a seeded shuffle."""
+    ``always`` (inputs and labels fitted in every fold, another site's) and the other folds'
+    groups. Groups go to folds in a seeded shuffle. ``balance_sites``: each fit weighs
+    ``always`` and the rows it keeps of ``inputs`` the same (:func:`site_weights`)."""
     order = np.random.default_rng(seed).permutation(np.unique(groups))
     fold_of = {g: i % folds for i, g in enumerate(order.tolist())}
     fold = np.array([fold_of[g] for g in np.asarray(groups).tolist()])
     scores = np.empty(len(inputs))
     for k in range(folds):
         held = fold == k
+        weights = site_weights(np.repeat([0, 1], [len(always[0]), int((~held).sum())])) \
+            if balance_sites else None
         model = fit(np.concatenate([always[0], inputs[~held]]),
-                    np.concatenate([always[1], lesion[~held]]), c)
+                    np.concatenate([always[1], lesion[~held]]), c, weights)
         scores[held] = model.logits(inputs[held])
     return scores
 

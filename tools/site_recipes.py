@@ -479,8 +479,8 @@ def variants_section(v: dict) -> list[str]:
     lines = ["", "### What might close the gap", "",
              "`studies/presence_variants.py` fits variants of the check by the same rule, fixed "
              "beforehand ([the plan](generalisation_plan.md), fourth entry; the two pooling "
-             "variants, fifth entry; the two that read the outlined region, sixth entry), and "
-             "scores them on "
+             "variants, fifth entry; the two that read the outlined region, sixth entry; the two "
+             "that weigh both hospitals the same, seventh entry), and scores them on "
              "the same selection data; a variant is worth a release when it finds at least 98% "
              "of lesion images and says \"no lesion\" on at least 90% of lesion-free images on "
              "both sites.", "",
@@ -493,7 +493,8 @@ def variants_section(v: dict) -> list[str]:
     worth = [name for name, r in v["variants"].items() if r["worth_a_release"]]
     lines += ["", ("Worth a release: " + ", ".join(worth) + ".") if worth else
               "None is worth a release: no variant reaches 90% on the other hospital's "
-              "lesion-free images. Neither the fit (examples, regularisation) nor the pooling "
+              "lesion-free images. Neither the fit (examples, regularisation, both hospitals "
+              "weighing the same) nor the pooling "
               "(the maximum over space beside or instead of the mean, or the average over what "
               "was outlined rather than over the whole image) closes the gap, so the "
               "limit lies in what this outline network's encoder tells lesion-free tissue from "

@@ -121,6 +121,10 @@ def register(subparsers, groups) -> None:
                        "training image (bus_data.csv) from the pooled features, each "
                        "cross-entropy weighted W (0: off); the auxiliary head is dropped, so "
                        "the exported graph is unchanged in form")
+    train.add_argument("--init", default=None, metavar="CHECKPOINT",
+                       help="fine-tune trained weights instead of ImageNet's: a run's "
+                       "classifier.pt, or one rebuilt from a bundled graph by `busdx export "
+                       "classification --recover`; give its --arch and --input")
     train.add_argument("--teacher", default=None, metavar="GRAPH",
                        help="distillation: an exported classifier graph of the same input (the "
                        "bundled ensemble, say) whose logit the network also learns to match on "
@@ -336,7 +340,8 @@ def _train_config(args: argparse.Namespace):
         threads=args.threads, device=args.device, workers=args.workers,
         seed=args.seed, split_seed=args.split_seed, max_batches=args.max_batches,
         val_fold=args.val_fold, augment=args.augment, aux_weight=args.aux_weight,
-        teacher=args.teacher, teacher_weight=args.teacher_weight, resume=args.resume,
+        teacher=args.teacher, teacher_weight=args.teacher_weight, init=args.init,
+        resume=args.resume,
     )
 
 
@@ -810,6 +815,24 @@ def _recover_members(graph: Path, section: dict, out: Path) -> int:
     return 0
 
 
+def _made_of(folder: Path) -> dict:
+    """The networks and mirror option a release's graph was exported with, read back from its
+    ``made_of`` line (a shipped release keeps them there, not among its evidence): ``arch``
+    ("lite1", or "lite1+lite2" for an ensemble), ``ensemble`` and ``tta``."""
+    import re
+
+    from busdx.release import RELEASE_FILE, load_release
+
+    if not (folder / RELEASE_FILE).is_file():
+        return {}
+    made_of = load_release(folder / RELEASE_FILE).classifier.made_of or ""
+    found = re.search(r"\(([\w+]+)\), mirror averaging: (\w+)$", made_of)
+    if not found:
+        return {}
+    arch, tta = found.groups()
+    return {"arch": arch, "tta": tta, "ensemble": "+" in arch or None}
+
+
 def _recover(args: argparse.Namespace) -> int:
     """Write the checkpoint rebuilt from the graph, with the training record and the training
     run's calibration that the card keeps beside it (``--calibrate-only`` reads both)."""
@@ -824,7 +847,8 @@ def _recover(args: argparse.Namespace) -> int:
     section = load_card(graph.parent).get("classifier", {})
     if section.get("file") != graph.name:
         raise BusdxError(f"the card beside {graph} does not describe it")
-    if section.get("ensemble"):
+    section = {**_made_of(graph.parent), **section}
+    if section.get("ensemble") or len(section.get("members") or []) > 1:
         return _recover_members(graph, section, Path(args.recover))
     _, checkpoint = recover_classifier(graph, section)
     out = Path(args.recover)

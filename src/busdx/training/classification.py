@@ -90,6 +90,9 @@ class ClassifierTrainConfig(JsonConfig):
     # the labels' loss; None: the labels alone
     teacher: str | None = None
     teacher_weight: float = 0.5
+    # a classifier.pt to start from instead of ImageNet's weights (a run's, or one rebuilt from a
+    # bundled graph by `busdx export classification --recover`); None: ``weights``
+    init: str | None = None
     resume: bool = False  # go on from the run folder's last.pt (same recipe), if there is one
 
     RUN_SETTINGS: ClassVar[tuple[str, ...]] = (
@@ -331,7 +334,10 @@ def train_classifier(
     seed_everything(config.seed)
     spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
                           views=config.views)
-    model = build_classifier(spec).to(device)
+    model = build_classifier(spec, pretrained=config.init is None)
+    if config.init:
+        initialise(model, config.init, spec, CropDataset(train, config, train=False))
+    model = model.to(device)
 
     aux_head = None
     if config.aux_weight > 0:
@@ -485,6 +491,35 @@ def checkpoint_contents(model, spec, config, epoch: int | None, val_auc: float) 
 
 def save_checkpoint(model, spec, config, path: Path, epoch: int | None, val_auc: float) -> None:
     common.save_checkpoint(Path(path), checkpoint_contents(model, spec, config, epoch, val_auc))
+
+
+def initialise(model: nn.Module, init: str | Path, spec: ClassifierSpec,
+               inputs: torch.utils.data.Dataset) -> nn.Module:
+    """Load ``init`` (a classifier.pt) into ``model``, which must be the same network (arch and
+    views). A checkpoint rebuilt from an exported graph has its batch norms folded into the
+    convolutions; they get statistics again, measured on up to 256 of ``inputs`` (the training
+    samples, unaugmented), so that training mode normalises by something meaningful."""
+    from busdx.errors import BusdxError
+
+    path = Path(init)
+    if not path.is_file():
+        raise BusdxError(f"--init {init}: no such checkpoint")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    theirs = ckpt.get("spec", {})
+    if (theirs.get("arch"), theirs.get("views", 1)) != (spec.arch, spec.views):
+        raise BusdxError(f"--init {init} holds a {theirs.get('arch')} network of "
+                         f"{theirs.get('views', 1)} view(s); give the matching --arch and "
+                         f"--input (this run: {spec.arch}, {spec.views} view(s))")
+    model.load_state_dict(ckpt["state_dict"])
+    if ckpt.get("recovered_from"):
+        from busdx.models.from_onnx import restore_batch_norm_statistics
+
+        count = min(len(inputs), 256)
+        batches = (normalise(model, torch.stack([inputs[i][0] for i in range(j, min(j + 16,
+                                                                                    count))]))
+                   for j in range(0, count, 16))
+        restore_batch_norm_statistics(model, batches)
+    return model.train()
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:

@@ -561,6 +561,61 @@ def test_a_classifier_is_recovered_from_its_graph(tmp_path):
                  "--recover", str(out)]) == 2
 
 
+def test_a_recovered_classifier_can_be_fine_tuned_from(tmp_path):
+    """`--init`: a checkpoint rebuilt from a graph (batch norms folded) is loaded and its norms
+    get statistics again, which leaves what it computes in eval mode unchanged but makes
+    training mode normalise by real statistics; another network's checkpoint is refused."""
+    from busdx.cli.main import main
+    from busdx.models.classification import normalise
+    from busdx.training.classification import initialise
+    from stand_in_models import as_if_trained
+
+    torch.manual_seed(5)
+    model = as_if_trained(build_classifier(ClassifierSpec(arch="lite0", views=2),
+                                           pretrained=False)).eval()
+    models = tmp_path / "models"
+    graph = export_onnx(model, models / "classifier.onnx")
+    write_card(models, {"classifier": {
+        "file": "classifier.onnx", "arch": "lite0", "input": "both", "tta": "none",
+        "training": {"config": {"size": 224, "input": "both"}}}})
+    out = tmp_path / "run" / "classifier.pt"
+    assert main(["export", "classification", "--output", str(graph), "--recover", str(out)]) == 0
+
+    inputs = [(torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(i)), 0)
+              for i in range(20)]
+    spec = ClassifierSpec(arch="lite0", views=2)
+    student = build_classifier(spec, pretrained=False)
+    initialise(student, out, spec, inputs)
+    x = torch.stack([inputs[i][0] for i in range(4)])
+    with torch.no_grad():
+        np.testing.assert_allclose(student.eval()(normalise(student, x)).numpy(),
+                                   model(normalise(model, x)).numpy(), atol=1e-4)
+    norm = next(m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(norm.running_var, torch.ones_like(norm.running_var), atol=0.01)
+
+    with pytest.raises(BusdxError, match="--arch and --input"):
+        initialise(build_classifier(ClassifierSpec(arch="lite0", views=1), pretrained=False),
+                   out, ClassifierSpec(arch="lite0", views=1), inputs)
+    with pytest.raises(BusdxError, match="no such checkpoint"):
+        initialise(student, tmp_path / "missing.pt", spec, inputs)
+
+
+def test_recovery_reads_a_shipped_releases_networks_from_its_made_of_line(tmp_path):
+    """A shipped release keeps which networks its classifier graph holds, and its mirror
+    option, only in release.json's made_of line: `--recover` must read them there."""
+    import shutil
+    from pathlib import Path
+
+    from busdx.cli.classification import _made_of
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "models" / "release.json", tmp_path)
+    made_of = json.loads((tmp_path / "release.json").read_text())["classifier"]["made_of"]
+    got = _made_of(tmp_path)
+    assert got["arch"] in made_of and made_of.endswith(f"mirror averaging: {got['tta']}")
+    assert bool(got["ensemble"]) == ("+" in got["arch"])
+    assert _made_of(tmp_path / "nowhere") == {}
+
+
 @pytest.mark.slow
 def test_worker_processes_change_speed_not_batches(fixtures_root, tmp_path):
     """Training with 2 loader processes follows the same batches (same losses) as in-process."""

@@ -1,12 +1,18 @@
-"""The record of the rule "A classifier taught by the bundled pair" (docs/selection_rules.md):
-how the taught network was trained, what the calibration's option rule chose for it within three
-passes and measured on validation, the rule's first condition, and, as a study, each option's
-validation AUC beside the same option for the bundled Lite1 network trained without a teacher.
+"""The record of a rule for one classifier taught by the bundled pair (docs/selection_rules.md:
+"A classifier taught by the bundled pair", and "The bundled Lite1 classifier fine-tuned by the
+pair"): how the taught network was trained, what the calibration's option rule chose for it
+within three passes and measured on validation, the rule's first condition, and, as a study,
+each option's validation AUC beside the same option for the bundled Lite1 network (trained
+without a teacher).
 
     python tools/taught_classifier_record.py --run runs/distill/lite1_both_kd \
         --staged runs/distill/release_c1 --all-options runs/distill/release_all
+    python tools/taught_classifier_record.py --run runs/distill/lite1_both_ft \
+        --staged runs/distill/ft_c1 --all-options runs/distill/ft_all \
+        --rule "The bundled Lite1 classifier fine-tuned by the pair" \
+        --out reports/studies/finetuned_classifier.json
 
-writes reports/studies/taught_classifier.json. Nothing here reads a test set: every AUC is end to
+writes reports/studies/taught_classifier.json (or --out). Nothing here reads a test set: every AUC is end to
 end (the bundled segmenter's masks) on BUS-BRA's validation patients, the selection data.
 """
 
@@ -52,7 +58,11 @@ def _data_free(command: str) -> str:
     return re.sub(r"--data \S+", "--data DATA", command)
 
 
-def record(run: Path, staged: Path, all_options: Path, bundled_evidence: Path) -> dict:
+TAUGHT_RULE = "A classifier taught by the bundled pair"
+
+
+def record(run: Path, staged: Path, all_options: Path, bundled_evidence: Path,
+           rule: str = TAUGHT_RULE) -> dict:
     training = json.loads((run / "training.json").read_text())
     candidate = _results(staged / "evidence", "classifier.calibration")
     bundled_auc = _results(bundled_evidence, "classifier.calibration")["val_auc"]
@@ -61,11 +71,12 @@ def record(run: Path, staged: Path, all_options: Path, bundled_evidence: Path) -
     untaught = json.loads(UNTAUGHT.read_text())["candidate"]["options_validation_auc"]
     history = training["history"]
     return {
-        "rule": "docs/selection_rules.md: A classifier taught by the bundled pair",
+        "rule": f"docs/selection_rules.md: {rule}",
         "run": {
             "command": _data_free(training["command"]),
             "teacher": training.get("teacher"),
             "teacher_weight": training["config"]["teacher_weight"],
+            **({"init": training["config"]["init"]} if training["config"].get("init") else {}),
             "epochs_run": training["epochs_run"],
             "best_epoch": training["best_epoch"],
             "best_validation_auc_ground_truth_crops": max(r["val_auc"] for r in history),
@@ -101,9 +112,11 @@ def main() -> None:
                         "pass limit (the study's every option)")
     parser.add_argument("--evidence", type=Path, default=ROOT / "evidence",
                         help="the bundled release's evidence")
+    parser.add_argument("--rule", default=TAUGHT_RULE,
+                        help="the rule's heading in docs/selection_rules.md")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    result = record(args.run, args.staged, args.all_options, args.evidence)
+    result = record(args.run, args.staged, args.all_options, args.evidence, args.rule)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     options = result["options_validation_auc"]
     log.info("condition 1 %s (validation AUC %.4f against the floor %.4f); taught %s, untaught "

@@ -435,7 +435,10 @@ def finetuned_section(t: dict) -> list[str]:
                  + ", ".join(f"{v:+.4f} ({OPTION_WORDS[o].lower()})" for o, v in gain.items())
                  + "." if gain else "")
               + " One run of one seed.", "",
-              "```sh", run["command"], "```"]
+              "```sh",
+              "busdx export classification --recover runs/cls_bundled/classifier.pt "
+              "--out models/classifier.onnx",
+              run["command"], "```"]
     return lines
 
 

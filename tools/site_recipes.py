@@ -266,8 +266,10 @@ def page(results: dict[str, dict], staged: dict | None = None,
     if taught.is_file():
         lines += taught_section(json.loads(taught.read_text()))
     finetuned = ROOT / "reports" / "studies" / "finetuned_classifier.json"
+    again = ROOT / "reports" / "studies" / "finetuned_classifier_2.json"
     if finetuned.is_file():
-        lines += finetuned_section(json.loads(finetuned.read_text()))
+        lines += finetuned_section(json.loads(finetuned.read_text()),
+                                   json.loads(again.read_text()) if again.is_file() else None)
     if fine_tuning:
         lines += fine_tuning_section(fine_tuning, results.get("bundled_lite1", {}),
                                     results.get("ft_wide_windows", {}))
@@ -399,46 +401,53 @@ def taught_section(t: dict) -> list[str]:
     return lines
 
 
-def finetuned_section(t: dict) -> list[str]:
-    """tools/taught_classifier_record.py's record of the bundled Lite1 network fine-tuned by the
-    pair: what the teacher added to a network that already knew the task."""
-    run, c1 = t["run"], t["condition_1"]
-    tuned, before = (t["options_validation_auc"][k] for k in ("taught", "untaught"))
-    hw = run["hardware"]
+def finetuned_section(t: dict, again: dict | None = None) -> list[str]:
+    """tools/taught_classifier_record.py's records of the bundled Lite1 network fine-tuned by the
+    pair (``t``) and, when it ran, fine-tuned again for a second cycle (``again``): what the
+    teacher added to a network that already knew the task."""
+    runs = [t] + ([again] if again else [])
+    before = t["options_validation_auc"]["untaught"]
+    tuned = [r["options_validation_auc"]["taught"] for r in runs]
+    hw = t["run"]["hardware"]
     lines = ["", "## The bundled Lite1 classifier fine-tuned by the pair", "",
              "Taught from ImageNet's weights, one network learnt less than its recipe without a "
              "teacher (above). This candidate starts from the bundled two-view Lite1 network "
              "itself, rebuilt from the bundled graph (`--init`), and fine-tunes it at a tenth of "
              "its recipe's learning rates toward the bundled pair's probability (`--teacher`, "
-             f"weight {run['teacher_weight']}), the settings fixed beforehand "
-             "([the rule](selection_rules.md)). "
-             f"It ran {run['epochs_run']} epochs in {run['wall_minutes']:.0f} minutes on this "
-             f"{hw['cpu_count']}-core CPU ({hw['threads']} threads), best at epoch "
-             f"{run['best_epoch']}. End-to-end AUC on BUS-BRA's validation patients (the bundled "
-             "segmenter's masks), selection data:", "",
-             "| mirror option | passes | fine-tuned by the pair | the bundled Lite1 network |",
-             "|---|---|---|---|"]
+             f"weight {t['run']['teacher_weight']}), the settings fixed beforehand "
+             "([the rules](selection_rules.md)). "
+             + " ".join(f"{'The first cycle' if i == 0 else 'A second cycle, from the first'}"
+                        f" ran {r['run']['epochs_run']} epochs in "
+                        f"{r['run']['wall_minutes']:.0f} minutes, best at epoch "
+                        f"{r['run']['best_epoch']}." for i, r in enumerate(runs))
+             + f" This CPU has {hw['cpu_count']} cores; training used {hw['threads']} threads."
+             + " End-to-end AUC "
+             "on BUS-BRA's validation patients (the bundled segmenter's masks), selection data:",
+             "",
+             "| mirror option | passes | "
+             + " | ".join(("fine-tuned once", "fine-tuned twice")[:len(runs)])
+             + " | the bundled Lite1 network |",
+             "|---|---|" + "---|" * (len(runs) + 1)]
     for option in ("none", "flip_crop", "flip"):
-        if option in tuned or option in before:
+        if option in before or any(option in d for d in tuned):
             lines.append(f"| {OPTION_WORDS[option]} | {OPTION_PASSES[option]} | "
                          + " | ".join(f"{d[option]:.4f}" if option in d else "n/a"
-                                      for d in (tuned, before)) + " |")
-    gain = {o: tuned[o] - before[o] for o in tuned if o in before}
-    lines += ["", f"The bundled six-pass classifier scores {t['bundled_validation_auc']:.4f}. "
-              f"Within three passes the option rule took {t['candidate']['validation_auc']:.4f}"
-              f" ({t['candidate']['made_of']}), "
-              + ("at least" if c1["met"] else "below")
-              + f" the rule's floor of {c1['floor']:.4f}"
-              + (", so the rule's later conditions decide whether it ships." if c1["met"] else
-                 ": it is held back, and the test sets were not scored.")
-              + (" Fine-tuning moved each option's AUC by "
-                 + ", ".join(f"{v:+.4f} ({OPTION_WORDS[o].lower()})" for o, v in gain.items())
-                 + "." if gain else "")
-              + " One run of one seed.", "",
-              "```sh",
+                                      for d in (*tuned, before)) + " |")
+    lines += ["", f"The bundled six-pass classifier scores {t['bundled_validation_auc']:.4f}."]
+    for i, r in enumerate(runs):
+        c1 = r["condition_1"]
+        lines[-1] += (f" {'After the first cycle' if i == 0 else 'After the second'}, the "
+                      f"option rule took {r['candidate']['validation_auc']:.4f} within three "
+                      f"passes ({r['candidate']['made_of']}), "
+                      + ("at least" if c1["met"] else "below")
+                      + f" the floor of {c1['floor']:.4f}"
+                      + ("; the rule's later conditions decide whether it ships." if c1["met"]
+                         else ": held back, the test sets not scored."))
+    lines[-1] += " One run of one seed each."
+    lines += ["", "```sh",
               "busdx export classification --recover runs/cls_bundled/classifier.pt "
               "--out models/classifier.onnx",
-              run["command"], "```"]
+              *(r["run"]["command"] for r in runs), "```"]
     return lines
 
 

@@ -416,7 +416,7 @@ def finetuned_section(t: dict, again: dict | None = None) -> list[str]:
              "its recipe's learning rates toward the bundled pair's probability (`--teacher`, "
              f"weight {t['run']['teacher_weight']}), the settings fixed beforehand "
              "([the rules](selection_rules.md)). "
-             + " ".join(f"{'The first cycle' if i == 0 else 'A second cycle, from the first'}"
+             + " ".join(f"{'The first cycle' if i == 0 else 'A second cycle, from the first,'}"
                         f" ran {r['run']['epochs_run']} epochs in "
                         f"{r['run']['wall_minutes']:.0f} minutes, best at epoch "
                         f"{r['run']['best_epoch']}." for i, r in enumerate(runs))
@@ -437,10 +437,10 @@ def finetuned_section(t: dict, again: dict | None = None) -> list[str]:
     for i, r in enumerate(runs):
         c1 = r["condition_1"]
         lines[-1] += (f" {'After the first cycle' if i == 0 else 'After the second'}, the "
-                      f"option rule took {r['candidate']['validation_auc']:.4f} within three "
+                      f"option rule took {r['candidate']['validation_auc']:.5f} within three "
                       f"passes ({r['candidate']['made_of']}), "
                       + ("at least" if c1["met"] else "below")
-                      + f" the floor of {c1['floor']:.4f}"
+                      + f" the floor of {c1['floor']:.5f}"
                       + ("; the rule's later conditions decide whether it ships." if c1["met"]
                          else ": held back, the test sets not scored."))
     lines[-1] += " One run of one seed each."

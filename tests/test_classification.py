@@ -567,7 +567,7 @@ def test_a_recovered_classifier_can_be_fine_tuned_from(tmp_path):
     training mode normalise by real statistics; another network's checkpoint is refused."""
     from busdx.cli.main import main
     from busdx.models.classification import normalise
-    from busdx.training.classification import initialise
+    from busdx.training.classification import initialise, read_init
     from stand_in_models import as_if_trained
 
     torch.manual_seed(5)
@@ -585,7 +585,7 @@ def test_a_recovered_classifier_can_be_fine_tuned_from(tmp_path):
               for i in range(20)]
     spec = ClassifierSpec(arch="lite0", views=2)
     student = build_classifier(spec, pretrained=False)
-    initialise(student, out, spec, inputs)
+    initialise(student, read_init(out, spec), inputs)
     x = torch.stack([inputs[i][0] for i in range(4)])
     with torch.no_grad():
         np.testing.assert_allclose(student.eval()(normalise(student, x)).numpy(),
@@ -594,10 +594,9 @@ def test_a_recovered_classifier_can_be_fine_tuned_from(tmp_path):
     assert not torch.allclose(norm.running_var, torch.ones_like(norm.running_var), atol=0.01)
 
     with pytest.raises(BusdxError, match="--arch and --input"):
-        initialise(build_classifier(ClassifierSpec(arch="lite0", views=1), pretrained=False),
-                   out, ClassifierSpec(arch="lite0", views=1), inputs)
+        read_init(out, ClassifierSpec(arch="lite0", views=1))
     with pytest.raises(BusdxError, match="no such checkpoint"):
-        initialise(student, tmp_path / "missing.pt", spec, inputs)
+        read_init(tmp_path / "missing.pt", spec)
 
 
 def test_recovery_reads_a_shipped_releases_networks_from_its_made_of_line(tmp_path):

@@ -27,6 +27,7 @@ from busdx.data.augment import AugmentConfig, Augmenter
 from busdx.data.crop import CropConfig, lesion_crop
 from busdx.data.index import Record
 from busdx.data.preprocess import load_gray, load_mask
+from busdx.errors import BusdxError
 from busdx.models.classification import ClassifierSpec, build_classifier, normalise
 from busdx.models.contract import input_views
 from busdx.numeric import roc_auc
@@ -325,6 +326,10 @@ def train_classifier(
     if config.teacher:
         teacher = Teacher(config.teacher, "logit", threads=config.threads)
         teacher.check_input(config.views, config.size)
+    spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
+                          views=config.views)
+    # and so is a starting checkpoint of another network
+    start = read_init(config.init, spec) if config.init else None
     state = loop.read_last(out_dir, config.recipe()) if config.resume else None
     if process.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -332,11 +337,9 @@ def train_classifier(
         replace(config, resume=False).save(out_dir / CONFIG_FILE)
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
-                          views=config.views)
-    model = build_classifier(spec, pretrained=config.init is None)
-    if config.init:
-        initialise(model, config.init, spec, CropDataset(train, config, train=False))
+    model = build_classifier(spec, pretrained=start is None)
+    if start is not None:
+        initialise(model, start, CropDataset(train, config, train=False))
     model = model.to(device)
 
     aux_head = None
@@ -493,14 +496,9 @@ def save_checkpoint(model, spec, config, path: Path, epoch: int | None, val_auc:
     common.save_checkpoint(Path(path), checkpoint_contents(model, spec, config, epoch, val_auc))
 
 
-def initialise(model: nn.Module, init: str | Path, spec: ClassifierSpec,
-               inputs: torch.utils.data.Dataset) -> nn.Module:
-    """Load ``init`` (a classifier.pt) into ``model``, which must be the same network (arch and
-    views). A checkpoint rebuilt from an exported graph has its batch norms folded into the
-    convolutions; they get statistics again, measured on up to 256 of ``inputs`` (the training
-    samples, unaugmented), so that training mode normalises by something meaningful."""
-    from busdx.errors import BusdxError
-
+def read_init(init: str | Path, spec: ClassifierSpec) -> dict:
+    """The checkpoint ``init`` (a classifier.pt) names, refused unless it holds the network
+    ``spec`` describes (arch and views)."""
     path = Path(init)
     if not path.is_file():
         raise BusdxError(f"--init {init}: no such checkpoint")
@@ -510,13 +508,22 @@ def initialise(model: nn.Module, init: str | Path, spec: ClassifierSpec,
         raise BusdxError(f"--init {init} holds a {theirs.get('arch')} network of "
                          f"{theirs.get('views', 1)} view(s); give the matching --arch and "
                          f"--input (this run: {spec.arch}, {spec.views} view(s))")
-    model.load_state_dict(ckpt["state_dict"])
-    if ckpt.get("recovered_from"):
+    return ckpt
+
+
+def initialise(model: nn.Module, checkpoint: dict, inputs: torch.utils.data.Dataset
+               ) -> nn.Module:
+    """Load ``checkpoint`` (:func:`read_init`) into ``model``. A checkpoint rebuilt from an
+    exported graph has its batch norms folded into the convolutions; they get statistics again,
+    measured on up to 256 of ``inputs`` (the training samples, unaugmented), so that training
+    mode normalises by something meaningful."""
+    model.load_state_dict(checkpoint["state_dict"])
+    if checkpoint.get("recovered_from"):
         from busdx.models.from_onnx import restore_batch_norm_statistics
 
         count = min(len(inputs), 256)
-        batches = (normalise(model, torch.stack([inputs[i][0] for i in range(j, min(j + 16,
-                                                                                    count))]))
+        batches = (normalise(model, torch.stack([inputs[i][0]
+                                                 for i in range(j, min(j + 16, count))]))
                    for j in range(0, count, 16))
         restore_batch_norm_statistics(model, batches)
     return model.train()

@@ -613,6 +613,15 @@ def test_recovery_reads_a_shipped_releases_networks_from_its_made_of_line(tmp_pa
     assert got["arch"] in made_of and made_of.endswith(f"mirror averaging: {got['tta']}")
     assert bool(got["ensemble"]) == ("+" in got["arch"])
     assert _made_of(tmp_path / "nowhere") == {}
+    # the line's writer and reader live side by side: what one writes, the other reads back
+    from busdx.evaluation.model_card import classifier_made_of, classifier_made_of_parts
+
+    for ensemble, arch, tta in (("2 classifiers", "lite1+lite2", "flip"),
+                                (None, "lite1", "flip_crop")):
+        parts = classifier_made_of_parts(classifier_made_of(ensemble, arch, tta))
+        assert (parts["arch"], parts["tta"], bool(parts["ensemble"])) == (arch, tta,
+                                                                         bool(ensemble))
+    assert classifier_made_of_parts("U-Net, 2 networks") == {}
 
 
 @pytest.mark.slow

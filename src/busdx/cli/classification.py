@@ -817,20 +817,13 @@ def _recover_members(graph: Path, section: dict, out: Path) -> int:
 
 def _made_of(folder: Path) -> dict:
     """The networks and mirror option a release's graph was exported with, read back from its
-    ``made_of`` line (a shipped release keeps them there, not among its evidence): ``arch``
-    ("lite1", or "lite1+lite2" for an ensemble), ``ensemble`` and ``tta``."""
-    import re
-
+    ``made_of`` line (a shipped release keeps them there, not among its evidence)."""
+    from busdx.evaluation.model_card import classifier_made_of_parts
     from busdx.release import RELEASE_FILE, load_release
 
     if not (folder / RELEASE_FILE).is_file():
         return {}
-    made_of = load_release(folder / RELEASE_FILE).classifier.made_of or ""
-    found = re.search(r"\(([\w+]+)\), mirror averaging: (\w+)$", made_of)
-    if not found:
-        return {}
-    arch, tta = found.groups()
-    return {"arch": arch, "tta": tta, "ensemble": "+" in arch or None}
+    return classifier_made_of_parts(load_release(folder / RELEASE_FILE).classifier.made_of)
 
 
 def _recover(args: argparse.Namespace) -> int:

@@ -161,10 +161,28 @@ def _release_with(release: Release, folder: Path, section: str, values: dict) ->
                                 if agreement else None)
     parts = [values.get("ensemble"), values.get("arch")]
     if any(parts) or "tta" in values:
-        changes["made_of"] = (f"{values.get('ensemble') or 'one network'} "
-                              f"({values.get('arch', '')}), mirror averaging: "
-                              f"{values.get('tta', 'none')}")
+        changes["made_of"] = classifier_made_of(values.get("ensemble"), values.get("arch", ""),
+                                                values.get("tta", "none"))
     return replace(release, classifier=replace(c, **changes))
+
+
+def classifier_made_of(ensemble: str | None, arch: str, tta: str) -> str:
+    """The release's ``made_of`` line for a classifier graph: the only place a shipped release
+    keeps which networks it holds and its mirror option (:func:`classifier_made_of_parts` reads
+    them back)."""
+    return f"{ensemble or 'one network'} ({arch}), mirror averaging: {tta}"
+
+
+def classifier_made_of_parts(made_of: str) -> dict[str, Any]:
+    """``arch`` ("lite1", or "lite1+lite2" for an ensemble), ``ensemble`` (truthy for several
+    networks) and ``tta`` from a line :func:`classifier_made_of` wrote; {} from any other."""
+    import re
+
+    found = re.search(r"\(([\w+]+)\), mirror averaging: (\w+)$", made_of or "")
+    if not found:
+        return {}
+    arch, tta = found.groups()
+    return {"arch": arch, "tta": tta, "ensemble": "+" in arch or None}
 
 
 def update_card(where: str | Path, section: str, values: dict[str, Any], command: str = ""

@@ -3,7 +3,8 @@ at all?", busdx.evaluation.presence), each fitted and thresholded by the shipped
 scored on selection data only: BUS-BRA's validation patients and BrEaST's development half out
 of fold. No test image is read. The variants were fixed before any was fitted
 (docs/generalisation_plan.md, fourth entry; the pooling variants, fifth entry; the outlined
-region's variants, sixth entry; the balanced sites, seventh entry).
+region's variants, sixth entry; the balanced sites, seventh entry; the small networks, eighth
+entry).
 
     python studies/presence_variants.py --data ../shared/data/busbra \\
         --breast ../shared/data/breast-lesions-usg --out reports/studies
@@ -19,7 +20,8 @@ import numpy as np
 log = logging.getLogger("presence_variants")
 
 # name -> (what it changes, C, extra "no lesion" strips in training, inputs read, whether both
-# hospitals weigh the same in the fit)
+# hospitals weigh the same in the fit[, the small network's weight penalty alpha instead of a
+# logistic regression])
 # inputs: "mean" (the shipped features: each encoder stage's mean over space), "max" (the same
 # stages' maximum over space), "region" (the same stages averaged over the outlined region),
 # "stats" (the mask's highest logit and area share)
@@ -44,10 +46,49 @@ VARIANTS = {
     "balanced_all_strips": ("both hospitals weigh the same, every lesion-free strip large "
                             "enough among the 'no lesion' examples", 0.1, True,
                             ("mean", "stats"), True),
+    "network": ("a small neural network (one hidden layer of 32 units, five seeds) on the "
+                "shipped inputs, alpha = 10", 0.1, False, ("mean", "stats"), False, 10.0),
+    "network_alpha_1": ("the same small network with alpha = 1 (less penalty)", 0.1, False,
+                        ("mean", "stats"), False, 1.0),
+    "network_every_input": ("the small network (alpha = 10) on every input: means, maxima, "
+                            "outlined-region averages and the mask statistics", 0.1, False,
+                            ("mean", "max", "region", "stats"), False, 10.0),
 }
+HIDDEN, SEEDS, MAX_ITER = 32, 5, 2000
 EXTRA = "extra_window"  # a lesion-free strip that is not the largest: trained on, never scored
 MAX_OUTPUT = "features_max"
 REGION_OUTPUT = "features_region"
+
+
+class SmallNetwork:
+    """The eighth entry's check: standardised inputs into five one-hidden-layer networks (ReLU),
+    whose logits are averaged; written out as arrays so that a graph could compute it."""
+
+    def __init__(self, inputs: np.ndarray, lesion: np.ndarray, alpha: float,
+                 hidden: int = HIDDEN, seeds: int = SEEDS, max_iter: int = MAX_ITER) -> None:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+
+        inputs = np.asarray(inputs, np.float64)
+        self.mean, self.scale = inputs.mean(0), inputs.std(0)
+        self.scale[self.scale == 0] = 1.0
+        x = (inputs - self.mean) / self.scale
+        self.layers = []
+        for seed in range(seeds):
+            with warnings.catch_warnings():
+                # an L-BFGS fit that stops at max_iter is still the fit the plan fixed
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                net = MLPClassifier((hidden,), alpha=alpha, solver="lbfgs", max_iter=max_iter,
+                                    random_state=seed).fit(x, np.asarray(lesion, bool))
+            self.layers.append((net.coefs_[0], net.intercepts_[0], net.coefs_[1][:, 0],
+                                float(net.intercepts_[1][0])))
+
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        x = (np.asarray(inputs, np.float64) - self.mean) / self.scale
+        return np.mean([np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
+                        for w1, b1, w2, b2 in self.layers], axis=0)
 
 
 def with_study_features(graph: Path, out: Path) -> Path:
@@ -228,19 +269,21 @@ def collect(data: str, breast: str, models: str | None, threads: int = 2) -> dic
                            "outlined": (x_dev[scored_dev, -1] > 0).tolist()},
             "variants": {}}
     n_features = (x_train.shape[1] - 2) // 3
-    for name, (_, c, extra, inputs, balanced) in VARIANTS.items():
+    for name, (_, c, extra, inputs, balanced, *network) in VARIANTS.items():
         columns = _columns(inputs, n_features)
+        fitter = (lambda x, y, w, alpha=network[0]: SmallNetwork(x, y, alpha)) if network \
+            else (lambda x, y, w, c=c: pr.fit(x, y, c, w))
         train = np.ones(len(k_train), bool) if extra else k_train != EXTRA
         devfit = np.ones(len(k_dev), bool) if extra else k_dev != EXTRA
         y_train, y_dev = np.isin(k_train, pr.LESION), np.isin(k_dev, pr.LESION)
         weights = pr.site_weights(np.repeat([0, 1], [int(train.sum()), int(devfit.sum())])) \
             if balanced else None
-        model = pr.fit(np.concatenate([x_train[train][:, columns], x_dev[devfit][:, columns]]),
-                       np.concatenate([y_train[train], y_dev[devfit]]), c, weights)
+        model = fitter(np.concatenate([x_train[train][:, columns], x_dev[devfit][:, columns]]),
+                       np.concatenate([y_train[train], y_dev[devfit]]), weights)
         oof = np.full(len(k_dev), np.nan)
         oof[devfit] = pr.out_of_fold(x_dev[devfit][:, columns], y_dev[devfit], g_dev[devfit],
                                      (x_train[train][:, columns], y_train[train]), c=c,
-                                     balance_sites=balanced)
+                                     balance_sites=balanced, fitter=fitter)
         rows["variants"][name] = {
             "val": model.logits(x_val[scored_val][:, columns]).round(6).tolist(),
             "breast_dev": oof[scored_dev].round(6).tolist()}

@@ -960,6 +960,12 @@ def test_a_taught_run_learns_from_the_teacher_and_records_it(fixtures_root, tmp_
     assert main(["train", "classification", "--data", str(fixtures_root), "--out",
                  str(crop_only), "--input", "crop", "--teacher", str(graph),
                  "--cache", str(tmp_path / "cache"), "--epochs", "1"]) == 2
-    assert not (crop_only / "config.json").exists()
+    # refused before the data is read: not even an empty run folder is left behind
+    assert not crop_only.exists()
+    no_start = tmp_path / "no_start"
+    assert main(["train", "classification", "--data", str(fixtures_root), "--out",
+                 str(no_start), "--input", "both", "--init", str(tmp_path / "missing.pt"),
+                 "--cache", str(tmp_path / "cache"), "--epochs", "1"]) == 2
+    assert not no_start.exists()
     with pytest.raises(ValueError, match="teacher-weight"):
         tc.ClassifierTrainConfig(teacher_weight=1.5)

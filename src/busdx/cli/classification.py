@@ -250,6 +250,7 @@ def run_train(args: argparse.Namespace) -> int:
         config = config_with_file(_train_config, args, args.parser, args.config)
     except ValueError as err:
         raise BusdxError(str(err)) from err
+    tc.read_starts(config)  # a refused teacher or --init leaves no empty --out folder behind
     index = load_index(config.data)
     split = make_split(index, SplitConfig(test_fold=config.test_fold, seed=config.split_seed,
                                           val_fold=config.val_fold))

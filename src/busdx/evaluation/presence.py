@@ -129,11 +129,14 @@ def fit(inputs: np.ndarray, lesion: np.ndarray, c: float = C,
 
 def out_of_fold(inputs: np.ndarray, lesion: np.ndarray, groups: np.ndarray,
                 always: tuple[np.ndarray, np.ndarray], folds: int = FOLDS, seed: int = 0,
-                c: float = C, balance_sites: bool = False) -> np.ndarray:
+                c: float = C, balance_sites: bool = False, fitter=None) -> np.ndarray:
     """Each row's logit from a check fitted without its group (a patient's record): on
     ``always`` (inputs and labels fitted in every fold, another site's) and the other folds'
     groups. Groups go to folds in a seeded shuffle. ``balance_sites``: each fit weighs
-    ``always`` and the rows it keeps of ``inputs`` the same (:func:`site_weights`)."""
+    ``always`` and the rows it keeps of ``inputs`` the same (:func:`site_weights`).
+    ``fitter(inputs, lesion, weights)``: another fit than :func:`fit` with ``c``, returning
+    anything with a ``logits(inputs)`` method."""
+    fitter = fitter or (lambda x, y, w: fit(x, y, c, w))
     order = np.random.default_rng(seed).permutation(np.unique(groups))
     fold_of = {g: i % folds for i, g in enumerate(order.tolist())}
     fold = np.array([fold_of[g] for g in np.asarray(groups).tolist()])
@@ -142,8 +145,8 @@ def out_of_fold(inputs: np.ndarray, lesion: np.ndarray, groups: np.ndarray,
         held = fold == k
         weights = site_weights(np.repeat([0, 1], [len(always[0]), int((~held).sum())])) \
             if balance_sites else None
-        model = fit(np.concatenate([always[0], inputs[~held]]),
-                    np.concatenate([always[1], lesion[~held]]), c, weights)
+        model = fitter(np.concatenate([always[0], inputs[~held]]),
+                       np.concatenate([always[1], lesion[~held]]), weights)
         scores[held] = model.logits(inputs[held])
     return scores
 

@@ -321,15 +321,9 @@ def train_classifier(
     out_dir = Path(out_dir)
     process, device = distributed.start(config.device)
     per_process = distributed.per_process_batch(config.batch_size, process)
-    # a teacher that cannot read the batches is refused before the run folder is made
-    teacher = None
-    if config.teacher:
-        teacher = Teacher(config.teacher, "logit", threads=config.threads)
-        teacher.check_input(config.views, config.size)
+    teacher, start = read_starts(config)
     spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
                           views=config.views)
-    # and so is a starting checkpoint of another network
-    start = read_init(config.init, spec) if config.init else None
     state = loop.read_last(out_dir, config.recipe()) if config.resume else None
     if process.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -494,6 +488,20 @@ def checkpoint_contents(model, spec, config, epoch: int | None, val_auc: float) 
 
 def save_checkpoint(model, spec, config, path: Path, epoch: int | None, val_auc: float) -> None:
     common.save_checkpoint(Path(path), checkpoint_contents(model, spec, config, epoch, val_auc))
+
+
+def read_starts(config: ClassifierTrainConfig) -> tuple[Teacher | None, dict | None]:
+    """The run's teacher and starting checkpoint, each checked against the network it is for:
+    a teacher that cannot read the batches, or a checkpoint of another network, is refused here,
+    before anything is written (the CLI calls this before it reads the data or makes the run
+    folder)."""
+    teacher = None
+    if config.teacher:
+        teacher = Teacher(config.teacher, "logit", threads=config.threads)
+        teacher.check_input(config.views, config.size)
+    spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
+                          views=config.views)
+    return teacher, read_init(config.init, spec) if config.init else None
 
 
 def read_init(init: str | Path, spec: ClassifierSpec) -> dict:

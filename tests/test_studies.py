@@ -646,6 +646,26 @@ def test_the_presence_variants_region_features_are_the_outlined_regions_averages
                                atol=1e-5)
 
 
+def test_the_presence_variants_small_network_is_its_seeds_mean_logit():
+    """The eighth entry's check, written out as arrays: its logit is the mean over its seeds of
+    what scikit-learn's own networks give on the standardised inputs, and it separates what it
+    was fitted on."""
+    from sklearn.neural_network import MLPClassifier
+
+    study = _load("presence_variants")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6)) * [1, 2, 3, 1, 1, 10]
+    y = x[:, 0] - x[:, 1] / 2 > 0
+    net = study.SmallNetwork(x, y, alpha=1.0, hidden=4, seeds=2, max_iter=300)
+    z = (x - x.mean(0)) / x.std(0)
+    expected = np.mean([
+        np.log(p / (1 - p)) for p in (
+            MLPClassifier((4,), alpha=1.0, solver="lbfgs", max_iter=300, random_state=seed)
+            .fit(z, y).predict_proba(z)[:, 1] for seed in range(2))], axis=0)
+    np.testing.assert_allclose(net.logits(x), expected, rtol=1e-6, atol=1e-6)
+    assert ((net.logits(x) > 0) == y).mean() > 0.9
+
+
 def test_the_presence_variants_summary_follows_from_its_recorded_scores():
     """studies/presence_variants.py keeps each variant's scores; its summary is what its code
     makes of them, and its reference variant is the shipped check's own selection score."""

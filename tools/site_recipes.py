@@ -535,7 +535,8 @@ def variants_section(v: dict) -> list[str]:
              "`studies/presence_variants.py` fits variants of the check by the same rule, fixed "
              "beforehand ([the plan](generalisation_plan.md), fourth entry; the two pooling "
              "variants, fifth entry; the two that read the outlined region, sixth entry; the two "
-             "that weigh both hospitals the same, seventh entry), and scores them on "
+             "that weigh both hospitals the same, seventh entry; the three small neural "
+             "networks, eighth entry), and scores them on "
              "the same selection data; a variant is worth a release when it finds at least 98% "
              "of lesion images and says \"no lesion\" on at least 90% of lesion-free images on "
              "both sites.", "",
@@ -549,7 +550,8 @@ def variants_section(v: dict) -> list[str]:
     lines += ["", ("Worth a release: " + ", ".join(worth) + ".") if worth else
               "None is worth a release: no variant reaches 90% on the other hospital's "
               "lesion-free images. Neither the fit (examples, regularisation, both hospitals "
-              "weighing the same) nor the pooling "
+              "weighing the same, a small neural network in place of the straight line) nor the "
+              "pooling "
               "(the maximum over space beside or instead of the mean, or the average over what "
               "was outlined rather than over the whole image) closes the gap, so the "
               "limit lies in what this outline network's encoder tells lesion-free tissue from "

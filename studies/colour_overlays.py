@@ -160,7 +160,7 @@ def image_row(i: int, record, models, baseline=None) -> dict:
             check = a.input_check
             key = name if fill else f"{name}_unfilled"
             row[key] = a.probability
-            row[f"{key}_malignant"] = a.label == "malignant"
+            row[f"{key}_malignant"] = a.malignant_at_threshold
             row[f"{key}_colour"] = check.colour if check else 0.0
             row[f"{key}_warned"] = bool(check and "colour" in check.outside)
             row[f"{key}_filled"] = bool(check and check.colour_filled)

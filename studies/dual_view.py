@@ -64,9 +64,9 @@ def lesion_row(i: int, lesion: str, a, b, models, baseline=None) -> dict:
     apart = read_lesion([plain_analysis(r, h, models, baseline)
                          for r, h in ((a, left), (b, right))], threshold)
     return {"lesion": lesion, "label": a.label, "split_exact": exact,
-            "whole": whole.probability, "whole_malignant": whole.label == "malignant",
-            "split": split.probability, "split_malignant": split.label == "malignant",
-            "halves": apart.probability, "halves_malignant": apart.label == "malignant"}
+            "whole": whole.probability, "whole_malignant": whole.malignant_at_threshold,
+            "split": split.probability, "split_malignant": split.malignant_at_threshold,
+            "halves": apart.probability, "halves_malignant": apart.malignant_at_threshold}
 
 
 def collect(data: str, models_dir: str | None, threads: int, baseline=None) -> dict:

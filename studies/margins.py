@@ -63,7 +63,7 @@ def image_rows(i: int, record, models, baseline=None) -> dict[str, dict]:
                  else analyze(framed, models, render_overlays=False, trim_margins=trim))
             key = name if name == "none" else f"{name}, {'cut' if trim else 'not cut'}"
             rows[key] = {"id": record.id, "label": record.label, "probability": a.probability,
-                         "malignant": a.label == "malignant", "cut": a.scan_area is not None,
+                         "malignant": a.malignant_at_threshold, "cut": a.scan_area is not None,
                          "lesion_found": a.lesion_found}
     return rows
 

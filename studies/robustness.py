@@ -183,7 +183,7 @@ def image_rows(i: int, record, models, baseline=None) -> dict[str, dict]:
         mask = _to_shape(mask, truth.shape)
         rows[c.name] = {"id": record.id, "patient": record.patient, "label": record.label,
                         "probability": result.probability,
-                        "malignant": result.label == "malignant",
+                        "malignant": result.malignant_at_threshold,
                         "unusual": bool(result.input_check and result.input_check.unusual),
                         # every validation image shows a lesion: "no lesion" here is a miss
                         "found": bool(result.lesion_found),

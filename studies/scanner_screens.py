@@ -169,7 +169,7 @@ def image_row(i: int, record, models, baseline=None) -> dict:
         a = (plain_analysis(record, scan, models, baseline) if name == "plain"
              else analyze(source, models, render_overlays=False, trim_margins=trim))
         row[name] = a.probability
-        row[f"{name}_malignant"] = a.label == "malignant"
+        row[f"{name}_malignant"] = a.malignant_at_threshold
         if name not in ("plain", "uncut"):
             fit = _fit(a.scan_area, boxes[0], pixels.shape, scan)
             row.update({f"{name}_{k}": v for k, v in fit.items()})
@@ -209,8 +209,8 @@ def lesion_row(i: int, lesion: str, a, b, models, baseline=None) -> dict:
         refused = True
     return {
         "lesion": lesion, "label": a.label,
-        "dicom": split.probability, "dicom_malignant": split.label == "malignant",
-        "halves": apart.probability, "halves_malignant": apart.label == "malignant",
+        "dicom": split.probability, "dicom_malignant": split.malignant_at_threshold,
+        "halves": apart.probability, "halves_malignant": apart.malignant_at_threshold,
         "panes_exact": all(p.scan_area is None
                            and _fit(p.pane[1], box, pixels.shape, scan)["exact"]
                            for p, box, scan in zip(panes, boxes, scans, strict=True)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,8 +50,16 @@ def _decode_png(b64: str) -> np.ndarray:
 
 def _check_analysis(body: dict, width: int, height: int) -> None:
     assert 0.0 <= body["probability"] <= 1.0
-    assert body["label"] == ("malignant" if body["probability"] >= body["threshold"] else "benign")
-    assert body["risk_band"]["name"] == risk_band(body["probability"]).name
+    warnings = (body["input_check"] or {}).get("warnings") or [""]
+    if body["label"] == "call withheld":  # may not be an ultrasound: no call, no band
+        assert body["lesion_found"] and body["risk_band"] is None
+        assert warnings[0].startswith("This may not be a breast ultrasound image at all")
+    elif body["lesion_found"]:
+        assert body["label"] == ("malignant" if body["probability"] >= body["threshold"]
+                                 else "benign")
+        assert body["risk_band"]["name"] == risk_band(body["probability"]).name
+    else:
+        assert body["label"] == "no lesion" and body["risk_band"] is None
     assert body["image"]["width"] == width and body["image"]["height"] == height
     assert body["disclaimer"] == DISCLAIMER
     assert body["model_version"]
@@ -283,3 +292,22 @@ def test_the_model_card_is_a_page_to_read(real_client, client):
     # models without a MODEL_CARD.md beside them (the stand-ins): a plain 404
     missing = client.get("/model-card")
     assert missing.status_code == 404 and "/api/model" in missing.json()["detail"]
+
+
+def test_real_models_withhold_the_call_on_a_chart(real_client):
+    """A bar chart (tests/fixtures/not-ultrasound) gets an outline from the segmenter, but the
+    API gives no benign or malignant call and no band on it, and says why first; a lesion read
+    from it and a scan is withheld too."""
+    chart = Path(__file__).parent / "fixtures" / "not-ultrasound" / "drawn_bar_chart.png"
+    body = real_client.post("/api/analyze", files={"file": (chart.name, chart.read_bytes())}
+                            ).json()
+    if not body["lesion_found"]:
+        pytest.skip("the bundled segmenter outlines nothing on the chart: no call to withhold")
+    assert body["input_check"]["warnings"][0].startswith("This may not be a breast ultrasound")
+    assert body["label"] == "call withheld" and body["risk_band"] is None
+    assert body["note"].startswith("Call withheld")
+    view = {"logit": body["logit"], "lesion_found": True, "model_version": body["model_version"]}
+    reading = real_client.post("/api/lesion", json={"views": [
+        {**view, "not_ultrasound": True}, {**view, "logit": 2.0}]}).json()
+    assert reading["label"] == "call withheld" and reading["risk_band"] is None
+    assert reading["views_not_ultrasound"] == 1

@@ -166,6 +166,29 @@ def test_no_lesion_gives_a_report_that_says_so_and_no_segmentation(tmp_path):
     assert _dciodvfy_errors(path) == []
 
 
+def test_a_withheld_call_is_stored_as_withheld_with_no_band(tmp_path):
+    """On an image that may not be a breast ultrasound the SR keeps the outline and the
+    probability for reference, codes the call as withheld, never benign or malignant, and gives
+    no risk band."""
+    from busdx.inference import Models, analyze
+    from busdx.inference.dicom_results import dicom_results, source_dataset
+    from busdx.inference.pipeline import WITHHELD, WITHHELD_NOTE
+
+    data = study_dicom(_scan())
+    analysis = analyze(data, Models.load(MODELS), render_overlays=False)
+    assert analysis.lesion_found
+    withheld = replace(analysis, label=WITHHELD, risk=None, note=WITHHELD_NOTE)
+    results = dicom_results(source_dataset(data), withheld)
+    assert results.seg is not None
+    path = tmp_path / "withheld_sr.dcm"
+    results.sr.save_as(path, enforce_file_format=True)
+    (group,) = hd.sr.srread(path).content.get_planar_roi_measurement_groups()
+    calls = {q.name.meaning: q.value for q in group.get_qualitative_evaluations()}
+    assert calls["Call at the validated threshold"].value == "call-withheld"
+    assert "BI-RADS-aligned risk band" not in calls
+    assert _dciodvfy_errors(path) == []
+
+
 def test_a_source_it_cannot_reference_gets_a_note_not_files(tmp_path):
     (tmp_path / "bare.dcm").write_bytes(study_dicom(_scan(), StudyInstanceUID=None))
     assert main(["predict", str(tmp_path / "bare.dcm"), "--csv", str(tmp_path / "o.csv"),

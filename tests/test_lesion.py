@@ -89,6 +89,23 @@ def test_no_view_with_a_lesion_gives_no_call_and_no_band():
     assert "no lesion found in 1 of 2 views" in some.note
 
 
+def test_a_view_that_may_not_be_ultrasound_withholds_the_lesions_call():
+    """One chart among the views makes their mean mean nothing: no call and no band, however
+    the other views read; the probability stays, for reference, and the note says why."""
+    chart = ViewScore(3.0, 2.0, True, "v1", True, not_ultrasound=True)
+    for views in ([chart], [_view(2.0), chart], [_view(-3.0, found=False), chart]):
+        reading = read_lesion(views, 0.5)
+        assert reading.label == "call withheld" and reading.risk is None
+        assert reading.views_not_ultrasound == 1
+        assert f"1 of {len(views)} views may not be a breast ultrasound" in reading.note
+        assert "one view: the reading" not in reading.note
+        body = reading.to_json()
+        assert body["risk_band"] is None and body["views_not_ultrasound"] == 1
+    # without a lesion in any view there is no call to withhold: it says "no lesion"
+    nothing = ViewScore(3.0, 2.0, False, "v1", True, not_ultrasound=True)
+    assert read_lesion([nothing], 0.5).label == "no lesion"
+
+
 def test_read_lesion_refuses_what_it_cannot_read():
     with pytest.raises(BusdxError, match="no lesion reading"):
         read_lesion([_view(0.0)], None)

@@ -156,6 +156,29 @@ def test_real_models_on_fixtures(tmp_path, fixtures_root, monkeypatch):
     assert main(["predict", *map(str, images), "--csv", str(out), "--masks-dir", str(masks)]) == 0
     rows = _read(out)
     assert len(rows) == len(images) and all(row["error"] == "" for row in rows)
+    assert all(row["label"] in ("benign", "malignant", "no lesion") for row in rows)
     for image in images:
         mask = np.asarray(Image.open(masks / f"{image.stem}.png"))
         assert mask.shape == np.asarray(Image.open(image)).shape[:2]
+
+
+def test_real_models_withhold_the_call_on_a_chart_in_the_csv(tmp_path, monkeypatch, caplog):
+    """A chart in a folder of scans gets no call in the CSV, where nothing else on its row would
+    warn a reader sorting by label: 'call withheld', no band, the note says why, and the
+    summary counts it."""
+    from pathlib import Path
+
+    directory = real_models_dir()
+    if directory is None:
+        unavailable(REAL_MODELS_MISSING)
+    monkeypatch.setenv("BUSDX_MODELS", str(directory))
+    chart = Path(__file__).parent / "fixtures" / "not-ultrasound" / "drawn_bar_chart.png"
+    out = tmp_path / "out.csv"
+    with caplog.at_level("WARNING"):
+        assert main(["predict", str(chart), "--csv", str(out)]) == 0
+    (row,) = _read(out)
+    if row["lesion_found"] != "true":
+        pytest.skip("the bundled segmenter outlines nothing on the chart: no call to withhold")
+    assert row["label"] == "call withheld" and row["risk_band"] == "" and row["risk_text"] == ""
+    assert row["note"].startswith("Call withheld: this may not be a breast ultrasound")
+    assert "1 image(s) may not be breast ultrasound at all and got no call" in caplog.text

@@ -256,6 +256,7 @@ def test_the_bundled_release_warns_of_the_pictures_that_are_not_ultrasound_as_re
     from pathlib import Path
 
     from busdx.evaluation.appearance import folder_images
+    from busdx.inference.pipeline import NO_LESION, WITHHELD, WITHHELD_NOTE
     from busdx.inference.quality import NOT_ULTRASOUND
     from stand_in_models import real_models_dir
 
@@ -267,14 +268,22 @@ def test_the_bundled_release_warns_of_the_pictures_that_are_not_ultrasound_as_re
         pytest.skip("the bundled release has no appearance check")
     models = Models.load(directory, threads=2)
     folder = Path(__file__).parent / "fixtures" / "not-ultrasound"
-    flags = {}
+    flags, withheld = {}, 0
     for name, image in folder_images(folder):
         if image is None:
             flags[name] = True
             continue
-        check = analyze(np.ascontiguousarray(image), models, render_overlays=False).input_check
+        analysis = analyze(np.ascontiguousarray(image), models, render_overlays=False)
+        check = analysis.input_check
         flags[name] = bool(check and check.warnings and check.warnings[0].startswith(
             NOT_ULTRASOUND))
+        if flags[name]:  # warned: no call and no band, whatever the networks say
+            assert analysis.not_ultrasound and analysis.risk is None, name
+            assert analysis.label == (WITHHELD if analysis.lesion_found else NO_LESION), name
+            if analysis.lesion_found:
+                assert analysis.note == WITHHELD_NOTE, name
+                withheld += 1
+    assert withheld  # some pictures get an outline: the call is what is withheld
     assert flags["pydicom_CT_small.dcm"] and flags["pydicom_MR_small.dcm"]
     recorded = appearance["results"]["not_ultrasound:not-ultrasound"]
     assert (sum(flags.values()), len(flags)) == (recorded["warned"], recorded["n"])

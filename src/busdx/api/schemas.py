@@ -111,11 +111,15 @@ class AnalyzeResponse(BaseModel):
     probability: float = Field(description="calibrated probability of malignancy")
     label: str = Field(description="'benign' or 'malignant' at the threshold; 'no lesion' when "
                        "the segmenter outlined none: then no call is made, and the probability "
-                       "is the whole image's, for reference only")
+                       "is the whole image's, for reference only; 'call withheld' when a lesion "
+                       "was outlined but the image may not be a breast ultrasound at all (the "
+                       "first of `input_check.warnings` says so): then no call and no band are "
+                       "given, and the rest is for reference only")
     threshold: float = Field(description="the validated threshold the call is made at")
     risk_band: RiskBandOut | None = Field(
         description="the probability's BI-RADS-aligned band (an aid to reading it, not a BI-RADS "
-                    "assessment); null when no lesion is found: a band grades a lesion")
+                    "assessment); null when no lesion is found (a band grades a lesion) or "
+                    "the call is withheld")
     lesion_found: bool = Field(description="whether the segmenter outlined a lesion; false: the "
                                            "probability is the whole image's, less reliable")
     presence: float | None = Field(
@@ -161,6 +165,9 @@ class LesionView(BaseModel):
         description="the view's `measurements.longest_diameter` (null when no lesion was found)")
     units: Literal["mm", "px"] | None = Field(
         None, description="the view's `measurements.units`")
+    not_ultrasound: bool = Field(
+        False, description="whether the view may not be a breast ultrasound at all (the first "
+        "of its `input_check.warnings` says so): then the lesion's call is withheld")
 
 
 class LesionRequest(BaseModel):
@@ -171,16 +178,18 @@ class LesionRequest(BaseModel):
 class LesionResponse(BaseModel):
     probability: float = Field(description="calibrated probability of malignancy of the lesion")
     label: str = Field(description="'benign' or 'malignant' at the lesion threshold; 'no "
-                       "lesion' when no view shows one: then no call is made")
+                       "lesion' when no view shows one: then no call is made; 'call withheld' "
+                       "when a view may not be a breast ultrasound at all")
     threshold: float = Field(description="the lesion threshold (validated with both views)")
     risk_band: RiskBandOut | None = Field(
         description="the lesion probability's BI-RADS-aligned band; null when no view shows a "
-                    "lesion")
+                    "lesion or the call is withheld")
     logit: float = Field(description="mean of the views' logits")
     views: int = Field(description="how many views were read")
     views_without_lesion: int = Field(description="views in which no lesion was found (their "
                                                   "logit is the whole image's)")
     views_unusual: int = Field(0, description="views sent with `unusual` true")
+    views_not_ultrasound: int = Field(0, description="views sent with `not_ultrasound` true")
     views_disagree: bool = Field(
         False, description="the views differ more than any validation lesion's two views did "
         "(served logits, or longest diameters in one unit) and may not show one lesion: the "

@@ -159,7 +159,8 @@ def _warn_skipped(skipped: list[tuple[Path, str]], shown: int = 10) -> None:
 
 LESION_COLUMNS = (
     "lesion", "views", "paths", "probability", "label", "threshold", "risk_band", "risk_text",
-    "views_without_lesion", "views_unusual", "views_disagree", "failed_views", "model_version",
+    "views_without_lesion", "views_unusual", "views_disagree", "views_not_ultrasound",
+    "failed_views", "model_version",
     "note", "error",
 )
 
@@ -190,6 +191,7 @@ def lesion_rows(views: dict[str, list], failed: dict[str, list[str]], threshold,
                        views_without_lesion=reading.views_without_lesion,
                        views_unusual=reading.views_unusual,
                        views_disagree=reading.views_disagree,
+                       views_not_ultrasound=reading.views_not_ultrasound,
                        model_version=reading.model_version, note="; ".join(notes), error="")
         rows.append({key: fmt(row.get(key)) for key in LESION_COLUMNS})
     return rows
@@ -298,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         results = (analyse_input(source, models, options) for source in sources)
     name = _Namer()
-    failed = unusual = dual_regions = loops = not_dicom = 0
+    failed = unusual = withheld = dual_regions = loops = not_dicom = 0
     views: dict[str, list] = {}
     failed_views: dict[str, list[str]] = {}
     with out, tqdm(total=len(sources), desc="predict", unit="image", file=sys.stderr) as bar:
@@ -308,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
             for result in done:
                 failed += result.failed
                 unusual += result.unusual
+                withheld += result.withheld
                 dual_regions += result.dual_regions
                 loops += result.loop
                 not_dicom += result.not_dicom
@@ -355,6 +358,9 @@ def run(args: argparse.Namespace) -> int:
     if not_dicom:
         log.warning("%d input(s) are not DICOM files: they have no DICOM results in %s",
                     not_dicom, args.dicom_out)
+    if withheld:
+        log.warning("%d image(s) may not be breast ultrasound at all and got no call (label "
+                    "'call withheld'): check what is in the folder", withheld)
     if unusual:
         log.warning("%d image(s) unlike the training images, where the validated threshold may "
                     "not hold: see the input_unusual column", unusual)

@@ -82,6 +82,13 @@ class ViewResult:
     def unusual(self) -> bool:
         return bool(self.row.get("input_unusual"))
 
+    @property
+    def withheld(self) -> bool:
+        """The image may not be a breast ultrasound and got no call (pipeline.WITHHELD)."""
+        from busdx.inference.pipeline import WITHHELD
+
+        return self.row.get("label") == WITHHELD
+
 
 def is_url(source: str) -> bool:
     return "://" in source and not source.startswith("file://")

@@ -6,7 +6,8 @@ The report says, for the image (and the frame and pane analysed) it references:
 
 - with a lesion: one planar region (TID 1410) whose outline is the lesion's contour on the
   source image's pixel grid, with the probability of malignancy (DCM 111047 "Probability of
-  cancer"), the call at the validated threshold (SCT benign or malignant), the threshold, the
+  cancer"), the call at the validated threshold (SCT benign or malignant; "Call withheld" and
+  no risk band when the image may not be a breast ultrasound at all), the threshold, the
   risk band, and each measurement in mm when the image is calibrated (in pixels otherwise is
   not reported: a PACS would read pixels as lengths);
 - without one: an image-level group (TID 1501) whose finding is "No lesion found" and no call.
@@ -78,6 +79,7 @@ def concepts() -> dict:
         "threshold": _local("threshold", "Decision threshold on the probability"),
         "risk_band": _local("risk-band", "BI-RADS-aligned risk band"),
         "no_lesion": _local("no-lesion", "No lesion found"),
+        "withheld": _local("call-withheld", "Call withheld: may not be a breast ultrasound"),
         "pane": _local("pane", "Pane of a dual-view capture"),
         "lesion": codes.SCT.Lesion,
         "benign": codes.SCT.Benign,
@@ -177,11 +179,12 @@ def dicom_results(source, analysis, uid_root: str | None = None) -> DicomResults
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(mask),
             source_image=hd.sr.SourceImageForRegion(
                 source.SOPClassUID, source.SOPInstanceUID, referenced_frame_numbers=frame))
-        qualitative += [
-            hd.sr.QualitativeEvaluation(c["call"], c[analysis.label]),
-            hd.sr.QualitativeEvaluation(
-                c["risk_band"], _local(analysis.risk.name, analysis.risk.text[:64])),
-        ]
+        # a withheld call is stored as such, never as benign or malignant, and with no band
+        qualitative.append(hd.sr.QualitativeEvaluation(
+            c["call"], c["withheld"] if analysis.risk is None else c[analysis.label]))
+        if analysis.risk is not None:
+            qualitative.append(hd.sr.QualitativeEvaluation(
+                c["risk_band"], _local(analysis.risk.name, analysis.risk.text[:64])))
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, referenced_region=region, finding_type=c["lesion"],
             algorithm_id=algorithm, finding_sites=[hd.sr.FindingSite(c["breast"])],

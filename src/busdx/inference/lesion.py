@@ -31,7 +31,7 @@ import numpy as np
 
 from busdx import DISCLAIMER, __version__
 from busdx.errors import BusdxError
-from busdx.inference.pipeline import NO_LESION
+from busdx.inference.pipeline import NO_LESION, WITHHELD
 from busdx.inference.risk import RiskBand, risk_band
 from busdx.numeric import sigmoid
 
@@ -130,21 +130,26 @@ class ViewScore:
     # the outlined lesion's longest diameter and its units ("mm" or "px"); None: no lesion
     longest_diameter: float | None = None
     units: str | None = None
+    # the view may not be a breast ultrasound at all (Analysis.not_ultrasound)
+    not_ultrasound: bool = False
 
     @classmethod
     def of(cls, analysis) -> ViewScore:
         m = analysis.measurements
         return cls(analysis.logit, analysis.temperature, analysis.lesion_found,
                    analysis.model_version, analysis.unusual,
-                   m.longest_diameter if m else None, m.units if m else None)
+                   m.longest_diameter if m else None, m.units if m else None,
+                   analysis.not_ultrasound)
 
 
 @dataclass(frozen=True)
 class LesionReading:
     probability: float  # calibrated, from the mean of the views' served logits
-    label: str  # "benign" or "malignant" at ``threshold``; "no lesion" when no view shows one
+    # "benign" or "malignant" at ``threshold``; "no lesion" when no view shows one; "call
+    # withheld" when a view may not be a breast ultrasound at all
+    label: str
     threshold: float  # the card's lesion threshold
-    risk: RiskBand | None  # None when no view shows a lesion
+    risk: RiskBand | None  # None when no view shows a lesion or the call is withheld
     logit: float  # mean of the views' served logits
     temperature: float
     views: int
@@ -154,6 +159,13 @@ class LesionReading:
     views_unusual: int = 0  # views the input check found unlike the training images
     # the views cannot be one lesion (Agreement): a caution, the reading is still given
     views_disagree: bool = False
+    views_not_ultrasound: int = 0  # views that may not be a breast ultrasound: no call then
+
+    @property
+    def malignant_at_threshold(self) -> bool:
+        """Whether a view shows a lesion and the probability is at or above the lesion
+        threshold, whether the call is shown or withheld (Analysis.malignant_at_threshold)."""
+        return self.views_without_lesion < self.views and self.probability >= self.threshold
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,6 +178,7 @@ class LesionReading:
             "views_without_lesion": self.views_without_lesion,
             "views_unusual": self.views_unusual,
             "views_disagree": self.views_disagree,
+            "views_not_ultrasound": self.views_not_ultrasound,
             "note": self.note,
             "model_version": self.model_version,
             "busdx_version": __version__,
@@ -202,6 +215,12 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None,
     if apart:
         notes.append(f"these views may not show one lesion: {apart}. Check that they are "
                      "images of the same lesion of the same patient")
+    foreign = sum(v.not_ultrasound for v in views)
+    if foreign:
+        # one chart among the views makes their mean mean nothing, whatever the others show
+        notes.append(f"call withheld: {foreign} of {len(views)} views may not be a breast "
+                     "ultrasound image at all (see their cautions); no benign or malignant call "
+                     "and no risk band are given, the probability is for reference only")
     none_found = missing == len(analyses)
     if none_found:
         where = ("the view: no benign or malignant call is made; the probability is the whole "
@@ -215,14 +234,14 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None,
     if unusual:
         notes.append(f"{unusual} of {len(analyses)} views unlike the training images (see their "
                      "cautions): the lesion threshold may not hold for this reading either")
-    if len(analyses) == 1 and not none_found:
+    if len(analyses) == 1 and not none_found and not foreign:
         notes.append("one view: the reading is that image's, called at the lesion threshold")
     return LesionReading(
         probability=probability,
-        label=(NO_LESION if none_found
+        label=(NO_LESION if none_found else WITHHELD if foreign
                else "malignant" if probability >= lesion_threshold else "benign"),
         threshold=lesion_threshold,
-        risk=None if none_found else risk_band(min(max(probability, 0.0), 1.0)),
+        risk=None if none_found or foreign else risk_band(min(max(probability, 0.0), 1.0)),
         logit=logit,
         temperature=temperature,
         views=len(analyses),
@@ -231,4 +250,5 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None,
         model_version=analyses[0].model_version,
         views_unusual=unusual,
         views_disagree=bool(apart),
+        views_not_ultrasound=foreign,
     )

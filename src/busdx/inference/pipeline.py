@@ -79,14 +79,26 @@ DISMISSED_NOTE = (
     "the image shows no lesion; no benign or malignant call is made; the probability is the "
     "whole image's, for reference only; no measurements"
 )
+# the label when a lesion was outlined but the image may not be a breast ultrasound at all
+# (busdx.inference.quality.NOT_ULTRASOUND): a call or a band on a chart or a photograph would be
+# read before its caution, in a CSV or a PACS as much as on the page
+WITHHELD = "call withheld"
+WITHHELD_NOTE = (
+    "Call withheld: this may not be a breast ultrasound image at all (see the caution); on such "
+    "an image the networks' output means nothing: no benign or malignant call and no risk band "
+    "are given, and the probability, the outline and the measurements are for reference only"
+)
 
 
 @dataclass
 class Analysis:
     probability: float  # calibrated probability of malignancy
-    label: str  # "benign" or "malignant" at ``threshold``
+    # "benign" or "malignant" at ``threshold``; NO_LESION without an outline; WITHHELD when the
+    # image may not be a breast ultrasound at all
+    label: str
     threshold: float
-    risk: RiskBand | None  # None when no lesion is found: a band grades a lesion
+    # None when no lesion is found (a band grades a lesion) or the call is withheld
+    risk: RiskBand | None
     logit: float  # the served logit (shift included): probability = sigmoid(logit / temperature)
     temperature: float
     lesion_found: bool
@@ -125,6 +137,17 @@ class Analysis:
     def unusual(self) -> bool:
         """Whether the input check found the image unlike the training images (a caution)."""
         return bool(self.input_check and self.input_check.unusual)
+
+    @property
+    def not_ultrasound(self) -> bool:
+        """Whether the image may not be a breast ultrasound at all (no call is made on it)."""
+        return bool(self.input_check and self.input_check.not_ultrasound)
+
+    @property
+    def malignant_at_threshold(self) -> bool:
+        """Whether an outlined lesion's probability is at or above the threshold, whether the
+        call is shown or withheld: what the studies compare across changes of an image."""
+        return self.lesion_found and self.probability >= self.threshold
 
     def to_json(self, images: bool = True) -> dict[str, Any]:
         """The API's answer: plain JSON types, the PNGs base64-encoded."""
@@ -406,6 +429,7 @@ def analyze(
             box = replace(box, top=box.top + area.top, left=box.left + area.left)
     clock.lap("heatmap")
     lesion_found = bool(mask.any())
+    withheld = lesion_found and bool(input_check and input_check.not_ultrasound)
     measurements = measure(mask, decoded.pixel_spacing_mm) if lesion_found else None
     clock.lap("measure")
     overlays = render(image, mask, heat) if render_overlays else None
@@ -414,16 +438,18 @@ def analyze(
     return Analysis(
         probability=probability,
         # no outline, no call: the whole image's probability is kept for reference only
-        label=(("malignant" if probability >= settings.threshold else "benign")
+        label=(WITHHELD if withheld
+               else ("malignant" if probability >= settings.threshold else "benign")
                if lesion_found else NO_LESION),
         threshold=settings.threshold,
         # a risk band grades a lesion: without one there is nothing to grade
-        risk=risk_band(min(max(probability, 0.0), 1.0)) if lesion_found else None,
+        risk=(risk_band(min(max(probability, 0.0), 1.0)) if lesion_found and not withheld
+              else None),
         logit=logit,
         temperature=settings.temperature,
         lesion_found=lesion_found,
-        note=("" if lesion_found else DISMISSED_NOTE if reading.outline_dismissed
-              else NO_LESION_NOTE),
+        note=(WITHHELD_NOTE if withheld else "" if lesion_found
+              else DISMISSED_NOTE if reading.outline_dismissed else NO_LESION_NOTE),
         presence=reading.presence,
         measurements=measurements,
         width=w,

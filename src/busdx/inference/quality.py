@@ -207,6 +207,12 @@ class InputCheck:
         return bool(self.outside)
 
     @property
+    def not_ultrasound(self) -> bool:
+        """Whether the image may not be a breast ultrasound at all (:data:`NOT_ULTRASOUND`, always
+        the first warning when given): then no call is made on it."""
+        return bool(self.warnings) and self.warnings[0].startswith(NOT_ULTRASOUND)
+
+    @property
     def outside_text(self) -> str:
         """e.g. ``"texture low; contrast high"`` (empty when nothing is outside)."""
         return "; ".join(f"{name} {side}" for name, side in self.outside.items())

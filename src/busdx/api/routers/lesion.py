@@ -25,7 +25,8 @@ router = APIRouter(prefix="/api", tags=["analysis"])
     description=(
         "Send the `logit`, `lesion_found` and `model_version` of each view of one lesion, as "
         "/api/analyze returned them (two orthogonal planes, typically), and `unusual` when its "
-        "`input_check.outside` was not empty, and its `measurements.longest_diameter` and "
+        "`input_check.outside` was not empty (and `not_ultrasound` when its first warning says it "
+        "may not be a breast ultrasound), and its `measurements.longest_diameter` and "
         "`units` so that views of different sizes are noticed. Returns the lesion's "
         "calibrated probability, its call at the lesion threshold validated on BUS-BRA with "
         "both views, and its risk band; `views_disagree` (with a note) when the views differ "
@@ -46,7 +47,8 @@ def lesion(request: Request, body: LesionRequest) -> dict[str, Any]:
         raise HTTPException(409, f"views analysed by other models ({', '.join(stale)}): analyse "
                                  f"them again with {models.version}")
     views = [ViewScore(v.logit, models.settings.temperature, v.lesion_found, v.model_version,
-                       v.unusual, v.longest_diameter, v.units) for v in body.views]
+                       v.unusual, v.longest_diameter, v.units, v.not_ultrasound)
+             for v in body.views]
     reading = read_lesion(views, threshold, models.settings.lesion_agreement)
     audit(request, "/api/lesion", models.version, reading.label)
     return reading.to_json()

@@ -144,10 +144,15 @@ function renderTimings(timings) {
 // (busdx.inference.quality.NOT_ULTRASOUND)
 const NOT_ULTRASOUND = "This may not be a breast ultrasound image at all";
 
-// what the page calls a result: its label, unless the image may not be an ultrasound at all
+// the label the API gives when a lesion was outlined on what may not be an ultrasound at all
+// (busdx.inference.pipeline.WITHHELD): no call and no band then
+const WITHHELD = "call withheld";
+
+// an image (or a lesion read from views) that may not be a breast ultrasound at all: the API
+// withholds the call; an image without an outline says so by its first warning alone
 function mayNotBeUltrasound(r) {
   const warnings = (r.input_check && r.input_check.warnings) || [];
-  return warnings.length > 0 && warnings[0].startsWith(NOT_ULTRASOUND);
+  return r.label === WITHHELD || (warnings.length > 0 && warnings[0].startsWith(NOT_ULTRASOUND));
 }
 
 function shownLabel(r) {
@@ -157,6 +162,7 @@ function shownLabel(r) {
 // One line for a list or a caption, of an image's analysis or a lesion's reading. A risk band
 // is a lesion's: the API gives none when no lesion is found, and none is shown then.
 function readingText(r) {
+  if (r.label === WITHHELD) return WITHHELD;
   if (!r.risk_band) return mayNotBeUltrasound(r) ? "call withheld, no lesion found"
     : "no lesion found";
   return `${shownLabel(r)}, ${pct(r.probability)}, band ${r.risk_band.name}`;
@@ -199,8 +205,8 @@ function renderResult(r, name, at) {
     els.call.replaceChildren(document.createTextNode("Call withheld: this may not be a " +
       "breast ultrasound image"));
     small.textContent = "On a picture that is not a breast ultrasound scan the networks' " +
-      `output means nothing (the API's label is ${r.label}). Check what was uploaded; the ` +
-      "numbers below are for reference only.";
+      "output means nothing: no call and no risk band are given. Check what was uploaded; " +
+      "the numbers below are for reference only.";
   } else if (r.lesion_found) {
     els.call.className = `call ${look.kind}`;
     els.call.replaceChildren(document.createTextNode(`Call: ${look.heading}`));
@@ -236,10 +242,12 @@ function renderResult(r, name, at) {
   // A risk band beside "No lesion found" would read as a finding: it is a lesion's, so it goes.
   els.bandName.textContent = r.risk_band ? r.risk_band.name : "";
   els.bandText.textContent = r.risk_band ? r.risk_band.text : "";
-  els.band.hidden = !r.lesion_found;
-  els.bandHelp.hidden = !r.lesion_found;
-  els.note.textContent = r.note || "";
-  els.note.hidden = !r.note;
+  els.band.hidden = !r.risk_band;
+  els.bandHelp.hidden = !r.risk_band;
+  // a withheld call's note says what the call box above already says
+  const note = withheld ? "" : r.note || "";
+  els.note.textContent = note;
+  els.note.hidden = !note;
   const warnings = (r.input_check && r.input_check.warnings) || [];
   els.inputWarnings.replaceChildren(...warnings.map((text) => {
     const p = document.createElement("p");
@@ -501,6 +509,7 @@ async function analyzeLesion(files, dual) {
       body: JSON.stringify({ views: views.map(({ result: r }) => ({
         logit: r.logit, lesion_found: r.lesion_found, model_version: r.model_version,
         unusual: Boolean(r.input_check && Object.keys(r.input_check.outside).length),
+        not_ultrasound: mayNotBeUltrasound(r),
         longest_diameter: r.measurements ? r.measurements.longest_diameter : null,
         units: r.measurements ? r.measurements.units : null })) }),
     });
@@ -515,7 +524,10 @@ async function analyzeLesion(files, dual) {
                  renderLesion(lesion, views, problem);
                } });
     setStatus(lesion
-      ? (lesion.risk_band
+      ? (lesion.label === WITHHELD
+        ? `Done: lesion call withheld: ${lesion.views_not_ultrasound} of ${views.length} ` +
+          "views may not be a breast ultrasound image; see their cautions."
+        : lesion.risk_band
         ? `Done: lesion read from ${views.length} views: ${lesion.label} call, probability ` +
           `${pct(lesion.probability)}, risk band ${lesion.risk_band.name}.`
         : `Done: no lesion found in any of the ${views.length} views; no call is made.`)
@@ -605,7 +617,18 @@ function renderLesion(lesion, views, problem) {
     return button;
   }));
   els.lesionTitle.textContent = `Lesion, read from ${views.length} views`;
-  if (lesion && !lesion.risk_band) {
+  if (lesion && lesion.label === WITHHELD) {
+    // A view that may not be an ultrasound makes the views' mean mean nothing: no call, no band.
+    els.lesionCall.className = "call none";
+    els.lesionCaution.hidden = true;
+    els.lesionCall.replaceChildren(document.createTextNode(
+      "Lesion call withheld: a view may not be a breast ultrasound image"));
+    els.lesionProb.textContent = "Probability of malignancy, for reference only: " +
+      `${pct(lesion.probability)}`;
+    els.lesionBandName.parentElement.hidden = true;
+    const note = lesion.note.charAt(0).toUpperCase() + lesion.note.slice(1);
+    els.lesionNote.textContent = `${note}. Check what was uploaded.`;
+  } else if (lesion && !lesion.risk_band) {
     // No view shows a lesion: said plainly, with no call and no band, as for one image.
     els.lesionCall.className = "call none";
     els.lesionCaution.hidden = true;

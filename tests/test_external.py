@@ -95,12 +95,17 @@ def test_the_input_check_summary_counts_calls_with_and_without_a_warning():
             {"truth": "malignant", "call": "benign", "input_unusual": "texture low"},
             {"truth": "malignant", "call": "malignant", "input_unusual": "texture low; contrast high"},
             {"truth": "benign", "error": "unreadable"}]
-    out = _input_check_summary(rows)
+    out = _input_check_summary(rows, 0.3)
     assert out["unusual"] == 2 and out["fraction_unusual"] == pytest.approx(2 / 3)
     assert out["by_statistic"]["texture low"] == 2 and out["by_statistic"]["contrast high"] == 1
     assert out["calls_when_unusual"] == {"n": 2, "calls_right": 1, "accuracy": 0.5}
     assert out["calls_otherwise"] == {"n": 1, "calls_right": 1, "accuracy": 1.0}
-    assert _input_check_summary([{"truth": "benign", "call": "benign"}]) is None
+    assert _input_check_summary([{"truth": "benign", "call": "benign"}], 0.3) is None
+    # a withheld call is judged as the networks' call at the threshold
+    withheld = {"call": "call withheld", "input_unusual": "appearance high"}
+    out = _input_check_summary([{**withheld, "truth": "malignant", "probability": 0.4},
+                                {**withheld, "truth": "benign", "probability": 0.4}], 0.3)
+    assert out["calls_when_unusual"] == {"n": 2, "calls_right": 1, "accuracy": 0.5}
 
 
 def test_merged_masks_score_like_the_single_mask(fixtures_root, models_dir, tmp_path):

@@ -394,7 +394,7 @@ def evaluate_external(
     return ExternalResult(dataset, rows, report, preds, segmentation,
                           failed=sum(1 for r in rows if "error" in r),
                           mask_failed=sum(1 for r in rows if "mask_error" in r),
-                          input_check=_input_check_summary(rows),
+                          input_check=_input_check_summary(rows, settings.threshold),
                           reader_sections=birads_sections(preds, settings.threshold, reps=reps,
                                                           seed=seed),
                           lesion_reading=lesion)
@@ -445,15 +445,24 @@ def _lesion_reading(preds: list[Prediction], keys: list[str], rows: list[dict], 
                                       logit_offset=logit_offset)}
 
 
-def _input_check_summary(rows: list[dict]) -> dict | None:
+def _input_check_summary(rows: list[dict], threshold: float) -> dict | None:
     """How many analysed images were unlike the training images, and how often the calls were
-    right with and without that warning: does the warning mean anything on these images?"""
+    right with and without that warning: does the warning mean anything on these images? A call
+    withheld (the image may not be an ultrasound) is judged as the call the networks made at
+    ``threshold``, since the question is whether the warning marks calls that go wrong."""
+    from busdx.inference.pipeline import WITHHELD
+
     checked = [r for r in rows if "input_unusual" in r]
     if not checked:
         return None
 
+    def call(r: dict) -> str:
+        if r["call"] != WITHHELD:
+            return r["call"]
+        return "malignant" if r["probability"] >= threshold else "benign"
+
     def calls(group: list[dict]) -> dict:
-        right = sum(1 for r in group if r["call"] == r["truth"])
+        right = sum(1 for r in group if call(r) == r["truth"])
         return {"n": len(group), "calls_right": right,
                 "accuracy": right / len(group) if group else None}
 

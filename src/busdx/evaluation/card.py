@@ -242,7 +242,9 @@ def render_model_card(release: Release, records: dict[str, Record]) -> str:
         "operating point may not hold for them."
         + (" A picture the outline network's encoder finds unlike every training image "
            "(photographs, charts, other kinds of scan) is warned to be perhaps no breast "
-           "ultrasound at all; DICOM files of another modality are refused."
+           "ultrasound at all and gets no call and no risk band, as does a breast scan wrongly "
+           "warned so (how often: the results below); DICOM files of another modality are "
+           "refused."
            if release.input_check.appearance_threshold is not None else ""),
         _calibration_limit(view),
         "- The risk band is an aid to reading the probability, not a BI-RADS assessment.",

@@ -652,6 +652,39 @@ def test_a_lesion_with_no_lesion_in_any_view_gets_no_call(server, browser, fixtu
     page.close()
 
 
+def test_a_lesion_with_a_view_that_may_not_be_ultrasound_gets_no_call(server, browser,
+                                                                     fixtures_root, output_dir):
+    """A scan and a bar chart dropped together as one lesion's views: the page tells the API
+    which view may not be an ultrasound, and the lesion block, the status line and the history
+    give no call and no band."""
+    chart = Path(__file__).parent / "fixtures" / "not-ultrasound" / "drawn_bar_chart.png"
+    card = json.loads(urllib.request.urlopen(server + "/api/model").read())["card"]
+    if not (card["classifier"].get("lesion_reading") or {}).get("offered"):
+        pytest.skip("these models offer no lesion reading")
+    if "input_check" not in card:
+        pytest.skip("the served models have no input check")
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server + "/")
+    with page.expect_response("**/api/lesion*", timeout=90_000) as answered:
+        page.set_input_files("#file", [str(fixtures_root / "Images" / "bus_0007-l.png"),
+                                       str(chart)])
+    sent = json.loads(answered.value.request.post_data)["views"]
+    assert [v["not_ultrasound"] for v in sent] == [False, True]
+    page.wait_for_selector("#lesion:not([hidden])", timeout=90_000)
+    call = page.locator("#lesion-call").inner_text().lower()
+    assert "lesion call withheld" in call and "benign" not in call and "malignant" not in call
+    assert page.locator("#lesion-band-name").is_hidden()
+    assert "may not be a breast ultrasound" in page.locator("#lesion-note").inner_text()
+    assert "lesion call withheld" in page.locator("#status").inner_text()
+    listed = page.locator("#history-list li").first.inner_text().lower()
+    assert "call withheld" in listed and "band" not in listed
+    page.screenshot(path=str(output_dir / "browser-lesion-not-ultrasound.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
 def test_a_phone_sees_its_result_and_the_focus_ring_is_calm(server, browser, fixtures_root,
                                                             output_dir):
     """On a phone the result comes into view after the analysis, the threshold's label stays

@@ -212,15 +212,15 @@ def read_lesion(analyses: Sequence, lesion_threshold: float | None,
     notes = []
     views = [a if isinstance(a, ViewScore) else ViewScore.of(a) for a in analyses]
     apart = agreement.disagreement(views) if agreement is not None and len(views) > 1 else ""
-    if apart:
-        notes.append(f"these views may not show one lesion: {apart}. Check that they are "
-                     "images of the same lesion of the same patient")
     foreign = sum(v.not_ultrasound for v in views)
     if foreign:
         # one chart among the views makes their mean mean nothing, whatever the others show
         notes.append(f"call withheld: {foreign} of {len(views)} views may not be a breast "
                      "ultrasound image at all (see their cautions); no benign or malignant call "
                      "and no risk band are given, the probability is for reference only")
+    if apart:
+        notes.append(f"these views may not show one lesion: {apart}. Check that they are "
+                     "images of the same lesion of the same patient")
     none_found = missing == len(analyses)
     if none_found:
         where = ("the view: no benign or malignant call is made; the probability is the whole "

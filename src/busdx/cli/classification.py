@@ -250,7 +250,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = config_with_file(_train_config, args, args.parser, args.config)
     except ValueError as err:
         raise BusdxError(str(err)) from err
-    tc.read_starts(config)  # a refused teacher or --init leaves no empty --out folder behind
+    # read before the data: a refused teacher or --init leaves no empty --out folder behind
+    starts = tc.read_starts(config)
     index = load_index(config.data)
     split = make_split(index, SplitConfig(test_fold=config.test_fold, seed=config.split_seed,
                                           val_fold=config.val_fold))
@@ -269,7 +270,7 @@ def run_train(args: argparse.Namespace) -> int:
         log.info("comparisons: %s", json.dumps(comparisons, indent=1))
 
     aux = tc.auxiliary_targets(split.train) if config.aux_weight > 0 else None
-    result = tc.train_classifier(train, val, config, out, aux=aux)
+    result = tc.train_classifier(train, val, config, out, aux=aux, starts=starts)
     if result.rank != 0:  # under torchrun, rank 0 calibrates, records and exports the run
         return 0
     model, ckpt = tc.load_checkpoint(result.checkpoint)

@@ -29,6 +29,7 @@ import numpy as np
 
 from busdx import __version__
 from busdx.errors import BusdxError
+from busdx.inference.pipeline import WITHHELD
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ def concepts() -> dict:
         "threshold": _local("threshold", "Decision threshold on the probability"),
         "risk_band": _local("risk-band", "BI-RADS-aligned risk band"),
         "no_lesion": _local("no-lesion", "No lesion found"),
-        "withheld": _local("call-withheld", "Call withheld: may not be a breast ultrasound"),
+        # the call's values, by the analysis's label
+        WITHHELD: _local("call-withheld", "Call withheld: may not be a breast ultrasound"),
         "pane": _local("pane", "Pane of a dual-view capture"),
         "lesion": codes.SCT.Lesion,
         "benign": codes.SCT.Benign,
@@ -179,10 +181,8 @@ def dicom_results(source, analysis, uid_root: str | None = None) -> DicomResults
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline(mask),
             source_image=hd.sr.SourceImageForRegion(
                 source.SOPClassUID, source.SOPInstanceUID, referenced_frame_numbers=frame))
-        # a withheld call is stored as such, never as benign or malignant, and with no band
-        qualitative.append(hd.sr.QualitativeEvaluation(
-            c["call"], c["withheld"] if analysis.risk is None else c[analysis.label]))
-        if analysis.risk is not None:
+        qualitative.append(hd.sr.QualitativeEvaluation(c["call"], c[analysis.label]))
+        if analysis.risk is not None:  # none on a withheld call
             qualitative.append(hd.sr.QualitativeEvaluation(
                 c["risk_band"], _local(analysis.risk.name, analysis.risk.text[:64])))
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(

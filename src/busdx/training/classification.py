@@ -312,18 +312,19 @@ def train_classifier(
     config: ClassifierTrainConfig,
     out_dir: str | Path,
     aux: np.ndarray | None = None,
+    starts: tuple[Teacher | None, dict | None] | None = None,
 ) -> TrainResult:
     """Fine-tune end to end; the checkpoint with the best validation AUC is kept
     (``classifier.pt``). ``aux`` (``auxiliary_targets`` of the training records) is needed when
-    ``config.aux_weight`` > 0; the auxiliary head is not part of the checkpoint."""
+    ``config.aux_weight`` > 0; the auxiliary head is not part of the checkpoint. ``starts``:
+    what :func:`read_starts` gave for ``config``, when the caller has read it already."""
     if config.aux_weight > 0 and aux is None:
         raise ValueError("aux_weight > 0 needs the auxiliary targets of the training samples")
     out_dir = Path(out_dir)
     process, device = distributed.start(config.device)
     per_process = distributed.per_process_batch(config.batch_size, process)
-    teacher, start = read_starts(config)
-    spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
-                          views=config.views)
+    teacher, start = starts if starts is not None else read_starts(config)
+    spec = _spec(config)
     state = loop.read_last(out_dir, config.recipe()) if config.resume else None
     if process.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -499,9 +500,12 @@ def read_starts(config: ClassifierTrainConfig) -> tuple[Teacher | None, dict | N
     if config.teacher:
         teacher = Teacher(config.teacher, "logit", threads=config.threads)
         teacher.check_input(config.views, config.size)
-    spec = ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
+    return teacher, read_init(config.init, _spec(config)) if config.init else None
+
+
+def _spec(config: ClassifierTrainConfig) -> ClassifierSpec:
+    return ClassifierSpec(arch=config.arch, dropout=config.dropout, weights=config.weights,
                           views=config.views)
-    return teacher, read_init(config.init, spec) if config.init else None
 
 
 def read_init(init: str | Path, spec: ClassifierSpec) -> dict:

@@ -12,11 +12,14 @@ with the real sessions, their outputs are kept, and the timed runs get them back
 session in a few microseconds. Both sides feed the networks exactly the same inputs (the fast
 tier checks that the logits are unchanged), so the replayed outputs are valid for both.
 
-"Before" is the busdx source at ``--before`` (a git revision, exported with ``git archive``),
-"after" the working tree. Each side runs in its own process, alternately, ``--rounds`` times, so
-that a slower minute of the machine touches both.
+"After" is the working tree. With ``--before REV``, the busdx source at that git revision
+(exported with ``git archive``) is timed too, as "before": each side runs in its own process,
+alternately, ``--rounds`` times, so that a slower minute of the machine touches both. Both sides
+load the same models folder, so REV must read it (a revision older than the release format of
+``models/`` cannot: it stops with the reason). Without ``--before`` the working tree is timed
+alone.
 
-    python benchmarks/postprocess.py --data ../shared/data/busbra [-n 100] [--before 4237d64]
+    python benchmarks/postprocess.py --data ../shared/data/busbra [-n 100] [--before HEAD~5]
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ from bench_common import (
 
 log = logging.getLogger("benchmarks.postprocess")
 
-BEFORE = "4237d64"  # the last commit before OpenCV and torchvision's transforms
 TARGETS_MS = {"non_model": 5.0, "pictures": 10.0}  # p50, issue #40
 
 
@@ -119,9 +121,13 @@ def run_side(src: Path, paths: list[str], args) -> dict:
         models = str(Path(args.models or REPO / "models").resolve())
         json.dump({"paths": paths, "models": models, "warmup": args.warmup}, job)
     env = {**os.environ, "PYTHONPATH": str(src)}
-    out = subprocess.run([sys.executable, __file__, "--side", job.name], env=env, check=True,
-                         stdout=subprocess.PIPE, text=True)
+    out = subprocess.run([sys.executable, __file__, "--side", job.name], env=env,
+                         capture_output=True, text=True)
     os.unlink(job.name)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+        which = "the working tree" if src == REPO / "src" else f"revision {args.before}"
+        raise SystemExit(f"busdx at {which} could not analyse with {models}: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
     parser.add_argument("-n", type=int, default=100, help="fold-5 images (a seeded spread)")
-    parser.add_argument("--before", default=BEFORE, help="git revision timed as 'before'")
+    parser.add_argument("--before", default=None,
+                        help="a git revision to time as 'before' (default: the working tree alone)")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two sides")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes per round")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side, print JSON
@@ -151,23 +158,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging()
     paths = [str(image.path) for image in fold_images(args.data, limit=args.n)]
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.before],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    sides: dict[str, list[dict]] = {"before": [], "after": []}
+    names = ("before", "after") if args.before else ("after",)
+    sides: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
-        sources = {"before": export_source(args.before, Path(tmp)), "after": REPO / "src"}
+        sources = {"after": REPO / "src"}
+        if args.before:
+            commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.before],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+            sources["before"] = export_source(args.before, Path(tmp))
         for round_ in range(args.rounds):
-            for side in ("before", "after"):
+            for side in names:
                 start = time.perf_counter()
                 sides[side].append(run_side(sources[side], paths, args))
                 log.info("round %d, %s: %.0f s", round_ + 1, side, time.perf_counter() - start)
     result = {"machine": machine(), "versions": versions(), "images": len(paths),
-              "rounds": args.rounds, "before": {"revision": commit, **summary(sides["before"])},
+              "rounds": args.rounds,
+              "before": {"revision": commit, **summary(sides["before"])} if args.before else None,
               "after": {"revision": "working tree", **summary(sides["after"])},
               "targets_p50_ms": TARGETS_MS}
     result["met"] = {part: result["after"][f"{part}_ms"]["p50"] <= target
                      for part, target in TARGETS_MS.items()}
-    for side in ("before", "after"):
+    for side in names:
         log.info("%s: non-model p50 %.2f ms, pictures p50 %.2f ms", side,
                  result[side]["non_model_ms"]["p50"], result[side]["pictures_ms"]["p50"])
     write_result(args.out, "postprocess", result)

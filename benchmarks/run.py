@@ -59,11 +59,18 @@ def step_command(step: str, args: argparse.Namespace, extra: list[str]) -> list[
     return command
 
 
-def run_step(command: list[str], timeout: int) -> float:
-    log.info("running %s", " ".join(Path(c).name if c.endswith(".py") else c for c in command[1:]))
+def run_step(command: list[str], timeout: int) -> float | None:
+    """The step's duration in seconds; None when it failed (the reason is logged): the other
+    steps still run and BENCHMARKS.md is still written from every result there is."""
+    name = " ".join(Path(c).name if c.endswith(".py") else c for c in command[1:])
+    log.info("running %s", name)
     start = time.perf_counter()
-    subprocess.run(command, check=True, timeout=timeout)
-    return time.perf_counter() - start
+    try:
+        subprocess.run(command, check=True, timeout=timeout)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        log.error("%s failed (%s); its earlier result, if any, stays", name, err)
+        return None
+    return round(time.perf_counter() - start, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = list(counts[step])
         if step == "quantize" and args.quant_work:
             extra += ["--work", args.quant_work]
-        durations[step] = round(run_step(step_command(step, args, extra), args.step_timeout), 1)
+        durations[step] = run_step(step_command(step, args, extra), args.step_timeout)
     # When an int8 mix was kept, time the full analysis with it as well.
     quant = Path(args.out) / "quantization.json"
     if "quantize" in steps and quant.is_file():
@@ -99,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         if kept:
             command = step_command("latency", argparse.Namespace(**{**vars(args), "models": kept}),
                                    counts["latency"] + ["--name", "latency_int8"])
-            durations["latency_int8"] = round(run_step(command, args.step_timeout), 1)
+            durations["latency_int8"] = run_step(command, args.step_timeout)
     log.info("step durations (s): %s", durations)
     subprocess.run([sys.executable, str(HERE / "write_benchmarks.py"), "--results", args.out,
                     "--out", args.md], check=True)
-    return 0
+    failed = [step for step, seconds in durations.items() if seconds is None]
+    if failed:
+        log.error("failed: %s (see above)", ", ".join(failed))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -130,3 +130,30 @@ def test_postprocess_times_both_sources_on_the_same_images(quick):
         assert {"decode", "segment", "classify", "measure"} <= set(pp[side]["stages_ms_p50"])
     assert set(pp["met"]) == {"non_model", "pictures"}
     assert "The work around the networks" in md.read_text()
+
+
+def test_postprocess_times_the_working_tree_alone_by_default(quick, tmp_path):
+    """Without --before no other revision is exported: an old one may not read today's models."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "postprocess.py"), "--data", str(FIXTURES),
+         "--models", str(quick.models), "--out", str(out), "-n", "2", "--rounds", "1",
+         "--warmup", "0"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    pp = _load(out, "postprocess")
+    assert pp["before"] is None and pp["after"]["non_model_ms"]["n"] == 2
+    md = tmp_path / "BENCHMARKS.md"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "write_benchmarks.py"), "--results",
+                    str(out), "--out", str(md)], check=True, cwd=REPO)
+    text = md.read_text()
+    assert "| ms per image | working tree |" in text and "(before" not in text
+
+
+def test_a_failed_step_is_reported_and_the_others_still_run():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from run import run_step
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert run_step([sys.executable, "-c", "raise SystemExit(3)"], timeout=60) is None
+    assert run_step([sys.executable, "-c", "pass"], timeout=60) >= 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from busdx.evaluation.card_markdown import render_history
+from busdx.evaluation.card_markdown import headline_table, render_history
 from busdx.evaluation.report import (
     README_END,
     README_START,
@@ -51,6 +51,27 @@ def test_results_table_comes_from_the_card():
         "birads_auc_ci95": [0.86, 0.92], "difference": 0.023, "difference_ci95": [-0.012, 0.058]}
     assert ("| radiologists' BI-RADS as a score: ROC AUC (95% CI); the model minus it | 0.889 "
             "(0.860-0.920); +0.023 (-0.012 to +0.058) |") in results_table(card)
+
+
+def test_headline_table_puts_each_hospital_in_a_column():
+    """The README's table: BUS-BRA's test fold, then each hospital never trained on; a figure
+    not measured for a hospital says so rather than borrowing another's."""
+    card = json.loads(json.dumps(CARD))
+    assert headline_table(card).splitlines()[0] == (
+        "|  | BUS-BRA test fold: the training hospital's held-out patients |")
+    card["external"] = {"breast_test": {"auc": 0.9, "auc_ci95": [0.85, 0.95], "sensitivity": 0.8,
+                                        "specificity": 0.7, "dice": 0.78,
+                                        "what": "BrEaST-Lesions-USG (test), 126 lesion images"}}
+    card["no_lesion"] = {"test": {"sites": {"breast": {
+        "lesion_free_reported_no_lesion": {"share": 0.865, "n": 96},
+        "lesion_images_with_a_lesion_found": {"share": 0.992, "n": 126}}}}}
+    table = headline_table(card)
+    assert "| BrEaST-Lesions-USG (test): a hospital never trained on |" in table
+    assert "| malignancy: ROC AUC (95% CI) | 0.912 (0.880-0.940) | 0.900 (0.850-0.950) |" in table
+    assert "| sensitivity / specificity at the operating threshold | 90.0% / 80.0% | 80.0% / 70.0% |" in table
+    assert "| lesion outline: Dice, mean | 0.877 | 0.780 |" in table
+    assert "| \"no lesion\" on lesion-free images | not measured | 86.5% of 96 |" in table
+    assert headline_table({}) == "No evaluation of this release is on record yet."
 
 
 def test_model_card_has_use_limits_and_numbers():
@@ -116,7 +137,7 @@ def test_report_on_fixtures_with_stand_in_models(fixtures_root, tmp_path):
     report = (tmp_path / "reports" / "REPORT.md").read_text()
     assert "![per_scanner](results_per_scanner.png)" in report
     assert not (models / "MODEL_CARD.md").exists()  # only `busdx release` writes models/
-    assert "reports/results_per_scanner.png" in readme.read_text()
+    assert "reports/classifier_roc.png" in readme.read_text()
 
 
 @pytest.mark.parametrize("missing", ["segmenter.onnx", "release.json"])
@@ -245,7 +266,7 @@ def test_readme_results_are_the_rendering_of_the_evidence():
     readme = (root / "README.md").read_text(encoding="utf-8")
     start, end = readme.index(README_START), readme.index(README_END) + len(README_END)
     assert readme[start:end] == block
-    assert "| ROC AUC (95% CI, patient bootstrap) |" in block
+    assert "| malignancy: ROC AUC (95% CI) |" in block and "MODEL_CARD.md" in block
 
 
 def test_the_bundled_models_keep_to_their_size_budget():

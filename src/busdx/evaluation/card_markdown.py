@@ -93,6 +93,51 @@ def external_rows(card: dict) -> list[list[str]]:
     return rows
 
 
+def headline_table(card: dict) -> str:
+    """The README's results: the few numbers a reader needs, one column per hospital (BUS-BRA's
+    test fold, then each hospital never trained on); every other result is in the model card."""
+    seg = (card.get("segmenter") or {}).get("test") or {}
+    cls = (card.get("classifier") or {}).get("test") or {}
+    sites = ((card.get("no_lesion") or {}).get("test") or {}).get("sites") or {}
+    columns = []  # (header, classification results, Dice, no-lesion results)
+    if cls or seg:
+        columns.append(("BUS-BRA test fold: the training hospital's held-out patients", cls,
+                        (seg.get("dice") or {}).get("mean"), sites.get("busbra")))
+    for key, r in sorted((card.get("external") or {}).items()):
+        if isinstance(r, dict) and r.get("auc") is not None:
+            name = str(r.get("what") or key).split(",")[0]
+            columns.append((f"{name}: a hospital never trained on", r, r.get("dice"),
+                            sites.get(key.split("_")[0])))
+    if not columns:
+        return "No evaluation of this release is on record yet."
+
+    def no_lesion(s: dict | None, key: str) -> str:
+        r = (s or {}).get(key)
+        return f"{_pct(r['share'])} of {r['n']}" if r and r.get("n") else "not measured"
+
+    rows = [
+        ["malignancy: ROC AUC (95% CI)", *(f"{fmt(c.get('auc'))}{_ci(c, 'auc')}"
+                                           for _, c, _, _ in columns)],
+        ["sensitivity / specificity at the operating threshold",
+         *(f"{_pct(c.get('sensitivity'))} / {_pct(c.get('specificity'))}"
+           for _, c, _, _ in columns)],
+        ["lesion outline: Dice, mean", *(fmt(d) for _, _, d, _ in columns)],
+        ["\"no lesion\" on lesion-free images",
+         *(no_lesion(s, "lesion_free_reported_no_lesion") for *_, s in columns)],
+        ["a lesion found in images that show one",
+         *(no_lesion(s, "lesion_images_with_a_lesion_found") for *_, s in columns)],
+    ]
+    lines = _table(["", *(header for header, *_ in columns)], rows)
+    appearance = ((card.get("input_check") or {}).get("appearance") or {}).get("results") or {}
+    pictures = [r for name, r in appearance.items() if name.startswith("not_ultrasound")
+                and r.get("n")]
+    if pictures:
+        r = pictures[0]
+        lines.append(f"Pictures that are not breast ultrasound (photographs, charts, CT and MR "
+                     f"images): {r['warned']} of {r['n']} warned or refused, and given no call.")
+    return "\n".join(lines).rstrip()
+
+
 def results_table(card: dict) -> str:
     """The Markdown table of headline results, from the model card."""
     seg = card.get("segmenter", {}).get("test", {})

@@ -21,7 +21,7 @@ import numpy as np
 
 from busdx import DISCLAIMER
 from busdx.evaluation.card_markdown import fmt as _fmt
-from busdx.evaluation.card_markdown import results_table
+from busdx.evaluation.card_markdown import headline_table, results_table
 from busdx.evaluation.model_card import load_card
 from busdx.models.contract import SEGMENTER_FILE
 
@@ -93,13 +93,17 @@ def plot_per_scanner(seg_scores, cls_by_scanner: dict[str, dict], path: Path) ->
 
 
 def render_readme_block(card: dict, figures: dict[str, Path], readme_dir: Path) -> str:
-    lines = [README_START, "", results_table(card), ""]
-    pictures = [(k, figures[k]) for k in ("segmentation_examples", "classifier_roc",
-                                          "classifier_reliability", "per_scanner") if k in figures]
+    """The README's results: the headline table and two figures; the rest is linked."""
+    card_link = Path(os.path.relpath(readme_dir.resolve() / "models" / "MODEL_CARD.md",
+                                     readme_dir.resolve())).as_posix()
+    lines = [README_START, "", headline_table(card), ""]
+    pictures = [(k, figures[k]) for k in ("segmentation_examples", "classifier_roc")
+                if k in figures]
     for name, path in pictures:
         rel = Path(os.path.relpath(Path(path).resolve(), readme_dir.resolve()))
         lines.append(f"![{name.replace('_', ' ')}]({rel.as_posix()})")
-    lines += ["", "All figures: `reports/REPORT.md`. The model card: `models/MODEL_CARD.md`.", "",
+    lines += ["", f"Every result with its interval and counts, and where the models fail: "
+              f"[the model card]({card_link}). All figures: `reports/REPORT.md`.", "",
               README_END]
     return "\n".join(lines)
 

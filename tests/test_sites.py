@@ -171,3 +171,17 @@ def test_data_preview_draws_the_second_site_too(fixtures_root, tmp_path):
     for path in (out, tmp_path / "preview-breast.png"):
         with Image.open(path) as figure:
             assert figure.width > 500 and figure.height > 300
+
+
+def test_generalisation_results_page_is_the_rendering_of_its_records():
+    """docs/generalisation_results.md is written by tools/site_recipes.py from committed
+    records; a fresh clone (no runs) renders exactly the page that is committed."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("site_recipes", root / "tools" / "site_recipes.py")
+    site_recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(site_recipes)
+    text, _, pair = site_recipes.render(list(site_recipes.CANDIDATES), recorded_only=True)
+    assert text == (root / "docs" / "generalisation_results.md").read_text(encoding="utf-8")
+    assert pair is not None and "An outline network that learnt lesion-free tissue" in text

@@ -11,8 +11,8 @@ It also renders the records of the studies that followed (the presence gate and 
 variants, the held-back one-network release, the taught classifier) and, from the fine-tuning
 runs' own logs under runs/explore/, their validation scores by epoch.
 
-    python tools/site_recipes.py bundled control windows wide wide_windows bundled_lite1 \
-        ft_wide_windows ft_gentle
+    python tools/site_recipes.py            # the candidates of the page as it stands
+    python tools/site_recipes.py NAME ...   # others (folders under runs/selection/)
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the candidates on the page, in its order
+CANDIDATES = ("bundled", "control", "windows", "wide", "wide_windows", "bundled_lite1",
+              "ft_wide_windows")
 WHAT = {
     "bundled": "the bundled segmenter (two networks, lite1 + lite0, trained on a GPU)",
     "control": "one lite0 U-Net, 8 epochs on this CPU, BUS-BRA training images only",
@@ -182,7 +185,8 @@ def staged_section(r: dict) -> list[str]:
 
 
 def page(results: dict[str, dict], staged: dict | None = None,
-         fine_tuning: dict[str, dict] | None = None, stopped: dict | None = None) -> str:
+         fine_tuning: dict[str, dict] | None = None, stopped: dict | None = None,
+         pair: dict | None = None) -> str:
     def share(d: dict) -> str:
         return f"{100 * d['hits'] / d['n']:.1f}% ({d['hits']}/{d['n']})"
 
@@ -273,7 +277,6 @@ def page(results: dict[str, dict], staged: dict | None = None,
     if fine_tuning:
         lines += fine_tuning_section(fine_tuning, results.get("bundled_lite1", {}),
                                     results.get("ft_wide_windows", {}))
-    pair = pair_record()
     if pair:
         lines += pair_section(pair, results.get("bundled"))
     return "\n".join(lines) + "\n"
@@ -613,7 +616,6 @@ def pair_record() -> dict | None:
                              for how in ("outline", "check_and_outline")}
                       for site in ("busbra_validation", "breast_dev_out_of_fold")},
     }
-    PAIR.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
 
 
@@ -692,25 +694,37 @@ def pair_section(r: dict, bundled: dict | None) -> list[str]:
     return lines
 
 
+def render(names: list[str], recorded_only: bool = False) -> tuple[str, dict, dict | None]:
+    """The page, the record behind its first table and the ninth entry's record. From the run
+    folders where they exist, else from what the records say (a fresh clone keeps no runs);
+    ``recorded_only``: from the records alone, as a fresh clone renders it."""
+    kept = sorted(HELD_BACK.glob("*/release.json"), key=lambda p: p.stat().st_mtime)
+    staged = staged_release(kept[-1].parent) if kept else None
+    out = ROOT / "reports" / "studies" / "site_recipes.json"
+    recorded = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    runs = not recorded_only
+    results = {name: summary(name) if runs and (ROOT / "runs" / "selection" / name).is_dir()
+               else recorded[name] for name in names}
+    fine_tuning = {**recorded.get("fine_tuning_epochs", {}), **(fine_tuning_epochs() if runs
+                                                                else {})}
+    stopped = (stopped_fine_tuning() if runs else {}) or recorded.get("stopped_fine_tuning", {})
+    pair = pair_record() if runs else (json.loads(PAIR.read_text()) if PAIR.is_file() else None)
+    text = page(results, staged, fine_tuning, stopped, pair)
+    record = {**results, **({"held_back_release": staged} if staged else {}),
+              **({"fine_tuning_epochs": fine_tuning} if fine_tuning else {}),
+              **({"stopped_fine_tuning": stopped} if stopped else {})}
+    return text, record, pair
+
+
 def main(names: list[str]) -> None:
     staging = ROOT / "runs" / "release"
     if (staging / "evidence").is_dir() and (staging / "segmenter.onnx").is_file():
         keep(staging)
-    kept = sorted(HELD_BACK.glob("*/release.json"), key=lambda p: p.stat().st_mtime)
-    staged = staged_release(kept[-1].parent) if kept else None
-    out = ROOT / "reports" / "studies" / "site_recipes.json"
-    # run folders are never committed: a candidate or fine-tuning run missing here (a fresh
-    # clone) keeps what this record says of it, so the page renders anywhere
-    recorded = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
-    results = {name: summary(name) if (ROOT / "runs" / "selection" / name).is_dir()
-               else recorded[name] for name in names}
-    fine_tuning = {**recorded.get("fine_tuning_epochs", {}), **fine_tuning_epochs()}
-    stopped = stopped_fine_tuning() or recorded.get("stopped_fine_tuning", {})
-    text = page(results, staged, fine_tuning, stopped)
-    out.write_text(json.dumps({**results, **({"held_back_release": staged} if staged else {}),
-                               **({"fine_tuning_epochs": fine_tuning} if fine_tuning else {}),
-                               **({"stopped_fine_tuning": stopped} if stopped else {})},
-                              indent=1) + "\n", encoding="utf-8")
+    text, record, pair = render(names or list(CANDIDATES))
+    (ROOT / "reports" / "studies" / "site_recipes.json").write_text(
+        json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    if pair:
+        PAIR.write_text(json.dumps(pair, indent=1) + "\n", encoding="utf-8")
     (ROOT / "docs" / "generalisation_results.md").write_text(text, encoding="utf-8")
     print(text)
 

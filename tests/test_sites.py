@@ -182,6 +182,6 @@ def test_generalisation_results_page_is_the_rendering_of_its_records():
     spec = importlib.util.spec_from_file_location("site_recipes", root / "tools" / "site_recipes.py")
     site_recipes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(site_recipes)
-    text, _, pair = site_recipes.render(list(site_recipes.CANDIDATES), recorded_only=True)
+    text, _, pairs = site_recipes.render(list(site_recipes.CANDIDATES), recorded_only=True)
     assert text == (root / "docs" / "generalisation_results.md").read_text(encoding="utf-8")
-    assert pair is not None and "An outline network that learnt lesion-free tissue" in text
+    assert "pair_windows" in pairs and "An outline network that learnt lesion-free tissue" in text

@@ -186,7 +186,7 @@ def staged_section(r: dict) -> list[str]:
 
 def page(results: dict[str, dict], staged: dict | None = None,
          fine_tuning: dict[str, dict] | None = None, stopped: dict | None = None,
-         pair: dict | None = None) -> str:
+         pairs: dict[str, dict] | None = None) -> str:
     def share(d: dict) -> str:
         return f"{100 * d['hits'] / d['n']:.1f}% ({d['hits']}/{d['n']})"
 
@@ -277,8 +277,8 @@ def page(results: dict[str, dict], staged: dict | None = None,
     if fine_tuning:
         lines += fine_tuning_section(fine_tuning, results.get("bundled_lite1", {}),
                                     results.get("ft_wide_windows", {}))
-    if pair:
-        lines += pair_section(pair, results.get("bundled"))
+    for name, r in (pairs or {}).items():
+        lines += pair_section(name, r, results.get("bundled"))
     return "\n".join(lines) + "\n"
 
 
@@ -580,27 +580,41 @@ def variants_section(v: dict) -> list[str]:
 
 
 PAIR = ROOT / "reports" / "studies" / "pair_windows.json"
+# The plan's ninth and tenth entries: the bundled Lite1 network beside a Lite0 network that learnt
+# lesion-free tissue. name -> (run folder under runs/explore, heading, how the Lite0 was made)
+PAIRS = {
+    "pair_windows": (
+        "seg_windows_pair", "An outline network that learnt lesion-free tissue, beside the one "
+        "that outlines well", "ninth entry",
+        "replaces its Lite0 network by one trained on this CPU with each training image's "
+        "lesion-free window (the `windows` recipe above, two threads)"),
+    "pair_ft_windows": (
+        "seg_ft_lite0_windows", "The pair's own Lite0 network, fine-tuned gently on lesion-free "
+        "windows", "tenth entry",
+        "replaces its Lite0 network by that same network fine-tuned on this CPU for four epochs "
+        "with each training image's lesion-free window, at learning rate 1e-4, taught by the "
+        "bundled pair on lesion images"),
+}
 
 
-def pair_record() -> dict | None:
-    """The ninth entry's candidate (the bundled Lite1 network beside a Lite0 network trained
-    with lesion-free windows): its selection scores from runs/selection/pair_windows and its
-    run, written to reports/studies/pair_windows.json; that record alone on a fresh clone."""
-    folder = ROOT / "runs" / "selection" / "pair_windows"
+def pair_record(name: str) -> dict | None:
+    """One of PAIRS: its selection scores from runs/selection/NAME and its run (None without
+    them)."""
+    folder = ROOT / "runs" / "selection" / name
     if not (folder / "release" / "evidence" / "segmenter.presence.json").is_file():
-        return json.loads(PAIR.read_text()) if PAIR.is_file() else None
+        return None
     evidence = folder / "release" / "evidence"
     presence = json.loads((evidence / "segmenter.presence.json").read_text())["results"]
     val = json.loads((evidence / "segmenter.validation.json").read_text())["results"]["dice"]
     ext = json.loads((folder / "ext_dev" / "external.json").read_text())
-    run = ROOT / "runs" / "explore" / "seg_windows_pair"
-    log_file = ROOT / "runs" / "seg_windows_pair.log"  # the loop logs both scores by epoch
+    run = ROOT / "runs" / "explore" / PAIRS[name][0]
+    log_file = ROOT / "runs" / f"{PAIRS[name][0]}.log"  # the loop logs both scores by epoch
     epochs = [m.groups() for m in EPOCH_LINE.finditer(log_file.read_text(errors="replace"))] \
         if log_file.is_file() else []
     summary_ = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() \
         else {}
     release = json.loads((folder / "release" / "release.json").read_text())
-    record = {
+    return {
         "model_version": release["version"],
         "made_of": release["segmenter"].get("made_of"),
         "commands": [c.replace("../shared/data/busbra", "DATA")
@@ -616,11 +630,23 @@ def pair_record() -> dict | None:
                              for how in ("outline", "check_and_outline")}
                       for site in ("busbra_validation", "breast_dev_out_of_fold")},
     }
-    return record
 
 
-def pair_section(r: dict, bundled: dict | None) -> list[str]:
-    """The ninth entry: the candidate's selection scores against its three bars."""
+def pair_records(runs: bool = True) -> dict[str, dict]:
+    """Every PAIRS candidate on record: from its run folders when ``runs`` and they exist, else
+    from reports/studies/pair_windows.json."""
+    recorded = json.loads(PAIR.read_text()) if PAIR.is_file() else {}
+    out = {}
+    for name in PAIRS:
+        record = pair_record(name) if runs else None
+        if record or name in recorded:
+            out[name] = record or recorded[name]
+    return out
+
+
+def pair_section(name: str, r: dict, bundled: dict | None) -> list[str]:
+    """A PAIRS candidate's selection scores against the ninth entry's three bars."""
+    _, heading, entry, how_made = PAIRS[name]
     def share(d: dict) -> str:
         return f"{100 * d['share']:.1f}% ({d['hits']}/{d['n']})"
 
@@ -637,12 +663,10 @@ def pair_section(r: dict, bundled: dict | None) -> list[str]:
     }
     names = {"busbra_validation": "BUS-BRA validation (never fitted on)",
              "breast_dev_out_of_fold": "BrEaST-dev, out of fold (another hospital)"}
-    lines = ["", "## An outline network that learnt lesion-free tissue, beside the one that "
-             "outlines well", "",
-             "The [plan's ninth entry](generalisation_plan.md) keeps the bundled segmenter's Lite1 "
-             "network for the outline and replaces its Lite0 network by one trained on this CPU "
-             "with each training image's lesion-free window (the `windows` recipe above, two "
-             f"threads): {r.get('made_of') or 'two networks, logits averaged'}. The presence "
+    lines = ["", f"## {heading}", "",
+             f"The [plan's {entry}](generalisation_plan.md) keeps the bundled segmenter's Lite1 "
+             f"network for the outline and {how_made}: "
+             f"{r.get('made_of') or 'two networks, logits averaged'}. The presence "
              "check was fitted on it by the shipped check's rule (threshold "
              f"{r['presence_threshold']:.3f}). Selection scores, never test results.", "",
              "| | BUS-BRA validation | BrEaST-dev |", "|---|---|---|",
@@ -694,8 +718,8 @@ def pair_section(r: dict, bundled: dict | None) -> list[str]:
     return lines
 
 
-def render(names: list[str], recorded_only: bool = False) -> tuple[str, dict, dict | None]:
-    """The page, the record behind its first table and the ninth entry's record. From the run
+def render(names: list[str], recorded_only: bool = False) -> tuple[str, dict, dict]:
+    """The page, the record behind its first table and the PAIRS candidates'. From the run
     folders where they exist, else from what the records say (a fresh clone keeps no runs);
     ``recorded_only``: from the records alone, as a fresh clone renders it."""
     kept = sorted(HELD_BACK.glob("*/release.json"), key=lambda p: p.stat().st_mtime)
@@ -708,23 +732,23 @@ def render(names: list[str], recorded_only: bool = False) -> tuple[str, dict, di
     fine_tuning = {**recorded.get("fine_tuning_epochs", {}), **(fine_tuning_epochs() if runs
                                                                 else {})}
     stopped = (stopped_fine_tuning() if runs else {}) or recorded.get("stopped_fine_tuning", {})
-    pair = pair_record() if runs else (json.loads(PAIR.read_text()) if PAIR.is_file() else None)
-    text = page(results, staged, fine_tuning, stopped, pair)
+    pairs = pair_records(runs)
+    text = page(results, staged, fine_tuning, stopped, pairs)
     record = {**results, **({"held_back_release": staged} if staged else {}),
               **({"fine_tuning_epochs": fine_tuning} if fine_tuning else {}),
               **({"stopped_fine_tuning": stopped} if stopped else {})}
-    return text, record, pair
+    return text, record, pairs
 
 
 def main(names: list[str]) -> None:
     staging = ROOT / "runs" / "release"
     if (staging / "evidence").is_dir() and (staging / "segmenter.onnx").is_file():
         keep(staging)
-    text, record, pair = render(names or list(CANDIDATES))
+    text, record, pairs = render(names or list(CANDIDATES))
     (ROOT / "reports" / "studies" / "site_recipes.json").write_text(
         json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    if pair:
-        PAIR.write_text(json.dumps(pair, indent=1) + "\n", encoding="utf-8")
+    if pairs:
+        PAIR.write_text(json.dumps(pairs, indent=1) + "\n", encoding="utf-8")
     (ROOT / "docs" / "generalisation_results.md").write_text(text, encoding="utf-8")
     print(text)
 

@@ -626,10 +626,32 @@ def pair_record(name: str) -> dict | None:
         "breast_dev_auc": ext["classification"]["auc"],
         "breast_dev_auc_ci95": ext["classification"]["auc_ci95"],
         "presence_threshold": presence["threshold"],
+        "breast_dev_missed": missed_lesions(folder / "no_lesion_dev_rows.json"),
         "selection": {site: {how: presence["selection"][site][how]
                              for how in ("outline", "check_and_outline")}
                       for site in ("busbra_validation", "breast_dev_out_of_fold")},
     }
+
+
+BREAST = Path(__import__("os").environ.get("BUSDX_BREAST", ROOT.parent / "shared" / "data" /
+                                           "breast-lesions-usg"))
+
+
+def missed_lesions(rows_file: Path) -> list[dict]:
+    """BrEaST-dev lesion images in which the candidate found no lesion, with what the
+    radiologists recorded of each (class, shape, echogenicity)."""
+    rows = json.loads(rows_file.read_text())
+    missed = sorted(r["id"] for r in rows if r["site"] == "breast" and r.get("lesion_found") is False)
+    clinical = BREAST / "clinical-data.csv"
+    described = {}
+    if clinical.is_file():
+        import csv
+
+        with clinical.open(newline="", encoding="utf-8") as f:
+            described = {f"case{int(r['CaseID']):03d}": r for r in csv.DictReader(f)}
+    return [{"id": case, **{k.lower(): described.get(case, {}).get(k)
+                            for k in ("Classification", "Shape", "Echogenicity")}}
+            for case in missed]
 
 
 def pair_records(runs: bool = True) -> dict[str, dict]:
@@ -705,6 +727,11 @@ def pair_section(name: str, r: dict, bundled: dict | None) -> list[str]:
               + ". " + ("All three hold: a release is staged with it and scored once on the test "
                         "sets (below or in the model card)." if all(bars.values()) else
                         "Not all hold: nothing ships and no test set was scored.")]
+    missed = r.get("breast_dev_missed") or []
+    if missed:
+        lines += ["", "The BrEaST-dev lesions it did not find, as the radiologists described them: "
+                  + "; ".join(f"{m['id']}, {m['classification']}, {m['shape']}, {m['echogenicity']}"
+                              for m in missed) + "."]
     epochs = r.get("epochs") or {}
     if epochs.get("epoch"):
         lines += ["", "The new Lite0 network during training (BUS-BRA validation, the network "

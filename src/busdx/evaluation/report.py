@@ -94,16 +94,14 @@ def plot_per_scanner(seg_scores, cls_by_scanner: dict[str, dict], path: Path) ->
 
 def render_readme_block(card: dict, figures: dict[str, Path], readme_dir: Path) -> str:
     """The README's results: the headline table and two figures; the rest is linked."""
-    card_link = Path(os.path.relpath(readme_dir.resolve() / "models" / "MODEL_CARD.md",
-                                     readme_dir.resolve())).as_posix()
     lines = [README_START, "", headline_table(card), ""]
     pictures = [(k, figures[k]) for k in ("segmentation_examples", "classifier_roc")
                 if k in figures]
     for name, path in pictures:
         rel = Path(os.path.relpath(Path(path).resolve(), readme_dir.resolve()))
         lines.append(f"![{name.replace('_', ' ')}]({rel.as_posix()})")
-    lines += ["", f"Every result with its interval and counts, and where the models fail: "
-              f"[the model card]({card_link}). All figures: `reports/REPORT.md`.", "",
+    lines += ["", "Every result with its interval and counts, and where the models fail: "
+              "[the model card](models/MODEL_CARD.md). All figures: `reports/REPORT.md`.", "",
               README_END]
     return "\n".join(lines)
 

@@ -9,6 +9,8 @@ score lower and the CAM obeys the contract (mean plus bias is the logit).
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,22 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_MODELS = REPO / "models"  # the bundled models (real_models_dir() also honours $BUSDX_MODELS)
 SIZE = 224
 OPSET = 17
+
+def load_script(path: Path):
+    """A script outside the package (studies/, tools/, benchmarks/) imported as a module named
+    FOLDER_STEM. It is registered in sys.modules (dataclasses look their module up there), and
+    its own folder is importable while it loads (the benchmarks import bench_common)."""
+    name = f"{path.parent.name}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
 
 STAND_IN_CARD = {
     "version": "stand-in",

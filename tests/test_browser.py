@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stand_in_models import build_stand_in_models, real_models_dir
+from stand_in_models import build_stand_in_models, load_script, real_models_dir
 from tiers import unavailable
 
 pytestmark = pytest.mark.browser
@@ -188,15 +188,10 @@ def test_colour_over_the_scan_gets_a_caution(server, browser, fixtures_root, tmp
                                              output_dir):
     """A Doppler box (drawn as studies/colour_overlays.py draws it) is warned on the page,
     whatever ranges the card has; the call is still shown."""
-    import importlib.util
-
     import numpy as np
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location(
-        "colour_overlays", Path(__file__).resolve().parents[1] / "studies" / "colour_overlays.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_script(Path(__file__).resolve().parents[1] / "studies" / "colour_overlays.py")
     grey = np.asarray(Image.open(fixtures_root / "Images" / "bus_0009-l.png").convert("L"))
     mask = np.asarray(Image.open(fixtures_root / "Masks" / "mask_0009-l.png").convert("L")) > 0
     path = tmp_path / "doppler.png"

@@ -17,7 +17,7 @@ from busdx.data.windows import MIN_SIDE, lesion_free_window
 from busdx.errors import BusdxError
 from busdx.evaluation.evidence import load_record
 from busdx.evaluation.external import read_external
-from stand_in_models import build_stand_in_models
+from stand_in_models import build_stand_in_models, load_script
 
 BREAST_FIXTURE = Path(__file__).parent / "fixtures" / "breast-lesions-usg"
 # the sorted test-half patients of the complete BrEaST, as first drawn: the split never changes
@@ -176,12 +176,8 @@ def test_data_preview_draws_the_second_site_too(fixtures_root, tmp_path):
 def test_generalisation_results_page_is_the_rendering_of_its_records():
     """docs/generalisation_results.md is written by tools/site_recipes.py from committed
     records; a fresh clone (no runs) renders exactly the page that is committed."""
-    import importlib.util
-
     root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("site_recipes", root / "tools" / "site_recipes.py")
-    site_recipes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(site_recipes)
+    site_recipes = load_script(root / "tools" / "site_recipes.py")
     text, _, pairs = site_recipes.render(list(site_recipes.CANDIDATES), recorded_only=True)
     assert text == (root / "docs" / "generalisation_results.md").read_text(encoding="utf-8")
     assert "pair_windows" in pairs and "An outline network that learnt lesion-free tissue" in text

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from busdx.evaluation.model_card import load_card
+from stand_in_models import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"studies_{name}", ROOT / "studies" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"studies_{name}"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "studies" / f"{name}.py")
 
 
 def test_shape_features_of_a_dark_upright_ellipse():
